@@ -1,0 +1,127 @@
+//! The exchange record: one HTTP request paired with its final response, as seen on the wire.
+
+use std::net::IpAddr;
+
+/// One header (or trailer) line, with the name's case and the order of lines kept.
+///
+/// Values that are not valid UTF-8 are decoded as ISO-8859-1, which maps every byte to one
+/// character, so nothing is lost (RFC 9110 §5.5 treats such bytes as opaque).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Header name as sent.
+    pub name: String,
+    /// Header value as sent, without surrounding whitespace.
+    pub value: String,
+}
+
+impl Header {
+    /// Builds a header from raw bytes, decoding as UTF-8 or, failing that, ISO-8859-1.
+    pub fn from_bytes(name: &[u8], value: &[u8]) -> Self {
+        Header { name: text_from_bytes(name), value: text_from_bytes(value) }
+    }
+}
+
+/// Decodes bytes as UTF-8, or as ISO-8859-1 when they are not valid UTF-8 (lossless).
+pub fn text_from_bytes(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => bytes.iter().map(|&b| b as char).collect(),
+    }
+}
+
+/// A message body after transfer decoding (de-chunked), before content decoding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Body {
+    /// The body bytes kept (at most the configured cap; bytes lost to gaps are missing).
+    pub raw: Vec<u8>,
+    /// The body after `Content-Encoding` (gzip, deflate, br) was undone; `None` when the body
+    /// had no content coding, or decoding failed (see [`Body::decode_error`]).
+    pub decoded: Option<Vec<u8>>,
+    /// Length of the body on the wire after transfer decoding, including any part not kept.
+    pub len: u64,
+    /// True when the body was longer than the cap and only its first bytes were kept.
+    pub truncated: bool,
+    /// Why content decoding failed, when it did.
+    pub decode_error: Option<String>,
+}
+
+/// Flags that say what is missing or uncertain about an exchange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExchangeFlags {
+    /// No response was seen (capture ended, connection reset, or response lost).
+    pub no_response: bool,
+    /// The request or response was cut off before its end (capture ended, reset, idle timeout).
+    pub incomplete: bool,
+    /// Bytes of the request or response were never captured, or an earlier loss on the same
+    /// connection may have hidden whole messages (pairing is then uncertain).
+    pub gap: bool,
+    /// The request or response did not parse as HTTP/1.x from some point on.
+    pub parse_error: bool,
+    /// The connection switched protocols (101 or a successful CONNECT) after this exchange.
+    pub upgraded: bool,
+}
+
+/// One HTTP/1.x request paired with its final response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// Stable id: a hash of the connection and the request's position in it.
+    pub exchange_id: String,
+    /// Stable id of the TCP connection the exchange travelled on.
+    pub connection_id: String,
+    /// 0-based position of the exchange within its connection.
+    pub connection_seq: u32,
+    /// Where the exchange was captured from (file name or interface).
+    pub source: String,
+    /// Capture time of the request's first byte, in microseconds since the Unix epoch.
+    pub request_start_us: i64,
+    /// Capture time of the request's last byte.
+    pub request_end_us: Option<i64>,
+    /// Capture time of the final response's first byte.
+    pub response_start_us: Option<i64>,
+    /// Capture time of the final response's last byte.
+    pub response_end_us: Option<i64>,
+    /// Client address.
+    pub client_ip: IpAddr,
+    /// Client port.
+    pub client_port: u16,
+    /// Server address.
+    pub server_ip: IpAddr,
+    /// Server port.
+    pub server_port: u16,
+    /// Request method, as sent.
+    pub method: String,
+    /// The request target exactly as sent.
+    pub uri: String,
+    /// Host header (or the authority of an absolute-form target).
+    pub host: Option<String>,
+    /// Path without the query.
+    pub path: String,
+    /// Query string without the `?`, when present.
+    pub query: Option<String>,
+    /// Request HTTP version (`HTTP/1.1`).
+    pub http_version: String,
+    /// Request headers.
+    pub request_headers: Vec<Header>,
+    /// Request trailers (chunked bodies only).
+    pub request_trailers: Vec<Header>,
+    /// Request body.
+    pub request_body: Body,
+    /// Final status code; `None` when no response was seen.
+    pub status: Option<u16>,
+    /// Reason phrase of the final response.
+    pub reason: Option<String>,
+    /// Response HTTP version.
+    pub response_version: Option<String>,
+    /// Interim (1xx other than 101) status codes received before the final response.
+    pub interim_statuses: Vec<u16>,
+    /// Response headers.
+    pub response_headers: Vec<Header>,
+    /// Response trailers.
+    pub response_trailers: Vec<Header>,
+    /// Response body.
+    pub response_body: Body,
+    /// What is missing or uncertain.
+    pub flags: ExchangeFlags,
+    /// Human-readable details of errors (parse errors, gaps), never bodies or credentials.
+    pub error_detail: Option<String>,
+}

@@ -1,0 +1,21 @@
+//! Types every shadowtap stage shares.
+//!
+//! The capture stage produces [`Exchange`] records; every stage after it reads them back from
+//! Parquet. This crate owns the record ([`exchange`]), its Arrow schema and schema version
+//! ([`schema`]), stable identifiers ([`id`]), HTTP content decoding ([`content`]) and the rolling
+//! Parquet writer every stage writes through ([`sink`]).
+//!
+//! ```
+//! use shadowtap_core::schema::{exchanges_schema, EXCHANGES_SCHEMA_VERSION};
+//! let schema = exchanges_schema();
+//! assert!(schema.field_with_name("exchange_id").is_ok());
+//! assert_eq!(EXCHANGES_SCHEMA_VERSION, 1);
+//! ```
+
+pub mod content;
+pub mod exchange;
+pub mod id;
+pub mod schema;
+pub mod sink;
+
+pub use exchange::{Body, Exchange, ExchangeFlags, Header};

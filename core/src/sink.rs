@@ -1,0 +1,196 @@
+//! A rolling Parquet writer: zstd-compressed files, rolled by size, each written under a hidden
+//! temporary name and renamed into place only when complete, so a reader (DuckDB, DataFusion,
+//! Spark listing the directory) never sees a half-written file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// Errors of the Parquet sink, naming the file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Creating, renaming or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Parquet encoder failed.
+    #[error("{path}: parquet: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+}
+
+/// Settings of a [`ParquetSink`].
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// Directory the files are written to (created if missing).
+    pub dir: PathBuf,
+    /// File name prefix, e.g. `exchanges-20261123T101500Z`; files are `{prefix}-{n:05}.parquet`.
+    pub prefix: String,
+    /// A file is closed and a new one started once it holds at least this many bytes.
+    pub max_file_bytes: u64,
+    /// Rows per row group at most.
+    pub max_row_group_rows: usize,
+}
+
+/// A Parquet file being written under its temporary name.
+struct OpenFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    writer: ArrowWriter<File>,
+}
+
+/// Writes record batches to a sequence of complete Parquet files.
+pub struct ParquetSink {
+    options: SinkOptions,
+    schema: SchemaRef,
+    props: WriterProperties,
+    open: Option<OpenFile>,
+    next_index: u32,
+    finished: Vec<PathBuf>,
+    rows: u64,
+}
+
+impl ParquetSink {
+    /// Creates the directory; no file is created until the first batch arrives.
+    pub fn new(options: SinkOptions, schema: SchemaRef) -> Result<Self, SinkError> {
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|source| SinkError::Io { path: options.dir.clone(), source })?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
+            .set_max_row_group_row_count(Some(options.max_row_group_rows.max(1)))
+            .set_created_by(format!("shadowtap {}", env!("CARGO_PKG_VERSION")))
+            // The table name and schema version travel as plain Parquet key-value metadata, so
+            // tools that ignore the embedded Arrow schema (Spark, DuckDB) can read them too.
+            .set_key_value_metadata(Some(
+                schema
+                    .metadata()
+                    .iter()
+                    .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone()))
+                    .collect(),
+            ))
+            .build();
+        Ok(ParquetSink { options, schema, props, open: None, next_index: 0, finished: Vec::new(), rows: 0 })
+    }
+
+    /// Appends a batch, rolling to a new file when the current one is full.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.open.is_none() {
+            self.open = Some(self.open_next()?);
+        }
+        let file = self.open.as_mut().expect("opened above");
+        file.writer
+            .write(batch)
+            .map_err(|source| SinkError::Parquet { path: file.tmp.clone(), source })?;
+        self.rows += batch.num_rows() as u64;
+        let size = file.writer.bytes_written() as u64 + file.writer.in_progress_size() as u64;
+        if size >= self.options.max_file_bytes {
+            self.close_current()?;
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes the open file, if any, and returns every complete file written, in order.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>, SinkError> {
+        self.close_current()?;
+        Ok(std::mem::take(&mut self.finished))
+    }
+
+    fn open_next(&mut self) -> Result<OpenFile, SinkError> {
+        let name = format!("{}-{:05}.parquet", self.options.prefix, self.next_index);
+        self.next_index += 1;
+        let path = self.options.dir.join(&name);
+        let tmp = self.options.dir.join(format!(".{name}.inprogress"));
+        let f = File::create(&tmp).map_err(|source| SinkError::Io { path: tmp.clone(), source })?;
+        let writer = ArrowWriter::try_new(f, self.schema.clone(), Some(self.props.clone()))
+            .map_err(|source| SinkError::Parquet { path: tmp.clone(), source })?;
+        Ok(OpenFile { tmp, path, writer })
+    }
+
+    fn close_current(&mut self) -> Result<(), SinkError> {
+        let Some(file) = self.open.take() else { return Ok(()) };
+        let OpenFile { tmp, path, writer } = file;
+        let f = writer.into_inner().map_err(|source| SinkError::Parquet { path: tmp.clone(), source })?;
+        f.sync_all().map_err(|source| SinkError::Io { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, &path).map_err(|source| SinkError::Io { path: path.clone(), source })?;
+        self.finished.push(path);
+        Ok(())
+    }
+}
+
+impl Drop for ParquetSink {
+    fn drop(&mut self) {
+        // A sink dropped without `finish` (an error path) leaves no hidden partial file behind.
+        if let Some(file) = self.open.take() {
+            let _ = std::fs::remove_file(&file.tmp);
+        }
+    }
+}
+
+/// Lists the complete Parquet files directly inside `dir` whose names start with `prefix`.
+pub fn list_parquet_files(dir: &Path, prefix: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".parquet"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{exchanges_schema, exchanges_to_batch, SCHEMA_VERSION_KEY};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    #[test]
+    fn rolls_files_and_keeps_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SinkOptions {
+            dir: dir.path().to_path_buf(),
+            prefix: "exchanges-t".into(),
+            max_file_bytes: 1,
+            max_row_group_rows: 1024,
+        };
+        let mut sink = ParquetSink::new(opts, exchanges_schema()).unwrap();
+        let batch = exchanges_to_batch(&[crate::schema::tests::sample()]).unwrap();
+        sink.write(&batch).unwrap();
+        sink.write(&batch).unwrap();
+        let files = sink.finish().unwrap();
+        assert_eq!(files.len(), 2, "max_file_bytes=1 rolls after every batch");
+        assert_eq!(list_parquet_files(dir.path(), "exchanges-").unwrap(), files);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| !n.to_string_lossy().contains("inprogress")), "{names:?}");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap()).unwrap();
+        let kv = reader.metadata().file_metadata().key_value_metadata().unwrap();
+        assert!(kv.iter().any(|kv| kv.key == SCHEMA_VERSION_KEY && kv.value.as_deref() == Some("1")));
+        let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 1);
+    }
+}
