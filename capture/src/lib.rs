@@ -1,1 +1,28 @@
-//! placeholder
+//! The capture stage: packets in, HTTP/1.x exchanges out.
+//!
+//! A typed pipeline: [`source`] reads packets (libpcap, offline), [`decode`] turns them into TCP
+//! segments (link layers, VLANs, IP fragments), [`reassembly`] orders each flow's bytes by
+//! sequence number, [`http`] frames messages, [`connection`] pairs requests with responses, and
+//! [`pipeline`] samples the exchanges and writes them through the Parquet sink of
+//! `shadowtap-core`, with a [`summary`] of everything read, skipped and lost.
+//!
+//! ```no_run
+//! use shadowtap_capture::pipeline::{capture_files, CaptureOptions};
+//! let opts = CaptureOptions::new(vec!["traffic.pcap".into()], "out".into());
+//! let summary = capture_files(&opts).expect("capture");
+//! println!("{} exchanges", summary.exchanges_written);
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod connection;
+pub mod decode;
+pub mod error;
+pub mod http;
+pub mod pipeline;
+pub mod reassembly;
+pub mod sampling;
+pub mod source;
+pub mod summary;
+
+pub use error::CaptureError;

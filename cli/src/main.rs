@@ -1,1 +1,58 @@
-fn main(){}
+//! `shadowtap`: capture, replay and analyze HTTP traffic for shadow and canary testing.
+//!
+//! This binary only parses flags and calls into the stage crates; see each subcommand's
+//! `--help`.
+
+#![forbid(unsafe_code)]
+
+mod capture;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Capture HTTP/1.x traffic, replay it against shadow targets, and judge a canary.
+///
+/// Pipeline: capture (pcap/pcapng → Parquet "exchanges") → replay → analyze.
+/// Every stage writes Parquet files that DuckDB, pandas or Spark read directly;
+/// the schemas are documented in docs/schema.md.
+#[derive(Debug, Parser)]
+#[command(name = "shadowtap", version, propagate_version = true)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). Logs never contain bodies or credentials.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode captured packets into HTTP exchanges, written as Parquet.
+    Capture(capture::CaptureArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHADOWTAP_LOG").unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Capture(args) => capture::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shadowtap: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

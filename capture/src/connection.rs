@@ -1,0 +1,543 @@
+//! One TCP connection's HTTP conversation: which side is the client, the request and response
+//! parsers, and the pairing of each request with its final response.
+//!
+//! Pairing is first-in-first-out, as HTTP/1.1 requires (RFC 9112 §9.3.2), with one check taken
+//! from TCP itself: a server cannot answer a request before it has received the request's first
+//! byte, so a response whose segment acknowledges less of the client stream than the start of
+//! the next unanswered request answers something the capture never saw (it began before the
+//! capture did). Such responses are counted and dropped instead of shifting every later pair.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use shadowtap_core::exchange::{Body, Exchange, ExchangeFlags};
+use shadowtap_core::id::stable_id;
+
+use crate::http::{is_start_line, Framing, Message, MessageParser, ParserEvent, ParserLimits, ResponseFraming, Role};
+
+/// A TCP endpoint.
+pub type Endpoint = (IpAddr, u16);
+
+/// Counters of one connection, added into the capture summary.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionStats {
+    /// Responses that answer no request in the capture.
+    pub orphan_responses: u64,
+    /// Bytes skipped because they were not HTTP (resynchronisation, tunnels, partial heads).
+    pub skipped_bytes: u64,
+    /// Losses at message boundaries (whole messages may be missing).
+    pub boundary_losses: u64,
+    /// Requests given up waiting for a response because too many were outstanding.
+    pub unanswered_overflow: u64,
+}
+
+struct PendingExchange {
+    index: u64,
+    method: String,
+    start_offset: u64,
+    request: Option<Message>,
+    interim: Vec<u16>,
+    response: Option<Message>,
+}
+
+/// The pairing side of a connection, handed to the parsers as their [`Framing`].
+struct Pairing {
+    pending: VecDeque<PendingExchange>,
+    next_request: u64,
+    next_response: u64,
+    /// The client stream's first sequence number, to read the server's ACKs as offsets.
+    client_base_seq: Option<u32>,
+    requests_done: bool,
+}
+
+impl Framing for Pairing {
+    fn request_head(&mut self, method: &str, start_offset: u64) -> u64 {
+        let index = self.next_request;
+        self.next_request += 1;
+        self.pending.push_back(PendingExchange {
+            index,
+            method: method.to_owned(),
+            start_offset,
+            request: None,
+            interim: Vec::new(),
+            response: None,
+        });
+        index
+    }
+
+    fn response_head(&mut self, status: u16, ack: Option<u32>) -> ResponseFraming {
+        let Some(req) = self.pending.iter().find(|p| p.index == self.next_response) else {
+            return if self.requests_done { ResponseFraming::Orphan } else { ResponseFraming::Wait };
+        };
+        if let (Some(ack), Some(base)) = (ack, self.client_base_seq) {
+            let request_seq = base.wrapping_add(req.start_offset as u32);
+            if (ack.wrapping_sub(request_seq) as i32) <= 0 {
+                return ResponseFraming::Orphan;
+            }
+        }
+        let framing = ResponseFraming::Request { index: req.index, method: req.method.clone() };
+        if status >= 200 || status == 101 || status == 0 {
+            self.next_response += 1;
+        }
+        framing
+    }
+}
+
+enum Mode {
+    /// Waiting to see which side sends requests; bytes held per direction.
+    Detecting([Vec<(Vec<u8>, i64, Option<u32>)>; 2]),
+    /// Parsing HTTP.
+    Http,
+    /// Not HTTP: bytes are ignored.
+    NotHttp,
+}
+
+const DETECT_LIMIT: usize = 64 << 10;
+const MAX_OUTSTANDING: usize = 1024;
+
+/// The HTTP conversation on one TCP connection. Direction 0 goes from `endpoints[0]` to
+/// `endpoints[1]`.
+pub struct HttpConnection {
+    endpoints: [Endpoint; 2],
+    client_dir: Option<usize>,
+    mid_stream: bool,
+    limits: ParserLimits,
+    source: Arc<str>,
+    connection_id: String,
+    mode: Mode,
+    parsers: Option<[MessageParser; 2]>,
+    pairing: Pairing,
+    /// A loss at a message boundary happened: later pairs on this connection are uncertain.
+    uncertain: bool,
+    upgraded: bool,
+    base_seq: [Option<u32>; 2],
+    /// Stream bytes of each direction dropped before parsing started (lost during detection).
+    detect_offset: [u64; 2],
+    stats: ConnectionStats,
+    out: Vec<Exchange>,
+}
+
+impl HttpConnection {
+    /// A connection between `endpoints`, first seen at `first_us`. `client_dir` is known when
+    /// the handshake was seen; `base_seq` are each direction's first data sequence numbers.
+    pub fn new(
+        endpoints: [Endpoint; 2],
+        client_dir: Option<usize>,
+        first_us: i64,
+        limits: ParserLimits,
+        source: Arc<str>,
+    ) -> Self {
+        let [a, b] = endpoints;
+        let connection_id = stable_id(&[
+            source.as_bytes(),
+            a.0.to_string().as_bytes(),
+            &a.1.to_be_bytes(),
+            b.0.to_string().as_bytes(),
+            &b.1.to_be_bytes(),
+            &first_us.to_be_bytes(),
+        ]);
+        let mut conn = HttpConnection {
+            endpoints,
+            client_dir: None,
+            mid_stream: client_dir.is_none(),
+            limits,
+            source,
+            connection_id,
+            mode: Mode::Detecting([Vec::new(), Vec::new()]),
+            parsers: None,
+            pairing: Pairing {
+                pending: VecDeque::new(),
+                next_request: 0,
+                next_response: 0,
+                client_base_seq: None,
+                requests_done: false,
+            },
+            uncertain: false,
+            upgraded: false,
+            base_seq: [None, None],
+            detect_offset: [0, 0],
+            stats: ConnectionStats::default(),
+            out: Vec::new(),
+        };
+        if let Some(dir) = client_dir {
+            conn.start_http(dir);
+        }
+        conn
+    }
+
+    /// Tells the connection the sequence number of stream offset 0 in direction `dir`.
+    pub fn set_base_seq(&mut self, dir: usize, seq: u32) {
+        self.base_seq[dir] = Some(seq);
+        if let Some(c) = self.client_dir {
+            self.pairing.client_base_seq = self.base_seq[c];
+        }
+    }
+
+    /// Which direction carries requests, once known.
+    pub fn client_dir(&self) -> Option<usize> {
+        self.client_dir
+    }
+
+    /// True once the connection is known not to carry HTTP/1.x.
+    pub fn is_not_http(&self) -> bool {
+        matches!(self.mode, Mode::NotHttp)
+    }
+
+    /// True once at least one HTTP message was parsed.
+    pub fn saw_http(&self) -> bool {
+        self.parsers.as_ref().is_some_and(|p| p[0].messages_started() + p[1].messages_started() > 0)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ConnectionStats {
+        self.stats
+    }
+
+    /// Takes the exchanges completed so far.
+    pub fn take_exchanges(&mut self) -> Vec<Exchange> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn start_http(&mut self, client_dir: usize) {
+        self.client_dir = Some(client_dir);
+        let server_dir = 1 - client_dir;
+        let req = MessageParser::new(Role::Request, self.limits, self.mid_stream, self.detect_offset[client_dir]);
+        let resp = MessageParser::new(Role::Response, self.limits, self.mid_stream, self.detect_offset[server_dir]);
+        self.parsers = Some(if client_dir == 0 { [req, resp] } else { [resp, req] });
+        self.pairing.client_base_seq = self.base_seq[client_dir];
+        self.mode = Mode::Http;
+    }
+
+    /// Contiguous bytes of direction `dir`.
+    pub fn on_data(&mut self, dir: usize, data: &[u8], ts_us: i64, ack: Option<u32>) {
+        match &mut self.mode {
+            Mode::NotHttp => {}
+            Mode::Http => {
+                self.feed(dir, data, ts_us, ack);
+            }
+            Mode::Detecting(held) => {
+                held[dir].push((data.to_vec(), ts_us, ack));
+                if let Some(client) = detect_client(held) {
+                    let held = std::mem::replace(held, [Vec::new(), Vec::new()]);
+                    self.start_http(client);
+                    // Requests first, so that held responses find their requests.
+                    for d in [client, 1 - client] {
+                        for (bytes, ts, ack) in &held[d] {
+                            self.feed(d, bytes, *ts, *ack);
+                        }
+                    }
+                } else if held.iter().any(|h| h.iter().map(|c| c.0.len()).sum::<usize>() > DETECT_LIMIT) {
+                    let n: usize = held.iter().flatten().map(|c| c.0.len()).sum();
+                    self.stats.skipped_bytes += n as u64;
+                    self.mode = Mode::NotHttp;
+                }
+            }
+        }
+    }
+
+    /// `len` bytes of direction `dir` were never captured.
+    pub fn on_gap(&mut self, dir: usize, len: u64, ts_us: i64) {
+        match &mut self.mode {
+            Mode::Http => {
+                if let Some(p) = self.parsers.as_mut() {
+                    p[dir].gap(len, ts_us);
+                }
+                self.after_parse();
+            }
+            Mode::Detecting(held) => {
+                // Bytes before a loss cannot be judged reliably; start over after it.
+                let dropped = held[dir].iter().map(|c| c.0.len() as u64).sum::<u64>();
+                self.stats.skipped_bytes += dropped;
+                self.detect_offset[dir] += dropped + len;
+                held[dir].clear();
+            }
+            Mode::NotHttp => {}
+        }
+    }
+
+    /// Direction `dir` ended (`clean` for FIN; false for RST, eviction or end of capture).
+    pub fn on_end(&mut self, dir: usize, clean: bool) {
+        if !matches!(self.mode, Mode::Http) {
+            return;
+        }
+        let Some(parsers) = self.parsers.as_mut() else { return };
+        if Some(dir) == self.client_dir {
+            parsers[dir].finish(clean, &mut self.pairing);
+            self.pairing.requests_done = true;
+            self.after_parse();
+            // Responses held back waiting for a request now know there will be none.
+            if let Some(p) = self.parsers.as_mut() {
+                p[1 - dir].resume(&mut self.pairing);
+            }
+        } else {
+            parsers[dir].finish(clean, &mut self.pairing);
+        }
+        self.after_parse();
+    }
+
+    /// The connection is over: every request seen becomes an exchange.
+    pub fn finish(&mut self) {
+        if let Mode::Detecting(held) = &self.mode {
+            self.stats.skipped_bytes += held.iter().flatten().map(|c| c.0.len() as u64).sum::<u64>();
+        }
+        if let (Mode::Http, Some(client)) = (&self.mode, self.client_dir) {
+            self.on_end(client, false);
+            self.on_end(1 - client, false);
+        }
+        while let Some(p) = self.pairing.pending.pop_front() {
+            self.emit(p);
+        }
+    }
+
+    fn feed(&mut self, dir: usize, data: &[u8], ts_us: i64, ack: Option<u32>) {
+        let Some(parsers) = self.parsers.as_mut() else { return };
+        parsers[dir].feed(data, ts_us, ack, &mut self.pairing);
+        if Some(dir) == self.client_dir {
+            self.after_parse();
+            if let Some(p) = self.parsers.as_mut() {
+                p[1 - dir].resume(&mut self.pairing);
+            }
+        }
+        self.after_parse();
+        if Some(dir) == self.client_dir && parsers_rejected(self.parsers.as_ref(), dir) && !self.saw_http() {
+            self.mode = Mode::NotHttp;
+            self.parsers = None;
+            self.pairing.pending.clear();
+        }
+    }
+
+    fn after_parse(&mut self) {
+        let Some(parsers) = self.parsers.as_mut() else { return };
+        let client = self.client_dir.expect("parsers exist once the client is known");
+        let mut upgraded = false;
+        for dir in [client, 1 - client] {
+            let events: Vec<ParserEvent> = parsers[dir].drain_events().collect();
+            for ev in events {
+                match ev {
+                    ParserEvent::Message(m) => {
+                        if dir == client {
+                            if let Some(p) = self.pairing.pending.iter_mut().find(|p| Some(p.index) == m.index) {
+                                p.request = Some(*m);
+                            }
+                        } else if m.orphan {
+                            self.stats.orphan_responses += 1;
+                        } else if let Some(p) = self.pairing.pending.iter_mut().find(|p| Some(p.index) == m.index) {
+                            p.response = Some(*m);
+                        } else if let Some(p) = self.pairing.pending.iter_mut().find(|p| p.index == self.pairing.next_response) {
+                            // An interim (1xx) response of the next unanswered request.
+                            p.interim.push(m.status);
+                        }
+                    }
+                    ParserEvent::BoundaryLoss => {
+                        self.stats.boundary_losses += 1;
+                        self.uncertain = true;
+                    }
+                    ParserEvent::Skipped(n) => self.stats.skipped_bytes += n,
+                    ParserEvent::Upgraded => upgraded = true,
+                }
+            }
+        }
+        if upgraded {
+            self.upgraded = true;
+            for p in parsers.iter_mut() {
+                p.enter_tunnel();
+            }
+        }
+        while self
+            .pairing
+            .pending
+            .front()
+            .is_some_and(|p| p.request.is_some() && p.response.is_some())
+        {
+            let p = self.pairing.pending.pop_front().expect("front exists");
+            self.emit(p);
+        }
+        while self.pairing.pending.len() > MAX_OUTSTANDING {
+            // A one-sided capture (only client → server mirrored) would otherwise hold every
+            // request forever. Give up on the oldest: it becomes a row without a response.
+            let p = self.pairing.pending.pop_front().expect("over the limit");
+            self.pairing.next_response = self.pairing.next_response.max(p.index + 1);
+            self.stats.unanswered_overflow += 1;
+            self.uncertain = true;
+            self.emit(p);
+        }
+    }
+
+    fn emit(&mut self, p: PendingExchange) {
+        let Some(req) = p.request else { return };
+        let client = self.client_dir.expect("requests imply a client");
+        let (client_ep, server_ep) = (self.endpoints[client], self.endpoints[1 - client]);
+        let resp = p.response;
+        let (host, path, query) = split_target(&req);
+        let mut details = Vec::new();
+        if let Some(e) = &req.error {
+            details.push(format!("request: {e}"));
+        }
+        if let Some(e) = resp.as_ref().and_then(|r| r.error.as_ref()) {
+            details.push(format!("response: {e}"));
+        }
+        let gap = req.gap || resp.as_ref().is_some_and(|r| r.gap) || self.uncertain;
+        if gap {
+            details.push("bytes were lost in capture on this exchange or before it on its connection".into());
+        }
+        let flags = ExchangeFlags {
+            no_response: resp.is_none(),
+            incomplete: !req.complete || resp.as_ref().is_some_and(|r| !r.complete),
+            gap,
+            parse_error: req.error.is_some() || resp.as_ref().is_some_and(|r| r.error.is_some()),
+            upgraded: resp.as_ref().is_some_and(|r| r.upgraded),
+        };
+        let index_bytes = p.index.to_be_bytes();
+        let ex = Exchange {
+            exchange_id: stable_id(&[self.connection_id.as_bytes(), &index_bytes]),
+            connection_id: self.connection_id.clone(),
+            connection_seq: p.index as u32,
+            source: self.source.to_string(),
+            request_start_us: req.start_us,
+            request_end_us: Some(req.end_us),
+            response_start_us: resp.as_ref().map(|r| r.start_us),
+            response_end_us: resp.as_ref().map(|r| r.end_us),
+            client_ip: client_ep.0,
+            client_port: client_ep.1,
+            server_ip: server_ep.0,
+            server_port: server_ep.1,
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            host,
+            path,
+            query,
+            http_version: req.version.clone(),
+            request_headers: req.headers,
+            request_trailers: req.trailers,
+            request_body: Body { raw: req.body, decoded: None, len: req.body_len, truncated: req.body_truncated, decode_error: None },
+            status: resp.as_ref().map(|r| r.status).filter(|s| *s != 0),
+            reason: resp.as_ref().map(|r| r.reason.clone()),
+            response_version: resp.as_ref().map(|r| r.version.clone()),
+            interim_statuses: p.interim,
+            response_headers: resp.as_ref().map(|r| r.headers.clone()).unwrap_or_default(),
+            response_trailers: resp.as_ref().map(|r| r.trailers.clone()).unwrap_or_default(),
+            response_body: resp
+                .map(|r| Body { raw: r.body, decoded: None, len: r.body_len, truncated: r.body_truncated, decode_error: None })
+                .unwrap_or_default(),
+            flags,
+            error_detail: (!details.is_empty()).then(|| details.join("; ")),
+        };
+        let _ = p.start_offset;
+        self.out.push(ex);
+    }
+}
+
+fn parsers_rejected(parsers: Option<&[MessageParser; 2]>, dir: usize) -> bool {
+    parsers.is_some_and(|p| p[dir].rejected())
+}
+
+/// Which direction sends requests, judged from the first bytes of each: the one whose data
+/// holds a request line, or the opposite of the one holding a status line.
+fn detect_client(held: &[Vec<(Vec<u8>, i64, Option<u32>)>; 2]) -> Option<usize> {
+    for (dir, chunks) in held.iter().enumerate() {
+        let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.0.iter().copied()).take(DETECT_LIMIT).collect();
+        for line in bytes.split(|&b| b == b'\n') {
+            if is_start_line(Role::Request, line) {
+                return Some(dir);
+            }
+            if is_start_line(Role::Response, line) {
+                return Some(1 - dir);
+            }
+        }
+    }
+    None
+}
+
+/// Host, path and query of a request (absolute-form targets carry their own authority).
+fn split_target(req: &Message) -> (Option<String>, String, Option<String>) {
+    let mut host = req.header("host").map(str::to_owned);
+    let mut target = req.uri.as_str();
+    if req.method.eq_ignore_ascii_case("CONNECT") {
+        return (host.or_else(|| Some(req.uri.clone())), req.uri.clone(), None);
+    }
+    for scheme in ["http://", "https://"] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = &target[scheme.len()..];
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            if host.is_none() {
+                host = Some(rest[..end].to_owned());
+            }
+            target = &rest[end..];
+            break;
+        }
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    let path = if path.is_empty() { "/".to_owned() } else { path.to_owned() };
+    (host, path, query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> HttpConnection {
+        let a: Endpoint = ("10.0.0.1".parse().unwrap(), 40000);
+        let b: Endpoint = ("10.0.0.2".parse().unwrap(), 80);
+        HttpConnection::new([a, b], Some(0), 0, ParserLimits::default(), Arc::from("t"))
+    }
+
+    #[test]
+    fn pipelined_requests_pair_in_order() {
+        let mut c = conn();
+        c.on_data(0, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nGET /c?x=1 HTTP/1.1\r\n\r\n", 1, None);
+        c.on_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n", 2, None);
+        c.finish();
+        let ex = c.take_exchanges();
+        let got: Vec<_> = ex.iter().map(|e| (e.path.as_str(), e.status, e.response_body.raw.len())).collect();
+        assert_eq!(got, vec![("/a", Some(200), 2), ("/b", Some(200), 0), ("/c", Some(404), 0)]);
+        assert_eq!(ex[2].query.as_deref(), Some("x=1"));
+        assert_eq!(ex[0].host.as_deref(), Some("h"));
+        assert!(ex.iter().all(|e| !e.flags.gap && !e.flags.no_response));
+    }
+
+    #[test]
+    fn response_before_request_waits_then_pairs() {
+        let mut c = conn();
+        c.on_data(1, b"HTTP/1.1 204 No Content\r\n\r\n", 2, None);
+        c.on_data(0, b"DELETE /x HTTP/1.1\r\n\r\n", 1, None);
+        c.finish();
+        let ex = c.take_exchanges();
+        assert_eq!(ex.len(), 1);
+        assert_eq!(ex[0].status, Some(204));
+    }
+
+    #[test]
+    fn response_acking_less_than_the_request_is_an_orphan() {
+        // Regression: a capture that starts between a request and its response must not pair
+        // that response with the next request.
+        let a: Endpoint = ("10.0.0.1".parse().unwrap(), 40000);
+        let b: Endpoint = ("10.0.0.2".parse().unwrap(), 80);
+        let mut c = HttpConnection::new([a, b], None, 0, ParserLimits::default(), Arc::from("t"));
+        c.set_base_seq(0, 1000);
+        c.on_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold", 1, Some(1000));
+        c.on_data(0, b"GET /new HTTP/1.1\r\n\r\n", 2, Some(5));
+        c.on_data(1, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 3, Some(1021));
+        c.finish();
+        let ex = c.take_exchanges();
+        assert_eq!(ex.len(), 1);
+        assert_eq!((ex[0].path.as_str(), ex[0].status), ("/new", Some(201)));
+        assert_eq!(c.stats().orphan_responses, 1);
+    }
+
+    #[test]
+    fn non_http_first_bytes_mark_connection() {
+        let mut c = conn();
+        c.on_data(0, &[0x16, 0x03, 0x01, 0x00, 0x10], 1, None);
+        assert!(c.is_not_http());
+    }
+
+    #[test]
+    fn absolute_form_target_gives_host() {
+        let m = Message { method: "GET".into(), uri: "http://ex.com:8080/p/q?z".into(), ..Message::default() };
+        assert_eq!(split_target(&m), (Some("ex.com:8080".into()), "/p/q".into(), Some("z".into())));
+    }
+}

@@ -1,0 +1,356 @@
+//! The offline capture pipeline: files → packets → segments → exchanges → sample → Parquet.
+//!
+//! Packet decoding, reassembly and parsing run on the calling thread; content decoding, Arrow
+//! conversion and Parquet encoding run on a writer thread fed through a bounded channel, so
+//! the two cores of a small machine both work and memory stays bounded.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shadowtap_core::content::decode_body;
+use shadowtap_core::exchange::{Body, Exchange, Header};
+use shadowtap_core::schema::{exchanges_schema, exchanges_to_batch, EXCHANGES_SCHEMA_VERSION};
+use shadowtap_core::sink::{ParquetSink, SinkOptions};
+
+use crate::decode::{Decoded, Decoder};
+use crate::error::CaptureError;
+use crate::reassembly::{FlowTable, ReassemblyConfig};
+use crate::sampling::{Percent, SampleBy, Sampler};
+use crate::source::FileSource;
+use crate::summary::{CaptureSummary, FlagCounts, InputSummary};
+
+/// Settings of an offline capture.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Capture files, read in this order as one continuous capture (as `tcpdump -C` rotates).
+    pub inputs: Vec<PathBuf>,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// BPF filter applied by libpcap.
+    pub filter: Option<String>,
+    /// Sampling.
+    pub sampler: Sampler,
+    /// Reassembly and parser limits.
+    pub reassembly: ReassemblyConfig,
+    /// Roll output files at this size.
+    pub max_file_bytes: u64,
+    /// Show a progress line on stderr when it is a terminal.
+    pub progress: bool,
+    /// Run id used in file names; generated from the clock when `None`.
+    pub run_id: Option<String>,
+}
+
+impl CaptureOptions {
+    /// Defaults: no filter, everything kept, 16 MiB body cap, 256 MiB files.
+    pub fn new(inputs: Vec<PathBuf>, out_dir: PathBuf) -> Self {
+        CaptureOptions {
+            inputs,
+            out_dir,
+            filter: None,
+            sampler: Sampler { percent: Percent::ALL, by: SampleBy::Exchange },
+            reassembly: ReassemblyConfig::default(),
+            max_file_bytes: 256 << 20,
+            progress: true,
+            run_id: None,
+        }
+    }
+}
+
+/// Exchanges per batch sent to the writer, and the body bytes that close a batch early.
+const BATCH_ROWS: usize = 4096;
+const BATCH_BYTES: usize = 32 << 20;
+
+/// Runs an offline capture. Input errors after some packets were read are reported in the
+/// summary (and the good data kept); the call fails only when nothing could be read at all,
+/// or the output cannot be written.
+pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureError> {
+    if opts.inputs.is_empty() {
+        return Err(CaptureError::InvalidOption { option: "--read", message: "no capture file given".into() });
+    }
+    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
+    let mut summary = CaptureSummary { run_id: run_id.clone(), schema_version: EXCHANGES_SCHEMA_VERSION, ..Default::default() };
+
+    // Open every input first: a typo in the last file should not cost a long run.
+    let mut sources = Vec::new();
+    let mut open_errors = Vec::new();
+    for path in &opts.inputs {
+        match FileSource::open(path, opts.filter.as_deref()) {
+            Ok(s) => sources.push((path.clone(), s)),
+            Err(e @ CaptureError::Filter { .. }) => return Err(e),
+            Err(e) => open_errors.push((path.clone(), e)),
+        }
+    }
+    if sources.is_empty() {
+        return Err(open_errors.into_iter().next().map(|(_, e)| e).unwrap_or(CaptureError::NothingRead));
+    }
+
+    let sink = ParquetSink::new(
+        SinkOptions {
+            dir: opts.out_dir.clone(),
+            prefix: format!("exchanges-{run_id}"),
+            max_file_bytes: opts.max_file_bytes,
+            max_row_group_rows: 16_384,
+        },
+        exchanges_schema(),
+    )?;
+    let max_body = opts.reassembly.parser.max_body;
+    let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(4);
+    let writer = std::thread::Builder::new()
+        .name("shadowtap-writer".into())
+        .spawn(move || write_exchanges(rx, sink, max_body))
+        .map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
+
+    let mut table = FlowTable::new(opts.reassembly.clone(), "");
+    let mut batch = Batch::default();
+    let mut progress = Progress::new(opts.progress && std::io::stderr().is_terminal());
+    let mut send_failed = false;
+    let mut frag_reassembled = 0;
+    let mut frag_dropped = 0;
+
+    for (path, mut source) in sources {
+        let name = path.display().to_string();
+        table.set_source(&name);
+        let mut decoder = Decoder::new(source.link_type());
+        let mut input = InputSummary { path: path.clone(), ..Default::default() };
+        loop {
+            let packet = match source.next_packet() {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    input.error = Some(e.to_string());
+                    break;
+                }
+            };
+            input.packets += 1;
+            input.bytes += packet.data.len() as u64;
+            let ts = packet.ts_us;
+            match decoder.decode(ts, packet.data) {
+                Decoded::Tcp(seg) => {
+                    summary.tcp_segments += 1;
+                    table.on_segment(ts, &seg);
+                }
+                Decoded::Udp => summary.udp_skipped += 1,
+                Decoded::Other => summary.other_skipped += 1,
+                Decoded::FragmentHeld => {}
+                Decoded::Malformed(_) => summary.malformed_packets += 1,
+            }
+            for ex in table.take_exchanges() {
+                if batch.push(ex, &opts.sampler, &mut summary) && !send_failed {
+                    send_failed = tx.send(batch.take()).is_err();
+                }
+            }
+            progress.tick(summary.packets + input.packets, summary.bytes + input.bytes, summary.exchanges_seen, table.open_flows());
+        }
+        let fs = decoder.fragment_stats();
+        frag_reassembled += fs.reassembled;
+        frag_dropped += fs.dropped;
+        summary.packets += input.packets;
+        summary.bytes += input.bytes;
+        summary.inputs.push(input);
+    }
+    table.finish();
+    for ex in table.take_exchanges() {
+        if batch.push(ex, &opts.sampler, &mut summary) && !send_failed {
+            send_failed = tx.send(batch.take()).is_err();
+        }
+    }
+    if !batch.rows.is_empty() && !send_failed {
+        let _ = tx.send(batch.take());
+    }
+    drop(tx);
+    progress.clear();
+    let written = writer.join().map_err(|_| CaptureError::Io {
+        path: opts.out_dir.clone(),
+        source: std::io::Error::other("writer thread panicked"),
+    })??;
+
+    for (path, e) in open_errors {
+        summary.inputs.push(InputSummary { path, error: Some(e.to_string()), ..Default::default() });
+    }
+    summary.ip_fragments_reassembled = frag_reassembled;
+    summary.reassembly = table.stats();
+    summary.exchanges_written = written.rows;
+    summary.flags = written.flags;
+    summary.flags.decode_error = written.decode_errors;
+    summary.lost_to_caps.flows_evicted_by_cap = summary.reassembly.flows_evicted_by_cap;
+    summary.lost_to_caps.gaps_forced_by_buffer_cap = summary.reassembly.gaps_forced_by_buffer_cap;
+    summary.lost_to_caps.ip_fragments_dropped = frag_dropped;
+    summary.lost_to_caps.unanswered_overflow = summary.reassembly.unanswered_overflow;
+    summary.lost_to_caps.bodies_truncated = written.flags.truncated;
+    summary.files = written.files;
+    if summary.packets == 0 && summary.inputs.iter().all(|i| i.error.is_some()) {
+        return Err(CaptureError::NothingRead);
+    }
+    write_summary(&opts.out_dir, &summary)?;
+    Ok(summary)
+}
+
+/// Writes `capture-{run_id}.summary.json` into `dir`, atomically.
+fn write_summary(dir: &Path, summary: &CaptureSummary) -> Result<(), CaptureError> {
+    let path = dir.join(format!("capture-{}.summary.json", summary.run_id));
+    let tmp = dir.join(format!(".capture-{}.summary.json.inprogress", summary.run_id));
+    let json = serde_json::to_vec_pretty(summary).expect("summary serialises");
+    std::fs::write(&tmp, json).map_err(|source| CaptureError::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, &path).map_err(|source| CaptureError::Io { path, source })
+}
+
+#[derive(Default)]
+struct Batch {
+    rows: Vec<Exchange>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Adds `ex` if sampled in; true when the batch is full.
+    fn push(&mut self, ex: Exchange, sampler: &Sampler, summary: &mut CaptureSummary) -> bool {
+        summary.exchanges_seen += 1;
+        if !sampler.keep(&ex) {
+            summary.exchanges_sampled_out += 1;
+            return false;
+        }
+        self.bytes += ex.request_body.raw.len() + ex.response_body.raw.len() + 512;
+        self.rows.push(ex);
+        self.rows.len() >= BATCH_ROWS || self.bytes >= BATCH_BYTES
+    }
+    fn take(&mut self) -> Vec<Exchange> {
+        self.bytes = 0;
+        std::mem::take(&mut self.rows)
+    }
+}
+
+struct Written {
+    rows: u64,
+    files: Vec<PathBuf>,
+    flags: FlagCounts,
+    decode_errors: u64,
+}
+
+fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ParquetSink, max_body: u64) -> Result<Written, CaptureError> {
+    let mut flags = FlagCounts::default();
+    let mut decode_errors = 0;
+    for mut rows in rx {
+        for ex in &mut rows {
+            let req_enc = content_encoding(&ex.request_headers);
+            decode_content(&mut ex.request_body, req_enc.as_deref(), max_body);
+            let resp_enc = content_encoding(&ex.response_headers);
+            decode_content(&mut ex.response_body, resp_enc.as_deref(), max_body);
+            let f = &ex.flags;
+            flags.no_response += u64::from(f.no_response);
+            flags.incomplete += u64::from(f.incomplete);
+            flags.gap += u64::from(f.gap);
+            flags.parse_error += u64::from(f.parse_error);
+            flags.truncated += u64::from(ex.request_body.truncated || ex.response_body.truncated);
+            if ex.request_body.decode_error.is_some() || ex.response_body.decode_error.is_some() {
+                decode_errors += 1;
+                let detail: Vec<String> = [&ex.request_body, &ex.response_body]
+                    .iter()
+                    .zip(["request", "response"])
+                    .filter_map(|(b, side)| b.decode_error.as_ref().map(|e| format!("{side} body: {e}")))
+                    .collect();
+                let joined = detail.join("; ");
+                ex.error_detail = Some(match ex.error_detail.take() {
+                    Some(d) => format!("{d}; {joined}"),
+                    None => joined,
+                });
+            }
+        }
+        let batch = exchanges_to_batch(&rows)?;
+        sink.write(&batch)?;
+    }
+    let rows = sink.rows();
+    let files = sink.finish()?;
+    Ok(Written { rows, files, flags, decode_errors })
+}
+
+fn content_encoding(headers: &[Header]) -> Option<String> {
+    let values: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
+        .map(|h| h.value.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+fn decode_content(body: &mut Body, encoding: Option<&str>, cap: u64) {
+    let Some(enc) = encoding else { return };
+    if body.raw.is_empty() {
+        return;
+    }
+    if body.truncated || (body.raw.len() as u64) < body.len {
+        body.decode_error = Some("body incomplete (truncated or bytes lost); not decoded".into());
+        return;
+    }
+    match decode_body(enc, &body.raw, cap) {
+        Ok(decoded) => body.decoded = decoded,
+        Err(e) => body.decode_error = Some(e.to_string()),
+    }
+}
+
+fn new_run_id() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:04x}",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60,
+        (now.subsec_nanos() ^ std::process::id()) & 0xffff
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+struct Progress {
+    enabled: bool,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Progress { enabled, started: Instant::now(), last: Instant::now() }
+    }
+    fn tick(&mut self, packets: u64, bytes: u64, exchanges: u64, flows: usize) {
+        if !self.enabled || packets % 4096 != 0 || self.last.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        eprint!(
+            "\r\x1b[Kcapture: {packets} packets, {:.1} MB ({:.0} MB/s), {exchanges} exchanges, {flows} open flows",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / secs
+        );
+    }
+    fn clear(&self) {
+        if self.enabled {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+    }
+}
