@@ -39,6 +39,11 @@ struct PendingExchange {
     request: Option<Message>,
     interim: Vec<u16>,
     response: Option<Message>,
+    /// ACK carried by the request's first segment: how much of the server stream the client
+    /// had received when it sent the request.
+    ack: Option<u32>,
+    /// The response was sent but could not be parsed (lost or damaged in capture).
+    response_lost: bool,
 }
 
 /// The pairing side of a connection, handed to the parsers as their [`Framing`].
@@ -48,11 +53,13 @@ struct Pairing {
     next_response: u64,
     /// The client stream's first sequence number, to read the server's ACKs as offsets.
     client_base_seq: Option<u32>,
+    /// The server stream's first sequence number, to compare server offsets with client ACKs.
+    server_base_seq: Option<u32>,
     requests_done: bool,
 }
 
 impl Framing for Pairing {
-    fn request_head(&mut self, method: &str, start_offset: u64) -> u64 {
+    fn request_head(&mut self, method: &str, start_offset: u64, ack: Option<u32>) -> u64 {
         let index = self.next_request;
         self.next_request += 1;
         self.pending.push_back(PendingExchange {
@@ -62,25 +69,43 @@ impl Framing for Pairing {
             request: None,
             interim: Vec::new(),
             response: None,
+            ack,
+            response_lost: false,
         });
         index
     }
 
-    fn response_head(&mut self, status: u16, ack: Option<u32>) -> ResponseFraming {
-        let Some(req) = self.pending.iter().find(|p| p.index == self.next_response) else {
-            return if self.requests_done { ResponseFraming::Orphan } else { ResponseFraming::Wait };
-        };
-        if let (Some(ack), Some(base)) = (ack, self.client_base_seq) {
-            let request_seq = base.wrapping_add(req.start_offset as u32);
-            if (ack.wrapping_sub(request_seq) as i32) <= 0 {
-                return ResponseFraming::Orphan;
+    fn response_head(&mut self, status: u16, _start_offset: u64, ack: Option<u32>, unparsed_from: Option<u64>) -> ResponseFraming {
+        loop {
+            let next = self.next_response;
+            let Some(req) = self.pending.iter_mut().find(|p| p.index == next) else {
+                return if self.requests_done { ResponseFraming::Orphan } else { ResponseFraming::Wait };
+            };
+            // A server cannot answer a request before receiving its first byte.
+            if let (Some(ack), Some(base)) = (ack, self.client_base_seq) {
+                let request_seq = base.wrapping_add(req.start_offset as u32);
+                if (ack.wrapping_sub(request_seq) as i32) <= 0 {
+                    return ResponseFraming::Orphan;
+                }
             }
+            // Server bytes that could not be parsed, all sent after the client sent this
+            // request (they lie at or beyond the ACK the request carried), can only hold this
+            // request's response (or a later one): that response was lost, and this one
+            // answers a later request.
+            if let (Some(from), Some(req_ack), Some(base)) = (unparsed_from, req.ack, self.server_base_seq) {
+                let from_seq = base.wrapping_add(from as u32);
+                if (from_seq.wrapping_sub(req_ack) as i32) >= 0 {
+                    req.response_lost = true;
+                    self.next_response += 1;
+                    continue;
+                }
+            }
+            let framing = ResponseFraming::Request { index: req.index, method: req.method.clone() };
+            if status >= 200 || status == 101 || status == 0 {
+                self.next_response += 1;
+            }
+            return framing;
         }
-        let framing = ResponseFraming::Request { index: req.index, method: req.method.clone() };
-        if status >= 200 || status == 101 || status == 0 {
-            self.next_response += 1;
-        }
-        framing
     }
 }
 
@@ -151,6 +176,7 @@ impl HttpConnection {
                 next_request: 0,
                 next_response: 0,
                 client_base_seq: None,
+                server_base_seq: None,
                 requests_done: false,
             },
             uncertain: false,
@@ -171,6 +197,7 @@ impl HttpConnection {
         self.base_seq[dir] = Some(seq);
         if let Some(c) = self.client_dir {
             self.pairing.client_base_seq = self.base_seq[c];
+            self.pairing.server_base_seq = self.base_seq[1 - c];
         }
     }
 
@@ -206,6 +233,7 @@ impl HttpConnection {
         let resp = MessageParser::new(Role::Response, self.limits, self.mid_stream, self.detect_offset[server_dir]);
         self.parsers = Some(if client_dir == 0 { [req, resp] } else { [resp, req] });
         self.pairing.client_base_seq = self.base_seq[client_dir];
+        self.pairing.server_base_seq = self.base_seq[server_dir];
         self.mode = Mode::Http;
     }
 
@@ -348,7 +376,7 @@ impl HttpConnection {
             .pairing
             .pending
             .front()
-            .is_some_and(|p| p.request.is_some() && p.response.is_some())
+            .is_some_and(|p| p.request.is_some() && (p.response.is_some() || p.response_lost))
         {
             let p = self.pairing.pending.pop_front().expect("front exists");
             self.emit(p);
@@ -377,7 +405,10 @@ impl HttpConnection {
         if let Some(e) = resp.as_ref().and_then(|r| r.error.as_ref()) {
             details.push(format!("response: {e}"));
         }
-        let gap = req.gap || resp.as_ref().is_some_and(|r| r.gap) || self.uncertain;
+        if p.response_lost {
+            details.push("a response was sent but lost or damaged in capture".into());
+        }
+        let gap = req.gap || resp.as_ref().is_some_and(|r| r.gap) || self.uncertain || p.response_lost;
         if gap {
             details.push("bytes were lost in capture on this exchange or before it on its connection".into());
         }

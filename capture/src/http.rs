@@ -42,11 +42,13 @@ pub enum ResponseFraming {
 
 /// What the parser asks of the connection that pairs requests with responses.
 pub trait Framing {
-    /// A request head was parsed; returns the request's index in the connection.
-    fn request_head(&mut self, method: &str, start_offset: u64) -> u64;
-    /// A response head with `status` was parsed; `ack` is the ACK number carried by the
-    /// segment holding its first byte.
-    fn response_head(&mut self, status: u16, ack: Option<u32>) -> ResponseFraming;
+    /// A request head was parsed; `ack` is the ACK number carried by the segment holding its
+    /// first byte. Returns the request's index in the connection.
+    fn request_head(&mut self, method: &str, start_offset: u64, ack: Option<u32>) -> u64;
+    /// A response head with `status` was parsed at stream offset `start_offset`; `ack` is the
+    /// ACK number carried by the segment holding its first byte; `unparsed_from` is where a run
+    /// of server bytes that could not be parsed (lost or skipped) began, if one ends here.
+    fn response_head(&mut self, status: u16, start_offset: u64, ack: Option<u32>, unparsed_from: Option<u64>) -> ResponseFraming;
 }
 
 /// One parsed HTTP message (complete or not).
@@ -169,6 +171,8 @@ pub struct MessageParser {
     loss_before_next: bool,
     /// The stream's first message did not parse.
     rejected: bool,
+    /// Start of the current run of bytes lost or skipped since the last parsed head.
+    unparsed_from: Option<u64>,
 }
 
 const MAX_LINE: usize = 8 << 10;
@@ -190,6 +194,7 @@ impl MessageParser {
             events: VecDeque::new(),
             loss_before_next: false,
             rejected: false,
+            unparsed_from: None,
         }
     }
 
@@ -260,6 +265,7 @@ impl MessageParser {
         let in_body = matches!(self.state, State::Body(BodyState::Length(_) | BodyState::ChunkData(_) | BodyState::UntilClose));
         if held > 0 && !in_body {
             // A partial head, chunk line or trailer is cut by the loss.
+            self.unparsed_from.get_or_insert(self.offset);
             self.buf.clear();
             self.offset += held;
             self.damage(ts_us, "bytes lost inside message framing", true);
@@ -295,6 +301,9 @@ impl MessageParser {
             }
         }
         if len > 0 {
+            if !matches!(self.state, State::Body(_)) {
+                self.unparsed_from.get_or_insert(self.offset);
+            }
             self.offset += len;
             if matches!(self.state, State::Body(_)) {
                 self.damage(ts_us, "bytes lost inside message framing", true);
@@ -353,6 +362,7 @@ impl MessageParser {
             self.finish_message(ts_us, false);
         }
         self.events.push_back(ParserEvent::BoundaryLoss);
+        self.unparsed_from.get_or_insert(self.offset);
         self.loss_before_next = true;
         self.state = State::Resync;
         self.mid_line = true;
@@ -399,9 +409,10 @@ impl MessageParser {
                     }
                 }
                 State::Resync => {
-                    let (n, found) = self.resync(view);
+                    let (n, found) = self.resync(view, here);
                     pos += n;
                     if n > 0 {
+                        self.unparsed_from.get_or_insert(here);
                         self.events.push_back(ParserEvent::Skipped(n as u64));
                     }
                     if found {
@@ -442,9 +453,9 @@ impl MessageParser {
             match self.role {
                 Role::Request => {
                     msg.method = String::from_utf8_lossy(&view[..view.iter().position(|&b| b == b' ').unwrap_or(0)]).into_owned();
-                    msg.index = Some(framing.request_head(&msg.method, start));
+                    msg.index = Some(framing.request_head(&msg.method, start, self.mark_at(start).1));
                 }
-                Role::Response => match framing.response_head(0, self.mark_at(start).1) {
+                Role::Response => match framing.response_head(0, start, self.mark_at(start).1, self.unparsed_from) {
                     ResponseFraming::Request { index, .. } => msg.index = Some(index),
                     ResponseFraming::Orphan | ResponseFraming::Wait => msg.orphan = true,
                 },
@@ -531,7 +542,7 @@ impl MessageParser {
             Role::Request => {
                 msg.method = head.method;
                 msg.uri = head.uri;
-                msg.index = Some(framing.request_head(&msg.method, start));
+                msg.index = Some(framing.request_head(&msg.method, start, self.mark_at(start).1));
                 match (te_chunked, length) {
                     (Some(true), _) => Some(BodyState::ChunkSize),
                     (Some(false), _) => Some(BodyState::UntilClose),
@@ -543,7 +554,7 @@ impl MessageParser {
                 msg.status = head.status;
                 msg.reason = head.reason;
                 let (_, ack) = self.mark_at(start);
-                let method = match framing.response_head(head.status, ack) {
+                let method = match framing.response_head(head.status, start, ack, self.unparsed_from) {
                     ResponseFraming::Wait => return HeadOutcome::Partial,
                     ResponseFraming::Orphan => {
                         msg.orphan = true;
@@ -579,6 +590,7 @@ impl MessageParser {
         };
         self.messages += 1;
         self.loss_before_next = false;
+        self.unparsed_from = None;
         let end_ts = self.mark_at(start + n as u64 - 1).0;
         self.current = Some(msg);
         match body {
@@ -673,35 +685,47 @@ impl MessageParser {
         }
     }
 
-    /// Looks for a plausible start line; returns bytes to skip and whether one was found at
-    /// the new position.
-    fn resync(&mut self, view: &[u8]) -> (usize, bool) {
-        let mut line_start = 0;
-        if self.mid_line {
-            match memchr(b'\n', view) {
-                Some(i) => {
-                    line_start = i + 1;
-                    self.mid_line = false;
-                }
-                None => return (view.len(), false),
+    /// Looks for a plausible start line at a line start or at the start of a segment (a
+    /// message after a binary body rarely follows a newline, but usually starts a segment).
+    /// Returns the bytes to skip and whether a start line is at the new position.
+    fn resync(&mut self, view: &[u8], here: u64) -> (usize, bool) {
+        let end = here + view.len() as u64;
+        let mut seg_starts = self.marks.iter().map(|m| m.0).filter(|&o| o >= here && o < end).map(|o| (o - here) as usize).peekable();
+        let mut keep_from: Option<usize> = None;
+        let mut i = 0;
+        while i < view.len() {
+            while seg_starts.peek().is_some_and(|&s| s < i) {
+                seg_starts.next();
             }
+            let at_line_start = if i == 0 { !self.mid_line } else { view[i - 1] == b'\n' };
+            let candidate = at_line_start || seg_starts.peek() == Some(&i);
+            if candidate {
+                match memchr(b'\n', &view[i..]) {
+                    Some(n) => {
+                        if is_start_line(self.role, &view[i..i + n]) {
+                            return (i, true);
+                        }
+                    }
+                    None if view.len() - i <= MAX_LINE => {
+                        keep_from.get_or_insert(i);
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            // Jump to the next line start or segment start.
+            let next_line = memchr(b'\n', &view[i..]).map_or(view.len(), |n| i + n + 1);
+            let next_seg = seg_starts.peek().copied().filter(|&s| s > i).unwrap_or(view.len());
+            i = next_line.min(next_seg);
         }
-        loop {
-            let rest = &view[line_start..];
-            match memchr(b'\n', rest) {
-                Some(end) => {
-                    if is_start_line(self.role, &rest[..end]) {
-                        return (line_start, true);
-                    }
-                    line_start += end + 1;
-                }
-                None => {
-                    if rest.len() > MAX_LINE {
-                        self.mid_line = true;
-                        return (view.len(), false);
-                    }
-                    return (line_start, false);
-                }
+        match keep_from {
+            Some(k) => {
+                self.mid_line = k > 0 && view[k - 1] != b'\n';
+                (k, false)
+            }
+            None => {
+                self.mid_line = view.last().is_some_and(|&b| b != b'\n');
+                (view.len(), false)
             }
         }
     }

@@ -1,0 +1,164 @@
+//! Helpers shared by the integration tests: running a capture and reading its Parquet back.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int32Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use shadowtap_capture::pipeline::{capture_files, CaptureOptions};
+use shadowtap_capture::summary::CaptureSummary;
+
+/// The repository's fixtures directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// One exchange as read back from Parquet (the columns the tests look at).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub exchange_id: String,
+    pub connection_id: String,
+    pub method: String,
+    pub uri: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub host: Option<String>,
+    pub status: Option<i32>,
+    pub interim: Vec<i32>,
+    pub client_port: i32,
+    pub request_body: Vec<u8>,
+    pub request_body_len: i64,
+    pub response_body: Vec<u8>,
+    pub response_body_decoded: Option<Vec<u8>>,
+    pub response_body_len: i64,
+    pub response_body_truncated: bool,
+    pub no_response: bool,
+    pub gap: bool,
+    pub incomplete: bool,
+    pub parse_error: bool,
+    pub upgraded: bool,
+    pub response_header_names: Vec<String>,
+    pub request_trailer_names: Vec<String>,
+    pub response_trailer_names: Vec<String>,
+}
+
+/// Captures `inputs` into a fresh temp dir with `tweak` applied to the options.
+pub fn capture_with(inputs: &[PathBuf], tweak: impl FnOnce(&mut CaptureOptions)) -> (tempfile::TempDir, CaptureSummary, Vec<Row>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = CaptureOptions::new(inputs.to_vec(), dir.path().to_path_buf());
+    opts.progress = false;
+    tweak(&mut opts);
+    let summary = capture_files(&opts).expect("capture succeeds");
+    let rows = read_rows(dir.path());
+    (dir, summary, rows)
+}
+
+/// Captures `inputs` with default options.
+pub fn capture(inputs: &[PathBuf]) -> (tempfile::TempDir, CaptureSummary, Vec<Row>) {
+    capture_with(inputs, |_| {})
+}
+
+fn strings(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Option<String>> {
+    let col = batch.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
+    let a = col.as_string::<i32>();
+    (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_owned())).collect()
+}
+
+fn bools(batch: &arrow::array::RecordBatch, name: &str) -> Vec<bool> {
+    let a = batch.column_by_name(name).unwrap().as_boolean().clone();
+    (0..a.len()).map(|i| a.value(i)).collect()
+}
+
+fn binaries(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Option<Vec<u8>>> {
+    let a = batch.column_by_name(name).unwrap().as_binary::<i32>().clone();
+    (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_vec())).collect()
+}
+
+fn ints(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Option<i64>> {
+    let col = batch.column_by_name(name).unwrap();
+    if let Some(a) = col.as_primitive_opt::<Int32Type>() {
+        return (0..a.len()).map(|i| a.is_valid(i).then(|| i64::from(a.value(i)))).collect();
+    }
+    let a = col.as_primitive::<arrow::datatypes::Int64Type>();
+    (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect()
+}
+
+fn header_names(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Vec<String>> {
+    let list = batch.column_by_name(name).unwrap().as_list::<i32>().clone();
+    (0..list.len())
+        .map(|i| {
+            let v = list.value(i);
+            let s = v.as_struct();
+            let names = s.column(0).as_string::<i32>();
+            (0..names.len()).map(|j| names.value(j).to_owned()).collect()
+        })
+        .collect()
+}
+
+/// Reads every exchanges file in `dir`.
+pub fn read_rows(dir: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let files = shadowtap_core::sink::list_parquet_files(dir, "exchanges-").unwrap();
+    for f in files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap()).unwrap().build().unwrap();
+        for batch in reader {
+            let b = batch.unwrap();
+            let ids = strings(&b, "exchange_id");
+            let conns = strings(&b, "connection_id");
+            let methods = strings(&b, "method");
+            let uris = strings(&b, "uri");
+            let paths = strings(&b, "path");
+            let queries = strings(&b, "query");
+            let hosts = strings(&b, "host");
+            let status = ints(&b, "status");
+            let ports = ints(&b, "client_port");
+            let req_body = binaries(&b, "request_body");
+            let req_len = ints(&b, "request_body_len");
+            let resp_body = binaries(&b, "response_body");
+            let resp_dec = binaries(&b, "response_body_decoded");
+            let resp_len = ints(&b, "response_body_len");
+            let resp_trunc = bools(&b, "response_body_truncated");
+            let no_resp = bools(&b, "no_response");
+            let gap = bools(&b, "gap");
+            let incomplete = bools(&b, "incomplete");
+            let parse_error = bools(&b, "parse_error");
+            let upgraded = bools(&b, "upgraded");
+            let resp_headers = header_names(&b, "response_headers");
+            let req_trailers = header_names(&b, "request_trailers");
+            let resp_trailers = header_names(&b, "response_trailers");
+            let interim = b.column_by_name("interim_statuses").unwrap().as_list::<i32>().clone();
+            for i in 0..b.num_rows() {
+                let iv = interim.value(i);
+                let iv = iv.as_primitive::<Int32Type>();
+                rows.push(Row {
+                    exchange_id: ids[i].clone().unwrap(),
+                    connection_id: conns[i].clone().unwrap(),
+                    method: methods[i].clone().unwrap(),
+                    uri: uris[i].clone().unwrap(),
+                    path: paths[i].clone().unwrap(),
+                    query: queries[i].clone(),
+                    host: hosts[i].clone(),
+                    status: status[i].map(|s| s as i32),
+                    interim: iv.values().to_vec(),
+                    client_port: ports[i].unwrap() as i32,
+                    request_body: req_body[i].clone().unwrap(),
+                    request_body_len: req_len[i].unwrap(),
+                    response_body: resp_body[i].clone().unwrap(),
+                    response_body_decoded: resp_dec[i].clone(),
+                    response_body_len: resp_len[i].unwrap(),
+                    response_body_truncated: resp_trunc[i],
+                    no_response: no_resp[i],
+                    gap: gap[i],
+                    incomplete: incomplete[i],
+                    parse_error: parse_error[i],
+                    upgraded: upgraded[i],
+                    response_header_names: resp_headers[i].clone(),
+                    request_trailer_names: req_trailers[i].clone(),
+                    response_trailer_names: resp_trailers[i].clone(),
+                });
+            }
+        }
+    }
+    rows
+}

@@ -1,0 +1,197 @@
+//! Real traffic: nginx on loopback, real clients (curl and a raw pipelining socket client),
+//! captured by tcpdump on `lo`, decoded by shadowtap and checked against nginx's access log.
+//!
+//! Needs root (for tcpdump), nginx, tcpdump and curl, all installed by `.ci/run`. Set
+//! `SHADOWTAP_SKIP_LIVE=1` to skip on a machine without them (the test then says so).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::capture;
+
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_nginx(dir: &Path) -> Nginx {
+    let port = free_port();
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("small.txt"), "hello shadowtap\n".repeat(200)).unwrap();
+    let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(www.join("big.bin"), &big).unwrap();
+    std::fs::write(www.join("data.json"), format!("{{\"items\":[{}]}}", (0..300).map(|i| i.to_string()).collect::<Vec<_>>().join(","))).unwrap();
+    let d = dir.display();
+    let conf = format!(
+        r#"worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  log_format st '$request_method $request_uri $status $connection $connection_requests';
+  access_log {d}/access.log st;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_requests 1000;
+  types {{ text/plain txt; application/json json; application/octet-stream bin; }}
+  gzip on;
+  gzip_min_length 10;
+  gzip_http_version 1.0;
+  gzip_types text/plain application/json;
+  server {{
+    listen 127.0.0.1:{port};
+    root {d}/www;
+    location /post {{ client_body_buffer_size 1m; return 200 "posted\n"; }}
+  }}
+}}
+"#
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx (apt-get install nginx-light)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Nginx { child, port }
+}
+
+struct Tcpdump(Child);
+
+fn start_tcpdump(port: u16, out: &Path) -> Tcpdump {
+    let mut child = Command::new("tcpdump")
+        .args(["-i", "lo", "--immediate-mode", "-U", "-s", "0", "-B", "16384", "-w"])
+        .arg(out)
+        .arg(format!("tcp port {port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcpdump (apt-get install tcpdump; needs root)");
+    // tcpdump says "listening on lo" once the capture is open.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "tcpdump: {line}");
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    Tcpdump(child)
+}
+
+impl Tcpdump {
+    fn stop(mut self) {
+        // Let the last packets reach the capture buffer, then stop cleanly so the file is whole.
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(args: &[&str]) {
+    let st = Command::new("curl").args(["-s", "-S", "--max-time", "20"]).args(args).stdout(Stdio::null()).status().expect("run curl");
+    assert!(st.success(), "curl {args:?}");
+}
+
+/// Sends `requests` in one write (HTTP pipelining) and reads until the server closes.
+fn pipeline(port: u16, requests: &[String]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(requests.concat().as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn nginx_traffic_on_loopback_matches_access_log() {
+    if std::env::var_os("SHADOWTAP_SKIP_LIVE").is_some() {
+        eprintln!("SHADOWTAP_SKIP_LIVE set: live capture test skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = start_nginx(dir.path());
+    let port = nginx.port;
+    let pcap = dir.path().join("lo.pcap");
+    let dump = start_tcpdump(port, &pcap);
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Keep-alive: several requests on one connection, gzip (chunked) and plain bodies, HEAD, 404.
+    curl(&["--compressed", "-o", "/dev/null", &format!("{base}/small.txt"), "-o", "/dev/null", &format!("{base}/big.bin"),
+        "-o", "/dev/null", &format!("{base}/data.json?page=2&sort=asc"), "-o", "/dev/null", &format!("{base}/missing")]);
+    curl(&["-I", &format!("{base}/small.txt")]);
+    // HTTP/1.0.
+    curl(&["--http1.0", "-o", "/dev/null", &format!("{base}/small.txt")]);
+    // POST bodies: Content-Length and chunked.
+    let body_file = dir.path().join("body.json");
+    let post_body = format!("{{\"user\":\"u1\",\"pad\":\"{}\"}}", "x".repeat(100_000));
+    std::fs::write(&body_file, &post_body).unwrap();
+    curl(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &format!("@{}", body_file.display()), &format!("{base}/post")]);
+    curl(&["-X", "POST", "-H", "Transfer-Encoding: chunked", "--data-binary", &format!("@{}", body_file.display()), &format!("{base}/post?chunked=1")]);
+    // Pipelining: five requests in one segment.
+    let mut reqs: Vec<String> = (0..4).map(|i| format!("GET /small.txt?p={i} HTTP/1.1\r\nHost: t\r\n\r\n")).collect();
+    reqs.push("GET /data.json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".into());
+    let answer = pipeline(port, &reqs);
+    assert_eq!(answer.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count(), 5);
+
+    dump.stop();
+    drop(nginx);
+
+    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+    let mut logged: Vec<(String, String, i32)> = log
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_owned(), f[1].to_owned(), f[2].parse().unwrap())
+        })
+        .collect();
+    logged.sort();
+    assert_eq!(logged.len(), 13, "{log}");
+
+    if let Some(keep) = std::env::var_os("SHADOWTAP_KEEP_PCAP") {
+        std::fs::copy(&pcap, keep).unwrap();
+    }
+    let (_d, summary, rows) = capture(&[pcap]);
+    let mut seen: Vec<(String, String, i32)> = rows.iter().map(|r| (r.method.clone(), r.uri.clone(), r.status.unwrap_or(-1))).collect();
+    seen.sort();
+    assert_eq!(seen, logged, "every exchange in nginx's log, and nothing else");
+    assert!(rows.iter().all(|r| !r.gap && !r.incomplete && !r.parse_error && !r.no_response), "{summary:#?}");
+
+    let big = rows.iter().find(|r| r.path == "/big.bin").unwrap();
+    assert_eq!(big.response_body, std::fs::read(dir.path().join("www/big.bin")).unwrap(), "2 MiB body byte for byte");
+    let small = rows.iter().find(|r| r.uri == "/small.txt" && r.response_body_decoded.is_some()).expect("a gzip response");
+    assert_eq!(small.response_body_decoded.as_deref().unwrap(), "hello shadowtap\n".repeat(200).as_bytes());
+    let head = rows.iter().find(|r| r.method == "HEAD").unwrap();
+    assert!(head.response_body.is_empty() && head.status == Some(200));
+    for r in rows.iter().filter(|r| r.method == "POST") {
+        assert_eq!(r.request_body, post_body.as_bytes(), "{}", r.uri);
+    }
+    let json = rows.iter().find(|r| r.path == "/data.json" && r.query.is_some()).unwrap();
+    assert_eq!(json.query.as_deref(), Some("page=2&sort=asc"));
+    // The five pipelined requests share one connection, in order.
+    let piped: Vec<&crate::common::Row> = rows.iter().filter(|r| r.uri.starts_with("/small.txt?p=") || (r.uri == "/data.json")).collect();
+    assert_eq!(piped.len(), 5);
+    assert!(piped.iter().all(|r| r.connection_id == piped[0].connection_id));
+}
