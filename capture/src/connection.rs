@@ -139,6 +139,9 @@ pub struct HttpConnection {
     base_seq: [Option<u32>; 2],
     /// Stream bytes of each direction dropped before parsing started (lost during detection).
     detect_offset: [u64; 2],
+    client_ended: bool,
+    /// The server side ended (clean or not) before the client side did.
+    server_end: Option<bool>,
     stats: ConnectionStats,
     out: Vec<Exchange>,
 }
@@ -183,6 +186,8 @@ impl HttpConnection {
             upgraded: false,
             base_seq: [None, None],
             detect_offset: [0, 0],
+            client_ended: false,
+            server_end: None,
             stats: ConnectionStats::default(),
             out: Vec::new(),
         };
@@ -285,21 +290,44 @@ impl HttpConnection {
     }
 
     /// Direction `dir` ended (`clean` for FIN; false for RST, eviction or end of capture).
+    ///
+    /// The server side is finished only after the client side: a response held back waiting
+    /// for its request (the capture delivered the server's bytes and FIN first) must still
+    /// meet that request.
     pub fn on_end(&mut self, dir: usize, clean: bool) {
         if !matches!(self.mode, Mode::Http) {
             return;
         }
-        let Some(parsers) = self.parsers.as_mut() else { return };
-        if Some(dir) == self.client_dir {
-            parsers[dir].finish(clean, &mut self.pairing);
+        let Some(client) = self.client_dir else { return };
+        if dir == client {
+            if self.client_ended {
+                return;
+            }
+            self.client_ended = true;
+            if let Some(p) = self.parsers.as_mut() {
+                p[client].finish(clean, &mut self.pairing);
+            }
             self.pairing.requests_done = true;
             self.after_parse();
             // Responses held back waiting for a request now know there will be none.
             if let Some(p) = self.parsers.as_mut() {
-                p[1 - dir].resume(&mut self.pairing);
+                p[1 - client].resume(&mut self.pairing);
             }
+            self.after_parse();
+            if let Some(server_clean) = self.server_end.take() {
+                self.finish_server(server_clean);
+            }
+        } else if self.client_ended {
+            self.finish_server(clean);
         } else {
-            parsers[dir].finish(clean, &mut self.pairing);
+            self.server_end = Some(clean);
+        }
+    }
+
+    fn finish_server(&mut self, clean: bool) {
+        let Some(client) = self.client_dir else { return };
+        if let Some(p) = self.parsers.as_mut() {
+            p[1 - client].finish(clean, &mut self.pairing);
         }
         self.after_parse();
     }

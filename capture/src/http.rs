@@ -715,7 +715,10 @@ impl MessageParser {
             }
             // Jump to the next line start or segment start.
             let next_line = memchr(b'\n', &view[i..]).map_or(view.len(), |n| i + n + 1);
-            let next_seg = seg_starts.peek().copied().filter(|&s| s > i).unwrap_or(view.len());
+            while seg_starts.peek().is_some_and(|&s| s <= i) {
+                seg_starts.next();
+            }
+            let next_seg = seg_starts.peek().copied().unwrap_or(view.len());
             i = next_line.min(next_seg);
         }
         match keep_from {

@@ -116,11 +116,32 @@ struct Flow {
 
 type FlowKey = (IpAddr, u16, IpAddr, u16);
 
+/// What is remembered of a flow that ended with FIN or RST, so that late retransmissions of its
+/// segments are recognised instead of starting a phantom flow.
+struct Tombstone {
+    /// Per direction: the sequence number of offset 0 and the offset the stream ended at.
+    streams: [Option<(u32, u64)>; 2],
+    closed_us: i64,
+}
+
+impl Tombstone {
+    fn covers(&self, dir: usize, seq: u32) -> bool {
+        self.streams[dir].is_some_and(|(base, end)| {
+            let off = i64::from(seq.wrapping_sub(base) as i32);
+            off >= -1 && off <= end as i64 + 1
+        })
+    }
+}
+
+/// How long (capture time) a closed flow's tombstone absorbs late segments.
+const TOMBSTONE_US: i64 = 120_000_000;
+
 /// The table of open flows.
 pub struct FlowTable {
     config: ReassemblyConfig,
     source: Arc<str>,
     flows: HashMap<FlowKey, Flow>,
+    closed: HashMap<FlowKey, Tombstone>,
     stats: ReassemblyStats,
     out: Vec<Exchange>,
     last_sweep_us: i64,
@@ -134,6 +155,7 @@ impl FlowTable {
             config,
             source: Arc::from(source),
             flows: HashMap::new(),
+            closed: HashMap::new(),
             stats: ReassemblyStats::default(),
             out: Vec::new(),
             last_sweep_us: i64::MIN,
@@ -181,6 +203,14 @@ impl FlowTable {
             }
         }
         if !self.flows.contains_key(&key) {
+            if let Some(t) = self.closed.get(&key) {
+                if !pure_syn && t.covers(dir, seg.seq) {
+                    // A late copy of a segment of a connection already closed.
+                    self.stats.retransmitted_segments += u64::from(!seg.payload.is_empty());
+                    return;
+                }
+                self.closed.remove(&key);
+            }
             if seg.payload.is_empty() && !seg.syn {
                 return; // a bare ACK, FIN or RST of a flow we never saw: nothing to record
             }
@@ -203,6 +233,15 @@ impl FlowTable {
         let done = Self::segment_into(flow, dir, ts_us, seg, &self.config, &mut self.stats);
         if done {
             let flow = self.flows.remove(&key).expect("present");
+            let streams = [0, 1].map(|d| flow.streams[d].base.map(|b| (b, flow.streams[d].next)));
+            if self.closed.len() >= self.config.max_flows {
+                let now = self.now_us;
+                self.closed.retain(|_, t| now - t.closed_us < TOMBSTONE_US / 4);
+                if self.closed.len() >= self.config.max_flows {
+                    self.closed.clear();
+                }
+            }
+            self.closed.insert(key, Tombstone { streams, closed_us: ts_us });
             self.close_flow(flow, true);
         } else {
             self.out.extend(flow.conn.take_exchanges());
@@ -396,6 +435,8 @@ impl FlowTable {
             return;
         }
         self.last_sweep_us = self.now_us;
+        let now = self.now_us;
+        self.closed.retain(|_, t| now - t.closed_us < TOMBSTONE_US);
         let cutoff = self.now_us - self.config.idle_timeout_us;
         let idle: Vec<FlowKey> = self.flows.iter().filter(|(_, f)| f.last_us < cutoff).map(|(k, _)| *k).collect();
         let mut flows: Vec<Flow> = idle.iter().filter_map(|k| self.flows.remove(k)).collect();
