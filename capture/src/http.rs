@@ -404,7 +404,8 @@ impl MessageParser {
                         HeadOutcome::Parsed(n) => pos += n,
                         HeadOutcome::Invalid(why) => {
                             self.invalid_head(view, here + skip as u64, why, framing);
-                            pos += skip;
+                            // Step past the rejected start so resync cannot match it again.
+                            pos += skip + 1;
                         }
                     }
                 }
