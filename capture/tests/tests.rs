@@ -3,4 +3,5 @@
 mod common;
 mod bad_input;
 mod oracle;
+mod linktypes;
 mod live;
