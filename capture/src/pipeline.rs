@@ -40,6 +40,9 @@ pub struct CaptureOptions {
     pub progress: bool,
     /// Run id used in file names; generated from the clock when `None`.
     pub run_id: Option<String>,
+    /// Writer threads (content decoding, Arrow conversion, Parquet encoding), each writing its
+    /// own series of files.
+    pub writers: usize,
 }
 
 impl CaptureOptions {
@@ -54,6 +57,7 @@ impl CaptureOptions {
             max_file_bytes: 256 << 20,
             progress: true,
             run_id: None,
+            writers: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         }
     }
 }
@@ -86,21 +90,37 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
         return Err(open_errors.into_iter().next().map(|(_, e)| e).unwrap_or(CaptureError::NothingRead));
     }
 
-    let sink = ParquetSink::new(
-        SinkOptions {
-            dir: opts.out_dir.clone(),
-            prefix: format!("exchanges-{run_id}"),
-            max_file_bytes: opts.max_file_bytes,
-            max_row_group_rows: 16_384,
-        },
-        exchanges_schema(),
-    )?;
+    // Content decoding, Arrow conversion and zstd dominate the cost: spread them over writer
+    // threads, each with its own file series. Batches go round-robin, so which rows land in
+    // which file is the same on every run.
+    let writers_n = opts.writers.max(1);
     let max_body = opts.reassembly.parser.max_body;
-    let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(4);
-    let writer = std::thread::Builder::new()
-        .name("shadowtap-writer".into())
-        .spawn(move || write_exchanges(rx, sink, max_body))
-        .map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
+    let mut senders = Vec::with_capacity(writers_n);
+    let mut writers = Vec::with_capacity(writers_n);
+    for w in 0..writers_n {
+        let sink = ParquetSink::new(
+            SinkOptions {
+                dir: opts.out_dir.clone(),
+                prefix: format!("exchanges-{run_id}-{w}"),
+                max_file_bytes: opts.max_file_bytes,
+                max_row_group_rows: 16_384,
+            },
+            exchanges_schema(),
+        )?;
+        let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(2);
+        let handle = std::thread::Builder::new()
+            .name(format!("shadowtap-writer-{w}"))
+            .spawn(move || write_exchanges(rx, sink, max_body))
+            .map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
+        senders.push(tx);
+        writers.push(handle);
+    }
+    let mut next_writer = 0usize;
+    let mut send = |rows: Vec<Exchange>| -> bool {
+        let ok = senders[next_writer % writers_n].send(rows).is_ok();
+        next_writer += 1;
+        ok
+    };
 
     let mut table = FlowTable::new(opts.reassembly.clone(), "");
     let mut batch = Batch::default();
@@ -138,7 +158,7 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
             }
             for ex in table.take_exchanges() {
                 if batch.push(ex, &opts.sampler, &mut summary) && !send_failed {
-                    send_failed = tx.send(batch.take()).is_err();
+                    send_failed = !send(batch.take());
                 }
             }
             progress.tick(summary.packets + input.packets, summary.bytes + input.bytes, summary.exchanges_seen, table.open_flows());
@@ -153,18 +173,24 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
     table.finish();
     for ex in table.take_exchanges() {
         if batch.push(ex, &opts.sampler, &mut summary) && !send_failed {
-            send_failed = tx.send(batch.take()).is_err();
+            send_failed = !send(batch.take());
         }
     }
     if !batch.rows.is_empty() && !send_failed {
-        let _ = tx.send(batch.take());
+        send(batch.take());
     }
-    drop(tx);
+    drop(send);
+    drop(senders);
     progress.clear();
-    let written = writer.join().map_err(|_| CaptureError::Io {
-        path: opts.out_dir.clone(),
-        source: std::io::Error::other("writer thread panicked"),
-    })??;
+    let mut written = Written::default();
+    for handle in writers {
+        let w = handle.join().map_err(|_| CaptureError::Io {
+            path: opts.out_dir.clone(),
+            source: std::io::Error::other("writer thread panicked"),
+        })??;
+        written.merge(w);
+    }
+    written.files.sort();
 
     for (path, e) in open_errors {
         summary.inputs.push(InputSummary { path, error: Some(e.to_string()), ..Default::default() });
@@ -220,11 +246,27 @@ impl Batch {
     }
 }
 
+#[derive(Default)]
 struct Written {
     rows: u64,
     files: Vec<PathBuf>,
     flags: FlagCounts,
     decode_errors: u64,
+}
+
+impl Written {
+    fn merge(&mut self, o: Written) {
+        self.rows += o.rows;
+        self.files.extend(o.files);
+        self.decode_errors += o.decode_errors;
+        let (a, b) = (&mut self.flags, o.flags);
+        a.no_response += b.no_response;
+        a.incomplete += b.incomplete;
+        a.gap += b.gap;
+        a.parse_error += b.parse_error;
+        a.truncated += b.truncated;
+        a.decode_error += b.decode_error;
+    }
 }
 
 fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ParquetSink, max_body: u64) -> Result<Written, CaptureError> {

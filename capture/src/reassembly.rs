@@ -52,6 +52,8 @@ pub struct ReassemblyStats {
     pub http_flows: u64,
     /// Flows that carried something else (skipped).
     pub non_http_flows: u64,
+    /// Flows that carried no payload at all (handshakes, probes).
+    pub empty_flows: u64,
     /// Segments that carried only bytes already seen (retransmissions).
     pub retransmitted_segments: u64,
     /// Segments that arrived ahead of a hole and waited.
@@ -112,6 +114,7 @@ struct Flow {
     streams: [Stream; 2],
     conn: HttpConnection,
     last_us: i64,
+    payload_bytes: u64,
 }
 
 type FlowKey = (IpAddr, u16, IpAddr, u16);
@@ -222,7 +225,7 @@ impl FlowTable {
             let conn = HttpConnection::new(endpoints, client_dir, ts_us, self.config.parser, self.source.clone());
             self.flows.insert(
                 key,
-                Flow { endpoints, streams: [Stream::default(), Stream::default()], conn, last_us: ts_us },
+                Flow { endpoints, streams: [Stream::default(), Stream::default()], conn, last_us: ts_us, payload_bytes: 0 },
             );
             self.stats.flows += 1;
             self.stats.peak_flows = self.stats.peak_flows.max(self.flows.len() as u64);
@@ -230,6 +233,7 @@ impl FlowTable {
         let flow = self.flows.get_mut(&key).expect("inserted above");
         let _ = flow.endpoints;
         flow.last_us = flow.last_us.max(ts_us);
+        flow.payload_bytes += seg.payload.len() as u64;
         let done = Self::segment_into(flow, dir, ts_us, seg, &self.config, &mut self.stats);
         if done {
             let flow = self.flows.remove(&key).expect("present");
@@ -423,8 +427,10 @@ impl FlowTable {
         self.stats.unanswered_overflow += cs.unanswered_overflow;
         if flow.conn.saw_http() {
             self.stats.http_flows += 1;
-        } else {
+        } else if flow.payload_bytes > 0 {
             self.stats.non_http_flows += 1;
+        } else {
+            self.stats.empty_flows += 1;
         }
         self.out.extend(flow.conn.take_exchanges());
     }

@@ -99,8 +99,8 @@ impl CaptureSummary {
         let mut s = String::new();
         s.push_str(&format!("packets      {} ({} bytes) from {} input(s)\n", self.packets, self.bytes, self.inputs.len()));
         s.push_str(&format!(
-            "flows        {} TCP ({} HTTP, {} other), peak open {}\n",
-            r.flows, r.http_flows, r.non_http_flows, r.peak_flows
+            "flows        {} TCP ({} HTTP, {} other, {} without payload), peak open {}\n",
+            r.flows, r.http_flows, r.non_http_flows, r.empty_flows, r.peak_flows
         ));
         s.push_str(&format!(
             "skipped      {} UDP, {} other, {} malformed packets, {} non-HTTP bytes on HTTP flows\n",

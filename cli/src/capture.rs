@@ -68,6 +68,11 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     idle_timeout: u64,
 
+    /// Writer threads (content decoding and Parquet encoding); each writes its own files.
+    /// Default: the number of cores, at most 4.
+    #[arg(long, value_name = "N")]
+    writers: Option<usize>,
+
     /// Print the summary as JSON on stdout instead of text on stderr.
     #[arg(long)]
     json: bool,
@@ -101,6 +106,12 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     opts.sampler = Sampler { percent: args.sample, by };
     opts.max_file_bytes = args.max_file_size;
     opts.progress = !args.quiet && !args.json;
+    if let Some(n) = args.writers {
+        if n == 0 {
+            bail!("--writers must be at least 1");
+        }
+        opts.writers = n;
+    }
     opts.reassembly = ReassemblyConfig {
         max_flows: args.max_flows,
         max_buffered_per_direction: usize::try_from(args.max_flow_buffer).context("--max-flow-buffer too large")?,

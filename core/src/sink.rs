@@ -70,7 +70,18 @@ impl ParquetSink {
     pub fn new(options: SinkOptions, schema: SchemaRef) -> Result<Self, SinkError> {
         std::fs::create_dir_all(&options.dir)
             .map_err(|source| SinkError::Io { path: options.dir.clone(), source })?;
-        let props = WriterProperties::builder()
+        let mut builder = WriterProperties::builder();
+        // Bodies are large and rarely repeat: dictionary encoding and min/max statistics cost
+        // hashing and copying for nothing there.
+        for field in schema.fields() {
+            if matches!(field.data_type(), arrow::datatypes::DataType::Binary) {
+                let col = parquet::schema::types::ColumnPath::from(field.name().as_str());
+                builder = builder
+                    .set_column_dictionary_enabled(col.clone(), false)
+                    .set_column_statistics_enabled(col, parquet::file::properties::EnabledStatistics::None);
+            }
+        }
+        let props = builder
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
             .set_max_row_group_row_count(Some(options.max_row_group_rows.max(1)))
             .set_created_by(format!("shadowtap {}", env!("CARGO_PKG_VERSION")))

@@ -1,0 +1,148 @@
+//! `shadowtap capture` and `shadowtap inspect` as a user runs them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::array::AsArray;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shadowtap"))
+}
+
+fn pcap(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/pcaps").join(name)
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run shadowtap")
+}
+
+/// (exchange_id, connection_id) of every row in `dir`.
+fn ids(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "parquet") {
+            for b in ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap() {
+                let b = b.unwrap();
+                let e = b.column_by_name("exchange_id").unwrap().as_string::<i32>().clone();
+                let c = b.column_by_name("connection_id").unwrap().as_string::<i32>().clone();
+                for i in 0..b.num_rows() {
+                    out.push((e.value(i).to_owned(), c.value(i).to_owned()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn capture_writes_parquet_and_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = run(&["capture", "--quiet", "--read", pcap("zeek__wikipedia.pcap").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("15 written"), "{stderr}");
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|n| n.ends_with(".summary.json")), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("inprogress")), "{names:?}");
+    let summary = names.iter().find(|n| n.ends_with(".summary.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(summary)).unwrap()).unwrap();
+    assert_eq!(json["exchanges_written"], 15);
+    assert_eq!(json["schema_version"], 1);
+    assert_eq!(ids(&out).len(), 15);
+}
+
+#[test]
+fn sampling_is_deterministic_and_keeps_units_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = pcap("nDPI__1kxun.pcap");
+    let capture = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["capture", "--quiet", "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ids(&out)
+    };
+    let all = capture("all", &[]);
+    let a = capture("a", &["--sample", "25"]);
+    let b = capture("b", &["--sample", "25%"]);
+    assert_eq!(a, b, "same input and percentage keep the same exchanges");
+    assert!(a.len() > 10 && a.len() < 60, "{} of {}", a.len(), all.len());
+    assert!(a.iter().all(|x| all.contains(x)));
+    let by_conn = capture("c", &["--sample", "30", "--sample-by", "connection"]);
+    let per_conn = |rows: &[(String, String)]| {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, c) in rows {
+            *m.entry(c.clone()).or_default() += 1;
+        }
+        m
+    };
+    let all_conns = per_conn(&all);
+    for (conn, n) in per_conn(&by_conn) {
+        assert_eq!(n, all_conns[&conn], "connection {conn} kept whole");
+    }
+    let kept: BTreeSet<_> = by_conn.iter().map(|r| &r.1).collect();
+    assert!(!kept.is_empty() && kept.len() < all_conns.len());
+}
+
+#[test]
+fn files_roll_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = run(&["capture", "--quiet", "--max-file-size", "1K", "--read", pcap("nDPI__1kxun.pcap").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success());
+    let files = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")).count();
+    assert!(files >= 1);
+    assert_eq!(ids(&out).len(), 133, "rolling loses nothing");
+}
+
+#[test]
+fn errors_have_clear_messages_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let missing = dir.path().join("missing.pcap");
+    let o = run(&["capture", "--read", missing.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("missing.pcap") && err.contains("cannot open capture"), "{err}");
+    assert!(!err.contains("panicked"));
+
+    let o = run(&["capture", "--read", pcap("zeek__wikipedia.pcap").to_str().unwrap(), "--out", out.to_str().unwrap(), "--sample", "0"]);
+    assert_eq!(o.status.code(), Some(2), "bad flag value is a usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--sample"));
+
+    let o = run(&["capture", "--read", pcap("zeek__wikipedia.pcap").to_str().unwrap(), "--out", out.to_str().unwrap(), "--filter", "port ((("]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid --filter"));
+}
+
+#[test]
+fn help_explains_itself() {
+    let o = run(&["capture", "--help"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for needle in ["--read", "--out", "--filter", "--sample", "--sample-by", "--max-body", "Examples", "Exit status"] {
+        assert!(text.contains(needle), "missing {needle} in --help");
+    }
+}
+
+#[test]
+fn inspect_shows_rows_and_counts_without_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    assert!(run(&["capture", "--quiet", "--read", pcap("zeek__cooper-grill-dvwa.pcapng").to_str().unwrap(), "--out", out.to_str().unwrap()]).status.success());
+    let o = run(&["inspect", out.to_str().unwrap()]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("3 exchanges in 1 file(s)"), "{text}");
+    assert!(text.contains("by status: 200=3"), "{text}");
+    assert!(!text.to_lowercase().contains("<html"), "bodies are never printed");
+    let o = run(&["inspect", dir.path().join("nothing").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+}

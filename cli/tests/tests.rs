@@ -1,0 +1,3 @@
+//! Integration tests of the `shadowtap` binary: flags, exit codes, files and summaries.
+
+mod capture_cli;
