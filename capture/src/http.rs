@@ -507,7 +507,7 @@ impl MessageParser {
                 }
             };
             match result {
-                Ok(httparse::Status::Complete((n, head))) => return self.head_parsed(head, n, start, framing),
+                Ok(httparse::Status::Complete((n, head))) => return self.head_parsed(head, n, start, view.len(), framing),
                 Ok(httparse::Status::Partial) => {
                     if view.len() > self.limits.max_head {
                         return HeadOutcome::Invalid(format!("header section exceeds {} bytes", self.limits.max_head));
@@ -530,7 +530,7 @@ impl MessageParser {
         }
     }
 
-    fn head_parsed(&mut self, head: Head, n: usize, start: u64, framing: &mut dyn Framing) -> HeadOutcome {
+    fn head_parsed(&mut self, head: Head, n: usize, start: u64, held: usize, framing: &mut dyn Framing) -> HeadOutcome {
         let mut msg = self.new_message(start);
         msg.version = head.version;
         msg.headers = head.headers;
@@ -556,6 +556,12 @@ impl MessageParser {
                 msg.reason = head.reason;
                 let (_, ack) = self.mark_at(start);
                 let method = match framing.response_head(head.status, start, ack, self.unparsed_from) {
+                    // Held too long (the request is stuck behind a hole in the client stream):
+                    // go on unpaired rather than buffer without bound.
+                    ResponseFraming::Wait if held as u64 > self.limits.max_body + self.limits.max_head as u64 => {
+                        msg.orphan = true;
+                        String::from("GET")
+                    }
                     ResponseFraming::Wait => return HeadOutcome::Partial,
                     ResponseFraming::Orphan => {
                         msg.orphan = true;

@@ -176,6 +176,19 @@ fn response_waits_for_its_request() {
 }
 
 #[test]
+fn a_response_waits_only_so_long() {
+    let mut fifo = Fifo { wait: true, ..Fifo::default() };
+    let limits = ParserLimits { max_body: 100, max_head: 100 };
+    let mut p = MessageParser::new(Role::Response, limits, false, 0);
+    p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1, None, &mut fifo);
+    for _ in 0..10 {
+        p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1, None, &mut fifo);
+    }
+    assert!(p.buffered() <= 300, "held {}", p.buffered());
+    assert!(messages(&mut p).iter().all(|m| m.orphan));
+}
+
+#[test]
 fn oversized_header_section_is_an_error_not_unbounded_memory() {
     let mut fifo = Fifo::default();
     let limits = ParserLimits { max_head: 1024, ..ParserLimits::default() };

@@ -294,3 +294,20 @@ fn flow_cap_evicts_oldest_and_counts() {
     assert_eq!(got.len(), 10, "evicted flows still write their requests");
     assert!(got.iter().all(|e| e.flags.no_response));
 }
+
+#[test]
+fn idle_flows_are_closed_on_capture_time() {
+    let cfg = ReassemblyConfig { idle_timeout_us: 10_000_000, ..ReassemblyConfig::default() };
+    let mut table = FlowTable::new(cfg, "t");
+    let seg = |port: u16, payload: &'static [u8]| TcpSegment {
+        src: CLIENT.0, dst: SERVER.0, src_port: port, dst_port: 80, seq: 1, ack: None,
+        syn: false, fin: false, rst: false, payload,
+    };
+    table.on_segment(0, &seg(40001, b"GET /idle HTTP/1.1\r\n\r\n"));
+    table.on_segment(60_000_000, &seg(40002, b"GET /later HTTP/1.1\r\n\r\n"));
+    assert_eq!(table.stats().flows_idle_closed, 1);
+    assert_eq!(table.open_flows(), 1);
+    let got = table.take_exchanges();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].path.as_str(), got[0].flags.no_response), ("/idle", true));
+}
