@@ -3,8 +3,8 @@
 //! Usage: `cargo run --release -p shadowtap-capture --example synth_pcap -- OUT.pcap SIZE_MB`
 //!
 //! Interleaves many keep-alive connections from many clients to a few servers: small JSON GETs,
-//! POSTs with JSON bodies, chunked gzip responses, 304s, HEADs, and large bodies (64 KiB to
-//! 1 MiB) cut into 1448-byte segments, with handshakes, ACKs and FINs. Deterministic: the same
+//! POSTs with JSON bodies, chunked gzip responses, 304s, HEADs, and large bodies (16 to
+//! 528 KiB, 5% of exchanges) cut into 1448-byte segments, with handshakes, ACKs and FINs. Deterministic: the same
 //! arguments give the same file. Prints the number of exchanges written.
 
 use std::io::{BufWriter, Write};
@@ -155,12 +155,12 @@ fn main() {
                 format!("GET /static/app.js HTTP/1.1\r\nHost: www.bench\r\nIf-None-Match: \"v{id}\"\r\n\r\n").into_bytes(),
                 b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n".to_vec(),
             ),
-            80..=84 => (
+            80..=94 => (
                 format!("HEAD /files/{id} HTTP/1.1\r\nHost: cdn.bench\r\n\r\n").into_bytes(),
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec(),
             ),
             _ => {
-                let n = 65_536 + rng.below(1 << 20) as usize;
+                let n = 16_384 + rng.below(512 << 10) as usize;
                 let n = n.min(big.len());
                 (
                     format!("GET /files/{id}.bin HTTP/1.1\r\nHost: cdn.bench\r\n\r\n").into_bytes(),

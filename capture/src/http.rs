@@ -404,8 +404,9 @@ impl MessageParser {
                         HeadOutcome::Parsed(n) => pos += n,
                         HeadOutcome::Invalid(why) => {
                             self.invalid_head(view, here + skip as u64, why, framing);
-                            // Step past the rejected start so resync cannot match it again.
-                            pos += skip + 1;
+                            // Step past the rejected start so resync cannot match it again
+                            // (`pos` already includes the skipped CR/LF).
+                            pos += 1;
                         }
                     }
                 }
@@ -602,7 +603,13 @@ impl MessageParser {
         self.current = Some(msg);
         match body {
             None => self.finish_message(end_ts, true),
-            Some(b) => self.state = State::Body(b),
+            Some(b) => {
+                if let (BodyState::Length(len), Some(m)) = (b, self.current.as_mut()) {
+                    // One allocation for a body of known length (capped), instead of regrowth.
+                    m.body.reserve(len.min(self.limits.max_body).min(64 << 20) as usize);
+                }
+                self.state = State::Body(b);
+            }
         }
         HeadOutcome::Parsed(n)
     }

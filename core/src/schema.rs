@@ -132,10 +132,10 @@ struct BodyColumns {
 }
 
 impl BodyColumns {
-    fn new() -> Self {
+    fn new(rows: usize, raw_bytes: usize, decoded_bytes: usize) -> Self {
         BodyColumns {
-            raw: BinaryBuilder::new(),
-            decoded: BinaryBuilder::new(),
+            raw: BinaryBuilder::with_capacity(rows, raw_bytes),
+            decoded: BinaryBuilder::with_capacity(rows, decoded_bytes),
             len: Int64Builder::new(),
             truncated: BooleanBuilder::new(),
         }
@@ -221,8 +221,13 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, ArrowError> 
     let mut req_trailers = HeadersColumn::new();
     let mut resp_headers = HeadersColumn::new();
     let mut resp_trailers = HeadersColumn::new();
-    let mut req_body = BodyColumns::new();
-    let mut resp_body = BodyColumns::new();
+    let sizes = |f: &dyn Fn(&Exchange) -> &Body| -> (usize, usize) {
+        rows.iter().map(f).fold((0, 0), |(r, d), b| (r + b.raw.len(), d + b.decoded.as_ref().map_or(0, Vec::len)))
+    };
+    let (req_raw, req_dec) = sizes(&|r| &r.request_body);
+    let (resp_raw, resp_dec) = sizes(&|r| &r.response_body);
+    let mut req_body = BodyColumns::new(n, req_raw, req_dec);
+    let mut resp_body = BodyColumns::new(n, resp_raw, resp_dec);
     let mut interim = ListBuilder::new(Int32Builder::new());
     for r in rows {
         req_headers.append(&r.request_headers);

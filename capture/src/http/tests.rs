@@ -155,6 +155,17 @@ fn malformed_request_mid_connection_is_recorded_and_parsing_resumes() {
 }
 
 #[test]
+fn invalid_head_after_blank_lines_does_not_overrun() {
+    // Regression (found by cargo-fuzz): CR/LF before an invalid head were counted twice and
+    // the parser indexed past its input.
+    let mut fifo = Fifo::default();
+    let msgs = parse_all(Role::Request, &[b"GET /a HTTP/1.1\r\n\r\n\r\n\r\n\x01x"], &mut fifo);
+    assert_eq!(msgs.len(), 1);
+    let msgs = parse_all(Role::Response, &[b"\r\n\r\nX"], &mut Fifo::default());
+    assert!(msgs.is_empty());
+}
+
+#[test]
 fn conflicting_content_length_is_a_parse_error() {
     let mut fifo = Fifo::default();
     let msgs = parse_all(Role::Request, &[b"GET /1 HTTP/1.1\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"], &mut fifo);
