@@ -118,7 +118,8 @@ enum Mode {
     NotHttp,
 }
 
-const DETECT_LIMIT: usize = 64 << 10;
+/// Bytes per direction held while deciding whether a connection seen mid-stream is HTTP.
+const DETECT_LIMIT: usize = 16 << 10;
 const MAX_OUTSTANDING: usize = 1024;
 
 /// The HTTP conversation on one TCP connection. Direction 0 goes from `endpoints[0]` to
@@ -250,6 +251,11 @@ impl HttpConnection {
                 self.feed(dir, data, ts_us, ack);
             }
             Mode::Detecting(held) => {
+                if held[dir].is_empty() && looks_like_tls(data) {
+                    self.stats.skipped_bytes += data.len() as u64;
+                    self.mode = Mode::NotHttp;
+                    return;
+                }
                 held[dir].push((data.to_vec(), ts_us, ack));
                 if let Some(client) = detect_client(held) {
                     let held = std::mem::replace(held, [Vec::new(), Vec::new()]);
@@ -491,6 +497,12 @@ fn parsers_rejected(parsers: Option<&[MessageParser; 2]>, dir: usize) -> bool {
     parsers.is_some_and(|p| p[dir].rejected())
 }
 
+/// True when `data` starts with a TLS record header (handshake, alert, change cipher spec or
+/// application data, version 3.x): such a connection is not HTTP/1.x in clear.
+fn looks_like_tls(data: &[u8]) -> bool {
+    data.len() >= 5 && (0x14..=0x17).contains(&data[0]) && data[1] == 3 && data[2] <= 4
+}
+
 /// Which direction sends requests, judged from the first bytes of each: the one whose data
 /// holds a request line, or the opposite of the one holding a status line.
 fn detect_client(held: &[Vec<(Vec<u8>, i64, Option<u32>)>; 2]) -> Option<usize> {
@@ -591,6 +603,15 @@ mod tests {
     fn non_http_first_bytes_mark_connection() {
         let mut c = conn();
         c.on_data(0, &[0x16, 0x03, 0x01, 0x00, 0x10], 1, None);
+        assert!(c.is_not_http());
+    }
+
+    #[test]
+    fn mid_stream_tls_is_dropped_at_once() {
+        let a: Endpoint = ("10.0.0.1".parse().unwrap(), 40000);
+        let b: Endpoint = ("10.0.0.2".parse().unwrap(), 443);
+        let mut c = HttpConnection::new([a, b], None, 0, ParserLimits::default(), Arc::from("t"));
+        c.on_data(1, &[0x17, 0x03, 0x03, 0x40, 0x00, 1, 2, 3], 1, None);
         assert!(c.is_not_http());
     }
 
