@@ -528,7 +528,8 @@ fn split_target(req: &Message) -> (Option<String>, String, Option<String>) {
         return (host.or_else(|| Some(req.uri.clone())), req.uri.clone(), None);
     }
     for scheme in ["http://", "https://"] {
-        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // Compare bytes: the target may hold multibyte characters (obs-text, lossy decoding).
+        if target.as_bytes().get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes())) {
             let rest = &target[scheme.len()..];
             let end = rest.find(['/', '?']).unwrap_or(rest.len());
             if host.is_none() {
@@ -613,6 +614,14 @@ mod tests {
         let mut c = HttpConnection::new([a, b], None, 0, ParserLimits::default(), Arc::from("t"));
         c.on_data(1, &[0x17, 0x03, 0x03, 0x40, 0x00, 1, 2, 3], 1, None);
         assert!(c.is_not_http());
+    }
+
+    #[test]
+    fn multibyte_target_does_not_panic() {
+        // Regression (found by cargo-fuzz): slicing the target at the scheme's length cut a
+        // multibyte character.
+        let m = Message { method: "GET".into(), uri: "AATATHƾA".into(), ..Message::default() };
+        assert_eq!(split_target(&m).1, "AATATHƾA");
     }
 
     #[test]
