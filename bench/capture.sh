@@ -11,7 +11,8 @@ size="${1:-600}"
 source scripts/deps.sh
 install_deps libpcap-dev tshark tcpdump
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
-cargo build --release --locked -p shadowtap-cli -p shadowtap-capture --example synth_pcap >&2
+cargo build --release --locked -p shadowtap-cli >&2
+cargo build --release --locked -p shadowtap-capture --example synth_pcap >&2
 bin="$CARGO_TARGET_DIR/release"
 mkdir -p bench/out
 pcap="bench/out/mixed-${size}MB.pcap"
@@ -24,13 +25,19 @@ mb=$(python3 -c "print($bytes/1e6)")
 echo "file: $pcap ($mb MB, $(cat "$pcap.exchanges") exchanges)"
 cat "$pcap" > /dev/null  # warm the page cache for all three
 
-t() { local s e; s=$(date +%s.%N); "$@" > /dev/null 2>&1; e=$(date +%s.%N); python3 -c "print($e-$s)"; }
+t() {
+  local s e
+  s=$(date +%s.%N)
+  if ! "$@" > /dev/null 2> "$out.err"; then echo "failed: $* ($(tail -3 "$out.err"))" >&2; exit 1; fi
+  e=$(date +%s.%N)
+  python3 -c "print($e-$s)"
+}
 out=$(mktemp -d)
+trap 'rm -rf "$out" "$out.err"' EXIT
 t_tcpdump=$(t tcpdump -r "$pcap" -w /dev/null)
 t_shadow=$(t "$bin/shadowtap" capture --read "$pcap" --out "$out" --quiet)
 t_tshark=$(t tshark -r "$pcap" -Y http -T fields -e http.request.method -e http.request.uri -e http.response.code)
 written=$(python3 -c "import json,glob; print(json.load(open(glob.glob('$out/*.summary.json')[0]))['exchanges_written'])")
-rm -rf "$out"
 python3 - "$mb" "$t_tcpdump" "$t_shadow" "$t_tshark" "$written" <<'PY'
 import sys
 mb, td, ts, tt, written = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
