@@ -145,6 +145,9 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
             };
             input.packets += 1;
             input.bytes += packet.data.len() as u64;
+            if (packet.data.len() as u64) < u64::from(packet.wire_len) {
+                summary.snaplen_truncated_packets += 1;
+            }
             let ts = packet.ts_us;
             match decoder.decode(ts, packet.data) {
                 Decoded::Tcp(seg) => {

@@ -70,6 +70,9 @@ pub struct CaptureSummary {
     pub other_skipped: u64,
     /// Packets that could not be decoded.
     pub malformed_packets: u64,
+    /// Packets captured shorter than they were on the wire (snap length): their payload is
+    /// partly missing.
+    pub snaplen_truncated_packets: u64,
     /// IP packets rebuilt from fragments.
     pub ip_fragments_reassembled: u64,
     /// Reassembly counters.
@@ -122,6 +125,12 @@ impl CaptureSummary {
             "caps         {} flows evicted, {} gaps forced, {} IP fragments dropped, {} unanswered overflow, {} bodies truncated\n",
             c.flows_evicted_by_cap, c.gaps_forced_by_buffer_cap, c.ip_fragments_dropped, c.unanswered_overflow, c.bodies_truncated
         ));
+        if self.snaplen_truncated_packets > 0 {
+            s.push_str(&format!(
+                "warning      {} packets were captured shorter than on the wire (snap length); their payload is lost (capture with -s 0)\n",
+                self.snaplen_truncated_packets
+            ));
+        }
         for i in &self.inputs {
             if let Some(e) = &i.error {
                 s.push_str(&format!("warning      {e}\n"));

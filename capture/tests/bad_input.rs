@@ -86,3 +86,28 @@ fn garbage_inside_packets_is_counted_not_fatal() {
     assert!(!rows.is_empty());
     let _ = read_rows;
 }
+
+#[test]
+fn snaplen_truncated_capture_is_reported() {
+    // Rewrite a pcap as if captured with a 96-byte snap length: payload beyond it is gone. The
+    // summary must say so, and the packets must not silently count as fine.
+    let src = std::fs::read(fixtures().join("pcaps/zeek__wikipedia.pcap")).unwrap();
+    let mut out = src[..24].to_vec();
+    out[16..20].copy_from_slice(&96u32.to_le_bytes());
+    let mut off = 24;
+    while off + 16 <= src.len() {
+        let caplen = u32::from_le_bytes(src[off + 8..off + 12].try_into().unwrap()) as usize;
+        let keep = caplen.min(96);
+        let mut rec = src[off..off + 16].to_vec();
+        rec[8..12].copy_from_slice(&(keep as u32).to_le_bytes());
+        out.extend_from_slice(&rec);
+        out.extend_from_slice(&src[off + 16..off + 16 + keep]);
+        off += 16 + caplen;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.pcap");
+    std::fs::write(&short, &out).unwrap();
+    let (_d, summary, _rows) = capture(&[short]);
+    assert!(summary.snaplen_truncated_packets > 0);
+    assert!(summary.render().contains("snap length"));
+}

@@ -34,6 +34,9 @@ pub enum SinkError {
     },
 }
 
+/// A row group is closed once its encoded size in memory passes this.
+const MAX_ROW_GROUP_BYTES: usize = 64 << 20;
+
 /// Settings of a [`ParquetSink`].
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
@@ -111,6 +114,11 @@ impl ParquetSink {
             .write(batch)
             .map_err(|source| SinkError::Parquet { path: file.tmp.clone(), source })?;
         self.rows += batch.num_rows() as u64;
+        // A row group is held in memory until it is flushed: bound it by bytes, not only rows
+        // (bodies make rows large).
+        if file.writer.in_progress_size() > MAX_ROW_GROUP_BYTES {
+            file.writer.flush().map_err(|source| SinkError::Parquet { path: file.tmp.clone(), source })?;
+        }
         let size = file.writer.bytes_written() as u64 + file.writer.in_progress_size() as u64;
         if size >= self.options.max_file_bytes {
             self.close_current()?;
