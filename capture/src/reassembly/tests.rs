@@ -311,3 +311,44 @@ fn idle_flows_are_closed_on_capture_time() {
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].path.as_str(), got[0].flags.no_response), ("/idle", true));
 }
+
+#[test]
+fn overlapping_segments_keep_the_first_copy() {
+    // Bytes 20..30 arrive twice with different content, both times ahead of a hole: the first
+    // copy wins, whatever arrives later (an overlap attack or a corrupted retransmission).
+    let req = b"POST /o HTTP/1.1\r\nContent-Length: 20\r\n\r\n".to_vec();
+    let h = req.len() as u32;
+    let mut table = FlowTable::new(ReassemblyConfig::default(), "t");
+    let mut segs = vec![Seg { dir: 0, seq: 99, ack: None, syn: true, fin: false, data: vec![] }];
+    segs.push(Seg { dir: 0, seq: 100 + h + 10, ack: None, syn: false, fin: false, data: b"FIRSTFIRST".to_vec() });
+    segs.push(Seg { dir: 0, seq: 100 + h + 5, ack: None, syn: false, fin: false, data: b"xxxxxSECONDSECOND".to_vec() });
+    segs.push(Seg { dir: 0, seq: 100, ack: None, syn: false, fin: false, data: [req.clone(), b"aaaaaaaaaa".to_vec()].concat() });
+    segs.push(Seg { dir: 0, seq: 100 + h + 3, ack: None, syn: false, fin: false, data: b"zzzzzzzzzzzzzzzzz".to_vec() });
+    feed(&mut table, &segs);
+    table.finish();
+    let got = table.take_exchanges();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].request_body.raw, b"aaaaaaaaaaFIRSTFIRST");
+    assert!(!got[0].flags.gap);
+}
+
+#[test]
+fn reset_ends_the_flow_and_flags_the_exchange() {
+    let mut table = FlowTable::new(ReassemblyConfig::default(), "t");
+    let req = b"GET /r HTTP/1.1\r\n\r\n".to_vec();
+    let segs = vec![
+        Seg { dir: 0, seq: 10, ack: None, syn: true, fin: false, data: vec![] },
+        Seg { dir: 1, seq: 500, ack: Some(11), syn: true, fin: false, data: vec![] },
+        Seg { dir: 0, seq: 11, ack: Some(501), syn: false, fin: false, data: req.clone() },
+        Seg { dir: 1, seq: 501, ack: Some(11 + req.len() as u32), syn: false, fin: false, data: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart".to_vec() },
+    ];
+    feed(&mut table, &segs);
+    let rst = TcpSegment { src: SERVER.0, dst: CLIENT.0, src_port: SERVER.1, dst_port: CLIENT.1, seq: 600, ack: None, syn: false, fin: false, rst: true, payload: &[] };
+    table.on_segment(9_000_000, &rst);
+    assert_eq!(table.open_flows(), 0, "a reset closes the flow at once");
+    let got = table.take_exchanges();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].status, Some(200));
+    assert!(got[0].flags.incomplete);
+    assert_eq!(got[0].response_body.raw, b"part");
+}
