@@ -2,6 +2,14 @@
 
 use std::path::PathBuf;
 
+impl CaptureError {
+    /// True for errors in what the user asked (bad filter, interface, option): the command
+    /// exits with status 2 for these, 1 for the rest.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, CaptureError::Filter { .. } | CaptureError::Interface { .. } | CaptureError::InvalidOption { .. })
+    }
+}
+
 /// What can stop a capture, or part of one.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -11,6 +19,14 @@ pub enum CaptureError {
         /// The file.
         path: PathBuf,
         /// What libpcap said.
+        message: String,
+    },
+    /// A live capture could not start or failed (unknown interface, no permission, …).
+    #[error("interface {interface}: {message}")]
+    Interface {
+        /// The interface.
+        interface: String,
+        /// What libpcap or the system said.
         message: String,
     },
     /// The BPF filter did not compile.

@@ -19,6 +19,7 @@ pub mod connection;
 pub mod decode;
 pub mod error;
 pub mod http;
+pub mod live;
 pub mod pipeline;
 pub mod reassembly;
 pub mod sampling;

@@ -6,6 +6,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,7 @@ use shadowtap_core::sink::{ParquetSink, SinkOptions};
 
 use crate::decode::{Decoded, Decoder};
 use crate::error::CaptureError;
+use crate::live::{LiveOptions, LiveSource};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
 use crate::sampling::{Percent, SampleBy, Sampler};
 use crate::source::FileSource;
@@ -73,9 +75,6 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
     if opts.inputs.is_empty() {
         return Err(CaptureError::InvalidOption { option: "--read", message: "no capture file given".into() });
     }
-    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
-    let mut summary = CaptureSummary { run_id: run_id.clone(), schema_version: EXCHANGES_SCHEMA_VERSION, ..Default::default() };
-
     // Open every input first: a typo in the last file should not cost a long run.
     let mut sources = Vec::new();
     let mut open_errors = Vec::new();
@@ -89,49 +88,10 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
     if sources.is_empty() {
         return Err(open_errors.into_iter().next().map(|(_, e)| e).unwrap_or(CaptureError::NothingRead));
     }
-
-    // Content decoding, Arrow conversion and zstd dominate the cost: spread them over writer
-    // threads, each with its own file series. Batches go round-robin, so which rows land in
-    // which file is the same on every run.
-    let writers_n = opts.writers.max(1);
-    let max_body = opts.reassembly.parser.max_body;
-    let mut senders = Vec::with_capacity(writers_n);
-    let mut writers = Vec::with_capacity(writers_n);
-    for w in 0..writers_n {
-        let sink = ParquetSink::new(
-            SinkOptions {
-                dir: opts.out_dir.clone(),
-                prefix: format!("exchanges-{run_id}-{w}"),
-                max_file_bytes: opts.max_file_bytes,
-                max_row_group_rows: 16_384,
-            },
-            exchanges_schema(),
-        )?;
-        let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(2);
-        let handle = std::thread::Builder::new()
-            .name(format!("shadowtap-writer-{w}"))
-            .spawn(move || write_exchanges(rx, sink, max_body))
-            .map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
-        senders.push(tx);
-        writers.push(handle);
-    }
-    let mut next_writer = 0usize;
-    let mut send = |rows: Vec<Exchange>| -> bool {
-        let ok = senders[next_writer % writers_n].send(rows).is_ok();
-        next_writer += 1;
-        ok
-    };
-
-    let mut table = FlowTable::new(opts.reassembly.clone(), "");
-    let mut batch = Batch::default();
-    let mut progress = Progress::new(opts.progress && std::io::stderr().is_terminal());
-    let mut send_failed = false;
-    let mut frag_reassembled = 0;
-    let mut frag_dropped = 0;
-
+    let mut run = Run::start(opts)?;
     for (path, mut source) in sources {
         let name = path.display().to_string();
-        table.set_source(&name);
+        run.table.set_source(&name);
         let mut decoder = Decoder::new(source.link_type());
         let mut input = InputSummary { path: path.clone(), ..Default::default() };
         loop {
@@ -145,75 +105,223 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
             };
             input.packets += 1;
             input.bytes += packet.data.len() as u64;
-            if (packet.data.len() as u64) < u64::from(packet.wire_len) {
-                summary.snaplen_truncated_packets += 1;
-            }
-            let ts = packet.ts_us;
-            match decoder.decode(ts, packet.data) {
-                Decoded::Tcp(seg) => {
-                    summary.tcp_segments += 1;
-                    table.on_segment(ts, &seg);
-                }
-                Decoded::Udp => summary.udp_skipped += 1,
-                Decoded::Other => summary.other_skipped += 1,
-                Decoded::FragmentHeld => {}
-                Decoded::Malformed(_) => summary.malformed_packets += 1,
-            }
-            for ex in table.take_exchanges() {
-                if batch.push(ex, &opts.sampler, &mut summary) && !send_failed {
-                    send_failed = !send(batch.take());
-                }
-            }
-            progress.tick(summary.packets + input.packets, summary.bytes + input.bytes, summary.exchanges_seen, table.open_flows());
+            run.packet(&mut decoder, packet.ts_us, packet.data, packet.wire_len);
         }
-        let fs = decoder.fragment_stats();
-        frag_reassembled += fs.reassembled;
-        frag_dropped += fs.dropped;
-        summary.packets += input.packets;
-        summary.bytes += input.bytes;
-        summary.inputs.push(input);
+        run.add_fragment_stats(&decoder);
+        run.summary.inputs.push(input);
     }
-    table.finish();
-    for ex in table.take_exchanges() {
-        if batch.push(ex, &opts.sampler, &mut summary) && !send_failed {
-            send_failed = !send(batch.take());
-        }
-    }
-    if !batch.rows.is_empty() && !send_failed {
-        send(batch.take());
-    }
-    drop(send);
-    drop(senders);
-    progress.clear();
-    let mut written = Written::default();
-    for handle in writers {
-        let w = handle.join().map_err(|_| CaptureError::Io {
-            path: opts.out_dir.clone(),
-            source: std::io::Error::other("writer thread panicked"),
-        })??;
-        written.merge(w);
-    }
-    written.files.sort();
-
     for (path, e) in open_errors {
-        summary.inputs.push(InputSummary { path, error: Some(e.to_string()), ..Default::default() });
+        run.summary.inputs.push(InputSummary { path, error: Some(e.to_string()), ..Default::default() });
     }
-    summary.ip_fragments_reassembled = frag_reassembled;
-    summary.reassembly = table.stats();
-    summary.exchanges_written = written.rows;
-    summary.flags = written.flags;
-    summary.flags.decode_error = written.decode_errors;
-    summary.lost_to_caps.flows_evicted_by_cap = summary.reassembly.flows_evicted_by_cap;
-    summary.lost_to_caps.gaps_forced_by_buffer_cap = summary.reassembly.gaps_forced_by_buffer_cap;
-    summary.lost_to_caps.ip_fragments_dropped = frag_dropped;
-    summary.lost_to_caps.unanswered_overflow = summary.reassembly.unanswered_overflow;
-    summary.lost_to_caps.bodies_truncated = written.flags.truncated;
-    summary.files = written.files;
+    let summary = run.finish()?;
     if summary.packets == 0 && summary.inputs.iter().all(|i| i.error.is_some()) {
         return Err(CaptureError::NothingRead);
     }
     write_summary(&opts.out_dir, &summary)?;
     Ok(summary)
+}
+
+/// When a live capture stops, besides a signal.
+#[derive(Debug, Clone, Default)]
+pub struct LiveLimits {
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Stop once this many exchanges were found.
+    pub max_exchanges: Option<u64>,
+}
+
+/// Runs a live capture until `stop` is set or a limit is reached, then flushes every open
+/// flow and closes the files. `on_started` is called once the interface is open.
+pub fn capture_live(
+    opts: &CaptureOptions,
+    live: &LiveOptions,
+    limits: &LiveLimits,
+    stop: &AtomicBool,
+    on_started: impl FnOnce(&str),
+) -> Result<CaptureSummary, CaptureError> {
+    let source = LiveSource::start(live)?;
+    let mut run = Run::start(opts)?;
+    run.table.set_source(&live.interface);
+    let mut decoder = Decoder::new(source.link_type());
+    on_started(&live.interface);
+    let started = Instant::now();
+    let mut input = InputSummary { path: PathBuf::from(&live.interface), ..Default::default() };
+    let mut reader_error = None;
+    loop {
+        if stop.load(Ordering::SeqCst)
+            || limits.duration.is_some_and(|d| started.elapsed() >= d)
+            || limits.max_exchanges.is_some_and(|m| run.summary.exchanges_seen >= m)
+        {
+            break;
+        }
+        match source.next_batch(Duration::from_millis(100)) {
+            Ok(Some(batch)) => {
+                for p in batch {
+                    input.packets += 1;
+                    input.bytes += p.data.len() as u64;
+                    run.packet(&mut decoder, p.ts_us, &p.data, p.wire_len);
+                }
+            }
+            Ok(None) => run.progress_tick(),
+            Err(_closed) => break,
+        }
+    }
+    let (rest, stats) = source.stop();
+    for p in rest {
+        input.packets += 1;
+        input.bytes += p.data.len() as u64;
+        run.packet(&mut decoder, p.ts_us, &p.data, p.wire_len);
+    }
+    match stats {
+        Ok(s) => run.summary.live = Some(s),
+        Err(e) => reader_error = Some(e.to_string()),
+    }
+    input.error = reader_error;
+    run.add_fragment_stats(&decoder);
+    run.summary.inputs.push(input);
+    let summary = run.finish()?;
+    write_summary(&opts.out_dir, &summary)?;
+    Ok(summary)
+}
+
+/// One capture run: packets in, exchanges sampled and handed to the writer threads.
+struct Run<'a> {
+    opts: &'a CaptureOptions,
+    table: FlowTable,
+    batch: Batch,
+    summary: CaptureSummary,
+    senders: Vec<mpsc::SyncSender<Vec<Exchange>>>,
+    writers: Vec<std::thread::JoinHandle<Result<Written, CaptureError>>>,
+    next_writer: usize,
+    send_failed: bool,
+    progress: Progress,
+    frag_reassembled: u64,
+    frag_dropped: u64,
+}
+
+impl<'a> Run<'a> {
+    fn start(opts: &'a CaptureOptions) -> Result<Self, CaptureError> {
+        let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
+        let summary = CaptureSummary { run_id: run_id.clone(), schema_version: EXCHANGES_SCHEMA_VERSION, ..Default::default() };
+        // Content decoding, Arrow conversion and zstd dominate the cost: spread them over
+        // writer threads, each with its own file series. Batches go round-robin, so which rows
+        // land in which file is the same on every run.
+        let writers_n = opts.writers.max(1);
+        let max_body = opts.reassembly.parser.max_body;
+        let mut senders = Vec::with_capacity(writers_n);
+        let mut writers = Vec::with_capacity(writers_n);
+        for w in 0..writers_n {
+            let sink = ParquetSink::new(
+                SinkOptions {
+                    dir: opts.out_dir.clone(),
+                    prefix: format!("exchanges-{run_id}-{w}"),
+                    max_file_bytes: opts.max_file_bytes,
+                    max_row_group_rows: 16_384,
+                },
+                exchanges_schema(),
+            )?;
+            let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(2);
+            let handle = std::thread::Builder::new()
+                .name(format!("shadowtap-writer-{w}"))
+                .spawn(move || write_exchanges(rx, sink, max_body))
+                .map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
+            senders.push(tx);
+            writers.push(handle);
+        }
+        Ok(Run {
+            opts,
+            table: FlowTable::new(opts.reassembly.clone(), ""),
+            batch: Batch::default(),
+            summary,
+            senders,
+            writers,
+            next_writer: 0,
+            send_failed: false,
+            progress: Progress::new(opts.progress && std::io::stderr().is_terminal()),
+            frag_reassembled: 0,
+            frag_dropped: 0,
+        })
+    }
+
+    fn packet(&mut self, decoder: &mut Decoder, ts: i64, data: &[u8], wire_len: u32) {
+        self.summary.packets += 1;
+        self.summary.bytes += data.len() as u64;
+        if (data.len() as u64) < u64::from(wire_len) {
+            self.summary.snaplen_truncated_packets += 1;
+        }
+        match decoder.decode(ts, data) {
+            Decoded::Tcp(seg) => {
+                self.summary.tcp_segments += 1;
+                self.table.on_segment(ts, &seg);
+            }
+            Decoded::Udp => self.summary.udp_skipped += 1,
+            Decoded::Other => self.summary.other_skipped += 1,
+            Decoded::FragmentHeld => {}
+            Decoded::Malformed(_) => self.summary.malformed_packets += 1,
+        }
+        self.take_exchanges();
+        if self.summary.packets % 4096 == 0 {
+            self.progress_tick();
+        }
+    }
+
+    fn progress_tick(&mut self) {
+        self.progress.tick(self.summary.packets, self.summary.bytes, self.summary.exchanges_seen, self.table.open_flows());
+    }
+
+    fn take_exchanges(&mut self) {
+        for ex in self.table.take_exchanges() {
+            if self.batch.push(ex, &self.opts.sampler, &mut self.summary) {
+                self.flush_batch();
+            }
+        }
+    }
+
+    fn flush_batch(&mut self) {
+        let rows = self.batch.take();
+        if rows.is_empty() || self.send_failed {
+            return;
+        }
+        let n = self.senders.len();
+        self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
+        self.next_writer += 1;
+    }
+
+    fn add_fragment_stats(&mut self, decoder: &Decoder) {
+        let fs = decoder.fragment_stats();
+        self.frag_reassembled += fs.reassembled;
+        self.frag_dropped += fs.dropped;
+    }
+
+    fn finish(mut self) -> Result<CaptureSummary, CaptureError> {
+        self.table.finish();
+        self.take_exchanges();
+        self.flush_batch();
+        self.senders.clear();
+        self.progress.clear();
+        let mut written = Written::default();
+        for handle in std::mem::take(&mut self.writers) {
+            let w = handle.join().map_err(|_| CaptureError::Io {
+                path: self.opts.out_dir.clone(),
+                source: std::io::Error::other("writer thread panicked"),
+            })??;
+            written.merge(w);
+        }
+        written.files.sort();
+        let mut summary = self.summary;
+        summary.ip_fragments_reassembled = self.frag_reassembled;
+        summary.reassembly = self.table.stats();
+        summary.exchanges_written = written.rows;
+        summary.flags = written.flags;
+        summary.flags.decode_error = written.decode_errors;
+        summary.lost_to_caps.flows_evicted_by_cap = summary.reassembly.flows_evicted_by_cap;
+        summary.lost_to_caps.gaps_forced_by_buffer_cap = summary.reassembly.gaps_forced_by_buffer_cap;
+        summary.lost_to_caps.ip_fragments_dropped = self.frag_dropped;
+        summary.lost_to_caps.unanswered_overflow = summary.reassembly.unanswered_overflow;
+        summary.lost_to_caps.bodies_truncated = written.flags.truncated;
+        summary.files = written.files;
+        Ok(summary)
+    }
 }
 
 /// Writes `capture-{run_id}.summary.json` into `dir`, atomically.
@@ -371,7 +479,7 @@ impl Progress {
         Progress { enabled, started: Instant::now(), last: Instant::now() }
     }
     fn tick(&mut self, packets: u64, bytes: u64, exchanges: u64, flows: usize) {
-        if !self.enabled || packets % 4096 != 0 || self.last.elapsed() < Duration::from_millis(500) {
+        if !self.enabled || self.last.elapsed() < Duration::from_millis(500) {
             return;
         }
         self.last = Instant::now();

@@ -91,6 +91,8 @@ pub struct CaptureSummary {
     pub files: Vec<PathBuf>,
     /// Schema version of the files.
     pub schema_version: u32,
+    /// Live capture counters (kernel and interface drops), for `--interface` runs.
+    pub live: Option<crate::live::LiveStats>,
 }
 
 impl CaptureSummary {
@@ -129,6 +131,12 @@ impl CaptureSummary {
             s.push_str(&format!(
                 "warning      {} packets were captured shorter than on the wire (snap length); their payload is lost (capture with -s 0)\n",
                 self.snaplen_truncated_packets
+            ));
+        }
+        if let Some(l) = &self.live {
+            s.push_str(&format!(
+                "live         {} received by libpcap, {} dropped by the kernel, {} by the interface, {} by a full queue\n",
+                l.received, l.kernel_dropped, l.interface_dropped, l.queue_dropped
             ));
         }
         for i in &self.inputs {

@@ -1,0 +1,223 @@
+//! Live capture on an interface (a SPAN/mirror port, a cloud mirror target, or any NIC).
+//!
+//! libpcap reads in its own thread and hands packets to the pipeline in batches through a
+//! bounded channel, so a slow moment in parsing never stops the reads from the kernel buffer.
+//! When the channel is full, the batch is dropped and counted (`queue_dropped`); kernel and
+//! interface drops come from `pcap_stats`. Stopping (a signal, `--duration`,
+//! `--max-exchanges`) ends the reads, then every packet already read is processed and every
+//! open flow flushed before the files are closed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::decode::LinkType;
+use crate::error::CaptureError;
+
+/// Settings of a live capture source.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Interface name (`eth1`, `lo`, `any`).
+    pub interface: String,
+    /// Promiscuous mode (on for a dedicated mirror port).
+    pub promisc: bool,
+    /// Bytes captured per packet (0: the whole packet).
+    pub snaplen: i32,
+    /// Kernel buffer size in bytes.
+    pub buffer_bytes: i32,
+    /// BPF filter.
+    pub filter: Option<String>,
+}
+
+/// Counters of a live source.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct LiveStats {
+    /// Packets the kernel handed to libpcap (`pcap_stats` `ps_recv`).
+    pub received: u64,
+    /// Packets dropped by the kernel because the buffer was full (`ps_drop`).
+    pub kernel_dropped: u64,
+    /// Packets dropped by the interface or driver (`ps_ifdrop`).
+    pub interface_dropped: u64,
+    /// Packets read but dropped because the pipeline fell behind.
+    pub queue_dropped: u64,
+}
+
+/// An owned packet from the reader thread.
+#[derive(Debug)]
+pub struct OwnedPacket {
+    /// Capture time, µs since the epoch.
+    pub ts_us: i64,
+    /// Captured bytes.
+    pub data: Vec<u8>,
+    /// Length on the wire.
+    pub wire_len: u32,
+}
+
+/// A running live capture.
+pub struct LiveSource {
+    link: LinkType,
+    rx: Receiver<Vec<OwnedPacket>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<Result<LiveStats, CaptureError>>>,
+}
+
+/// One interface as libpcap lists it.
+#[derive(Debug, Clone)]
+pub struct InterfaceInfo {
+    /// Name to pass to `--interface`.
+    pub name: String,
+    /// Description, when the system has one.
+    pub description: Option<String>,
+    /// Addresses.
+    pub addresses: Vec<String>,
+}
+
+/// Lists the interfaces libpcap can capture on.
+pub fn list_interfaces() -> Result<Vec<InterfaceInfo>, CaptureError> {
+    let devices = pcap::Device::list().map_err(|e| CaptureError::Interface { interface: "*".into(), message: e.to_string() })?;
+    Ok(devices
+        .into_iter()
+        .map(|d| InterfaceInfo {
+            name: d.name,
+            description: d.desc,
+            addresses: d.addresses.iter().map(|a| a.addr.to_string()).collect(),
+        })
+        .collect())
+}
+
+const BATCH: usize = 256;
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+impl LiveSource {
+    /// Opens the interface and starts the reader thread.
+    pub fn start(opts: &LiveOptions) -> Result<Self, CaptureError> {
+        let iface_err = |e: pcap::Error| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() };
+        let known = pcap::Device::list().map_err(iface_err)?;
+        if !known.iter().any(|d| d.name == opts.interface) {
+            let names: Vec<String> = known.into_iter().map(|d| d.name).collect();
+            return Err(CaptureError::Interface {
+                interface: opts.interface.clone(),
+                message: format!("no such interface (available: {})", names.join(", ")),
+            });
+        }
+        let mut cap = pcap::Capture::from_device(opts.interface.as_str())
+            .map_err(iface_err)?
+            .promisc(opts.promisc)
+            .snaplen(if opts.snaplen <= 0 { 262_144 } else { opts.snaplen })
+            .buffer_size(opts.buffer_bytes)
+            .immediate_mode(true)
+            .timeout(100)
+            .precision(pcap::Precision::Micro)
+            .open()
+            .map_err(iface_err)?;
+        if let Some(expr) = &opts.filter {
+            cap.filter(expr, true).map_err(|e| CaptureError::Filter { expr: expr.clone(), message: e.to_string() })?;
+        }
+        let dlt = cap.get_datalink().0;
+        let link = LinkType::from_dlt(dlt).ok_or_else(|| CaptureError::Interface {
+            interface: opts.interface.clone(),
+            message: format!("unsupported link type {dlt}"),
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::sync_channel(64);
+        let stop_reader = stop.clone();
+        let iface = opts.interface.clone();
+        let reader = std::thread::Builder::new()
+            .name("shadowtap-pcap".into())
+            .spawn(move || read_loop(cap, tx, stop_reader, iface))
+            .map_err(|e| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() })?;
+        Ok(LiveSource { link, rx, stop, reader: Some(reader) })
+    }
+
+    /// The interface's link type.
+    pub fn link_type(&self) -> LinkType {
+        self.link
+    }
+
+    /// The next batch of packets; `Ok(None)` on a timeout with nothing read; an error when the
+    /// reader stopped (its error, or `Closed` when it ended).
+    pub fn next_batch(&self, wait: Duration) -> Result<Option<Vec<OwnedPacket>>, Closed> {
+        match self.rx.recv_timeout(wait) {
+            Ok(b) => Ok(Some(b)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(Closed),
+        }
+    }
+
+    /// Stops reading, returns the packets read but not yet handed out (nothing is lost), and
+    /// the counters.
+    pub fn stop(mut self) -> (Vec<OwnedPacket>, Result<LiveStats, CaptureError>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut rest = Vec::new();
+        let reader = self.reader.take().expect("stopped once");
+        // Drain while the reader finishes, so its last blocking send cannot deadlock.
+        while !reader.is_finished() {
+            if let Ok(b) = self.rx.recv_timeout(Duration::from_millis(20)) {
+                rest.extend(b);
+            }
+        }
+        rest.extend(self.rx.try_iter().flatten());
+        let stats = reader.join().unwrap_or_else(|_| {
+            Err(CaptureError::Interface { interface: String::new(), message: "capture thread panicked".into() })
+        });
+        (rest, stats)
+    }
+}
+
+/// The reader thread has ended.
+#[derive(Debug)]
+pub struct Closed;
+
+fn read_loop(mut cap: pcap::Capture<pcap::Active>, tx: SyncSender<Vec<OwnedPacket>>, stop: Arc<AtomicBool>, iface: String) -> Result<LiveStats, CaptureError> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut last_flush = Instant::now();
+    let mut queue_dropped = 0u64;
+    let send = |batch: &mut Vec<OwnedPacket>, queue_dropped: &mut u64| {
+        if batch.is_empty() {
+            return;
+        }
+        match tx.try_send(std::mem::replace(batch, Vec::with_capacity(BATCH))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(b)) => *queue_dropped += b.len() as u64,
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    };
+    let mut result = Ok(());
+    while !stop.load(Ordering::Relaxed) {
+        match cap.next_packet() {
+            Ok(p) => {
+                batch.push(OwnedPacket {
+                    ts_us: p.header.ts.tv_sec * 1_000_000 + p.header.ts.tv_usec,
+                    data: p.data.to_vec(),
+                    wire_len: p.header.len,
+                });
+                if batch.len() >= BATCH || last_flush.elapsed() >= FLUSH_EVERY {
+                    send(&mut batch, &mut queue_dropped);
+                    last_flush = Instant::now();
+                }
+            }
+            Err(pcap::Error::TimeoutExpired) => {
+                send(&mut batch, &mut queue_dropped);
+                last_flush = Instant::now();
+            }
+            Err(pcap::Error::NoMorePackets) => break,
+            Err(e) => {
+                result = Err(CaptureError::Interface { interface: iface.clone(), message: e.to_string() });
+                break;
+            }
+        }
+    }
+    // The last batch was read from the kernel already: hand it over even if that waits.
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    let st = cap.stats().unwrap_or(pcap::Stat { received: 0, dropped: 0, if_dropped: 0 });
+    result.map(|()| LiveStats {
+        received: u64::from(st.received),
+        kernel_dropped: u64::from(st.dropped),
+        interface_dropped: u64::from(st.if_dropped),
+        queue_dropped,
+    })
+}
