@@ -60,6 +60,7 @@ pub struct LiveSource {
     link: LinkType,
     rx: Receiver<Vec<OwnedPacket>>,
     stop: Arc<AtomicBool>,
+    wake: pcap::BreakLoop,
     reader: Option<JoinHandle<Result<LiveStats, CaptureError>>>,
 }
 
@@ -107,7 +108,10 @@ impl LiveSource {
             .promisc(opts.promisc)
             .snaplen(if opts.snaplen <= 0 { 262_144 } else { opts.snaplen })
             .buffer_size(opts.buffer_bytes)
-            .immediate_mode(true)
+            // Packets are handed over in kernel blocks, each retired after at most 100 ms:
+            // cheaper than immediate mode on a busy mirror port. A stop does not wait for
+            // traffic: it wakes the reader with pcap_breakloop.
+            .immediate_mode(false)
             .timeout(100)
             .precision(pcap::Precision::Micro)
             .open()
@@ -120,6 +124,7 @@ impl LiveSource {
             interface: opts.interface.clone(),
             message: format!("unsupported link type {dlt}"),
         })?;
+        let wake = cap.breakloop_handle();
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(64);
         let stop_reader = stop.clone();
@@ -128,7 +133,7 @@ impl LiveSource {
             .name("shadowtap-pcap".into())
             .spawn(move || read_loop(cap, tx, stop_reader, iface))
             .map_err(|e| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() })?;
-        Ok(LiveSource { link, rx, stop, reader: Some(reader) })
+        Ok(LiveSource { link, rx, stop, wake, reader: Some(reader) })
     }
 
     /// The interface's link type.
@@ -150,6 +155,8 @@ impl LiveSource {
     /// the counters.
     pub fn stop(mut self) -> (Vec<OwnedPacket>, Result<LiveStats, CaptureError>) {
         self.stop.store(true, Ordering::SeqCst);
+        // On an idle link libpcap's poll has no timeout; breakloop wakes it.
+        self.wake.breakloop();
         let mut rest = Vec::new();
         let reader = self.reader.take().expect("stopped once");
         // Drain while the reader finishes, so its last blocking send cannot deadlock.

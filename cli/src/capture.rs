@@ -5,8 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use shadowtap_capture::http::ParserLimits;
-use shadowtap_capture::pipeline::{capture_files, CaptureOptions};
+use shadowtap_capture::live::{list_interfaces, LiveOptions};
+use shadowtap_capture::pipeline::{capture_files, capture_live, CaptureOptions, LiveLimits};
+use shadowtap_capture::CaptureError;
+use signal_hook::consts::{SIGINT, SIGTERM};
 use shadowtap_capture::reassembly::ReassemblyConfig;
 use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
 
@@ -20,18 +26,55 @@ use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     shadowtap capture --read traffic.pcap --out data/\n  \
-    shadowtap capture --read a.pcap --read b.pcapng --filter 'tcp port 8080' --sample 10% --out data/\n\n\
+    shadowtap capture --read a.pcap --read b.pcapng --filter 'tcp port 8080' --sample 10% --out data/\n  \
+    shadowtap capture --interface eth1 --filter 'tcp port 80' --duration 10m --out data/\n  \
+    shadowtap capture --list-interfaces\n\n\
+    Live capture stops on SIGINT/SIGTERM (or --duration / --max-exchanges): every open flow is\n\
+    flushed and every file closed before exit; a second signal exits at once.\n\n\
     Exit status: 0 when anything could be read (problems are listed in the summary),\n\
-    1 when nothing could be read or the output could not be written, 2 on bad flags.")]
+    1 when nothing could be read or the output could not be written, 2 on bad flags,\n\
+    an unknown interface, missing permission or an invalid filter.")]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["read", "interface", "list_interfaces"])))]
 pub struct CaptureArgs {
     /// Capture file(s) to read, pcap or pcapng; several are read in order as one capture
     /// (as `tcpdump -C` rotates them).
-    #[arg(short = 'r', long = "read", value_name = "FILE", required = true, num_args = 1..)]
+    #[arg(short = 'r', long = "read", value_name = "FILE", num_args = 1..)]
     read: Vec<PathBuf>,
 
+    /// Capture live on this interface (a SPAN/mirror port, `lo`, `any`). Needs root or
+    /// CAP_NET_RAW.
+    #[arg(short = 'i', long, value_name = "IFACE", conflicts_with = "read")]
+    interface: Option<String>,
+
+    /// List the interfaces that can be captured on, and exit.
+    #[arg(long)]
+    list_interfaces: bool,
+
+    /// Promiscuous mode for --interface (on by default: a mirror port receives traffic not
+    /// addressed to it). `--promisc false` turns it off.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    promisc: bool,
+
+    /// Bytes captured per packet for --interface; 0 means whole packets (recommended: a short
+    /// snap length loses payload).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    snaplen: i32,
+
+    /// Kernel capture buffer for --interface.
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
+    buffer_size: u64,
+
+    /// Stop a live capture after this long (`90s`, `10m`, `2h`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
+
+    /// Stop a live capture once this many exchanges were found.
+    #[arg(long, value_name = "N")]
+    max_exchanges: Option<u64>,
+
     /// Directory for the Parquet files and the summary (created if missing).
-    #[arg(short, long, value_name = "DIR", env = "SHADOWTAP_OUT")]
-    out: PathBuf,
+    #[arg(short, long, value_name = "DIR", env = "SHADOWTAP_OUT", required_unless_present = "list_interfaces")]
+    out: Option<PathBuf>,
 
     /// BPF filter expression applied while reading, e.g. 'tcp port 80 or tcp port 8080'.
     #[arg(short, long, value_name = "EXPR")]
@@ -95,13 +138,51 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(|| format!("{s:?} is out of range"))
 }
 
+/// Parses `90s`, `10m`, `2h`, `500ms` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 30s, 10m or 2h)"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1000.0,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("{s:?} must be above zero"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Usage errors (bad filter, interface, option) exit with 2, the rest with 1.
+fn failure(e: CaptureError) -> anyhow::Result<ExitCode> {
+    let code = if e.is_usage() { 2 } else { 1 };
+    eprintln!("shadowtap: error: capture failed: {e}");
+    Ok(ExitCode::from(code))
+}
+
 /// Runs the subcommand.
 pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
+    if args.list_interfaces {
+        match list_interfaces() {
+            Ok(list) => {
+                for i in list {
+                    println!("{:<16} {:<40} {}", i.name, i.description.unwrap_or_default(), i.addresses.join(" "));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return failure(e),
+        }
+    }
+    let out = args.out.clone().expect("clap requires --out unless --list-interfaces");
     let by: SampleBy = args.sample_by.parse().map_err(anyhow::Error::msg)?;
     if args.max_flows == 0 {
         bail!("--max-flows must be at least 1");
     }
-    let mut opts = CaptureOptions::new(args.read.clone(), args.out.clone());
+    let mut opts = CaptureOptions::new(args.read.clone(), out);
     opts.filter = args.filter.clone();
     opts.sampler = Sampler { percent: args.sample, by };
     opts.max_file_bytes = args.max_file_size;
@@ -118,7 +199,30 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         idle_timeout_us: i64::try_from(args.idle_timeout.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
         parser: ParserLimits { max_body: args.max_body, ..ParserLimits::default() },
     };
-    let summary = capture_files(&opts).context("capture failed")?;
+    let result = match &args.interface {
+        None => capture_files(&opts),
+        Some(iface) => {
+            let live = LiveOptions {
+                interface: iface.clone(),
+                promisc: args.promisc,
+                snaplen: args.snaplen,
+                buffer_bytes: i32::try_from(args.buffer_size).context("--buffer-size too large")?,
+                filter: args.filter.clone(),
+            };
+            let limits = LiveLimits { duration: args.duration, max_exchanges: args.max_exchanges };
+            let stop = Arc::new(AtomicBool::new(false));
+            // A second signal while stopping exits at once; the first asks for a clean stop.
+            for sig in [SIGINT, SIGTERM] {
+                signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone()).context("installing signal handler")?;
+                signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+            }
+            capture_live(&opts, &live, &limits, &stop, |name| eprintln!("capturing on {name} (SIGINT or SIGTERM to stop)"))
+        }
+    };
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => return failure(e),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -138,5 +242,15 @@ mod tests {
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert!(parse_size("x").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(std::time::Duration::from_secs(600)));
+        assert_eq!(parse_duration("2"), Ok(std::time::Duration::from_secs(2)));
+        assert_eq!(parse_duration("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
     }
 }

@@ -119,7 +119,7 @@ fn errors_have_clear_messages_and_exit_codes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--sample"));
 
     let o = run(&["capture", "--read", pcap("zeek__wikipedia.pcap").to_str().unwrap(), "--out", out.to_str().unwrap(), "--filter", "port ((("]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "an invalid filter is a usage error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid --filter"));
 }
 

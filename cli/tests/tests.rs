@@ -1,3 +1,4 @@
 //! Integration tests of the `shadowtap` binary: flags, exit codes, files and summaries.
 
 mod capture_cli;
+mod live_cli;

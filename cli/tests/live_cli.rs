@@ -1,0 +1,213 @@
+//! `shadowtap capture --interface lo` against a real HTTP server and client on loopback.
+//! Needs root (CAP_NET_RAW), as CI has. `SHADOWTAP_SKIP_LIVE=1` skips, saying so.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn skip() -> bool {
+    let s = std::env::var_os("SHADOWTAP_SKIP_LIVE").is_some();
+    if s {
+        eprintln!("SHADOWTAP_SKIP_LIVE set: live interface test skipped");
+    }
+    s
+}
+
+/// A keep-alive HTTP/1.1 server answering every request with its path; counts requests.
+fn server() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        if h == "\r\n" || h.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let resp = format!("served {path}");
+                    write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{resp}", resp.len()).unwrap();
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (port, served)
+}
+
+/// Sends `n` requests on one keep-alive connection, reading each response.
+fn client(port: u16, n: usize, tag: &str) {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    for i in 0..n {
+        let body = format!("{{\"i\":{i}}}");
+        write!(w, "POST /{tag}/{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut b = vec![0; len];
+        r.read_exact(&mut b).unwrap();
+    }
+}
+
+fn rows(dir: &std::path::Path) -> Vec<(String, Option<i32>)> {
+    use arrow::array::{Array, AsArray};
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.contains("inprogress"), "a half-written file was left: {name}");
+        if name.ends_with(".parquet") {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap().build().unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                let uri = b.column_by_name("uri").unwrap().as_string::<i32>().clone();
+                let st = b.column_by_name("status").unwrap().as_primitive::<arrow::datatypes::Int32Type>().clone();
+                for i in 0..b.num_rows() {
+                    out.push((uri.value(i).to_owned(), st.is_valid(i).then(|| st.value(i))));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Kills the capture if a test fails before it stops.
+struct Capture(std::process::Child);
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_capture(port: u16, out: &std::path::Path, extra: &[&str]) -> (Capture, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shadowtap"))
+        .args(["capture", "--interface", "lo", "--filter", &format!("tcp port {port}"), "--out", out.to_str().unwrap(), "--quiet"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let child = Capture(child);
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("capturing on lo"), "{line}");
+    (child, err)
+}
+
+fn wait(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(start.elapsed() < limit, "capture did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_mid_capture_loses_no_finished_exchange() {
+    if skip() {
+        return;
+    }
+    let (port, served) = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (mut cap, mut err) = spawn_capture(port, &out, &[]);
+    let child = &mut cap.0;
+    let clients: Vec<_> = (0..4).map(|c| std::thread::spawn(move || client(port, 50, &format!("c{c}")))).collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let st = wait(child, Duration::from_secs(20));
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(st.success(), "exit {st:?}: {rest}");
+    assert!(rest.contains("200 written"), "{rest}");
+    assert!(rest.contains("dropped by the kernel"), "live counters reported: {rest}");
+    let got = rows(&out);
+    assert_eq!(got.len(), served.load(Ordering::SeqCst));
+    assert_eq!(got.len(), 200);
+    assert!(got.iter().all(|(_, s)| *s == Some(200)));
+}
+
+#[test]
+fn max_exchanges_stops_the_capture() {
+    if skip() {
+        return;
+    }
+    let (port, _served) = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (mut cap, _err) = spawn_capture(port, &out, &["--max-exchanges", "5", "--duration", "20s"]);
+    let child = &mut cap.0;
+    // Each connection closes after its requests, so its exchanges are emitted promptly.
+    for i in 0..10 {
+        client(port, 1, &format!("m{i}"));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = wait(child, Duration::from_secs(20));
+    assert!(st.success());
+    assert!(rows(&out).len() >= 5);
+}
+
+#[test]
+fn unknown_interface_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shadowtap"))
+        .args(["capture", "--interface", "nosuch0", "--out", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nosuch0") && err.contains("no such interface"), "{err}");
+}
+
+#[test]
+fn list_interfaces_includes_loopback() {
+    let o = Command::new(env!("CARGO_BIN_EXE_shadowtap")).args(["capture", "--list-interfaces"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("lo ")));
+}
