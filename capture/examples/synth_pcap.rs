@@ -89,7 +89,8 @@ fn main() {
     let path = args.get(1).expect("usage: synth_pcap OUT.pcap SIZE_MB");
     let target_mb: u64 = args.get(2).map(|s| s.parse().expect("SIZE_MB")).unwrap_or(600);
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    for v in [0xa1b2_c3d4u32] {
+    {
+        let v = 0xa1b2_c3d4u32;
         w.write_all(&v.to_le_bytes()).unwrap();
     }
     w.write_all(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();

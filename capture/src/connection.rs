@@ -109,9 +109,12 @@ impl Framing for Pairing {
     }
 }
 
+/// Bytes held while detecting, with the capture time and ACK of their segment.
+type HeldChunk = (Vec<u8>, i64, Option<u32>);
+
 enum Mode {
     /// Waiting to see which side sends requests; bytes held per direction.
-    Detecting([Vec<(Vec<u8>, i64, Option<u32>)>; 2]),
+    Detecting([Vec<HeldChunk>; 2]),
     /// Parsing HTTP.
     Http,
     /// Not HTTP: bytes are ignored.
@@ -258,7 +261,7 @@ impl HttpConnection {
                 }
                 held[dir].push((data.to_vec(), ts_us, ack));
                 if let Some(client) = detect_client(held) {
-                    let held = std::mem::replace(held, [Vec::new(), Vec::new()]);
+                    let held = std::mem::take(held);
                     self.start_http(client);
                     // Requests first, so that held responses find their requests.
                     for d in [client, 1 - client] {
@@ -505,7 +508,7 @@ fn looks_like_tls(data: &[u8]) -> bool {
 
 /// Which direction sends requests, judged from the first bytes of each: the one whose data
 /// holds a request line, or the opposite of the one holding a status line.
-fn detect_client(held: &[Vec<(Vec<u8>, i64, Option<u32>)>; 2]) -> Option<usize> {
+fn detect_client(held: &[Vec<HeldChunk>; 2]) -> Option<usize> {
     for (dir, chunks) in held.iter().enumerate() {
         let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.0.iter().copied()).take(DETECT_LIMIT).collect();
         for line in bytes.split(|&b| b == b'\n') {

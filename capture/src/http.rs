@@ -715,11 +715,8 @@ impl MessageParser {
             let candidate = at_line_start || seg_starts.peek() == Some(&i);
             if candidate {
                 match memchr(b'\n', &view[i..]) {
-                    Some(n) => {
-                        if is_start_line(self.role, &view[i..i + n]) {
-                            return (i, true);
-                        }
-                    }
+                    Some(n) if is_start_line(self.role, &view[i..i + n]) => return (i, true),
+                    Some(_) => {}
                     None if view.len() - i <= MAX_LINE => {
                         keep_from.get_or_insert(i);
                         break;

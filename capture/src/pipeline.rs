@@ -260,7 +260,7 @@ impl<'a> Run<'a> {
             Decoded::Malformed(_) => self.summary.malformed_packets += 1,
         }
         self.take_exchanges();
-        if self.summary.packets % 4096 == 0 {
+        if self.summary.packets.is_multiple_of(4096) {
             self.progress_tick();
         }
     }

@@ -198,8 +198,8 @@ impl FlowTable {
         if let Some(flow) = self.flows.get(&key) {
             // A new connection reusing the same ports: a SYN that does not match the stream.
             let s = &flow.streams[dir];
-            let reused = pure_syn && s.base.is_some_and(|b| b != seg.seq.wrapping_add(1))
-                || (pure_syn && flow.streams.iter().all(|s| s.ended));
+            let reused = pure_syn
+                && (s.base.is_some_and(|b| b != seg.seq.wrapping_add(1)) || flow.streams.iter().all(|s| s.ended));
             if reused {
                 let flow = self.flows.remove(&key).expect("present");
                 self.close_flow(flow, false);

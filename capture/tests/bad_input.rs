@@ -13,7 +13,7 @@ fn truncated_capture_keeps_what_was_read() {
     let dir = tempfile::tempdir().unwrap();
     let cut = dir.path().join("cut.pcap");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3 + 7]).unwrap();
-    let (_d, summary, rows) = capture(&[cut.clone()]);
+    let (_d, summary, rows) = capture(std::slice::from_ref(&cut));
     let err = summary.inputs[0].error.as_deref().expect("the truncation is reported");
     assert!(err.contains("cut.pcap") && err.contains("byte offset"), "{err}");
     assert!(!rows.is_empty() && rows.len() < 15, "{} rows", rows.len());
@@ -70,7 +70,7 @@ fn garbage_inside_packets_is_counted_not_fatal() {
     while off + 16 <= bytes.len() {
         let caplen = u32::from_le_bytes(bytes[off + 8..off + 12].try_into().unwrap()) as usize;
         let start = off + 16;
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             for (i, b) in bytes[start..(start + caplen).min(src.len())].iter_mut().enumerate().skip(12) {
                 *b = (i as u8).wrapping_mul(151) ^ 0x5a;
             }

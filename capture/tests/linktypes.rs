@@ -14,7 +14,8 @@ const SERVER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 
 fn write_pcap(path: &Path, dlt: u32, frames: &[Vec<u8>]) {
     let mut out = Vec::new();
-    for v in [0xa1b2_c3d4u32] {
+    {
+        let v = 0xa1b2_c3d4u32;
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(&2u16.to_le_bytes());
@@ -79,7 +80,7 @@ fn conversation(v6: bool) -> Vec<Vec<u8>> {
 }
 
 fn check(path: PathBuf, v6: bool) {
-    let (_d, summary, rows) = capture(&[path.clone()]);
+    let (_d, summary, rows) = capture(std::slice::from_ref(&path));
     assert_eq!(rows.len(), 1, "{}: {summary:#?}", path.display());
     let r = &rows[0];
     assert_eq!((r.method.as_str(), r.path.as_str(), r.query.as_deref(), r.status), ("POST", "/submit", Some("x=1"), Some(201)));
@@ -174,7 +175,7 @@ fn ipv4_fragments_are_reassembled() {
     }
     let path = dir.path().join("frag.pcap");
     write_pcap(&path, 101, &ip);
-    let (_d, summary, rows) = capture(&[path.clone()]);
+    let (_d, summary, rows) = capture(std::slice::from_ref(&path));
     assert_eq!(summary.ip_fragments_reassembled, 1);
     check(path, false);
     assert_eq!(rows.len(), 1);

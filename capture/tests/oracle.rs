@@ -216,7 +216,7 @@ fn vlan_pcapng_and_nonstandard_ports() {
 #[test]
 fn ids_are_stable_across_runs_and_unique() {
     let f = pcaps().join("nDPI__1kxun.pcap");
-    let (_d1, _s, a) = capture(&[f.clone()]);
+    let (_d1, _s, a) = capture(std::slice::from_ref(&f));
     let (_d2, _s, b) = capture(&[f]);
     let ids = |rows: &[Row]| rows.iter().map(|r| r.exchange_id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&a), ids(&b));

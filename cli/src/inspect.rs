@@ -53,7 +53,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_host: BTreeMap<String, u64> = BTreeMap::new();
     let mut flagged = 0u64;
-    println!("{:<7} {:<42} {:>6} {:>10}  {}", "method", "host + path", "status", "latency", "flags");
+    println!("{:<7} {:<42} {:>6} {:>10}  flags", "method", "host + path", "status", "latency");
     for f in &files {
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(f).with_context(|| f.display().to_string())?)
             .with_context(|| format!("{}: not a Parquet file", f.display()))?
