@@ -110,6 +110,7 @@ pub struct Decoder {
     max_fragmented: usize,
     fragment_timeout_us: i64,
     stats: FragmentStats,
+    decapsulated: u64,
 }
 
 impl Decoder {
@@ -122,6 +123,7 @@ impl Decoder {
             max_fragmented: 4096,
             fragment_timeout_us: 30_000_000,
             stats: FragmentStats::default(),
+            decapsulated: 0,
         }
     }
 
@@ -132,7 +134,12 @@ impl Decoder {
 
     /// Decodes one packet captured at `ts_us`.
     pub fn decode<'a>(&'a mut self, ts_us: i64, data: &'a [u8]) -> Decoded<'a> {
-        let sliced = match self.link {
+        let link = self.link;
+        self.decode_link(link, ts_us, data, 0)
+    }
+
+    fn decode_link<'a>(&'a mut self, link: LinkType, ts_us: i64, data: &'a [u8], depth: u8) -> Decoded<'a> {
+        let sliced = match link {
             LinkType::Ethernet => SlicedPacket::from_ethernet(data),
             LinkType::LinuxSll => SlicedPacket::from_linux_sll(data),
             LinkType::LinuxSll2 => {
@@ -173,11 +180,32 @@ impl Decoder {
         if payload.fragmented {
             return self.add_fragment(ts_us, &sliced, src, dst);
         }
+        // Mirrored traffic arrives encapsulated: decode the inner packet instead.
+        if depth < MAX_ENCAPSULATION {
+            let inner = match &sliced.transport {
+                Some(TransportSlice::Udp(udp)) if udp.destination_port() == VXLAN_PORT => vxlan_inner(udp.payload()),
+                None if payload.ip_number == IpNumber::GRE => gre_inner(payload.payload),
+                _ => None,
+            };
+            match inner {
+                Some(Ok((link, bytes))) => {
+                    self.decapsulated += 1;
+                    return self.decode_link(link, ts_us, bytes, depth + 1);
+                }
+                Some(Err(why)) => return Decoded::Malformed(why),
+                None => {}
+            }
+        }
         match sliced.transport {
             Some(TransportSlice::Tcp(tcp)) => Decoded::Tcp(segment(src, dst, &tcp)),
             Some(TransportSlice::Udp(_)) => Decoded::Udp,
             _ => Decoded::Other,
         }
+    }
+
+    /// Packets whose inner packet was decoded (VXLAN, GRE, ERSPAN).
+    pub fn decapsulated(&self) -> u64 {
+        self.decapsulated
     }
 
     fn add_fragment<'a>(&'a mut self, ts_us: i64, sliced: &SlicedPacket<'_>, src: IpAddr, dst: IpAddr) -> Decoded<'a> {
@@ -237,6 +265,55 @@ impl Decoder {
     }
 }
 
+/// UDP port of VXLAN (RFC 7348), as AWS VPC Traffic Mirroring sends it.
+pub const VXLAN_PORT: u16 = 4789;
+/// Tunnels inside tunnels deeper than this are not followed.
+const MAX_ENCAPSULATION: u8 = 4;
+
+type Inner<'a> = Option<Result<(LinkType, &'a [u8]), String>>;
+
+/// The Ethernet frame inside a VXLAN payload (8-byte header with the I flag set).
+fn vxlan_inner(p: &[u8]) -> Inner<'_> {
+    if p.len() < 8 || p[0] & 0x08 == 0 {
+        return None; // not VXLAN after all: leave the datagram as UDP
+    }
+    Some(Ok((LinkType::Ethernet, &p[8..])))
+}
+
+/// The packet inside GRE (RFC 2784/2890): transparent Ethernet bridging, IPv4, IPv6, or
+/// ERSPAN type II (0x88BE) and type III (0x22EB), whose headers precede an Ethernet frame.
+fn gre_inner(p: &[u8]) -> Inner<'_> {
+    if p.len() < 4 {
+        return Some(Err("GRE header truncated".into()));
+    }
+    let flags = p[0];
+    if p[1] & 0x07 != 0 {
+        return None; // GRE version 1 (PPTP) and others: not mirrored traffic
+    }
+    let mut off = 4;
+    for bit in [0x80u8, 0x20, 0x10] {
+        // checksum (+ reserved), key, sequence number: 4 bytes each when present
+        if flags & bit != 0 {
+            off += 4;
+        }
+    }
+    let proto = u16::from_be_bytes([p[2], p[3]]);
+    let need = |n: usize| if p.len() < n { Err(format!("GRE/ERSPAN header truncated ({} of {n} bytes)", p.len())) } else { Ok(()) };
+    let r = match proto {
+        0x6558 => need(off).map(|()| (LinkType::Ethernet, &p[off..])),
+        0x0800 | 0x86dd => need(off).map(|()| (LinkType::RawIp, &p[off..])),
+        0x88be => need(off + 8).map(|()| (LinkType::Ethernet, &p[off + 8..])),
+        0x22eb => need(off + 12).and_then(|()| {
+            // ERSPAN III: 12-byte header, then an 8-byte platform subheader when O is set.
+            let o_flag = p[off + 11] & 0x01 != 0;
+            let start = off + 12 + if o_flag { 8 } else { 0 };
+            need(start).map(|()| (LinkType::Ethernet, &p[start..]))
+        }),
+        _ => return None,
+    };
+    Some(r)
+}
+
 fn segment<'a>(src: IpAddr, dst: IpAddr, tcp: &TcpSlice<'a>) -> TcpSegment<'a> {
     TcpSegment {
         src,
@@ -294,6 +371,78 @@ mod tests {
         null.extend_from_slice(&ip);
         assert!(matches!(Decoder::new(LinkType::Null).decode(0, &null), Decoded::Tcp(s) if s.src_port == 1));
         assert!(matches!(Decoder::new(LinkType::Null).decode(0, &[1, 2]), Decoded::Malformed(_)));
+    }
+
+    fn eth_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([3; 6], [4; 6])
+            .ipv4([172, 16, 0, 1], [172, 16, 0, 2], 64)
+            .tcp(33333, 8080, 77, 1000)
+            .write(&mut f, payload)
+            .unwrap();
+        f
+    }
+
+    fn inner_port(d: Decoded<'_>) -> Option<(u16, Vec<u8>)> {
+        match d {
+            Decoded::Tcp(s) => Some((s.dst_port, s.payload.to_vec())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn decapsulates_vxlan() {
+        let inner = eth_frame(b"GET /v HTTP/1.1\r\n\r\n");
+        let mut vx = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+        vx.extend_from_slice(&inner);
+        let mut outer = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(50000, VXLAN_PORT).write(&mut outer, &vx).unwrap();
+        let mut d = Decoder::new(LinkType::Ethernet);
+        assert_eq!(inner_port(d.decode(0, &outer)), Some((8080, b"GET /v HTTP/1.1\r\n\r\n".to_vec())));
+        assert_eq!(d.decapsulated(), 1);
+    }
+
+    fn gre_packet(gre: &[u8]) -> Vec<u8> {
+        let mut h = etherparse::Ipv4Header::new(gre.len() as u16, 64, IpNumber::GRE, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let mut out = Vec::new();
+        h.write(&mut out).unwrap();
+        out.extend_from_slice(gre);
+        out
+    }
+
+    #[test]
+    fn decapsulates_gre_and_erspan() {
+        let frame = eth_frame(b"x");
+        let mut d = Decoder::new(LinkType::RawIp);
+        // GRE, transparent Ethernet bridging, with a key.
+        let mut gre = vec![0x20, 0, 0x65, 0x58, 0, 0, 0, 7];
+        gre.extend_from_slice(&frame);
+        assert_eq!(inner_port(d.decode(0, &gre_packet(&gre))), Some((8080, b"x".to_vec())));
+        // ERSPAN type II: GRE with a sequence number, then the 8-byte ERSPAN header.
+        let mut e2 = vec![0x10, 0, 0x88, 0xbe, 0, 0, 0, 1, 0x10, 0x01, 0, 0x05, 0, 0, 0, 0];
+        e2.extend_from_slice(&frame);
+        assert_eq!(inner_port(d.decode(0, &gre_packet(&e2))), Some((8080, b"x".to_vec())));
+        // ERSPAN type III with the optional platform subheader (O flag).
+        let mut e3 = vec![0x10, 0, 0x22, 0xeb, 0, 0, 0, 1];
+        e3.extend_from_slice(&[0x20, 0x01, 0, 0x05, 0, 0, 0, 0, 0, 0, 0, 0x01]);
+        e3.extend_from_slice(&[0; 8]);
+        e3.extend_from_slice(&frame);
+        assert_eq!(inner_port(d.decode(0, &gre_packet(&e3))), Some((8080, b"x".to_vec())));
+        // GRE carrying IPv4 directly.
+        let mut ip_only = vec![0, 0, 0x08, 0x00];
+        ip_only.extend_from_slice(&frame[14..]);
+        assert_eq!(inner_port(d.decode(0, &gre_packet(&ip_only))), Some((8080, b"x".to_vec())));
+        // Truncated ERSPAN: a clear error, no panic.
+        assert!(matches!(d.decode(0, &gre_packet(&[0, 0, 0x22, 0xeb, 1])), Decoded::Malformed(_)));
+        assert_eq!(d.decapsulated(), 4);
+    }
+
+    #[test]
+    fn udp_on_the_vxlan_port_without_vxlan_stays_udp() {
+        let mut outer = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, VXLAN_PORT).write(&mut outer, &[0; 12]).unwrap();
+        assert!(matches!(Decoder::new(LinkType::RawIp).decode(0, &outer), Decoded::Udp));
     }
 
     #[test]

@@ -289,6 +289,7 @@ impl<'a> Run<'a> {
 
     fn add_fragment_stats(&mut self, decoder: &Decoder) {
         let fs = decoder.fragment_stats();
+        self.summary.decapsulated_packets += decoder.decapsulated();
         self.frag_reassembled += fs.reassembled;
         self.frag_dropped += fs.dropped;
     }

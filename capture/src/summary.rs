@@ -75,6 +75,8 @@ pub struct CaptureSummary {
     pub snaplen_truncated_packets: u64,
     /// IP packets rebuilt from fragments.
     pub ip_fragments_reassembled: u64,
+    /// Packets whose inner packet was decoded (VXLAN, GRE, ERSPAN mirror encapsulation).
+    pub decapsulated_packets: u64,
     /// Reassembly counters.
     pub reassembly: ReassemblyStats,
     /// Exchanges found.
@@ -107,6 +109,9 @@ impl CaptureSummary {
             "flows        {} TCP ({} HTTP, {} other, {} without payload), peak open {}\n",
             r.flows, r.http_flows, r.non_http_flows, r.empty_flows, r.peak_flows
         ));
+        if self.decapsulated_packets > 0 {
+            s.push_str(&format!("tunnels      {} packets decapsulated (VXLAN, GRE, ERSPAN)\n", self.decapsulated_packets));
+        }
         s.push_str(&format!(
             "skipped      {} UDP, {} other, {} malformed packets, {} non-HTTP bytes on HTTP flows\n",
             self.udp_skipped, self.other_skipped, self.malformed_packets, r.skipped_bytes

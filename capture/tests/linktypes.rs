@@ -180,3 +180,26 @@ fn ipv4_fragments_are_reassembled() {
     check(path, false);
     assert_eq!(rows.len(), 1);
 }
+
+#[test]
+fn vxlan_mirrored_traffic_yields_the_inner_exchange() {
+    // As AWS VPC Traffic Mirroring delivers it: outer Ethernet/IPv4/UDP 4789, VXLAN header,
+    // then the mirrored Ethernet frame.
+    let dir = tempfile::tempdir().unwrap();
+    let frames: Vec<Vec<u8>> = conversation(false)
+        .into_iter()
+        .map(|ip| {
+            let mut vx = vec![0x08, 0, 0, 0, 0, 0x12, 0x34, 0];
+            vx.extend_from_slice(&[2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8, 0x08, 0x00]);
+            vx.extend_from_slice(&ip);
+            let mut outer = Vec::new();
+            PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4([10, 99, 0, 1], [10, 99, 0, 2], 64).udp(49152, 4789).write(&mut outer, &vx).unwrap();
+            outer
+        })
+        .collect();
+    let path = dir.path().join("vxlan.pcap");
+    write_pcap(&path, 1, &frames);
+    let (_d, summary, _rows) = capture(std::slice::from_ref(&path));
+    assert_eq!(summary.decapsulated_packets, frames.len() as u64);
+    check(path, false);
+}
