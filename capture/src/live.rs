@@ -29,6 +29,9 @@ pub struct LiveOptions {
     pub buffer_bytes: i32,
     /// BPF filter.
     pub filter: Option<String>,
+    /// Deliver each packet as it arrives instead of in kernel blocks (lower latency, more
+    /// CPU per packet).
+    pub immediate: bool,
 }
 
 /// Counters of a live source.
@@ -108,10 +111,10 @@ impl LiveSource {
             .promisc(opts.promisc)
             .snaplen(if opts.snaplen <= 0 { 262_144 } else { opts.snaplen })
             .buffer_size(opts.buffer_bytes)
-            // Packets are handed over in kernel blocks, each retired after at most 100 ms:
-            // cheaper than immediate mode on a busy mirror port. A stop does not wait for
-            // traffic: it wakes the reader with pcap_breakloop.
-            .immediate_mode(false)
+            // By default packets are handed over in kernel blocks, each retired after at most
+            // 100 ms: cheaper than immediate mode on a busy mirror port. Either way a stop
+            // does not wait for traffic: it wakes the reader with pcap_breakloop.
+            .immediate_mode(opts.immediate)
             .timeout(100)
             .precision(pcap::Precision::Micro)
             .open()

@@ -178,7 +178,7 @@ fn max_exchanges_stops_the_capture() {
     let (port, _served) = server();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let (mut cap, _err) = spawn_capture(port, &out, &["--max-exchanges", "5", "--duration", "20s"]);
+    let (mut cap, _err) = spawn_capture(port, &out, &["--max-exchanges", "5", "--duration", "20s", "--immediate-mode"]);
     let child = &mut cap.0;
     // Each connection closes after its requests, so its exchanges are emitted promptly.
     for i in 0..10 {
@@ -210,4 +210,19 @@ fn list_interfaces_includes_loopback() {
     let o = Command::new(env!("CARGO_BIN_EXE_shadowtap")).args(["capture", "--list-interfaces"]).output().unwrap();
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("lo ")));
+}
+
+#[test]
+fn duration_stops_an_idle_capture() {
+    // Regression: on an idle link libpcap's poll has no timeout; the stop must not wait for
+    // traffic.
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (mut cap, _err) = spawn_capture(1, &out, &["--duration", "1s", "--immediate-mode"]);
+    let st = wait(&mut cap.0, Duration::from_secs(10));
+    assert!(st.success());
+    assert!(rows(&out).is_empty());
 }
