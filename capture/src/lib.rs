@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connection;
+pub mod criteria;
 pub mod decode;
 pub mod error;
 pub mod http;

@@ -16,6 +16,7 @@ use shadowtap_core::schema::{exchanges_schema, exchanges_to_batch, EXCHANGES_SCH
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
 
 use crate::decode::{Decoded, Decoder};
+use crate::criteria::MatchCriteria;
 use crate::error::CaptureError;
 use crate::live::{LiveOptions, LiveSource};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
@@ -32,6 +33,8 @@ pub struct CaptureOptions {
     pub out_dir: PathBuf,
     /// BPF filter applied by libpcap.
     pub filter: Option<String>,
+    /// Which exchanges to keep by content (applied before sampling).
+    pub criteria: MatchCriteria,
     /// Sampling.
     pub sampler: Sampler,
     /// Reassembly and parser limits.
@@ -54,6 +57,7 @@ impl CaptureOptions {
             inputs,
             out_dir,
             filter: None,
+            criteria: MatchCriteria::default(),
             sampler: Sampler { percent: Percent::ALL, by: SampleBy::Exchange },
             reassembly: ReassemblyConfig::default(),
             max_file_bytes: 256 << 20,
@@ -271,7 +275,7 @@ impl<'a> Run<'a> {
 
     fn take_exchanges(&mut self) {
         for ex in self.table.take_exchanges() {
-            if self.batch.push(ex, &self.opts.sampler, &mut self.summary) {
+            if self.batch.push(ex, &self.opts.criteria, &self.opts.sampler, &mut self.summary) {
                 self.flush_batch();
             }
         }
@@ -341,9 +345,13 @@ struct Batch {
 }
 
 impl Batch {
-    /// Adds `ex` if sampled in; true when the batch is full.
-    fn push(&mut self, ex: Exchange, sampler: &Sampler, summary: &mut CaptureSummary) -> bool {
+    /// Adds `ex` if it meets the criteria and is sampled in; true when the batch is full.
+    fn push(&mut self, ex: Exchange, criteria: &MatchCriteria, sampler: &Sampler, summary: &mut CaptureSummary) -> bool {
         summary.exchanges_seen += 1;
+        if !criteria.matches(&ex) {
+            summary.exchanges_not_matched += 1;
+            return false;
+        }
         if !sampler.keep(&ex) {
             summary.exchanges_sampled_out += 1;
             return false;

@@ -81,6 +81,8 @@ pub struct CaptureSummary {
     pub reassembly: ReassemblyStats,
     /// Exchanges found.
     pub exchanges_seen: u64,
+    /// Exchanges left out because they did not meet the match criteria.
+    pub exchanges_not_matched: u64,
     /// Exchanges left out by sampling.
     pub exchanges_sampled_out: u64,
     /// Exchanges written.
@@ -121,8 +123,8 @@ impl CaptureSummary {
             r.retransmitted_segments, r.out_of_order_segments, r.gaps, r.gap_bytes
         ));
         s.push_str(&format!(
-            "exchanges    {} seen, {} sampled out, {} written; {} orphan responses\n",
-            self.exchanges_seen, self.exchanges_sampled_out, self.exchanges_written, r.orphan_responses
+            "exchanges    {} seen, {} not matched, {} sampled out, {} written; {} orphan responses\n",
+            self.exchanges_seen, self.exchanges_not_matched, self.exchanges_sampled_out, self.exchanges_written, r.orphan_responses
         ));
         s.push_str(&format!(
             "flagged      {} no response, {} incomplete, {} gap, {} parse error, {} truncated, {} decode error\n",

@@ -8,6 +8,7 @@ use clap::Args;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use shadowtap_capture::criteria::{CriteriaSpec, MatchCriteria};
 use shadowtap_capture::http::ParserLimits;
 use shadowtap_capture::live::{list_interfaces, LiveOptions};
 use shadowtap_capture::pipeline::{capture_files, capture_live, CaptureOptions, LiveLimits};
@@ -28,7 +29,10 @@ use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
     shadowtap capture --read traffic.pcap --out data/\n  \
     shadowtap capture --read a.pcap --read b.pcapng --filter 'tcp port 8080' --sample 10% --out data/\n  \
     shadowtap capture --interface eth1 --filter 'tcp port 80' --duration 10m --out data/\n  \
+    shadowtap capture --read t.pcap --match-host api.example.com --match-path '^/v2/' --out data/\n  \
     shadowtap capture --list-interfaces\n\n\
+    Match criteria (--match-*) combine with AND, repeated values of one with OR, and apply\n\
+    before --sample.\n\n\
     Live capture stops on SIGINT/SIGTERM (or --duration / --max-exchanges): every open flow is\n\
     flushed and every file closed before exit; a second signal exits at once.\n\n\
     Exit status: 0 when anything could be read (problems are listed in the summary),\n\
@@ -89,6 +93,37 @@ pub struct CaptureArgs {
     /// same input and percentage always keep the same exchanges.
     #[arg(long, value_name = "PERCENT", default_value = "100")]
     sample: Percent,
+
+    /// Keep only requests carrying this header: `'X-Shadow-Test: true'` (exact value) or
+    /// `X-Shadow-Test` (present). Repeat for alternatives.
+    #[arg(long, value_name = "'NAME: VALUE'")]
+    match_header: Vec<String>,
+
+    /// Keep only requests carrying this cookie: `NAME` or `NAME=VALUE`. Repeat for alternatives.
+    #[arg(long, value_name = "NAME[=VALUE]")]
+    match_cookie: Vec<String>,
+
+    /// Keep only requests whose User-Agent matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    match_user_agent: Option<String>,
+
+    /// Keep only requests whose path matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    match_path: Option<String>,
+
+    /// Keep only requests to this host (Host header; a port is ignored). Repeat for
+    /// alternatives.
+    #[arg(long, value_name = "HOST")]
+    match_host: Vec<String>,
+
+    /// Keep only requests from clients in this country (looked up in --geo-file). Repeat for
+    /// alternatives.
+    #[arg(long, value_name = "CC")]
+    match_geo: Vec<String>,
+
+    /// CIDR → country list for --match-geo: one `192.0.2.0/24 US` per line, `#` comments.
+    #[arg(long, value_name = "FILE")]
+    geo_file: Option<PathBuf>,
 
     /// What is kept or dropped together when sampling.
     #[arg(long, value_name = "UNIT", default_value = "exchange", value_parser = ["exchange", "connection", "client"])]
@@ -188,6 +223,22 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         bail!("--max-flows must be at least 1");
     }
     let mut opts = CaptureOptions::new(args.read.clone(), out);
+    let spec = CriteriaSpec {
+        headers: args.match_header.clone(),
+        cookies: args.match_cookie.clone(),
+        user_agent: args.match_user_agent.clone(),
+        path: args.match_path.clone(),
+        hosts: args.match_host.clone(),
+        geo: args.match_geo.clone(),
+        geo_file: args.geo_file.clone(),
+    };
+    opts.criteria = match MatchCriteria::new(&spec) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shadowtap: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     opts.filter = args.filter.clone();
     opts.sampler = Sampler { percent: args.sample, by };
     opts.max_file_bytes = args.max_file_size;

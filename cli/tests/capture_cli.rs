@@ -146,3 +146,21 @@ fn inspect_shows_rows_and_counts_without_bodies() {
     let o = run(&["inspect", dir.path().join("nothing").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn match_criteria_select_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = pcap("nDPI__1kxun.pcap");
+    let out = dir.path().join("host");
+    let o = run(&["capture", "--quiet", "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap(), "--match-host", "pic.1kxun.com", "--match-path", "^/video_kankan/"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("110 not matched"), "{err}");
+    assert_eq!(ids(&out).len(), 133 - 110);
+    let o = run(&["capture", "--read", f.to_str().unwrap(), "--out", dir.path().join("x").to_str().unwrap(), "--match-path", "(unclosed"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--match-path"));
+    let o = run(&["capture", "--read", f.to_str().unwrap(), "--out", dir.path().join("y").to_str().unwrap(), "--match-geo", "US"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--geo-file"));
+}
