@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Decode captured packets into HTTP exchanges, written as Parquet.
-    Capture(capture::CaptureArgs),
+    Capture(Box<capture::CaptureArgs>),
     /// Print the first exchanges in a directory and counts by status and host.
     Inspect(inspect::InspectArgs),
 }
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Capture(args) => capture::run(args),
+        Command::Capture(args) => capture::run(*args),
         Command::Inspect(args) => inspect::run(args),
     };
     match result {
