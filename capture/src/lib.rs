@@ -23,6 +23,7 @@ pub mod http;
 pub mod live;
 pub mod pipeline;
 pub mod reassembly;
+pub mod redact;
 pub mod sampling;
 pub mod source;
 pub mod summary;

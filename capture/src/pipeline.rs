@@ -17,6 +17,7 @@ use shadowtap_core::sink::{ParquetSink, SinkOptions};
 
 use crate::decode::{Decoded, Decoder};
 use crate::criteria::MatchCriteria;
+use crate::redact::Redactor;
 use crate::error::CaptureError;
 use crate::live::{LiveOptions, LiveSource};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
@@ -35,6 +36,10 @@ pub struct CaptureOptions {
     pub filter: Option<String>,
     /// Which exchanges to keep by content (applied before sampling).
     pub criteria: MatchCriteria,
+    /// Replaces secrets by keyed HMACs before anything is written; `None` writes them as seen.
+    pub redactor: Option<Redactor>,
+    /// How the summary describes redaction (`on, random key per run`, `off`, …).
+    pub redaction_note: String,
     /// Sampling.
     pub sampler: Sampler,
     /// Reassembly and parser limits.
@@ -58,6 +63,9 @@ impl CaptureOptions {
             out_dir,
             filter: None,
             criteria: MatchCriteria::default(),
+            // Secrets never reach disk unless asked: a fresh random key per run by default.
+            redactor: Some(Redactor::new(Redactor::random_key().unwrap_or_else(|_| fallback_key()), &[])),
+            redaction_note: "on, random key per run".into(),
             sampler: Sampler { percent: Percent::ALL, by: SampleBy::Exchange },
             reassembly: ReassemblyConfig::default(),
             max_file_bytes: 256 << 20,
@@ -206,7 +214,12 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     fn start(opts: &'a CaptureOptions) -> Result<Self, CaptureError> {
         let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
-        let summary = CaptureSummary { run_id: run_id.clone(), schema_version: EXCHANGES_SCHEMA_VERSION, ..Default::default() };
+        let summary = CaptureSummary {
+            run_id: run_id.clone(),
+            schema_version: EXCHANGES_SCHEMA_VERSION,
+            redaction: opts.redaction_note.clone(),
+            ..Default::default()
+        };
         // Content decoding, Arrow conversion and zstd dominate the cost: spread them over
         // writer threads, each with its own file series. Batches go round-robin, so which rows
         // land in which file is the same on every run.
@@ -225,9 +238,10 @@ impl<'a> Run<'a> {
                 exchanges_schema(),
             )?;
             let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(2);
+            let redactor = opts.redactor.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shadowtap-writer-{w}"))
-                .spawn(move || write_exchanges(rx, sink, max_body))
+                .spawn(move || write_exchanges(rx, sink, max_body, redactor))
                 .map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
             senders.push(tx);
             writers.push(handle);
@@ -389,7 +403,7 @@ impl Written {
     }
 }
 
-fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ParquetSink, max_body: u64) -> Result<Written, CaptureError> {
+fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ParquetSink, max_body: u64, redactor: Option<Redactor>) -> Result<Written, CaptureError> {
     let mut flags = FlagCounts::default();
     let mut decode_errors = 0;
     for mut rows in rx {
@@ -398,6 +412,9 @@ fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ParquetSink, max
             decode_content(&mut ex.request_body, req_enc.as_deref(), max_body);
             let resp_enc = content_encoding(&ex.response_headers);
             decode_content(&mut ex.response_body, resp_enc.as_deref(), max_body);
+            if let Some(r) = &redactor {
+                r.apply(ex);
+            }
             let f = &ex.flags;
             flags.no_response += u64::from(f.no_response);
             flags.incomplete += u64::from(f.incomplete);
@@ -448,6 +465,14 @@ fn decode_content(body: &mut Body, encoding: Option<&str>, cap: u64) {
         Ok(decoded) => body.decoded = decoded,
         Err(e) => body.decode_error = Some(e.to_string()),
     }
+}
+
+/// A key when the system's random source cannot be read: unpredictable enough across runs that
+/// tokens from different runs do not compare.
+fn fallback_key() -> Vec<u8> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seed = format!("{}:{}:{:p}", now.as_nanos(), std::process::id(), &now);
+    shadowtap_core::id::stable_id(&[seed.as_bytes()]).into_bytes()
 }
 
 fn new_run_id() -> String {

@@ -95,6 +95,8 @@ pub struct CaptureSummary {
     pub files: Vec<PathBuf>,
     /// Schema version of the files.
     pub schema_version: u32,
+    /// How secrets were handled (`on, random key per run`, `on, key from …`, `off`).
+    pub redaction: String,
     /// Live capture counters (kernel and interface drops), for `--interface` runs.
     pub live: Option<crate::live::LiveStats>,
 }
@@ -151,6 +153,7 @@ impl CaptureSummary {
                 s.push_str(&format!("warning      {e}\n"));
             }
         }
+        s.push_str(&format!("redaction    {}\n", self.redaction));
         for p in &self.files {
             s.push_str(&format!("wrote        {}\n", p.display()));
         }

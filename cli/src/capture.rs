@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use shadowtap_capture::criteria::{CriteriaSpec, MatchCriteria};
+use shadowtap_capture::redact::Redactor;
 use shadowtap_capture::http::ParserLimits;
 use shadowtap_capture::live::{list_interfaces, LiveOptions};
 use shadowtap_capture::pipeline::{capture_files, capture_live, CaptureOptions, LiveLimits};
@@ -125,6 +126,21 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "FILE")]
     geo_file: Option<PathBuf>,
 
+    /// Also redact this header, and JSON body fields of this name (Authorization,
+    /// Proxy-Authorization, Cookie and Set-Cookie always are). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    redact: Vec<String>,
+
+    /// Key for the redaction HMAC, read from this file, so that several captures redact alike.
+    /// Without it (or SHADOWTAP_REDACT_KEY) each run uses a random key.
+    #[arg(long, value_name = "FILE", env = "SHADOWTAP_REDACT_KEY_FILE")]
+    redact_key_file: Option<PathBuf>,
+
+    /// Write secrets as captured (no redaction). Captured traffic holds credentials: use with
+    /// care.
+    #[arg(long, conflicts_with_all = ["redact", "redact_key_file"])]
+    no_redact: bool,
+
     /// What is kept or dropped together when sampling.
     #[arg(long, value_name = "UNIT", default_value = "exchange", value_parser = ["exchange", "connection", "client"])]
     sample_by: String,
@@ -232,6 +248,30 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         geo: args.match_geo.clone(),
         geo_file: args.geo_file.clone(),
     };
+    if args.no_redact {
+        opts.redactor = None;
+        opts.redaction_note = "off (--no-redact)".into();
+    } else if let Some(f) = &args.redact_key_file {
+        let key = match std::fs::read(f) {
+            Ok(k) if !k.is_empty() => k,
+            Ok(_) => {
+                eprintln!("shadowtap: error: --redact-key-file {}: file is empty", f.display());
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => {
+                eprintln!("shadowtap: error: --redact-key-file {}: {e}", f.display());
+                return Ok(ExitCode::from(2));
+            }
+        };
+        opts.redactor = Some(Redactor::new(key, &args.redact));
+        opts.redaction_note = format!("on, key from {}", f.display());
+    } else if let Some(key) = std::env::var_os("SHADOWTAP_REDACT_KEY").filter(|k| !k.is_empty()) {
+        opts.redactor = Some(Redactor::new(key.into_encoded_bytes(), &args.redact));
+        opts.redaction_note = "on, key from SHADOWTAP_REDACT_KEY".into();
+    } else if !args.redact.is_empty() {
+        let key = Redactor::random_key().context("reading /dev/urandom for a redaction key")?;
+        opts.redactor = Some(Redactor::new(key, &args.redact));
+    }
     opts.criteria = match MatchCriteria::new(&spec) {
         Ok(c) => c,
         Err(e) => {

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn bin() -> Command {
@@ -163,4 +163,60 @@ fn match_criteria_select_by_content() {
     let o = run(&["capture", "--read", f.to_str().unwrap(), "--out", dir.path().join("y").to_str().unwrap(), "--match-geo", "US"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--geo-file"));
+}
+
+/// Every Authorization header value in `dir`.
+fn authorizations(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "parquet") {
+            for b in ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap() {
+                let b = b.unwrap();
+                let list = b.column_by_name("request_headers").unwrap().as_list::<i32>().clone();
+                for i in 0..list.len() {
+                    let v = list.value(i);
+                    let s = v.as_struct();
+                    let (n, val) = (s.column(0).as_string::<i32>(), s.column(1).as_string::<i32>());
+                    for j in 0..n.len() {
+                        if n.value(j).eq_ignore_ascii_case("authorization") {
+                            out.push(val.value(j).to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn credentials_are_redacted_by_default() {
+    // The WebDAV capture carries NTLM Authorization headers.
+    let dir = tempfile::tempdir().unwrap();
+    let f = pcap("nDPI__webdav.pcap");
+    let cap = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["capture", "--quiet", "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        authorizations(&out)
+    };
+    let raw = cap("raw", &["--no-redact"]);
+    assert!(!raw.is_empty() && raw.iter().all(|a| a.starts_with("NTLM ") && !a.contains("hmac:")), "{raw:?}");
+    let default = cap("default", &[]);
+    assert_eq!(default.len(), raw.len());
+    assert!(default.iter().all(|a| a.starts_with("NTLM hmac:")), "{default:?}");
+    for secret in &raw {
+        let cred = secret.trim_start_matches("NTLM ");
+        assert!(default.iter().all(|a| !a.contains(cred)));
+    }
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"shared key").unwrap();
+    let a = cap("a", &["--redact-key-file", key.to_str().unwrap()]);
+    let b = cap("b", &["--redact-key-file", key.to_str().unwrap()]);
+    assert_eq!(a, b, "the same key redacts alike across captures");
+    assert_ne!(a, default, "a random key differs");
 }
