@@ -21,6 +21,7 @@ pub mod decode;
 pub mod error;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod pipeline;
 pub mod reassembly;
 pub mod redact;

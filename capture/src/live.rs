@@ -47,6 +47,27 @@ pub struct LiveStats {
     pub queue_dropped: u64,
 }
 
+/// Counters the reader thread keeps current while it runs (pcap_stats about once a second).
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    received: std::sync::atomic::AtomicU64,
+    kernel_dropped: std::sync::atomic::AtomicU64,
+    interface_dropped: std::sync::atomic::AtomicU64,
+    queue_dropped: std::sync::atomic::AtomicU64,
+}
+
+impl LiveCounters {
+    /// A snapshot.
+    pub fn snapshot(&self) -> LiveStats {
+        LiveStats {
+            received: self.received.load(Ordering::Relaxed),
+            kernel_dropped: self.kernel_dropped.load(Ordering::Relaxed),
+            interface_dropped: self.interface_dropped.load(Ordering::Relaxed),
+            queue_dropped: self.queue_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// An owned packet from the reader thread.
 #[derive(Debug)]
 pub struct OwnedPacket {
@@ -64,6 +85,7 @@ pub struct LiveSource {
     rx: Receiver<Vec<OwnedPacket>>,
     stop: Arc<AtomicBool>,
     wake: pcap::BreakLoop,
+    counters: Arc<LiveCounters>,
     reader: Option<JoinHandle<Result<LiveStats, CaptureError>>>,
 }
 
@@ -132,16 +154,23 @@ impl LiveSource {
         let (tx, rx) = mpsc::sync_channel(64);
         let stop_reader = stop.clone();
         let iface = opts.interface.clone();
+        let counters = Arc::new(LiveCounters::default());
+        let counters_reader = counters.clone();
         let reader = std::thread::Builder::new()
             .name("shadowtap-pcap".into())
-            .spawn(move || read_loop(cap, tx, stop_reader, iface))
+            .spawn(move || read_loop(cap, tx, stop_reader, iface, &counters_reader))
             .map_err(|e| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() })?;
-        Ok(LiveSource { link, rx, stop, wake, reader: Some(reader) })
+        Ok(LiveSource { link, rx, stop, wake, counters, reader: Some(reader) })
     }
 
     /// The interface's link type.
     pub fn link_type(&self) -> LinkType {
         self.link
+    }
+
+    /// Counters so far (pcap_stats refreshed about once a second).
+    pub fn counters(&self) -> LiveStats {
+        self.counters.snapshot()
     }
 
     /// The next batch of packets; `Ok(None)` on a timeout with nothing read; an error when the
@@ -180,9 +209,16 @@ impl LiveSource {
 #[derive(Debug)]
 pub struct Closed;
 
-fn read_loop(mut cap: pcap::Capture<pcap::Active>, tx: SyncSender<Vec<OwnedPacket>>, stop: Arc<AtomicBool>, iface: String) -> Result<LiveStats, CaptureError> {
+fn read_loop(
+    mut cap: pcap::Capture<pcap::Active>,
+    tx: SyncSender<Vec<OwnedPacket>>,
+    stop: Arc<AtomicBool>,
+    iface: String,
+    counters: &LiveCounters,
+) -> Result<LiveStats, CaptureError> {
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_flush = Instant::now();
+    let mut last_stats = Instant::now();
     let mut queue_dropped = 0u64;
     let send = |batch: &mut Vec<OwnedPacket>, queue_dropped: &mut u64| {
         if batch.is_empty() {
@@ -196,6 +232,15 @@ fn read_loop(mut cap: pcap::Capture<pcap::Active>, tx: SyncSender<Vec<OwnedPacke
     };
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) {
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            last_stats = Instant::now();
+            if let Ok(st) = cap.stats() {
+                counters.received.store(u64::from(st.received), Ordering::Relaxed);
+                counters.kernel_dropped.store(u64::from(st.dropped), Ordering::Relaxed);
+                counters.interface_dropped.store(u64::from(st.if_dropped), Ordering::Relaxed);
+            }
+            counters.queue_dropped.store(queue_dropped, Ordering::Relaxed);
+        }
         match cap.next_packet() {
             Ok(p) => {
                 batch.push(OwnedPacket {

@@ -20,6 +20,7 @@ use crate::criteria::MatchCriteria;
 use crate::redact::Redactor;
 use crate::error::CaptureError;
 use crate::live::{LiveOptions, LiveSource};
+use crate::metrics::{serve_metrics, StatsRecord};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
 use crate::sampling::{Percent, SampleBy, Sampler};
 use crate::source::FileSource;
@@ -133,13 +134,26 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
     Ok(summary)
 }
 
-/// When a live capture stops, besides a signal.
+/// When a live capture stops, besides a signal, and how it reports while running.
 #[derive(Debug, Clone, Default)]
 pub struct LiveLimits {
     /// Stop after this long.
     pub duration: Option<Duration>,
     /// Stop once this many exchanges were found.
     pub max_exchanges: Option<u64>,
+    /// Print a stats line and append a record to `capture-<run>.stats.jsonl` this often.
+    pub stats_interval: Option<Duration>,
+    /// Serve Prometheus metrics here.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// What a live capture says once it has started.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The interface.
+    pub interface: String,
+    /// Where metrics are served, when asked.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs a live capture until `stop` is set or a limit is reached, then flushes every open
@@ -149,14 +163,25 @@ pub fn capture_live(
     live: &LiveOptions,
     limits: &LiveLimits,
     stop: &AtomicBool,
-    on_started: impl FnOnce(&str),
+    on_started: impl FnOnce(&Started),
 ) -> Result<CaptureSummary, CaptureError> {
     let source = LiveSource::start(live)?;
+    let metrics = match limits.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr).map_err(|e| CaptureError::InvalidOption {
+            option: "--metrics-listen",
+            message: format!("{addr}: {e}"),
+        })?),
+        None => None,
+    };
     let mut run = Run::start(opts)?;
     run.table.set_source(&live.interface);
     let mut decoder = Decoder::new(source.link_type());
-    on_started(&live.interface);
+    on_started(&Started { interface: live.interface.clone(), metrics: metrics.as_ref().map(|m| m.0) });
     let started = Instant::now();
+    let stats_path = opts.out_dir.join(format!("capture-{}.stats.jsonl", run.summary.run_id));
+    let mut stats_file = None;
+    let report_every = limits.stats_interval.or(metrics.as_ref().map(|_| Duration::from_secs(1)));
+    let mut last_report = Instant::now();
     let mut input = InputSummary { path: PathBuf::from(&live.interface), ..Default::default() };
     let mut reader_error = None;
     loop {
@@ -176,6 +201,36 @@ pub fn capture_live(
             }
             Ok(None) => run.progress_tick(),
             Err(_closed) => break,
+        }
+        if let Some(every) = report_every {
+            if last_report.elapsed() >= every {
+                last_report = Instant::now();
+                let record = StatsRecord {
+                    ts: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                    packets: run.summary.packets,
+                    bytes: run.summary.bytes,
+                    pcap: source.counters(),
+                    exchanges_seen: run.summary.exchanges_seen,
+                    exchanges_kept: run.summary.exchanges_seen - run.summary.exchanges_not_matched - run.summary.exchanges_sampled_out,
+                    open_flows: run.table.open_flows() as u64,
+                };
+                if let Some((_, slot)) = &metrics {
+                    if let Ok(mut t) = slot.lock() {
+                        *t = record.prometheus();
+                    }
+                }
+                if limits.stats_interval.is_some() {
+                    eprintln!("{}", record.line());
+                    if stats_file.is_none() {
+                        stats_file = std::fs::OpenOptions::new().create(true).append(true).open(&stats_path).ok();
+                    }
+                    if let Some(f) = stats_file.as_mut() {
+                        use std::io::Write as _;
+                        let _ = writeln!(f, "{}", serde_json::to_string(&record).expect("stats serialise"));
+                    }
+                }
+            }
         }
     }
     let (rest, stats) = source.stop();

@@ -74,6 +74,16 @@ pub struct CaptureArgs {
     #[arg(long)]
     immediate_mode: bool,
 
+    /// Print live statistics (packets, kernel/interface/queue drops, exchanges, open flows) this
+    /// often, and append them to `capture-<run>.stats.jsonl` beside the data.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    stats_interval: Option<std::time::Duration>,
+
+    /// Serve live statistics in Prometheus text format on this address (`127.0.0.1:9108`;
+    /// port 0 picks one and prints it).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
     /// Stop a live capture after this long (`90s`, `10m`, `2h`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     duration: Option<std::time::Duration>,
@@ -306,14 +316,24 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
                 filter: args.filter.clone(),
                 immediate: args.immediate_mode,
             };
-            let limits = LiveLimits { duration: args.duration, max_exchanges: args.max_exchanges };
+            let limits = LiveLimits {
+                duration: args.duration,
+                max_exchanges: args.max_exchanges,
+                stats_interval: args.stats_interval,
+                metrics_listen: args.metrics_listen,
+            };
             let stop = Arc::new(AtomicBool::new(false));
             // A second signal while stopping exits at once; the first asks for a clean stop.
             for sig in [SIGINT, SIGTERM] {
                 signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone()).context("installing signal handler")?;
                 signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
             }
-            capture_live(&opts, &live, &limits, &stop, |name| eprintln!("capturing on {name} (SIGINT or SIGTERM to stop)"))
+            capture_live(&opts, &live, &limits, &stop, |s| {
+                eprintln!("capturing on {} (SIGINT or SIGTERM to stop)", s.interface);
+                if let Some(addr) = s.metrics {
+                    eprintln!("metrics on http://{addr}/metrics");
+                }
+            })
         }
     };
     let summary = match result {

@@ -226,3 +226,39 @@ fn duration_stops_an_idle_capture() {
     assert!(st.success());
     assert!(rows(&out).is_empty());
 }
+
+#[test]
+fn stats_lines_records_and_prometheus_metrics() {
+    if skip() {
+        return;
+    }
+    let (port, _served) = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (mut cap, mut err) = spawn_capture(port, &out, &["--stats-interval", "200ms", "--metrics-listen", "127.0.0.1:0"]);
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("metrics on http://").expect("metrics address printed").trim_end_matches("/metrics").to_owned();
+    client(port, 20, "s");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut conn = TcpStream::connect(&url).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let value = |name: &str| -> u64 {
+        text.lines().find(|l| l.starts_with(&format!("{name} "))).and_then(|l| l.split(' ').nth(1)).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(value("shadowtap_packets_total") >= 40, "{text}");
+    assert!(text.contains("# TYPE shadowtap_pcap_kernel_dropped_total counter"));
+    let _ = Command::new("kill").args(["-TERM", &cap.0.id().to_string()]).status();
+    assert!(wait(&mut cap.0, Duration::from_secs(20)).success());
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("stats: "), "{rest}");
+    let jsonl = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".stats.jsonl")).expect("stats file");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.len() >= 3, "{records:?}");
+    assert!(records.last().unwrap()["packets"].as_u64().unwrap() >= 40);
+    assert!(records[0]["pcap"]["kernel_dropped"].is_u64());
+}
