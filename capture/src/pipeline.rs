@@ -4,6 +4,7 @@
 //! conversion and Parquet encoding run on a writer thread fed through a bounded channel, so
 //! the two cores of a small machine both work and memory stays bounded.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,12 @@ pub struct CaptureOptions {
     pub reassembly: ReassemblyConfig,
     /// Roll output files at this size.
     pub max_file_bytes: u64,
+    /// Also roll files that have been open this long (live captures make complete files
+    /// visible as they go).
+    pub rotate_every: Option<Duration>,
+    /// Write into Hive-style `date=YYYY-MM-DD/hour=HH/` directories by request start (UTC),
+    /// which DuckDB, DataFusion and Spark read as partition columns.
+    pub partition_by_hour: bool,
     /// Show a progress line on stderr when it is a terminal.
     pub progress: bool,
     /// Run id used in file names; generated from the clock when `None`.
@@ -70,6 +77,8 @@ impl CaptureOptions {
             sampler: Sampler { percent: Percent::ALL, by: SampleBy::Exchange },
             reassembly: ReassemblyConfig::default(),
             max_file_bytes: 256 << 20,
+            rotate_every: None,
+            partition_by_hour: false,
             progress: true,
             run_id: None,
             writers: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
@@ -182,6 +191,7 @@ pub fn capture_live(
     let mut stats_file = None;
     let report_every = limits.stats_interval.or(metrics.as_ref().map(|_| Duration::from_secs(1)));
     let mut last_report = Instant::now();
+    let mut last_flush = Instant::now();
     let mut input = InputSummary { path: PathBuf::from(&live.interface), ..Default::default() };
     let mut reader_error = None;
     loop {
@@ -201,6 +211,11 @@ pub fn capture_live(
             }
             Ok(None) => run.progress_tick(),
             Err(_closed) => break,
+        }
+        // On a quiet link a batch fills slowly: hand it over every second anyway.
+        if last_flush.elapsed() >= Duration::from_secs(1) {
+            last_flush = Instant::now();
+            run.flush_batch();
         }
         if let Some(every) = report_every {
             if last_report.elapsed() >= every {
@@ -283,15 +298,18 @@ impl<'a> Run<'a> {
         let mut senders = Vec::with_capacity(writers_n);
         let mut writers = Vec::with_capacity(writers_n);
         for w in 0..writers_n {
-            let sink = ParquetSink::new(
-                SinkOptions {
-                    dir: opts.out_dir.clone(),
-                    prefix: format!("exchanges-{run_id}-{w}"),
-                    max_file_bytes: opts.max_file_bytes,
-                    max_row_group_rows: 16_384,
-                },
-                exchanges_schema(),
-            )?;
+            let sink = ExchangeSinks {
+                dir: opts.out_dir.clone(),
+                base: format!("exchanges-{run_id}-{w}"),
+                max_file_bytes: opts.max_file_bytes,
+                rotate_every: opts.rotate_every,
+                by_hour: opts.partition_by_hour,
+                open: BTreeMap::new(),
+                series: 0,
+                files: Vec::new(),
+                rows: 0,
+            };
+            std::fs::create_dir_all(&opts.out_dir).map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
             let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(2);
             let redactor = opts.redactor.clone();
             let handle = std::thread::Builder::new()
@@ -458,10 +476,89 @@ impl Written {
     }
 }
 
-fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ParquetSink, max_body: u64, redactor: Option<Redactor>) -> Result<Written, CaptureError> {
+/// A writer thread's output: one rolling Parquet sink per partition, rolled by size and time.
+struct ExchangeSinks {
+    dir: PathBuf,
+    base: String,
+    max_file_bytes: u64,
+    rotate_every: Option<Duration>,
+    by_hour: bool,
+    /// Partition directory (empty without partitioning) → sink and when it was opened.
+    open: BTreeMap<PathBuf, (ParquetSink, Instant)>,
+    series: u32,
+    files: Vec<PathBuf>,
+    rows: u64,
+}
+
+impl ExchangeSinks {
+    fn partition(&self, ex: &Exchange) -> PathBuf {
+        if !self.by_hour {
+            return PathBuf::new();
+        }
+        let secs = ex.request_start_us.div_euclid(1_000_000);
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        let hour = secs.rem_euclid(86_400) / 3600;
+        PathBuf::from(format!("date={y:04}-{m:02}-{d:02}")).join(format!("hour={hour:02}"))
+    }
+
+    fn write(&mut self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
+        let mut groups: BTreeMap<PathBuf, Vec<Exchange>> = BTreeMap::new();
+        for ex in rows {
+            groups.entry(self.partition(&ex)).or_default().push(ex);
+        }
+        for (part, rows) in groups {
+            if !self.open.contains_key(&part) {
+                let sink = ParquetSink::new(
+                    SinkOptions {
+                        dir: self.dir.join(&part),
+                        prefix: format!("{}-{:04}", self.base, self.series),
+                        max_file_bytes: self.max_file_bytes,
+                        max_row_group_rows: 16_384,
+                    },
+                    exchanges_schema(),
+                )?;
+                self.series += 1;
+                self.open.insert(part.clone(), (sink, Instant::now()));
+            }
+            let batch = exchanges_to_batch(&rows)?;
+            self.open.get_mut(&part).expect("inserted above").0.write(&batch)?;
+        }
+        self.rotate()
+    }
+
+    /// Closes sinks open longer than the rotation interval.
+    fn rotate(&mut self) -> Result<(), CaptureError> {
+        let Some(every) = self.rotate_every else { return Ok(()) };
+        let due: Vec<PathBuf> = self.open.iter().filter(|(_, (_, t))| t.elapsed() >= every).map(|(k, _)| k.clone()).collect();
+        for k in due {
+            let (sink, _) = self.open.remove(&k).expect("listed above");
+            self.rows += sink.rows();
+            self.files.extend(sink.finish()?);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(u64, Vec<PathBuf>), CaptureError> {
+        for (_, (sink, _)) in std::mem::take(&mut self.open) {
+            self.rows += sink.rows();
+            self.files.extend(sink.finish()?);
+        }
+        Ok((self.rows, self.files))
+    }
+}
+
+fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ExchangeSinks, max_body: u64, redactor: Option<Redactor>) -> Result<Written, CaptureError> {
     let mut flags = FlagCounts::default();
     let mut decode_errors = 0;
-    for mut rows in rx {
+    loop {
+        let mut rows = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(rows) => rows,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                sink.rotate()?;
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         for ex in &mut rows {
             let req_enc = content_encoding(&ex.request_headers);
             decode_content(&mut ex.request_body, req_enc.as_deref(), max_body);
@@ -490,11 +587,9 @@ fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ParquetSink, max
                 });
             }
         }
-        let batch = exchanges_to_batch(&rows)?;
-        sink.write(&batch)?;
+        sink.write(rows)?;
     }
-    let rows = sink.rows();
-    let files = sink.finish()?;
+    let (rows, files) = sink.finish()?;
     Ok(Written { rows, files, flags, decode_errors })
 }
 

@@ -160,6 +160,17 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_size)]
     max_body: u64,
 
+    /// Write into Hive-style `date=YYYY-MM-DD/hour=HH/` directories by request start (UTC), read
+    /// as partition columns by DuckDB, DataFusion and Spark. Default: `hour` for --interface,
+    /// `none` for --read.
+    #[arg(long, value_name = "UNIT", value_parser = ["hour", "none"])]
+    partition_by: Option<String>,
+
+    /// Close and publish files open this long (`10m`), so a running capture's data becomes
+    /// readable. Default: 10m for --interface, none for --read.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    rotate_interval: Option<std::time::Duration>,
+
     /// Start a new Parquet file once one reaches this size.
     #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
     max_file_size: u64,
@@ -292,6 +303,9 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     opts.filter = args.filter.clone();
     opts.sampler = Sampler { percent: args.sample, by };
     opts.max_file_bytes = args.max_file_size;
+    let live = args.interface.is_some();
+    opts.partition_by_hour = args.partition_by.as_deref().map_or(live, |p| p == "hour");
+    opts.rotate_every = args.rotate_interval.or(live.then(|| std::time::Duration::from_secs(600)));
     opts.progress = !args.quiet && !args.json;
     if let Some(n) = args.writers {
         if n == 0 {

@@ -220,3 +220,48 @@ fn credentials_are_redacted_by_default() {
     assert_eq!(a, b, "the same key redacts alike across captures");
     assert_ne!(a, default, "a random key differs");
 }
+
+/// Every Parquet file under `dir`, recursively.
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn hive_partitions_by_request_hour() {
+    // The WebDAV capture merges sessions about 1.4 years apart: several partitions.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let f = pcap("nDPI__webdav.pcap");
+    let o = run(&["capture", "--quiet", "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap(), "--partition-by", "hour"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let files = parquet_files(&out);
+    let mut total = 0;
+    let mut partitions = BTreeSet::new();
+    for file in &files {
+        let rel = file.strip_prefix(&out).unwrap().to_string_lossy().into_owned();
+        let parts: Vec<&str> = rel.split('/').collect();
+        assert!(parts.len() == 3 && parts[0].starts_with("date=") && parts[1].starts_with("hour="), "{rel}");
+        partitions.insert((parts[0].to_owned(), parts[1].to_owned()));
+        for b in ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap().build().unwrap() {
+            let b = b.unwrap();
+            let ts = b.column_by_name("request_start").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>().clone();
+            for i in 0..b.num_rows() {
+                let secs = ts.value(i) / 1_000_000;
+                let hour = (secs.rem_euclid(86_400)) / 3600;
+                assert_eq!(parts[1], format!("hour={hour:02}"), "{rel}");
+                total += 1;
+            }
+        }
+    }
+    assert_eq!(total, 16, "nothing lost to partitioning");
+    assert!(partitions.len() >= 2, "{partitions:?}");
+}

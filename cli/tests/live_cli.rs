@@ -85,8 +85,7 @@ fn client(port: u16, n: usize, tag: &str) {
 fn rows(dir: &std::path::Path) -> Vec<(String, Option<i32>)> {
     use arrow::array::{Array, AsArray};
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
+    for p in walk(dir) {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         assert!(!name.contains("inprogress"), "a half-written file was left: {name}");
         if name.ends_with(".parquet") {
@@ -261,4 +260,54 @@ fn stats_lines_records_and_prometheus_metrics() {
     assert!(records.len() >= 3, "{records:?}");
     assert!(records.last().unwrap()["packets"].as_u64().unwrap() >= 40);
     assert!(records[0]["pcap"]["kernel_dropped"].is_u64());
+}
+
+#[test]
+fn rotation_publishes_complete_files_while_running() {
+    if skip() {
+        return;
+    }
+    let (port, _served) = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (mut cap, _err) = spawn_capture(port, &out, &["--rotate-interval", "1s"]);
+    client(port, 10, "r");
+    // While the capture runs, a complete file appears in a date=/hour= partition.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let files: Vec<_> = walk(&out).into_iter().filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect();
+        if let Some(f) = files.first() {
+            break f.clone();
+        }
+        assert!(Instant::now() < deadline, "no file published while running");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(cap.0.try_wait().unwrap().is_none(), "still capturing");
+    let rel = found.strip_prefix(&out).unwrap().to_string_lossy().into_owned();
+    assert!(rel.starts_with("date=") && rel.contains("/hour="), "{rel}");
+    let n: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&found).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert!(n >= 1, "the published file is complete and readable");
+    let _ = Command::new("kill").args(["-TERM", &cap.0.id().to_string()]).status();
+    assert!(wait(&mut cap.0, Duration::from_secs(20)).success());
+    assert_eq!(rows(&out).len(), 10, "rotation loses nothing");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
