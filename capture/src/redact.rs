@@ -17,7 +17,8 @@ pub const DEFAULT_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", 
 /// Replaces secrets by `hmac:<32 hex digits>` (the first 128 bits of HMAC-SHA256).
 #[derive(Clone)]
 pub struct Redactor {
-    key: Vec<u8>,
+    /// The keyed HMAC state, cloned for each token (the key schedule runs once).
+    mac: Hmac<Sha256>,
     /// Lower-case header names.
     headers: Vec<String>,
     /// JSON object keys (exact).
@@ -37,7 +38,8 @@ impl Redactor {
     pub fn new(key: Vec<u8>, names: &[String]) -> Self {
         let mut headers: Vec<String> = DEFAULT_HEADERS.iter().map(|s| (*s).to_owned()).collect();
         headers.extend(names.iter().map(|n| n.to_ascii_lowercase()));
-        Redactor { key, headers, fields: names.to_vec() }
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes keys of any length");
+        Redactor { mac, headers, fields: names.to_vec() }
     }
 
     /// A 32-byte key from the system's random source.
@@ -49,7 +51,7 @@ impl Redactor {
     }
 
     fn token(&self, secret: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        let mut mac = self.mac.clone();
         mac.update(secret.as_bytes());
         let digest = mac.finalize().into_bytes();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -69,10 +71,10 @@ impl Redactor {
     }
 
     fn header(&self, h: &mut Header) {
-        let name = h.name.to_ascii_lowercase();
-        if !self.headers.contains(&name) {
+        if !self.headers.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
             return;
         }
+        let name = h.name.to_ascii_lowercase();
         h.value = match name.as_str() {
             // Keep the scheme: `Bearer hmac:…` still says how the client authenticated.
             "authorization" | "proxy-authorization" => match h.value.split_once(' ') {
