@@ -8,6 +8,7 @@ use clap::Args;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::config::{self, CaptureConfig};
 use shadowtap_capture::criteria::{CriteriaSpec, MatchCriteria};
 use shadowtap_capture::redact::Redactor;
 use shadowtap_capture::http::ParserLimits;
@@ -39,7 +40,7 @@ use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
     Exit status: 0 when anything could be read (problems are listed in the summary),\n\
     1 when nothing could be read or the output could not be written, 2 on bad flags,\n\
     an unknown interface, missing permission or an invalid filter.")]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["read", "interface", "list_interfaces"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["read", "interface", "list_interfaces", "print_sample_config"])))]
 pub struct CaptureArgs {
     /// Capture file(s) to read, pcap or pcapng; several are read in order as one capture
     /// (as `tcpdump -C` rotates them).
@@ -54,6 +55,15 @@ pub struct CaptureArgs {
     /// List the interfaces that can be captured on, and exit.
     #[arg(long)]
     list_interfaces: bool,
+
+    /// Read match criteria, sampling and redaction settings from this TOML file (flags win;
+    /// list flags add to the file's values). `--print-sample-config` shows every key.
+    #[arg(long, value_name = "FILE", env = "SHADOWTAP_CAPTURE_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Print a commented sample configuration file and exit.
+    #[arg(long)]
+    print_sample_config: bool,
 
     /// Promiscuous mode for --interface (on by default: a mirror port receives traffic not
     /// addressed to it). `--promisc false` turns it off.
@@ -93,7 +103,7 @@ pub struct CaptureArgs {
     max_exchanges: Option<u64>,
 
     /// Directory for the Parquet files and the summary (created if missing).
-    #[arg(short, long, value_name = "DIR", env = "SHADOWTAP_OUT", required_unless_present = "list_interfaces")]
+    #[arg(short, long, value_name = "DIR", env = "SHADOWTAP_OUT", required_unless_present_any = ["list_interfaces", "print_sample_config"])]
     out: Option<PathBuf>,
 
     /// BPF filter expression applied while reading, e.g. 'tcp port 80 or tcp port 8080'.
@@ -102,8 +112,9 @@ pub struct CaptureArgs {
 
     /// Keep this share of exchanges: `25` and `25%` both mean a quarter. Deterministic: the
     /// same input and percentage always keep the same exchanges.
-    #[arg(long, value_name = "PERCENT", default_value = "100")]
-    sample: Percent,
+    /// [default: 100]
+    #[arg(long, value_name = "PERCENT")]
+    sample: Option<Percent>,
 
     /// Keep only requests carrying this header: `'X-Shadow-Test: true'` (exact value) or
     /// `X-Shadow-Test` (present). Repeat for alternatives.
@@ -151,9 +162,9 @@ pub struct CaptureArgs {
     #[arg(long, conflicts_with_all = ["redact", "redact_key_file"])]
     no_redact: bool,
 
-    /// What is kept or dropped together when sampling.
-    #[arg(long, value_name = "UNIT", default_value = "exchange", value_parser = ["exchange", "connection", "client"])]
-    sample_by: String,
+    /// What is kept or dropped together when sampling. [default: exchange]
+    #[arg(long, value_name = "UNIT", value_parser = ["exchange", "connection", "client"])]
+    sample_by: Option<String>,
 
     /// Keep at most this many bytes of each body (larger bodies are truncated and flagged).
     /// Accepts K, M and G suffixes (powers of 1024).
@@ -254,25 +265,61 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return failure(e),
         }
     }
+    if args.print_sample_config {
+        print!("{}", config::SAMPLE);
+        return Ok(ExitCode::SUCCESS);
+    }
     let out = args.out.clone().expect("clap requires --out unless --list-interfaces");
-    let by: SampleBy = args.sample_by.parse().map_err(anyhow::Error::msg)?;
+    let cfg = match &args.config {
+        Some(path) => match CaptureConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("shadowtap: error: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => CaptureConfig::default(),
+    };
+    let percent = match (args.sample, &cfg.sample.percent) {
+        (Some(p), _) => p,
+        (None, Some(text)) => match text.parse::<Percent>() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("shadowtap: error: --config [sample] percent: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        (None, None) => Percent::ALL,
+    };
+    let by_text = args.sample_by.clone().or(cfg.sample.by.clone()).unwrap_or_else(|| "exchange".into());
+    let by: SampleBy = match by_text.parse() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("shadowtap: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let joined = |file: &[String], flag: &[String]| -> Vec<String> { file.iter().chain(flag).cloned().collect() };
     if args.max_flows == 0 {
         bail!("--max-flows must be at least 1");
     }
     let mut opts = CaptureOptions::new(args.read.clone(), out);
+    let m = &cfg.criteria;
     let spec = CriteriaSpec {
-        headers: args.match_header.clone(),
-        cookies: args.match_cookie.clone(),
-        user_agent: args.match_user_agent.clone(),
-        path: args.match_path.clone(),
-        hosts: args.match_host.clone(),
-        geo: args.match_geo.clone(),
-        geo_file: args.geo_file.clone(),
+        headers: joined(&m.header, &args.match_header),
+        cookies: joined(&m.cookie, &args.match_cookie),
+        user_agent: args.match_user_agent.clone().or(m.user_agent.clone()),
+        path: args.match_path.clone().or(m.path.clone()),
+        hosts: joined(&m.host, &args.match_host),
+        geo: joined(&m.geo, &args.match_geo),
+        geo_file: args.geo_file.clone().or(m.geo_file.clone()),
     };
-    if args.no_redact {
+    let redact_names = joined(&cfg.redact.names, &args.redact);
+    let redact_key_file = args.redact_key_file.clone().or(cfg.redact.key_file.clone());
+    if args.no_redact || !cfg.redact.enabled {
         opts.redactor = None;
         opts.redaction_note = "off (--no-redact)".into();
-    } else if let Some(f) = &args.redact_key_file {
+    } else if let Some(f) = &redact_key_file {
         let key = match std::fs::read(f) {
             Ok(k) if !k.is_empty() => k,
             Ok(_) => {
@@ -284,14 +331,14 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         };
-        opts.redactor = Some(Redactor::new(key, &args.redact));
+        opts.redactor = Some(Redactor::new(key, &redact_names));
         opts.redaction_note = format!("on, key from {}", f.display());
     } else if let Some(key) = std::env::var_os("SHADOWTAP_REDACT_KEY").filter(|k| !k.is_empty()) {
-        opts.redactor = Some(Redactor::new(key.into_encoded_bytes(), &args.redact));
+        opts.redactor = Some(Redactor::new(key.into_encoded_bytes(), &redact_names));
         opts.redaction_note = "on, key from SHADOWTAP_REDACT_KEY".into();
-    } else if !args.redact.is_empty() {
+    } else if !redact_names.is_empty() {
         let key = Redactor::random_key().context("reading /dev/urandom for a redaction key")?;
-        opts.redactor = Some(Redactor::new(key, &args.redact));
+        opts.redactor = Some(Redactor::new(key, &redact_names));
     }
     opts.criteria = match MatchCriteria::new(&spec) {
         Ok(c) => c,
@@ -301,7 +348,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         }
     };
     opts.filter = args.filter.clone();
-    opts.sampler = Sampler { percent: args.sample, by };
+    opts.sampler = Sampler { percent, by };
     opts.max_file_bytes = args.max_file_size;
     let live = args.interface.is_some();
     opts.partition_by_hour = args.partition_by.as_deref().map_or(live, |p| p == "hour");

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod capture;
+mod config;
 mod inspect;
 
 use std::process::ExitCode;

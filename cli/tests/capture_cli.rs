@@ -265,3 +265,37 @@ fn hive_partitions_by_request_hour() {
     assert_eq!(total, 16, "nothing lost to partitioning");
     assert!(partitions.len() >= 2, "{partitions:?}");
 }
+
+#[test]
+fn config_file_holds_criteria_sampling_and_redaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = pcap("nDPI__1kxun.pcap");
+    // The printed sample is a valid configuration (its header criterion matches nothing here).
+    let sample = run(&["capture", "--print-sample-config"]);
+    assert!(sample.status.success());
+    let sample_path = dir.path().join("sample.toml");
+    std::fs::write(&sample_path, &sample.stdout).unwrap();
+    let o = run(&["capture", "--quiet", "--config", sample_path.to_str().unwrap(), "--read", f.to_str().unwrap(), "--out", dir.path().join("s").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("133 not matched"));
+
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[match]\nhost = [\"pic.1kxun.com\"]\n[redact]\nenabled = false\n").unwrap();
+    let out = dir.path().join("c");
+    let o = run(&["capture", "--quiet", "--config", cfg.to_str().unwrap(), "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("110 not matched") && err.contains("redaction    off"), "{err}");
+    assert_eq!(ids(&out).len(), 23);
+    // A flag adds to the file's list.
+    let o = run(&["capture", "--quiet", "--config", cfg.to_str().unwrap(), "--match-host", "kankan.1kxun.com", "--read", f.to_str().unwrap(), "--out", dir.path().join("d").to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("110 not matched"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[match]\nhots = [\"x\"]\n").unwrap();
+    let o = run(&["capture", "--config", bad.to_str().unwrap(), "--read", f.to_str().unwrap(), "--out", dir.path().join("e").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.toml") && err.contains("hots"), "{err}");
+}
