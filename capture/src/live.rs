@@ -151,7 +151,9 @@ impl LiveSource {
         })?;
         let wake = cap.breakloop_handle();
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::sync_channel(64);
+        // 256 batches of up to 256 packets: bursts of ~65k packets are absorbed while the pipeline
+        // catches up (the writers briefly stall it when they roll files).
+        let (tx, rx) = mpsc::sync_channel(256);
         let stop_reader = stop.clone();
         let iface = opts.interface.clone();
         let counters = Arc::new(LiveCounters::default());
