@@ -20,6 +20,15 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run shadowtap")
 }
 
+/// Runs `shadowtap capture --quiet --read FILE --out OUT EXTRA…` and checks it succeeded.
+fn capture_ok(file: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["capture", "--quiet", "--read", file.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
 /// (exchange_id, connection_id) of every row in `dir`.
 fn ids(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -64,10 +73,7 @@ fn sampling_is_deterministic_and_keeps_units_whole() {
     let f = pcap("nDPI__1kxun.pcap");
     let capture = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = vec!["capture", "--quiet", "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let o = run(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        capture_ok(&f, &out, extra);
         ids(&out)
     };
     let all = capture("all", &[]);
@@ -198,10 +204,7 @@ fn credentials_are_redacted_by_default() {
     let f = pcap("nDPI__webdav.pcap");
     let cap = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = vec!["capture", "--quiet", "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let o = run(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        capture_ok(&f, &out, extra);
         authorizations(&out)
     };
     let raw = cap("raw", &["--no-redact"]);
