@@ -210,6 +210,23 @@ impl HttpConnection {
         }
     }
 
+    /// Bytes held in memory for this connection: bytes waiting for protocol detection,
+    /// parser buffers and the messages of exchanges not yet complete.
+    pub fn buffered_bytes(&self) -> usize {
+        let held = match &self.mode {
+            Mode::Detecting(dirs) => dirs.iter().flatten().map(|(b, _, _)| b.len()).sum(),
+            _ => 0,
+        };
+        let parsers: usize = self.parsers.as_ref().map_or(0, |ps| ps.iter().map(MessageParser::buffered_bytes).sum());
+        let pending: usize = self
+            .pairing
+            .pending
+            .iter()
+            .map(|p| p.request.as_ref().map_or(0, Message::held_bytes) + p.response.as_ref().map_or(0, Message::held_bytes))
+            .sum();
+        held + parsers + pending
+    }
+
     /// Which direction carries requests, once known.
     pub fn client_dir(&self) -> Option<usize> {
         self.client_dir

@@ -95,6 +95,14 @@ pub struct Message {
 }
 
 impl Message {
+    /// Approximate memory held by the message's head and body.
+    pub fn held_bytes(&self) -> usize {
+        let lines: usize = self.headers.iter().chain(&self.trailers).map(|h| h.name.len() + h.value.len()).sum();
+        self.body.len() + lines + self.uri.len()
+    }
+}
+
+impl Message {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
@@ -178,6 +186,11 @@ pub struct MessageParser {
 const MAX_LINE: usize = 8 << 10;
 
 impl MessageParser {
+    /// Bytes this parser holds: unconsumed input plus the body of the message being read.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len() + self.current.as_ref().map_or(0, Message::held_bytes)
+    }
+
     /// A parser whose first byte is at stream offset `offset`; `mid_stream` when the capture
     /// did not see the connection start, so the first bytes may be in the middle of a message.
     pub fn new(role: Role, limits: ParserLimits, mid_stream: bool, offset: u64) -> Self {

@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod reassembly;
 pub mod redact;
 pub mod sampling;
+pub mod shedding;
 pub mod source;
 pub mod summary;
 

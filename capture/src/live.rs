@@ -2,12 +2,13 @@
 //!
 //! libpcap reads in its own thread and hands packets to the pipeline in batches through a
 //! bounded channel, so a slow moment in parsing never stops the reads from the kernel buffer.
-//! When the channel is full, the batch is dropped and counted (`queue_dropped`); kernel and
-//! interface drops come from `pcap_stats`. Stopping (a signal, `--duration`,
+//! The pipeline watches the queue's fill level and sheds whole new flows when it passes half
+//! (see [`crate::shedding`]); if the queue fills all the same, the batch is dropped and
+//! counted (`queue_dropped`). Kernel and interface drops come from `pcap_stats`. Stopping (a signal, `--duration`,
 //! `--max-exchanges`) ends the reads, then every packet already read is processed and every
 //! open flow flushed before the files are closed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -86,6 +87,8 @@ pub struct LiveSource {
     stop: Arc<AtomicBool>,
     wake: pcap::BreakLoop,
     counters: Arc<LiveCounters>,
+    /// Batches in the queue now.
+    queued: Arc<AtomicUsize>,
     reader: Option<JoinHandle<Result<LiveStats, CaptureError>>>,
 }
 
@@ -114,6 +117,8 @@ pub fn list_interfaces() -> Result<Vec<InterfaceInfo>, CaptureError> {
 }
 
 const BATCH: usize = 256;
+/// Batches the reader queue holds.
+const QUEUE_BATCHES: usize = 256;
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 impl LiveSource {
@@ -151,18 +156,39 @@ impl LiveSource {
         })?;
         let wake = cap.breakloop_handle();
         let stop = Arc::new(AtomicBool::new(false));
+        // On a quiet link libpcap may block in poll with packets already in our batch (with
+        // TPACKET_V3 it waits for the next packet whatever the timeout): a second thread
+        // wakes the reader when a partial batch has waited too long, so exchanges and stats
+        // never lag behind a quiet link.
+        let tail = Arc::new(Tail { epoch: Instant::now(), since_ms: AtomicU64::new(0) });
+        {
+            let (stop, tail, nudge) = (stop.clone(), tail.clone(), cap.breakloop_handle());
+            std::thread::Builder::new()
+                .name("shadowtap-pcap-tail".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(FLUSH_EVERY);
+                        if tail.waiting() >= FLUSH_EVERY {
+                            nudge.breakloop();
+                        }
+                    }
+                })
+                .map_err(|e| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() })?;
+        }
         // 256 batches of up to 256 packets: bursts of ~65k packets are absorbed while the pipeline
         // catches up (the writers briefly stall it when they roll files).
-        let (tx, rx) = mpsc::sync_channel(256);
+        let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queued_reader = queued.clone();
         let stop_reader = stop.clone();
         let iface = opts.interface.clone();
         let counters = Arc::new(LiveCounters::default());
         let counters_reader = counters.clone();
         let reader = std::thread::Builder::new()
             .name("shadowtap-pcap".into())
-            .spawn(move || read_loop(cap, tx, stop_reader, iface, &counters_reader))
+            .spawn(move || read_loop(cap, tx, stop_reader, iface, &counters_reader, &queued_reader, &tail))
             .map_err(|e| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() })?;
-        Ok(LiveSource { link, rx, stop, wake, counters, reader: Some(reader) })
+        Ok(LiveSource { link, rx, stop, wake, counters, queued, reader: Some(reader) })
     }
 
     /// The interface's link type.
@@ -175,11 +201,19 @@ impl LiveSource {
         self.counters.snapshot()
     }
 
+    /// How full the reader queue is: 0.0 empty, 1.0 full (the next batch read is dropped).
+    pub fn backlog(&self) -> f64 {
+        self.queued.load(Ordering::Relaxed) as f64 / QUEUE_BATCHES as f64
+    }
+
     /// The next batch of packets; `Ok(None)` on a timeout with nothing read; an error when the
     /// reader stopped (its error, or `Closed` when it ended).
     pub fn next_batch(&self, wait: Duration) -> Result<Option<Vec<OwnedPacket>>, Closed> {
         match self.rx.recv_timeout(wait) {
-            Ok(b) => Ok(Some(b)),
+            Ok(b) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Ok(Some(b))
+            }
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Closed),
         }
@@ -207,6 +241,29 @@ impl LiveSource {
     }
 }
 
+/// When the oldest packet of the reader's partial batch was read (0: the batch is empty).
+struct Tail {
+    epoch: Instant,
+    since_ms: AtomicU64,
+}
+
+impl Tail {
+    fn mark(&self, batch_len: usize) {
+        if batch_len == 1 {
+            self.since_ms.store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        } else if batch_len == 0 {
+            self.since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn waiting(&self) -> Duration {
+        match self.since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ms => self.epoch.elapsed().saturating_sub(Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
 /// The reader thread has ended.
 #[derive(Debug)]
 pub struct Closed;
@@ -217,6 +274,8 @@ fn read_loop(
     stop: Arc<AtomicBool>,
     iface: String,
     counters: &LiveCounters,
+    queued: &AtomicUsize,
+    tail: &Tail,
 ) -> Result<LiveStats, CaptureError> {
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_flush = Instant::now();
@@ -226,10 +285,18 @@ fn read_loop(
         if batch.is_empty() {
             return;
         }
+        tail.mark(0);
+        // Counted before the send so that the receiver never sees the count go below zero.
+        queued.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(std::mem::replace(batch, Vec::with_capacity(BATCH))) {
             Ok(()) => {}
-            Err(TrySendError::Full(b)) => *queue_dropped += b.len() as u64,
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(b)) => {
+                queued.fetch_sub(1, Ordering::Relaxed);
+                *queue_dropped += b.len() as u64;
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                queued.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     };
     let mut result = Ok(());
@@ -250,6 +317,7 @@ fn read_loop(
                     data: p.data.to_vec(),
                     wire_len: p.header.len,
                 });
+                tail.mark(batch.len());
                 if batch.len() >= BATCH || last_flush.elapsed() >= FLUSH_EVERY {
                     send(&mut batch, &mut queue_dropped);
                     last_flush = Instant::now();
@@ -259,7 +327,11 @@ fn read_loop(
                 send(&mut batch, &mut queue_dropped);
                 last_flush = Instant::now();
             }
-            Err(pcap::Error::NoMorePackets) => break,
+            // pcap_breakloop: a stop (checked by the loop) or the tail thread's nudge.
+            Err(pcap::Error::NoMorePackets) => {
+                send(&mut batch, &mut queue_dropped);
+                last_flush = Instant::now();
+            }
             Err(e) => {
                 result = Err(CaptureError::Interface { interface: iface.clone(), message: e.to_string() });
                 break;
@@ -268,6 +340,7 @@ fn read_loop(
     }
     // The last batch was read from the kernel already: hand it over even if that waits.
     if !batch.is_empty() {
+        queued.fetch_add(1, Ordering::Relaxed);
         let _ = tx.send(batch);
     }
     let st = cap.stats().unwrap_or(pcap::Stat { received: 0, dropped: 0, if_dropped: 0 });

@@ -29,13 +29,20 @@ pub struct StatsRecord {
     pub exchanges_kept: u64,
     /// Flows open.
     pub open_flows: u64,
+    /// Bytes held in memory by open flows (out-of-order segments, parser buffers, exchanges
+    /// waiting for their response).
+    pub bytes_buffered: u64,
+    /// Whole flows left out so far because the pipeline fell behind.
+    pub flows_shed: u64,
+    /// Share of new flows admitted now (100 unless the pipeline is behind).
+    pub new_flows_kept_percent: f64,
 }
 
 impl StatsRecord {
     /// One line for stderr.
     pub fn line(&self) -> String {
         format!(
-            "stats: {:.0}s {} packets, {} received / {} kernel-dropped / {} if-dropped / {} queue-dropped, {} exchanges ({} kept), {} open flows",
+            "stats: {:.0}s {} packets, {} received / {} kernel-dropped / {} if-dropped / {} queue-dropped, {} exchanges ({} kept), {} open flows, {} bytes buffered, {} flows shed (keeping {:.0}% of new flows)",
             self.elapsed_s,
             self.packets,
             self.pcap.received,
@@ -44,7 +51,10 @@ impl StatsRecord {
             self.pcap.queue_dropped,
             self.exchanges_seen,
             self.exchanges_kept,
-            self.open_flows
+            self.open_flows,
+            self.bytes_buffered,
+            self.flows_shed,
+            self.new_flows_kept_percent
         )
     }
 
@@ -63,6 +73,8 @@ impl StatsRecord {
         metric("shadowtap_exchanges_total", "counter", "HTTP exchanges found.", self.exchanges_seen);
         metric("shadowtap_exchanges_kept_total", "counter", "Exchanges kept after match criteria and sampling.", self.exchanges_kept);
         metric("shadowtap_open_flows", "gauge", "TCP flows open.", self.open_flows);
+        metric("shadowtap_bytes_buffered", "gauge", "Bytes held in memory by open flows.", self.bytes_buffered);
+        metric("shadowtap_flows_shed_total", "counter", "Whole flows left out because the pipeline fell behind.", self.flows_shed);
         out
     }
 }

@@ -24,6 +24,7 @@ use crate::live::{LiveOptions, LiveSource};
 use crate::metrics::{serve_metrics, StatsRecord};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
 use crate::sampling::{Percent, SampleBy, Sampler};
+use crate::shedding::FlowShedder;
 use crate::source::FileSource;
 use crate::summary::{CaptureSummary, FlagCounts, InputSummary};
 
@@ -184,6 +185,7 @@ pub fn capture_live(
     };
     let mut run = Run::start(opts)?;
     run.table.set_source(&live.interface);
+    run.shedder = Some(FlowShedder::new(opts.reassembly.max_flows, opts.reassembly.idle_timeout_us));
     let mut decoder = Decoder::new(source.link_type());
     on_started(&Started { interface: live.interface.clone(), metrics: metrics.as_ref().map(|m| m.0) });
     let started = Instant::now();
@@ -203,6 +205,9 @@ pub fn capture_live(
         }
         match source.next_batch(Duration::from_millis(100)) {
             Ok(Some(batch)) => {
+                if let Some(shedder) = run.shedder.as_mut() {
+                    shedder.set_backlog(source.backlog());
+                }
                 for p in batch {
                     input.packets += 1;
                     input.bytes += p.data.len() as u64;
@@ -229,6 +234,9 @@ pub fn capture_live(
                     exchanges_seen: run.summary.exchanges_seen,
                     exchanges_kept: run.summary.exchanges_seen - run.summary.exchanges_not_matched - run.summary.exchanges_sampled_out,
                     open_flows: run.table.open_flows() as u64,
+                    bytes_buffered: run.table.buffered_bytes(),
+                    flows_shed: run.shedder.as_ref().map_or(0, |s| s.stats().flows),
+                    new_flows_kept_percent: run.shedder.as_ref().map_or(100.0, FlowShedder::keep_percent),
                 };
                 if let Some((_, slot)) = &metrics {
                     if let Ok(mut t) = slot.lock() {
@@ -259,6 +267,7 @@ pub fn capture_live(
         Err(e) => reader_error = Some(e.to_string()),
     }
     input.error = reader_error;
+    run.summary.load_shed = run.shedder.as_ref().map(FlowShedder::stats);
     run.add_fragment_stats(&decoder);
     run.summary.inputs.push(input);
     let summary = run.finish()?;
@@ -279,6 +288,8 @@ struct Run<'a> {
     progress: Progress,
     frag_reassembled: u64,
     frag_dropped: u64,
+    /// Leaves whole flows out when a live capture falls behind.
+    shedder: Option<FlowShedder>,
 }
 
 impl<'a> Run<'a> {
@@ -331,6 +342,7 @@ impl<'a> Run<'a> {
             progress: Progress::new(opts.progress && std::io::stderr().is_terminal()),
             frag_reassembled: 0,
             frag_dropped: 0,
+            shedder: None,
         })
     }
 
@@ -343,6 +355,12 @@ impl<'a> Run<'a> {
         match decoder.decode(ts, data) {
             Decoded::Tcp(seg) => {
                 self.summary.tcp_segments += 1;
+                if let Some(shedder) = self.shedder.as_mut() {
+                    let table = &self.table;
+                    if !shedder.admit(ts, &seg, data.len(), || table.is_open(&seg)) {
+                        return;
+                    }
+                }
                 self.table.on_segment(ts, &seg);
             }
             Decoded::Udp => self.summary.udp_skipped += 1,

@@ -181,6 +181,24 @@ impl FlowTable {
         self.flows.len()
     }
 
+    /// Bytes held in memory by open flows: out-of-order segments waiting for a hole to fill,
+    /// parser buffers and exchanges not yet complete. Walks every flow: call it for periodic
+    /// statistics, not per packet.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.flows
+            .values()
+            .map(|f| (f.streams[0].pending_bytes + f.streams[1].pending_bytes + f.conn.buffered_bytes()) as u64)
+            .sum()
+    }
+
+    /// Whether the segment belongs to a flow the table tracks now.
+    pub fn is_open(&self, seg: &TcpSegment<'_>) -> bool {
+        let a: Endpoint = (seg.src, seg.src_port);
+        let b: Endpoint = (seg.dst, seg.dst_port);
+        let key = if a <= b { (a.0, a.1, b.0, b.1) } else { (b.0, b.1, a.0, a.1) };
+        self.flows.contains_key(&key)
+    }
+
     /// Takes the exchanges completed so far.
     pub fn take_exchanges(&mut self) -> Vec<Exchange> {
         std::mem::take(&mut self.out)

@@ -99,6 +99,8 @@ pub struct CaptureSummary {
     pub redaction: String,
     /// Live capture counters (kernel and interface drops), for `--interface` runs.
     pub live: Option<crate::live::LiveStats>,
+    /// Whole flows left out because the pipeline fell behind (live capture only).
+    pub load_shed: Option<crate::shedding::ShedStats>,
 }
 
 impl CaptureSummary {
@@ -146,6 +148,12 @@ impl CaptureSummary {
             s.push_str(&format!(
                 "live         {} received by libpcap, {} dropped by the kernel, {} by the interface, {} by a full queue\n",
                 l.received, l.kernel_dropped, l.interface_dropped, l.queue_dropped
+            ));
+        }
+        if let Some(shed) = self.load_shed.filter(|s| s.flows > 0) {
+            s.push_str(&format!(
+                "load shed    {} whole flows ({} packets, {} bytes) left out while the pipeline was behind\n",
+                shed.flows, shed.packets, shed.bytes
             ));
         }
         for i in &self.inputs {

@@ -1,5 +1,6 @@
 //! Real traffic: nginx on loopback, real clients (curl and a raw pipelining socket client),
-//! captured by tcpdump on `lo`, decoded by shadowtap and checked against nginx's access log.
+//! captured at the same time by shadowtap's live capture on `lo` and by tcpdump (whose file
+//! shadowtap then decodes offline); both are checked against nginx's access log.
 //!
 //! Needs root (for tcpdump), nginx, tcpdump and curl, all installed by `.ci/run`. Set
 //! `SHADOWTAP_SKIP_LIVE=1` to skip on a machine without them (the test then says so).
@@ -10,7 +11,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::capture;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use shadowtap_capture::live::LiveOptions;
+use shadowtap_capture::pipeline::{capture_live, CaptureOptions, LiveLimits};
+
+use crate::common::{capture, read_rows, Row};
 
 struct Nginx {
     child: Child,
@@ -125,6 +132,48 @@ fn pipeline(port: u16, requests: &[String]) -> Vec<u8> {
     out
 }
 
+fn sorted_triples(rows: &[Row]) -> Vec<(String, String, i32)> {
+    let mut seen: Vec<(String, String, i32)> = rows.iter().map(|r| (r.method.clone(), r.uri.clone(), r.status.unwrap_or(-1))).collect();
+    seen.sort();
+    seen
+}
+
+/// shadowtap's own live capture on `lo`, running in a thread of the test.
+struct LiveCapture {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<String>,
+}
+
+impl LiveCapture {
+    fn start(port: u16, out: &Path) -> LiveCapture {
+        let mut opts = CaptureOptions::new(Vec::new(), out.to_path_buf());
+        opts.progress = false;
+        let live = LiveOptions {
+            interface: "lo".into(),
+            promisc: false,
+            snaplen: 0,
+            buffer_bytes: 16 << 20,
+            filter: Some(format!("tcp port {port}")),
+            immediate: true,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop_thread = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let summary = capture_live(&opts, &live, &LiveLimits::default(), &stop_thread, |_| tx.send(()).unwrap())
+                .expect("live capture on lo (needs root)");
+            summary.render()
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("live capture started");
+        LiveCapture { stop, handle }
+    }
+
+    fn stop(self) -> String {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("live capture thread")
+    }
+}
+
 #[test]
 fn nginx_traffic_on_loopback_matches_access_log() {
     if std::env::var_os("SHADOWTAP_SKIP_LIVE").is_some() {
@@ -136,6 +185,8 @@ fn nginx_traffic_on_loopback_matches_access_log() {
     let port = nginx.port;
     let pcap = dir.path().join("lo.pcap");
     let dump = start_tcpdump(port, &pcap);
+    let live_out = dir.path().join("live");
+    let live = LiveCapture::start(port, &live_out);
     let base = format!("http://127.0.0.1:{port}");
 
     // Keep-alive: several requests on one connection, gzip (chunked) and plain bodies, HEAD, 404.
@@ -157,6 +208,7 @@ fn nginx_traffic_on_loopback_matches_access_log() {
     assert_eq!(answer.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count(), 5);
 
     dump.stop();
+    let live_summary = live.stop();
     drop(nginx);
 
     let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
@@ -173,10 +225,16 @@ fn nginx_traffic_on_loopback_matches_access_log() {
     if let Some(keep) = std::env::var_os("SHADOWTAP_KEEP_PCAP") {
         std::fs::copy(&pcap, keep).unwrap();
     }
+    // Live: shadowtap on `lo` while the traffic ran.
+    let live_rows = read_rows(&live_out);
+    assert_eq!(sorted_triples(&live_rows), logged, "live capture: every exchange in nginx's log, and nothing else");
+    assert!(live_rows.iter().all(|r| !r.gap && !r.incomplete && !r.parse_error && !r.no_response), "{live_summary}");
+    let live_big = live_rows.iter().find(|r| r.path == "/big.bin").unwrap();
+    assert_eq!(live_big.response_body, std::fs::read(dir.path().join("www/big.bin")).unwrap(), "live: 2 MiB body byte for byte");
+
+    // Offline: tcpdump's file decoded by shadowtap.
     let (_d, summary, rows) = capture(&[pcap]);
-    let mut seen: Vec<(String, String, i32)> = rows.iter().map(|r| (r.method.clone(), r.uri.clone(), r.status.unwrap_or(-1))).collect();
-    seen.sort();
-    assert_eq!(seen, logged, "every exchange in nginx's log, and nothing else");
+    assert_eq!(sorted_triples(&rows), logged, "every exchange in nginx's log, and nothing else");
     assert!(rows.iter().all(|r| !r.gap && !r.incomplete && !r.parse_error && !r.no_response), "{summary:#?}");
 
     let big = rows.iter().find(|r| r.path == "/big.bin").unwrap();
