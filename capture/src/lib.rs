@@ -16,7 +16,6 @@
 #![forbid(unsafe_code)]
 
 pub mod connection;
-pub mod criteria;
 pub mod decode;
 pub mod error;
 pub mod http;
@@ -25,9 +24,10 @@ pub mod metrics;
 pub mod pipeline;
 pub mod reassembly;
 pub mod redact;
-pub mod sampling;
 pub mod shedding;
 pub mod source;
 pub mod summary;
 
 pub use error::CaptureError;
+/// Match criteria and sampling live in `shadowtap-core`, shared with the replayer.
+pub use shadowtap_core::{criteria, sampling};

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shadowtap_core::content::decode_body;
+use shadowtap_core::id::{civil_from_days, new_run_id};
 use shadowtap_core::exchange::{Body, Exchange, Header};
 use shadowtap_core::schema::{exchanges_schema, exchanges_to_batch, EXCHANGES_SCHEMA_VERSION};
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
@@ -643,32 +644,6 @@ fn fallback_key() -> Vec<u8> {
     shadowtap_core::id::stable_id(&[seed.as_bytes()]).into_bytes()
 }
 
-fn new_run_id() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:04x}",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        (now.subsec_nanos() ^ std::process::id()) & 0xffff
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
 
 struct Progress {
     enabled: bool,

@@ -15,6 +15,7 @@ use shadowtap_capture::http::ParserLimits;
 use shadowtap_capture::live::{list_interfaces, LiveOptions};
 use shadowtap_capture::pipeline::{capture_files, capture_live, CaptureOptions, LiveLimits};
 use shadowtap_capture::CaptureError;
+use shadowtap_core::units::{parse_duration, parse_size};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use shadowtap_capture::reassembly::ReassemblyConfig;
 use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
@@ -213,38 +214,6 @@ pub struct CaptureArgs {
     quiet: bool,
 }
 
-/// Parses `1024`, `64K`, `16M`, `1G` (powers of 1024).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1u64 << 10),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 1 << 20),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (try 4096, 64K, 16M or 1G)"))?;
-    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(|| format!("{s:?} is out of range"))
-}
-
-/// Parses `90s`, `10m`, `2h`, `500ms` or a plain number of seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 30s, 10m or 2h)"))?;
-    let secs = match unit {
-        "" | "s" => v,
-        "ms" => v / 1000.0,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !(secs > 0.0 && secs.is_finite()) {
-        return Err(format!("{s:?} must be above zero"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
-}
-
 /// Usage errors (bad filter, interface, option) exit with 2, the rest with 1.
 fn failure(e: CaptureError) -> anyhow::Result<ExitCode> {
     let code = if e.is_usage() { 2 } else { 1 };
@@ -313,6 +282,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         hosts: joined(&m.host, &args.match_host),
         geo: joined(&m.geo, &args.match_geo),
         geo_file: args.geo_file.clone().or(m.geo_file.clone()),
+        methods: Vec::new(),
     };
     let redact_names = joined(&cfg.redact.names, &args.redact);
     let redact_key_file = args.redact_key_file.clone().or(cfg.redact.key_file.clone());

@@ -1,5 +1,7 @@
 //! Stable identifiers: the same input always gives the same ids, across runs and machines.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use xxhash_rust::xxh3::xxh3_128;
 
 /// Hex form of a 128-bit hash of `parts`, each part length-prefixed so that parts cannot run
@@ -16,6 +18,34 @@ pub fn stable_id(parts: &[&[u8]]) -> String {
 /// A number in `0..10_000` derived from `key`, used for deterministic sampling in basis points.
 pub fn sample_bucket(key: &[u8]) -> u32 {
     (xxh3_128(key) % 10_000) as u32
+}
+
+/// A run id from the clock: `20261123T101500Z-1a2b` (UTC, plus 16 bits against collisions).
+pub fn new_run_id() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:04x}",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60,
+        (now.subsec_nanos() ^ std::process::id()) & 0xffff
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! The capture stage produces [`Exchange`] records; every stage after it reads them back from
 //! Parquet. This crate owns the record ([`exchange`]), its Arrow schema and schema version
 //! ([`schema`]), stable identifiers ([`id`]), HTTP content decoding ([`content`]) and the rolling
-//! Parquet writer every stage writes through ([`sink`]).
+//! Parquet writer every stage writes through ([`sink`]), reading recordings back ([`read`]), the
+//! `replays` table ([`replays`]), and the selection both capture and
+//! replay apply: match criteria ([`criteria`]) and deterministic sampling ([`sampling`]).
 //!
 //! ```
 //! use shadowtap_core::schema::{exchanges_schema, EXCHANGES_SCHEMA_VERSION};
@@ -13,9 +15,14 @@
 //! ```
 
 pub mod content;
+pub mod criteria;
 pub mod exchange;
 pub mod id;
+pub mod read;
+pub mod replays;
+pub mod sampling;
 pub mod schema;
 pub mod sink;
+pub mod units;
 
 pub use exchange::{Body, Exchange, ExchangeFlags, Header};

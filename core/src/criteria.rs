@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use regex::Regex;
-use shadowtap_core::exchange::{Exchange, Header};
+use crate::exchange::{Exchange, Header};
 
 /// Why criteria could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,8 @@ pub struct CriteriaSpec {
     pub path: Option<String>,
     /// Hosts (case-insensitive; a port in the Host header is ignored).
     pub hosts: Vec<String>,
+    /// Request methods (case-insensitive).
+    pub methods: Vec<String>,
     /// Country codes of the client address.
     pub geo: Vec<String>,
     /// CIDR → country file for `geo`.
@@ -135,6 +137,7 @@ pub struct MatchCriteria {
     user_agent: Option<Regex>,
     path: Option<Regex>,
     hosts: Vec<String>,
+    methods: Vec<String>,
     geo: Vec<String>,
     geo_table: Option<GeoTable>,
 }
@@ -167,6 +170,7 @@ impl MatchCriteria {
             user_agent: regex("--match-user-agent", &spec.user_agent)?,
             path: regex("--match-path", &spec.path)?,
             hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            methods: spec.methods.iter().map(|m| m.trim().to_ascii_uppercase()).collect(),
             geo: spec.geo.iter().map(|g| g.to_ascii_uppercase()).collect(),
             geo_table,
         })
@@ -174,12 +178,15 @@ impl MatchCriteria {
 
     /// True when no criterion was given (everything matches).
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty() && self.cookies.is_empty() && self.user_agent.is_none() && self.path.is_none() && self.hosts.is_empty() && self.geo.is_empty()
+        self.headers.is_empty() && self.cookies.is_empty() && self.user_agent.is_none() && self.path.is_none() && self.hosts.is_empty() && self.methods.is_empty() && self.geo.is_empty()
     }
 
     /// True when `ex` meets every criterion given.
     pub fn matches(&self, ex: &Exchange) -> bool {
         let h = &ex.request_headers;
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(&ex.method)) {
+            return false;
+        }
         if !self.headers.is_empty()
             && !self.headers.iter().any(|(n, v)| header(h, n).any(|got| v.as_deref().is_none_or(|v| got.trim() == v)))
         {
@@ -236,7 +243,7 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shadowtap_core::exchange::{Body, ExchangeFlags};
+    use crate::exchange::{Body, ExchangeFlags};
 
     fn ex(path: &str, host: &str, client: &str, headers: &[(&str, &str)]) -> Exchange {
         Exchange {
@@ -277,6 +284,15 @@ mod tests {
         let mut spec = CriteriaSpec::default();
         f(&mut spec);
         MatchCriteria::new(&spec).unwrap()
+    }
+
+    #[test]
+    fn methods_match_case_insensitively() {
+        let mut post = ex("/x", "h", "10.0.0.1", &[]);
+        post.method = "POST".into();
+        let get = ex("/x", "h", "10.0.0.1", &[]);
+        let c = criteria(|s| s.methods = vec!["post".into(), "PUT".into()]);
+        assert!(c.matches(&post) && !c.matches(&get));
     }
 
     #[test]

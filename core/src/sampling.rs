@@ -2,8 +2,8 @@
 
 use std::str::FromStr;
 
-use shadowtap_core::exchange::Exchange;
-use shadowtap_core::id::sample_bucket;
+use crate::exchange::Exchange;
+use crate::id::sample_bucket;
 
 /// What is kept or dropped as one unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,0 +1,363 @@
+//! Reading `exchanges` Parquet back into [`Exchange`] records, file by file and batch by batch,
+//! so later stages never hold a whole recording in memory.
+//!
+//! Files are found recursively under a directory (Hive partitions such as
+//! `date=2026-11-23/hour=10/` included); hidden files (the sink's `.NAME.inprogress`) are never
+//! read. Each file's footer must say `shadowtap.table = exchanges` with a schema version this
+//! build knows, or reading fails with a message that says which file and why.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::file::statistics::Statistics;
+
+use crate::exchange::{Body, Exchange, ExchangeFlags, Header};
+use crate::schema::{EXCHANGES_SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
+
+/// Errors reading recorded exchanges, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The directory or a file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not readable Parquet.
+    #[error("{path}: not a readable Parquet file: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// A file is Parquet but not a shadowtap `exchanges` table this build can read.
+    #[error("{path}: {message}")]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// No `exchanges` files were found.
+    #[error("{dir}: no exchanges-*.parquet files found (is this the --out directory of `shadowtap capture`?)")]
+    Empty {
+        /// The directory searched.
+        dir: PathBuf,
+    },
+}
+
+/// Finds the complete `exchanges-*.parquet` files under `dir` (recursively), sorted by path.
+pub fn find_exchange_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    out.sort();
+    if out.is_empty() {
+        return Err(ReadError::Empty { dir: dir.to_path_buf() });
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ReadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ReadError::Io { path: dir.to_path_buf(), source })?;
+    for e in entries {
+        let e = e.map_err(|source| ReadError::Io { path: dir.to_path_buf(), source })?;
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let ft = e.file_type().map_err(|source| ReadError::Io { path: path.clone(), source })?;
+        if ft.is_dir() {
+            walk(&path, out)?;
+        } else if name.starts_with("exchanges-") && name.ends_with(".parquet") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// One `exchanges` file opened for reading.
+pub struct ExchangeFile {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    /// Smallest and largest `request_start` in the file (µs), from the footer statistics.
+    pub time_range: Option<(i64, i64)>,
+    /// Rows in the file.
+    pub rows: u64,
+}
+
+impl ExchangeFile {
+    /// Opens `path`, checks its table name and schema version, and prepares to read it in
+    /// batches of `batch_rows`.
+    pub fn open(path: &Path, batch_rows: usize) -> Result<Self, ReadError> {
+        let file = File::open(path).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|source| ReadError::Parquet { path: path.to_path_buf(), source })?;
+        let meta = builder.metadata().clone();
+        let kv = meta.file_metadata().key_value_metadata();
+        let get = |key: &str| kv.and_then(|kv| kv.iter().find(|e| e.key == key)).and_then(|e| e.value.clone());
+        let schema_err = |message: String| ReadError::Schema { path: path.to_path_buf(), message };
+        match get(TABLE_KEY).as_deref() {
+            Some("exchanges") => {}
+            Some(other) => return Err(schema_err(format!("holds the `{other}` table, not `exchanges`"))),
+            None => return Err(schema_err("is not a shadowtap exchanges file (no shadowtap.table metadata)".into())),
+        }
+        let version = get(SCHEMA_VERSION_KEY).and_then(|v| v.parse::<u32>().ok());
+        if version != Some(EXCHANGES_SCHEMA_VERSION) {
+            return Err(schema_err(format!(
+                "exchanges schema version {} is not the version this build reads ({EXCHANGES_SCHEMA_VERSION})",
+                version.map_or("unknown".into(), |v| v.to_string())
+            )));
+        }
+        let col = meta
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.name() == "request_start");
+        let mut time_range: Option<(i64, i64)> = None;
+        for rg in meta.row_groups() {
+            let stats = col.and_then(|c| rg.column(c).statistics());
+            if let Some(Statistics::Int64(s)) = stats {
+                if let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) {
+                    time_range = Some(time_range.map_or((*lo, *hi), |(a, b)| (a.min(*lo), b.max(*hi))));
+                }
+            }
+        }
+        let rows = meta.file_metadata().num_rows().max(0) as u64;
+        let reader = builder
+            .with_batch_size(batch_rows.max(1))
+            .build()
+            .map_err(|source| ReadError::Parquet { path: path.to_path_buf(), source })?;
+        Ok(ExchangeFile { path: path.to_path_buf(), reader, time_range, rows })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next batch of exchanges, `None` at the end of the file.
+    pub fn next_batch(&mut self) -> Option<Result<Vec<Exchange>, ReadError>> {
+        let batch = self.reader.next()?;
+        Some(
+            batch
+                .map_err(|e| ReadError::Parquet { path: self.path.clone(), source: e.into() })
+                .and_then(|b| exchanges_from_batch(&b).map_err(|message| ReadError::Schema { path: self.path.clone(), message })),
+        )
+    }
+}
+
+/// Converts a record batch of the `exchanges` schema back into exchanges. Decoding errors of
+/// bodies are not stored in the table, so [`Body::decode_error`] is `None`.
+pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
+    let col = |name: &str| b.column_by_name(name).ok_or_else(|| format!("column `{name}` is missing"));
+    let strings = |name: &str| -> Result<Vec<Option<String>>, String> {
+        let c = col(name)?;
+        let a = c.as_string_opt::<i32>().ok_or_else(|| format!("column `{name}` is not utf8"))?;
+        Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_owned())).collect())
+    };
+    let times = |name: &str| -> Result<Vec<Option<i64>>, String> {
+        let c = col(name)?;
+        let a = c.as_primitive_opt::<TimestampMicrosecondType>().ok_or_else(|| format!("column `{name}` is not a µs timestamp"))?;
+        Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+    };
+    let ints32 = |name: &str| -> Result<Vec<Option<i32>>, String> {
+        let c = col(name)?;
+        let a = c.as_primitive_opt::<Int32Type>().ok_or_else(|| format!("column `{name}` is not int32"))?;
+        Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+    };
+    let bools = |name: &str| -> Result<Vec<bool>, String> {
+        let c = col(name)?;
+        let a = c.as_boolean_opt().ok_or_else(|| format!("column `{name}` is not boolean"))?;
+        Ok((0..a.len()).map(|i| a.is_valid(i) && a.value(i)).collect())
+    };
+    let headers = |name: &str| -> Result<Vec<Vec<Header>>, String> {
+        let c = col(name)?;
+        let list = c.as_list_opt::<i32>().ok_or_else(|| format!("column `{name}` is not a list"))?;
+        let mut out = Vec::with_capacity(list.len());
+        for i in 0..list.len() {
+            let mut hs = Vec::new();
+            if list.is_valid(i) {
+                let v = list.value(i);
+                let s = v.as_struct_opt().ok_or_else(|| format!("column `{name}` does not hold structs"))?;
+                let names = s.column(0).as_string_opt::<i32>().ok_or_else(|| format!("`{name}.name` is not utf8"))?;
+                let values = s.column(1).as_string_opt::<i32>().ok_or_else(|| format!("`{name}.value` is not utf8"))?;
+                for j in 0..s.len() {
+                    hs.push(Header { name: names.value(j).to_owned(), value: values.value(j).to_owned() });
+                }
+            }
+            out.push(hs);
+        }
+        Ok(out)
+    };
+    let bodies = |side: &str| -> Result<Vec<Body>, String> {
+        let raw_c = col(&format!("{side}_body"))?;
+        let raw = raw_c.as_binary_opt::<i32>().ok_or_else(|| format!("`{side}_body` is not binary"))?;
+        let dec_c = col(&format!("{side}_body_decoded"))?;
+        let dec = dec_c.as_binary_opt::<i32>().ok_or_else(|| format!("`{side}_body_decoded` is not binary"))?;
+        let len_c = col(&format!("{side}_body_len"))?;
+        let len = len_c.as_primitive_opt::<Int64Type>().ok_or_else(|| format!("`{side}_body_len` is not int64"))?;
+        let trunc = bools(&format!("{side}_body_truncated"))?;
+        Ok((0..raw.len())
+            .map(|i| Body {
+                raw: raw.value(i).to_vec(),
+                decoded: dec.is_valid(i).then(|| dec.value(i).to_vec()),
+                len: len.value(i).max(0) as u64,
+                truncated: trunc[i],
+                decode_error: None,
+            })
+            .collect())
+    };
+    let interim = {
+        let c = col("interim_statuses")?;
+        let list = c.as_list_opt::<i32>().ok_or_else(|| "column `interim_statuses` is not a list".to_string())?;
+        (0..list.len())
+            .map(|i| {
+                let v = list.value(i);
+                let a = v.as_primitive::<Int32Type>();
+                a.iter().flatten().map(|s| s.clamp(0, 999) as u16).collect::<Vec<u16>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let ip = |v: Option<String>, name: &str| -> Result<IpAddr, String> {
+        v.as_deref().unwrap_or("").parse().map_err(|_| format!("column `{name}` holds {v:?}, not an IP address"))
+    };
+    let req = |v: Option<String>, name: &str| v.ok_or_else(|| format!("column `{name}` has a null"));
+
+    let n = b.num_rows();
+    let mut exchange_id = strings("exchange_id")?.into_iter();
+    let mut connection_id = strings("connection_id")?.into_iter();
+    let connection_seq = ints32("connection_seq")?;
+    let mut source = strings("source")?.into_iter();
+    let request_start = times("request_start")?;
+    let request_end = times("request_end")?;
+    let response_start = times("response_start")?;
+    let response_end = times("response_end")?;
+    let mut client_ip = strings("client_ip")?.into_iter();
+    let client_port = ints32("client_port")?;
+    let mut server_ip = strings("server_ip")?.into_iter();
+    let server_port = ints32("server_port")?;
+    let mut method = strings("method")?.into_iter();
+    let mut uri = strings("uri")?.into_iter();
+    let mut host = strings("host")?.into_iter();
+    let mut path = strings("path")?.into_iter();
+    let mut query = strings("query")?.into_iter();
+    let mut http_version = strings("http_version")?.into_iter();
+    let mut request_headers = headers("request_headers")?.into_iter();
+    let mut request_trailers = headers("request_trailers")?.into_iter();
+    let mut request_body = bodies("request")?.into_iter();
+    let status = ints32("status")?;
+    let mut reason = strings("reason")?.into_iter();
+    let mut response_version = strings("response_version")?.into_iter();
+    let mut interim = interim.into_iter();
+    let mut response_headers = headers("response_headers")?.into_iter();
+    let mut response_trailers = headers("response_trailers")?.into_iter();
+    let mut response_body = bodies("response")?.into_iter();
+    let no_response = bools("no_response")?;
+    let incomplete = bools("incomplete")?;
+    let gap = bools("gap")?;
+    let parse_error = bools("parse_error")?;
+    let upgraded = bools("upgraded")?;
+    let mut error_detail = strings("error_detail")?.into_iter();
+    let port = |v: Option<i32>| v.unwrap_or(0).clamp(0, 65_535) as u16;
+
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let next = |o: Option<Option<String>>| o.flatten();
+        out.push(Exchange {
+            exchange_id: req(next(exchange_id.next()), "exchange_id")?,
+            connection_id: req(next(connection_id.next()), "connection_id")?,
+            connection_seq: connection_seq[i].unwrap_or(0).max(0) as u32,
+            source: next(source.next()).unwrap_or_default(),
+            request_start_us: request_start[i].ok_or("column `request_start` has a null")?,
+            request_end_us: request_end[i],
+            response_start_us: response_start[i],
+            response_end_us: response_end[i],
+            client_ip: ip(next(client_ip.next()), "client_ip")?,
+            client_port: port(client_port[i]),
+            server_ip: ip(next(server_ip.next()), "server_ip")?,
+            server_port: port(server_port[i]),
+            method: req(next(method.next()), "method")?,
+            uri: req(next(uri.next()), "uri")?,
+            host: next(host.next()),
+            path: req(next(path.next()), "path")?,
+            query: next(query.next()),
+            http_version: next(http_version.next()).unwrap_or_else(|| "HTTP/1.1".into()),
+            request_headers: request_headers.next().unwrap_or_default(),
+            request_trailers: request_trailers.next().unwrap_or_default(),
+            request_body: request_body.next().unwrap_or_default(),
+            status: status[i].map(|s| s.clamp(0, 999) as u16),
+            reason: next(reason.next()),
+            response_version: next(response_version.next()),
+            interim_statuses: interim.next().unwrap_or_default(),
+            response_headers: response_headers.next().unwrap_or_default(),
+            response_trailers: response_trailers.next().unwrap_or_default(),
+            response_body: response_body.next().unwrap_or_default(),
+            flags: ExchangeFlags {
+                no_response: no_response[i],
+                incomplete: incomplete[i],
+                gap: gap[i],
+                parse_error: parse_error[i],
+                upgraded: upgraded[i],
+            },
+            error_detail: next(error_detail.next()),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{exchanges_schema, exchanges_to_batch};
+    use crate::sink::{ParquetSink, SinkOptions};
+
+    #[test]
+    fn round_trips_through_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = crate::schema::tests::sample();
+        a.request_headers.push(Header { name: "X-Bin".into(), value: "\u{e9}".into() });
+        a.request_body = Body { raw: b"{\"a\":1}".to_vec(), decoded: None, len: 7, truncated: false, decode_error: None };
+        let mut b = crate::schema::tests::sample();
+        b.exchange_id = "e2".into();
+        b.status = None;
+        b.request_start_us = 5_000;
+        b.flags.gap = true;
+        let part = dir.path().join("date=2026-11-23/hour=10");
+        let mut sink = ParquetSink::new(
+            SinkOptions { dir: part, prefix: "exchanges-t".into(), max_file_bytes: 1 << 30, max_row_group_rows: 1024 },
+            exchanges_schema(),
+        )
+        .unwrap();
+        sink.write(&exchanges_to_batch(&[a.clone(), b.clone()]).unwrap()).unwrap();
+        sink.finish().unwrap();
+        std::fs::write(dir.path().join(".exchanges-x.parquet.inprogress"), b"partial").unwrap();
+        let files = find_exchange_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "found in the partition, hidden file skipped");
+        let mut f = ExchangeFile::open(&files[0], 1).unwrap();
+        assert_eq!(f.time_range, Some((1_000, 5_000)));
+        assert_eq!(f.rows, 2);
+        let got: Vec<Exchange> = std::iter::from_fn(|| f.next_batch()).flat_map(|b| b.unwrap()).collect();
+        assert_eq!(got, vec![a, b]);
+    }
+
+    #[test]
+    fn other_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(find_exchange_files(dir.path()), Err(ReadError::Empty { .. })));
+        let p = dir.path().join("exchanges-bad.parquet");
+        std::fs::write(&p, b"not parquet").unwrap();
+        let err = ExchangeFile::open(&p, 10).err().unwrap().to_string();
+        assert!(err.contains("not a readable Parquet file"), "{err}");
+    }
+}

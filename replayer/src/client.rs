@@ -1,0 +1,272 @@
+//! One HTTP client per target: connection reuse (reqwest's pool), HTTP/1.1 or h2c, timing of
+//! connect / first byte / total, bodies capped, and transport errors sorted into kinds.
+
+use std::error::Error as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use shadowtap_core::replays::ErrorKind;
+use shadowtap_core::Header;
+
+/// HTTP version towards the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 (connections reused, one request at a time on each).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, by prior knowledge (h2c); over `https://`, HTTP/2 by ALPN.
+    H2c,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http1" | "http1.1" | "h1" => Ok(Protocol::Http1),
+            "h2c" | "http2" | "h2" => Ok(Protocol::H2c),
+            other => Err(format!("unknown protocol {other:?} (use http1 or h2c)")),
+        }
+    }
+}
+
+/// Client settings shared by every target.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Whole-request timeout (connect, send, response and body).
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// HTTP version.
+    pub protocol: Protocol,
+    /// Idle connections kept per target.
+    pub pool_size: usize,
+    /// Accept any TLS certificate (staging pools with self-signed certificates).
+    pub insecure: bool,
+    /// Response body bytes kept per response.
+    pub max_body: u64,
+}
+
+tokio::task_local! {
+    /// Where the connector writes how long the connection it opened for this request took.
+    static CONNECT_US: Arc<AtomicI64>;
+}
+
+/// A tower layer around reqwest's connector that times connection setup (TCP and TLS) and
+/// reports it to the request that caused it.
+#[derive(Clone)]
+struct ConnectTiming;
+
+impl<S> tower::Layer<S> for ConnectTiming {
+    type Service = Timed<S>;
+    fn layer(&self, inner: S) -> Timed<S> {
+        Timed(inner)
+    }
+}
+
+#[derive(Clone)]
+struct Timed<S>(S);
+
+impl<S, R> tower::Service<R> for Timed<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        // The connector is called while the request's own future is polled, so the request's
+        // slot is in scope; a connection opened in the background for the pool has none.
+        let slot = CONNECT_US.try_with(Arc::clone).ok();
+        let start = Instant::now();
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let out = fut.await;
+            if let (Some(slot), true) = (slot, out.is_ok()) {
+                slot.store(start.elapsed().as_micros() as i64, Ordering::Relaxed);
+            }
+            out
+        })
+    }
+}
+
+/// Installs the process-wide TLS crypto provider (ring) once.
+fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Builds the client for one target.
+pub fn build_client(o: &ClientOptions) -> Result<reqwest::Client, String> {
+    install_crypto();
+    let mut b = reqwest::Client::builder()
+        .timeout(o.timeout)
+        .connect_timeout(o.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_max_idle_per_host(o.pool_size)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .connector_layer(ConnectTiming)
+        .tls_danger_accept_invalid_certs(o.insecure);
+    b = match o.protocol {
+        Protocol::Http1 => b.http1_only(),
+        Protocol::H2c => b.http2_prior_knowledge(),
+    };
+    b.build().map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))
+}
+
+/// What came back from one target.
+#[derive(Debug, Clone, Default)]
+pub struct Exchanged {
+    /// Status, headers, body (when a response came).
+    pub response: Option<RawResponse>,
+    /// Transport error.
+    pub error: Option<(ErrorKind, String)>,
+    /// Connection setup time, when this request opened the connection.
+    pub connect_us: Option<i64>,
+    /// Time to the response head.
+    pub ttfb_us: Option<i64>,
+    /// Time to the end of the body (or the error).
+    pub total_us: i64,
+}
+
+/// A response as received.
+#[derive(Debug, Clone, Default)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: String,
+    /// Header lines in order.
+    pub headers: Vec<Header>,
+    /// Body bytes kept (at most the cap).
+    pub body: Vec<u8>,
+    /// Body length received.
+    pub body_len: u64,
+    /// The body was longer than the cap.
+    pub truncated: bool,
+}
+
+/// Sends one request and reads the whole response (up to the body cap).
+pub async fn send(client: &reqwest::Client, url: reqwest::Url, method: &str, headers: &[Header], body: Vec<u8>, max_body: u64) -> Exchanged {
+    let slot = Arc::new(AtomicI64::new(-1));
+    let start = Instant::now();
+    let mut out = Exchanged::default();
+    let result = CONNECT_US
+        .scope(slot.clone(), async {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| (ErrorKind::Other, format!("method: {e}")))?;
+            let mut map = HeaderMap::with_capacity(headers.len());
+            for h in headers {
+                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| (ErrorKind::Other, format!("header name {:?}: {e}", h.name)))?;
+                let value = HeaderValue::from_bytes(h.value.as_bytes()).map_err(|e| (ErrorKind::Other, format!("header {:?}: {e}", h.name)))?;
+                map.append(name, value);
+            }
+            let mut resp = client.request(method, url).headers(map).body(body).send().await.map_err(|e| classify(&e))?;
+            let ttfb = start.elapsed().as_micros() as i64;
+            let mut raw = RawResponse {
+                status: resp.status().as_u16(),
+                version: format!("{:?}", resp.version()),
+                headers: resp
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| Header::from_bytes(n.as_str().as_bytes(), v.as_bytes()))
+                    .collect(),
+                ..RawResponse::default()
+            };
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        raw.body_len += chunk.len() as u64;
+                        let room = max_body.saturating_sub(raw.body.len() as u64) as usize;
+                        if chunk.len() > room {
+                            raw.truncated = true;
+                        }
+                        raw.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(classify(&e)),
+                }
+            }
+            Ok((ttfb, raw))
+        })
+        .await;
+    out.total_us = start.elapsed().as_micros() as i64;
+    let c = slot.load(Ordering::Relaxed);
+    out.connect_us = (c >= 0).then_some(c);
+    match result {
+        Ok((ttfb, raw)) => {
+            out.ttfb_us = Some(ttfb);
+            out.response = Some(raw);
+        }
+        Err(e) => out.error = Some(e),
+    }
+    out
+}
+
+/// Sorts a transport error into a kind, with a message naming the causes.
+pub fn classify(e: &reqwest::Error) -> (ErrorKind, String) {
+    let message = error_chain(e);
+    let mut kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if e.is_connect() {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Other
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        if kind == ErrorKind::Timeout {
+            break;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => kind = ErrorKind::Refused,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof => {
+                    kind = ErrorKind::Reset
+                }
+                std::io::ErrorKind::TimedOut => kind = ErrorKind::Timeout,
+                _ => {}
+            }
+        } else if s.downcast_ref::<rustls::Error>().is_some() {
+            kind = ErrorKind::Tls;
+        } else if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_status() {
+                kind = ErrorKind::Protocol;
+            } else if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                kind = ErrorKind::Reset;
+            }
+        }
+        source = s.source();
+    }
+    if kind == ErrorKind::Other && message.contains("tls") {
+        kind = ErrorKind::Tls;
+    }
+    (kind, message)
+}
+
+/// The error and its causes, joined (reqwest's top-level message alone says little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut s = e.source();
+    while let Some(c) = s {
+        let t = c.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        s = c.source();
+    }
+    parts.join(": ")
+}

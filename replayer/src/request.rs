@@ -1,0 +1,150 @@
+//! The request as it will leave for a target, and the response as it came back: the two
+//! things mutation hooks see and change.
+
+use std::time::Duration;
+
+use shadowtap_core::{Exchange, Header};
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1) or that the client recomputes;
+/// they are never replayed as recorded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "expect",
+    "http2-settings",
+];
+
+/// A request on its way to the targets, after the hooks applied so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRequest {
+    /// The recorded exchange.
+    pub exchange_id: String,
+    /// Method.
+    pub method: String,
+    /// Path (starts with `/`).
+    pub path: String,
+    /// Query without `?`.
+    pub query: Option<String>,
+    /// Header lines in order (hop-by-hop headers removed).
+    pub headers: Vec<Header>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Wait this long before sending (rules `delay`).
+    pub delay: Duration,
+}
+
+/// Why a recorded request cannot be sent as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreplayable(pub String);
+
+impl OutgoingRequest {
+    /// The recorded request, ready for hooks. Fails when the recording does not hold all of it.
+    pub fn from_exchange(ex: &Exchange) -> Result<Self, Unreplayable> {
+        if ex.request_end_us.is_none() {
+            return Err(Unreplayable("the request was cut off in the capture".into()));
+        }
+        let b = &ex.request_body;
+        let mut headers: Vec<Header> = ex
+            .request_headers
+            .iter()
+            .filter(|h| !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+            .cloned()
+            .collect();
+        let body = if b.truncated {
+            return Err(Unreplayable(format!("the request body was longer than the capture's --max-body ({} bytes)", b.len)));
+        } else if b.raw.len() as u64 == b.len {
+            b.raw.clone()
+        } else if b.raw.is_empty() && b.decoded.is_some() {
+            // A content-coded body whose JSON fields were redacted: only the decoded form exists.
+            headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
+            b.decoded.clone().unwrap_or_default()
+        } else {
+            return Err(Unreplayable(format!("{} of the request body's {} bytes were lost in capture", b.len - b.raw.len() as u64, b.len)));
+        };
+        Ok(OutgoingRequest {
+            exchange_id: ex.exchange_id.clone(),
+            method: ex.method.clone(),
+            path: if ex.path.starts_with('/') { ex.path.clone() } else { format!("/{}", ex.path) },
+            query: ex.query.clone(),
+            headers,
+            body,
+            delay: Duration::ZERO,
+        })
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// Path and query as sent on the request line.
+    pub fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// A target's response, as the response hooks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines.
+    pub headers: Vec<Header>,
+    /// Body with any content coding undone (the raw bytes are kept separately).
+    pub body: Vec<u8>,
+}
+
+/// The first value of header `name` (case-insensitive).
+pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+}
+
+/// Replaces every `name` header by one with `value` (kept in the first one's place).
+pub fn set_header(headers: &mut Vec<Header>, name: &str, value: &str) {
+    match headers.iter().position(|h| h.name.eq_ignore_ascii_case(name)) {
+        Some(i) => {
+            headers[i].value = value.to_owned();
+            let mut n = 0;
+            headers.retain(|h| {
+                let same = h.name.eq_ignore_ascii_case(name);
+                n += usize::from(same);
+                !same || n == 1
+            });
+        }
+        None => headers.push(Header { name: name.to_owned(), value: value.to_owned() }),
+    }
+}
+
+/// Removes every `name` header.
+pub fn remove_header(headers: &mut Vec<Header>, name: &str) {
+    headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_header_replaces_all_copies_in_place() {
+        let mut h = vec![
+            Header { name: "A".into(), value: "1".into() },
+            Header { name: "b".into(), value: "2".into() },
+            Header { name: "B".into(), value: "3".into() },
+        ];
+        set_header(&mut h, "B", "x");
+        assert_eq!(h.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect::<Vec<_>>(), [("A", "1"), ("b", "x")]);
+        set_header(&mut h, "C", "y");
+        assert_eq!(header(&h, "c"), Some("y"));
+        remove_header(&mut h, "a");
+        assert_eq!(h.len(), 2);
+    }
+}

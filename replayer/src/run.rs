@@ -1,0 +1,971 @@
+//! The replay pipeline: recording → selection → hooks → pacing → fan-out to every target →
+//! response hooks → `replays` Parquet.
+//!
+//! Reading the recording runs on its own thread (Parquet decoding is blocking work); sending
+//! runs on the tokio runtime, at most `concurrency` requests in flight across all targets;
+//! writing runs on a writer thread. Every channel between them is bounded, so memory stays flat
+//! whatever the recording's size. Each selected request yields exactly one row per target:
+//! a response, a transport error, or the reason it was not sent.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int32Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use serde::Serialize;
+use shadowtap_core::content::decode_body;
+use shadowtap_core::criteria::MatchCriteria;
+use shadowtap_core::id::new_run_id;
+use shadowtap_core::replays::{replays_schema, replays_to_batch, ErrorKind, ReplayRecord, REPLAYS_SCHEMA_VERSION};
+use shadowtap_core::sampling::Sampler;
+use shadowtap_core::sink::{ParquetSink, SinkOptions};
+use shadowtap_core::Exchange;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::client::{build_client, send, ClientOptions};
+use crate::error::ReplayError;
+use crate::middleware::{Middleware, MiddlewareOutcome};
+use crate::request::{header, set_header, OutgoingRequest, ReceivedResponse};
+use crate::rules::{RuleOutcome, Rules};
+use crate::schedule::{Pacer, Pacing};
+use crate::script::{ScriptHook, ScriptOutcome};
+use crate::source::Recording;
+
+/// A named target: `candidate=http://10.0.0.6:8080`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Name used in the `target` column (`baseline`, `candidate`, …).
+    pub name: String,
+    /// Base URL; its path, if any, is prefixed to every request path.
+    pub url: reqwest::Url,
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, url) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=URL, e.g. candidate=http://10.0.0.6:8080"))?;
+        let name = name.trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(format!("{name:?}: a target name is letters, digits, '-', '_' or '.'"));
+        }
+        let url = reqwest::Url::parse(url.trim()).map_err(|e| format!("{url:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!("{url}: a target URL is http:// or https:// with a host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{url}: a target URL has no query or fragment"));
+        }
+        Ok(Target { name: name.to_owned(), url })
+    }
+}
+
+impl Target {
+    /// `host[:port]` as a Host header names the target.
+    pub fn authority(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        match self.url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        }
+    }
+
+    fn request_url(&self, req: &OutgoingRequest) -> Result<reqwest::Url, String> {
+        let base = self.url.path().trim_end_matches('/');
+        let mut url = self.url.clone();
+        url.set_path(&format!("{base}{}", req.path));
+        url.set_query(req.query.as_deref());
+        // A path that the URL parser had to re-encode is still the same request.
+        Ok(url)
+    }
+}
+
+/// Progress reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A bar on a terminal, plain lines every `interval` otherwise.
+    Auto {
+        /// Interval of the plain lines.
+        interval: Duration,
+    },
+    /// Nothing until the summary.
+    Off,
+}
+
+/// Everything a replay needs.
+pub struct ReplayOptions {
+    /// Directory of the recording (`shadowtap capture --out`).
+    pub from: PathBuf,
+    /// Output directory for `replays-*.parquet` and the summary.
+    pub out: PathBuf,
+    /// Targets; every selected request goes to each.
+    pub targets: Vec<Target>,
+    /// Which exchanges to replay by content.
+    pub criteria: MatchCriteria,
+    /// Deterministic sampling.
+    pub sampler: Sampler,
+    /// Methods replayed (upper case). Others are counted and skipped.
+    pub allow_methods: Vec<String>,
+    /// Pacing.
+    pub pacing: Pacing,
+    /// Requests in flight at most, over all targets.
+    pub concurrency: usize,
+    /// Stop sending after this long.
+    pub duration: Option<Duration>,
+    /// Passes over the recording; `None` repeats until `duration` or a signal.
+    pub passes: Option<u32>,
+    /// HTTP client settings.
+    pub client: ClientOptions,
+    /// Declarative rules.
+    pub rules: Option<Rules>,
+    /// Script hook.
+    pub script: Option<ScriptHook>,
+    /// External middleware command.
+    pub middleware: Option<String>,
+    /// How long the middleware may take per message.
+    pub middleware_timeout: Duration,
+    /// Marker header name (value: the run id); `None` sends none.
+    pub marker_header: Option<String>,
+    /// Send the recorded Host header instead of the target's authority.
+    pub preserve_host: bool,
+    /// Run id (generated when `None`).
+    pub run_id: Option<String>,
+    /// Progress reporting.
+    pub progress: ProgressMode,
+    /// Roll result files at this size.
+    pub max_file_bytes: u64,
+}
+
+impl ReplayOptions {
+    /// Defaults: 1x speed, 32 in flight, one pass, idempotent methods only, 30 s timeout.
+    pub fn new(from: PathBuf, out: PathBuf, targets: Vec<Target>) -> Self {
+        ReplayOptions {
+            from,
+            out,
+            targets,
+            criteria: MatchCriteria::default(),
+            sampler: Sampler { percent: shadowtap_core::sampling::Percent::ALL, by: Default::default() },
+            allow_methods: DEFAULT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+            pacing: Pacing::default(),
+            concurrency: 32,
+            duration: None,
+            passes: Some(1),
+            client: ClientOptions {
+                timeout: Duration::from_secs(30),
+                connect_timeout: Duration::from_secs(5),
+                protocol: Default::default(),
+                pool_size: 32,
+                insecure: false,
+                max_body: 16 << 20,
+            },
+            rules: None,
+            script: None,
+            middleware: None,
+            middleware_timeout: Duration::from_secs(10),
+            marker_header: Some(DEFAULT_MARKER.to_owned()),
+            preserve_host: false,
+            run_id: None,
+            progress: ProgressMode::Auto { interval: Duration::from_secs(10) },
+            max_file_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Methods replayed unless `--allow-methods` adds others: they do not change server state.
+pub const DEFAULT_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
+/// The marker header's default name.
+pub const DEFAULT_MARKER: &str = "X-Shadowtap-Replay";
+
+/// Per-target counts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetSummary {
+    /// Base URL.
+    pub url: String,
+    /// Rows written for this target.
+    pub rows: u64,
+    /// Requests sent.
+    pub sent: u64,
+    /// Responses received, by status class (`2xx`, `5xx`, …).
+    pub responses: BTreeMap<String, u64>,
+    /// Rows without a response, by error kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Median total time of the responses, ms.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile total time of the responses, ms.
+    pub p99_ms: Option<f64>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplaySummary {
+    /// The run.
+    pub run_id: String,
+    /// `replays` schema version written.
+    pub schema_version: u32,
+    /// The recording.
+    pub recording: PathBuf,
+    /// Exchanges in the recording.
+    pub recording_rows: u64,
+    /// Exchanges read (over all passes).
+    pub exchanges_read: u64,
+    /// Not matching the criteria.
+    pub not_matched: u64,
+    /// Left out by sampling.
+    pub sampled_out: u64,
+    /// Skipped because their method is not allowed, by method.
+    pub refused_methods: BTreeMap<String, u64>,
+    /// Selected: each yields one row per target.
+    pub selected: u64,
+    /// Selected but not replayable (incomplete in the capture).
+    pub unreplayable: u64,
+    /// Dropped on purpose by a rule, script or middleware.
+    pub dropped_by_hooks: u64,
+    /// Failed in a hook.
+    pub hook_errors: u64,
+    /// Recorded exchanges met out of request order (sent at once).
+    pub out_of_order: u64,
+    /// Largest delay behind the schedule when a request was sent, ms.
+    pub max_schedule_lag_ms: f64,
+    /// Passes started.
+    pub passes: u32,
+    /// Why sending stopped: `end`, `duration` or `signal`.
+    pub stopped_by: String,
+    /// Per target.
+    pub targets: BTreeMap<String, TargetSummary>,
+    /// Rows written.
+    pub rows_written: u64,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+    /// Wall-clock seconds.
+    pub elapsed_s: f64,
+}
+
+impl ReplaySummary {
+    /// A human-readable block for stderr.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "read         {} exchanges ({} in the recording, {} pass(es)); stopped by {}\n",
+            self.exchanges_read, self.recording_rows, self.passes, self.stopped_by
+        ));
+        let refused: u64 = self.refused_methods.values().sum();
+        s.push_str(&format!(
+            "selected     {} ({} not matched, {} sampled out, {} refused methods{})\n",
+            self.selected,
+            self.not_matched,
+            self.sampled_out,
+            refused,
+            if refused > 0 {
+                format!(": {}; allow them with --allow-methods", self.refused_methods.iter().map(|(m, n)| format!("{m} {n}")).collect::<Vec<_>>().join(", "))
+            } else {
+                String::new()
+            }
+        ));
+        s.push_str(&format!(
+            "not sent     {} unreplayable, {} dropped by hooks, {} hook errors\n",
+            self.unreplayable, self.dropped_by_hooks, self.hook_errors
+        ));
+        for (name, t) in &self.targets {
+            let fmt = |m: &BTreeMap<String, u64>| if m.is_empty() { "none".to_owned() } else { m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ") };
+            s.push_str(&format!(
+                "target       {name} {}: {} sent; responses {}; errors {}; p50 {} ms, p99 {} ms\n",
+                t.url,
+                t.sent,
+                fmt(&t.responses),
+                fmt(&t.errors),
+                t.p50_ms.map_or("-".into(), |v| format!("{v:.1}")),
+                t.p99_ms.map_or("-".into(), |v| format!("{v:.1}")),
+            ));
+        }
+        if self.max_schedule_lag_ms > 1000.0 {
+            s.push_str(&format!(
+                "warning      sending fell up to {:.0} ms behind the schedule (raise --concurrency, or the targets are slow)\n",
+                self.max_schedule_lag_ms
+            ));
+        }
+        s.push_str(&format!("wrote        {} rows\n", self.rows_written));
+        for f in &self.files {
+            s.push_str(&format!("wrote        {}\n", f.display()));
+        }
+        s
+    }
+}
+
+/// Live counters for progress.
+#[derive(Default)]
+struct Counters {
+    read: AtomicU64,
+    sent: AtomicU64,
+    done: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Hosts the recording was captured from: (address or lower-case name, port).
+fn captured_hosts(recording: &Recording) -> Result<HashSet<(String, u16)>, ReplayError> {
+    let mut out = HashSet::new();
+    for path in recording.files() {
+        let err = |e: parquet::errors::ParquetError| ReplayError::Read(shadowtap_core::read::ReadError::Parquet { path: path.to_path_buf(), source: e });
+        let file = std::fs::File::open(path).map_err(|source| ReplayError::Io { path: path.to_path_buf(), source })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["server_ip", "server_port", "host"]);
+        for batch in builder.with_projection(mask).with_batch_size(8192).build().map_err(err)? {
+            let batch = batch.map_err(|e| err(e.into()))?;
+            let (Some(ip), Some(port), Some(host)) = (batch.column_by_name("server_ip"), batch.column_by_name("server_port"), batch.column_by_name("host")) else {
+                continue;
+            };
+            let (ip, port, host) = (ip.as_string::<i32>(), port.as_primitive::<Int32Type>(), host.as_string::<i32>());
+            for i in 0..batch.num_rows() {
+                let p = port.value(i).clamp(0, 65_535) as u16;
+                out.insert((ip.value(i).to_owned(), p));
+                if host.is_valid(i) {
+                    let h = host.value(i).to_ascii_lowercase();
+                    let (name, hp) = split_host_port(&h).unwrap_or((h.clone(), p));
+                    out.insert((name, hp));
+                }
+            }
+            if out.len() > 100_000 {
+                break; // enough to recognise a mistake; a recording of that many hosts is rare
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn split_host_port(h: &str) -> Option<(String, u16)> {
+    if let Some(rest) = h.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok())?;
+        return Some((addr.to_owned(), port));
+    }
+    let (name, port) = h.rsplit_once(':')?;
+    if name.contains(':') {
+        return None; // a bare IPv6 address
+    }
+    Some((name.to_owned(), port.parse().ok()?))
+}
+
+async fn check_targets(targets: &[Target], captured: &HashSet<(String, u16)>) -> Result<(), ReplayError> {
+    for t in targets {
+        let host = t.url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_ascii_lowercase();
+        let port = t.url.port_or_known_default().unwrap_or(80);
+        let mut names = vec![host.clone()];
+        if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await {
+            names.extend(addrs.map(|a| a.ip().to_string()));
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            names.push(ip.to_string());
+        }
+        if let Some(hit) = names.iter().find(|n| captured.contains(&((*n).clone(), port))) {
+            return Err(ReplayError::CapturedHost { target: t.name.clone(), url: t.url.to_string(), captured: format!("{hit}:{port}") });
+        }
+    }
+    Ok(())
+}
+
+enum Item {
+    Exchange(u32, Box<Exchange>),
+    PassStart(u32),
+    Failed(ReplayError),
+}
+
+/// Reads passes over the recording into `tx` until done or the receiver is gone.
+fn read_recording(recording: Recording, passes: Option<u32>, tx: mpsc::Sender<Item>, out_of_order: Arc<AtomicU64>) {
+    let mut pass = 0u32;
+    while passes.is_none_or(|p| pass < p) {
+        if tx.blocking_send(Item::PassStart(pass)).is_err() {
+            return;
+        }
+        let mut stream = recording.stream();
+        let mut seq = 0;
+        while let Some(next) = stream.next_exchange(&mut seq) {
+            let item = match next {
+                Ok(ex) => Item::Exchange(pass, Box::new(ex)),
+                Err(e) => Item::Failed(e.into()),
+            };
+            let failed = matches!(item, Item::Failed(_));
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+        out_of_order.fetch_add(stream.late(), Ordering::Relaxed);
+        pass += 1;
+    }
+}
+
+/// What the writer thread counted.
+struct Written {
+    rows: u64,
+    files: Vec<PathBuf>,
+    targets: BTreeMap<String, TargetSummary>,
+}
+
+fn write_rows(mut rx: mpsc::Receiver<ReplayRecord>, mut sink: ParquetSink, targets: &[Target]) -> Result<Written, ReplayError> {
+    let mut per: BTreeMap<String, (TargetSummary, Vec<i64>)> =
+        targets.iter().map(|t| (t.name.clone(), (TargetSummary { url: t.url.to_string(), ..Default::default() }, Vec::new()))).collect();
+    let mut batch = Vec::with_capacity(512);
+    let mut bytes = 0usize;
+    let mut rows = 0u64;
+    let flush = |batch: &mut Vec<ReplayRecord>, sink: &mut ParquetSink| -> Result<(), ReplayError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let b = replays_to_batch(batch).map_err(|e| ReplayError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?;
+        sink.write(&b)?;
+        batch.clear();
+        Ok(())
+    };
+    while let Some(r) = rx.blocking_recv() {
+        let (t, totals) = per.entry(r.target.clone()).or_default();
+        t.rows += 1;
+        if r.sent_at_us.is_some() {
+            t.sent += 1;
+        }
+        match (r.status, r.error_kind) {
+            (Some(s), _) => {
+                *t.responses.entry(format!("{}xx", s / 100)).or_default() += 1;
+                if let Some(total) = r.total_us {
+                    totals.push(total);
+                }
+            }
+            (None, Some(k)) => *t.errors.entry(k.as_str().to_owned()).or_default() += 1,
+            (None, None) => {}
+        }
+        bytes += r.response_body.len() + r.request_body.len() + r.response_body_decoded.as_ref().map_or(0, Vec::len);
+        batch.push(r);
+        rows += 1;
+        if batch.len() >= 512 || bytes >= 32 << 20 {
+            flush(&mut batch, &mut sink)?;
+            bytes = 0;
+        }
+    }
+    flush(&mut batch, &mut sink)?;
+    let files = sink.finish()?;
+    let targets = per
+        .into_iter()
+        .map(|(name, (mut t, mut totals))| {
+            totals.sort_unstable();
+            let pct = |q: f64| (!totals.is_empty()).then(|| totals[((totals.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0);
+            t.p50_ms = pct(0.5);
+            t.p99_ms = pct(0.99);
+            (name, t)
+        })
+        .collect();
+    Ok(Written { rows, files, targets })
+}
+
+/// Everything a request task needs, shared.
+struct Shared {
+    run_id: String,
+    targets: Vec<(Target, reqwest::Client)>,
+    rules: Option<Rules>,
+    script: Option<ScriptHook>,
+    middleware: Option<Middleware>,
+    marker: Option<String>,
+    preserve_host: bool,
+    max_body: u64,
+    rows: mpsc::Sender<ReplayRecord>,
+    counters: Counters,
+}
+
+/// The row for a request that was not sent.
+fn unsent_row(run_id: &str, target: &Target, pass: u32, ex: &Exchange, kind: ErrorKind, message: String) -> ReplayRecord {
+    ReplayRecord {
+        run_id: run_id.to_owned(),
+        exchange_id: ex.exchange_id.clone(),
+        pass,
+        target: target.name.clone(),
+        target_url: target.url.to_string(),
+        recorded_start_us: ex.request_start_us,
+        sent_at_us: None,
+        method: ex.method.clone(),
+        url: String::new(),
+        path: ex.path.clone(),
+        query: ex.query.clone(),
+        request_headers: Vec::new(),
+        request_body: Vec::new(),
+        status: None,
+        response_version: None,
+        response_headers: Vec::new(),
+        response_body: Vec::new(),
+        response_body_decoded: None,
+        response_body_len: 0,
+        response_body_truncated: false,
+        connect_us: None,
+        ttfb_us: None,
+        total_us: None,
+        error_kind: Some(kind),
+        error_message: Some(message),
+    }
+}
+
+/// Sends one prepared request to one target and records the outcome.
+async fn send_one(shared: Arc<Shared>, ti: usize, pass: u32, recorded_start_us: i64, mut req: OutgoingRequest, original_host: Option<String>) {
+    let (target, client) = &shared.targets[ti];
+    if !req.delay.is_zero() {
+        tokio::time::sleep(req.delay).await;
+    }
+    // Host: the target's, unless kept from the recording or set by a hook.
+    let host_now = req.header("host").map(str::to_owned);
+    if !shared.preserve_host && host_now == original_host {
+        set_header(&mut req.headers, "Host", &target.authority());
+    }
+    if let Some(m) = &shared.marker {
+        set_header(&mut req.headers, m, &shared.run_id);
+    }
+    let mut row = ReplayRecord {
+        run_id: shared.run_id.clone(),
+        exchange_id: req.exchange_id.clone(),
+        pass,
+        target: target.name.clone(),
+        target_url: target.url.to_string(),
+        recorded_start_us,
+        sent_at_us: Some(now_us()),
+        method: req.method.clone(),
+        url: String::new(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        request_headers: req.headers.clone(),
+        request_body: req.body.clone(),
+        status: None,
+        response_version: None,
+        response_headers: Vec::new(),
+        response_body: Vec::new(),
+        response_body_decoded: None,
+        response_body_len: 0,
+        response_body_truncated: false,
+        connect_us: None,
+        ttfb_us: None,
+        total_us: None,
+        error_kind: None,
+        error_message: None,
+    };
+    match target.request_url(&req) {
+        Err(e) => {
+            row.sent_at_us = None;
+            row.error_kind = Some(ErrorKind::Other);
+            row.error_message = Some(e);
+        }
+        Ok(url) => {
+            row.url = url.to_string();
+            shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+            let got = send(client, url, &req.method, &req.headers, req.body.clone(), shared.max_body).await;
+            row.connect_us = got.connect_us;
+            row.ttfb_us = got.ttfb_us;
+            row.total_us = Some(got.total_us);
+            if let Some((kind, message)) = got.error {
+                row.error_kind = Some(kind);
+                row.error_message = Some(message);
+            }
+            if let Some(raw) = got.response {
+                let coding = header(&raw.headers, "content-encoding").map(str::to_owned);
+                let decoded = coding
+                    .as_deref()
+                    .filter(|c| !c.eq_ignore_ascii_case("identity"))
+                    .and_then(|c| decode_body(c, &raw.body, shared.max_body).ok().flatten());
+                row.status = Some(raw.status);
+                row.response_version = Some(raw.version.clone());
+                row.response_body_len = raw.body_len;
+                row.response_body_truncated = raw.truncated;
+                let mut resp = ReceivedResponse { status: raw.status, headers: raw.headers, body: decoded.clone().unwrap_or_else(|| raw.body.clone()) };
+                let before = resp.body.clone();
+                let hooked = apply_response_hooks(&shared, &target.name, &req, &mut resp).await;
+                if let Err(e) = hooked {
+                    row.error_message = Some(format!("response hook: {e}"));
+                }
+                let changed = resp.body != before;
+                row.response_headers = resp.headers;
+                match (decoded.is_some(), changed) {
+                    (true, _) => {
+                        row.response_body = raw.body;
+                        row.response_body_decoded = Some(resp.body);
+                    }
+                    (false, false) => row.response_body = raw.body,
+                    (false, true) => row.response_body = resp.body,
+                }
+            }
+        }
+    }
+    if row.error_kind.is_some() {
+        shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    shared.counters.done.fetch_add(1, Ordering::Relaxed);
+    let _ = shared.rows.send(row).await;
+}
+
+async fn apply_response_hooks(shared: &Shared, target: &str, req: &OutgoingRequest, resp: &mut ReceivedResponse) -> Result<(), String> {
+    if let Some(r) = &shared.rules {
+        r.apply_response(req, resp);
+    }
+    if let Some(s) = &shared.script {
+        s.on_response(target, req, resp)?;
+    }
+    if let Some(m) = &shared.middleware {
+        m.on_response(target, req, resp).await?;
+    }
+    Ok(())
+}
+
+/// What the request hooks decided.
+enum Decision {
+    Send(OutgoingRequest),
+    NotSent(ErrorKind, String),
+}
+
+async fn apply_request_hooks(shared: &Shared, mut req: OutgoingRequest) -> Decision {
+    if let Some(r) = &shared.rules {
+        if let RuleOutcome::Drop(why) = r.apply_request(&mut req) {
+            return Decision::NotSent(ErrorKind::Dropped, why);
+        }
+    }
+    if let Some(s) = &shared.script {
+        match s.on_request(&mut req) {
+            Ok(ScriptOutcome::Send) => {}
+            Ok(ScriptOutcome::Drop) => return Decision::NotSent(ErrorKind::Dropped, "dropped by the script".into()),
+            Err(e) => return Decision::NotSent(ErrorKind::Hook, format!("script: {e}")),
+        }
+    }
+    if let Some(m) = &shared.middleware {
+        match m.on_request(&mut req).await {
+            Ok(MiddlewareOutcome::Send) => {}
+            Ok(MiddlewareOutcome::Drop) => return Decision::NotSent(ErrorKind::Dropped, "dropped by the middleware".into()),
+            Err(e) => return Decision::NotSent(ErrorKind::Hook, format!("middleware: {e}")),
+        }
+    }
+    Decision::Send(req)
+}
+
+/// Runs a replay until the recording ends, `duration` passes, or `stop` turns true; then waits
+/// for the requests in flight, closes the files and writes `replay-<run>.summary.json`.
+pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) -> Result<ReplaySummary, ReplayError> {
+    let started = Instant::now();
+    if opts.targets.is_empty() {
+        return Err(ReplayError::InvalidOption { option: "--target", message: "give at least one NAME=URL".into() });
+    }
+    let mut names = HashSet::new();
+    for t in &opts.targets {
+        if !names.insert(t.name.clone()) {
+            return Err(ReplayError::InvalidOption { option: "--target", message: format!("the name {:?} is used twice", t.name) });
+        }
+    }
+    if opts.concurrency == 0 {
+        return Err(ReplayError::InvalidOption { option: "--concurrency", message: "must be at least 1".into() });
+    }
+    let from = opts.from.clone();
+    let recording = tokio::task::spawn_blocking(move || Recording::open(&from)).await.map_err(|e| ReplayError::Io { path: opts.from.clone(), source: std::io::Error::other(e) })??;
+    let rec = recording.clone();
+    let captured = tokio::task::spawn_blocking(move || captured_hosts(&rec)).await.map_err(|e| ReplayError::Io { path: opts.from.clone(), source: std::io::Error::other(e) })??;
+    check_targets(&opts.targets, &captured).await?;
+
+    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
+    let mut clients = Vec::new();
+    for t in &opts.targets {
+        let c = build_client(&ClientOptions { pool_size: opts.concurrency, ..opts.client.clone() })
+            .map_err(|message| ReplayError::InvalidOption { option: "--target", message })?;
+        clients.push((t.clone(), c));
+    }
+    let middleware = match &opts.middleware {
+        Some(cmd) => Some(Middleware::start(cmd, opts.middleware_timeout).map_err(|message| ReplayError::Hook { what: "--middleware".into(), message })?),
+        None => None,
+    };
+    std::fs::create_dir_all(&opts.out).map_err(|source| ReplayError::Io { path: opts.out.clone(), source })?;
+    let sink = ParquetSink::new(
+        SinkOptions { dir: opts.out.clone(), prefix: format!("replays-{run_id}"), max_file_bytes: opts.max_file_bytes, max_row_group_rows: 64 * 1024 },
+        replays_schema(),
+    )?;
+    let (row_tx, row_rx) = mpsc::channel::<ReplayRecord>(1024);
+    let writer_targets = opts.targets.clone();
+    let writer = std::thread::Builder::new()
+        .name("shadowtap-replay-writer".into())
+        .spawn(move || write_rows(row_rx, sink, &writer_targets))
+        .map_err(|source| ReplayError::Io { path: opts.out.clone(), source })?;
+
+    let shared = Arc::new(Shared {
+        run_id: run_id.clone(),
+        targets: clients,
+        rules: opts.rules.take(),
+        script: opts.script.take(),
+        middleware,
+        marker: opts.marker_header.clone(),
+        preserve_host: opts.preserve_host,
+        max_body: opts.client.max_body,
+        rows: row_tx,
+        counters: Counters::default(),
+    });
+    let (item_tx, mut item_rx) = mpsc::channel::<Item>(256);
+    let out_of_order = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (rec, passes, ooo) = (recording.clone(), opts.passes, out_of_order.clone());
+        std::thread::Builder::new()
+            .name("shadowtap-replay-reader".into())
+            .spawn(move || read_recording(rec, passes, item_tx, ooo))
+            .map_err(|source| ReplayError::Io { path: opts.from.clone(), source })?
+    };
+    let total_hint = opts.passes.map(|p| recording.rows() * u64::from(p));
+    let progress = Progress::start(opts.progress, total_hint, shared.clone());
+
+    let mut summary = ReplaySummary {
+        run_id: run_id.clone(),
+        schema_version: REPLAYS_SCHEMA_VERSION,
+        recording: opts.from.clone(),
+        recording_rows: recording.rows(),
+        stopped_by: "end".into(),
+        ..Default::default()
+    };
+    let semaphore = Arc::new(Semaphore::new(opts.concurrency));
+    let mut tasks = JoinSet::new();
+    let mut pacer = Pacer::new(opts.pacing, Instant::now());
+    let deadline = opts.duration.map(|d| started + d);
+    let mut failure = None;
+    let stop_now = |s: &watch::Receiver<bool>| *s.borrow();
+    'dispatch: loop {
+        while tasks.try_join_next().is_some() {}
+        if stop_now(&stop) {
+            summary.stopped_by = "signal".into();
+            break;
+        }
+        let item = tokio::select! {
+            biased;
+            _ = wait_stop(&mut stop) => continue,
+            _ = sleep_until_opt(deadline) => { summary.stopped_by = "duration".into(); break }
+            item = item_rx.recv() => item,
+        };
+        let (pass, ex) = match item {
+            None => break,
+            Some(Item::Failed(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Some(Item::PassStart(p)) => {
+                if p > 0 {
+                    pacer.new_pass();
+                }
+                summary.passes = p + 1;
+                continue;
+            }
+            Some(Item::Exchange(pass, ex)) => (pass, ex),
+        };
+        summary.exchanges_read += 1;
+        shared.counters.read.fetch_add(1, Ordering::Relaxed);
+        if !opts.criteria.matches(&ex) {
+            summary.not_matched += 1;
+            continue;
+        }
+        if !opts.sampler.keep(&ex) {
+            summary.sampled_out += 1;
+            continue;
+        }
+        let method = ex.method.to_ascii_uppercase();
+        if !opts.allow_methods.contains(&method) {
+            *summary.refused_methods.entry(method).or_default() += 1;
+            continue;
+        }
+        summary.selected += 1;
+        let due = pacer.due(ex.request_start_us);
+        let decision = match OutgoingRequest::from_exchange(&ex) {
+            Err(u) => {
+                summary.unreplayable += 1;
+                Decision::NotSent(ErrorKind::Unreplayable, u.0)
+            }
+            Ok(req) => apply_request_hooks(&shared, req).await,
+        };
+        let req = match decision {
+            Decision::Send(req) => req,
+            Decision::NotSent(kind, message) => {
+                match kind {
+                    ErrorKind::Dropped => summary.dropped_by_hooks += 1,
+                    ErrorKind::Hook => summary.hook_errors += 1,
+                    _ => {}
+                }
+                for (t, _) in &shared.targets {
+                    shared.counters.errors.fetch_add(u64::from(kind != ErrorKind::Dropped), Ordering::Relaxed);
+                    let _ = shared.rows.send(unsent_row(&run_id, t, pass, &ex, kind, message.clone())).await;
+                }
+                continue;
+            }
+        };
+        if let Some(due) = due {
+            tokio::select! {
+                biased;
+                _ = wait_stop(&mut stop) => {
+                    // Stopped while waiting: this request was not sent, and is not recorded.
+                    summary.selected -= 1;
+                    summary.stopped_by = "signal".into();
+                    break 'dispatch;
+                }
+                _ = sleep_until_opt(deadline) => {
+                    summary.selected -= 1;
+                    summary.stopped_by = "duration".into();
+                    break 'dispatch;
+                }
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            let lag = Instant::now().saturating_duration_since(due).as_secs_f64() * 1000.0;
+            summary.max_schedule_lag_ms = summary.max_schedule_lag_ms.max(lag);
+        }
+        let original_host = header(&ex.request_headers, "host").map(str::to_owned);
+        for ti in 0..shared.targets.len() {
+            // Waiting for a slot is how --concurrency pushes back; a stop does not abandon a
+            // request already given to some targets (every target gets its row).
+            let permit = semaphore.clone().acquire_owned().await.expect("semaphore is never closed");
+            let (shared, req, host) = (shared.clone(), req.clone(), original_host.clone());
+            let recorded = ex.request_start_us;
+            tasks.spawn(async move {
+                send_one(shared, ti, pass, recorded, req, host).await;
+                drop(permit);
+            });
+        }
+    }
+    // Stop reading, finish what is in flight, then close the files.
+    drop(item_rx);
+    while tasks.join_next().await.is_some() {}
+    progress.finish().await;
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    summary.out_of_order = out_of_order.load(Ordering::Relaxed);
+    let shared = Arc::try_unwrap(shared).map_err(|_| ReplayError::Io { path: opts.out.clone(), source: std::io::Error::other("request tasks still hold the writer") })?;
+    drop(shared.rows);
+    let written = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|e| ReplayError::Io { path: opts.out.clone(), source: std::io::Error::other(e) })?
+        .map_err(|_| ReplayError::Io { path: opts.out.clone(), source: std::io::Error::other("writer thread panicked") })??;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    summary.rows_written = written.rows;
+    summary.files = written.files;
+    summary.targets = written.targets;
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    write_summary(&opts.out, &summary)?;
+    Ok(summary)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_stop(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn write_summary(dir: &Path, summary: &ReplaySummary) -> Result<(), ReplayError> {
+    let path = dir.join(format!("replay-{}.summary.json", summary.run_id));
+    let tmp = dir.join(format!(".replay-{}.summary.json.inprogress", summary.run_id));
+    let text = serde_json::to_string_pretty(summary).map_err(|e| ReplayError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|source| ReplayError::Io { path, source })
+}
+
+/// Progress: an indicatif bar on a terminal, plain lines otherwise.
+struct Progress {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(mode: ProgressMode, total: Option<u64>, shared: Arc<Shared>) -> Progress {
+        let ProgressMode::Auto { interval } = mode else {
+            return Progress { stop: None, task: None };
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let tty = std::io::stderr().is_terminal();
+        let task = tokio::spawn(async move {
+            let bar = tty.then(|| {
+                let bar = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+                let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} read, {msg} (ETA {eta})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                bar.set_style(style);
+                bar
+            });
+            let begun = Instant::now();
+            let every = if tty { Duration::from_millis(250) } else { interval };
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let c = &shared.counters;
+                let (read, sent, done, errors) =
+                    (c.read.load(Ordering::Relaxed), c.sent.load(Ordering::Relaxed), c.done.load(Ordering::Relaxed), c.errors.load(Ordering::Relaxed));
+                let rate = done as f64 / begun.elapsed().as_secs_f64().max(1e-3);
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(read);
+                        bar.set_message(format!("{sent} sent, {rate:.0}/s, {errors} errors"));
+                    }
+                    None => eprintln!(
+                        "replay: {:.0}s {read}{} exchanges read, {sent} requests sent, {done} done ({rate:.0}/s), {errors} errors",
+                        begun.elapsed().as_secs_f64(),
+                        total.map_or(String::new(), |t| format!("/{t}"))
+                    ),
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        });
+        Progress { stop: Some(tx), task: Some(task) }
+    }
+
+    async fn finish(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_refuse_nonsense() {
+        let t: Target = "candidate=http://127.0.0.1:8080/base".parse().unwrap();
+        assert_eq!((t.name.as_str(), t.authority().as_str()), ("candidate", "127.0.0.1:8080"));
+        let req = OutgoingRequest {
+            exchange_id: "e".into(),
+            method: "GET".into(),
+            path: "/a b".into(),
+            query: Some("x=1".into()),
+            headers: vec![],
+            body: vec![],
+            delay: Duration::ZERO,
+        };
+        assert_eq!(t.request_url(&req).unwrap().as_str(), "http://127.0.0.1:8080/base/a%20b?x=1");
+        assert!("nourl".parse::<Target>().is_err());
+        assert!("x=ftp://h/".parse::<Target>().is_err());
+        assert!("bad name=http://h/".parse::<Target>().is_err());
+        assert!("x=http://h/?q=1".parse::<Target>().is_err());
+    }
+
+    #[test]
+    fn host_ports_split() {
+        assert_eq!(split_host_port("example.com:8080"), Some(("example.com".into(), 8080)));
+        assert_eq!(split_host_port("[::1]:80"), Some(("::1".into(), 80)));
+        assert_eq!(split_host_port("example.com"), None);
+        assert_eq!(split_host_port("::1"), None);
+    }
+}
