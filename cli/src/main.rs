@@ -8,6 +8,7 @@
 mod capture;
 mod config;
 mod inspect;
+mod replay;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Decode captured packets into HTTP exchanges, written as Parquet.
     Capture(Box<capture::CaptureArgs>),
+    /// Replay recorded requests at named targets (baseline, candidate, …), recording every response.
+    Replay(Box<replay::ReplayArgs>),
     /// Print the first exchanges in a directory and counts by status and host.
     Inspect(inspect::InspectArgs),
 }
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Capture(args) => capture::run(*args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Replay(args) => replay::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,4 @@
-//! Integration tests of the replay stage.
+//! Integration tests of the replay stage: real Parquet recordings, real HTTP servers on loopback.
+
+mod common;
+mod replay;

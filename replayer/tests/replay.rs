@@ -1,0 +1,370 @@
+//! Replays against real servers on loopback: fan-out, failures as rows, sampling, hooks,
+//! safety, pacing, loops and stopping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use shadowtap_replayer::client::Protocol;
+use shadowtap_replayer::rules::Rules;
+use shadowtap_replayer::schedule::Pacing;
+use shadowtap_replayer::script::ScriptHook;
+use shadowtap_replayer::ReplayError;
+
+use crate::common::*;
+
+fn gets(n: usize, per_conn: usize) -> Vec<shadowtap_core::Exchange> {
+    (0..n).map(|i| exchange(i, i / per_conn, "GET", &format!("/item/{i}?page={}", i % 7), i as i64)).collect()
+}
+
+#[test]
+fn every_request_reaches_every_target_and_becomes_one_row_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    write_recording(&rec, &gets(300, 10), 3);
+    let (a, b) = (server(), server());
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("baseline", &a.url()), target("candidate", &b.url())]);
+    o.concurrency = 16;
+    o.run_id = Some("run-1".into());
+    let summary = run(o).unwrap();
+    assert_eq!((a.count(), b.count()), (300, 300), "each target sees every request");
+    let rows = read_rows(&out);
+    assert_eq!(rows.len(), 600);
+    assert_eq!(summary.rows_written, 600);
+    for t in ["baseline", "candidate"] {
+        let ids: BTreeSet<&str> = rows.iter().filter(|r| r.target == t).map(|r| r.exchange_id.as_str()).collect();
+        assert_eq!(ids.len(), 300, "{t}: one row per exchange");
+    }
+    assert!(rows.iter().all(|r| r.status == Some(200) && r.error_kind.is_none() && r.sent && r.total_us.is_some() && r.ttfb_us.is_some()));
+    // Connections are reused: far fewer connects than requests.
+    let connects = rows.iter().filter(|r| r.connect_us.is_some()).count();
+    assert!(connects >= 2 && connects <= 2 * 16, "{connects} connections opened for 600 requests");
+    // What the server got: the recorded path and query, the marker, the target's Host, no
+    // hop-by-hop headers from the recording.
+    let got = a.received.lock().unwrap();
+    let r = got.iter().find(|r| r.uri == "/item/8?page=1").expect("recorded path and query");
+    assert_eq!(r.headers["x-shadowtap-replay"], "run-1");
+    assert_eq!(r.headers["host"], a.addr.to_string().as_str());
+    assert_eq!(r.headers["user-agent"], "recorded/1.0");
+    let row = rows.iter().find(|r| r.target == "baseline" && r.exchange_id == "ex000008").unwrap();
+    assert_eq!(row.response_body, b"served /item/8");
+    assert_eq!((row.method.as_str(), row.url.as_str()), ("GET", format!("{}/item/8?page=1", a.url()).as_str()));
+    assert_eq!(row.header("host"), Some(a.addr.to_string().as_str()), "the row holds the headers actually sent");
+}
+
+#[test]
+fn failures_are_rows_with_their_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let rows: Vec<_> = ["/slow", "/fail", "/ok"].iter().enumerate().map(|(i, p)| exchange(i, i, "GET", p, i as i64)).collect();
+    write_recording(&rec, &rows, 1);
+    let good = server();
+    let out = dir.path().join("out");
+    let mut o = options(
+        &rec,
+        &out,
+        vec![
+            target("good", &good.url()),
+            target("reset", &format!("http://{}", resetting_server())),
+            target("closed", &format!("http://{}", closed_port())),
+        ],
+    );
+    o.client.timeout = Duration::from_millis(700);
+    let summary = run(o).unwrap();
+    let rows = read_rows(&out);
+    assert_eq!(rows.len(), 9, "3 requests x 3 targets, failures included");
+    let by = |t: &str, p: &str| rows.iter().find(|r| r.target == t && r.path == p).unwrap().clone();
+    assert_eq!(by("good", "/slow").error_kind.as_deref(), Some("timeout"));
+    assert_eq!(by("good", "/slow").status, None);
+    assert_eq!(by("good", "/fail").status, Some(500));
+    assert_eq!(by("good", "/ok").status, Some(200));
+    for p in ["/slow", "/fail", "/ok"] {
+        assert_eq!(by("reset", p).error_kind.as_deref(), Some("reset"), "{:?}", by("reset", p).error_message);
+        assert_eq!(by("closed", p).error_kind.as_deref(), Some("refused"), "{:?}", by("closed", p).error_message);
+        assert!(by("closed", p).status.is_none());
+    }
+    assert_eq!(summary.targets["closed"].errors["refused"], 3);
+    assert_eq!(summary.targets["good"].responses["5xx"], 1);
+}
+
+#[test]
+fn sampling_percentages_hold_and_keep_groups_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    write_recording(&rec, &gets(5000, 25), 2);
+    let s = server();
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("t", &s.url())]);
+    o.sampler.percent = "10%".parse().unwrap();
+    o.concurrency = 32;
+    let summary = run(o).unwrap();
+    assert!((420..=580).contains(&summary.selected), "10% of 5000: {}", summary.selected);
+    assert_eq!(s.count() as u64, summary.selected, "the server got exactly the selected requests");
+    assert_eq!(read_rows(&out).len() as u64, summary.selected);
+    assert_eq!(summary.sampled_out + summary.selected, 5000);
+
+    // By connection: 200 connections of 25 exchanges, each kept or left out whole.
+    let s2 = server();
+    let out2 = dir.path().join("out2");
+    let mut o = options(&rec, &out2, vec![target("t", &s2.url())]);
+    o.sampler.percent = "20%".parse().unwrap();
+    o.sampler.by = shadowtap_core::sampling::SampleBy::Connection;
+    let summary = run(o).unwrap();
+    let rows = read_rows(&out2);
+    let mut per_conn: BTreeMap<usize, usize> = BTreeMap::new();
+    for r in &rows {
+        let i: usize = r.exchange_id[2..].parse().unwrap();
+        *per_conn.entry(i / 25).or_default() += 1;
+    }
+    assert!(per_conn.values().all(|&n| n == 25), "connections kept whole: {per_conn:?}");
+    assert!((20..=60).contains(&per_conn.len()), "about 20% of 200 connections: {}", per_conn.len());
+    assert_eq!(s2.count() as u64, summary.selected);
+}
+
+#[test]
+fn each_hook_changes_what_the_server_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let rows = vec![
+        exchange(0, 0, "GET", "/v1/users?token=abc&x=1", 0),
+        exchange(1, 0, "POST", "/v1/orders", 1),
+        exchange(2, 0, "GET", "/admin/secret", 2),
+        exchange(3, 0, "GET", "/gone/1", 3),
+        exchange(4, 0, "GET", "/json", 4),
+    ];
+    write_recording(&rec, &rows, 1);
+    let s = server();
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("t", &s.url())]);
+    o.allow_methods.push("POST".into());
+    o.rules = Some(
+        Rules::parse(
+            r#"
+            [[request]]
+            set_headers = { "X-Env" = "shadow" }
+            remove_headers = ["User-Agent"]
+            path = { from = "^/v1/", to = "/v2/" }
+            remove_query = ["token"]
+            set_query = { replay = "1" }
+            [[request]]
+            when = { methods = ["POST"] }
+            set_json = { "/source" = "replay" }
+            remove_json = ["/secret"]
+            [[request]]
+            when = { path = "^/gone/" }
+            drop_percent = 100.0
+            [[response]]
+            remove_json = ["/generated_at"]
+            "#,
+        )
+        .unwrap(),
+    );
+    o.script = Some(
+        ScriptHook::new(
+            r#"
+            fn on_request(req) {
+                if req.path.starts_with("/admin") { return false; }
+                set_header(req, "X-Script", "yes");
+                req
+            }"#,
+            100_000,
+        )
+        .unwrap(),
+    );
+    // Any language: a shell pipeline rewriting the user agent field of every request message.
+    o.middleware = Some(r#"sed -u 's/"X-Script","yes"/"X-Script","yes"],["X-Middleware","sed"/'"#.into());
+    let summary = run(o).unwrap();
+    let got = s.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "admin dropped by the script, /gone dropped by a rule: {got:?}");
+    let users = got.iter().find(|r| r.uri.starts_with("/v2/users")).expect("path rewritten");
+    assert_eq!(users.uri, "/v2/users?x=1&replay=1");
+    assert_eq!(users.headers["x-env"], "shadow");
+    assert_eq!(users.headers["x-script"], "yes");
+    assert_eq!(users.headers["x-middleware"], "sed");
+    assert!(users.headers.get("user-agent").is_none());
+    let order = got.iter().find(|r| r.method == "POST").unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&order.body).unwrap();
+    assert_eq!(body, serde_json::json!({"n": 1, "source": "replay"}));
+    assert_eq!(summary.dropped_by_hooks, 2);
+    let rows = read_rows(&out);
+    assert_eq!(rows.len(), 5, "dropped requests are rows too");
+    let dropped: Vec<&str> = rows.iter().filter(|r| r.error_kind.as_deref() == Some("dropped")).map(|r| r.path.as_str()).collect();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    let json = rows.iter().find(|r| r.path == "/json").unwrap();
+    assert_eq!(json.response_body, br#"{"value":1}"#, "response rule removed the field before recording");
+}
+
+#[test]
+fn unsafe_methods_need_allow_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let rows: Vec<_> = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| exchange(i, 0, m, "/thing", i as i64))
+        .collect();
+    write_recording(&rec, &rows, 1);
+    let s = server();
+    let summary = run(options(&rec, &dir.path().join("out"), vec![target("t", &s.url())])).unwrap();
+    let methods: BTreeSet<String> = s.received.lock().unwrap().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, ["GET", "HEAD", "OPTIONS"].iter().map(|m| m.to_string()).collect());
+    assert_eq!(summary.refused_methods.keys().cloned().collect::<Vec<_>>(), ["DELETE", "PATCH", "POST", "PUT"]);
+
+    let s = server();
+    let mut o = options(&rec, &dir.path().join("out2"), vec![target("t", &s.url())]);
+    o.allow_methods.push("POST".into());
+    run(o).unwrap();
+    let got = s.received.lock().unwrap().clone();
+    let post = got.iter().find(|r| r.method == "POST").expect("POST allowed");
+    assert_eq!(post.body, br#"{"n":1,"secret":"s"}"#, "the recorded body is sent");
+    assert!(!got.iter().any(|r| r.method == "PUT"));
+}
+
+#[test]
+fn a_captured_host_is_never_a_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let s = server();
+    let mut ex = exchange(0, 0, "GET", "/", 0);
+    ex.server_ip = "127.0.0.1".parse().unwrap();
+    ex.server_port = s.addr.port();
+    write_recording(&rec, &[ex], 1);
+    let err = run(options(&rec, &dir.path().join("out"), vec![target("oops", &s.url())])).unwrap_err();
+    assert!(matches!(err, ReplayError::CapturedHost { .. }), "{err}");
+    assert!(err.is_usage());
+    assert_eq!(s.count(), 0);
+    // By Host name too.
+    let mut ex = exchange(0, 0, "GET", "/", 0);
+    ex.host = Some(format!("localhost:{}", s.addr.port()));
+    write_recording(&dir.path().join("rec2"), &[ex], 1);
+    let err = run(options(&dir.path().join("rec2"), &dir.path().join("out2"), vec![target("oops", &format!("http://localhost:{}", s.addr.port()))])).unwrap_err();
+    assert!(matches!(err, ReplayError::CapturedHost { .. }), "{err}");
+}
+
+#[test]
+fn speed_keeps_recorded_gaps_scaled_and_never_sends_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    // Requests 0, 200, 400, …, 1400 ms apart in the recording, split over two files.
+    let rows: Vec<_> = (0..8).map(|i| exchange(i, i, "GET", &format!("/p{i}"), i as i64 * 200)).collect();
+    write_recording(&rec, &rows, 2);
+    let s = server();
+    let mut o = options(&rec, &dir.path().join("out"), vec![target("t", &s.url())]);
+    o.pacing = Pacing::Speed { factor: 2.0, max_wait: None };
+    let begun = Instant::now();
+    run(o).unwrap();
+    let got = s.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 8);
+    let first = got.iter().map(|r| r.at).min().unwrap();
+    for r in &got {
+        let i: u64 = r.uri[2..].parse().unwrap();
+        // At 2x, request i is due 100 ms * i after the first: never earlier.
+        let offset = r.at.duration_since(first);
+        assert!(offset + Duration::from_millis(5) >= Duration::from_millis(100 * i), "/p{i} arrived after {offset:?}");
+    }
+    assert!(begun.elapsed() >= Duration::from_millis(700));
+    // In recorded order.
+    let mut by_time = got.clone();
+    by_time.sort_by_key(|r| r.at);
+    let order: Vec<&str> = by_time.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(order, ["/p0", "/p1", "/p2", "/p3", "/p4", "/p5", "/p6", "/p7"]);
+}
+
+#[test]
+fn loops_duration_and_h2c() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    write_recording(&rec, &gets(20, 5), 1);
+    let s = server();
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("t", &s.url())]);
+    o.passes = Some(3);
+    o.client.protocol = Protocol::H2c;
+    let summary = run(o).unwrap();
+    assert_eq!(summary.passes, 3);
+    assert_eq!(s.count(), 60);
+    let rows = read_rows(&out);
+    let passes: BTreeSet<i32> = rows.iter().map(|r| r.pass).collect();
+    assert_eq!(passes, [0, 1, 2].into_iter().collect());
+    assert!(rows.iter().all(|r| r.response_version.as_deref() == Some("HTTP/2.0")), "{:?}", rows[0].response_version);
+    assert!(s.received.lock().unwrap().iter().all(|r| r.version == axum::http::Version::HTTP_2));
+
+    // Endless loop at a fixed rate, stopped by --duration.
+    let s = server();
+    let out = dir.path().join("out2");
+    let mut o = options(&rec, &out, vec![target("t", &s.url())]);
+    o.passes = None;
+    o.pacing = Pacing::Rate(50.0);
+    o.duration = Some(Duration::from_millis(800));
+    let summary = run(o).unwrap();
+    assert_eq!(summary.stopped_by, "duration");
+    assert!(s.count() >= 10 && s.count() <= 41, "{} requests at 50/s for 0.8 s", s.count());
+    assert_eq!(read_rows(&out).len(), s.count(), "every request sent has its row");
+}
+
+#[test]
+fn a_stop_finishes_requests_in_flight_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    // One request every 50 ms for 10 s, every fifth one slow.
+    let rows: Vec<_> = (0..200).map(|i| exchange(i, i, "GET", if i % 5 == 0 { "/slow" } else { "/fast" }, i as i64 * 50)).collect();
+    write_recording(&rec, &rows, 1);
+    let s = server();
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("t", &s.url())]);
+    o.pacing = Pacing::Speed { factor: 1.0, max_wait: None };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let summary = rt
+        .block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                let _ = tx.send(true);
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+            shadowtap_replayer::replay(o, rx).await
+        })
+        .unwrap();
+    assert_eq!(summary.stopped_by, "signal");
+    let rows = read_rows(&out);
+    let got = s.count();
+    assert!(got > 5 && got < 100, "{got}");
+    assert_eq!(rows.len(), got, "every request the server received has its row");
+    assert!(rows.iter().filter(|r| r.path == "/slow").all(|r| r.status == Some(200)), "slow requests in flight were waited for");
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains("inprogress")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".summary.json")));
+}
+
+#[test]
+fn an_incomplete_recorded_request_is_a_row_not_a_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let mut cut = exchange(0, 0, "POST", "/upload", 0);
+    cut.request_body.len = 1000; // 20-odd bytes kept of 1000: lost in capture
+    let mut fine = exchange(1, 0, "GET", "/ok", 1);
+    fine.request_end_us = Some(fine.request_start_us + 5);
+    write_recording(&rec, &[cut, fine], 1);
+    let s = server();
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("a", &s.url()), target("b", &s.url())]);
+    o.allow_methods.push("POST".into());
+    let summary = run(o).unwrap();
+    assert_eq!(summary.unreplayable, 1);
+    assert_eq!(s.count(), 2, "only /ok, once per target");
+    let rows = read_rows(&out);
+    assert_eq!(rows.len(), 4);
+    let unsent: Vec<_> = rows.iter().filter(|r| r.error_kind.as_deref() == Some("unreplayable")).collect();
+    assert_eq!(unsent.len(), 2);
+    assert!(unsent.iter().all(|r| !r.sent && r.error_message.as_deref().unwrap().contains("lost in capture")));
+}
+
+#[test]
+fn a_missing_or_foreign_recording_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(options(&dir.path().join("nope"), &dir.path().join("out"), vec![target("t", "http://127.0.0.1:9")])).unwrap_err();
+    assert!(err.is_usage() && err.to_string().contains("nope"), "{err}");
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let err = run(options(&dir.path().join("empty"), &dir.path().join("out"), vec![target("t", "http://127.0.0.1:9")])).unwrap_err();
+    assert!(err.to_string().contains("no exchanges-*.parquet"), "{err}");
+}
