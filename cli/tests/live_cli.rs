@@ -17,7 +17,7 @@ fn skip() -> bool {
 }
 
 /// A keep-alive HTTP/1.1 server answering every request with its path; counts requests.
-fn server() -> (u16, Arc<AtomicUsize>) {
+pub(crate) fn server() -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let served = Arc::new(AtomicUsize::new(0));

@@ -2,3 +2,4 @@
 
 mod capture_cli;
 mod live_cli;
+mod replay_cli;
