@@ -251,7 +251,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     opts.run_id = args.run_id.clone();
     opts.progress = if args.quiet { ProgressMode::Off } else { ProgressMode::Auto { interval: args.progress_interval } };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

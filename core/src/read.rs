@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
 use parquet::file::statistics::Statistics;
 
 use crate::exchange::{Body, Exchange, ExchangeFlags, Header};
@@ -85,6 +86,23 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ReadError> {
     Ok(())
 }
 
+/// Which columns to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Columns {
+    /// Every column.
+    All,
+    /// The request side, ids, times and flags: what replaying needs.
+    Requests,
+}
+
+/// The columns [`Columns::Requests`] reads.
+const REQUEST_COLUMNS: &[&str] = &[
+    "exchange_id", "connection_id", "connection_seq", "source", "request_start", "request_end", "response_start", "response_end",
+    "client_ip", "client_port", "server_ip", "server_port", "method", "uri", "host", "path", "query", "http_version",
+    "request_headers", "request_trailers", "request_body", "request_body_decoded", "request_body_len", "request_body_truncated",
+    "status", "no_response", "incomplete", "gap", "parse_error", "upgraded", "error_detail",
+];
+
 /// One `exchanges` file opened for reading.
 pub struct ExchangeFile {
     path: PathBuf,
@@ -99,6 +117,13 @@ impl ExchangeFile {
     /// Opens `path`, checks its table name and schema version, and prepares to read it in
     /// batches of `batch_rows`.
     pub fn open(path: &Path, batch_rows: usize) -> Result<Self, ReadError> {
+        Self::open_with(path, batch_rows, Columns::All)
+    }
+
+    /// As [`ExchangeFile::open`], reading only `columns`: with [`Columns::Requests`] the
+    /// response side (usually most of the bytes) is never decoded, and the exchanges read have
+    /// empty responses.
+    pub fn open_with(path: &Path, batch_rows: usize, columns: Columns) -> Result<Self, ReadError> {
         let file = File::open(path).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|source| ReadError::Parquet { path: path.to_path_buf(), source })?;
@@ -134,6 +159,13 @@ impl ExchangeFile {
             }
         }
         let rows = meta.file_metadata().num_rows().max(0) as u64;
+        let builder = match columns {
+            Columns::All => builder,
+            Columns::Requests => {
+                let mask = ProjectionMask::columns(builder.parquet_schema(), REQUEST_COLUMNS.iter().copied());
+                builder.with_projection(mask)
+            }
+        };
         let reader = builder
             .with_batch_size(batch_rows.max(1))
             .build()
@@ -158,9 +190,47 @@ impl ExchangeFile {
 }
 
 /// Converts a record batch of the `exchanges` schema back into exchanges. Decoding errors of
-/// bodies are not stored in the table, so [`Body::decode_error`] is `None`.
+/// bodies are not stored in the table, so [`Body::decode_error`] is `None`. Response-side
+/// columns may be left out (see [`Columns::Requests`]): the responses are then empty.
 pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
-    let col = |name: &str| b.column_by_name(name).ok_or_else(|| format!("column `{name}` is missing"));
+    let n = b.num_rows();
+    let optional = |name: &str| name.starts_with("response_") || name == "reason" || name == "interim_statuses";
+    let empty_strings = arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, n);
+    let empty_times = arrow::array::new_null_array(&arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())), n);
+    let empty_lists = {
+        let f = |t| std::sync::Arc::new(arrow::datatypes::Field::new("item", t, true));
+        let header = arrow::datatypes::DataType::Struct(arrow::datatypes::Fields::from(vec![
+            arrow::datatypes::Field::new("name", arrow::datatypes::DataType::Utf8, false),
+            arrow::datatypes::Field::new("value", arrow::datatypes::DataType::Utf8, false),
+        ]));
+        let lists = |field: std::sync::Arc<arrow::datatypes::Field>| -> arrow::array::ArrayRef {
+            let values = arrow::array::new_empty_array(field.data_type());
+            std::sync::Arc::new(arrow::array::ListArray::new(field, arrow::buffer::OffsetBuffer::new_zeroed(n), values, None))
+        };
+        (lists(f(header)), lists(f(arrow::datatypes::DataType::Int32)))
+    };
+    let empty_binary: arrow::array::ArrayRef = std::sync::Arc::new(arrow::array::BinaryArray::from_iter_values(std::iter::repeat_n(b"" as &[u8], n)));
+    let null_binary = arrow::array::new_null_array(&arrow::datatypes::DataType::Binary, n);
+    let zeros: arrow::array::ArrayRef = std::sync::Arc::new(arrow::array::Int64Array::from(vec![0i64; n]));
+    let falses: arrow::array::ArrayRef = std::sync::Arc::new(arrow::array::BooleanArray::from(vec![false; n]));
+    let col = |name: &str| -> Result<arrow::array::ArrayRef, String> {
+        if let Some(c) = b.column_by_name(name) {
+            return Ok(c.clone());
+        }
+        if !optional(name) {
+            return Err(format!("column `{name}` is missing"));
+        }
+        Ok(match name {
+            "response_start" | "response_end" => empty_times.clone(),
+            "response_headers" | "response_trailers" => empty_lists.0.clone(),
+            "interim_statuses" => empty_lists.1.clone(),
+            "response_body" => empty_binary.clone(),
+            "response_body_decoded" => null_binary.clone(),
+            "response_body_len" => zeros.clone(),
+            "response_body_truncated" => falses.clone(),
+            _ => empty_strings.clone(),
+        })
+    };
     let strings = |name: &str| -> Result<Vec<Option<String>>, String> {
         let c = col(name)?;
         let a = c.as_string_opt::<i32>().ok_or_else(|| format!("column `{name}` is not utf8"))?;
@@ -229,12 +299,12 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
             })
             .collect::<Vec<_>>()
     };
+    let _ = n;
     let ip = |v: Option<String>, name: &str| -> Result<IpAddr, String> {
         v.as_deref().unwrap_or("").parse().map_err(|_| format!("column `{name}` holds {v:?}, not an IP address"))
     };
     let req = |v: Option<String>, name: &str| v.ok_or_else(|| format!("column `{name}` has a null"));
 
-    let n = b.num_rows();
     let mut exchange_id = strings("exchange_id")?.into_iter();
     let mut connection_id = strings("connection_id")?.into_iter();
     let connection_seq = ints32("connection_seq")?;
@@ -348,7 +418,12 @@ mod tests {
         assert_eq!(f.time_range, Some((1_000, 5_000)));
         assert_eq!(f.rows, 2);
         let got: Vec<Exchange> = std::iter::from_fn(|| f.next_batch()).flat_map(|b| b.unwrap()).collect();
-        assert_eq!(got, vec![a, b]);
+        assert_eq!(got, vec![a.clone(), b]);
+        // Request columns only: the same requests, empty responses.
+        let mut f = ExchangeFile::open_with(&files[0], 10, Columns::Requests).unwrap();
+        let got = f.next_batch().unwrap().unwrap();
+        assert_eq!((got[0].request_headers.clone(), got[0].request_body.clone(), got[0].status), (a.request_headers, a.request_body, a.status));
+        assert!(got[0].response_body.raw.is_empty() && got[0].response_headers.is_empty() && got[0].interim_statuses.is_empty());
     }
 
     #[test]

@@ -46,24 +46,26 @@ pub struct Unreplayable(pub String);
 impl OutgoingRequest {
     /// The recorded request, ready for hooks. Fails when the recording does not hold all of it.
     pub fn from_exchange(ex: &Exchange) -> Result<Self, Unreplayable> {
+        Self::take_from_exchange(&mut ex.clone())
+    }
+
+    /// As [`OutgoingRequest::from_exchange`], moving the headers and body out of `ex` instead
+    /// of copying them (the rest of `ex` is left as it was).
+    pub fn take_from_exchange(ex: &mut Exchange) -> Result<Self, Unreplayable> {
         if ex.request_end_us.is_none() {
             return Err(Unreplayable("the request was cut off in the capture".into()));
         }
-        let b = &ex.request_body;
-        let mut headers: Vec<Header> = ex
-            .request_headers
-            .iter()
-            .filter(|h| !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
-            .cloned()
-            .collect();
+        let b = &mut ex.request_body;
+        let mut headers: Vec<Header> = std::mem::take(&mut ex.request_headers);
+        headers.retain(|h| !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)));
         let body = if b.truncated {
             return Err(Unreplayable(format!("the request body was longer than the capture's --max-body ({} bytes)", b.len)));
         } else if b.raw.len() as u64 == b.len {
-            b.raw.clone()
+            std::mem::take(&mut b.raw)
         } else if b.raw.is_empty() && b.decoded.is_some() {
             // A content-coded body whose JSON fields were redacted: only the decoded form exists.
             headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
-            b.decoded.clone().unwrap_or_default()
+            b.decoded.take().unwrap_or_default()
         } else {
             return Err(Unreplayable(format!("{} of the request body's {} bytes were lost in capture", b.len - b.raw.len() as u64, b.len)));
         };

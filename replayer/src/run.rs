@@ -303,6 +303,10 @@ impl ReplaySummary {
 /// Live counters for progress.
 #[derive(Default)]
 struct Counters {
+    unreplayable: AtomicU64,
+    unreplayable_rows: AtomicU64,
+    dropped: AtomicU64,
+    hook_errors: AtomicU64,
     read: AtomicU64,
     sent: AtomicU64,
     done: AtomicU64,
@@ -381,27 +385,36 @@ enum Item {
     Failed(ReplayError),
 }
 
-/// Reads passes over the recording into `tx` until done or the receiver is gone.
-fn read_recording(recording: Recording, passes: Option<u32>, tx: mpsc::Sender<Item>, out_of_order: Arc<AtomicU64>) {
+/// Items per message from the reader thread (one wake-up per batch, not per exchange).
+const ITEM_BATCH: usize = 128;
+
+/// Reads passes over the recording into `tx`, in batches, until done or the receiver is gone.
+fn read_recording(recording: Recording, passes: Option<u32>, tx: mpsc::Sender<Vec<Item>>, out_of_order: Arc<AtomicU64>) {
     let mut pass = 0u32;
+    let mut batch = Vec::with_capacity(ITEM_BATCH);
+    let send = |batch: &mut Vec<Item>| tx.blocking_send(std::mem::replace(batch, Vec::with_capacity(ITEM_BATCH))).is_ok();
     while passes.is_none_or(|p| pass < p) {
-        if tx.blocking_send(Item::PassStart(pass)).is_err() {
-            return;
-        }
+        batch.push(Item::PassStart(pass));
         let mut stream = recording.stream();
         let mut seq = 0;
         while let Some(next) = stream.next_exchange(&mut seq) {
-            let item = match next {
-                Ok(ex) => Item::Exchange(pass, Box::new(ex)),
-                Err(e) => Item::Failed(e.into()),
-            };
-            let failed = matches!(item, Item::Failed(_));
-            if tx.blocking_send(item).is_err() || failed {
+            match next {
+                Ok(ex) => batch.push(Item::Exchange(pass, Box::new(ex))),
+                Err(e) => {
+                    batch.push(Item::Failed(e.into()));
+                    send(&mut batch);
+                    return;
+                }
+            }
+            if batch.len() >= ITEM_BATCH && !send(&mut batch) {
                 return;
             }
         }
         out_of_order.fetch_add(stream.late(), Ordering::Relaxed);
         pass += 1;
+    }
+    if !batch.is_empty() {
+        send(&mut batch);
     }
 }
 
@@ -412,7 +425,7 @@ struct Written {
     targets: BTreeMap<String, TargetSummary>,
 }
 
-fn write_rows(mut rx: mpsc::Receiver<ReplayRecord>, mut sink: ParquetSink, targets: &[Target]) -> Result<Written, ReplayError> {
+fn write_rows(mut rx: mpsc::Receiver<Vec<ReplayRecord>>, mut sink: ParquetSink, targets: &[Target]) -> Result<Written, ReplayError> {
     let mut per: BTreeMap<String, (TargetSummary, Vec<i64>)> =
         targets.iter().map(|t| (t.name.clone(), (TargetSummary { url: t.url.to_string(), ..Default::default() }, Vec::new()))).collect();
     let mut batch = Vec::with_capacity(512);
@@ -427,7 +440,7 @@ fn write_rows(mut rx: mpsc::Receiver<ReplayRecord>, mut sink: ParquetSink, targe
         batch.clear();
         Ok(())
     };
-    while let Some(r) = rx.blocking_recv() {
+    for r in std::iter::from_fn(|| rx.blocking_recv()).flatten() {
         let (t, totals) = per.entry(r.target.clone()).or_default();
         t.rows += 1;
         if r.sent_at_us.is_some() {
@@ -476,8 +489,36 @@ struct Shared {
     marker: Option<String>,
     preserve_host: bool,
     max_body: u64,
-    rows: mpsc::Sender<ReplayRecord>,
+    rows: RowOut,
     counters: Counters,
+}
+
+/// Rows on their way to the writer thread, handed over in batches (one wake-up per batch).
+struct RowOut {
+    pending: std::sync::Mutex<Vec<ReplayRecord>>,
+    tx: mpsc::Sender<Vec<ReplayRecord>>,
+}
+
+impl RowOut {
+    const BATCH: usize = 256;
+
+    async fn push(&self, row: ReplayRecord) {
+        let full = {
+            let mut p = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            p.push(row);
+            (p.len() >= Self::BATCH).then(|| std::mem::take(&mut *p))
+        };
+        if let Some(batch) = full {
+            let _ = self.tx.send(batch).await;
+        }
+    }
+
+    async fn flush(&self) {
+        let rest = std::mem::take(&mut *self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if !rest.is_empty() {
+            let _ = self.tx.send(rest).await;
+        }
+    }
 }
 
 /// The row for a request that was not sent.
@@ -512,7 +553,7 @@ fn unsent_row(run_id: &str, target: &Target, pass: u32, ex: &Exchange, kind: Err
 }
 
 /// Sends one prepared request to one target and records the outcome.
-async fn send_one(shared: Arc<Shared>, ti: usize, pass: u32, recorded_start_us: i64, mut req: OutgoingRequest, original_host: Option<String>) {
+async fn send_one(shared: &Shared, ti: usize, pass: u32, recorded_start_us: i64, mut req: OutgoingRequest, original_host: Option<String>) {
     let (target, client) = &shared.targets[ti];
     if !req.delay.is_zero() {
         tokio::time::sleep(req.delay).await;
@@ -581,7 +622,7 @@ async fn send_one(shared: Arc<Shared>, ti: usize, pass: u32, recorded_start_us: 
                 row.response_body_truncated = raw.truncated;
                 let mut resp = ReceivedResponse { status: raw.status, headers: raw.headers, body: decoded.clone().unwrap_or_else(|| raw.body.clone()) };
                 let before = resp.body.clone();
-                let hooked = apply_response_hooks(&shared, &target.name, &req, &mut resp).await;
+                let hooked = apply_response_hooks(shared, &target.name, &req, &mut resp).await;
                 if let Err(e) = hooked {
                     row.error_message = Some(format!("response hook: {e}"));
                 }
@@ -602,7 +643,7 @@ async fn send_one(shared: Arc<Shared>, ti: usize, pass: u32, recorded_start_us: 
         shared.counters.errors.fetch_add(1, Ordering::Relaxed);
     }
     shared.counters.done.fetch_add(1, Ordering::Relaxed);
-    let _ = shared.rows.send(row).await;
+    shared.rows.push(row).await;
 }
 
 async fn apply_response_hooks(shared: &Shared, target: &str, req: &OutgoingRequest, resp: &mut ReceivedResponse) -> Result<(), String> {
@@ -647,6 +688,42 @@ async fn apply_request_hooks(shared: &Shared, mut req: OutgoingRequest) -> Decis
     Decision::Send(req)
 }
 
+/// Prepares one selected exchange (hooks) and sends it to every target.
+async fn exchange_task(shared: Arc<Shared>, pass: u32, mut ex: Box<Exchange>) {
+    let original_host = header(&ex.request_headers, "host").map(str::to_owned);
+    let decision = match OutgoingRequest::take_from_exchange(&mut ex) {
+        Err(u) => {
+            shared.counters.unreplayable.fetch_add(1, Ordering::Relaxed);
+            Decision::NotSent(ErrorKind::Unreplayable, u.0)
+        }
+        Ok(req) => apply_request_hooks(&shared, req).await,
+    };
+    let req = match decision {
+        Decision::Send(req) => req,
+        Decision::NotSent(kind, message) => {
+            match kind {
+                ErrorKind::Dropped => &shared.counters.dropped,
+                ErrorKind::Hook => &shared.counters.hook_errors,
+                _ => &shared.counters.unreplayable_rows,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            for (t, _) in &shared.targets {
+                shared.counters.errors.fetch_add(u64::from(kind != ErrorKind::Dropped), Ordering::Relaxed);
+                shared.rows.push(unsent_row(&shared.run_id, t, pass, &ex, kind, message.clone())).await;
+            }
+            return;
+        }
+    };
+    let recorded = ex.request_start_us;
+    let n = shared.targets.len();
+    if n == 1 {
+        send_one(&shared, 0, pass, recorded, req, original_host).await;
+        return;
+    }
+    let sends = (0..n).map(|ti| send_one(&shared, ti, pass, recorded, req.clone(), original_host.clone()));
+    futures_util::future::join_all(sends).await;
+}
+
 /// Runs a replay until the recording ends, `duration` passes, or `stop` turns true; then waits
 /// for the requests in flight, closes the files and writes `replay-<run>.summary.json`.
 pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) -> Result<ReplaySummary, ReplayError> {
@@ -685,7 +762,7 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
         SinkOptions { dir: opts.out.clone(), prefix: format!("replays-{run_id}"), max_file_bytes: opts.max_file_bytes, max_row_group_rows: 64 * 1024 },
         replays_schema(),
     )?;
-    let (row_tx, row_rx) = mpsc::channel::<ReplayRecord>(1024);
+    let (row_tx, row_rx) = mpsc::channel::<Vec<ReplayRecord>>(8);
     let writer_targets = opts.targets.clone();
     let writer = std::thread::Builder::new()
         .name("shadowtap-replay-writer".into())
@@ -701,10 +778,11 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
         marker: opts.marker_header.clone(),
         preserve_host: opts.preserve_host,
         max_body: opts.client.max_body,
-        rows: row_tx,
+        rows: RowOut { pending: std::sync::Mutex::new(Vec::new()), tx: row_tx },
         counters: Counters::default(),
     });
-    let (item_tx, mut item_rx) = mpsc::channel::<Item>(256);
+    let (item_tx, mut item_rx) = mpsc::channel::<Vec<Item>>(4);
+    let mut items: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
     let out_of_order = Arc::new(AtomicU64::new(0));
     let reader = {
         let (rec, passes, ooo) = (recording.clone(), opts.passes, out_of_order.clone());
@@ -725,6 +803,7 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
         ..Default::default()
     };
     let semaphore = Arc::new(Semaphore::new(opts.concurrency));
+    let slots = (shared.targets.len() as u32).min(opts.concurrency.min(u32::MAX as usize) as u32);
     let mut tasks = JoinSet::new();
     let mut pacer = Pacer::new(opts.pacing, Instant::now());
     let deadline = opts.duration.map(|d| started + d);
@@ -736,12 +815,23 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
             summary.stopped_by = "signal".into();
             break;
         }
-        let item = tokio::select! {
-            biased;
-            _ = wait_stop(&mut stop) => continue,
-            _ = sleep_until_opt(deadline) => { summary.stopped_by = "duration".into(); break }
-            item = item_rx.recv() => item,
-        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            summary.stopped_by = "duration".into();
+            break;
+        }
+        if items.is_empty() {
+            let batch = tokio::select! {
+                biased;
+                _ = wait_stop(&mut stop) => continue,
+                _ = sleep_until_opt(deadline) => { summary.stopped_by = "duration".into(); break }
+                batch = item_rx.recv() => batch,
+            };
+            match batch {
+                Some(b) => items.extend(b),
+                None => break,
+            }
+        }
+        let item = items.pop_front();
         let (pass, ex) = match item {
             None => break,
             Some(Item::Failed(e)) => {
@@ -767,46 +857,20 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
             summary.sampled_out += 1;
             continue;
         }
-        let method = ex.method.to_ascii_uppercase();
-        if !opts.allow_methods.contains(&method) {
-            *summary.refused_methods.entry(method).or_default() += 1;
+        if !opts.allow_methods.iter().any(|m| m.eq_ignore_ascii_case(&ex.method)) {
+            *summary.refused_methods.entry(ex.method.to_ascii_uppercase()).or_default() += 1;
             continue;
         }
-        summary.selected += 1;
         let due = pacer.due(ex.request_start_us);
-        let decision = match OutgoingRequest::from_exchange(&ex) {
-            Err(u) => {
-                summary.unreplayable += 1;
-                Decision::NotSent(ErrorKind::Unreplayable, u.0)
-            }
-            Ok(req) => apply_request_hooks(&shared, req).await,
-        };
-        let req = match decision {
-            Decision::Send(req) => req,
-            Decision::NotSent(kind, message) => {
-                match kind {
-                    ErrorKind::Dropped => summary.dropped_by_hooks += 1,
-                    ErrorKind::Hook => summary.hook_errors += 1,
-                    _ => {}
-                }
-                for (t, _) in &shared.targets {
-                    shared.counters.errors.fetch_add(u64::from(kind != ErrorKind::Dropped), Ordering::Relaxed);
-                    let _ = shared.rows.send(unsent_row(&run_id, t, pass, &ex, kind, message.clone())).await;
-                }
-                continue;
-            }
-        };
         if let Some(due) = due {
             tokio::select! {
                 biased;
+                // Stopped while waiting: this request was not sent, and is not recorded.
                 _ = wait_stop(&mut stop) => {
-                    // Stopped while waiting: this request was not sent, and is not recorded.
-                    summary.selected -= 1;
                     summary.stopped_by = "signal".into();
                     break 'dispatch;
                 }
                 _ = sleep_until_opt(deadline) => {
-                    summary.selected -= 1;
                     summary.stopped_by = "duration".into();
                     break 'dispatch;
                 }
@@ -815,18 +879,15 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
             let lag = Instant::now().saturating_duration_since(due).as_secs_f64() * 1000.0;
             summary.max_schedule_lag_ms = summary.max_schedule_lag_ms.max(lag);
         }
-        let original_host = header(&ex.request_headers, "host").map(str::to_owned);
-        for ti in 0..shared.targets.len() {
-            // Waiting for a slot is how --concurrency pushes back; a stop does not abandon a
-            // request already given to some targets (every target gets its row).
-            let permit = semaphore.clone().acquire_owned().await.expect("semaphore is never closed");
-            let (shared, req, host) = (shared.clone(), req.clone(), original_host.clone());
-            let recorded = ex.request_start_us;
-            tasks.spawn(async move {
-                send_one(shared, ti, pass, recorded, req, host).await;
-                drop(permit);
-            });
-        }
+        summary.selected += 1;
+        // One slot per target: waiting for slots is how --concurrency pushes back. Hooks and
+        // sending run in the exchange's own task, so this loop only selects and paces.
+        let permit = semaphore.clone().acquire_many_owned(slots).await.expect("semaphore is never closed");
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            exchange_task(shared, pass, ex).await;
+            drop(permit);
+        });
     }
     // Stop reading, finish what is in flight, then close the files.
     drop(item_rx);
@@ -834,8 +895,12 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
     progress.finish().await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     summary.out_of_order = out_of_order.load(Ordering::Relaxed);
+    summary.unreplayable = shared.counters.unreplayable.load(Ordering::Relaxed);
+    summary.dropped_by_hooks = shared.counters.dropped.load(Ordering::Relaxed);
+    summary.hook_errors = shared.counters.hook_errors.load(Ordering::Relaxed);
+    shared.rows.flush().await;
     let shared = Arc::try_unwrap(shared).map_err(|_| ReplayError::Io { path: opts.out.clone(), source: std::io::Error::other("request tasks still hold the writer") })?;
-    drop(shared.rows);
+    drop(shared.rows.tx);
     let written = tokio::task::spawn_blocking(move || writer.join())
         .await
         .map_err(|e| ReplayError::Io { path: opts.out.clone(), source: std::io::Error::other(e) })?

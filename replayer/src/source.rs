@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::PathBuf;
 
-use shadowtap_core::read::{find_exchange_files, ExchangeFile, ReadError};
+use shadowtap_core::read::{find_exchange_files, Columns, ExchangeFile, ReadError};
 use shadowtap_core::Exchange;
 
 /// Rows per Parquet batch.
@@ -143,7 +143,7 @@ impl OrderedExchanges {
             };
             if open_next {
                 let info = self.pending.pop_front().expect("checked");
-                match ExchangeFile::open(&info.path, BATCH_ROWS) {
+                match ExchangeFile::open_with(&info.path, BATCH_ROWS, Columns::Requests) {
                     Ok(file) => self.open.push(OpenFile { file, window: BinaryHeap::new(), done: false }),
                     Err(e) => return Some(Err(e)),
                 }

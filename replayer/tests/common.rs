@@ -210,6 +210,7 @@ pub struct Row {
     pub ttfb_us: Option<i64>,
     pub connect_us: Option<i64>,
     pub sent: bool,
+    pub sent_at_us: Option<i64>,
 }
 
 /// Reads every `replays-*.parquet` under `dir`.
@@ -238,7 +239,7 @@ fn rows_of(b: &RecordBatch) -> Vec<Row> {
     let (pass, status) = (i32s("pass"), i32s("status"));
     let (total, ttfb, connect) = (i64s("total_us"), i64s("ttfb_us"), i64s("connect_us"));
     let body = b.column_by_name("response_body").unwrap().as_binary::<i32>().clone();
-    let sent = b.column_by_name("sent_at").unwrap().clone();
+    let sent = b.column_by_name("sent_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>().clone();
     let headers = b.column_by_name("request_headers").unwrap().as_list::<i32>().clone();
     let opt_s = |a: &arrow::array::StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_owned());
     let opt_i = |a: &arrow::array::Int64Array, i: usize| a.is_valid(i).then(|| a.value(i));
@@ -264,6 +265,7 @@ fn rows_of(b: &RecordBatch) -> Vec<Row> {
                 ttfb_us: opt_i(&ttfb, i),
                 connect_us: opt_i(&connect, i),
                 sent: sent.is_valid(i),
+                sent_at_us: sent.is_valid(i).then(|| sent.value(i)),
             }
         })
         .collect()
