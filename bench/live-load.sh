@@ -52,6 +52,9 @@ print(f"tcpdump  : {captured} captured, {dropped} dropped by kernel")
 print(f"shadowtap: {s['packets']} processed, {live.get('kernel_dropped')} dropped by kernel, "
       f"{live.get('queue_dropped')} by a full queue; {s['exchanges_written']} exchanges written "
       f"(replayed: {loops * per_loop}; the same connections repeat each loop)")
+shed = s.get("load_shed") or {}
+print(f"shadowtap load shedding: {shed.get('flows', 0)} whole flows ({shed.get('packets', 0)} packets) left out while behind; "
+      f"flags: {s['flags']}")
 print(f"shadowtap RSS: min {min(rss)//1024} MB, max {max(rss)//1024} MB, last {rss[-1]//1024} MB over {len(rss)} samples")
 step = max(1, len(rss) // 12)
 print("RSS MB over time:", " ".join(str(r // 1024) for r in rss[::step]))

@@ -1,1 +1,4 @@
-//! placeholder
+//! placeholder during build
+pub mod diff;
+pub mod stats;
+pub mod template;
