@@ -152,6 +152,11 @@ pub fn fisher_greater(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
     p.min(1.0)
 }
 
+/// A p value as people read it: `0.032`, `2.1e-7`.
+pub fn fmt_p(p: f64) -> String {
+    if p < 0.001 { format!("{p:.1e}") } else { format!("{p:.3}") }
+}
+
 /// The q-quantile of sorted values (nearest rank, interpolated).
 pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
