@@ -5,8 +5,10 @@
 
 #![forbid(unsafe_code)]
 
+mod analyze;
 mod capture;
 mod config;
+mod demo;
 mod inspect;
 mod replay;
 
@@ -21,7 +23,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Capture HTTP/1.x traffic, replay it against shadow targets, and judge a canary.
 ///
-/// Pipeline: capture (pcap/pcapng → Parquet "exchanges") → replay → analyze.
+/// Pipeline: capture (pcap/pcapng → Parquet "exchanges") → replay (→ "replays") →
+/// analyze (→ "diffs", verdict). `query` runs SQL over any of them.
 /// Every stage writes Parquet files that DuckDB, pandas or Spark read directly;
 /// the schemas are documented in docs/schema.md.
 #[derive(Debug, Parser)]
@@ -40,12 +43,33 @@ enum Command {
     Capture(Box<capture::CaptureArgs>),
     /// Replay recorded requests at named targets (baseline, candidate, …), recording every response.
     Replay(Box<replay::ReplayArgs>),
+    /// Run SQL (Apache DataFusion) over exchanges, replays and diffs.
+    Query(analyze::QueryArgs),
+    /// Diff replayed responses, set noise aside, judge the candidate: a canary verdict for CI.
+    Analyze(Box<analyze::AnalyzeArgs>),
+    /// Replay and analyze in one command, for a CI job.
+    Gate(Box<analyze::GateArgs>),
+    /// A small JSON API for the demo and tests (baseline or candidate with regressions).
+    #[command(hide = true)]
+    DemoService(demo::DemoArgs),
     /// Print the first exchanges in a directory and counts by status and host.
     Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // analyze, gate and query leave 1-3 to verdicts: their usage errors are 64.
+            let judging = std::env::args().nth(1).is_some_and(|a| matches!(a.as_str(), "analyze" | "gate" | "query"));
+            let help = matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+            if judging && !help {
+                let _ = e.print();
+                return ExitCode::from(analyze::EXIT_USAGE);
+            }
+            e.exit();
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "debug",
@@ -61,6 +85,10 @@ fn main() -> ExitCode {
         Command::Capture(args) => capture::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Replay(args) => replay::run(*args),
+        Command::Query(args) => analyze::query(args),
+        Command::Analyze(args) => analyze::analyze_cmd(*args),
+        Command::Gate(args) => analyze::gate(*args),
+        Command::DemoService(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,
