@@ -1,5 +1,6 @@
 //! Integration tests of the `shadowtap` binary: flags, exit codes, files and summaries.
 
+mod canary;
 mod capture_cli;
 mod live_cli;
 mod replay_cli;
