@@ -48,6 +48,21 @@ fn files_of(dir: &Path, prefix: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
+fn files_of_ext(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            files_of_ext(&p, out);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+}
+
 /// Registers `table` over the `table-*.parquet` files under `dir`; returns how many files.
 /// Zero files registers nothing.
 pub async fn register(ctx: &SessionContext, table: &str, dir: &Path) -> Result<usize, AnalyzeError> {
@@ -68,8 +83,19 @@ pub async fn register(ctx: &SessionContext, table: &str, dir: &Path) -> Result<u
     });
     let mut options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let pattern = if partitioned {
+        // A partitioned table is its directory (DataFusion does not combine globs with
+        // partitions): every Parquet file in it must belong to the table.
+        let mut all = Vec::new();
+        files_of_ext(dir, &mut all);
+        if let Some(stranger) = all.iter().find(|f| !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{table}-")))) {
+            return Err(AnalyzeError::Input(format!(
+                "{}: the partitioned `{table}` table shares its directory with {}; keep each table in its own directory",
+                dir.display(),
+                stranger.display()
+            )));
+        }
         options = options.with_table_partition_cols(vec![("date".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
-        format!("{}/date=*/hour=*/{table}-*.parquet", abs.display())
+        format!("{}/", abs.display())
     } else {
         format!("{}/**/{table}-*.parquet", abs.display())
     };

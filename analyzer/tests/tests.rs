@@ -1,1 +1,3 @@
-//! Integration tests of the analyze stage.
+//! Integration tests of the analyze stage: SQL over real Parquet, verdicts on known data.
+
+mod sql;

@@ -1,0 +1,198 @@
+//! SQL over real Parquet written by the shared sinks: tables, Hive partitions, UDFs, errors,
+//! and the verdict's SQL giving the numbers the verdict used.
+
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use shadowtap_analyzer::tables::{register_all, run_sql, session};
+use shadowtap_analyzer::{analyze, AnalyzeOptions, Decision, Policy};
+use shadowtap_core::replays::{replays_schema, replays_to_batch, ErrorKind, ReplayRecord};
+use shadowtap_core::schema::{exchanges_schema, exchanges_to_batch};
+use shadowtap_core::sink::{ParquetSink, SinkOptions};
+use shadowtap_core::{Body, Exchange, ExchangeFlags, Header};
+
+fn exchange(i: usize) -> Exchange {
+    let path = format!("/users/{}/orders", 1000 + i);
+    Exchange {
+        exchange_id: format!("ex{i:04}"),
+        connection_id: "c".into(),
+        connection_seq: i as u32,
+        source: "t".into(),
+        request_start_us: 1_763_900_000_000_000 + i as i64,
+        request_end_us: Some(1_763_900_000_000_010 + i as i64),
+        response_start_us: None,
+        response_end_us: None,
+        client_ip: "10.0.0.1".parse().unwrap(),
+        client_port: 1,
+        server_ip: "10.0.0.2".parse().unwrap(),
+        server_port: 80,
+        method: "GET".into(),
+        uri: path.clone(),
+        host: Some("api".into()),
+        path,
+        query: None,
+        http_version: "HTTP/1.1".into(),
+        request_headers: vec![Header { name: "User-Agent".into(), value: format!("ua-{}", i % 2) }],
+        request_trailers: vec![],
+        request_body: Body::default(),
+        status: Some(200),
+        reason: Some("OK".into()),
+        response_version: Some("HTTP/1.1".into()),
+        interim_statuses: vec![],
+        response_headers: vec![Header { name: "Content-Type".into(), value: "application/json".into() }],
+        response_trailers: vec![],
+        response_body: Body { raw: format!("{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}}}}").into_bytes(), len: 10, ..Body::default() },
+        flags: ExchangeFlags::default(),
+        error_detail: None,
+    }
+}
+
+fn write_exchanges(dir: &Path, n: usize) {
+    let mut sink = ParquetSink::new(
+        SinkOptions { dir: dir.join("date=2025-11-23/hour=12"), prefix: "exchanges-t".into(), max_file_bytes: 1 << 30, max_row_group_rows: 1000 },
+        exchanges_schema(),
+    )
+    .unwrap();
+    let rows: Vec<Exchange> = (0..n).map(exchange).collect();
+    sink.write(&exchanges_to_batch(&rows).unwrap()).unwrap();
+    sink.finish().unwrap();
+}
+
+/// A replay row: `target` answered `status` (None: `kind` error) in `ms`, with `body`.
+fn row(i: usize, target: &str, status: Option<u16>, ms: f64, body: &str) -> ReplayRecord {
+    ReplayRecord {
+        run_id: "r".into(),
+        exchange_id: format!("ex{i:04}"),
+        pass: 0,
+        target: target.into(),
+        target_url: format!("http://{target}"),
+        recorded_start_us: 1_763_900_000_000_000,
+        sent_at_us: Some(1_763_900_000_000_000),
+        method: "GET".into(),
+        url: format!("http://{target}/users/{}/orders", 1000 + i),
+        path: format!("/users/{}/orders", 1000 + i),
+        query: None,
+        request_headers: vec![],
+        request_body: vec![],
+        status,
+        response_version: status.map(|_| "HTTP/1.1".into()),
+        response_headers: vec![Header { name: "content-type".into(), value: "application/json".into() }],
+        response_body: body.as_bytes().to_vec(),
+        response_body_decoded: None,
+        response_body_len: body.len() as u64,
+        response_body_truncated: false,
+        connect_us: None,
+        ttfb_us: Some((ms * 1000.0) as i64),
+        total_us: Some((ms * 1000.0) as i64),
+        error_kind: if status.is_none() { Some(ErrorKind::Refused) } else { None },
+        error_message: None,
+    }
+}
+
+fn write_replays(dir: &Path, rows: &[ReplayRecord]) {
+    let mut sink = ParquetSink::new(
+        SinkOptions { dir: dir.to_path_buf(), prefix: "replays-t".into(), max_file_bytes: 1 << 30, max_row_group_rows: 1000 },
+        replays_schema(),
+    )
+    .unwrap();
+    sink.write(&replays_to_batch(rows).unwrap()).unwrap();
+    sink.finish().unwrap();
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn tables_partitions_and_udfs() {
+    let dir = tempfile::tempdir().unwrap();
+    write_exchanges(&dir.path().join("cap"), 10);
+    rt().block_on(async {
+        let ctx = session();
+        let found = register_all(&ctx, &[dir.path().join("cap")]).await.unwrap();
+        assert_eq!(found, ["exchanges"]);
+        let b = run_sql(&ctx, "SELECT date, hour, count(*) AS n FROM exchanges GROUP BY 1, 2").await.unwrap();
+        assert_eq!(b[0].num_rows(), 1);
+        assert_eq!(arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap().as_string::<i32>().value(0), "2025-11-23");
+        assert_eq!(b[0].column(2).as_primitive::<Int64Type>().value(0), 10);
+        let b = run_sql(
+            &ctx,
+            "SELECT path_template(path) AS t, header(request_headers, 'user-agent') AS ua, json_get(response_body, '/user/name') AS name, \
+             json_get(response_body, '/user/id') AS id, json_get(response_body, '/nope') AS nope FROM exchanges WHERE exchange_id = 'ex0003'",
+        )
+        .await
+        .unwrap();
+        let s = |c: usize| arrow::compute::cast(b[0].column(c), &arrow::datatypes::DataType::Utf8).unwrap().as_string::<i32>().clone();
+        assert_eq!(s(0).value(0), "/users/{id}/orders");
+        assert_eq!(s(1).value(0), "ua-1");
+        assert_eq!(s(2).value(0), "n3");
+        assert_eq!(s(3).value(0), "3");
+        assert!(s(4).is_null(0));
+        let err = run_sql(&ctx, "SELECT * FROM replays").await.unwrap_err().to_string();
+        assert!(err.contains("replays") && err.contains("tables: exchanges"), "{err}");
+        let err = run_sql(&ctx, "SELEC 1").await.unwrap_err().to_string();
+        assert!(!err.contains('\n'), "one line: {err}");
+    });
+}
+
+fn options(dir: &Path) -> AnalyzeOptions {
+    AnalyzeOptions { capture: Some(dir.join("cap")), replay: dir.join("rep"), policy: Policy::default(), out: dir.join("out"), fail_on_marginal: false }
+}
+
+#[test]
+fn a_latency_regression_fails_and_the_sql_gives_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    write_exchanges(&dir.path().join("cap"), 200);
+    let mut rows = Vec::new();
+    for i in 0..200 {
+        let body = format!("{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}}}}");
+        let jitter = (i % 10) as f64 * 0.1;
+        rows.push(row(i, "baseline", Some(200), 10.0 + jitter, &body));
+        rows.push(row(i, "candidate", if i % 25 == 0 { None } else { Some(200) }, 14.0 + jitter, &body));
+    }
+    write_replays(&dir.path().join("rep"), &rows);
+    let opts = options(dir.path());
+    let v = rt().block_on(analyze(&opts)).unwrap();
+    assert_eq!(v.verdict, Decision::NoGo);
+    let lat = v.checks.iter().find(|c| c.metric == "latency" && c.endpoint == "overall").unwrap();
+    assert_eq!(lat.result, shadowtap_analyzer::analyze::CheckResult::Fail, "{}", lat.explanation);
+    assert_eq!((lat.baseline.n, lat.candidate.n), (200, 192));
+    let err = v.checks.iter().find(|c| c.metric == "error_rate" && c.endpoint == "overall").unwrap();
+    assert_eq!((err.baseline.events, err.candidate.events), (Some(0), Some(8)));
+    // 4% vs 0% on 200: significant (Fisher), and above the 1-point bound.
+    assert_eq!(err.result, shadowtap_analyzer::analyze::CheckResult::Fail, "{}", err.explanation);
+    // The check's SQL, run as is, gives the numbers the check used.
+    rt().block_on(async {
+        let ctx = session();
+        register_all(&ctx, &[dir.path().join("rep")]).await.unwrap();
+        let b = run_sql(&ctx, &format!("SELECT * FROM ({}) ORDER BY target", err.sql)).await.unwrap();
+        let t = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        assert_eq!(t.as_string::<i32>().value(0), "baseline");
+        assert_eq!((b[0].column(1).as_primitive::<Int64Type>().value(1), b[0].column(2).as_primitive::<Int64Type>().value(1)), (200, 8));
+    });
+}
+
+#[test]
+fn numbers_within_tolerance_and_noise_from_the_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    write_exchanges(&dir.path().join("cap"), 120);
+    let mut rows = Vec::new();
+    for i in 0..120 {
+        // Both replays carry the same new `ts` field the recording lacks, and a `seq` that
+        // differs everywhere (noise, also against the recording); the candidate changes `name`
+        // on every request.
+        let b = format!("{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}},\"seq\":{}}}", i * 2);
+        let c = format!("{{\"user\":{{\"id\":{i},\"name\":\"m{i}\"}},\"seq\":{}}}", i * 2 + 1);
+        rows.push(row(i, "baseline", Some(200), 5.0, &b));
+        rows.push(row(i, "candidate", Some(200), 5.0, &c));
+    }
+    write_replays(&dir.path().join("rep"), &rows);
+    let v = rt().block_on(analyze(&options(dir.path()))).unwrap();
+    assert_eq!(v.noise_source, "recorded");
+    let field = |f: &str| v.fields.iter().find(|x| x.field == f).unwrap_or_else(|| panic!("{f}: {:?}", v.fields));
+    assert!(!field("/user/name").noise, "a real change");
+    assert!(field("/seq").noise, "{}", field("/seq").reason);
+    assert_eq!(v.verdict, Decision::NoGo);
+    assert!(v.reasons.iter().any(|r| r.contains("/user/name")), "{:?}", v.reasons);
+}
