@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The main job end to end on bundled data: the first command of README.md.
-# Installs what is missing, builds shadowtap, captures the bundled public pcaps into
-# ./demo-out/ and prints what they hold.
+# Installs what is missing, builds shadowtap, then runs the whole loop on loopback:
+#   1. capture: decodes the bundled demo capture (fixtures/demo/api.pcap) into demo-out/capture
+#   2. starts two demo services: a baseline and a candidate with a visible regression
+#      (one JSON field changed, one endpoint 30 ms slower)
+#   3. replay: sends the recording at both into demo-out/replay
+#   4. analyze: diffs, noise, metrics, verdict into demo-out/verdict
+# and prints the verdict with the paths of the reports. Also decodes the fifteen public
+# captures in fixtures/pcaps into demo-out/public to show what capture makes of real traffic.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -14,7 +20,42 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 cargo build --release --locked -p shadowtap-cli
 bin="$CARGO_TARGET_DIR/release/shadowtap"
 rm -rf demo-out
-"$bin" capture --read fixtures/pcaps/*.pcap fixtures/pcaps/*.pcapng --out demo-out
+mkdir -p demo-out
+
+echo "== 1. capture: the bundled public captures, then the demo API capture"
+"$bin" capture --quiet --read fixtures/pcaps/*.pcap fixtures/pcaps/*.pcapng --out demo-out/public > /dev/null
+"$bin" inspect demo-out/public --limit 5
+"$bin" capture --read fixtures/demo/api.pcap --out demo-out/capture 2>&1 | grep -E "^(exchanges|redaction)"
+
+echo "== 2. two demo services on loopback: baseline, and a candidate with a regression"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+start() {
+  local out="$1"; shift
+  "$bin" demo-service "$@" > "$out" &
+  pids+=($!)
+  for _ in $(seq 50); do grep -q listening "$out" 2>/dev/null && break; sleep 0.1; done
+  sed 's/listening on //' "$out"
+}
+base=$(start demo-out/baseline.addr --label v1 --noise --base-ms 5)
+cand=$(start demo-out/candidate.addr --label v1 --noise --base-ms 5 --change-field tier=platinum --slow-ms 30 --slow-path /api/orders)
+echo "baseline  $base"
+echo "candidate $cand  (changes /tier, 30 ms slower on /api/orders)"
+
+echo "== 3. replay the recording at both (idempotent methods only; the POSTs are refused)"
+"$bin" replay --from demo-out/capture --target "baseline=$base" --target "candidate=$cand" \
+  --out demo-out/replay --speed 4x --loop 2 --progress-interval 2s
+
+echo "== 4. analyze"
+set +e
+"$bin" analyze --capture demo-out/capture --replay demo-out/replay --out demo-out/verdict
+code=$?
+set -e
 echo
-echo "What the capture holds (the Parquet files in demo-out/ open in DuckDB, pandas or Spark):"
-"$bin" inspect demo-out --limit 15
+echo "exit status $code (0 go, 1 no-go, 2 marginal, 3 inconclusive). Reports: demo-out/verdict/report.md,"
+echo "report.html, junit.xml, verdict.json. Query everything with SQL, for example:"
+echo "  $bin query --data demo-out/capture --data demo-out/replay --data demo-out/verdict \\"
+echo "    \"SELECT target, path_template(path) AS endpoint, count(*), approx_percentile_cont(total_us / 1000.0, 0.5) AS p50_ms FROM replays GROUP BY 1, 2 ORDER BY 2, 1\""
+# The demo is meant to find the regression: a no-go is its success.
+[ "$code" -eq 1 ]
