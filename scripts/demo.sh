@@ -33,13 +33,17 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 start() {
   local out="$1"; shift
-  "$bin" demo-service "$@" > "$out" &
+  "$bin" demo-service "$@" > "$out" 2>/dev/null &
   pids+=($!)
-  for _ in $(seq 50); do grep -q listening "$out" 2>/dev/null && break; sleep 0.1; done
-  sed 's/listening on //' "$out"
 }
-base=$(start demo-out/baseline.addr --label v1 --noise --base-ms 5)
-cand=$(start demo-out/candidate.addr --label v1 --noise --base-ms 5 --change-field tier=platinum --slow-ms 30 --slow-path /api/orders)
+address() {
+  for _ in $(seq 100); do grep -q listening "$1" 2>/dev/null && break; sleep 0.1; done
+  sed 's/listening on //' "$1"
+}
+start demo-out/baseline.addr --label v1 --noise --base-ms 5
+start demo-out/candidate.addr --label v1 --noise --base-ms 5 --change-field tier=platinum --slow-ms 30 --slow-path /api/orders
+base=$(address demo-out/baseline.addr)
+cand=$(address demo-out/candidate.addr)
 echo "baseline  $base"
 echo "candidate $cand  (changes /tier, 30 ms slower on /api/orders)"
 

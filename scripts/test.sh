@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. This is the second command of README.md, and what .ci/run calls.
 # Installs the system packages the tests use when they are missing (needs root or sudo):
-# libpcap-dev (to link), and tcpdump, nginx-light and curl (the live loopback capture test).
+# libpcap-dev (to link), and tcpdump, nginx-light and curl (the live loopback capture test);
+# creates a Python virtualenv for the notebook test (python3-venv on Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 install_deps libpcap-dev tcpdump nginx-light curl ca-certificates
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
+# The notebook test runs notebooks/canary.ipynb with nbclient in this virtualenv.
+venv="${SHADOWTAP_VENV:-$HOME/.cache/shadowtap-venv}"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import nbclient, duckdb, pyarrow, matplotlib, ipykernel" 2>/dev/null; then
+  echo "creating the notebook virtualenv in $venv" >&2
+  command -v python3 >/dev/null || install_deps python3
+  python3 -m venv "$venv" 2>/dev/null || { install_deps python3-venv; rm -rf "$venv"; python3 -m venv "$venv"; }
+  "$venv/bin/pip" install -q -r notebooks/requirements.txt
+fi
+export SHADOWTAP_NOTEBOOK_PYTHON="$venv/bin/python"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

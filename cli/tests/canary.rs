@@ -11,9 +11,9 @@ fn bin() -> Command {
 }
 
 /// A demo service child, killed on drop.
-struct Service {
+pub(crate) struct Service {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Service {
@@ -23,7 +23,7 @@ impl Drop for Service {
     }
 }
 
-fn service(flags: &[&str]) -> Service {
+pub(crate) fn service(flags: &[&str]) -> Service {
     let base: &[&str] = if flags.contains(&"--base-ms") { &[] } else { &["--base-ms", "5"] };
     let mut child = bin().arg("demo-service").args(base).args(flags).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
@@ -33,7 +33,7 @@ fn service(flags: &[&str]) -> Service {
 }
 
 /// Captures the demo fixture into `dir/cap` (once per test).
-fn capture(dir: &Path) -> PathBuf {
+pub(crate) fn capture(dir: &Path) -> PathBuf {
     let cap = dir.join("cap");
     let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/demo/api.pcap");
     let o = bin().args(["capture", "--quiet", "--read", pcap.to_str().unwrap(), "--out", cap.to_str().unwrap()]).output().unwrap();

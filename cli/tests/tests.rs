@@ -3,4 +3,5 @@
 mod canary;
 mod capture_cli;
 mod live_cli;
+mod notebook;
 mod replay_cli;
