@@ -539,9 +539,12 @@ fn classify(stats: &DiffStats, noise_kind: ComparisonKind, have_noise: bool, p: 
     out
 }
 
+/// Per endpoint: (pairs compared, pairs with a real difference).
+type PairCounts = BTreeMap<String, (u64, u64)>;
+
 /// Per endpoint: (pairs, pairs with a real difference) for the candidate and the noise
 /// comparisons, counting only fields classified as real.
-fn pair_counts(stats: &DiffStats, noise_kind: ComparisonKind, real: &BTreeSet<(String, String)>) -> (BTreeMap<String, (u64, u64)>, BTreeMap<String, (u64, u64)>) {
+fn pair_counts(stats: &DiffStats, noise_kind: ComparisonKind, real: &BTreeSet<(String, String)>) -> (PairCounts, PairCounts) {
     let count = |kind: ComparisonKind| {
         let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for (e, ps) in stats.pair_fields.get(&kind).map(Vec::as_slice).unwrap_or(&[]) {

@@ -101,6 +101,9 @@ impl Response {
     }
 }
 
+/// An example difference: exchange id, left value, right value, kind.
+pub type Example = (String, Option<String>, Option<String>, String);
+
 /// Counts gathered while diffing, for noise classification and the diff-rate metric.
 #[derive(Debug, Default)]
 pub struct DiffStats {
@@ -116,7 +119,7 @@ pub struct DiffStats {
     /// Interned field patterns.
     pub patterns: Vec<String>,
     /// One example difference per (comparison, endpoint, pattern): exchange id, left, right.
-    pub examples: BTreeMap<(ComparisonKind, String, String), (String, Option<String>, Option<String>, String)>,
+    pub examples: BTreeMap<(ComparisonKind, String, String), Example>,
     /// Text diff excerpts, one per (comparison, endpoint).
     pub text_examples: BTreeMap<(ComparisonKind, String), (String, String)>,
     /// Diff rows written.
