@@ -32,22 +32,6 @@ pub fn session() -> SessionContext {
     ctx
 }
 
-fn files_of(dir: &Path, prefix: &str, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        if p.is_dir() {
-            files_of(&p, prefix, out);
-        } else if name.starts_with(&format!("{prefix}-")) && name.ends_with(".parquet") {
-            out.push(p);
-        }
-    }
-}
-
 fn files_of_ext(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
@@ -69,8 +53,7 @@ pub async fn register(ctx: &SessionContext, table: &str, dir: &Path) -> Result<u
     if !dir.is_dir() {
         return Err(AnalyzeError::Input(format!("{}: not a directory", dir.display())));
     }
-    let mut files = Vec::new();
-    files_of(dir, table, &mut files);
+    let files = crate::pairs::parquet_files(dir, table);
     if files.is_empty() {
         return Ok(0);
     }

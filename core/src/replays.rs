@@ -10,11 +10,11 @@ use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
     StructBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
 use crate::exchange::Header;
-use crate::schema::{SCHEMA_VERSION_KEY, TABLE_KEY};
+use crate::schema::{header_fields, headers_type, ts, SCHEMA_VERSION_KEY, TABLE_KEY};
 
 /// Version of the `replays` schema.
 pub const REPLAYS_SCHEMA_VERSION: u32 = 1;
@@ -118,18 +118,6 @@ pub struct ReplayRecord {
     pub error_kind: Option<ErrorKind>,
     /// The error in words (never bodies or header values).
     pub error_message: Option<String>,
-}
-
-fn header_fields() -> Fields {
-    Fields::from(vec![Field::new("name", DataType::Utf8, false), Field::new("value", DataType::Utf8, false)])
-}
-
-fn headers_type() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Struct(header_fields()), true)))
-}
-
-fn ts() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
 /// The Arrow schema of the `replays` table.

@@ -22,18 +22,21 @@ pub const TABLE_KEY: &str = "shadowtap.table";
 /// Parquet key-value metadata key holding the table's schema version.
 pub const SCHEMA_VERSION_KEY: &str = "shadowtap.schema_version";
 
-fn header_fields() -> Fields {
+/// The fields of one header struct: `name`, `value` (both utf8).
+pub(crate) fn header_fields() -> Fields {
     Fields::from(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("value", DataType::Utf8, false),
     ])
 }
 
-fn headers_type() -> DataType {
+/// `list<struct<name, value>>`, the type of every headers column.
+pub(crate) fn headers_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Struct(header_fields()), true)))
 }
 
-fn ts() -> DataType {
+/// `timestamp(µs, UTC)`, the type of every time column.
+pub(crate) fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 

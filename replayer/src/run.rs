@@ -521,20 +521,22 @@ impl RowOut {
     }
 }
 
-/// The row for a request that was not sent.
-fn unsent_row(run_id: &str, target: &Target, pass: u32, ex: &Exchange, kind: ErrorKind, message: String) -> ReplayRecord {
+/// A row with the request's identity and nothing sent or received yet.
+/// `request` is (method, path, query).
+fn base_row(run_id: &str, target: &Target, pass: u32, exchange_id: &str, recorded_start_us: i64, request: (&str, &str, Option<&str>)) -> ReplayRecord {
+    let (method, path, query) = request;
     ReplayRecord {
         run_id: run_id.to_owned(),
-        exchange_id: ex.exchange_id.clone(),
+        exchange_id: exchange_id.to_owned(),
         pass,
         target: target.name.clone(),
         target_url: target.url.to_string(),
-        recorded_start_us: ex.request_start_us,
+        recorded_start_us,
         sent_at_us: None,
-        method: ex.method.clone(),
+        method: method.to_owned(),
         url: String::new(),
-        path: ex.path.clone(),
-        query: ex.query.clone(),
+        path: path.to_owned(),
+        query: query.map(str::to_owned),
         request_headers: Vec::new(),
         request_body: Vec::new(),
         status: None,
@@ -547,9 +549,17 @@ fn unsent_row(run_id: &str, target: &Target, pass: u32, ex: &Exchange, kind: Err
         connect_us: None,
         ttfb_us: None,
         total_us: None,
-        error_kind: Some(kind),
-        error_message: Some(message),
+        error_kind: None,
+        error_message: None,
     }
+}
+
+/// The row for a request that was not sent.
+fn unsent_row(run_id: &str, target: &Target, pass: u32, ex: &Exchange, kind: ErrorKind, message: String) -> ReplayRecord {
+    let mut row = base_row(run_id, target, pass, &ex.exchange_id, ex.request_start_us, (&ex.method, &ex.path, ex.query.as_deref()));
+    row.error_kind = Some(kind);
+    row.error_message = Some(message);
+    row
 }
 
 /// Sends one prepared request to one target and records the outcome.
@@ -566,33 +576,10 @@ async fn send_one(shared: &Shared, ti: usize, pass: u32, recorded_start_us: i64,
     if let Some(m) = &shared.marker {
         set_header(&mut req.headers, m, &shared.run_id);
     }
-    let mut row = ReplayRecord {
-        run_id: shared.run_id.clone(),
-        exchange_id: req.exchange_id.clone(),
-        pass,
-        target: target.name.clone(),
-        target_url: target.url.to_string(),
-        recorded_start_us,
-        sent_at_us: Some(now_us()),
-        method: req.method.clone(),
-        url: String::new(),
-        path: req.path.clone(),
-        query: req.query.clone(),
-        request_headers: req.headers.clone(),
-        request_body: req.body.clone(),
-        status: None,
-        response_version: None,
-        response_headers: Vec::new(),
-        response_body: Vec::new(),
-        response_body_decoded: None,
-        response_body_len: 0,
-        response_body_truncated: false,
-        connect_us: None,
-        ttfb_us: None,
-        total_us: None,
-        error_kind: None,
-        error_message: None,
-    };
+    let mut row = base_row(&shared.run_id, target, pass, &req.exchange_id, recorded_start_us, (&req.method, &req.path, req.query.as_deref()));
+    row.sent_at_us = Some(now_us());
+    row.request_headers = req.headers.clone();
+    row.request_body = req.body.clone();
     match target.request_url(&req) {
         Err(e) => {
             row.sent_at_us = None;
