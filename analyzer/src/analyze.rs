@@ -277,9 +277,9 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         }
     }
     let baseline2 = targets.contains(&p.baseline2).then_some(p.baseline2.as_str());
-    let recorded = match (&opts.capture, baseline2) {
-        (Some(c), None) => Some(load_recorded(c, 200_000)?),
-        _ => None,
+    let recorded = match &opts.capture {
+        Some(c) => Some(load_recorded(c, 200_000)?),
+        None => None,
     };
     let noise_source = if baseline2.is_some() {
         "baseline2"

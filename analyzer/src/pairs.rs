@@ -2,10 +2,10 @@
 //!
 //! The replayer writes all targets' rows of one request close together, so rows are grouped by
 //! `(exchange_id, pass)` in a small pending map as the `replays` files stream by; a group is
-//! compared as soon as every expected target has its row. Three comparisons:
-//! `candidate` (candidate vs baseline), `noise` (baseline2 vs baseline, when a second baseline
-//! ran) and `recorded` (baseline vs the production response in the capture, the noise source
-//! when there is no second baseline).
+//! compared as soon as every expected target has its row. Comparisons: `candidate` (candidate
+//! vs baseline), `noise` (baseline2 vs baseline, when a second baseline ran), `recorded`
+//! (the production response in the capture vs baseline: the noise source when there is no
+//! second baseline) and `candidate_recorded` (the production response vs candidate).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -39,6 +39,8 @@ pub enum ComparisonKind {
     /// Baseline against the recorded production response: noise when there is no second
     /// baseline (timestamps, ids, data that changed since the capture).
     Recorded,
+    /// Candidate against the recorded production response (for reading, not judged).
+    CandidateRecorded,
 }
 
 impl ComparisonKind {
@@ -48,6 +50,7 @@ impl ComparisonKind {
             ComparisonKind::Candidate => "candidate",
             ComparisonKind::Noise => "noise",
             ComparisonKind::Recorded => "recorded",
+            ComparisonKind::CandidateRecorded => "candidate_recorded",
         }
     }
 }
@@ -158,6 +161,7 @@ impl DiffStats {
         if let Some(t) = &c.text_diff {
             self.text_examples.entry((kind, endpoint.to_owned())).or_insert_with(|| (exchange_id.to_owned(), t.clone()));
         }
+        // Per-pair field lists feed the diff-rate metric: only the judged and noise comparisons.
         if matches!(kind, ComparisonKind::Candidate | ComparisonKind::Noise | ComparisonKind::Recorded) {
             let e = Self::intern(&mut self.endpoint_ids, &mut self.endpoints, endpoint);
             let ps: Vec<u32> = seen.iter().map(|p| Self::intern(&mut self.pattern_ids, &mut self.patterns, p)).collect();
@@ -471,23 +475,29 @@ fn compare_group(
         })?;
     }
     if let Some(rec) = rec {
-        // Production (left) vs baseline (right), so "added" means the baseline has it now.
-        let cmp = compare(&rec.side(), &base.response.side(), opts);
-        stats.record(ComparisonKind::Recorded, &ep, &key.0, &cmp);
-        stats.rows += 1;
-        writer.push(DiffRow {
-            exchange_id: key.0.clone(),
-            pass: key.1,
-            kind: ComparisonKind::Recorded,
-            left: "recorded".into(),
-            right: targets.baseline.to_owned(),
-            method: base.method.clone(),
-            path: base.path.clone(),
-            endpoint: ep.clone(),
-            left_status: rec.status,
-            right_status: base.response.status,
-            cmp,
-        })?;
+        // Production (left) vs each replayed version (right), so "added" means the version has
+        // it now and production did not.
+        let cand = group.get(targets.candidate).map(|c| &c.response).filter(|r| r.status.is_some());
+        let sides = [(ComparisonKind::Recorded, targets.baseline, Some(&base.response)), (ComparisonKind::CandidateRecorded, targets.candidate, cand)];
+        for (kind, right_name, right) in sides {
+            let Some(right) = right else { continue };
+            let cmp = compare(&rec.side(), &right.side(), opts);
+            stats.record(kind, &ep, &key.0, &cmp);
+            stats.rows += 1;
+            writer.push(DiffRow {
+                exchange_id: key.0.clone(),
+                pass: key.1,
+                kind,
+                left: "recorded".into(),
+                right: right_name.to_owned(),
+                method: base.method.clone(),
+                path: base.path.clone(),
+                endpoint: ep.clone(),
+                left_status: rec.status,
+                right_status: right.status,
+                cmp,
+            })?;
+        }
     }
     Ok(())
 }

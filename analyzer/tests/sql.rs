@@ -195,4 +195,15 @@ fn numbers_within_tolerance_and_noise_from_the_recording() {
     assert!(field("/seq").noise, "{}", field("/seq").reason);
     assert_eq!(v.verdict, Decision::NoGo);
     assert!(v.reasons.iter().any(|r| r.contains("/user/name")), "{:?}", v.reasons);
+    // Every pair, and each version against the recorded response, is a `diffs` row.
+    rt().block_on(async {
+        let ctx = session();
+        register_all(&ctx, &[dir.path().join("out")]).await.unwrap();
+        let b = run_sql(&ctx, "SELECT comparison, count(*) AS n, sum(CASE WHEN differs THEN 1 ELSE 0 END) AS d FROM diffs GROUP BY 1 ORDER BY 1").await.unwrap();
+        let names = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let names: Vec<&str> = (0..b[0].num_rows()).map(|i| names.as_string::<i32>().value(i)).collect();
+        assert_eq!(names, ["candidate", "candidate_recorded", "recorded"]);
+        let n = b[0].column(1).as_primitive::<Int64Type>();
+        assert!((0..3).all(|i| n.value(i) == 120), "one row per pair per comparison");
+    });
 }

@@ -6,7 +6,8 @@
 //! set_headers = { "X-Env" = "shadow" }
 //! remove_headers = ["Cookie"]
 //! rename_headers = { "X-Old" = "X-New" }
-//! host = "staging.internal"                     # the Host header sent
+//! host = "staging.internal"                     # the Host header sent, or a regex rewrite:
+//!                                               # host = { from = "^(.*)\\.prod\\.", to = "$1.staging." }
 //! path = { from = "^/v1/", to = "/v2/" }        # regex replace on the path ($1 works)
 //! set_query = { debug = "1" }
 //! remove_query = ["token"]
@@ -57,6 +58,20 @@ struct PathRewrite {
     to: String,
 }
 
+/// `host = "name"` sets the Host header; `host = { from = "regex", to = "…" }` rewrites it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HostSpec {
+    Set(String),
+    Rewrite(PathRewrite),
+}
+
+#[derive(Debug)]
+enum HostRule {
+    Set(String),
+    Rewrite(Regex, String),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestRuleSpec {
@@ -68,7 +83,7 @@ struct RequestRuleSpec {
     remove_headers: Vec<String>,
     #[serde(default)]
     rename_headers: BTreeMap<String, String>,
-    host: Option<String>,
+    host: Option<HostSpec>,
     path: Option<PathRewrite>,
     #[serde(default)]
     set_query: BTreeMap<String, String>,
@@ -126,7 +141,7 @@ struct RequestRule {
     set_headers: Vec<(String, String)>,
     remove_headers: Vec<String>,
     rename_headers: Vec<(String, String)>,
-    host: Option<String>,
+    host: Option<HostRule>,
     path: Option<(Regex, String)>,
     set_query: Vec<(String, String)>,
     remove_query: Vec<String>,
@@ -200,7 +215,11 @@ impl Rules {
                 set_headers: r.set_headers.into_iter().collect(),
                 remove_headers: r.remove_headers,
                 rename_headers: r.rename_headers.into_iter().collect(),
-                host: r.host,
+                host: match r.host {
+                    None => None,
+                    Some(HostSpec::Set(h)) => Some(HostRule::Set(h)),
+                    Some(HostSpec::Rewrite(w)) => Some(HostRule::Rewrite(Regex::new(&w.from).map_err(|e| format!("{at}.host.from: {e}"))?, w.to)),
+                },
                 path: r
                     .path
                     .map(|p| Regex::new(&p.from).map(|re| (re, p.to)).map_err(|e| format!("{at}.path.from: {e}")))
@@ -258,8 +277,14 @@ impl Rules {
             for (name, value) in &r.set_headers {
                 set_header(&mut req.headers, name, value);
             }
-            if let Some(host) = &r.host {
-                set_header(&mut req.headers, "Host", host);
+            match &r.host {
+                Some(HostRule::Set(host)) => set_header(&mut req.headers, "Host", host),
+                Some(HostRule::Rewrite(re, to)) => {
+                    if let Some(h) = req.header("host").map(str::to_owned) {
+                        set_header(&mut req.headers, "Host", &re.replace_all(&h, to.as_str()));
+                    }
+                }
+                None => {}
             }
             if let Some((re, to)) = &r.path {
                 req.path = re.replace_all(&req.path, to.as_str()).into_owned();
@@ -468,6 +493,14 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body, serde_json::json!({"user": {"id": 7, "tier": "gold"}, "n": 1, "meta": {"src": "replay"}}));
         assert_eq!(r.delay, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn host_rewrite_by_regex() {
+        let rules = Rules::parse("[[request]]\nhost = { from = '^prod', to = 'staging' }\n").unwrap();
+        let mut r = req();
+        rules.apply_request(&mut r);
+        assert_eq!(r.header("host"), Some("staging"));
     }
 
     #[test]
