@@ -357,8 +357,8 @@ impl<'a> Run<'a> {
             Decoded::Tcp(seg) => {
                 self.summary.tcp_segments += 1;
                 if let Some(shedder) = self.shedder.as_mut() {
-                    let table = &self.table;
-                    if !shedder.admit(ts, &seg, data.len(), || table.is_open(&seg)) {
+                    let table = std::cell::RefCell::new(&mut self.table);
+                    if !shedder.admit(ts, &seg, data.len(), || table.borrow().is_open(&seg), || table.borrow_mut().discard(&seg)) {
                         return;
                     }
                 }

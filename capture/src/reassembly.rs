@@ -78,6 +78,8 @@ pub struct ReassemblyStats {
     pub unanswered_overflow: u64,
     /// Largest number of flows tracked at once.
     pub peak_flows: u64,
+    /// Open flows dropped by load shedding (their exchange in progress was not written).
+    pub flows_shed: u64,
 }
 
 struct Pending {
@@ -197,6 +199,20 @@ impl FlowTable {
         let b: Endpoint = (seg.dst, seg.dst_port);
         let key = if a <= b { (a.0, a.1, b.0, b.1) } else { (b.0, b.1, a.0, a.1) };
         self.flows.contains_key(&key)
+    }
+
+    /// Drops the segment's flow without writing what it holds (load shedding of an open flow:
+    /// its exchanges already written stay written; the one in progress is left out, never
+    /// written damaged). Returns whether there was such a flow.
+    pub fn discard(&mut self, seg: &TcpSegment<'_>) -> bool {
+        let a: Endpoint = (seg.src, seg.src_port);
+        let b: Endpoint = (seg.dst, seg.dst_port);
+        let key = if a <= b { (a.0, a.1, b.0, b.1) } else { (b.0, b.1, a.0, a.1) };
+        let gone = self.flows.remove(&key).is_some();
+        if gone {
+            self.stats.flows_shed += 1;
+        }
+        gone
     }
 
     /// Takes the exchanges completed so far.

@@ -5,7 +5,9 @@
 //! The live reader's queue fill level sets the share of *new* flows admitted: everything up
 //! to half full, then linearly less, down to none when the queue is full. A flow's fate is
 //! decided when its first packet is seen and sticks until the flow goes idle, so a flow is
-//! either recorded whole or not at all. Flows already open are never shed.
+//! either recorded whole or not at all. Past 90% full, open flows are shed too (by the same
+//! hash, a growing share up to all at 100%): what they already completed stays written, the
+//! exchange in progress is left out, so nothing damaged is ever written.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,6 +35,8 @@ type Key = (IpAddr, u16, IpAddr, u16);
 pub struct FlowShedder {
     /// New flows admitted, in basis points (10 000: all).
     keep_bp: u32,
+    /// Open flows kept, in basis points (10 000: all).
+    keep_open_bp: u32,
     /// Flows being left out, with the capture time of their last packet.
     shed: HashMap<Key, i64>,
     max_flows: usize,
@@ -44,13 +48,14 @@ impl FlowShedder {
     /// A shedder that remembers at most `max_flows` left-out flows, each until it has been idle
     /// for `idle_us`.
     pub fn new(max_flows: usize, idle_us: i64) -> Self {
-        FlowShedder { keep_bp: 10_000, shed: HashMap::new(), max_flows: max_flows.max(1), idle_us, stats: ShedStats::default() }
+        FlowShedder { keep_bp: 10_000, keep_open_bp: 10_000, shed: HashMap::new(), max_flows: max_flows.max(1), idle_us, stats: ShedStats::default() }
     }
 
     /// Sets the share of new flows to admit from the queue fill level (0.0 empty, 1.0 full).
     pub fn set_backlog(&mut self, fill: f64) {
         let fill = fill.clamp(0.0, 1.0);
         self.keep_bp = if fill <= 0.5 { 10_000 } else { ((1.0 - fill) * 2.0 * 10_000.0) as u32 };
+        self.keep_open_bp = if fill <= 0.9 { 10_000 } else { ((1.0 - fill) * 10.0 * 10_000.0) as u32 };
     }
 
     /// Share of new flows admitted now, in percent.
@@ -59,8 +64,9 @@ impl FlowShedder {
     }
 
     /// Whether the segment's flow is recorded. `is_open` says whether the flow table already
-    /// tracks this flow (open flows are always kept).
-    pub fn admit(&mut self, ts_us: i64, seg: &TcpSegment<'_>, captured_len: usize, is_open: impl FnOnce() -> bool) -> bool {
+    /// tracks this flow; `discard` drops an open flow that is shed (it returns whether there
+    /// was one).
+    pub fn admit(&mut self, ts_us: i64, seg: &TcpSegment<'_>, captured_len: usize, is_open: impl FnOnce() -> bool, discard: impl FnOnce() -> bool) -> bool {
         let key = canonical(seg);
         if let Some(last) = self.shed.get_mut(&key) {
             // A new connection on the same ports (a pure SYN) gets its own decision.
@@ -71,10 +77,15 @@ impl FlowShedder {
             }
             self.shed.remove(&key);
         }
-        if self.keep_bp >= 10_000 || is_open() {
+        if self.keep_bp >= 10_000 {
             return true;
         }
-        if flow_bucket(&key) < self.keep_bp {
+        let bucket = flow_bucket(&key);
+        if is_open() {
+            if bucket < self.keep_open_bp || !discard() {
+                return true;
+            }
+        } else if bucket < self.keep_bp {
             return true;
         }
         if self.shed.len() >= self.max_flows {
@@ -132,7 +143,7 @@ mod tests {
     fn nothing_is_shed_below_half_full() {
         let mut s = FlowShedder::new(100, 1_000_000);
         s.set_backlog(0.5);
-        assert!((0..1000).all(|p| s.admit(0, &seg(p, true, true), 60, || false)));
+        assert!((0..1000).all(|p| s.admit(0, &seg(p, true, true), 60, || false, || false)));
         assert_eq!(s.stats(), ShedStats::default());
     }
 
@@ -142,12 +153,12 @@ mod tests {
         s.set_backlog(0.75); // half of new flows
         let mut kept = 0;
         for p in 0..2000u16 {
-            let first = s.admit(0, &seg(p, true, true), 60, || false);
+            let first = s.admit(0, &seg(p, true, true), 60, || false, || false);
             kept += usize::from(first);
             // Later packets, either direction, follow the first decision even when the
             // pressure is gone.
             s.set_backlog(0.0);
-            let later = !first && !s.admit(1, &seg(p, false, false), 60, || first);
+            let later = !first && !s.admit(1, &seg(p, false, false), 60, || first, || false);
             assert!(first || later, "port {p}");
             s.set_backlog(0.75);
         }
@@ -157,12 +168,21 @@ mod tests {
     }
 
     #[test]
-    fn open_flows_are_never_shed_and_a_full_queue_sheds_all_new_ones() {
+    fn open_flows_are_shed_only_past_ninety_percent() {
         let mut s = FlowShedder::new(100, 1_000_000);
+        s.set_backlog(0.9);
+        assert!((0..500).all(|p| s.admit(0, &seg(p, false, true), 60, || true, || panic!("not shed at 90%"))));
         s.set_backlog(1.0);
         assert_eq!(s.keep_percent(), 0.0);
-        assert!(s.admit(0, &seg(1, false, true), 60, || true));
-        assert!(!s.admit(0, &seg(2, true, true), 60, || false));
+        let mut discarded = 0;
+        assert!(!s.admit(0, &seg(1, false, true), 60, || true, || {
+            discarded += 1;
+            true
+        }));
+        assert_eq!(discarded, 1);
+        // Its later packets are left out without asking again.
+        assert!(!s.admit(1, &seg(1, false, false), 60, || false, || false));
+        assert!(!s.admit(0, &seg(2, true, true), 60, || false, || false));
     }
 
     #[test]
@@ -170,7 +190,7 @@ mod tests {
         let mut s = FlowShedder::new(64, 10);
         s.set_backlog(1.0);
         for p in 0..5000u16 {
-            assert!(!s.admit(i64::from(p), &seg(p, true, true), 60, || false));
+            assert!(!s.admit(i64::from(p), &seg(p, true, true), 60, || false, || false));
         }
         assert!(s.shed.len() <= 64, "{}", s.shed.len());
         assert_eq!(s.stats().flows, 5000);

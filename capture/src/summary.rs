@@ -152,8 +152,8 @@ impl CaptureSummary {
         }
         if let Some(shed) = self.load_shed.filter(|s| s.flows > 0) {
             s.push_str(&format!(
-                "load shed    {} whole flows ({} packets, {} bytes) left out while the pipeline was behind\n",
-                shed.flows, shed.packets, shed.bytes
+                "load shed    {} whole flows ({} packets, {} bytes) left out while the pipeline was behind, {} of them cut while open (their exchange in progress not written)\n",
+                shed.flows, shed.packets, shed.bytes, self.reassembly.flows_shed
             ));
         }
         for i in &self.inputs {
