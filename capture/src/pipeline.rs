@@ -90,6 +90,8 @@ impl CaptureOptions {
 
 /// Exchanges per batch sent to the writer, and the body bytes that close a batch early.
 const BATCH_ROWS: usize = 4096;
+/// Live capture: exchanges held for busy writers before the packet loop waits for them.
+const MAX_HELD_ROWS: usize = 64 * 1024;
 const BATCH_BYTES: usize = 32 << 20;
 
 /// Runs an offline capture. Input errors after some packets were read are reported in the
@@ -206,8 +208,10 @@ pub fn capture_live(
         }
         match source.next_batch(Duration::from_millis(100)) {
             Ok(Some(batch)) => {
+                run.hand_over_held();
+                let fill = source.backlog().max(run.held_fill());
                 if let Some(shedder) = run.shedder.as_mut() {
-                    shedder.set_backlog(source.backlog());
+                    shedder.set_backlog(fill);
                 }
                 for p in batch {
                     input.packets += 1;
@@ -291,6 +295,9 @@ struct Run<'a> {
     frag_dropped: u64,
     /// Leaves whole flows out when a live capture falls behind.
     shedder: Option<FlowShedder>,
+    /// Live: batches waiting for a writer with room, and their rows.
+    held: std::collections::VecDeque<Vec<Exchange>>,
+    held_rows: usize,
 }
 
 impl<'a> Run<'a> {
@@ -344,6 +351,8 @@ impl<'a> Run<'a> {
             frag_reassembled: 0,
             frag_dropped: 0,
             shedder: None,
+            held: std::collections::VecDeque::new(),
+            held_rows: 0,
         })
     }
 
@@ -388,13 +397,64 @@ impl<'a> Run<'a> {
     }
 
     fn flush_batch(&mut self) {
+        if self.shedder.is_some() && !self.held.is_empty() {
+            self.hand_over_held();
+        }
         let rows = self.batch.take();
         if rows.is_empty() || self.send_failed {
             return;
         }
+        if self.shedder.is_none() {
+            // Offline: block, and keep the round-robin order so files are the same every run.
+            let n = self.senders.len();
+            self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
+            self.next_writer += 1;
+            return;
+        }
+        // Live: never stall the packet loop on a writer that is busy (closing a file, a slow
+        // disk): hold the batch and keep reading, so the kernel and the reader queue never
+        // overflow blindly. The held rows are bounded; past the bound the loop waits, and the
+        // shedder sees the writers' backlog as pressure well before that.
+        self.held_rows += rows.len();
+        self.held.push_back(rows);
+        self.hand_over_held();
+        while self.held_rows > MAX_HELD_ROWS && !self.send_failed {
+            let rows = self.held.pop_front().expect("rows held");
+            self.held_rows -= rows.len();
+            let n = self.senders.len();
+            self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
+            self.next_writer += 1;
+        }
+    }
+
+    /// Gives held batches to any writer with room, without waiting.
+    fn hand_over_held(&mut self) {
         let n = self.senders.len();
-        self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
-        self.next_writer += 1;
+        'next: while let Some(mut rows) = self.held.pop_front() {
+            let len = rows.len();
+            for _ in 0..n {
+                let w = self.next_writer % n;
+                self.next_writer += 1;
+                match self.senders[w].try_send(rows) {
+                    Ok(()) => {
+                        self.held_rows -= len;
+                        continue 'next;
+                    }
+                    Err(mpsc::TrySendError::Full(back)) => rows = back,
+                    Err(mpsc::TrySendError::Disconnected(_)) => {
+                        self.send_failed = true;
+                        return;
+                    }
+                }
+            }
+            self.held.push_front(rows);
+            return;
+        }
+    }
+
+    /// How full the held backlog is, 0.0 to 1.0 (pressure for the shedder).
+    fn held_fill(&self) -> f64 {
+        self.held_rows as f64 / MAX_HELD_ROWS as f64
     }
 
     fn add_fragment_stats(&mut self, decoder: &Decoder) {
@@ -408,6 +468,15 @@ impl<'a> Run<'a> {
         self.table.finish();
         self.take_exchanges();
         self.flush_batch();
+        while let Some(rows) = self.held.pop_front() {
+            if self.send_failed {
+                break;
+            }
+            let n = self.senders.len();
+            self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
+            self.next_writer += 1;
+        }
+        self.held_rows = 0;
         self.senders.clear();
         self.progress.clear();
         let mut written = Written::default();
