@@ -252,6 +252,11 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
     p.check().map_err(AnalyzeError::Input)?;
     std::fs::create_dir_all(&opts.out).map_err(|source| AnalyzeError::Io { path: opts.out.clone(), source })?;
     let ctx = session();
+    // Foreign or other-version files are input errors here, never panics or SQL puzzles later.
+    crate::pairs::check_files(&opts.replay, "replays")?;
+    if let Some(c) = &opts.capture {
+        crate::pairs::check_files(c, "exchanges")?;
+    }
     if register(&ctx, "replays", &opts.replay).await? == 0 {
         return Err(AnalyzeError::Input(format!("{}: no replays-*.parquet files (is this the --out directory of `shadowtap replay`?)", opts.replay.display())));
     }

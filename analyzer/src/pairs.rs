@@ -193,13 +193,41 @@ pub fn parquet_files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     out
 }
 
-fn open_projected(path: &Path, cols: &[&str]) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, AnalyzeError> {
+/// Checks that every `table-*.parquet` under `dir` is a shadowtap file of that table with the
+/// column types the analyzer reads; returns how many there are.
+pub fn check_files(dir: &Path, table: &str) -> Result<usize, AnalyzeError> {
+    let cols: &[&str] = match table {
+        "replays" => &["exchange_id", "pass", "target", "method", "path", "status", "error_kind", "total_us", "response_headers", "response_body", "response_body_decoded"],
+        _ => &["exchange_id", "status", "response_headers", "response_body", "response_body_decoded"],
+    };
+    let files = parquet_files(dir, table);
+    for f in &files {
+        open_projected(f, table, cols)?;
+    }
+    Ok(files.len())
+}
+
+/// Opens a shadowtap file of `table` reading only `cols`, after checking its table name and
+/// that every column read has the type the table's schema gives it (so reading never meets a
+/// column of another type).
+fn open_projected(path: &Path, table: &str, cols: &[&str]) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, AnalyzeError> {
     let err = |e: String| AnalyzeError::Input(format!("{}: {e}", path.display()));
     let f = File::open(path).map_err(|e| err(e.to_string()))?;
     let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| err(e.to_string()))?;
+    let found = b.schema().metadata().get(TABLE_KEY).cloned();
+    if found.as_deref() != Some(table) {
+        return Err(err(format!("is not a shadowtap `{table}` file (table: {})", found.as_deref().unwrap_or("none"))));
+    }
+    let expected = match table {
+        "replays" => shadowtap_core::replays::replays_schema(),
+        _ => shadowtap_core::schema::exchanges_schema(),
+    };
     for c in cols {
-        if !b.schema().fields().iter().any(|f| f.name() == c) {
-            return Err(err(format!("has no column `{c}` (is it a shadowtap file of the right table?)")));
+        let want = expected.field_with_name(c).map_err(|e| err(e.to_string()))?.data_type();
+        match b.schema().field_with_name(c) {
+            Ok(f) if f.data_type() == want => {}
+            Ok(f) => return Err(err(format!("column `{c}` is {}, not {want} (a different schema version?)", f.data_type()))),
+            Err(_) => return Err(err(format!("has no column `{c}` (a different schema version?)"))),
         }
     }
     let mask = ProjectionMask::columns(b.parquet_schema(), cols.iter().copied());
@@ -238,7 +266,7 @@ pub fn load_recorded(capture_dir: &Path, cap: usize) -> Result<HashMap<String, R
     let keep_bp = if total as usize <= cap { 10_000 } else { ((cap as f64 / total as f64) * 10_000.0) as u32 };
     let mut out = HashMap::new();
     for p in files {
-        let reader = open_projected(&p, &["exchange_id", "status", "response_headers", "response_body", "response_body_decoded"])?;
+        let reader = open_projected(&p, "exchanges", &["exchange_id", "status", "response_headers", "response_body", "response_body_decoded"])?;
         for b in reader {
             let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
             let ids = b.column_by_name("exchange_id").expect("projected").as_string::<i32>().clone();
@@ -392,7 +420,7 @@ pub fn diff_replays(
     let mut pending: HashMap<(String, i32), HashMap<String, Replayed>> = HashMap::new();
     let cols = ["exchange_id", "pass", "target", "method", "path", "status", "response_headers", "response_body", "response_body_decoded"];
     for p in parquet_files(replay_dir, "replays") {
-        for b in open_projected(&p, &cols)? {
+        for b in open_projected(&p, "replays", &cols)? {
             let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
             let col = |n: &str| b.column_by_name(n).expect("projected").clone();
             let (ids, passes, tgts, methods, paths) = (col("exchange_id"), col("pass"), col("target"), col("method"), col("path"));

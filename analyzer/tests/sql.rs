@@ -207,3 +207,18 @@ fn numbers_within_tolerance_and_noise_from_the_recording() {
         assert!((0..3).all(|i| n.value(i) == 120), "one row per pair per comparison");
     });
 }
+
+#[test]
+fn a_foreign_file_is_an_input_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    // An `exchanges` file where the replays should be.
+    write_exchanges(&dir.path().join("tmp"), 3);
+    let rep = dir.path().join("rep");
+    std::fs::create_dir_all(&rep).unwrap();
+    let src = shadowtap_core::read::find_exchange_files(&dir.path().join("tmp")).unwrap().remove(0);
+    std::fs::copy(src, rep.join("replays-foreign.parquet")).unwrap();
+    write_exchanges(&dir.path().join("cap"), 3);
+    let err = rt().block_on(analyze(&options(dir.path()))).unwrap_err();
+    assert_eq!(err.exit_code(), 64, "{err}");
+    assert!(err.to_string().contains("is not a shadowtap `replays` file"), "{err}");
+}

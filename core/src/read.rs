@@ -294,10 +294,10 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
         (0..list.len())
             .map(|i| {
                 let v = list.value(i);
-                let a = v.as_primitive::<Int32Type>();
-                a.iter().flatten().map(|s| s.clamp(0, 999) as u16).collect::<Vec<u16>>()
+                let a = v.as_primitive_opt::<Int32Type>().ok_or_else(|| "column `interim_statuses` does not hold int32".to_string())?;
+                Ok(a.iter().flatten().map(|s| s.clamp(0, 999) as u16).collect::<Vec<u16>>())
             })
-            .collect::<Vec<_>>()
+            .collect::<Result<Vec<_>, String>>()?
     };
     let _ = n;
     let ip = |v: Option<String>, name: &str| -> Result<IpAddr, String> {
