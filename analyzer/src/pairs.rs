@@ -457,6 +457,9 @@ pub fn diff_replays(
     Ok(stats)
 }
 
+/// A side of a comparison: its name and its response.
+type Named<'a> = (&'a str, &'a Response);
+
 fn compare_group(
     key: &(String, i32),
     group: &HashMap<String, Replayed>,
@@ -468,64 +471,45 @@ fn compare_group(
 ) -> Result<(), AnalyzeError> {
     let Some(base) = group.get(targets.baseline) else { return Ok(()) };
     let ep = endpoint(&base.method, &base.path);
-    let mut pairs: Vec<(ComparisonKind, &str, &Response)> = Vec::new();
-    if let Some(c) = group.get(targets.candidate) {
-        pairs.push((ComparisonKind::Candidate, targets.candidate, &c.response));
+    let answered = |name: &str| group.get(name).map(|r| &r.response);
+    // (kind, left side, right side): the production response, when recorded, is the left side
+    // of its comparisons, so "added" means the replayed version has it and production did not.
+    let mut pairs: Vec<(ComparisonKind, Named<'_>, Named<'_>)> = Vec::new();
+    let base_side = (targets.baseline, &base.response);
+    if let Some(c) = answered(targets.candidate) {
+        pairs.push((ComparisonKind::Candidate, base_side, (targets.candidate, c)));
     }
-    if let Some(b2) = targets.baseline2.and_then(|n| group.get(n)) {
-        pairs.push((ComparisonKind::Noise, targets.baseline2.unwrap_or_default(), &b2.response));
+    if let Some((name, b2)) = targets.baseline2.and_then(|n| answered(n).map(|r| (n, r))) {
+        pairs.push((ComparisonKind::Noise, base_side, (name, b2)));
     }
-    // The recorded response is the left side's twin: baseline vs production.
-    let rec = recorded.and_then(|r| r.get(&key.0));
-    // Only pairs where both sides answered are diffed; transport errors are the error metric's.
-    if base.response.status.is_none() {
-        return Ok(());
+    if let Some(rec) = recorded.and_then(|r| r.get(&key.0)) {
+        pairs.push((ComparisonKind::Recorded, ("recorded", rec), base_side));
+        if let Some(c) = answered(targets.candidate) {
+            pairs.push((ComparisonKind::CandidateRecorded, ("recorded", rec), (targets.candidate, c)));
+        }
     }
-    for (kind, right_name, right) in pairs {
-        if right.status.is_none() {
+    for (kind, (left_name, left), (right_name, right)) in pairs {
+        // Only pairs where both sides answered are diffed; transport errors are the error
+        // metric's business.
+        if left.status.is_none() || right.status.is_none() {
             continue;
         }
-        let cmp = compare(&base.response.side(), &right.side(), opts);
+        let cmp = compare(&left.side(), &right.side(), opts);
         stats.record(kind, &ep, &key.0, &cmp);
         stats.rows += 1;
         writer.push(DiffRow {
             exchange_id: key.0.clone(),
             pass: key.1,
             kind,
-            left: targets.baseline.to_owned(),
+            left: left_name.to_owned(),
             right: right_name.to_owned(),
             method: base.method.clone(),
             path: base.path.clone(),
             endpoint: ep.clone(),
-            left_status: base.response.status,
+            left_status: left.status,
             right_status: right.status,
             cmp,
         })?;
-    }
-    if let Some(rec) = rec {
-        // Production (left) vs each replayed version (right), so "added" means the version has
-        // it now and production did not.
-        let cand = group.get(targets.candidate).map(|c| &c.response).filter(|r| r.status.is_some());
-        let sides = [(ComparisonKind::Recorded, targets.baseline, Some(&base.response)), (ComparisonKind::CandidateRecorded, targets.candidate, cand)];
-        for (kind, right_name, right) in sides {
-            let Some(right) = right else { continue };
-            let cmp = compare(&rec.side(), &right.side(), opts);
-            stats.record(kind, &ep, &key.0, &cmp);
-            stats.rows += 1;
-            writer.push(DiffRow {
-                exchange_id: key.0.clone(),
-                pass: key.1,
-                kind,
-                left: "recorded".into(),
-                right: right_name.to_owned(),
-                method: base.method.clone(),
-                path: base.path.clone(),
-                endpoint: ep.clone(),
-                left_status: rec.status,
-                right_status: right.status,
-                cmp,
-            })?;
-        }
     }
     Ok(())
 }

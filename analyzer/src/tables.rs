@@ -26,9 +26,9 @@ pub const TABLES: &[&str] = &["exchanges", "replays", "diffs"];
 pub fn session() -> SessionContext {
     let config = SessionConfig::new().with_information_schema(true).with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
     let ctx = SessionContext::new_with_config(config);
-    ctx.register_udf(ScalarUDF::from(PathTemplate::new()));
-    ctx.register_udf(ScalarUDF::from(HeaderUdf::new()));
-    ctx.register_udf(ScalarUDF::from(JsonGet::new()));
+    for kind in [Helper::PathTemplate, Helper::Header, Helper::JsonGet] {
+        ctx.register_udf(ScalarUDF::from(HelperUdf::new(kind)));
+    }
     ctx
 }
 
@@ -124,21 +124,39 @@ fn utf8_arg(arg: &ColumnarValue, n: usize) -> Result<ArrayRef, DataFusionError> 
     })
 }
 
-/// `path_template(path)`: identifier segments become `{id}`.
+/// The helper functions: one implementation struct, told apart by `kind`.
+#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+enum Helper {
+    /// `path_template(path)`: identifier segments become `{id}`.
+    PathTemplate,
+    /// `header(headers, name)`: the first value of a header (case-insensitive) in a
+    /// `list<struct<name, value>>` column.
+    Header,
+    /// `json_get(body, '/pointer')`: the value at a JSON pointer in a JSON body (binary or
+    /// text), as text (strings unquoted); null when absent or not JSON.
+    JsonGet,
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct PathTemplate {
+struct HelperUdf {
+    kind: Helper,
     signature: Signature,
 }
 
-impl PathTemplate {
-    fn new() -> Self {
-        PathTemplate { signature: Signature::any(1, Volatility::Immutable) }
+impl HelperUdf {
+    fn new(kind: Helper) -> Self {
+        let arity = if kind == Helper::PathTemplate { 1 } else { 2 };
+        HelperUdf { kind, signature: Signature::any(arity, Volatility::Immutable) }
     }
 }
 
-impl ScalarUDFImpl for PathTemplate {
+impl ScalarUDFImpl for HelperUdf {
     fn name(&self) -> &str {
-        "path_template"
+        match self.kind {
+            Helper::PathTemplate => "path_template",
+            Helper::Header => "header",
+            Helper::JsonGet => "json_get",
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -147,6 +165,15 @@ impl ScalarUDFImpl for PathTemplate {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        match self.kind {
+            Helper::PathTemplate => path_template_udf(args),
+            Helper::Header => header_udf(args),
+            Helper::JsonGet => json_get_udf(args),
+        }
+    }
+}
+
+fn path_template_udf(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let a = utf8_arg(&args.args[0], args.number_rows)?;
         let s = a.as_string::<i32>();
         let mut b = StringBuilder::with_capacity(s.len(), s.len() * 16);
@@ -157,34 +184,9 @@ impl ScalarUDFImpl for PathTemplate {
                 b.append_value(path_template(s.value(i)));
             }
         }
-        Ok(ColumnarValue::Array(Arc::new(b.finish())))
-    }
-}
+        Ok(ColumnarValue::Array(Arc::new(b.finish())))}
 
-/// `header(headers, name)`: the first value of a header (case-insensitive) in a
-/// `list<struct<name, value>>` column.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct HeaderUdf {
-    signature: Signature,
-}
-
-impl HeaderUdf {
-    fn new() -> Self {
-        HeaderUdf { signature: Signature::any(2, Volatility::Immutable) }
-    }
-}
-
-impl ScalarUDFImpl for HeaderUdf {
-    fn name(&self) -> &str {
-        "header"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+fn header_udf(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let n = args.number_rows;
         let lists = args.args[0].to_array(n)?;
         let names = utf8_arg(&args.args[1], n)?;
@@ -209,34 +211,9 @@ impl ScalarUDFImpl for HeaderUdf {
                 None => b.append_null(),
             }
         }
-        Ok(ColumnarValue::Array(Arc::new(b.finish())))
-    }
-}
+        Ok(ColumnarValue::Array(Arc::new(b.finish())))}
 
-/// `json_get(body, '/pointer')`: the value at a JSON pointer in a JSON body (binary or text),
-/// as text (strings unquoted); null when absent or not JSON.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct JsonGet {
-    signature: Signature,
-}
-
-impl JsonGet {
-    fn new() -> Self {
-        JsonGet { signature: Signature::any(2, Volatility::Immutable) }
-    }
-}
-
-impl ScalarUDFImpl for JsonGet {
-    fn name(&self) -> &str {
-        "json_get"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+fn json_get_udf(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let n = args.number_rows;
         let bodies = args.args[0].to_array(n)?;
         let pointers = utf8_arg(&args.args[1], n)?;
@@ -267,6 +244,4 @@ impl ScalarUDFImpl for JsonGet {
             });
             b.append_option(value);
         }
-        Ok(ColumnarValue::Array(Arc::new(b.finish())))
-    }
-}
+        Ok(ColumnarValue::Array(Arc::new(b.finish())))}
