@@ -8,18 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size="${1:-600}"
-source scripts/deps.sh
-install_deps libpcap-dev tshark tcpdump
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
-cargo build --release --locked -p shadowtap-cli >&2
-cargo build --release --locked -p shadowtap-capture --example synth_pcap >&2
-bin="$CARGO_TARGET_DIR/release"
-mkdir -p bench/out
-pcap="bench/out/mixed-${size}MB.pcap"
-if [ ! -s "$pcap" ]; then
-  echo "generating $pcap ..." >&2
-  "$bin/examples/synth_pcap" "$pcap" "$size" > "$pcap.exchanges"
-fi
+source bench/common.sh
+bench_setup "$size" tshark tcpdump
 bytes=$(stat -c %s "$pcap")
 mb=$(python3 -c "print($bytes/1e6)")
 echo "file: $pcap ($mb MB, $(cat "$pcap.exchanges") exchanges)"

@@ -11,15 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 loops="${1:-3}"
 size="${2:-100}"
-source scripts/deps.sh
-install_deps libpcap-dev tcpdump tcpreplay
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
-cargo build --release --locked -p shadowtap-cli >&2
-cargo build --release --locked -p shadowtap-capture --example synth_pcap >&2
-bin="$CARGO_TARGET_DIR/release"
-mkdir -p bench/out
-pcap="bench/out/mixed-${size}MB.pcap"
-[ -s "$pcap" ] && [ -s "$pcap.exchanges" ] || "$bin/examples/synth_pcap" "$pcap" "$size" > "$pcap.exchanges"
+source bench/common.sh
+bench_setup "$size" tcpdump tcpreplay
 d=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$d"' EXIT
 filter="net 10.0.0.0/8"

@@ -13,15 +13,8 @@ cd "$(dirname "$0")/.."
 secs="${1:-20}"
 conc="${2:-32}"
 size="${3:-100}"
-source scripts/deps.sh
-install_deps libpcap-dev nginx-light wrk
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
-cargo build --release --locked -p shadowtap-cli >&2
-cargo build --release --locked -p shadowtap-capture --example synth_pcap >&2
-bin="$CARGO_TARGET_DIR/release"
-mkdir -p bench/out
-pcap="bench/out/mixed-${size}MB.pcap"
-[ -s "$pcap" ] && [ -s "$pcap.exchanges" ] || "$bin/examples/synth_pcap" "$pcap" "$size" > "$pcap.exchanges"
+source bench/common.sh
+bench_setup "$size" nginx-light wrk
 d=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$d/nginx.conf" <<CONF
