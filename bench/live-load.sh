@@ -43,7 +43,7 @@ print(f"replay: {end - start:.1f} s, {loops} loop(s) of {per_loop} exchanges")
 captured, dropped = num(r"(\d+) packets captured"), num(r"(\d+) packets dropped by kernel")
 print(f"tcpdump  : {captured} captured, {dropped} dropped by kernel")
 print(f"shadowtap: {s['packets']} processed, {live.get('kernel_dropped')} dropped by kernel, "
-      f"{live.get('queue_dropped')} by a full queue; {s['exchanges_written']} exchanges written "
+      f"{live.get('queue_dropped')} by a stuck pipeline (reader waited {live.get('queue_waited_ms')} ms for room); {s['exchanges_written']} exchanges written "
       f"(replayed: {loops * per_loop}; the same connections repeat each loop)")
 shed = s.get("load_shed") or {}
 print(f"shadowtap load shedding: {shed.get('flows', 0)} whole flows ({shed.get('packets', 0)} packets) left out while behind; "

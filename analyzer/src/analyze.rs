@@ -19,7 +19,9 @@ use arrow::datatypes::Int64Type;
 use serde::Serialize;
 
 use crate::error::AnalyzeError;
-use crate::pairs::{diff_replays, load_recorded, ComparisonKind, DiffStats, PairTargets, DIFFS_SCHEMA_VERSION};
+use crate::pairs::{
+    diff_replays, load_recorded, ComparisonKind, DiffStats, PairTargets, DIFFS_SCHEMA_VERSION,
+};
 use crate::policy::{MetricPolicy, Policy};
 use crate::stats::{mann_whitney, quantile, rate_higher};
 use crate::tables::{register, run_sql, session};
@@ -244,13 +246,17 @@ fn q(s: &str) -> String {
 
 /// Requests that count for the metrics: not the ones never sent because of the capture or a
 /// hook (those are the same on every target).
-const COUNTED: &str = "(error_kind IS NULL OR error_kind NOT IN ('dropped', 'unreplayable', 'hook'))";
+const COUNTED: &str =
+    "(error_kind IS NULL OR error_kind NOT IN ('dropped', 'unreplayable', 'hook'))";
 
 /// Runs the analysis.
 pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
     let p = &opts.policy;
     p.check().map_err(AnalyzeError::Input)?;
-    std::fs::create_dir_all(&opts.out).map_err(|source| AnalyzeError::Io { path: opts.out.clone(), source })?;
+    std::fs::create_dir_all(&opts.out).map_err(|source| AnalyzeError::Io {
+        path: opts.out.clone(),
+        source,
+    })?;
     let ctx = session();
     // Foreign or other-version files are input errors here, never panics or SQL puzzles later.
     crate::pairs::check_files(&opts.replay, "replays")?;
@@ -258,18 +264,23 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         crate::pairs::check_files(c, "exchanges")?;
     }
     if register(&ctx, "replays", &opts.replay).await? == 0 {
-        return Err(AnalyzeError::Input(format!("{}: no replays-*.parquet files (is this the --out directory of `shadowtap replay`?)", opts.replay.display())));
+        return Err(AnalyzeError::Input(format!(
+            "{}: no replays-*.parquet files (is this the --out directory of `shadowtap replay`?)",
+            opts.replay.display()
+        )));
     }
     if let Some(c) = &opts.capture {
         if register(&ctx, "exchanges", c).await? == 0 {
             return Err(AnalyzeError::Input(format!("{}: no exchanges-*.parquet files (is this the --out directory of `shadowtap capture`?)", c.display())));
         }
     }
-    let targets_batches = run_sql(&ctx, "SELECT DISTINCT target FROM replays ORDER BY target").await?;
+    let targets_batches =
+        run_sql(&ctx, "SELECT DISTINCT target FROM replays ORDER BY target").await?;
     let mut targets: Vec<String> = Vec::new();
     for b in &targets_batches {
         let c = b.column(0);
-        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).map_err(|e| AnalyzeError::Sql(e.to_string()))?;
+        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| AnalyzeError::Sql(e.to_string()))?;
         let s = c.as_string::<i32>();
         targets.extend((0..s.len()).map(|i| s.value(i).to_owned()));
     }
@@ -281,7 +292,9 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
             )));
         }
     }
-    let baseline2 = targets.contains(&p.baseline2).then_some(p.baseline2.as_str());
+    let baseline2 = targets
+        .contains(&p.baseline2)
+        .then_some(p.baseline2.as_str());
     let recorded = match &opts.capture {
         Some(c) => Some(load_recorded(c, 200_000)?),
         None => None,
@@ -298,9 +311,24 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
     for old in crate::pairs::parquet_files(&opts.out, "diffs") {
         let _ = std::fs::remove_file(old);
     }
-    let pair_targets = PairTargets { baseline: &p.baseline, candidate: &p.candidate, baseline2 };
-    let stats = diff_replays(&opts.replay, &pair_targets, recorded.as_ref(), &p.diff_options(), &opts.out, &run_id)?;
-    let noise_kind = if baseline2.is_some() { ComparisonKind::Noise } else { ComparisonKind::Recorded };
+    let pair_targets = PairTargets {
+        baseline: &p.baseline,
+        candidate: &p.candidate,
+        baseline2,
+    };
+    let stats = diff_replays(
+        &opts.replay,
+        &pair_targets,
+        recorded.as_ref(),
+        &p.diff_options(),
+        &opts.out,
+        &run_id,
+    )?;
+    let noise_kind = if baseline2.is_some() {
+        ComparisonKind::Noise
+    } else {
+        ComparisonKind::Recorded
+    };
 
     // Per target and endpoint: requests, errors, latency samples (SQL).
     let metrics_sql = format!(
@@ -315,8 +343,10 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
     let mut per: BTreeMap<String, BTreeMap<String, TargetMetrics>> = BTreeMap::new();
     let mut lat: HashMap<(String, String), Vec<f64>> = HashMap::new();
     for b in &batches {
-        let t = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).map_err(|e| AnalyzeError::Sql(e.to_string()))?;
-        let e = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).map_err(|e| AnalyzeError::Sql(e.to_string()))?;
+        let t = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| AnalyzeError::Sql(e.to_string()))?;
+        let e = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| AnalyzeError::Sql(e.to_string()))?;
         let (t, e) = (t.as_string::<i32>(), e.as_string::<i32>());
         let n = b.column(2).as_primitive::<Int64Type>();
         let errs = b.column(3).as_primitive::<Int64Type>();
@@ -331,20 +361,30 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
             samples.sort_by(f64::total_cmp);
             let m = TargetMetrics {
                 requests: n.value(i).max(0) as u64,
-                errors: if errs.is_valid(i) { errs.value(i).max(0) as u64 } else { 0 },
+                errors: if errs.is_valid(i) {
+                    errs.value(i).max(0) as u64
+                } else {
+                    0
+                },
                 p50_ms: quantile(&samples, 0.5),
                 p90_ms: quantile(&samples, 0.9),
                 p99_ms: quantile(&samples, 0.99),
                 samples_ms: thin(&samples, 2000),
             };
-            per.entry(e.value(i).to_owned()).or_default().insert(t.value(i).to_owned(), m);
+            per.entry(e.value(i).to_owned())
+                .or_default()
+                .insert(t.value(i).to_owned(), m);
             lat.insert((t.value(i).to_owned(), e.value(i).to_owned()), samples);
         }
     }
 
     // Noise classification per (endpoint, field).
     let fields = classify(&stats, noise_kind, noise_source != "none", p);
-    let real: BTreeSet<(String, String)> = fields.iter().filter(|f| !f.noise).map(|f| (f.endpoint.clone(), f.field.clone())).collect();
+    let real: BTreeSet<(String, String)> = fields
+        .iter()
+        .filter(|f| !f.noise)
+        .map(|f| (f.endpoint.clone(), f.field.clone()))
+        .collect();
     let (cand_pairs, noise_pairs) = pair_counts(&stats, noise_kind, &real);
 
     let mut checks = Vec::new();
@@ -367,21 +407,48 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
                 all.sort_by(f64::total_cmp);
                 (n, x, all)
             } else {
-                let tm = per.get(ep).and_then(|m| m.get(t)).cloned().unwrap_or_default();
-                (tm.requests, tm.errors, lat.get(&(t.to_owned(), ep.clone())).cloned().unwrap_or_default())
+                let tm = per
+                    .get(ep)
+                    .and_then(|m| m.get(t))
+                    .cloned()
+                    .unwrap_or_default();
+                (
+                    tm.requests,
+                    tm.errors,
+                    lat.get(&(t.to_owned(), ep.clone()))
+                        .cloned()
+                        .unwrap_or_default(),
+                )
             }
         };
         let (bn, bx, bl) = get(&p.baseline);
         let (cn, cx, cl) = get(&p.candidate);
-        let min = if ep == "overall" { p.samples.min_overall } else { p.samples.min_endpoint };
-        let ep_filter = if ep == "overall" { String::new() } else { format!(" AND method || ' ' || path_template(path) = {}", q(ep)) };
+        let min = if ep == "overall" {
+            p.samples.min_overall
+        } else {
+            p.samples.min_endpoint
+        };
+        let ep_filter = if ep == "overall" {
+            String::new()
+        } else {
+            format!(" AND method || ' ' || path_template(path) = {}", q(ep))
+        };
         if p.metrics.error_rate.enabled {
             let sql = format!(
                 "SELECT target, count(*) AS requests, sum(CASE WHEN error_kind IS NOT NULL OR status >= 500 THEN 1 ELSE 0 END) AS errors FROM replays WHERE target IN ({}, {}) AND {COUNTED}{ep_filter} GROUP BY target",
                 q(&p.baseline),
                 q(&p.candidate)
             );
-            checks.push(rate_check("error_rate", ep, &p.metrics.error_rate, (&p.baseline, bn, bx), (&p.candidate, cn, cx), min, sql, Vec::new()));
+            checks.push(rate_check(
+                "error_rate",
+                ep,
+                &p.metrics.error_rate,
+                (&p.baseline, bn, bx),
+                (&p.candidate, cn, cx),
+                min,
+                sql,
+                Vec::new(),
+            ));
         }
         if p.metrics.latency.enabled {
             let sql = format!(
@@ -389,44 +456,102 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
                 q(&p.baseline),
                 q(&p.candidate)
             );
-            checks.push(latency_check(ep, &p.metrics.latency, (&p.baseline, &bl), (&p.candidate, &cl), min, sql));
+            checks.push(latency_check(
+                ep,
+                &p.metrics.latency,
+                (&p.baseline, &bl),
+                (&p.candidate, &cl),
+                min,
+                sql,
+            ));
         }
         if p.metrics.diff_rate.enabled {
-            let key = if ep == "overall" { None } else { Some(ep.as_str()) };
+            let key = if ep == "overall" {
+                None
+            } else {
+                Some(ep.as_str())
+            };
             let sum = |m: &BTreeMap<String, (u64, u64)>| -> (u64, u64) {
-                m.iter().filter(|(e, _)| key.is_none_or(|k| k == e.as_str())).fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
+                m.iter()
+                    .filter(|(e, _)| key.is_none_or(|k| k == e.as_str()))
+                    .fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
             };
             let (c_n, c_x) = sum(&cand_pairs);
             let (mut n_n, mut n_x) = sum(&noise_pairs);
             if noise_source == "none" {
                 (n_n, n_x) = (c_n, 0);
             }
-            let flds: Vec<String> = fields.iter().filter(|f| !f.noise && key.is_none_or(|k| k == f.endpoint)).map(|f| format!("{} {}", f.endpoint, f.field)).collect();
-            let ep_filter = if ep == "overall" { String::new() } else { format!(" AND endpoint = {}", q(ep)) };
+            let flds: Vec<String> = fields
+                .iter()
+                .filter(|f| !f.noise && key.is_none_or(|k| k == f.endpoint))
+                .map(|f| format!("{} {}", f.endpoint, f.field))
+                .collect();
+            let ep_filter = if ep == "overall" {
+                String::new()
+            } else {
+                format!(" AND endpoint = {}", q(ep))
+            };
             let sql = format!(
                 "SELECT comparison, count(*) AS pairs, sum(CASE WHEN differs THEN 1 ELSE 0 END) AS differing FROM diffs WHERE comparison IN ('candidate', '{}'){ep_filter} GROUP BY comparison  -- noise fields are then set aside per endpoint and field (see fields)",
                 noise_kind.as_str()
             );
-            let noise_name = if noise_source == "none" { "no noise source".to_owned() } else { format!("noise ({noise_source})") };
+            let noise_name = if noise_source == "none" {
+                "no noise source".to_owned()
+            } else {
+                format!("noise ({noise_source})")
+            };
             let min_pairs = min;
-            checks.push(rate_check("diff_rate", ep, &p.metrics.diff_rate, (&noise_name, n_n, n_x), (&p.candidate, c_n, c_x), min_pairs, sql, flds));
+            checks.push(rate_check(
+                "diff_rate",
+                ep,
+                &p.metrics.diff_rate,
+                (&noise_name, n_n, n_x),
+                (&p.candidate, c_n, c_x),
+                min_pairs,
+                sql,
+                flds,
+            ));
         }
     }
 
     // The decision.
     let mut reasons = Vec::new();
-    let overall_of = |t: &str| per.values().filter_map(|m| m.get(t)).fold((0u64, 0u64), |a, m| (a.0 + m.requests, a.1 + m.errors));
+    let overall_of = |t: &str| {
+        per.values()
+            .filter_map(|m| m.get(t))
+            .fold((0u64, 0u64), |a, m| (a.0 + m.requests, a.1 + m.errors))
+    };
     let (bn, _) = overall_of(&p.baseline);
     let (cn, cx) = overall_of(&p.candidate);
-    let judged: Vec<&Check> = checks.iter().filter(|c| c.result != CheckResult::Inconclusive).collect();
+    let judged: Vec<&Check> = checks
+        .iter()
+        .filter(|c| c.result != CheckResult::Inconclusive)
+        .collect();
     let wsum: f64 = judged.iter().map(|c| c.weight).sum();
-    let score = (wsum > 0.0).then(|| 100.0 * judged.iter().filter(|c| c.result == CheckResult::Pass).map(|c| c.weight).sum::<f64>() / wsum);
-    let critical_fails: Vec<&Check> = checks.iter().filter(|c| c.critical && c.result == CheckResult::Fail).collect();
+    let score = (wsum > 0.0).then(|| {
+        100.0
+            * judged
+                .iter()
+                .filter(|c| c.result == CheckResult::Pass)
+                .map(|c| c.weight)
+                .sum::<f64>()
+            / wsum
+    });
+    let critical_fails: Vec<&Check> = checks
+        .iter()
+        .filter(|c| c.critical && c.result == CheckResult::Fail)
+        .collect();
     let decision = if cn > 0 && cx == cn {
-        reasons.push(format!("the candidate `{}` answered none of its {cn} requests (unreachable or failing)", p.candidate));
+        reasons.push(format!(
+            "the candidate `{}` answered none of its {cn} requests (unreachable or failing)",
+            p.candidate
+        ));
         Decision::NoGo
     } else if cn == 0 {
-        reasons.push(format!("the candidate `{}` has no replayed requests", p.candidate));
+        reasons.push(format!(
+            "the candidate `{}` has no replayed requests",
+            p.candidate
+        ));
         Decision::Inconclusive
     } else if bn < p.samples.min_overall || cn < p.samples.min_overall {
         reasons.push(format!(
@@ -436,7 +561,10 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         Decision::Inconclusive
     } else if !critical_fails.is_empty() {
         for c in &critical_fails {
-            reasons.push(format!("critical metric {} failed on {}: {}", c.metric, c.endpoint, c.explanation));
+            reasons.push(format!(
+                "critical metric {} failed on {}: {}",
+                c.metric, c.endpoint, c.explanation
+            ));
         }
         Decision::NoGo
     } else if let Some(s) = score {
@@ -444,7 +572,10 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
             reasons.push(format!("score {s:.1} >= {:.1}", p.score.pass));
             Decision::Go
         } else if s >= p.score.marginal {
-            reasons.push(format!("score {s:.1} is between {:.1} and {:.1}", p.score.marginal, p.score.pass));
+            reasons.push(format!(
+                "score {s:.1} is between {:.1} and {:.1}",
+                p.score.marginal, p.score.pass
+            ));
             Decision::Marginal
         } else {
             reasons.push(format!("score {s:.1} < {:.1}", p.score.marginal));
@@ -454,14 +585,23 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         reasons.push("no metric had enough data to be judged".into());
         Decision::Inconclusive
     };
-    for c in checks.iter().filter(|c| !c.critical && c.result == CheckResult::Fail) {
-        reasons.push(format!("metric {} failed on {}: {}", c.metric, c.endpoint, c.explanation));
+    for c in checks
+        .iter()
+        .filter(|c| !c.critical && c.result == CheckResult::Fail)
+    {
+        reasons.push(format!(
+            "metric {} failed on {}: {}",
+            c.metric, c.endpoint, c.explanation
+        ));
     }
     if noise_source == "none" {
         reasons.push("no noise source (no second baseline and no recorded responses): every difference counts".into());
     }
     if stats.incomplete_groups > 0 {
-        reasons.push(format!("{} requests lack a row for some target; they were compared where possible", stats.incomplete_groups));
+        reasons.push(format!(
+            "{} requests lack a row for some target; they were compared where possible",
+            stats.incomplete_groups
+        ));
     }
 
     let endpoints_summary = endpoints
@@ -471,7 +611,10 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
             targets: per.get(ep).cloned().unwrap_or_default(),
             pairs: cand_pairs.get(ep).map_or(0, |v| v.0),
             differing_pairs: cand_pairs.get(ep).map_or(0, |v| v.1),
-            text_diff: stats.text_examples.get(&(ComparisonKind::Candidate, ep.clone())).map(|t| t.1.clone()),
+            text_diff: stats
+                .text_examples
+                .get(&(ComparisonKind::Candidate, ep.clone()))
+                .map(|t| t.1.clone()),
         })
         .collect();
     let mut thresholds = BTreeMap::new();
@@ -500,26 +643,53 @@ fn thin(sorted: &[f64], max: usize) -> Vec<f64> {
     if sorted.len() <= max {
         return sorted.to_vec();
     }
-    (0..max).map(|i| sorted[i * (sorted.len() - 1) / (max - 1)]).collect()
+    (0..max)
+        .map(|i| sorted[i * (sorted.len() - 1) / (max - 1)])
+        .collect()
 }
 
 /// Classifies every field that differs between candidate and baseline.
-fn classify(stats: &DiffStats, noise_kind: ComparisonKind, have_noise: bool, p: &Policy) -> Vec<FieldClass> {
+fn classify(
+    stats: &DiffStats,
+    noise_kind: ComparisonKind,
+    have_noise: bool,
+    p: &Policy,
+) -> Vec<FieldClass> {
     let mut out = Vec::new();
     for ((kind, ep, field), &n) in &stats.field_pairs {
         if *kind != ComparisonKind::Candidate {
             continue;
         }
-        let pairs = stats.pairs.get(&(ComparisonKind::Candidate, ep.clone())).copied().unwrap_or(0).max(1);
+        let pairs = stats
+            .pairs
+            .get(&(ComparisonKind::Candidate, ep.clone()))
+            .copied()
+            .unwrap_or(0)
+            .max(1);
         let cand = n as f64 / pairs as f64;
-        let noise_pairs = stats.pairs.get(&(noise_kind, ep.clone())).copied().unwrap_or(0);
-        let noise_n = stats.field_pairs.get(&(noise_kind, ep.clone(), field.clone())).copied().unwrap_or(0);
-        let noise = if noise_pairs > 0 { noise_n as f64 / noise_pairs as f64 } else { 0.0 };
+        let noise_pairs = stats
+            .pairs
+            .get(&(noise_kind, ep.clone()))
+            .copied()
+            .unwrap_or(0);
+        let noise_n = stats
+            .field_pairs
+            .get(&(noise_kind, ep.clone(), field.clone()))
+            .copied()
+            .unwrap_or(0);
+        let noise = if noise_pairs > 0 {
+            noise_n as f64 / noise_pairs as f64
+        } else {
+            0.0
+        };
         let exceeds_rel = cand > noise * (1.0 + p.noise.relative);
         let exceeds_abs = cand - noise > p.noise.absolute;
         let is_noise = have_noise && noise_pairs > 0 && !(exceeds_rel && exceeds_abs);
         let reason = if !have_noise || noise_pairs == 0 {
-            format!("differs in {:.2}% of pairs; no noise measured for this endpoint, so it counts", cand * 100.0)
+            format!(
+                "differs in {:.2}% of pairs; no noise measured for this endpoint, so it counts",
+                cand * 100.0
+            )
         } else if is_noise {
             format!(
                 "differs in {:.2}% of candidate pairs and {:.2}% of noise pairs: within {:.0}% relative or {:.3}% absolute",
@@ -537,10 +707,34 @@ fn classify(stats: &DiffStats, noise_kind: ComparisonKind, have_noise: bool, p: 
                 p.noise.absolute * 100.0
             )
         };
-        let example = stats.examples.get(&(ComparisonKind::Candidate, ep.clone(), field.clone())).map(|(id, l, r, k)| (id.clone(), k.clone(), l.clone(), r.clone()));
-        out.push(FieldClass { endpoint: ep.clone(), field: field.clone(), candidate_rate: cand, noise_rate: noise, noise: is_noise, reason, example });
+        let example = stats
+            .examples
+            .get(&(ComparisonKind::Candidate, ep.clone(), field.clone()))
+            .map(|(id, l, r, k)| (id.clone(), k.clone(), l.clone(), r.clone()));
+        out.push(FieldClass {
+            endpoint: ep.clone(),
+            field: field.clone(),
+            candidate_rate: cand,
+            noise_rate: noise,
+            noise: is_noise,
+            reason,
+            example,
+        });
     }
-    out.sort_by(|a, b| (a.noise, -(a.candidate_rate * 1e9) as i64, &a.endpoint, &a.field).cmp(&(b.noise, -(b.candidate_rate * 1e9) as i64, &b.endpoint, &b.field)));
+    out.sort_by(|a, b| {
+        (
+            a.noise,
+            -(a.candidate_rate * 1e9) as i64,
+            &a.endpoint,
+            &a.field,
+        )
+            .cmp(&(
+                b.noise,
+                -(b.candidate_rate * 1e9) as i64,
+                &b.endpoint,
+                &b.field,
+            ))
+    });
     out
 }
 
@@ -549,14 +743,26 @@ type PairCounts = BTreeMap<String, (u64, u64)>;
 
 /// Per endpoint: (pairs, pairs with a real difference) for the candidate and the noise
 /// comparisons, counting only fields classified as real.
-fn pair_counts(stats: &DiffStats, noise_kind: ComparisonKind, real: &BTreeSet<(String, String)>) -> (PairCounts, PairCounts) {
+fn pair_counts(
+    stats: &DiffStats,
+    noise_kind: ComparisonKind,
+    real: &BTreeSet<(String, String)>,
+) -> (PairCounts, PairCounts) {
     let count = |kind: ComparisonKind| {
         let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for (e, ps) in stats.pair_fields.get(&kind).map(Vec::as_slice).unwrap_or(&[]) {
+        for (e, ps) in stats
+            .pair_fields
+            .get(&kind)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
             let ep = &stats.endpoints[*e as usize];
             let entry = m.entry(ep.clone()).or_default();
             entry.0 += 1;
-            if ps.iter().any(|p| real.contains(&(ep.clone(), stats.patterns[*p as usize].clone()))) {
+            if ps
+                .iter()
+                .any(|p| real.contains(&(ep.clone(), stats.patterns[*p as usize].clone())))
+            {
                 entry.1 += 1;
             }
         }
@@ -566,12 +772,32 @@ fn pair_counts(stats: &DiffStats, noise_kind: ComparisonKind, real: &BTreeSet<(S
 }
 
 #[allow(clippy::too_many_arguments)]
-fn rate_check(metric: &str, ep: &str, mp: &MetricPolicy, base: (&str, u64, u64), cand: (&str, u64, u64), min: u64, sql: String, fields: Vec<String>) -> Check {
+fn rate_check(
+    metric: &str,
+    ep: &str,
+    mp: &MetricPolicy,
+    base: (&str, u64, u64),
+    cand: (&str, u64, u64),
+    min: u64,
+    sql: String,
+    fields: Vec<String>,
+) -> Check {
     let (bname, bn, bx) = base;
     let (cname, cn, cx) = cand;
     let rate = |x: u64, n: u64| (n > 0).then(|| x as f64 / n as f64);
-    let side = |t: &str, n: u64, x: u64| SideValue { target: t.to_owned(), n, value: rate(x, n), events: Some(x), p90_ms: None, p99_ms: None };
-    let threshold = format!("fails when one-sided p < {} and the increase exceeds {:.2} percentage points", mp.alpha, mp.max_increase * 100.0);
+    let side = |t: &str, n: u64, x: u64| SideValue {
+        target: t.to_owned(),
+        n,
+        value: rate(x, n),
+        events: Some(x),
+        p90_ms: None,
+        p99_ms: None,
+    };
+    let threshold = format!(
+        "fails when one-sided p < {} and the increase exceeds {:.2} percentage points",
+        mp.alpha,
+        mp.max_increase * 100.0
+    );
     let mut check = Check {
         metric: metric.into(),
         endpoint: ep.into(),
@@ -591,10 +817,18 @@ fn rate_check(metric: &str, ep: &str, mp: &MetricPolicy, base: (&str, u64, u64),
         return check;
     }
     let t = rate_higher(bx, bn, cx, cn).expect("non-empty");
-    check.test = Some(TestOutcome { name: t.test.into(), p_value: Some(t.p_greater), z: t.z });
+    check.test = Some(TestOutcome {
+        name: t.test.into(),
+        p_value: Some(t.p_greater),
+        z: t.z,
+    });
     let (rb, rc) = (bx as f64 / bn as f64, cx as f64 / cn as f64);
     let fail = t.p_greater < mp.alpha && rc - rb > mp.max_increase;
-    check.result = if fail { CheckResult::Fail } else { CheckResult::Pass };
+    check.result = if fail {
+        CheckResult::Fail
+    } else {
+        CheckResult::Pass
+    };
     check.explanation = format!(
         "{:.2}% ({cx}/{cn}) vs {:.2}% ({bx}/{bn}); {} p = {}{}",
         rc * 100.0,
@@ -602,20 +836,37 @@ fn rate_check(metric: &str, ep: &str, mp: &MetricPolicy, base: (&str, u64, u64),
         t.test,
         crate::stats::fmt_p(t.p_greater),
         if fail {
-            format!(", and +{:.2} points exceeds {:.2}", (rc - rb) * 100.0, mp.max_increase * 100.0)
+            format!(
+                ", and +{:.2} points exceeds {:.2}",
+                (rc - rb) * 100.0,
+                mp.max_increase * 100.0
+            )
         } else if t.p_greater < mp.alpha {
-            format!(", but +{:.2} points is within {:.2}", (rc - rb) * 100.0, mp.max_increase * 100.0)
+            format!(
+                ", but +{:.2} points is within {:.2}",
+                (rc - rb) * 100.0,
+                mp.max_increase * 100.0
+            )
         } else {
             String::new()
         }
     );
     if metric == "diff_rate" && !check.fields.is_empty() && fail {
-        check.explanation.push_str(&format!("; fields: {}", check.fields.join(", ")));
+        check
+            .explanation
+            .push_str(&format!("; fields: {}", check.fields.join(", ")));
     }
     check
 }
 
-fn latency_check(ep: &str, mp: &MetricPolicy, base: (&str, &[f64]), cand: (&str, &[f64]), min: u64, sql: String) -> Check {
+fn latency_check(
+    ep: &str,
+    mp: &MetricPolicy,
+    base: (&str, &[f64]),
+    cand: (&str, &[f64]),
+    min: u64,
+    sql: String,
+) -> Check {
     let side = |t: &str, s: &[f64]| SideValue {
         target: t.to_owned(),
         n: s.len() as u64,
@@ -644,15 +895,36 @@ fn latency_check(ep: &str, mp: &MetricPolicy, base: (&str, &[f64]), cand: (&str,
         return check;
     }
     let mw = mann_whitney(base.1, cand.1).expect("non-empty");
-    check.test = Some(TestOutcome { name: "mann_whitney_u".into(), p_value: Some(mw.p_greater), z: Some(mw.z) });
-    let (mb, mc) = (quantile(base.1, 0.5).unwrap_or(0.0), quantile(cand.1, 0.5).unwrap_or(0.0));
-    let ratio = if mb > 0.0 { mc / mb } else if mc > 0.0 { f64::INFINITY } else { 1.0 };
+    check.test = Some(TestOutcome {
+        name: "mann_whitney_u".into(),
+        p_value: Some(mw.p_greater),
+        z: Some(mw.z),
+    });
+    let (mb, mc) = (
+        quantile(base.1, 0.5).unwrap_or(0.0),
+        quantile(cand.1, 0.5).unwrap_or(0.0),
+    );
+    let ratio = if mb > 0.0 {
+        mc / mb
+    } else if mc > 0.0 {
+        f64::INFINITY
+    } else {
+        1.0
+    };
     let fail = mw.p_greater < mp.alpha && ratio > mp.max_ratio;
-    check.result = if fail { CheckResult::Fail } else { CheckResult::Pass };
+    check.result = if fail {
+        CheckResult::Fail
+    } else {
+        CheckResult::Pass
+    };
     check.explanation = format!(
         "median {mc:.2} ms vs {mb:.2} ms ({ratio:.2}x); Mann-Whitney p = {}{}",
         crate::stats::fmt_p(mw.p_greater),
-        if fail { format!(", and {ratio:.2}x exceeds {:.2}x", mp.max_ratio) } else { String::new() }
+        if fail {
+            format!(", and {ratio:.2}x exceeds {:.2}x", mp.max_ratio)
+        } else {
+            String::new()
+        }
     );
     check
 }
@@ -666,12 +938,18 @@ pub fn write_reports(v: &mut Verdict, out: &Path) -> Result<(), AnalyzeError> {
     ];
     for (name, text) in files {
         let path = out.join(name);
-        std::fs::write(&path, text).map_err(|source| AnalyzeError::Io { path: path.clone(), source })?;
+        std::fs::write(&path, text).map_err(|source| AnalyzeError::Io {
+            path: path.clone(),
+            source,
+        })?;
         v.outputs.push(path);
     }
     let path = out.join("verdict.json");
     v.outputs.push(path.clone());
-    let text = serde_json::to_string_pretty(v).map_err(|e| AnalyzeError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+    let text = serde_json::to_string_pretty(v).map_err(|e| AnalyzeError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
     std::fs::write(&path, text).map_err(|source| AnalyzeError::Io { path, source })?;
     let _ = DIFFS_SCHEMA_VERSION;
     Ok(())

@@ -93,7 +93,10 @@ pub struct DiffOptions {
 impl Default for DiffOptions {
     fn default() -> Self {
         DiffOptions {
-            ignore_headers: DEFAULT_IGNORED_HEADERS.iter().map(|s| (*s).to_owned()).collect(),
+            ignore_headers: DEFAULT_IGNORED_HEADERS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             compare_headers: true,
             numeric_tolerance: 0.0,
             unordered_arrays: Vec::new(),
@@ -179,7 +182,12 @@ impl Collector<'_> {
         self.count += 1;
         if self.out.len() < self.opts.max_differences {
             let max = self.opts.max_value_len;
-            self.out.push(Difference { field, kind, left: left.map(|v| shorten(&v, max)), right: right.map(|v| shorten(&v, max)) });
+            self.out.push(Difference {
+                field,
+                kind,
+                left: left.map(|v| shorten(&v, max)),
+                right: right.map(|v| shorten(&v, max)),
+            });
         }
     }
 }
@@ -193,26 +201,46 @@ pub fn path_matches(pattern: &str, path: &str) -> bool {
 }
 
 fn is_jsonish(content_type: Option<&str>, body: &[u8]) -> bool {
-    content_type.is_some_and(|c| c.contains("json")) || matches!(body.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{') | Some(b'['))
+    content_type.is_some_and(|c| c.contains("json"))
+        || matches!(
+            body.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{') | Some(b'[')
+        )
 }
 
 /// Compares `left` (baseline) with `right` (candidate).
 pub fn compare(left: &Side<'_>, right: &Side<'_>, opts: &DiffOptions) -> Comparison {
-    let mut c = Collector { opts, out: Vec::new(), count: 0 };
+    let mut c = Collector {
+        opts,
+        out: Vec::new(),
+        count: 0,
+    };
     if left.status != right.status {
-        c.push("status".into(), DiffKind::Status, left.status.map(|s| s.to_string()), right.status.map(|s| s.to_string()));
+        c.push(
+            "status".into(),
+            DiffKind::Status,
+            left.status.map(|s| s.to_string()),
+            right.status.map(|s| s.to_string()),
+        );
     }
     if opts.compare_headers {
         compare_headers(left.headers, right.headers, &mut c);
     }
-    let mut cmp = Comparison { body_kind: "empty", ..Default::default() };
+    let mut cmp = Comparison {
+        body_kind: "empty",
+        ..Default::default()
+    };
     if left.body.is_empty() && right.body.is_empty() {
         cmp.differences = c.out;
         cmp.count = c.count;
         return cmp;
     }
-    let json_l = is_jsonish(left.content_type, left.body).then(|| serde_json::from_slice::<Value>(left.body).ok()).flatten();
-    let json_r = is_jsonish(right.content_type, right.body).then(|| serde_json::from_slice::<Value>(right.body).ok()).flatten();
+    let json_l = is_jsonish(left.content_type, left.body)
+        .then(|| serde_json::from_slice::<Value>(left.body).ok())
+        .flatten();
+    let json_r = is_jsonish(right.content_type, right.body)
+        .then(|| serde_json::from_slice::<Value>(right.body).ok())
+        .flatten();
     match (json_l, json_r) {
         (Some(a), Some(b)) => {
             cmp.body_kind = "json";
@@ -220,23 +248,51 @@ pub fn compare(left: &Side<'_>, right: &Side<'_>, opts: &DiffOptions) -> Compari
         }
         (Some(_), None) | (None, Some(_)) if !left.body.is_empty() && !right.body.is_empty() => {
             cmp.body_kind = "json";
-            c.push("body".into(), DiffKind::BodyFormat, Some(kind_of_body(left.body)), Some(kind_of_body(right.body)));
+            c.push(
+                "body".into(),
+                DiffKind::BodyFormat,
+                Some(kind_of_body(left.body)),
+                Some(kind_of_body(right.body)),
+            );
         }
-        _ => match (std::str::from_utf8(left.body), std::str::from_utf8(right.body)) {
+        _ => match (
+            std::str::from_utf8(left.body),
+            std::str::from_utf8(right.body),
+        ) {
             (Ok(a), Ok(b)) => {
                 cmp.body_kind = "text";
                 if a != b {
                     let diff = TextDiff::from_lines(a, b);
-                    let text = diff.unified_diff().context_radius(2).header("baseline", "candidate").to_string();
-                    c.push("body".into(), DiffKind::Text, Some(format!("{} bytes", a.len())), Some(format!("{} bytes", b.len())));
+                    let text = diff
+                        .unified_diff()
+                        .context_radius(2)
+                        .header("baseline", "candidate")
+                        .to_string();
+                    c.push(
+                        "body".into(),
+                        DiffKind::Text,
+                        Some(format!("{} bytes", a.len())),
+                        Some(format!("{} bytes", b.len())),
+                    );
                     cmp.text_diff = Some(shorten(&text, 2000));
                 }
             }
             _ => {
                 cmp.body_kind = "binary";
                 if left.body != right.body {
-                    let h = |b: &[u8]| format!("xxh3:{:016x} ({} bytes)", xxhash_rust::xxh3::xxh3_64(b), b.len());
-                    c.push("body".into(), DiffKind::Binary, Some(h(left.body)), Some(h(right.body)));
+                    let h = |b: &[u8]| {
+                        format!(
+                            "xxh3:{:016x} ({} bytes)",
+                            xxhash_rust::xxh3::xxh3_64(b),
+                            b.len()
+                        )
+                    };
+                    c.push(
+                        "body".into(),
+                        DiffKind::Binary,
+                        Some(h(left.body)),
+                        Some(h(right.body)),
+                    );
                 }
             }
         },
@@ -272,7 +328,12 @@ fn compare_headers(left: &[(String, String)], right: &[(String, String)], c: &mu
     for n in names {
         let (a, b) = (l.get(n), r.get(n));
         if a != b {
-            c.push(format!("header:{n}"), DiffKind::Header, a.map(|v| v.join(", ")), b.map(|v| v.join(", ")));
+            c.push(
+                format!("header:{n}"),
+                DiffKind::Header,
+                a.map(|v| v.join(", ")),
+                b.map(|v| v.join(", ")),
+            );
         }
     }
 }
@@ -319,7 +380,13 @@ fn compare_json(path: &str, a: &Value, b: &Value, c: &mut Collector<'_>) {
     if c.opts.ignore_fields.iter().any(|p| path_matches(p, path)) && !path.is_empty() {
         return;
     }
-    let field = || if path.is_empty() { "/".to_owned() } else { path.to_owned() };
+    let field = || {
+        if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        }
+    };
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             for (k, va) in x {
@@ -343,9 +410,17 @@ fn compare_json(path: &str, a: &Value, b: &Value, c: &mut Collector<'_>) {
             }
         }
         (Value::Array(x), Value::Array(y)) => {
-            let unordered = c.opts.unordered_arrays.iter().any(|p| path_matches(p, if path.is_empty() { "/" } else { path }) || (path.is_empty() && p == "/"));
+            let unordered = c.opts.unordered_arrays.iter().any(|p| {
+                path_matches(p, if path.is_empty() { "/" } else { path })
+                    || (path.is_empty() && p == "/")
+            });
             if x.len() != y.len() {
-                c.push(field(), DiffKind::ArrayLength, Some(x.len().to_string()), Some(y.len().to_string()));
+                c.push(
+                    field(),
+                    DiffKind::ArrayLength,
+                    Some(x.len().to_string()),
+                    Some(y.len().to_string()),
+                );
                 if unordered {
                     return;
                 }
@@ -357,7 +432,12 @@ fn compare_json(path: &str, a: &Value, b: &Value, c: &mut Collector<'_>) {
                 sx.sort();
                 sy.sort();
                 if sx != sy {
-                    c.push(field(), DiffKind::ValueChanged, Some(shorten(&a.to_string(), 200)), Some(shorten(&b.to_string(), 200)));
+                    c.push(
+                        field(),
+                        DiffKind::ValueChanged,
+                        Some(shorten(&a.to_string(), 200)),
+                        Some(shorten(&b.to_string(), 200)),
+                    );
                 }
                 return;
             }
@@ -378,15 +458,30 @@ fn compare_json(path: &str, a: &Value, b: &Value, c: &mut Collector<'_>) {
         }
         (Value::Number(x), Value::Number(y)) => {
             if !numbers_equal(x, y, c.opts.numeric_tolerance) {
-                c.push(field(), DiffKind::ValueChanged, Some(x.to_string()), Some(y.to_string()));
+                c.push(
+                    field(),
+                    DiffKind::ValueChanged,
+                    Some(x.to_string()),
+                    Some(y.to_string()),
+                );
             }
         }
         (x, y) if std::mem::discriminant(x) != std::mem::discriminant(y) => {
-            c.push(field(), DiffKind::TypeChanged, Some(format!("{} {}", type_name(x), render(x))), Some(format!("{} {}", type_name(y), render(y))));
+            c.push(
+                field(),
+                DiffKind::TypeChanged,
+                Some(format!("{} {}", type_name(x), render(x))),
+                Some(format!("{} {}", type_name(y), render(y))),
+            );
         }
         (x, y) => {
             if x != y {
-                c.push(field(), DiffKind::ValueChanged, Some(render(x)), Some(render(y)));
+                c.push(
+                    field(),
+                    DiffKind::ValueChanged,
+                    Some(render(x)),
+                    Some(render(y)),
+                );
             }
         }
     }
@@ -395,7 +490,17 @@ fn compare_json(path: &str, a: &Value, b: &Value, c: &mut Collector<'_>) {
 /// Replaces array indices in a JSON pointer by `*`, so differences aggregate per field:
 /// `/items/3/price` → `/items/*/price`.
 pub fn field_pattern(field: &str) -> String {
-    field.split('/').map(|seg| if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) { "*" } else { seg }).collect::<Vec<_>>().join("/")
+    field
+        .split('/')
+        .map(|seg| {
+            if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                "*"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -403,58 +508,122 @@ mod tests {
     use super::*;
 
     fn side<'a>(status: u16, headers: &'a [(String, String)], body: &'a str) -> Side<'a> {
-        Side { status: Some(status), headers, body: body.as_bytes(), content_type: None }
+        Side {
+            status: Some(status),
+            headers,
+            body: body.as_bytes(),
+            content_type: None,
+        }
     }
 
     fn fields(c: &Comparison) -> Vec<(String, DiffKind)> {
-        c.differences.iter().map(|d| (d.field.clone(), d.kind)).collect()
+        c.differences
+            .iter()
+            .map(|d| (d.field.clone(), d.kind))
+            .collect()
     }
 
     #[test]
     fn json_differences_are_typed_with_paths() {
         let o = DiffOptions::default();
         let a = r#"{"id":1,"name":"a","tags":["x","y"],"n":1.0,"gone":true,"obj":{"k":1},"list":[1,2,3]}"#;
-        let b = r#"{"id":1,"name":"b","tags":["y","x"],"n":"1","obj":{"k":1,"new":2},"list":[1,2]}"#;
+        let b =
+            r#"{"id":1,"name":"b","tags":["y","x"],"n":"1","obj":{"k":1,"new":2},"list":[1,2]}"#;
         let c = compare(&side(200, &[], a), &side(200, &[], b), &o);
         assert_eq!(c.body_kind, "json");
         let f = fields(&c);
-        assert!(f.contains(&("/name".into(), DiffKind::ValueChanged)), "{f:?}");
+        assert!(
+            f.contains(&("/name".into(), DiffKind::ValueChanged)),
+            "{f:?}"
+        );
         assert!(f.contains(&("/tags".into(), DiffKind::Order)), "{f:?}");
         assert!(f.contains(&("/n".into(), DiffKind::TypeChanged)), "{f:?}");
-        assert!(f.contains(&("/gone".into(), DiffKind::FieldMissing)), "{f:?}");
-        assert!(f.contains(&("/obj/new".into(), DiffKind::FieldAdded)), "{f:?}");
-        assert!(f.contains(&("/list".into(), DiffKind::ArrayLength)), "{f:?}");
+        assert!(
+            f.contains(&("/gone".into(), DiffKind::FieldMissing)),
+            "{f:?}"
+        );
+        assert!(
+            f.contains(&("/obj/new".into(), DiffKind::FieldAdded)),
+            "{f:?}"
+        );
+        assert!(
+            f.contains(&("/list".into(), DiffKind::ArrayLength)),
+            "{f:?}"
+        );
         assert!(!f.iter().any(|(p, _)| p == "/id"));
         let name = c.differences.iter().find(|d| d.field == "/name").unwrap();
-        assert_eq!((name.left.as_deref(), name.right.as_deref()), (Some("a"), Some("b")));
+        assert_eq!(
+            (name.left.as_deref(), name.right.as_deref()),
+            (Some("a"), Some("b"))
+        );
     }
 
     #[test]
     fn tolerance_sets_and_ignored_fields() {
-        let mut o = DiffOptions { numeric_tolerance: 0.01, ..Default::default() };
+        let mut o = DiffOptions {
+            numeric_tolerance: 0.01,
+            ..Default::default()
+        };
         o.unordered_arrays.push("/ids".into());
         o.ignore_fields.push("/meta/*".into());
         let a = r#"{"price":100.0,"ids":[1,2,3],"meta":{"ts":1},"items":[{"p":1},{"p":2}]}"#;
         let b = r#"{"price":100.5,"ids":[3,1,2],"meta":{"ts":2},"items":[{"p":1},{"p":3}]}"#;
         let c = compare(&side(200, &[], a), &side(200, &[], b), &o);
-        assert_eq!(fields(&c), vec![("/items/1/p".to_owned(), DiffKind::ValueChanged)]);
+        assert_eq!(
+            fields(&c),
+            vec![("/items/1/p".to_owned(), DiffKind::ValueChanged)]
+        );
         assert_eq!(field_pattern("/items/1/p"), "/items/*/p");
     }
 
     #[test]
     fn status_headers_text_and_binary() {
-        let h1 = vec![("Content-Type".to_owned(), "text/plain".to_owned()), ("Date".to_owned(), "x".to_owned())];
-        let h2 = vec![("content-type".to_owned(), "text/html".to_owned()), ("date".to_owned(), "y".to_owned())];
-        let c = compare(&side(200, &h1, "a\nb\nc\n"), &side(500, &h2, "a\nB\nc\n"), &DiffOptions::default());
+        let h1 = vec![
+            ("Content-Type".to_owned(), "text/plain".to_owned()),
+            ("Date".to_owned(), "x".to_owned()),
+        ];
+        let h2 = vec![
+            ("content-type".to_owned(), "text/html".to_owned()),
+            ("date".to_owned(), "y".to_owned()),
+        ];
+        let c = compare(
+            &side(200, &h1, "a\nb\nc\n"),
+            &side(500, &h2, "a\nB\nc\n"),
+            &DiffOptions::default(),
+        );
         assert_eq!(
             fields(&c),
-            vec![("status".into(), DiffKind::Status), ("header:content-type".into(), DiffKind::Header), ("body".into(), DiffKind::Text)]
+            vec![
+                ("status".into(), DiffKind::Status),
+                ("header:content-type".into(), DiffKind::Header),
+                ("body".into(), DiffKind::Text)
+            ]
         );
-        assert!(c.text_diff.as_deref().unwrap().contains("-b\n+B"), "{:?}", c.text_diff);
-        let bin = |b: &'static [u8]| Side { status: Some(200), headers: &[], body: b, content_type: None };
-        let c = compare(&bin(b"\xff\x00\x01"), &bin(b"\xff\x00\x02"), &DiffOptions::default());
-        assert_eq!((c.body_kind, fields(&c)), ("binary", vec![("body".into(), DiffKind::Binary)]));
-        let c = compare(&bin(b"\xff\x00\x01"), &bin(b"\xff\x00\x01"), &DiffOptions::default());
+        assert!(
+            c.text_diff.as_deref().unwrap().contains("-b\n+B"),
+            "{:?}",
+            c.text_diff
+        );
+        let bin = |b: &'static [u8]| Side {
+            status: Some(200),
+            headers: &[],
+            body: b,
+            content_type: None,
+        };
+        let c = compare(
+            &bin(b"\xff\x00\x01"),
+            &bin(b"\xff\x00\x02"),
+            &DiffOptions::default(),
+        );
+        assert_eq!(
+            (c.body_kind, fields(&c)),
+            ("binary", vec![("body".into(), DiffKind::Binary)])
+        );
+        let c = compare(
+            &bin(b"\xff\x00\x01"),
+            &bin(b"\xff\x00\x01"),
+            &DiffOptions::default(),
+        );
         assert_eq!(c.count, 0);
     }
 }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, StructBuilder,
 };
 use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -79,10 +80,24 @@ pub fn diffs_schema() -> SchemaRef {
         f("body_kind", DataType::Utf8, false),
         f("differs", DataType::Boolean, false),
         f("difference_count", DataType::Int64, false),
-        f("differences", DataType::List(Arc::new(Field::new("item", DataType::Struct(diff_fields), true))), false),
+        f(
+            "differences",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(diff_fields),
+                true,
+            ))),
+            false,
+        ),
         f("text_diff", DataType::Utf8, true),
     ];
-    let md = [(TABLE_KEY.to_owned(), "diffs".to_owned()), (SCHEMA_VERSION_KEY.to_owned(), DIFFS_SCHEMA_VERSION.to_string())];
+    let md = [
+        (TABLE_KEY.to_owned(), "diffs".to_owned()),
+        (
+            SCHEMA_VERSION_KEY.to_owned(),
+            DIFFS_SCHEMA_VERSION.to_string(),
+        ),
+    ];
     Arc::new(Schema::new(fields).with_metadata(md.into_iter().collect()))
 }
 
@@ -99,8 +114,17 @@ pub struct Response {
 
 impl Response {
     fn side(&self) -> Side<'_> {
-        let ct = self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.as_str());
-        Side { status: self.status, headers: &self.headers, body: &self.body, content_type: ct }
+        let ct = self
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str());
+        Side {
+            status: self.status,
+            headers: &self.headers,
+            body: &self.body,
+            content_type: ct,
+        }
     }
 }
 
@@ -152,19 +176,37 @@ impl DiffStats {
             if seen.contains(&pat) {
                 continue;
             }
-            *self.field_pairs.entry((kind, endpoint.to_owned(), pat.clone())).or_default() += 1;
+            *self
+                .field_pairs
+                .entry((kind, endpoint.to_owned(), pat.clone()))
+                .or_default() += 1;
             self.examples
                 .entry((kind, endpoint.to_owned(), pat.clone()))
-                .or_insert_with(|| (exchange_id.to_owned(), d.left.clone(), d.right.clone(), d.kind.as_str().to_owned()));
+                .or_insert_with(|| {
+                    (
+                        exchange_id.to_owned(),
+                        d.left.clone(),
+                        d.right.clone(),
+                        d.kind.as_str().to_owned(),
+                    )
+                });
             seen.push(pat);
         }
         if let Some(t) = &c.text_diff {
-            self.text_examples.entry((kind, endpoint.to_owned())).or_insert_with(|| (exchange_id.to_owned(), t.clone()));
+            self.text_examples
+                .entry((kind, endpoint.to_owned()))
+                .or_insert_with(|| (exchange_id.to_owned(), t.clone()));
         }
         // Per-pair field lists feed the diff-rate metric: only the judged and noise comparisons.
-        if matches!(kind, ComparisonKind::Candidate | ComparisonKind::Noise | ComparisonKind::Recorded) {
+        if matches!(
+            kind,
+            ComparisonKind::Candidate | ComparisonKind::Noise | ComparisonKind::Recorded
+        ) {
             let e = Self::intern(&mut self.endpoint_ids, &mut self.endpoints, endpoint);
-            let ps: Vec<u32> = seen.iter().map(|p| Self::intern(&mut self.pattern_ids, &mut self.patterns, p)).collect();
+            let ps: Vec<u32> = seen
+                .iter()
+                .map(|p| Self::intern(&mut self.pattern_ids, &mut self.patterns, p))
+                .collect();
             self.pair_fields.entry(kind).or_default().push((e, ps));
         }
     }
@@ -197,8 +239,26 @@ pub fn parquet_files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 /// column types the analyzer reads; returns how many there are.
 pub fn check_files(dir: &Path, table: &str) -> Result<usize, AnalyzeError> {
     let cols: &[&str] = match table {
-        "replays" => &["exchange_id", "pass", "target", "method", "path", "status", "error_kind", "total_us", "response_headers", "response_body", "response_body_decoded"],
-        _ => &["exchange_id", "status", "response_headers", "response_body", "response_body_decoded"],
+        "replays" => &[
+            "exchange_id",
+            "pass",
+            "target",
+            "method",
+            "path",
+            "status",
+            "error_kind",
+            "total_us",
+            "response_headers",
+            "response_body",
+            "response_body_decoded",
+        ],
+        _ => &[
+            "exchange_id",
+            "status",
+            "response_headers",
+            "response_body",
+            "response_body_decoded",
+        ],
     };
     let files = parquet_files(dir, table);
     for f in &files {
@@ -210,28 +270,50 @@ pub fn check_files(dir: &Path, table: &str) -> Result<usize, AnalyzeError> {
 /// Opens a shadowtap file of `table` reading only `cols`, after checking its table name and
 /// that every column read has the type the table's schema gives it (so reading never meets a
 /// column of another type).
-fn open_projected(path: &Path, table: &str, cols: &[&str]) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, AnalyzeError> {
+fn open_projected(
+    path: &Path,
+    table: &str,
+    cols: &[&str],
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, AnalyzeError> {
     let err = |e: String| AnalyzeError::Input(format!("{}: {e}", path.display()));
     let f = File::open(path).map_err(|e| err(e.to_string()))?;
     let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| err(e.to_string()))?;
     let found = b.schema().metadata().get(TABLE_KEY).cloned();
     if found.as_deref() != Some(table) {
-        return Err(err(format!("is not a shadowtap `{table}` file (table: {})", found.as_deref().unwrap_or("none"))));
+        return Err(err(format!(
+            "is not a shadowtap `{table}` file (table: {})",
+            found.as_deref().unwrap_or("none")
+        )));
     }
     let expected = match table {
         "replays" => shadowtap_core::replays::replays_schema(),
         _ => shadowtap_core::schema::exchanges_schema(),
     };
     for c in cols {
-        let want = expected.field_with_name(c).map_err(|e| err(e.to_string()))?.data_type();
+        let want = expected
+            .field_with_name(c)
+            .map_err(|e| err(e.to_string()))?
+            .data_type();
         match b.schema().field_with_name(c) {
             Ok(f) if f.data_type() == want => {}
-            Ok(f) => return Err(err(format!("column `{c}` is {}, not {want} (a different schema version?)", f.data_type()))),
-            Err(_) => return Err(err(format!("has no column `{c}` (a different schema version?)"))),
+            Ok(f) => {
+                return Err(err(format!(
+                    "column `{c}` is {}, not {want} (a different schema version?)",
+                    f.data_type()
+                )))
+            }
+            Err(_) => {
+                return Err(err(format!(
+                    "has no column `{c}` (a different schema version?)"
+                )))
+            }
         }
     }
     let mask = ProjectionMask::columns(b.parquet_schema(), cols.iter().copied());
-    b.with_projection(mask).with_batch_size(1024).build().map_err(|e| err(e.to_string()))
+    b.with_projection(mask)
+        .with_batch_size(1024)
+        .build()
+        .map_err(|e| err(e.to_string()))
 }
 
 fn headers_at(col: &ArrayRef, i: usize) -> Vec<(String, String)> {
@@ -241,8 +323,13 @@ fn headers_at(col: &ArrayRef, i: usize) -> Vec<(String, String)> {
     }
     let v = l.value(i);
     let s = v.as_struct();
-    let (n, vv) = (s.column(0).as_string::<i32>(), s.column(1).as_string::<i32>());
-    (0..s.len()).map(|j| (n.value(j).to_owned(), vv.value(j).to_owned())).collect()
+    let (n, vv) = (
+        s.column(0).as_string::<i32>(),
+        s.column(1).as_string::<i32>(),
+    );
+    (0..s.len())
+        .map(|j| (n.value(j).to_owned(), vv.value(j).to_owned()))
+        .collect()
 }
 
 fn body_at(raw: &ArrayRef, decoded: &ArrayRef, i: usize) -> Vec<u8> {
@@ -255,29 +342,77 @@ fn body_at(raw: &ArrayRef, decoded: &ArrayRef, i: usize) -> Vec<u8> {
 
 /// Recorded production responses, keyed by exchange id, for the `recorded` comparison: at most
 /// `cap` of them, chosen by a hash of the id so the choice is stable.
-pub fn load_recorded(capture_dir: &Path, cap: usize) -> Result<HashMap<String, Response>, AnalyzeError> {
+pub fn load_recorded(
+    capture_dir: &Path,
+    cap: usize,
+) -> Result<HashMap<String, Response>, AnalyzeError> {
     let files = parquet_files(capture_dir, "exchanges");
     let total: u64 = files
         .iter()
         .filter_map(|p| File::open(p).ok())
         .filter_map(|f| parquet::file::reader::SerializedFileReader::new(f).ok())
-        .map(|r| parquet::file::reader::FileReader::metadata(&r).file_metadata().num_rows().max(0) as u64)
+        .map(|r| {
+            parquet::file::reader::FileReader::metadata(&r)
+                .file_metadata()
+                .num_rows()
+                .max(0) as u64
+        })
         .sum();
-    let keep_bp = if total as usize <= cap { 10_000 } else { ((cap as f64 / total as f64) * 10_000.0) as u32 };
+    let keep_bp = if total as usize <= cap {
+        10_000
+    } else {
+        ((cap as f64 / total as f64) * 10_000.0) as u32
+    };
     let mut out = HashMap::new();
     for p in files {
-        let reader = open_projected(&p, "exchanges", &["exchange_id", "status", "response_headers", "response_body", "response_body_decoded"])?;
+        let reader = open_projected(
+            &p,
+            "exchanges",
+            &[
+                "exchange_id",
+                "status",
+                "response_headers",
+                "response_body",
+                "response_body_decoded",
+            ],
+        )?;
         for b in reader {
             let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
-            let ids = b.column_by_name("exchange_id").expect("projected").as_string::<i32>().clone();
-            let status = b.column_by_name("status").expect("projected").as_primitive::<Int32Type>().clone();
-            let (h, raw, dec) = (b.column_by_name("response_headers").expect("projected").clone(), b.column_by_name("response_body").expect("projected").clone(), b.column_by_name("response_body_decoded").expect("projected").clone());
+            let ids = b
+                .column_by_name("exchange_id")
+                .expect("projected")
+                .as_string::<i32>()
+                .clone();
+            let status = b
+                .column_by_name("status")
+                .expect("projected")
+                .as_primitive::<Int32Type>()
+                .clone();
+            let (h, raw, dec) = (
+                b.column_by_name("response_headers")
+                    .expect("projected")
+                    .clone(),
+                b.column_by_name("response_body")
+                    .expect("projected")
+                    .clone(),
+                b.column_by_name("response_body_decoded")
+                    .expect("projected")
+                    .clone(),
+            );
             for i in 0..b.num_rows() {
                 let id = ids.value(i);
-                if status.is_null(i) || shadowtap_core::id::sample_bucket(id.as_bytes()) >= keep_bp {
+                if status.is_null(i) || shadowtap_core::id::sample_bucket(id.as_bytes()) >= keep_bp
+                {
                     continue;
                 }
-                out.insert(id.to_owned(), Response { status: Some(status.value(i).clamp(0, 999) as u16), headers: headers_at(&h, i), body: body_at(&raw, &dec, i) });
+                out.insert(
+                    id.to_owned(),
+                    Response {
+                        status: Some(status.value(i).clamp(0, 999) as u16),
+                        headers: headers_at(&h, i),
+                        body: body_at(&raw, &dec, i),
+                    },
+                );
             }
         }
     }
@@ -326,7 +461,10 @@ impl DiffWriter {
             return Ok(());
         }
         let batch = diffs_batch(&self.rows).map_err(|e| AnalyzeError::Input(e.to_string()))?;
-        self.sink.write(&batch).map_err(|e| AnalyzeError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?;
+        self.sink.write(&batch).map_err(|e| AnalyzeError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        })?;
         self.rows.clear();
         Ok(())
     }
@@ -347,19 +485,33 @@ fn diffs_batch(rows: &[DiffRow]) -> Result<RecordBatch, arrow::error::ArrowError
     let mut differs = BooleanBuilder::with_capacity(n);
     let mut count = Int64Builder::with_capacity(n);
     let schema = diffs_schema();
-    let DataType::List(item) = schema.field_with_name("differences")?.data_type().clone() else { unreachable!("list") };
-    let DataType::Struct(sf) = item.data_type().clone() else { unreachable!("struct") };
+    let DataType::List(item) = schema.field_with_name("differences")?.data_type().clone() else {
+        unreachable!("list")
+    };
+    let DataType::Struct(sf) = item.data_type().clone() else {
+        unreachable!("struct")
+    };
     let mut list = ListBuilder::new(StructBuilder::from_fields(sf, n)).with_field(item.clone());
     for r in rows {
         differs.append_value(r.cmp.count > 0);
         count.append_value(r.cmp.count as i64);
         let s = list.values();
         for d in &r.cmp.differences {
-            s.field_builder::<StringBuilder>(0).expect("utf8").append_value(&d.field);
-            s.field_builder::<StringBuilder>(1).expect("utf8").append_value(field_pattern(&d.field));
-            s.field_builder::<StringBuilder>(2).expect("utf8").append_value(d.kind.as_str());
-            s.field_builder::<StringBuilder>(3).expect("utf8").append_option(d.left.as_deref());
-            s.field_builder::<StringBuilder>(4).expect("utf8").append_option(d.right.as_deref());
+            s.field_builder::<StringBuilder>(0)
+                .expect("utf8")
+                .append_value(&d.field);
+            s.field_builder::<StringBuilder>(1)
+                .expect("utf8")
+                .append_value(field_pattern(&d.field));
+            s.field_builder::<StringBuilder>(2)
+                .expect("utf8")
+                .append_value(d.kind.as_str());
+            s.field_builder::<StringBuilder>(3)
+                .expect("utf8")
+                .append_option(d.left.as_deref());
+            s.field_builder::<StringBuilder>(4)
+                .expect("utf8")
+                .append_option(d.right.as_deref());
             s.append(true);
         }
         list.append(true);
@@ -410,24 +562,68 @@ pub fn diff_replays(
     run_id: &str,
 ) -> Result<DiffStats, AnalyzeError> {
     let sink = ParquetSink::new(
-        SinkOptions { dir: out.to_path_buf(), prefix: format!("diffs-{run_id}"), max_file_bytes: 256 << 20, max_row_group_rows: 64 * 1024 },
+        SinkOptions {
+            dir: out.to_path_buf(),
+            prefix: format!("diffs-{run_id}"),
+            max_file_bytes: 256 << 20,
+            max_row_group_rows: 64 * 1024,
+        },
         diffs_schema(),
     )
-    .map_err(|e| AnalyzeError::Io { path: out.to_path_buf(), source: std::io::Error::other(e) })?;
-    let mut writer = DiffWriter { sink, rows: Vec::new() };
+    .map_err(|e| AnalyzeError::Io {
+        path: out.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    let mut writer = DiffWriter {
+        sink,
+        rows: Vec::new(),
+    };
     let mut stats = DiffStats::default();
-    let expected: Vec<&str> = [Some(targets.baseline), Some(targets.candidate), targets.baseline2].into_iter().flatten().collect();
+    let expected: Vec<&str> = [
+        Some(targets.baseline),
+        Some(targets.candidate),
+        targets.baseline2,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut pending: HashMap<(String, i32), HashMap<String, Replayed>> = HashMap::new();
-    let cols = ["exchange_id", "pass", "target", "method", "path", "status", "response_headers", "response_body", "response_body_decoded"];
+    let cols = [
+        "exchange_id",
+        "pass",
+        "target",
+        "method",
+        "path",
+        "status",
+        "response_headers",
+        "response_body",
+        "response_body_decoded",
+    ];
     for p in parquet_files(replay_dir, "replays") {
         for b in open_projected(&p, "replays", &cols)? {
             let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
             let col = |n: &str| b.column_by_name(n).expect("projected").clone();
-            let (ids, passes, tgts, methods, paths) = (col("exchange_id"), col("pass"), col("target"), col("method"), col("path"));
-            let (ids, passes, tgts, methods, paths) = (ids.as_string::<i32>(), passes.as_primitive::<Int32Type>(), tgts.as_string::<i32>(), methods.as_string::<i32>(), paths.as_string::<i32>());
+            let (ids, passes, tgts, methods, paths) = (
+                col("exchange_id"),
+                col("pass"),
+                col("target"),
+                col("method"),
+                col("path"),
+            );
+            let (ids, passes, tgts, methods, paths) = (
+                ids.as_string::<i32>(),
+                passes.as_primitive::<Int32Type>(),
+                tgts.as_string::<i32>(),
+                methods.as_string::<i32>(),
+                paths.as_string::<i32>(),
+            );
             let status = col("status");
             let status = status.as_primitive::<Int32Type>();
-            let (h, raw, dec) = (col("response_headers"), col("response_body"), col("response_body_decoded"));
+            let (h, raw, dec) = (
+                col("response_headers"),
+                col("response_body"),
+                col("response_body_decoded"),
+            );
             for i in 0..b.num_rows() {
                 let t = tgts.value(i);
                 if !expected.contains(&t) {
@@ -435,25 +631,61 @@ pub fn diff_replays(
                 }
                 let key = (ids.value(i).to_owned(), passes.value(i));
                 let response = Response {
-                    status: status.is_valid(i).then(|| status.value(i).clamp(0, 999) as u16),
-                    headers: if status.is_valid(i) { headers_at(&h, i) } else { Vec::new() },
-                    body: if status.is_valid(i) { body_at(&raw, &dec, i) } else { Vec::new() },
+                    status: status
+                        .is_valid(i)
+                        .then(|| status.value(i).clamp(0, 999) as u16),
+                    headers: if status.is_valid(i) {
+                        headers_at(&h, i)
+                    } else {
+                        Vec::new()
+                    },
+                    body: if status.is_valid(i) {
+                        body_at(&raw, &dec, i)
+                    } else {
+                        Vec::new()
+                    },
                 };
                 let group = pending.entry(key.clone()).or_default();
-                group.insert(t.to_owned(), Replayed { method: methods.value(i).to_owned(), path: paths.value(i).to_owned(), response });
+                group.insert(
+                    t.to_owned(),
+                    Replayed {
+                        method: methods.value(i).to_owned(),
+                        path: paths.value(i).to_owned(),
+                        response,
+                    },
+                );
                 if group.len() == expected.len() {
                     let group = pending.remove(&key).expect("present");
-                    compare_group(&key, &group, targets, recorded, opts, &mut stats, &mut writer)?;
+                    compare_group(
+                        &key,
+                        &group,
+                        targets,
+                        recorded,
+                        opts,
+                        &mut stats,
+                        &mut writer,
+                    )?;
                 }
             }
         }
     }
     stats.incomplete_groups = pending.len() as u64;
     for (key, group) in pending {
-        compare_group(&key, &group, targets, recorded, opts, &mut stats, &mut writer)?;
+        compare_group(
+            &key,
+            &group,
+            targets,
+            recorded,
+            opts,
+            &mut stats,
+            &mut writer,
+        )?;
     }
     writer.flush()?;
-    writer.sink.finish().map_err(|e| AnalyzeError::Io { path: out.to_path_buf(), source: std::io::Error::other(e) })?;
+    writer.sink.finish().map_err(|e| AnalyzeError::Io {
+        path: out.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
     Ok(stats)
 }
 
@@ -469,7 +701,9 @@ fn compare_group(
     stats: &mut DiffStats,
     writer: &mut DiffWriter,
 ) -> Result<(), AnalyzeError> {
-    let Some(base) = group.get(targets.baseline) else { return Ok(()) };
+    let Some(base) = group.get(targets.baseline) else {
+        return Ok(());
+    };
     let ep = endpoint(&base.method, &base.path);
     let answered = |name: &str| group.get(name).map(|r| &r.response);
     // (kind, left side, right side): the production response, when recorded, is the left side
@@ -485,7 +719,11 @@ fn compare_group(
     if let Some(rec) = recorded.and_then(|r| r.get(&key.0)) {
         pairs.push((ComparisonKind::Recorded, ("recorded", rec), base_side));
         if let Some(c) = answered(targets.candidate) {
-            pairs.push((ComparisonKind::CandidateRecorded, ("recorded", rec), (targets.candidate, c)));
+            pairs.push((
+                ComparisonKind::CandidateRecorded,
+                ("recorded", rec),
+                (targets.candidate, c),
+            ));
         }
     }
     for (kind, (left_name, left), (right_name, right)) in pairs {

@@ -166,31 +166,53 @@ impl Default for Policy {
 
 impl Default for Score {
     fn default() -> Self {
-        Score { pass: 95.0, marginal: 75.0 }
+        Score {
+            pass: 95.0,
+            marginal: 75.0,
+        }
     }
 }
 
 impl Default for Samples {
     fn default() -> Self {
-        Samples { min_overall: 50, min_endpoint: 30 }
+        Samples {
+            min_overall: 50,
+            min_endpoint: 30,
+        }
     }
 }
 
 impl Default for Noise {
     fn default() -> Self {
-        Noise { relative: 0.20, absolute: 0.0003 }
+        Noise {
+            relative: 0.20,
+            absolute: 0.0003,
+        }
     }
 }
 
 impl Default for DiffSettings {
     fn default() -> Self {
-        DiffSettings { ignore_headers: Vec::new(), compare_headers: true, ignore_fields: Vec::new(), unordered_arrays: Vec::new(), numeric_tolerance: 0.0 }
+        DiffSettings {
+            ignore_headers: Vec::new(),
+            compare_headers: true,
+            ignore_fields: Vec::new(),
+            unordered_arrays: Vec::new(),
+            numeric_tolerance: 0.0,
+        }
     }
 }
 
 impl Default for MetricPolicy {
     fn default() -> Self {
-        MetricPolicy { critical: true, weight: 1.0, alpha: 0.05, max_increase: 0.01, max_ratio: 1.2, enabled: true }
+        MetricPolicy {
+            critical: true,
+            weight: 1.0,
+            alpha: 0.05,
+            max_increase: 0.01,
+            max_ratio: 1.2,
+            enabled: true,
+        }
     }
 }
 
@@ -198,7 +220,10 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             error_rate: MetricPolicy::default(),
-            latency: MetricPolicy { alpha: 0.01, ..MetricPolicy::default() },
+            latency: MetricPolicy {
+                alpha: 0.01,
+                ..MetricPolicy::default()
+            },
             diff_rate: MetricPolicy::default(),
         }
     }
@@ -215,15 +240,24 @@ impl Policy {
 
     /// Checks value ranges.
     pub fn check(&self) -> Result<(), String> {
-        if !(0.0..=100.0).contains(&self.score.pass) || !(0.0..=100.0).contains(&self.score.marginal) || self.score.marginal > self.score.pass {
+        if !(0.0..=100.0).contains(&self.score.pass)
+            || !(0.0..=100.0).contains(&self.score.marginal)
+            || self.score.marginal > self.score.pass
+        {
             return Err("[score] needs 0 <= marginal <= pass <= 100".into());
         }
-        for (name, m) in [("error_rate", &self.metrics.error_rate), ("latency", &self.metrics.latency), ("diff_rate", &self.metrics.diff_rate)] {
+        for (name, m) in [
+            ("error_rate", &self.metrics.error_rate),
+            ("latency", &self.metrics.latency),
+            ("diff_rate", &self.metrics.diff_rate),
+        ] {
             if !(m.alpha > 0.0 && m.alpha < 1.0) {
                 return Err(format!("[metrics.{name}] alpha must be in (0, 1)"));
             }
             if m.weight < 0.0 || m.max_increase < 0.0 || m.max_ratio < 1.0 {
-                return Err(format!("[metrics.{name}] weight and max_increase must be >= 0, max_ratio >= 1"));
+                return Err(format!(
+                    "[metrics.{name}] weight and max_increase must be >= 0, max_ratio >= 1"
+                ));
             }
         }
         if self.baseline == self.candidate {
@@ -234,8 +268,16 @@ impl Policy {
 
     /// Diff options from the policy.
     pub fn diff_options(&self) -> DiffOptions {
-        let mut ignore: Vec<String> = DEFAULT_IGNORED_HEADERS.iter().map(|s| (*s).to_owned()).collect();
-        ignore.extend(self.diff.ignore_headers.iter().map(|h| h.to_ascii_lowercase()));
+        let mut ignore: Vec<String> = DEFAULT_IGNORED_HEADERS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        ignore.extend(
+            self.diff
+                .ignore_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase()),
+        );
         DiffOptions {
             ignore_headers: ignore,
             compare_headers: self.diff.compare_headers,

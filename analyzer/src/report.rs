@@ -17,7 +17,12 @@ fn value(c: &Check, side: &crate::analyze::SideValue) -> String {
     if c.metric == "latency" {
         format!("p50 {} ms (n={})", ms(side.value), side.n)
     } else {
-        format!("{} ({}/{})", pct(side.value), side.events.unwrap_or(0), side.n)
+        format!(
+            "{} ({}/{})",
+            pct(side.value),
+            side.events.unwrap_or(0),
+            side.n
+        )
     }
 }
 
@@ -36,7 +41,11 @@ fn md_escape(s: &str) -> String {
 /// `report.md`.
 pub fn markdown(v: &Verdict) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# shadowtap canary verdict: **{}**\n", v.verdict.as_str().to_uppercase());
+    let _ = writeln!(
+        s,
+        "# shadowtap canary verdict: **{}**\n",
+        v.verdict.as_str().to_uppercase()
+    );
     let _ = writeln!(
         s,
         "Candidate `{}` vs baseline `{}`; score {} (go at {:.0}, marginal at {:.0}); noise measured by: {}.\n",
@@ -50,7 +59,11 @@ pub fn markdown(v: &Verdict) -> String {
     for r in &v.reasons {
         let _ = writeln!(s, "- {}", md_escape(r));
     }
-    let failing: Vec<&Check> = v.checks.iter().filter(|c| c.result == CheckResult::Fail).collect();
+    let failing: Vec<&Check> = v
+        .checks
+        .iter()
+        .filter(|c| c.result == CheckResult::Fail)
+        .collect();
     if !failing.is_empty() {
         let _ = writeln!(s, "\n## Failing metrics\n\n| metric | endpoint | baseline | candidate | test | why |\n|---|---|---|---|---|---|");
         for c in failing {
@@ -62,7 +75,11 @@ pub fn markdown(v: &Verdict) -> String {
                 md_escape(&c.endpoint),
                 value(c, &c.baseline),
                 value(c, &c.candidate),
-                c.test.as_ref().map_or("-".into(), |t| format!("{} p={}", t.name, crate::stats::fmt_p(t.p_value.unwrap_or(1.0)))),
+                c.test.as_ref().map_or("-".into(), |t| format!(
+                    "{} p={}",
+                    t.name,
+                    crate::stats::fmt_p(t.p_value.unwrap_or(1.0))
+                )),
                 md_escape(&c.explanation)
             );
         }
@@ -72,16 +89,38 @@ pub fn markdown(v: &Verdict) -> String {
         let _ = writeln!(s, "\n## Differences counted against the candidate\n\n| endpoint | field | candidate rate | noise rate | example (baseline → candidate) |\n|---|---|---|---|---|");
         for f in real.iter().take(20) {
             let ex = f.example.as_ref().map_or("-".into(), |(id, kind, l, r)| {
-                format!("{kind}: `{}` → `{}` ({})", md_escape(l.as_deref().unwrap_or("∅")), md_escape(r.as_deref().unwrap_or("∅")), &id[..id.len().min(12)])
+                format!(
+                    "{kind}: `{}` → `{}` ({})",
+                    md_escape(l.as_deref().unwrap_or("∅")),
+                    md_escape(r.as_deref().unwrap_or("∅")),
+                    &id[..id.len().min(12)]
+                )
             });
-            let _ = writeln!(s, "| `{}` | `{}` | {} | {} | {} |", md_escape(&f.endpoint), md_escape(&f.field), pct(Some(f.candidate_rate)), pct(Some(f.noise_rate)), ex);
+            let _ = writeln!(
+                s,
+                "| `{}` | `{}` | {} | {} | {} |",
+                md_escape(&f.endpoint),
+                md_escape(&f.field),
+                pct(Some(f.candidate_rate)),
+                pct(Some(f.noise_rate)),
+                ex
+            );
         }
     }
     let noise: Vec<_> = v.fields.iter().filter(|f| f.noise).collect();
     if !noise.is_empty() {
-        let _ = writeln!(s, "\n## Classified as noise\n\n| endpoint | field | why |\n|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n## Classified as noise\n\n| endpoint | field | why |\n|---|---|---|"
+        );
         for f in noise.iter().take(30) {
-            let _ = writeln!(s, "| `{}` | `{}` | {} |", md_escape(&f.endpoint), md_escape(&f.field), md_escape(&f.reason));
+            let _ = writeln!(
+                s,
+                "| `{}` | `{}` | {} |",
+                md_escape(&f.endpoint),
+                md_escape(&f.field),
+                md_escape(&f.reason)
+            );
         }
     }
     let _ = writeln!(s, "\n## Endpoints\n\n| endpoint | requests (b/c) | errors (b/c) | p50 ms (b/c) | p99 ms (b/c) | differing pairs |\n|---|---|---|---|---|---|");
@@ -104,26 +143,59 @@ pub fn markdown(v: &Verdict) -> String {
             e.pairs
         );
     }
-    if let Some(e) = v.endpoints.iter().filter(|e| e.text_diff.is_some() && e.differing_pairs > 0).max_by_key(|e| e.differing_pairs) {
-        let _ = writeln!(s, "\n### Example text diff: `{}`\n\n```diff\n{}\n```", e.endpoint, e.text_diff.as_deref().unwrap_or(""));
+    if let Some(e) = v
+        .endpoints
+        .iter()
+        .filter(|e| e.text_diff.is_some() && e.differing_pairs > 0)
+        .max_by_key(|e| e.differing_pairs)
+    {
+        let _ = writeln!(
+            s,
+            "\n### Example text diff: `{}`\n\n```diff\n{}\n```",
+            e.endpoint,
+            e.text_diff.as_deref().unwrap_or("")
+        );
     }
     let _ = writeln!(s, "\n## All checks\n\n| result | metric | endpoint | baseline | candidate | explanation |\n|---|---|---|---|---|---|");
     for c in &v.checks {
-        let _ = writeln!(s, "| {} | {} | `{}` | {} | {} | {} |", icon(c.result), c.metric, md_escape(&c.endpoint), value(c, &c.baseline), value(c, &c.candidate), md_escape(&c.explanation));
+        let _ = writeln!(
+            s,
+            "| {} | {} | `{}` | {} | {} | {} |",
+            icon(c.result),
+            c.metric,
+            md_escape(&c.endpoint),
+            value(c, &c.baseline),
+            value(c, &c.candidate),
+            md_escape(&c.explanation)
+        );
     }
-    let _ = writeln!(s, "\nEvery check's test, thresholds and the SQL behind its inputs are in `verdict.json`.");
+    let _ = writeln!(
+        s,
+        "\nEvery check's test, thresholds and the SQL behind its inputs are in `verdict.json`."
+    );
     s
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// `junit.xml`: one test suite per metric, one test case per endpoint.
 pub fn junit(v: &Verdict) -> String {
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let failures = v.checks.iter().filter(|c| c.result == CheckResult::Fail).count();
-    let skipped = v.checks.iter().filter(|c| c.result == CheckResult::Inconclusive).count();
+    let failures = v
+        .checks
+        .iter()
+        .filter(|c| c.result == CheckResult::Fail)
+        .count();
+    let skipped = v
+        .checks
+        .iter()
+        .filter(|c| c.result == CheckResult::Inconclusive)
+        .count();
     let _ = writeln!(s, "<testsuites name=\"shadowtap canary: {}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">", v.verdict.as_str(), v.checks.len());
     let mut metrics: Vec<&str> = v.checks.iter().map(|c| c.metric.as_str()).collect();
     metrics.dedup();
@@ -132,20 +204,47 @@ pub fn junit(v: &Verdict) -> String {
     for m in metrics {
         let cs: Vec<&Check> = v.checks.iter().filter(|c| c.metric == m).collect();
         let f = cs.iter().filter(|c| c.result == CheckResult::Fail).count();
-        let sk = cs.iter().filter(|c| c.result == CheckResult::Inconclusive).count();
-        let _ = writeln!(s, "  <testsuite name=\"{m}\" tests=\"{}\" failures=\"{f}\" skipped=\"{sk}\">", cs.len());
+        let sk = cs
+            .iter()
+            .filter(|c| c.result == CheckResult::Inconclusive)
+            .count();
+        let _ = writeln!(
+            s,
+            "  <testsuite name=\"{m}\" tests=\"{}\" failures=\"{f}\" skipped=\"{sk}\">",
+            cs.len()
+        );
         for c in cs {
-            let _ = write!(s, "    <testcase classname=\"shadowtap.{m}\" name=\"{}\">", xml(&c.endpoint));
+            let _ = write!(
+                s,
+                "    <testcase classname=\"shadowtap.{m}\" name=\"{}\">",
+                xml(&c.endpoint)
+            );
             match c.result {
                 CheckResult::Pass => {}
                 CheckResult::Fail => {
-                    let _ = write!(s, "<failure message=\"{}\">{}</failure>", xml(&c.explanation), xml(&format!("{}\nthreshold: {}\nsql: {}", c.explanation, c.threshold, c.sql)));
+                    let _ = write!(
+                        s,
+                        "<failure message=\"{}\">{}</failure>",
+                        xml(&c.explanation),
+                        xml(&format!(
+                            "{}\nthreshold: {}\nsql: {}",
+                            c.explanation, c.threshold, c.sql
+                        ))
+                    );
                 }
                 CheckResult::Inconclusive => {
                     let _ = write!(s, "<skipped message=\"{}\"/>", xml(&c.explanation));
                 }
             }
-            let _ = writeln!(s, "<system-out>{}</system-out></testcase>", xml(&format!("baseline {} | candidate {}", value(c, &c.baseline), value(c, &c.candidate))));
+            let _ = writeln!(
+                s,
+                "<system-out>{}</system-out></testcase>",
+                xml(&format!(
+                    "baseline {} | candidate {}",
+                    value(c, &c.baseline),
+                    value(c, &c.candidate)
+                ))
+            );
         }
         let _ = writeln!(s, "  </testsuite>");
     }
@@ -156,9 +255,18 @@ pub fn junit(v: &Verdict) -> String {
 /// An SVG plot of latency CDFs (baseline and candidate) for one endpoint.
 fn cdf_svg(title: &str, series: &[(&str, &str, &[f64])]) -> String {
     let (w, h, pad) = (420.0, 220.0, 36.0);
-    let max = series.iter().flat_map(|(_, _, s)| s.iter().copied()).fold(0.0f64, f64::max).max(1e-6);
+    let max = series
+        .iter()
+        .flat_map(|(_, _, s)| s.iter().copied())
+        .fold(0.0f64, f64::max)
+        .max(1e-6);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\"><title>{}</title>", xml(title));
-    let _ = write!(s, "<rect x=\"{pad}\" y=\"10\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>", w - pad - 10.0, h - pad - 10.0);
+    let _ = write!(
+        s,
+        "<rect x=\"{pad}\" y=\"10\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>",
+        w - pad - 10.0,
+        h - pad - 10.0
+    );
     let _ = write!(s, "<text x=\"{pad}\" y=\"{}\" font-size=\"10\">0</text><text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">{max:.1} ms</text>", h - pad + 14.0, w - 10.0, h - pad + 14.0);
     let _ = write!(s, "<text x=\"4\" y=\"16\" font-size=\"10\">100%</text>");
     for (i, (name, color, samples)) in series.iter().enumerate() {
@@ -169,10 +277,26 @@ fn cdf_svg(title: &str, series: &[(&str, &str, &[f64])]) -> String {
         let pts: Vec<String> = samples
             .iter()
             .enumerate()
-            .map(|(j, v)| format!("{:.1},{:.1}", pad + v / max * (w - pad - 10.0), 10.0 + (h - pad - 10.0) * (1.0 - (j as f64 + 1.0) / n)))
+            .map(|(j, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    pad + v / max * (w - pad - 10.0),
+                    10.0 + (h - pad - 10.0) * (1.0 - (j as f64 + 1.0) / n)
+                )
+            })
             .collect();
-        let _ = write!(s, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>", pts.join(" "));
-        let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{}</text>", pad + 8.0, 26.0 + 14.0 * i as f64, xml(name));
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            pts.join(" ")
+        );
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{}</text>",
+            pad + 8.0,
+            26.0 + 14.0 * i as f64,
+            xml(name)
+        );
     }
     s.push_str("</svg>");
     s
@@ -183,17 +307,35 @@ fn bars_svg(title: &str, rows: &[(String, f64, f64)], unit: &str) -> String {
     let h = 30.0 + rows.len() as f64 * (2.0 * bar_h + 8.0);
     let w = 620.0;
     let label_w = 260.0;
-    let max = rows.iter().flat_map(|r| [r.1, r.2]).fold(0.0f64, f64::max).max(1e-9);
+    let max = rows
+        .iter()
+        .flat_map(|r| [r.1, r.2])
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\"><title>{}</title>", xml(title));
-    let _ = write!(s, "<text x=\"4\" y=\"14\" font-size=\"12\">{}</text>", xml(title));
+    let _ = write!(
+        s,
+        "<text x=\"4\" y=\"14\" font-size=\"12\">{}</text>",
+        xml(title)
+    );
     for (i, (label, b, c)) in rows.iter().enumerate() {
         let y = 24.0 + i as f64 * (2.0 * bar_h + 8.0);
-        let _ = write!(s, "<text x=\"4\" y=\"{}\" font-size=\"10\">{}</text>", y + bar_h, xml(&label.chars().take(40).collect::<String>()));
+        let _ = write!(
+            s,
+            "<text x=\"4\" y=\"{}\" font-size=\"10\">{}</text>",
+            y + bar_h,
+            xml(&label.chars().take(40).collect::<String>())
+        );
         for (k, (v, color)) in [(*b, "#4e79a7"), (*c, "#e15759")].iter().enumerate() {
             let yy = y + k as f64 * bar_h;
             let bw = v / max * (w - label_w - 80.0);
             let _ = write!(s, "<rect x=\"{label_w}\" y=\"{yy}\" width=\"{bw:.1}\" height=\"{}\" fill=\"{color}\"/>", bar_h - 2.0);
-            let _ = write!(s, "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\">{v:.2}{unit}</text>", label_w + bw + 4.0, yy + bar_h - 4.0);
+            let _ = write!(
+                s,
+                "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\">{v:.2}{unit}</text>",
+                label_w + bw + 4.0,
+                yy + bar_h - 4.0
+            );
         }
     }
     s.push_str("</svg>");
@@ -223,7 +365,11 @@ pub fn html(v: &Verdict) -> String {
     }
     s.push_str("</ul><h2>Checks</h2><table><tr><th>result</th><th>metric</th><th>endpoint</th><th>baseline</th><th>candidate</th><th>explanation</th></tr>");
     for c in &v.checks {
-        let cls = if c.result == CheckResult::Fail { " class=\"fail\"" } else { "" };
+        let cls = if c.result == CheckResult::Fail {
+            " class=\"fail\""
+        } else {
+            ""
+        };
         let _ = write!(
             s,
             "<tr><td{cls}>{:?}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -240,20 +386,67 @@ pub fn html(v: &Verdict) -> String {
         .endpoints
         .iter()
         .map(|e| {
-            let r = |t: &str| e.targets.get(t).map_or(0.0, |m| if m.requests > 0 { 100.0 * m.errors as f64 / m.requests as f64 } else { 0.0 });
+            let r = |t: &str| {
+                e.targets.get(t).map_or(0.0, |m| {
+                    if m.requests > 0 {
+                        100.0 * m.errors as f64 / m.requests as f64
+                    } else {
+                        0.0
+                    }
+                })
+            };
             (e.endpoint.clone(), r(&v.baseline), r(&v.candidate))
         })
         .collect();
-    s.push_str(&bars_svg("error rate (%): baseline (blue) vs candidate (red)", &err_rows, "%"));
-    let diff_rows: Vec<(String, f64, f64)> =
-        v.endpoints.iter().map(|e| (e.endpoint.clone(), 0.0, if e.pairs > 0 { 100.0 * e.differing_pairs as f64 / e.pairs as f64 } else { 0.0 })).collect();
-    s.push_str(&bars_svg("non-noise difference rate (%) of candidate pairs", &diff_rows, "%"));
+    s.push_str(&bars_svg(
+        "error rate (%): baseline (blue) vs candidate (red)",
+        &err_rows,
+        "%",
+    ));
+    let diff_rows: Vec<(String, f64, f64)> = v
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.endpoint.clone(),
+                0.0,
+                if e.pairs > 0 {
+                    100.0 * e.differing_pairs as f64 / e.pairs as f64
+                } else {
+                    0.0
+                },
+            )
+        })
+        .collect();
+    s.push_str(&bars_svg(
+        "non-noise difference rate (%) of candidate pairs",
+        &diff_rows,
+        "%",
+    ));
     s.push_str("</div><h2>Latency distributions (CDF)</h2><div class=\"grid\">");
     for e in &v.endpoints {
-        let b = e.targets.get(&v.baseline).map(|m| m.samples_ms.clone()).unwrap_or_default();
-        let c = e.targets.get(&v.candidate).map(|m| m.samples_ms.clone()).unwrap_or_default();
-        let _ = write!(s, "<figure><figcaption><code>{}</code></figcaption>", xml(&e.endpoint));
-        s.push_str(&cdf_svg(&e.endpoint, &[(&format!("baseline {}", v.baseline), "#4e79a7", &b), (&format!("candidate {}", v.candidate), "#e15759", &c)]));
+        let b = e
+            .targets
+            .get(&v.baseline)
+            .map(|m| m.samples_ms.clone())
+            .unwrap_or_default();
+        let c = e
+            .targets
+            .get(&v.candidate)
+            .map(|m| m.samples_ms.clone())
+            .unwrap_or_default();
+        let _ = write!(
+            s,
+            "<figure><figcaption><code>{}</code></figcaption>",
+            xml(&e.endpoint)
+        );
+        s.push_str(&cdf_svg(
+            &e.endpoint,
+            &[
+                (&format!("baseline {}", v.baseline), "#4e79a7", &b),
+                (&format!("candidate {}", v.candidate), "#e15759", &c),
+            ],
+        ));
         s.push_str("</figure>");
     }
     s.push_str("</div><h2>Fields</h2><table><tr><th>endpoint</th><th>field</th><th>counted</th><th>candidate rate</th><th>noise rate</th><th>why</th></tr>");

@@ -16,13 +16,22 @@ pub fn normal_sf(z: f64) -> f64 {
 pub fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
-    if x >= 0.0 { r } else { 2.0 - r }
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
 }
 
 /// ln Γ(x) for x > 0 (Lanczos, g = 7, n = 9; relative error ~1e-15).
@@ -73,7 +82,11 @@ pub fn mann_whitney(baseline: &[f64], candidate: &[f64]) -> Option<MannWhitney> 
     if n1 == 0 || n2 == 0 {
         return None;
     }
-    let mut all: Vec<(f64, bool)> = baseline.iter().map(|&v| (v, false)).chain(candidate.iter().map(|&v| (v, true))).collect();
+    let mut all: Vec<(f64, bool)> = baseline
+        .iter()
+        .map(|&v| (v, false))
+        .chain(candidate.iter().map(|&v| (v, true)))
+        .collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     let n = all.len();
     let mut rank_sum_c = 0.0;
@@ -99,12 +112,28 @@ pub fn mann_whitney(baseline: &[f64], candidate: &[f64]) -> Option<MannWhitney> 
     let mean = n1f * n2f / 2.0;
     let var = n1f * n2f / 12.0 * ((nf + 1.0) - tie_term / (nf * (nf - 1.0)).max(1.0));
     if var <= 0.0 {
-        return Some(MannWhitney { u, z: 0.0, p_two_sided: 1.0, p_greater: 0.5 });
+        return Some(MannWhitney {
+            u,
+            z: 0.0,
+            p_two_sided: 1.0,
+            p_greater: 0.5,
+        });
     }
     let sd = var.sqrt();
     let diff = u - mean;
-    let z = if diff > 0.5 { (diff - 0.5) / sd } else if diff < -0.5 { (diff + 0.5) / sd } else { 0.0 };
-    Some(MannWhitney { u, z, p_two_sided: (2.0 * normal_sf(z.abs())).min(1.0), p_greater: normal_sf(z) })
+    let z = if diff > 0.5 {
+        (diff - 0.5) / sd
+    } else if diff < -0.5 {
+        (diff + 0.5) / sd
+    } else {
+        0.0
+    };
+    Some(MannWhitney {
+        u,
+        z,
+        p_two_sided: (2.0 * normal_sf(z.abs())).min(1.0),
+        p_greater: normal_sf(z),
+    })
 }
 
 /// Result of comparing two rates.
@@ -126,14 +155,31 @@ pub fn rate_higher(x1: u64, n1: u64, x2: u64, n2: u64) -> Option<RateTest> {
     let n = n1 + n2;
     let x = x1 + x2;
     // Expected counts in the 2x2 table under the null.
-    let expected = [x as f64 * n1 as f64 / n as f64, x as f64 * n2 as f64 / n as f64, (n - x) as f64 * n1 as f64 / n as f64, (n - x) as f64 * n2 as f64 / n as f64];
+    let expected = [
+        x as f64 * n1 as f64 / n as f64,
+        x as f64 * n2 as f64 / n as f64,
+        (n - x) as f64 * n1 as f64 / n as f64,
+        (n - x) as f64 * n2 as f64 / n as f64,
+    ];
     if expected.iter().any(|&e| e < 5.0) {
-        return Some(RateTest { test: "fisher_exact", p_greater: fisher_greater(x1, n1, x2, n2), z: None });
+        return Some(RateTest {
+            test: "fisher_exact",
+            p_greater: fisher_greater(x1, n1, x2, n2),
+            z: None,
+        });
     }
-    let (p1, p2, p) = (x1 as f64 / n1 as f64, x2 as f64 / n2 as f64, x as f64 / n as f64);
+    let (p1, p2, p) = (
+        x1 as f64 / n1 as f64,
+        x2 as f64 / n2 as f64,
+        x as f64 / n as f64,
+    );
     let se = (p * (1.0 - p) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
     let z = if se > 0.0 { (p2 - p1) / se } else { 0.0 };
-    Some(RateTest { test: "two_proportion_z", p_greater: normal_sf(z), z: Some(z) })
+    Some(RateTest {
+        test: "two_proportion_z",
+        p_greater: normal_sf(z),
+        z: Some(z),
+    })
 }
 
 /// Fisher's exact test, one-sided: P(candidate successes >= x2) given the margins.
@@ -154,7 +200,11 @@ pub fn fisher_greater(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
 
 /// A p value as people read it: `0.032`, `2.1e-7`.
 pub fn fmt_p(p: f64) -> String {
-    if p < 0.001 { format!("{p:.1e}") } else { format!("{p:.3}") }
+    if p < 0.001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
+    }
 }
 
 /// The q-quantile of sorted values (nearest rank, interpolated).

@@ -13,7 +13,9 @@ use arrow::datatypes::DataType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::AnalyzeError;
@@ -24,7 +26,9 @@ pub const TABLES: &[&str] = &["exchanges", "replays", "diffs"];
 
 /// A session with the UDFs registered.
 pub fn session() -> SessionContext {
-    let config = SessionConfig::new().with_information_schema(true).with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
     let ctx = SessionContext::new_with_config(config);
     for kind in [Helper::PathTemplate, Helper::Header, Helper::JsonGet] {
         ctx.register_udf(ScalarUDF::from(HelperUdf::new(kind)));
@@ -33,7 +37,9 @@ pub fn session() -> SessionContext {
 }
 
 fn files_of_ext(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if e.file_name().to_string_lossy().starts_with('.') {
@@ -49,45 +55,69 @@ fn files_of_ext(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Registers `table` over the `table-*.parquet` files under `dir`; returns how many files.
 /// Zero files registers nothing.
-pub async fn register(ctx: &SessionContext, table: &str, dir: &Path) -> Result<usize, AnalyzeError> {
+pub async fn register(
+    ctx: &SessionContext,
+    table: &str,
+    dir: &Path,
+) -> Result<usize, AnalyzeError> {
     if !dir.is_dir() {
-        return Err(AnalyzeError::Input(format!("{}: not a directory", dir.display())));
+        return Err(AnalyzeError::Input(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
     }
     let files = crate::pairs::parquet_files(dir, table);
     if files.is_empty() {
         return Ok(0);
     }
-    let abs = std::fs::canonicalize(dir).map_err(|e| AnalyzeError::Input(format!("{}: {e}", dir.display())))?;
+    let abs = std::fs::canonicalize(dir)
+        .map_err(|e| AnalyzeError::Input(format!("{}: {e}", dir.display())))?;
     // Hive partitions only when every file sits in them (DataFusion skips files outside them).
     let partitioned = files.iter().all(|f| {
-        let rel = f.strip_prefix(dir).unwrap_or(f).to_string_lossy().into_owned();
+        let rel = f
+            .strip_prefix(dir)
+            .unwrap_or(f)
+            .to_string_lossy()
+            .into_owned();
         let parts: Vec<&str> = rel.split('/').collect();
         parts.len() == 3 && parts[0].starts_with("date=") && parts[1].starts_with("hour=")
     });
-    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let mut options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let pattern = if partitioned {
         // A partitioned table is its directory (DataFusion does not combine globs with
         // partitions): every Parquet file in it must belong to the table.
         let mut all = Vec::new();
         files_of_ext(dir, &mut all);
-        if let Some(stranger) = all.iter().find(|f| !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{table}-")))) {
+        if let Some(stranger) = all.iter().find(|f| {
+            !f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{table}-")))
+        }) {
             return Err(AnalyzeError::Input(format!(
                 "{}: the partitioned `{table}` table shares its directory with {}; keep each table in its own directory",
                 dir.display(),
                 stranger.display()
             )));
         }
-        options = options.with_table_partition_cols(vec![("date".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+        options = options.with_table_partition_cols(vec![
+            ("date".into(), DataType::Utf8),
+            ("hour".into(), DataType::Utf8),
+        ]);
         format!("{}/", abs.display())
     } else {
         format!("{}/**/{table}-*.parquet", abs.display())
     };
-    ctx.register_listing_table(table, pattern, options, None, None).await.map_err(|e| AnalyzeError::Sql(e.to_string()))?;
+    ctx.register_listing_table(table, pattern, options, None, None)
+        .await
+        .map_err(|e| AnalyzeError::Sql(e.to_string()))?;
     Ok(files.len())
 }
 
 /// Registers every shadowtap table found under `dirs`; returns the names registered.
-pub async fn register_all(ctx: &SessionContext, dirs: &[PathBuf]) -> Result<Vec<String>, AnalyzeError> {
+pub async fn register_all(
+    ctx: &SessionContext,
+    dirs: &[PathBuf],
+) -> Result<Vec<String>, AnalyzeError> {
     let mut found = Vec::new();
     for table in TABLES {
         for d in dirs {
@@ -105,13 +135,23 @@ pub async fn register_all(ctx: &SessionContext, dirs: &[PathBuf]) -> Result<Vec<
 /// Runs `sql`, returning the batches; a missing table becomes a message listing the tables.
 pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, AnalyzeError> {
     let tables = || {
-        let mut names: Vec<String> = TABLES.iter().filter(|t| ctx.table_exist(**t).unwrap_or(false)).map(|t| (*t).to_owned()).collect();
+        let mut names: Vec<String> = TABLES
+            .iter()
+            .filter(|t| ctx.table_exist(**t).unwrap_or(false))
+            .map(|t| (*t).to_owned())
+            .collect();
         if names.is_empty() {
             names.push("none".into());
         }
         names.join(", ")
     };
-    let clean = |e: DataFusionError| AnalyzeError::Sql(format!("{} (tables: {})", e.to_string().replace('\n', " "), tables()));
+    let clean = |e: DataFusionError| {
+        AnalyzeError::Sql(format!(
+            "{} (tables: {})",
+            e.to_string().replace('\n', " "),
+            tables()
+        ))
+    };
     let df = ctx.sql(sql).await.map_err(clean)?;
     df.collect().await.map_err(clean)
 }
@@ -146,7 +186,10 @@ struct HelperUdf {
 impl HelperUdf {
     fn new(kind: Helper) -> Self {
         let arity = if kind == Helper::PathTemplate { 1 } else { 2 };
-        HelperUdf { kind, signature: Signature::any(arity, Volatility::Immutable) }
+        HelperUdf {
+            kind,
+            signature: Signature::any(arity, Volatility::Immutable),
+        }
     }
 }
 
@@ -164,7 +207,10 @@ impl ScalarUDFImpl for HelperUdf {
     fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
         Ok(DataType::Utf8)
     }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
         match self.kind {
             Helper::PathTemplate => path_template_udf(args),
             Helper::Header => header_udf(args),
@@ -174,74 +220,86 @@ impl ScalarUDFImpl for HelperUdf {
 }
 
 fn path_template_udf(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let a = utf8_arg(&args.args[0], args.number_rows)?;
-        let s = a.as_string::<i32>();
-        let mut b = StringBuilder::with_capacity(s.len(), s.len() * 16);
-        for i in 0..s.len() {
-            if s.is_null(i) {
-                b.append_null();
-            } else {
-                b.append_value(path_template(s.value(i)));
-            }
+    let a = utf8_arg(&args.args[0], args.number_rows)?;
+    let s = a.as_string::<i32>();
+    let mut b = StringBuilder::with_capacity(s.len(), s.len() * 16);
+    for i in 0..s.len() {
+        if s.is_null(i) {
+            b.append_null();
+        } else {
+            b.append_value(path_template(s.value(i)));
         }
-        Ok(ColumnarValue::Array(Arc::new(b.finish())))}
+    }
+    Ok(ColumnarValue::Array(Arc::new(b.finish())))
+}
 
 fn header_udf(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let n = args.number_rows;
-        let lists = args.args[0].to_array(n)?;
-        let names = utf8_arg(&args.args[1], n)?;
-        let names = names.as_string::<i32>();
-        let Some(lists) = lists.as_list_opt::<i32>() else {
-            return Err(DataFusionError::Plan("header(headers, name): the first argument must be a headers column (list of {name, value})".into()));
-        };
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        for i in 0..n {
-            if lists.is_null(i) || names.is_null(i) {
-                b.append_null();
-                continue;
-            }
-            let want = names.value(i);
-            let v = lists.value(i);
-            let Some(s) = v.as_struct_opt() else {
-                return Err(DataFusionError::Plan("header(headers, name): the list must hold {name, value} structs".into()));
-            };
-            let (ns, vs) = (s.column(0).as_string::<i32>(), s.column(1).as_string::<i32>());
-            match (0..s.len()).find(|&j| ns.value(j).eq_ignore_ascii_case(want)) {
-                Some(j) => b.append_value(vs.value(j)),
-                None => b.append_null(),
-            }
+    let n = args.number_rows;
+    let lists = args.args[0].to_array(n)?;
+    let names = utf8_arg(&args.args[1], n)?;
+    let names = names.as_string::<i32>();
+    let Some(lists) = lists.as_list_opt::<i32>() else {
+        return Err(DataFusionError::Plan("header(headers, name): the first argument must be a headers column (list of {name, value})".into()));
+    };
+    let mut b = StringBuilder::with_capacity(n, n * 16);
+    for i in 0..n {
+        if lists.is_null(i) || names.is_null(i) {
+            b.append_null();
+            continue;
         }
-        Ok(ColumnarValue::Array(Arc::new(b.finish())))}
+        let want = names.value(i);
+        let v = lists.value(i);
+        let Some(s) = v.as_struct_opt() else {
+            return Err(DataFusionError::Plan(
+                "header(headers, name): the list must hold {name, value} structs".into(),
+            ));
+        };
+        let (ns, vs) = (
+            s.column(0).as_string::<i32>(),
+            s.column(1).as_string::<i32>(),
+        );
+        match (0..s.len()).find(|&j| ns.value(j).eq_ignore_ascii_case(want)) {
+            Some(j) => b.append_value(vs.value(j)),
+            None => b.append_null(),
+        }
+    }
+    Ok(ColumnarValue::Array(Arc::new(b.finish())))
+}
 
 fn json_get_udf(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let n = args.number_rows;
-        let bodies = args.args[0].to_array(n)?;
-        let pointers = utf8_arg(&args.args[1], n)?;
-        let pointers = pointers.as_string::<i32>();
-        let get = |i: usize| -> Option<&[u8]> {
-            if bodies.is_null(i) {
-                return None;
-            }
-            match bodies.data_type() {
-                DataType::Binary => Some(bodies.as_binary::<i32>().value(i)),
-                DataType::LargeBinary => Some(bodies.as_binary::<i64>().value(i)),
-                DataType::Utf8 => Some(bodies.as_string::<i32>().value(i).as_bytes()),
-                DataType::Utf8View => Some(bodies.as_string_view().value(i).as_bytes()),
-                DataType::BinaryView => Some(bodies.as_binary_view().value(i)),
-                _ => None,
-            }
-        };
-        let mut b = StringBuilder::with_capacity(n, n * 8);
-        for i in 0..n {
-            let value = get(i).filter(|_| !pointers.is_null(i)).and_then(|body| {
-                let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
-                let p = pointers.value(i);
-                let v = if p.is_empty() || p == "/" { Some(&doc) } else { doc.pointer(p) }?;
-                Some(match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-            });
-            b.append_option(value);
+    let n = args.number_rows;
+    let bodies = args.args[0].to_array(n)?;
+    let pointers = utf8_arg(&args.args[1], n)?;
+    let pointers = pointers.as_string::<i32>();
+    let get = |i: usize| -> Option<&[u8]> {
+        if bodies.is_null(i) {
+            return None;
         }
-        Ok(ColumnarValue::Array(Arc::new(b.finish())))}
+        match bodies.data_type() {
+            DataType::Binary => Some(bodies.as_binary::<i32>().value(i)),
+            DataType::LargeBinary => Some(bodies.as_binary::<i64>().value(i)),
+            DataType::Utf8 => Some(bodies.as_string::<i32>().value(i).as_bytes()),
+            DataType::Utf8View => Some(bodies.as_string_view().value(i).as_bytes()),
+            DataType::BinaryView => Some(bodies.as_binary_view().value(i)),
+            _ => None,
+        }
+    };
+    let mut b = StringBuilder::with_capacity(n, n * 8);
+    for i in 0..n {
+        let value = get(i).filter(|_| !pointers.is_null(i)).and_then(|body| {
+            let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+            let p = pointers.value(i);
+            let v = if p.is_empty() || p == "/" {
+                Some(&doc)
+            } else {
+                doc.pointer(p)
+            }?;
+            Some(match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        });
+        b.append_option(value);
+    }
+    Ok(ColumnarValue::Array(Arc::new(b.finish())))
+}

@@ -12,14 +12,24 @@ pub fn is_id_segment(seg: &str) -> bool {
         return true;
     }
     let uuid = seg.len() == 36
-        && seg.bytes().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() });
+        && seg.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
     if uuid {
         return true;
     }
     if seg.len() >= 8 && digits > 0 && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
         return true;
     }
-    seg.len() >= 20 && digits > 0 && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    seg.len() >= 20
+        && digits > 0
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The path with identifier segments replaced by `{id}` (the query is not part of a path).
@@ -28,7 +38,10 @@ pub fn path_template(path: &str) -> String {
     if path.is_empty() {
         return "/".into();
     }
-    path.split('/').map(|s| if is_id_segment(s) { "{id}" } else { s }).collect::<Vec<_>>().join("/")
+    path.split('/')
+        .map(|s| if is_id_segment(s) { "{id}" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -37,12 +50,25 @@ mod tests {
 
     #[test]
     fn ids_become_placeholders() {
-        assert_eq!(path_template("/users/123/orders/9f1c2e4a7b"), "/users/{id}/orders/{id}");
-        assert_eq!(path_template("/v2/items/550e8400-e29b-41d4-a716-446655440000"), "/v2/items/{id}");
+        assert_eq!(
+            path_template("/users/123/orders/9f1c2e4a7b"),
+            "/users/{id}/orders/{id}"
+        );
+        assert_eq!(
+            path_template("/v2/items/550e8400-e29b-41d4-a716-446655440000"),
+            "/v2/items/{id}"
+        );
         assert_eq!(path_template("/api/v1/users"), "/api/v1/users");
         assert_eq!(path_template("/static/app.css"), "/static/app.css");
-        assert_eq!(path_template("/tokens/abcDEF123ghiJKL456mnop"), "/tokens/{id}");
-        assert_eq!(path_template("/cafe/deadbeef"), "/cafe/deadbeef", "hex words without digits stay");
+        assert_eq!(
+            path_template("/tokens/abcDEF123ghiJKL456mnop"),
+            "/tokens/{id}"
+        );
+        assert_eq!(
+            path_template("/cafe/deadbeef"),
+            "/cafe/deadbeef",
+            "hex words without digits stay"
+        );
         assert_eq!(path_template("/a?x=1"), "/a");
         assert_eq!(path_template(""), "/");
     }

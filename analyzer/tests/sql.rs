@@ -33,16 +33,26 @@ fn exchange(i: usize) -> Exchange {
         path,
         query: None,
         http_version: "HTTP/1.1".into(),
-        request_headers: vec![Header { name: "User-Agent".into(), value: format!("ua-{}", i % 2) }],
+        request_headers: vec![Header {
+            name: "User-Agent".into(),
+            value: format!("ua-{}", i % 2),
+        }],
         request_trailers: vec![],
         request_body: Body::default(),
         status: Some(200),
         reason: Some("OK".into()),
         response_version: Some("HTTP/1.1".into()),
         interim_statuses: vec![],
-        response_headers: vec![Header { name: "Content-Type".into(), value: "application/json".into() }],
+        response_headers: vec![Header {
+            name: "Content-Type".into(),
+            value: "application/json".into(),
+        }],
         response_trailers: vec![],
-        response_body: Body { raw: format!("{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}}}}").into_bytes(), len: 10, ..Body::default() },
+        response_body: Body {
+            raw: format!("{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}}}}").into_bytes(),
+            len: 10,
+            ..Body::default()
+        },
         flags: ExchangeFlags::default(),
         error_detail: None,
     }
@@ -50,7 +60,12 @@ fn exchange(i: usize) -> Exchange {
 
 fn write_exchanges(dir: &Path, n: usize) {
     let mut sink = ParquetSink::new(
-        SinkOptions { dir: dir.join("date=2025-11-23/hour=12"), prefix: "exchanges-t".into(), max_file_bytes: 1 << 30, max_row_group_rows: 1000 },
+        SinkOptions {
+            dir: dir.join("date=2025-11-23/hour=12"),
+            prefix: "exchanges-t".into(),
+            max_file_bytes: 1 << 30,
+            max_row_group_rows: 1000,
+        },
         exchanges_schema(),
     )
     .unwrap();
@@ -77,7 +92,10 @@ fn row(i: usize, target: &str, status: Option<u16>, ms: f64, body: &str) -> Repl
         request_body: vec![],
         status,
         response_version: status.map(|_| "HTTP/1.1".into()),
-        response_headers: vec![Header { name: "content-type".into(), value: "application/json".into() }],
+        response_headers: vec![Header {
+            name: "content-type".into(),
+            value: "application/json".into(),
+        }],
         response_body: body.as_bytes().to_vec(),
         response_body_decoded: None,
         response_body_len: body.len() as u64,
@@ -85,14 +103,23 @@ fn row(i: usize, target: &str, status: Option<u16>, ms: f64, body: &str) -> Repl
         connect_us: None,
         ttfb_us: Some((ms * 1000.0) as i64),
         total_us: Some((ms * 1000.0) as i64),
-        error_kind: if status.is_none() { Some(ErrorKind::Refused) } else { None },
+        error_kind: if status.is_none() {
+            Some(ErrorKind::Refused)
+        } else {
+            None
+        },
         error_message: None,
     }
 }
 
 fn write_replays(dir: &Path, rows: &[ReplayRecord]) {
     let mut sink = ParquetSink::new(
-        SinkOptions { dir: dir.to_path_buf(), prefix: "replays-t".into(), max_file_bytes: 1 << 30, max_row_group_rows: 1000 },
+        SinkOptions {
+            dir: dir.to_path_buf(),
+            prefix: "replays-t".into(),
+            max_file_bytes: 1 << 30,
+            max_row_group_rows: 1000,
+        },
         replays_schema(),
     )
     .unwrap();
@@ -101,7 +128,11 @@ fn write_replays(dir: &Path, rows: &[ReplayRecord]) {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -137,7 +168,13 @@ fn tables_partitions_and_udfs() {
 }
 
 fn options(dir: &Path) -> AnalyzeOptions {
-    AnalyzeOptions { capture: Some(dir.join("cap")), replay: dir.join("rep"), policy: Policy::default(), out: dir.join("out"), fail_on_marginal: false }
+    AnalyzeOptions {
+        capture: Some(dir.join("cap")),
+        replay: dir.join("rep"),
+        policy: Policy::default(),
+        out: dir.join("out"),
+        fail_on_marginal: false,
+    }
 }
 
 #[test]
@@ -149,27 +186,65 @@ fn a_latency_regression_fails_and_the_sql_gives_the_same_numbers() {
         let body = format!("{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}}}}");
         let jitter = (i % 10) as f64 * 0.1;
         rows.push(row(i, "baseline", Some(200), 10.0 + jitter, &body));
-        rows.push(row(i, "candidate", if i % 25 == 0 { None } else { Some(200) }, 14.0 + jitter, &body));
+        rows.push(row(
+            i,
+            "candidate",
+            if i % 25 == 0 { None } else { Some(200) },
+            14.0 + jitter,
+            &body,
+        ));
     }
     write_replays(&dir.path().join("rep"), &rows);
     let opts = options(dir.path());
     let v = rt().block_on(analyze(&opts)).unwrap();
     assert_eq!(v.verdict, Decision::NoGo);
-    let lat = v.checks.iter().find(|c| c.metric == "latency" && c.endpoint == "overall").unwrap();
-    assert_eq!(lat.result, shadowtap_analyzer::analyze::CheckResult::Fail, "{}", lat.explanation);
+    let lat = v
+        .checks
+        .iter()
+        .find(|c| c.metric == "latency" && c.endpoint == "overall")
+        .unwrap();
+    assert_eq!(
+        lat.result,
+        shadowtap_analyzer::analyze::CheckResult::Fail,
+        "{}",
+        lat.explanation
+    );
     assert_eq!((lat.baseline.n, lat.candidate.n), (200, 192));
-    let err = v.checks.iter().find(|c| c.metric == "error_rate" && c.endpoint == "overall").unwrap();
-    assert_eq!((err.baseline.events, err.candidate.events), (Some(0), Some(8)));
+    let err = v
+        .checks
+        .iter()
+        .find(|c| c.metric == "error_rate" && c.endpoint == "overall")
+        .unwrap();
+    assert_eq!(
+        (err.baseline.events, err.candidate.events),
+        (Some(0), Some(8))
+    );
     // 4% vs 0% on 200: significant (Fisher), and above the 1-point bound.
-    assert_eq!(err.result, shadowtap_analyzer::analyze::CheckResult::Fail, "{}", err.explanation);
+    assert_eq!(
+        err.result,
+        shadowtap_analyzer::analyze::CheckResult::Fail,
+        "{}",
+        err.explanation
+    );
     // The check's SQL, run as is, gives the numbers the check used.
     rt().block_on(async {
         let ctx = session();
         register_all(&ctx, &[dir.path().join("rep")]).await.unwrap();
-        let b = run_sql(&ctx, &format!("SELECT * FROM ({}) ORDER BY target", err.sql)).await.unwrap();
+        let b = run_sql(
+            &ctx,
+            &format!("SELECT * FROM ({}) ORDER BY target", err.sql),
+        )
+        .await
+        .unwrap();
         let t = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
         assert_eq!(t.as_string::<i32>().value(0), "baseline");
-        assert_eq!((b[0].column(1).as_primitive::<Int64Type>().value(1), b[0].column(2).as_primitive::<Int64Type>().value(1)), (200, 8));
+        assert_eq!(
+            (
+                b[0].column(1).as_primitive::<Int64Type>().value(1),
+                b[0].column(2).as_primitive::<Int64Type>().value(1)
+            ),
+            (200, 8)
+        );
     });
 }
 
@@ -182,19 +257,34 @@ fn numbers_within_tolerance_and_noise_from_the_recording() {
         // Both replays carry the same new `ts` field the recording lacks, and a `seq` that
         // differs everywhere (noise, also against the recording); the candidate changes `name`
         // on every request.
-        let b = format!("{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}},\"seq\":{}}}", i * 2);
-        let c = format!("{{\"user\":{{\"id\":{i},\"name\":\"m{i}\"}},\"seq\":{}}}", i * 2 + 1);
+        let b = format!(
+            "{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}},\"seq\":{}}}",
+            i * 2
+        );
+        let c = format!(
+            "{{\"user\":{{\"id\":{i},\"name\":\"m{i}\"}},\"seq\":{}}}",
+            i * 2 + 1
+        );
         rows.push(row(i, "baseline", Some(200), 5.0, &b));
         rows.push(row(i, "candidate", Some(200), 5.0, &c));
     }
     write_replays(&dir.path().join("rep"), &rows);
     let v = rt().block_on(analyze(&options(dir.path()))).unwrap();
     assert_eq!(v.noise_source, "recorded");
-    let field = |f: &str| v.fields.iter().find(|x| x.field == f).unwrap_or_else(|| panic!("{f}: {:?}", v.fields));
+    let field = |f: &str| {
+        v.fields
+            .iter()
+            .find(|x| x.field == f)
+            .unwrap_or_else(|| panic!("{f}: {:?}", v.fields))
+    };
     assert!(!field("/user/name").noise, "a real change");
     assert!(field("/seq").noise, "{}", field("/seq").reason);
     assert_eq!(v.verdict, Decision::NoGo);
-    assert!(v.reasons.iter().any(|r| r.contains("/user/name")), "{:?}", v.reasons);
+    assert!(
+        v.reasons.iter().any(|r| r.contains("/user/name")),
+        "{:?}",
+        v.reasons
+    );
     // Every pair, and each version against the recorded response, is a `diffs` row.
     rt().block_on(async {
         let ctx = session();
@@ -215,10 +305,16 @@ fn a_foreign_file_is_an_input_error_not_a_panic() {
     write_exchanges(&dir.path().join("tmp"), 3);
     let rep = dir.path().join("rep");
     std::fs::create_dir_all(&rep).unwrap();
-    let src = shadowtap_core::read::find_exchange_files(&dir.path().join("tmp")).unwrap().remove(0);
+    let src = shadowtap_core::read::find_exchange_files(&dir.path().join("tmp"))
+        .unwrap()
+        .remove(0);
     std::fs::copy(src, rep.join("replays-foreign.parquet")).unwrap();
     write_exchanges(&dir.path().join("cap"), 3);
     let err = rt().block_on(analyze(&options(dir.path()))).unwrap_err();
     assert_eq!(err.exit_code(), 64, "{err}");
-    assert!(err.to_string().contains("is not a shadowtap `replays` file"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("is not a shadowtap `replays` file"),
+        "{err}"
+    );
 }

@@ -48,7 +48,20 @@ impl<W: Write> Out<W> {
         let ip_len = 20 + 20 + payload.len();
         let mut f = Vec::with_capacity(14 + ip_len);
         f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]);
-        f.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ]);
         f.extend_from_slice(&src);
         f.extend_from_slice(&dst);
         f.extend_from_slice(&sp.to_be_bytes());
@@ -58,7 +71,12 @@ impl<W: Write> Out<W> {
         f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
         f.extend_from_slice(payload);
         self.ts_us += 7;
-        let rec = [(self.ts_us / 1_000_000) as u32, (self.ts_us % 1_000_000) as u32, f.len() as u32, f.len() as u32];
+        let rec = [
+            (self.ts_us / 1_000_000) as u32,
+            (self.ts_us % 1_000_000) as u32,
+            f.len() as u32,
+            f.len() as u32,
+        ];
         for v in rec {
             self.w.write_all(&v.to_le_bytes()).unwrap();
         }
@@ -87,7 +105,10 @@ fn send<W: Write>(out: &mut Out<W>, c: &mut Conn, from_client: bool, data: &[u8]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).expect("usage: synth_pcap OUT.pcap SIZE_MB");
-    let target_mb: u64 = args.get(2).map(|s| s.parse().expect("SIZE_MB")).unwrap_or(600);
+    let target_mb: u64 = args
+        .get(2)
+        .map(|s| s.parse().expect("SIZE_MB"))
+        .unwrap_or(600);
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
     {
         let v = 0xa1b2_c3d4u32;
@@ -96,28 +117,51 @@ fn main() {
     w.write_all(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
     w.write_all(&262_144u32.to_le_bytes()).unwrap();
     w.write_all(&1u32.to_le_bytes()).unwrap();
-    let mut out = Out { w, ts_us: 1_700_000_000_000_000, bytes: 24 };
+    let mut out = Out {
+        w,
+        ts_us: 1_700_000_000_000_000,
+        bytes: 24,
+    };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
 
-    let json: Vec<u8> = (0..40).map(|i| format!("{{\"id\":{i},\"name\":\"item-{i}\",\"tags\":[\"a\",\"b\"]}},")).collect::<String>().into_bytes();
+    let json: Vec<u8> = (0..40)
+        .map(|i| format!("{{\"id\":{i},\"name\":\"item-{i}\",\"tags\":[\"a\",\"b\"]}},"))
+        .collect::<String>()
+        .into_bytes();
     let gz = {
         use std::io::Write as _;
-        let html = "<html><body>".to_owned() + &"<p>shadowtap benchmark page</p>".repeat(2000) + "</body></html>";
+        let html = "<html><body>".to_owned()
+            + &"<p>shadowtap benchmark page</p>".repeat(2000)
+            + "</body></html>";
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(html.as_bytes()).unwrap();
         e.finish().unwrap()
     };
-    let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let big: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
 
     let mut conns: Vec<Conn> = Vec::new();
     let mut next_port = 1024u16;
     let mut exchanges = 0u64;
     while out.bytes < target_mb * 1_000_000 {
         if conns.len() < 64 {
-            next_port = if next_port >= 65000 { 1024 } else { next_port + 1 };
+            next_port = if next_port >= 65000 {
+                1024
+            } else {
+                next_port + 1
+            };
             let client = [10, 1, (rng.below(200)) as u8, 1 + rng.below(250) as u8];
             let server = [10, 9, 0, 1 + rng.below(4) as u8];
-            let mut c = Conn { client, server, cport: next_port, sport: [80, 8080, 3000][rng.below(3) as usize], cseq: rng.next() as u32, sseq: rng.next() as u32, left: 1 + rng.below(20) as u32 };
+            let mut c = Conn {
+                client,
+                server,
+                cport: next_port,
+                sport: [80, 8080, 3000][rng.below(3) as usize],
+                cseq: rng.next() as u32,
+                sseq: rng.next() as u32,
+                left: 1 + rng.below(20) as u32,
+            };
             out.packet(&c, true, SYN, &[]);
             c.cseq = c.cseq.wrapping_add(1);
             out.packet(&c, false, SYN | ACK, &[]);

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use shadowtap_core::exchange::{Body, Exchange, ExchangeFlags};
 use shadowtap_core::id::stable_id;
 
-use crate::http::{is_start_line, Framing, Message, MessageParser, ParserEvent, ParserLimits, ResponseFraming, Role};
+use crate::http::{
+    is_start_line, Framing, Message, MessageParser, ParserEvent, ParserLimits, ResponseFraming,
+    Role,
+};
 
 /// A TCP endpoint.
 pub type Endpoint = (IpAddr, u16);
@@ -75,11 +78,21 @@ impl Framing for Pairing {
         index
     }
 
-    fn response_head(&mut self, status: u16, _start_offset: u64, ack: Option<u32>, unparsed_from: Option<u64>) -> ResponseFraming {
+    fn response_head(
+        &mut self,
+        status: u16,
+        _start_offset: u64,
+        ack: Option<u32>,
+        unparsed_from: Option<u64>,
+    ) -> ResponseFraming {
         loop {
             let next = self.next_response;
             let Some(req) = self.pending.iter_mut().find(|p| p.index == next) else {
-                return if self.requests_done { ResponseFraming::Orphan } else { ResponseFraming::Wait };
+                return if self.requests_done {
+                    ResponseFraming::Orphan
+                } else {
+                    ResponseFraming::Wait
+                };
             };
             // A server cannot answer a request before receiving its first byte.
             if let (Some(ack), Some(base)) = (ack, self.client_base_seq) {
@@ -92,7 +105,9 @@ impl Framing for Pairing {
             // request (they lie at or beyond the ACK the request carried), can only hold this
             // request's response (or a later one): that response was lost, and this one
             // answers a later request.
-            if let (Some(from), Some(req_ack), Some(base)) = (unparsed_from, req.ack, self.server_base_seq) {
+            if let (Some(from), Some(req_ack), Some(base)) =
+                (unparsed_from, req.ack, self.server_base_seq)
+            {
                 let from_seq = base.wrapping_add(from as u32);
                 if (from_seq.wrapping_sub(req_ack) as i32) >= 0 {
                     req.response_lost = true;
@@ -100,7 +115,10 @@ impl Framing for Pairing {
                     continue;
                 }
             }
-            let framing = ResponseFraming::Request { index: req.index, method: req.method.clone() };
+            let framing = ResponseFraming::Request {
+                index: req.index,
+                method: req.method.clone(),
+            };
             if status >= 200 || status == 101 || status == 0 {
                 self.next_response += 1;
             }
@@ -217,12 +235,18 @@ impl HttpConnection {
             Mode::Detecting(dirs) => dirs.iter().flatten().map(|(b, _, _)| b.len()).sum(),
             _ => 0,
         };
-        let parsers: usize = self.parsers.as_ref().map_or(0, |ps| ps.iter().map(MessageParser::buffered_bytes).sum());
+        let parsers: usize = self
+            .parsers
+            .as_ref()
+            .map_or(0, |ps| ps.iter().map(MessageParser::buffered_bytes).sum());
         let pending: usize = self
             .pairing
             .pending
             .iter()
-            .map(|p| p.request.as_ref().map_or(0, Message::held_bytes) + p.response.as_ref().map_or(0, Message::held_bytes))
+            .map(|p| {
+                p.request.as_ref().map_or(0, Message::held_bytes)
+                    + p.response.as_ref().map_or(0, Message::held_bytes)
+            })
             .sum();
         held + parsers + pending
     }
@@ -239,7 +263,9 @@ impl HttpConnection {
 
     /// True once at least one HTTP message was parsed.
     pub fn saw_http(&self) -> bool {
-        self.parsers.as_ref().is_some_and(|p| p[0].messages_started() + p[1].messages_started() > 0)
+        self.parsers
+            .as_ref()
+            .is_some_and(|p| p[0].messages_started() + p[1].messages_started() > 0)
     }
 
     /// Counters.
@@ -255,9 +281,23 @@ impl HttpConnection {
     fn start_http(&mut self, client_dir: usize) {
         self.client_dir = Some(client_dir);
         let server_dir = 1 - client_dir;
-        let req = MessageParser::new(Role::Request, self.limits, self.mid_stream, self.detect_offset[client_dir]);
-        let resp = MessageParser::new(Role::Response, self.limits, self.mid_stream, self.detect_offset[server_dir]);
-        self.parsers = Some(if client_dir == 0 { [req, resp] } else { [resp, req] });
+        let req = MessageParser::new(
+            Role::Request,
+            self.limits,
+            self.mid_stream,
+            self.detect_offset[client_dir],
+        );
+        let resp = MessageParser::new(
+            Role::Response,
+            self.limits,
+            self.mid_stream,
+            self.detect_offset[server_dir],
+        );
+        self.parsers = Some(if client_dir == 0 {
+            [req, resp]
+        } else {
+            [resp, req]
+        });
         self.pairing.client_base_seq = self.base_seq[client_dir];
         self.pairing.server_base_seq = self.base_seq[server_dir];
         self.mode = Mode::Http;
@@ -286,7 +326,10 @@ impl HttpConnection {
                             self.feed(d, bytes, *ts, *ack);
                         }
                     }
-                } else if held.iter().any(|h| h.iter().map(|c| c.0.len()).sum::<usize>() > DETECT_LIMIT) {
+                } else if held
+                    .iter()
+                    .any(|h| h.iter().map(|c| c.0.len()).sum::<usize>() > DETECT_LIMIT)
+                {
                     let n: usize = held.iter().flatten().map(|c| c.0.len()).sum();
                     self.stats.skipped_bytes += n as u64;
                     self.mode = Mode::NotHttp;
@@ -324,7 +367,9 @@ impl HttpConnection {
         if !matches!(self.mode, Mode::Http) {
             return;
         }
-        let Some(client) = self.client_dir else { return };
+        let Some(client) = self.client_dir else {
+            return;
+        };
         if dir == client {
             if self.client_ended {
                 return;
@@ -351,7 +396,9 @@ impl HttpConnection {
     }
 
     fn finish_server(&mut self, clean: bool) {
-        let Some(client) = self.client_dir else { return };
+        let Some(client) = self.client_dir else {
+            return;
+        };
         if let Some(p) = self.parsers.as_mut() {
             p[1 - client].finish(clean, &mut self.pairing);
         }
@@ -361,7 +408,8 @@ impl HttpConnection {
     /// The connection is over: every request seen becomes an exchange.
     pub fn finish(&mut self) {
         if let Mode::Detecting(held) = &self.mode {
-            self.stats.skipped_bytes += held.iter().flatten().map(|c| c.0.len() as u64).sum::<u64>();
+            self.stats.skipped_bytes +=
+                held.iter().flatten().map(|c| c.0.len() as u64).sum::<u64>();
         }
         if let (Mode::Http, Some(client)) = (&self.mode, self.client_dir) {
             self.on_end(client, false);
@@ -373,7 +421,9 @@ impl HttpConnection {
     }
 
     fn feed(&mut self, dir: usize, data: &[u8], ts_us: i64, ack: Option<u32>) {
-        let Some(parsers) = self.parsers.as_mut() else { return };
+        let Some(parsers) = self.parsers.as_mut() else {
+            return;
+        };
         parsers[dir].feed(data, ts_us, ack, &mut self.pairing);
         if Some(dir) == self.client_dir {
             self.after_parse();
@@ -382,7 +432,10 @@ impl HttpConnection {
             }
         }
         self.after_parse();
-        if Some(dir) == self.client_dir && parsers_rejected(self.parsers.as_ref(), dir) && !self.saw_http() {
+        if Some(dir) == self.client_dir
+            && parsers_rejected(self.parsers.as_ref(), dir)
+            && !self.saw_http()
+        {
             self.mode = Mode::NotHttp;
             self.parsers = None;
             self.pairing.pending.clear();
@@ -390,8 +443,12 @@ impl HttpConnection {
     }
 
     fn after_parse(&mut self) {
-        let Some(parsers) = self.parsers.as_mut() else { return };
-        let client = self.client_dir.expect("parsers exist once the client is known");
+        let Some(parsers) = self.parsers.as_mut() else {
+            return;
+        };
+        let client = self
+            .client_dir
+            .expect("parsers exist once the client is known");
         let mut upgraded = false;
         for dir in [client, 1 - client] {
             let events: Vec<ParserEvent> = parsers[dir].drain_events().collect();
@@ -399,14 +456,29 @@ impl HttpConnection {
                 match ev {
                     ParserEvent::Message(m) => {
                         if dir == client {
-                            if let Some(p) = self.pairing.pending.iter_mut().find(|p| Some(p.index) == m.index) {
+                            if let Some(p) = self
+                                .pairing
+                                .pending
+                                .iter_mut()
+                                .find(|p| Some(p.index) == m.index)
+                            {
                                 p.request = Some(*m);
                             }
                         } else if m.orphan {
                             self.stats.orphan_responses += 1;
-                        } else if let Some(p) = self.pairing.pending.iter_mut().find(|p| Some(p.index) == m.index) {
+                        } else if let Some(p) = self
+                            .pairing
+                            .pending
+                            .iter_mut()
+                            .find(|p| Some(p.index) == m.index)
+                        {
                             p.response = Some(*m);
-                        } else if let Some(p) = self.pairing.pending.iter_mut().find(|p| p.index == self.pairing.next_response) {
+                        } else if let Some(p) = self
+                            .pairing
+                            .pending
+                            .iter_mut()
+                            .find(|p| p.index == self.pairing.next_response)
+                        {
                             // An interim (1xx) response of the next unanswered request.
                             p.interim.push(m.status);
                         }
@@ -462,9 +534,12 @@ impl HttpConnection {
         if p.response_lost {
             details.push("a response was sent but lost or damaged in capture".into());
         }
-        let gap = req.gap || resp.as_ref().is_some_and(|r| r.gap) || self.uncertain || p.response_lost;
+        let gap =
+            req.gap || resp.as_ref().is_some_and(|r| r.gap) || self.uncertain || p.response_lost;
         if gap {
-            details.push("bytes were lost in capture on this exchange or before it on its connection".into());
+            details.push(
+                "bytes were lost in capture on this exchange or before it on its connection".into(),
+            );
         }
         let flags = ExchangeFlags {
             no_response: resp.is_none(),
@@ -495,15 +570,30 @@ impl HttpConnection {
             http_version: req.version.clone(),
             request_headers: req.headers,
             request_trailers: req.trailers,
-            request_body: Body { raw: req.body, decoded: None, len: req.body_len, truncated: req.body_truncated, decode_error: None },
+            request_body: Body {
+                raw: req.body,
+                decoded: None,
+                len: req.body_len,
+                truncated: req.body_truncated,
+                decode_error: None,
+            },
             status: resp.as_ref().map(|r| r.status).filter(|s| *s != 0),
             reason: resp.as_ref().map(|r| r.reason.clone()),
             response_version: resp.as_ref().map(|r| r.version.clone()),
             interim_statuses: p.interim,
             response_headers: resp.as_ref().map(|r| r.headers.clone()).unwrap_or_default(),
-            response_trailers: resp.as_ref().map(|r| r.trailers.clone()).unwrap_or_default(),
+            response_trailers: resp
+                .as_ref()
+                .map(|r| r.trailers.clone())
+                .unwrap_or_default(),
             response_body: resp
-                .map(|r| Body { raw: r.body, decoded: None, len: r.body_len, truncated: r.body_truncated, decode_error: None })
+                .map(|r| Body {
+                    raw: r.body,
+                    decoded: None,
+                    len: r.body_len,
+                    truncated: r.body_truncated,
+                    decode_error: None,
+                })
                 .unwrap_or_default(),
             flags,
             error_detail: (!details.is_empty()).then(|| details.join("; ")),
@@ -527,7 +617,11 @@ fn looks_like_tls(data: &[u8]) -> bool {
 /// holds a request line, or the opposite of the one holding a status line.
 fn detect_client(held: &[Vec<HeldChunk>; 2]) -> Option<usize> {
     for (dir, chunks) in held.iter().enumerate() {
-        let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.0.iter().copied()).take(DETECT_LIMIT).collect();
+        let bytes: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| c.0.iter().copied())
+            .take(DETECT_LIMIT)
+            .collect();
         for line in bytes.split(|&b| b == b'\n') {
             if is_start_line(Role::Request, line) {
                 return Some(dir);
@@ -545,11 +639,19 @@ fn split_target(req: &Message) -> (Option<String>, String, Option<String>) {
     let mut host = req.header("host").map(str::to_owned);
     let mut target = req.uri.as_str();
     if req.method.eq_ignore_ascii_case("CONNECT") {
-        return (host.or_else(|| Some(req.uri.clone())), req.uri.clone(), None);
+        return (
+            host.or_else(|| Some(req.uri.clone())),
+            req.uri.clone(),
+            None,
+        );
     }
     for scheme in ["http://", "https://"] {
         // Compare bytes: the target may hold multibyte characters (obs-text, lossy decoding).
-        if target.as_bytes().get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes())) {
+        if target
+            .as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes()))
+        {
             let rest = &target[scheme.len()..];
             let end = rest.find(['/', '?']).unwrap_or(rest.len());
             if host.is_none() {
@@ -563,7 +665,11 @@ fn split_target(req: &Message) -> (Option<String>, String, Option<String>) {
         Some((p, q)) => (p, Some(q.to_owned())),
         None => (target, None),
     };
-    let path = if path.is_empty() { "/".to_owned() } else { path.to_owned() };
+    let path = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path.to_owned()
+    };
     (host, path, query)
 }
 
@@ -584,8 +690,18 @@ mod tests {
         c.on_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n", 2, None);
         c.finish();
         let ex = c.take_exchanges();
-        let got: Vec<_> = ex.iter().map(|e| (e.path.as_str(), e.status, e.response_body.raw.len())).collect();
-        assert_eq!(got, vec![("/a", Some(200), 2), ("/b", Some(200), 0), ("/c", Some(404), 0)]);
+        let got: Vec<_> = ex
+            .iter()
+            .map(|e| (e.path.as_str(), e.status, e.response_body.raw.len()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/a", Some(200), 2),
+                ("/b", Some(200), 0),
+                ("/c", Some(404), 0)
+            ]
+        );
         assert_eq!(ex[2].query.as_deref(), Some("x=1"));
         assert_eq!(ex[0].host.as_deref(), Some("h"));
         assert!(ex.iter().all(|e| !e.flags.gap && !e.flags.no_response));
@@ -610,9 +726,19 @@ mod tests {
         let b: Endpoint = ("10.0.0.2".parse().unwrap(), 80);
         let mut c = HttpConnection::new([a, b], None, 0, ParserLimits::default(), Arc::from("t"));
         c.set_base_seq(0, 1000);
-        c.on_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold", 1, Some(1000));
+        c.on_data(
+            1,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold",
+            1,
+            Some(1000),
+        );
         c.on_data(0, b"GET /new HTTP/1.1\r\n\r\n", 2, Some(5));
-        c.on_data(1, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 3, Some(1021));
+        c.on_data(
+            1,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            3,
+            Some(1021),
+        );
         c.finish();
         let ex = c.take_exchanges();
         assert_eq!(ex.len(), 1);
@@ -640,13 +766,24 @@ mod tests {
     fn multibyte_target_does_not_panic() {
         // Regression (found by cargo-fuzz): slicing the target at the scheme's length cut a
         // multibyte character.
-        let m = Message { method: "GET".into(), uri: "AATATHƾA".into(), ..Message::default() };
+        let m = Message {
+            method: "GET".into(),
+            uri: "AATATHƾA".into(),
+            ..Message::default()
+        };
         assert_eq!(split_target(&m).1, "AATATHƾA");
     }
 
     #[test]
     fn absolute_form_target_gives_host() {
-        let m = Message { method: "GET".into(), uri: "http://ex.com:8080/p/q?z".into(), ..Message::default() };
-        assert_eq!(split_target(&m), (Some("ex.com:8080".into()), "/p/q".into(), Some("z".into())));
+        let m = Message {
+            method: "GET".into(),
+            uri: "http://ex.com:8080/p/q?z".into(),
+            ..Message::default()
+        };
+        assert_eq!(
+            split_target(&m),
+            (Some("ex.com:8080".into()), "/p/q".into(), Some("z".into()))
+        );
     }
 }

@@ -129,7 +129,10 @@ impl Decoder {
 
     /// Fragment counters.
     pub fn fragment_stats(&self) -> FragmentStats {
-        FragmentStats { dropped: self.stats.dropped + self.frags.len() as u64, ..self.stats }
+        FragmentStats {
+            dropped: self.stats.dropped + self.frags.len() as u64,
+            ..self.stats
+        }
     }
 
     /// Decodes one packet captured at `ts_us`.
@@ -138,13 +141,22 @@ impl Decoder {
         self.decode_link(link, ts_us, data, 0)
     }
 
-    fn decode_link<'a>(&'a mut self, link: LinkType, ts_us: i64, data: &'a [u8], depth: u8) -> Decoded<'a> {
+    fn decode_link<'a>(
+        &'a mut self,
+        link: LinkType,
+        ts_us: i64,
+        data: &'a [u8],
+        depth: u8,
+    ) -> Decoded<'a> {
         let sliced = match link {
             LinkType::Ethernet => SlicedPacket::from_ethernet(data),
             LinkType::LinuxSll => SlicedPacket::from_linux_sll(data),
             LinkType::LinuxSll2 => {
                 if data.len() < 20 {
-                    return Decoded::Malformed(format!("SLL2 header needs 20 bytes, packet has {}", data.len()));
+                    return Decoded::Malformed(format!(
+                        "SLL2 header needs 20 bytes, packet has {}",
+                        data.len()
+                    ));
                 }
                 let proto = u16::from_be_bytes([data[0], data[1]]);
                 SlicedPacket::from_ether_type(EtherType(proto), &data[20..])
@@ -152,7 +164,10 @@ impl Decoder {
             LinkType::RawIp => SlicedPacket::from_ip(data),
             LinkType::Null => {
                 if data.len() < 4 {
-                    return Decoded::Malformed(format!("null/loop header needs 4 bytes, packet has {}", data.len()));
+                    return Decoded::Malformed(format!(
+                        "null/loop header needs 4 bytes, packet has {}",
+                        data.len()
+                    ));
                 }
                 // The family is in the capturing host's byte order and its IPv6 value differs
                 // between BSDs; the IP version nibble that follows is unambiguous.
@@ -163,7 +178,9 @@ impl Decoder {
             Ok(s) => s,
             Err(e) => return Decoded::Malformed(e.to_string()),
         };
-        let Some(net) = &sliced.net else { return Decoded::Other };
+        let Some(net) = &sliced.net else {
+            return Decoded::Other;
+        };
         let (src, dst, payload) = match net {
             NetSlice::Ipv4(v4) => (
                 IpAddr::from(v4.header().source()),
@@ -183,7 +200,9 @@ impl Decoder {
         // Mirrored traffic arrives encapsulated: decode the inner packet instead.
         if depth < MAX_ENCAPSULATION {
             let inner = match &sliced.transport {
-                Some(TransportSlice::Udp(udp)) if udp.destination_port() == VXLAN_PORT => vxlan_inner(udp.payload()),
+                Some(TransportSlice::Udp(udp)) if udp.destination_port() == VXLAN_PORT => {
+                    vxlan_inner(udp.payload())
+                }
                 None if payload.ip_number == IpNumber::GRE => gre_inner(payload.payload),
                 _ => None,
             };
@@ -208,24 +227,51 @@ impl Decoder {
         self.decapsulated
     }
 
-    fn add_fragment<'a>(&'a mut self, ts_us: i64, sliced: &SlicedPacket<'_>, src: IpAddr, dst: IpAddr) -> Decoded<'a> {
+    fn add_fragment<'a>(
+        &'a mut self,
+        ts_us: i64,
+        sliced: &SlicedPacket<'_>,
+        src: IpAddr,
+        dst: IpAddr,
+    ) -> Decoded<'a> {
         let (id, offset, more, payload) = match &sliced.net {
             Some(NetSlice::Ipv4(v4)) => {
                 let h = v4.header();
-                (u32::from(h.identification()), h.fragments_offset(), h.more_fragments(), v4.payload())
+                (
+                    u32::from(h.identification()),
+                    h.fragments_offset(),
+                    h.more_fragments(),
+                    v4.payload(),
+                )
             }
             Some(NetSlice::Ipv6(v6)) => {
-                let frag = v6.extensions().clone().into_iter().find_map(|ext| match ext {
-                    etherparse::Ipv6ExtensionSlice::Fragment(f) => Some(f.to_header()),
-                    _ => None,
-                });
-                let Some(f) = frag else { return Decoded::Malformed("IPv6 fragment without fragment header".into()) };
-                (f.identification, f.fragment_offset, f.more_fragments, v6.payload())
+                let frag = v6
+                    .extensions()
+                    .clone()
+                    .into_iter()
+                    .find_map(|ext| match ext {
+                        etherparse::Ipv6ExtensionSlice::Fragment(f) => Some(f.to_header()),
+                        _ => None,
+                    });
+                let Some(f) = frag else {
+                    return Decoded::Malformed("IPv6 fragment without fragment header".into());
+                };
+                (
+                    f.identification,
+                    f.fragment_offset,
+                    f.more_fragments,
+                    v6.payload(),
+                )
             }
             _ => return Decoded::Other,
         };
         self.expire_fragments(ts_us);
-        let key = FragKey { src, dst, id, proto: payload.ip_number.0 };
+        let key = FragKey {
+            src,
+            dst,
+            id,
+            proto: payload.ip_number.0,
+        };
         if !self.frags.contains_key(&key) && self.frags.len() >= self.max_fragmented {
             self.stats.dropped += 1;
             return Decoded::FragmentHeld;
@@ -298,7 +344,16 @@ fn gre_inner(p: &[u8]) -> Inner<'_> {
         }
     }
     let proto = u16::from_be_bytes([p[2], p[3]]);
-    let need = |n: usize| if p.len() < n { Err(format!("GRE/ERSPAN header truncated ({} of {n} bytes)", p.len())) } else { Ok(()) };
+    let need = |n: usize| {
+        if p.len() < n {
+            Err(format!(
+                "GRE/ERSPAN header truncated ({} of {n} bytes)",
+                p.len()
+            ))
+        } else {
+            Ok(())
+        }
+    };
     let r = match proto {
         0x6558 => need(off).map(|()| (LinkType::Ethernet, &p[off..])),
         0x0800 | 0x86dd => need(off).map(|()| (LinkType::RawIp, &p[off..])),
@@ -363,14 +418,26 @@ mod tests {
     #[test]
     fn decodes_sll2_and_null() {
         let mut ip = Vec::new();
-        PacketBuilder::ipv6([1; 16], [2; 16], 64).tcp(1, 2, 3, 4).write(&mut ip, b"x").unwrap();
-        let mut sll2 = vec![0x86, 0xdd, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+        PacketBuilder::ipv6([1; 16], [2; 16], 64)
+            .tcp(1, 2, 3, 4)
+            .write(&mut ip, b"x")
+            .unwrap();
+        let mut sll2 = vec![
+            0x86, 0xdd, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
         sll2.extend_from_slice(&ip);
-        assert!(matches!(Decoder::new(LinkType::LinuxSll2).decode(0, &sll2), Decoded::Tcp(s) if s.payload == b"x"));
+        assert!(
+            matches!(Decoder::new(LinkType::LinuxSll2).decode(0, &sll2), Decoded::Tcp(s) if s.payload == b"x")
+        );
         let mut null = vec![30, 0, 0, 0];
         null.extend_from_slice(&ip);
-        assert!(matches!(Decoder::new(LinkType::Null).decode(0, &null), Decoded::Tcp(s) if s.src_port == 1));
-        assert!(matches!(Decoder::new(LinkType::Null).decode(0, &[1, 2]), Decoded::Malformed(_)));
+        assert!(
+            matches!(Decoder::new(LinkType::Null).decode(0, &null), Decoded::Tcp(s) if s.src_port == 1)
+        );
+        assert!(matches!(
+            Decoder::new(LinkType::Null).decode(0, &[1, 2]),
+            Decoded::Malformed(_)
+        ));
     }
 
     fn eth_frame(payload: &[u8]) -> Vec<u8> {
@@ -396,14 +463,28 @@ mod tests {
         let mut vx = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
         vx.extend_from_slice(&inner);
         let mut outer = Vec::new();
-        PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(50000, VXLAN_PORT).write(&mut outer, &vx).unwrap();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(50000, VXLAN_PORT)
+            .write(&mut outer, &vx)
+            .unwrap();
         let mut d = Decoder::new(LinkType::Ethernet);
-        assert_eq!(inner_port(d.decode(0, &outer)), Some((8080, b"GET /v HTTP/1.1\r\n\r\n".to_vec())));
+        assert_eq!(
+            inner_port(d.decode(0, &outer)),
+            Some((8080, b"GET /v HTTP/1.1\r\n\r\n".to_vec()))
+        );
         assert_eq!(d.decapsulated(), 1);
     }
 
     fn gre_packet(gre: &[u8]) -> Vec<u8> {
-        let mut h = etherparse::Ipv4Header::new(gre.len() as u16, 64, IpNumber::GRE, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
+        let mut h = etherparse::Ipv4Header::new(
+            gre.len() as u16,
+            64,
+            IpNumber::GRE,
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+        )
+        .unwrap();
         h.header_checksum = h.calc_header_checksum();
         let mut out = Vec::new();
         h.write(&mut out).unwrap();
@@ -418,31 +499,54 @@ mod tests {
         // GRE, transparent Ethernet bridging, with a key.
         let mut gre = vec![0x20, 0, 0x65, 0x58, 0, 0, 0, 7];
         gre.extend_from_slice(&frame);
-        assert_eq!(inner_port(d.decode(0, &gre_packet(&gre))), Some((8080, b"x".to_vec())));
+        assert_eq!(
+            inner_port(d.decode(0, &gre_packet(&gre))),
+            Some((8080, b"x".to_vec()))
+        );
         // ERSPAN type II: GRE with a sequence number, then the 8-byte ERSPAN header.
-        let mut e2 = vec![0x10, 0, 0x88, 0xbe, 0, 0, 0, 1, 0x10, 0x01, 0, 0x05, 0, 0, 0, 0];
+        let mut e2 = vec![
+            0x10, 0, 0x88, 0xbe, 0, 0, 0, 1, 0x10, 0x01, 0, 0x05, 0, 0, 0, 0,
+        ];
         e2.extend_from_slice(&frame);
-        assert_eq!(inner_port(d.decode(0, &gre_packet(&e2))), Some((8080, b"x".to_vec())));
+        assert_eq!(
+            inner_port(d.decode(0, &gre_packet(&e2))),
+            Some((8080, b"x".to_vec()))
+        );
         // ERSPAN type III with the optional platform subheader (O flag).
         let mut e3 = vec![0x10, 0, 0x22, 0xeb, 0, 0, 0, 1];
         e3.extend_from_slice(&[0x20, 0x01, 0, 0x05, 0, 0, 0, 0, 0, 0, 0, 0x01]);
         e3.extend_from_slice(&[0; 8]);
         e3.extend_from_slice(&frame);
-        assert_eq!(inner_port(d.decode(0, &gre_packet(&e3))), Some((8080, b"x".to_vec())));
+        assert_eq!(
+            inner_port(d.decode(0, &gre_packet(&e3))),
+            Some((8080, b"x".to_vec()))
+        );
         // GRE carrying IPv4 directly.
         let mut ip_only = vec![0, 0, 0x08, 0x00];
         ip_only.extend_from_slice(&frame[14..]);
-        assert_eq!(inner_port(d.decode(0, &gre_packet(&ip_only))), Some((8080, b"x".to_vec())));
+        assert_eq!(
+            inner_port(d.decode(0, &gre_packet(&ip_only))),
+            Some((8080, b"x".to_vec()))
+        );
         // Truncated ERSPAN: a clear error, no panic.
-        assert!(matches!(d.decode(0, &gre_packet(&[0, 0, 0x22, 0xeb, 1])), Decoded::Malformed(_)));
+        assert!(matches!(
+            d.decode(0, &gre_packet(&[0, 0, 0x22, 0xeb, 1])),
+            Decoded::Malformed(_)
+        ));
         assert_eq!(d.decapsulated(), 4);
     }
 
     #[test]
     fn udp_on_the_vxlan_port_without_vxlan_stays_udp() {
         let mut outer = Vec::new();
-        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, VXLAN_PORT).write(&mut outer, &[0; 12]).unwrap();
-        assert!(matches!(Decoder::new(LinkType::RawIp).decode(0, &outer), Decoded::Udp));
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1, VXLAN_PORT)
+            .write(&mut outer, &[0; 12])
+            .unwrap();
+        assert!(matches!(
+            Decoder::new(LinkType::RawIp).decode(0, &outer),
+            Decoded::Udp
+        ));
     }
 
     #[test]
@@ -450,10 +554,20 @@ mod tests {
         // One IPv4/TCP packet cut into three fragments by hand, delivered out of order.
         let mut whole = Vec::new();
         let payload = vec![b'z'; 100];
-        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).tcp(5, 80, 7, 100).write(&mut whole, &payload).unwrap();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(5, 80, 7, 100)
+            .write(&mut whole, &payload)
+            .unwrap();
         let ip_payload = &whole[20..]; // TCP header + data, 120 bytes
         let frag = |off: usize, len: usize, more: bool| {
-            let mut h = etherparse::Ipv4Header::new(len as u16, 64, IpNumber::TCP, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
+            let mut h = etherparse::Ipv4Header::new(
+                len as u16,
+                64,
+                IpNumber::TCP,
+                [10, 0, 0, 1],
+                [10, 0, 0, 2],
+            )
+            .unwrap();
             h.identification = 77;
             h.more_fragments = more;
             h.fragment_offset = etherparse::IpFragOffset::try_new((off / 8) as u16).unwrap();
@@ -463,8 +577,14 @@ mod tests {
             out
         };
         let mut d = Decoder::new(LinkType::RawIp);
-        assert!(matches!(d.decode(0, &frag(80, 40, false)), Decoded::FragmentHeld));
-        assert!(matches!(d.decode(0, &frag(0, 40, true)), Decoded::FragmentHeld));
+        assert!(matches!(
+            d.decode(0, &frag(80, 40, false)),
+            Decoded::FragmentHeld
+        ));
+        assert!(matches!(
+            d.decode(0, &frag(0, 40, true)),
+            Decoded::FragmentHeld
+        ));
         match d.decode(0, &frag(40, 40, true)) {
             Decoded::Tcp(s) => assert_eq!(s.payload, &payload[..]),
             other => panic!("{other:?}"),

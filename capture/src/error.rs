@@ -6,7 +6,12 @@ impl CaptureError {
     /// True for errors in what the user asked (bad filter, interface, option): the command
     /// exits with status 2 for these, 1 for the rest.
     pub fn is_usage(&self) -> bool {
-        matches!(self, CaptureError::Filter { .. } | CaptureError::Interface { .. } | CaptureError::InvalidOption { .. })
+        matches!(
+            self,
+            CaptureError::Filter { .. }
+                | CaptureError::Interface { .. }
+                | CaptureError::InvalidOption { .. }
+        )
     }
 }
 

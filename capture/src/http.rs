@@ -48,7 +48,13 @@ pub trait Framing {
     /// A response head with `status` was parsed at stream offset `start_offset`; `ack` is the
     /// ACK number carried by the segment holding its first byte; `unparsed_from` is where a run
     /// of server bytes that could not be parsed (lost or skipped) began, if one ends here.
-    fn response_head(&mut self, status: u16, start_offset: u64, ack: Option<u32>, unparsed_from: Option<u64>) -> ResponseFraming;
+    fn response_head(
+        &mut self,
+        status: u16,
+        start_offset: u64,
+        ack: Option<u32>,
+        unparsed_from: Option<u64>,
+    ) -> ResponseFraming;
 }
 
 /// One parsed HTTP message (complete or not).
@@ -97,7 +103,12 @@ pub struct Message {
 impl Message {
     /// Approximate memory held by the message's head and body.
     pub fn held_bytes(&self) -> usize {
-        let lines: usize = self.headers.iter().chain(&self.trailers).map(|h| h.name.len() + h.value.len()).sum();
+        let lines: usize = self
+            .headers
+            .iter()
+            .chain(&self.trailers)
+            .map(|h| h.name.len() + h.value.len())
+            .sum();
         self.body.len() + lines + self.uri.len()
     }
 }
@@ -105,7 +116,10 @@ impl Message {
 impl Message {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
     }
 }
 
@@ -155,7 +169,10 @@ pub struct ParserLimits {
 
 impl Default for ParserLimits {
     fn default() -> Self {
-        ParserLimits { max_body: 16 << 20, max_head: 64 << 10 }
+        ParserLimits {
+            max_body: 16 << 20,
+            max_head: 64 << 10,
+        }
     }
 }
 
@@ -197,7 +214,11 @@ impl MessageParser {
         MessageParser {
             role,
             limits,
-            state: if mid_stream { State::Resync } else { State::Start },
+            state: if mid_stream {
+                State::Resync
+            } else {
+                State::Start
+            },
             buf: Vec::new(),
             offset,
             marks: VecDeque::new(),
@@ -275,7 +296,10 @@ impl MessageParser {
         }
         // Bytes held before the gap can never be completed: account for them first.
         let held = self.buf.len() as u64;
-        let in_body = matches!(self.state, State::Body(BodyState::Length(_) | BodyState::ChunkData(_) | BodyState::UntilClose));
+        let in_body = matches!(
+            self.state,
+            State::Body(BodyState::Length(_) | BodyState::ChunkData(_) | BodyState::UntilClose)
+        );
         if held > 0 && !in_body {
             // A partial head, chunk line or trailer is cut by the loss.
             self.unparsed_from.get_or_insert(self.offset);
@@ -406,7 +430,10 @@ impl MessageParser {
             match self.state {
                 State::Tunnel => return input.len(),
                 State::Start => {
-                    let skip = view.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                    let skip = view
+                        .iter()
+                        .take_while(|&&b| b == b'\r' || b == b'\n')
+                        .count();
                     pos += skip;
                     let view = &view[skip..];
                     if view.is_empty() {
@@ -467,13 +494,20 @@ impl MessageParser {
             self.messages += 1;
             match self.role {
                 Role::Request => {
-                    msg.method = String::from_utf8_lossy(&view[..view.iter().position(|&b| b == b' ').unwrap_or(0)]).into_owned();
-                    msg.index = Some(framing.request_head(&msg.method, start, self.mark_at(start).1));
+                    msg.method = String::from_utf8_lossy(
+                        &view[..view.iter().position(|&b| b == b' ').unwrap_or(0)],
+                    )
+                    .into_owned();
+                    msg.index =
+                        Some(framing.request_head(&msg.method, start, self.mark_at(start).1));
                 }
-                Role::Response => match framing.response_head(0, start, self.mark_at(start).1, self.unparsed_from) {
-                    ResponseFraming::Request { index, .. } => msg.index = Some(index),
-                    ResponseFraming::Orphan | ResponseFraming::Wait => msg.orphan = true,
-                },
+                Role::Response => {
+                    match framing.response_head(0, start, self.mark_at(start).1, self.unparsed_from)
+                    {
+                        ResponseFraming::Request { index, .. } => msg.index = Some(index),
+                        ResponseFraming::Orphan | ResponseFraming::Wait => msg.orphan = true,
+                    }
+                }
             }
             self.events.push_back(ParserEvent::Message(Box::new(msg)));
         } else {
@@ -491,7 +525,13 @@ impl MessageParser {
 
     fn new_message(&self, start_offset: u64) -> Message {
         let (ts, _) = self.mark_at(start_offset);
-        Message { start_offset, start_us: ts, end_us: ts, gap: self.loss_before_next, ..Message::default() }
+        Message {
+            start_offset,
+            start_us: ts,
+            end_us: ts,
+            gap: self.loss_before_next,
+            ..Message::default()
+        }
     }
 
     fn parse_head(&mut self, view: &[u8], start: u64, framing: &mut dyn Framing) -> HeadOutcome {
@@ -507,7 +547,9 @@ impl MessageParser {
                     let mut req = httparse::Request::new(headers);
                     let r = request_config().parse_request(&mut req, view);
                     r.map(|s| match s {
-                        httparse::Status::Complete(n) => httparse::Status::Complete((n, Head::from_request(&req))),
+                        httparse::Status::Complete(n) => {
+                            httparse::Status::Complete((n, Head::from_request(&req)))
+                        }
                         httparse::Status::Partial => httparse::Status::Partial,
                     })
                 }
@@ -515,16 +557,23 @@ impl MessageParser {
                     let mut resp = httparse::Response::new(headers);
                     let r = response_config().parse_response(&mut resp, view);
                     r.map(|s| match s {
-                        httparse::Status::Complete(n) => httparse::Status::Complete((n, Head::from_response(&resp))),
+                        httparse::Status::Complete(n) => {
+                            httparse::Status::Complete((n, Head::from_response(&resp)))
+                        }
                         httparse::Status::Partial => httparse::Status::Partial,
                     })
                 }
             };
             match result {
-                Ok(httparse::Status::Complete((n, head))) => return self.head_parsed(head, n, start, view.len(), framing),
+                Ok(httparse::Status::Complete((n, head))) => {
+                    return self.head_parsed(head, n, start, view.len(), framing)
+                }
                 Ok(httparse::Status::Partial) => {
                     if view.len() > self.limits.max_head {
-                        return HeadOutcome::Invalid(format!("header section exceeds {} bytes", self.limits.max_head));
+                        return HeadOutcome::Invalid(format!(
+                            "header section exceeds {} bytes",
+                            self.limits.max_head
+                        ));
                     }
                     return HeadOutcome::Partial;
                 }
@@ -532,7 +581,12 @@ impl MessageParser {
                     big = vec![httparse::EMPTY_HEADER; headers.len() * 8];
                     headers = &mut big;
                 }
-                Err(e) => return HeadOutcome::Invalid(format!("malformed {} head: {e}", self.role_name())),
+                Err(e) => {
+                    return HeadOutcome::Invalid(format!(
+                        "malformed {} head: {e}",
+                        self.role_name()
+                    ))
+                }
             }
         }
     }
@@ -544,7 +598,14 @@ impl MessageParser {
         }
     }
 
-    fn head_parsed(&mut self, head: Head, n: usize, start: u64, held: usize, framing: &mut dyn Framing) -> HeadOutcome {
+    fn head_parsed(
+        &mut self,
+        head: Head,
+        n: usize,
+        start: u64,
+        held: usize,
+        framing: &mut dyn Framing,
+    ) -> HeadOutcome {
         let mut msg = self.new_message(start);
         msg.version = head.version;
         msg.headers = head.headers;
@@ -569,27 +630,32 @@ impl MessageParser {
                 msg.status = head.status;
                 msg.reason = head.reason;
                 let (_, ack) = self.mark_at(start);
-                let method = match framing.response_head(head.status, start, ack, self.unparsed_from) {
-                    // Held too long (the request is stuck behind a hole in the client stream):
-                    // go on unpaired rather than buffer without bound.
-                    ResponseFraming::Wait if held as u64 > self.limits.max_body + self.limits.max_head as u64 => {
-                        msg.orphan = true;
-                        String::from("GET")
-                    }
-                    ResponseFraming::Wait => return HeadOutcome::Partial,
-                    ResponseFraming::Orphan => {
-                        msg.orphan = true;
-                        String::from("GET")
-                    }
-                    ResponseFraming::Request { index, method } => {
-                        if head.status >= 200 || head.status == 101 {
-                            msg.index = Some(index);
+                let method =
+                    match framing.response_head(head.status, start, ack, self.unparsed_from) {
+                        // Held too long (the request is stuck behind a hole in the client stream):
+                        // go on unpaired rather than buffer without bound.
+                        ResponseFraming::Wait
+                            if held as u64 > self.limits.max_body + self.limits.max_head as u64 =>
+                        {
+                            msg.orphan = true;
+                            String::from("GET")
                         }
-                        method
-                    }
-                };
+                        ResponseFraming::Wait => return HeadOutcome::Partial,
+                        ResponseFraming::Orphan => {
+                            msg.orphan = true;
+                            String::from("GET")
+                        }
+                        ResponseFraming::Request { index, method } => {
+                            if head.status >= 200 || head.status == 101 {
+                                msg.index = Some(index);
+                            }
+                            method
+                        }
+                    };
                 let status = head.status;
-                if status == 101 || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&status)) {
+                if status == 101
+                    || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&status))
+                {
                     msg.upgraded = true;
                     None
                 } else if (100..200).contains(&status)
@@ -619,7 +685,8 @@ impl MessageParser {
             Some(b) => {
                 if let (BodyState::Length(len), Some(m)) = (b, self.current.as_mut()) {
                     // One allocation for a body of known length (capped), instead of regrowth.
-                    m.body.reserve(len.min(self.limits.max_body).min(64 << 20) as usize);
+                    m.body
+                        .reserve(len.min(self.limits.max_body).min(64 << 20) as usize);
                 }
                 self.state = State::Body(b);
             }
@@ -633,8 +700,16 @@ impl MessageParser {
         let max_body = self.limits.max_body;
         match body {
             BodyState::Length(rem) | BodyState::ChunkData(rem) => {
-                let take = if rem < view.len() as u64 { rem as usize } else { view.len() };
-                append_body(self.current.as_mut().expect("in a message"), &view[..take], max_body);
+                let take = if rem < view.len() as u64 {
+                    rem as usize
+                } else {
+                    view.len()
+                };
+                append_body(
+                    self.current.as_mut().expect("in a message"),
+                    &view[..take],
+                    max_body,
+                );
                 let rem = rem - take as u64;
                 let ts = self.mark_at(here + take as u64 - 1).0;
                 if let Some(m) = self.current.as_mut() {
@@ -664,7 +739,11 @@ impl MessageParser {
             }
             BodyState::ChunkSize => match httparse::parse_chunk_size(view) {
                 Ok(httparse::Status::Complete((n, size))) => {
-                    self.state = State::Body(if size == 0 { BodyState::Trailers } else { BodyState::ChunkData(size) });
+                    self.state = State::Body(if size == 0 {
+                        BodyState::Trailers
+                    } else {
+                        BodyState::ChunkData(size)
+                    });
                     Some(n)
                 }
                 Ok(httparse::Status::Partial) if view.len() < MAX_LINE => None,
@@ -693,7 +772,10 @@ impl MessageParser {
                 let mut headers = [httparse::EMPTY_HEADER; 64];
                 match httparse::parse_headers(view, &mut headers) {
                     Ok(httparse::Status::Complete((n, parsed))) => {
-                        let trailers = parsed.iter().map(|h| Header::from_bytes(h.name.as_bytes(), h.value)).collect();
+                        let trailers = parsed
+                            .iter()
+                            .map(|h| Header::from_bytes(h.name.as_bytes(), h.value))
+                            .collect();
                         if let Some(m) = self.current.as_mut() {
                             m.trailers = trailers;
                         }
@@ -717,14 +799,24 @@ impl MessageParser {
     /// Returns the bytes to skip and whether a start line is at the new position.
     fn resync(&mut self, view: &[u8], here: u64) -> (usize, bool) {
         let end = here + view.len() as u64;
-        let mut seg_starts = self.marks.iter().map(|m| m.0).filter(|&o| o >= here && o < end).map(|o| (o - here) as usize).peekable();
+        let mut seg_starts = self
+            .marks
+            .iter()
+            .map(|m| m.0)
+            .filter(|&o| o >= here && o < end)
+            .map(|o| (o - here) as usize)
+            .peekable();
         let mut keep_from: Option<usize> = None;
         let mut i = 0;
         while i < view.len() {
             while seg_starts.peek().is_some_and(|&s| s < i) {
                 seg_starts.next();
             }
-            let at_line_start = if i == 0 { !self.mid_line } else { view[i - 1] == b'\n' };
+            let at_line_start = if i == 0 {
+                !self.mid_line
+            } else {
+                view[i - 1] == b'\n'
+            };
             let candidate = at_line_start || seg_starts.peek() == Some(&i);
             if candidate {
                 match memchr(b'\n', &view[i..]) {
@@ -781,7 +873,11 @@ impl Head {
             version: version_text(req.version),
             status: 0,
             reason: String::new(),
-            headers: req.headers.iter().map(|h| Header::from_bytes(h.name.as_bytes(), h.value)).collect(),
+            headers: req
+                .headers
+                .iter()
+                .map(|h| Header::from_bytes(h.name.as_bytes(), h.value))
+                .collect(),
         }
     }
     fn from_response(resp: &httparse::Response) -> Head {
@@ -790,8 +886,15 @@ impl Head {
             uri: String::new(),
             version: version_text(resp.version),
             status: resp.code.unwrap_or_default(),
-            reason: resp.reason.map(|r| text_from_bytes(r.as_bytes())).unwrap_or_default(),
-            headers: resp.headers.iter().map(|h| Header::from_bytes(h.name.as_bytes(), h.value)).collect(),
+            reason: resp
+                .reason
+                .map(|r| text_from_bytes(r.as_bytes()))
+                .unwrap_or_default(),
+            headers: resp
+                .headers
+                .iter()
+                .map(|h| Header::from_bytes(h.name.as_bytes(), h.value))
+                .collect(),
         }
     }
 }
@@ -802,7 +905,8 @@ fn version_text(v: Option<u8>) -> String {
 
 fn request_config() -> httparse::ParserConfig {
     let mut c = httparse::ParserConfig::default();
-    c.allow_multiple_spaces_in_request_line_delimiters(true).ignore_invalid_headers_in_requests(true);
+    c.allow_multiple_spaces_in_request_line_delimiters(true)
+        .ignore_invalid_headers_in_requests(true);
     c
 }
 
@@ -817,7 +921,11 @@ fn response_config() -> httparse::ParserConfig {
 
 fn last_transfer_coding(msg: &Message) -> Option<String> {
     let mut last = None;
-    for h in msg.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
+    for h in msg
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+    {
         if let Some(c) = h.value.split(',').map(str::trim).rfind(|c| !c.is_empty()) {
             last = Some(c.to_owned());
         }
@@ -827,9 +935,15 @@ fn last_transfer_coding(msg: &Message) -> Option<String> {
 
 fn content_length(msg: &Message) -> Result<Option<u64>, String> {
     let mut found: Option<u64> = None;
-    for h in msg.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
+    for h in msg
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
         for v in h.value.split(',').map(str::trim) {
-            let n: u64 = v.parse().map_err(|_| format!("invalid Content-Length {v:?}"))?;
+            let n: u64 = v
+                .parse()
+                .map_err(|_| format!("invalid Content-Length {v:?}"))?;
             if found.is_some_and(|f| f != n) {
                 return Err("conflicting Content-Length values".into());
             }
@@ -875,7 +989,8 @@ fn implausible_start(role: Role, view: &[u8]) -> Option<String> {
         Role::Response => {
             let want = b"HTTP/1.";
             let n = view.len().min(want.len());
-            (view[..n] != want[..n]).then(|| "data does not start with an HTTP/1.x status line".into())
+            (view[..n] != want[..n])
+                .then(|| "data does not start with an HTTP/1.x status line".into())
         }
     }
 }

@@ -3,8 +3,9 @@
 //! libpcap reads in its own thread and hands packets to the pipeline in batches through a
 //! bounded channel, so a slow moment in parsing never stops the reads from the kernel buffer.
 //! The pipeline watches the queue's fill level and sheds whole new flows when it passes half
-//! (see [`crate::shedding`]); if the queue fills all the same, the batch is dropped and
-//! counted (`queue_dropped`). Kernel and interface drops come from `pcap_stats`. Stopping (a signal, `--duration`,
+//! (see [`crate::shedding`]); if the queue fills all the same (a burst, or the writers rolling
+//! files), the reader waits for room while the kernel buffer holds the traffic, and drops a
+//! batch (counted, `queue_dropped`) only when the pipeline stays stuck for seconds. Kernel and interface drops come from `pcap_stats`. Stopping (a signal, `--duration`,
 //! `--max-exchanges`) ends the reads, then every packet already read is processed and every
 //! open flow flushed before the files are closed.
 
@@ -44,8 +45,12 @@ pub struct LiveStats {
     pub kernel_dropped: u64,
     /// Packets dropped by the interface or driver (`ps_ifdrop`).
     pub interface_dropped: u64,
-    /// Packets read but dropped because the pipeline fell behind.
+    /// Packets read but dropped because the pipeline was stuck (its queue stayed full for
+    /// longer than a few seconds).
     pub queue_dropped: u64,
+    /// Time the reader waited for room in a full queue, ms (the kernel buffer held the traffic
+    /// meanwhile).
+    pub queue_waited_ms: u64,
 }
 
 /// Counters the reader thread keeps current while it runs (pcap_stats about once a second).
@@ -55,6 +60,7 @@ pub struct LiveCounters {
     kernel_dropped: std::sync::atomic::AtomicU64,
     interface_dropped: std::sync::atomic::AtomicU64,
     queue_dropped: std::sync::atomic::AtomicU64,
+    queue_waited_ms: std::sync::atomic::AtomicU64,
 }
 
 impl LiveCounters {
@@ -65,6 +71,7 @@ impl LiveCounters {
             kernel_dropped: self.kernel_dropped.load(Ordering::Relaxed),
             interface_dropped: self.interface_dropped.load(Ordering::Relaxed),
             queue_dropped: self.queue_dropped.load(Ordering::Relaxed),
+            queue_waited_ms: self.queue_waited_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -105,7 +112,10 @@ pub struct InterfaceInfo {
 
 /// Lists the interfaces libpcap can capture on.
 pub fn list_interfaces() -> Result<Vec<InterfaceInfo>, CaptureError> {
-    let devices = pcap::Device::list().map_err(|e| CaptureError::Interface { interface: "*".into(), message: e.to_string() })?;
+    let devices = pcap::Device::list().map_err(|e| CaptureError::Interface {
+        interface: "*".into(),
+        message: e.to_string(),
+    })?;
     Ok(devices
         .into_iter()
         .map(|d| InterfaceInfo {
@@ -120,11 +130,16 @@ const BATCH: usize = 256;
 /// Batches the reader queue holds.
 const QUEUE_BATCHES: usize = 256;
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// How long the reader waits for room in a full queue before it drops a batch.
+const QUEUE_PATIENCE: Duration = Duration::from_secs(2);
 
 impl LiveSource {
     /// Opens the interface and starts the reader thread.
     pub fn start(opts: &LiveOptions) -> Result<Self, CaptureError> {
-        let iface_err = |e: pcap::Error| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() };
+        let iface_err = |e: pcap::Error| CaptureError::Interface {
+            interface: opts.interface.clone(),
+            message: e.to_string(),
+        };
         let known = pcap::Device::list().map_err(iface_err)?;
         if !known.iter().any(|d| d.name == opts.interface) {
             let names: Vec<String> = known.into_iter().map(|d| d.name).collect();
@@ -136,7 +151,11 @@ impl LiveSource {
         let mut cap = pcap::Capture::from_device(opts.interface.as_str())
             .map_err(iface_err)?
             .promisc(opts.promisc)
-            .snaplen(if opts.snaplen <= 0 { 262_144 } else { opts.snaplen })
+            .snaplen(if opts.snaplen <= 0 {
+                262_144
+            } else {
+                opts.snaplen
+            })
             .buffer_size(opts.buffer_bytes)
             // By default packets are handed over in kernel blocks, each retired after at most
             // 100 ms: cheaper than immediate mode on a busy mirror port. Either way a stop
@@ -147,7 +166,10 @@ impl LiveSource {
             .open()
             .map_err(iface_err)?;
         if let Some(expr) = &opts.filter {
-            cap.filter(expr, true).map_err(|e| CaptureError::Filter { expr: expr.clone(), message: e.to_string() })?;
+            cap.filter(expr, true).map_err(|e| CaptureError::Filter {
+                expr: expr.clone(),
+                message: e.to_string(),
+            })?;
         }
         let dlt = cap.get_datalink().0;
         let link = LinkType::from_dlt(dlt).ok_or_else(|| CaptureError::Interface {
@@ -160,7 +182,10 @@ impl LiveSource {
         // TPACKET_V3 it waits for the next packet whatever the timeout): a second thread
         // wakes the reader when a partial batch has waited too long, so exchanges and stats
         // never lag behind a quiet link.
-        let tail = Arc::new(Tail { epoch: Instant::now(), since_ms: AtomicU64::new(0) });
+        let tail = Arc::new(Tail {
+            epoch: Instant::now(),
+            since_ms: AtomicU64::new(0),
+        });
         {
             let (stop, tail, nudge) = (stop.clone(), tail.clone(), cap.breakloop_handle());
             std::thread::Builder::new()
@@ -173,7 +198,10 @@ impl LiveSource {
                         }
                     }
                 })
-                .map_err(|e| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() })?;
+                .map_err(|e| CaptureError::Interface {
+                    interface: opts.interface.clone(),
+                    message: e.to_string(),
+                })?;
         }
         // 256 batches of up to 256 packets: bursts of ~65k packets are absorbed while the pipeline
         // catches up (the writers briefly stall it when they roll files).
@@ -186,9 +214,30 @@ impl LiveSource {
         let counters_reader = counters.clone();
         let reader = std::thread::Builder::new()
             .name("shadowtap-pcap".into())
-            .spawn(move || read_loop(cap, tx, stop_reader, iface, &counters_reader, &queued_reader, &tail))
-            .map_err(|e| CaptureError::Interface { interface: opts.interface.clone(), message: e.to_string() })?;
-        Ok(LiveSource { link, rx, stop, wake, counters, queued, reader: Some(reader) })
+            .spawn(move || {
+                read_loop(
+                    cap,
+                    tx,
+                    stop_reader,
+                    iface,
+                    &counters_reader,
+                    &queued_reader,
+                    &tail,
+                )
+            })
+            .map_err(|e| CaptureError::Interface {
+                interface: opts.interface.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(LiveSource {
+            link,
+            rx,
+            stop,
+            wake,
+            counters,
+            queued,
+            reader: Some(reader),
+        })
     }
 
     /// The interface's link type.
@@ -235,7 +284,10 @@ impl LiveSource {
         }
         rest.extend(self.rx.try_iter().flatten());
         let stats = reader.join().unwrap_or_else(|_| {
-            Err(CaptureError::Interface { interface: String::new(), message: "capture thread panicked".into() })
+            Err(CaptureError::Interface {
+                interface: String::new(),
+                message: "capture thread panicked".into(),
+            })
         });
         (rest, stats)
     }
@@ -250,7 +302,10 @@ struct Tail {
 impl Tail {
     fn mark(&self, batch_len: usize) {
         if batch_len == 1 {
-            self.since_ms.store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+            self.since_ms.store(
+                self.epoch.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
         } else if batch_len == 0 {
             self.since_ms.store(0, Ordering::Relaxed);
         }
@@ -259,7 +314,10 @@ impl Tail {
     fn waiting(&self) -> Duration {
         match self.since_ms.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
-            ms => self.epoch.elapsed().saturating_sub(Duration::from_millis(ms - 1)),
+            ms => self
+                .epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(ms - 1)),
         }
     }
 }
@@ -281,34 +339,65 @@ fn read_loop(
     let mut last_flush = Instant::now();
     let mut last_stats = Instant::now();
     let mut queue_dropped = 0u64;
-    let send = |batch: &mut Vec<OwnedPacket>, queue_dropped: &mut u64| {
-        if batch.is_empty() {
-            return;
-        }
-        tail.mark(0);
-        // Counted before the send so that the receiver never sees the count go below zero.
-        queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(std::mem::replace(batch, Vec::with_capacity(BATCH))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(b)) => {
-                queued.fetch_sub(1, Ordering::Relaxed);
-                *queue_dropped += b.len() as u64;
+    let mut queue_waited = Duration::ZERO;
+    let send =
+        |batch: &mut Vec<OwnedPacket>, queue_dropped: &mut u64, queue_waited: &mut Duration| {
+            if batch.is_empty() {
+                return;
             }
-            Err(TrySendError::Disconnected(_)) => {
-                queued.fetch_sub(1, Ordering::Relaxed);
+            tail.mark(0);
+            // Counted before the send so that the receiver never sees the count go below zero.
+            queued.fetch_add(1, Ordering::Relaxed);
+            let mut pending = std::mem::replace(batch, Vec::with_capacity(BATCH));
+            let mut waited_since = None;
+            loop {
+                match tx.try_send(pending) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(b)) => {
+                        // The pipeline sheds whole flows long before the queue is full; a full
+                        // queue is a burst or a stall. Waiting lets the kernel buffer (--buffer-size)
+                        // absorb it, which it does as well as it does for tcpdump; only a pipeline
+                        // stuck for longer than QUEUE_PATIENCE costs this batch.
+                        let since = *waited_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= QUEUE_PATIENCE || stop.load(Ordering::Relaxed) {
+                            queued.fetch_sub(1, Ordering::Relaxed);
+                            *queue_dropped += b.len() as u64;
+                            break;
+                        }
+                        pending = b;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
             }
-        }
-    };
+            if let Some(since) = waited_since {
+                *queue_waited += since.elapsed();
+            }
+        };
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) {
         if last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
             if let Ok(st) = cap.stats() {
-                counters.received.store(u64::from(st.received), Ordering::Relaxed);
-                counters.kernel_dropped.store(u64::from(st.dropped), Ordering::Relaxed);
-                counters.interface_dropped.store(u64::from(st.if_dropped), Ordering::Relaxed);
+                counters
+                    .received
+                    .store(u64::from(st.received), Ordering::Relaxed);
+                counters
+                    .kernel_dropped
+                    .store(u64::from(st.dropped), Ordering::Relaxed);
+                counters
+                    .interface_dropped
+                    .store(u64::from(st.if_dropped), Ordering::Relaxed);
             }
-            counters.queue_dropped.store(queue_dropped, Ordering::Relaxed);
+            counters
+                .queue_dropped
+                .store(queue_dropped, Ordering::Relaxed);
+            counters
+                .queue_waited_ms
+                .store(queue_waited.as_millis() as u64, Ordering::Relaxed);
         }
         match cap.next_packet() {
             Ok(p) => {
@@ -319,21 +408,24 @@ fn read_loop(
                 });
                 tail.mark(batch.len());
                 if batch.len() >= BATCH || last_flush.elapsed() >= FLUSH_EVERY {
-                    send(&mut batch, &mut queue_dropped);
+                    send(&mut batch, &mut queue_dropped, &mut queue_waited);
                     last_flush = Instant::now();
                 }
             }
             Err(pcap::Error::TimeoutExpired) => {
-                send(&mut batch, &mut queue_dropped);
+                send(&mut batch, &mut queue_dropped, &mut queue_waited);
                 last_flush = Instant::now();
             }
             // pcap_breakloop: a stop (checked by the loop) or the tail thread's nudge.
             Err(pcap::Error::NoMorePackets) => {
-                send(&mut batch, &mut queue_dropped);
+                send(&mut batch, &mut queue_dropped, &mut queue_waited);
                 last_flush = Instant::now();
             }
             Err(e) => {
-                result = Err(CaptureError::Interface { interface: iface.clone(), message: e.to_string() });
+                result = Err(CaptureError::Interface {
+                    interface: iface.clone(),
+                    message: e.to_string(),
+                });
                 break;
             }
         }
@@ -343,11 +435,16 @@ fn read_loop(
         queued.fetch_add(1, Ordering::Relaxed);
         let _ = tx.send(batch);
     }
-    let st = cap.stats().unwrap_or(pcap::Stat { received: 0, dropped: 0, if_dropped: 0 });
+    let st = cap.stats().unwrap_or(pcap::Stat {
+        received: 0,
+        dropped: 0,
+        if_dropped: 0,
+    });
     result.map(|()| LiveStats {
         received: u64::from(st.received),
         kernel_dropped: u64::from(st.dropped),
         interface_dropped: u64::from(st.if_dropped),
         queue_dropped,
+        queue_waited_ms: queue_waited.as_millis() as u64,
     })
 }

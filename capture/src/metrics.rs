@@ -42,13 +42,14 @@ impl StatsRecord {
     /// One line for stderr.
     pub fn line(&self) -> String {
         format!(
-            "stats: {:.0}s {} packets, {} received / {} kernel-dropped / {} if-dropped / {} queue-dropped, {} exchanges ({} kept), {} open flows, {} bytes buffered, {} flows shed (keeping {:.0}% of new flows)",
+            "stats: {:.0}s {} packets, {} received / {} kernel-dropped / {} if-dropped / {} queue-dropped ({} ms queue-waited), {} exchanges ({} kept), {} open flows, {} bytes buffered, {} flows shed (keeping {:.0}% of new flows)",
             self.elapsed_s,
             self.packets,
             self.pcap.received,
             self.pcap.kernel_dropped,
             self.pcap.interface_dropped,
             self.pcap.queue_dropped,
+            self.pcap.queue_waited_ms,
             self.exchanges_seen,
             self.exchanges_kept,
             self.open_flows,
@@ -62,19 +63,77 @@ impl StatsRecord {
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
         };
-        metric("shadowtap_packets_total", "counter", "Packets processed.", self.packets);
-        metric("shadowtap_bytes_total", "counter", "Captured bytes processed.", self.bytes);
-        metric("shadowtap_pcap_received_total", "counter", "Packets libpcap received (pcap_stats ps_recv).", self.pcap.received);
-        metric("shadowtap_pcap_kernel_dropped_total", "counter", "Packets the kernel dropped (ps_drop).", self.pcap.kernel_dropped);
-        metric("shadowtap_pcap_interface_dropped_total", "counter", "Packets the interface dropped (ps_ifdrop).", self.pcap.interface_dropped);
-        metric("shadowtap_queue_dropped_total", "counter", "Packets dropped because the pipeline fell behind.", self.pcap.queue_dropped);
-        metric("shadowtap_exchanges_total", "counter", "HTTP exchanges found.", self.exchanges_seen);
-        metric("shadowtap_exchanges_kept_total", "counter", "Exchanges kept after match criteria and sampling.", self.exchanges_kept);
-        metric("shadowtap_open_flows", "gauge", "TCP flows open.", self.open_flows);
-        metric("shadowtap_bytes_buffered", "gauge", "Bytes held in memory by open flows.", self.bytes_buffered);
-        metric("shadowtap_flows_shed_total", "counter", "Whole flows left out because the pipeline fell behind.", self.flows_shed);
+        metric(
+            "shadowtap_packets_total",
+            "counter",
+            "Packets processed.",
+            self.packets,
+        );
+        metric(
+            "shadowtap_bytes_total",
+            "counter",
+            "Captured bytes processed.",
+            self.bytes,
+        );
+        metric(
+            "shadowtap_pcap_received_total",
+            "counter",
+            "Packets libpcap received (pcap_stats ps_recv).",
+            self.pcap.received,
+        );
+        metric(
+            "shadowtap_pcap_kernel_dropped_total",
+            "counter",
+            "Packets the kernel dropped (ps_drop).",
+            self.pcap.kernel_dropped,
+        );
+        metric(
+            "shadowtap_pcap_interface_dropped_total",
+            "counter",
+            "Packets the interface dropped (ps_ifdrop).",
+            self.pcap.interface_dropped,
+        );
+        metric(
+            "shadowtap_queue_dropped_total",
+            "counter",
+            "Packets dropped because the pipeline stayed stuck.",
+            self.pcap.queue_dropped,
+        );
+        metric("shadowtap_queue_waited_ms_total", "counter", "Milliseconds the packet reader waited for a full queue (the kernel buffer held the traffic).", self.pcap.queue_waited_ms);
+        metric(
+            "shadowtap_exchanges_total",
+            "counter",
+            "HTTP exchanges found.",
+            self.exchanges_seen,
+        );
+        metric(
+            "shadowtap_exchanges_kept_total",
+            "counter",
+            "Exchanges kept after match criteria and sampling.",
+            self.exchanges_kept,
+        );
+        metric(
+            "shadowtap_open_flows",
+            "gauge",
+            "TCP flows open.",
+            self.open_flows,
+        );
+        metric(
+            "shadowtap_bytes_buffered",
+            "gauge",
+            "Bytes held in memory by open flows.",
+            self.bytes_buffered,
+        );
+        metric(
+            "shadowtap_flows_shed_total",
+            "counter",
+            "Whole flows left out because the pipeline fell behind.",
+            self.flows_shed,
+        );
         out
     }
 }

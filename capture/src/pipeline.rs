@@ -12,18 +12,18 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shadowtap_core::content::decode_body;
-use shadowtap_core::id::{civil_from_days, new_run_id};
 use shadowtap_core::exchange::{Body, Exchange, Header};
+use shadowtap_core::id::{civil_from_days, new_run_id};
 use shadowtap_core::schema::{exchanges_schema, exchanges_to_batch, EXCHANGES_SCHEMA_VERSION};
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
 
-use crate::decode::{Decoded, Decoder};
 use crate::criteria::MatchCriteria;
-use crate::redact::Redactor;
+use crate::decode::{Decoded, Decoder};
 use crate::error::CaptureError;
 use crate::live::{LiveOptions, LiveSource};
 use crate::metrics::{serve_metrics, StatsRecord};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
+use crate::redact::Redactor;
 use crate::sampling::{Percent, SampleBy, Sampler};
 use crate::shedding::FlowShedder;
 use crate::source::FileSource;
@@ -74,9 +74,15 @@ impl CaptureOptions {
             filter: None,
             criteria: MatchCriteria::default(),
             // Secrets never reach disk unless asked: a fresh random key per run by default.
-            redactor: Some(Redactor::new(Redactor::random_key().unwrap_or_else(|_| fallback_key()), &[])),
+            redactor: Some(Redactor::new(
+                Redactor::random_key().unwrap_or_else(|_| fallback_key()),
+                &[],
+            )),
             redaction_note: "on, random key per run".into(),
-            sampler: Sampler { percent: Percent::ALL, by: SampleBy::Exchange },
+            sampler: Sampler {
+                percent: Percent::ALL,
+                by: SampleBy::Exchange,
+            },
             reassembly: ReassemblyConfig::default(),
             max_file_bytes: 256 << 20,
             rotate_every: None,
@@ -99,7 +105,10 @@ const BATCH_BYTES: usize = 32 << 20;
 /// or the output cannot be written.
 pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureError> {
     if opts.inputs.is_empty() {
-        return Err(CaptureError::InvalidOption { option: "--read", message: "no capture file given".into() });
+        return Err(CaptureError::InvalidOption {
+            option: "--read",
+            message: "no capture file given".into(),
+        });
     }
     // Open every input first: a typo in the last file should not cost a long run.
     let mut sources = Vec::new();
@@ -112,14 +121,21 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
         }
     }
     if sources.is_empty() {
-        return Err(open_errors.into_iter().next().map(|(_, e)| e).unwrap_or(CaptureError::NothingRead));
+        return Err(open_errors
+            .into_iter()
+            .next()
+            .map(|(_, e)| e)
+            .unwrap_or(CaptureError::NothingRead));
     }
     let mut run = Run::start(opts)?;
     for (path, mut source) in sources {
         let name = path.display().to_string();
         run.table.set_source(&name);
         let mut decoder = Decoder::new(source.link_type());
-        let mut input = InputSummary { path: path.clone(), ..Default::default() };
+        let mut input = InputSummary {
+            path: path.clone(),
+            ..Default::default()
+        };
         loop {
             let packet = match source.next_packet() {
                 Ok(Some(p)) => p,
@@ -137,7 +153,11 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
         run.summary.inputs.push(input);
     }
     for (path, e) in open_errors {
-        run.summary.inputs.push(InputSummary { path, error: Some(e.to_string()), ..Default::default() });
+        run.summary.inputs.push(InputSummary {
+            path,
+            error: Some(e.to_string()),
+            ..Default::default()
+        });
     }
     let summary = run.finish()?;
     if summary.packets == 0 && summary.inputs.iter().all(|i| i.error.is_some()) {
@@ -180,29 +200,46 @@ pub fn capture_live(
 ) -> Result<CaptureSummary, CaptureError> {
     let source = LiveSource::start(live)?;
     let metrics = match limits.metrics_listen {
-        Some(addr) => Some(serve_metrics(addr).map_err(|e| CaptureError::InvalidOption {
-            option: "--metrics-listen",
-            message: format!("{addr}: {e}"),
-        })?),
+        Some(addr) => Some(
+            serve_metrics(addr).map_err(|e| CaptureError::InvalidOption {
+                option: "--metrics-listen",
+                message: format!("{addr}: {e}"),
+            })?,
+        ),
         None => None,
     };
     let mut run = Run::start(opts)?;
     run.table.set_source(&live.interface);
-    run.shedder = Some(FlowShedder::new(opts.reassembly.max_flows, opts.reassembly.idle_timeout_us));
+    run.shedder = Some(FlowShedder::new(
+        opts.reassembly.max_flows,
+        opts.reassembly.idle_timeout_us,
+    ));
     let mut decoder = Decoder::new(source.link_type());
-    on_started(&Started { interface: live.interface.clone(), metrics: metrics.as_ref().map(|m| m.0) });
+    on_started(&Started {
+        interface: live.interface.clone(),
+        metrics: metrics.as_ref().map(|m| m.0),
+    });
     let started = Instant::now();
-    let stats_path = opts.out_dir.join(format!("capture-{}.stats.jsonl", run.summary.run_id));
+    let stats_path = opts
+        .out_dir
+        .join(format!("capture-{}.stats.jsonl", run.summary.run_id));
     let mut stats_file = None;
-    let report_every = limits.stats_interval.or(metrics.as_ref().map(|_| Duration::from_secs(1)));
+    let report_every = limits
+        .stats_interval
+        .or(metrics.as_ref().map(|_| Duration::from_secs(1)));
     let mut last_report = Instant::now();
     let mut last_flush = Instant::now();
-    let mut input = InputSummary { path: PathBuf::from(&live.interface), ..Default::default() };
+    let mut input = InputSummary {
+        path: PathBuf::from(&live.interface),
+        ..Default::default()
+    };
     let mut reader_error = None;
     loop {
         if stop.load(Ordering::SeqCst)
             || limits.duration.is_some_and(|d| started.elapsed() >= d)
-            || limits.max_exchanges.is_some_and(|m| run.summary.exchanges_seen >= m)
+            || limits
+                .max_exchanges
+                .is_some_and(|m| run.summary.exchanges_seen >= m)
         {
             break;
         }
@@ -231,17 +268,25 @@ pub fn capture_live(
             if last_report.elapsed() >= every {
                 last_report = Instant::now();
                 let record = StatsRecord {
-                    ts: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+                    ts: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
                     elapsed_s: started.elapsed().as_secs_f64(),
                     packets: run.summary.packets,
                     bytes: run.summary.bytes,
                     pcap: source.counters(),
                     exchanges_seen: run.summary.exchanges_seen,
-                    exchanges_kept: run.summary.exchanges_seen - run.summary.exchanges_not_matched - run.summary.exchanges_sampled_out,
+                    exchanges_kept: run.summary.exchanges_seen
+                        - run.summary.exchanges_not_matched
+                        - run.summary.exchanges_sampled_out,
                     open_flows: run.table.open_flows() as u64,
                     bytes_buffered: run.table.buffered_bytes(),
                     flows_shed: run.shedder.as_ref().map_or(0, |s| s.stats().flows),
-                    new_flows_kept_percent: run.shedder.as_ref().map_or(100.0, FlowShedder::keep_percent),
+                    new_flows_kept_percent: run
+                        .shedder
+                        .as_ref()
+                        .map_or(100.0, FlowShedder::keep_percent),
                 };
                 if let Some((_, slot)) = &metrics {
                     if let Ok(mut t) = slot.lock() {
@@ -251,11 +296,19 @@ pub fn capture_live(
                 if limits.stats_interval.is_some() {
                     eprintln!("{}", record.line());
                     if stats_file.is_none() {
-                        stats_file = std::fs::OpenOptions::new().create(true).append(true).open(&stats_path).ok();
+                        stats_file = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&stats_path)
+                            .ok();
                     }
                     if let Some(f) = stats_file.as_mut() {
                         use std::io::Write as _;
-                        let _ = writeln!(f, "{}", serde_json::to_string(&record).expect("stats serialise"));
+                        let _ = writeln!(
+                            f,
+                            "{}",
+                            serde_json::to_string(&record).expect("stats serialise")
+                        );
                     }
                 }
             }
@@ -328,13 +381,19 @@ impl<'a> Run<'a> {
                 files: Vec::new(),
                 rows: 0,
             };
-            std::fs::create_dir_all(&opts.out_dir).map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
+            std::fs::create_dir_all(&opts.out_dir).map_err(|source| CaptureError::Io {
+                path: opts.out_dir.clone(),
+                source,
+            })?;
             let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(2);
             let redactor = opts.redactor.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shadowtap-writer-{w}"))
                 .spawn(move || write_exchanges(rx, sink, max_body, redactor))
-                .map_err(|source| CaptureError::Io { path: opts.out_dir.clone(), source })?;
+                .map_err(|source| CaptureError::Io {
+                    path: opts.out_dir.clone(),
+                    source,
+                })?;
             senders.push(tx);
             writers.push(handle);
         }
@@ -367,7 +426,13 @@ impl<'a> Run<'a> {
                 self.summary.tcp_segments += 1;
                 if let Some(shedder) = self.shedder.as_mut() {
                     let table = std::cell::RefCell::new(&mut self.table);
-                    if !shedder.admit(ts, &seg, data.len(), || table.borrow().is_open(&seg), || table.borrow_mut().discard(&seg)) {
+                    if !shedder.admit(
+                        ts,
+                        &seg,
+                        data.len(),
+                        || table.borrow().is_open(&seg),
+                        || table.borrow_mut().discard(&seg),
+                    ) {
                         return;
                     }
                 }
@@ -385,12 +450,22 @@ impl<'a> Run<'a> {
     }
 
     fn progress_tick(&mut self) {
-        self.progress.tick(self.summary.packets, self.summary.bytes, self.summary.exchanges_seen, self.table.open_flows());
+        self.progress.tick(
+            self.summary.packets,
+            self.summary.bytes,
+            self.summary.exchanges_seen,
+            self.table.open_flows(),
+        );
     }
 
     fn take_exchanges(&mut self) {
         for ex in self.table.take_exchanges() {
-            if self.batch.push(ex, &self.opts.criteria, &self.opts.sampler, &mut self.summary) {
+            if self.batch.push(
+                ex,
+                &self.opts.criteria,
+                &self.opts.sampler,
+                &mut self.summary,
+            ) {
                 self.flush_batch();
             }
         }
@@ -495,7 +570,8 @@ impl<'a> Run<'a> {
         summary.flags = written.flags;
         summary.flags.decode_error = written.decode_errors;
         summary.lost_to_caps.flows_evicted_by_cap = summary.reassembly.flows_evicted_by_cap;
-        summary.lost_to_caps.gaps_forced_by_buffer_cap = summary.reassembly.gaps_forced_by_buffer_cap;
+        summary.lost_to_caps.gaps_forced_by_buffer_cap =
+            summary.reassembly.gaps_forced_by_buffer_cap;
         summary.lost_to_caps.ip_fragments_dropped = self.frag_dropped;
         summary.lost_to_caps.unanswered_overflow = summary.reassembly.unanswered_overflow;
         summary.lost_to_caps.bodies_truncated = written.flags.truncated;
@@ -507,9 +583,15 @@ impl<'a> Run<'a> {
 /// Writes `capture-{run_id}.summary.json` into `dir`, atomically.
 fn write_summary(dir: &Path, summary: &CaptureSummary) -> Result<(), CaptureError> {
     let path = dir.join(format!("capture-{}.summary.json", summary.run_id));
-    let tmp = dir.join(format!(".capture-{}.summary.json.inprogress", summary.run_id));
+    let tmp = dir.join(format!(
+        ".capture-{}.summary.json.inprogress",
+        summary.run_id
+    ));
     let json = serde_json::to_vec_pretty(summary).expect("summary serialises");
-    std::fs::write(&tmp, json).map_err(|source| CaptureError::Io { path: tmp.clone(), source })?;
+    std::fs::write(&tmp, json).map_err(|source| CaptureError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
     std::fs::rename(&tmp, &path).map_err(|source| CaptureError::Io { path, source })
 }
 
@@ -521,7 +603,13 @@ struct Batch {
 
 impl Batch {
     /// Adds `ex` if it meets the criteria and is sampled in; true when the batch is full.
-    fn push(&mut self, ex: Exchange, criteria: &MatchCriteria, sampler: &Sampler, summary: &mut CaptureSummary) -> bool {
+    fn push(
+        &mut self,
+        ex: Exchange,
+        criteria: &MatchCriteria,
+        sampler: &Sampler,
+        summary: &mut CaptureSummary,
+    ) -> bool {
         summary.exchanges_seen += 1;
         if !criteria.matches(&ex) {
             summary.exchanges_not_matched += 1;
@@ -609,15 +697,26 @@ impl ExchangeSinks {
                 self.open.insert(part.clone(), (sink, Instant::now()));
             }
             let batch = exchanges_to_batch(&rows)?;
-            self.open.get_mut(&part).expect("inserted above").0.write(&batch)?;
+            self.open
+                .get_mut(&part)
+                .expect("inserted above")
+                .0
+                .write(&batch)?;
         }
         self.rotate()
     }
 
     /// Closes sinks open longer than the rotation interval.
     fn rotate(&mut self) -> Result<(), CaptureError> {
-        let Some(every) = self.rotate_every else { return Ok(()) };
-        let due: Vec<PathBuf> = self.open.iter().filter(|(_, (_, t))| t.elapsed() >= every).map(|(k, _)| k.clone()).collect();
+        let Some(every) = self.rotate_every else {
+            return Ok(());
+        };
+        let due: Vec<PathBuf> = self
+            .open
+            .iter()
+            .filter(|(_, (_, t))| t.elapsed() >= every)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in due {
             let (sink, _) = self.open.remove(&k).expect("listed above");
             self.rows += sink.rows();
@@ -635,7 +734,12 @@ impl ExchangeSinks {
     }
 }
 
-fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ExchangeSinks, max_body: u64, redactor: Option<Redactor>) -> Result<Written, CaptureError> {
+fn write_exchanges(
+    rx: mpsc::Receiver<Vec<Exchange>>,
+    mut sink: ExchangeSinks,
+    max_body: u64,
+    redactor: Option<Redactor>,
+) -> Result<Written, CaptureError> {
     let mut flags = FlagCounts::default();
     let mut decode_errors = 0;
     loop {
@@ -666,7 +770,9 @@ fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ExchangeSinks, m
                 let detail: Vec<String> = [&ex.request_body, &ex.response_body]
                     .iter()
                     .zip(["request", "response"])
-                    .filter_map(|(b, side)| b.decode_error.as_ref().map(|e| format!("{side} body: {e}")))
+                    .filter_map(|(b, side)| {
+                        b.decode_error.as_ref().map(|e| format!("{side} body: {e}"))
+                    })
                     .collect();
                 let joined = detail.join("; ");
                 ex.error_detail = Some(match ex.error_detail.take() {
@@ -678,7 +784,12 @@ fn write_exchanges(rx: mpsc::Receiver<Vec<Exchange>>, mut sink: ExchangeSinks, m
         sink.write(rows)?;
     }
     let (rows, files) = sink.finish()?;
-    Ok(Written { rows, files, flags, decode_errors })
+    Ok(Written {
+        rows,
+        files,
+        flags,
+        decode_errors,
+    })
 }
 
 fn content_encoding(headers: &[Header]) -> Option<String> {
@@ -708,11 +819,12 @@ fn decode_content(body: &mut Body, encoding: Option<&str>, cap: u64) {
 /// A key when the system's random source cannot be read: unpredictable enough across runs that
 /// tokens from different runs do not compare.
 fn fallback_key() -> Vec<u8> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let seed = format!("{}:{}:{:p}", now.as_nanos(), std::process::id(), &now);
     shadowtap_core::id::stable_id(&[seed.as_bytes()]).into_bytes()
 }
-
 
 struct Progress {
     enabled: bool,
@@ -722,7 +834,11 @@ struct Progress {
 
 impl Progress {
     fn new(enabled: bool) -> Self {
-        Progress { enabled, started: Instant::now(), last: Instant::now() }
+        Progress {
+            enabled,
+            started: Instant::now(),
+            last: Instant::now(),
+        }
     }
     fn tick(&mut self, packets: u64, bytes: u64, exchanges: u64, flows: usize) {
         if !self.enabled || self.last.elapsed() < Duration::from_millis(500) {

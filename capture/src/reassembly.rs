@@ -189,7 +189,10 @@ impl FlowTable {
     pub fn buffered_bytes(&self) -> u64 {
         self.flows
             .values()
-            .map(|f| (f.streams[0].pending_bytes + f.streams[1].pending_bytes + f.conn.buffered_bytes()) as u64)
+            .map(|f| {
+                (f.streams[0].pending_bytes + f.streams[1].pending_bytes + f.conn.buffered_bytes())
+                    as u64
+            })
             .sum()
     }
 
@@ -197,7 +200,11 @@ impl FlowTable {
     pub fn is_open(&self, seg: &TcpSegment<'_>) -> bool {
         let a: Endpoint = (seg.src, seg.src_port);
         let b: Endpoint = (seg.dst, seg.dst_port);
-        let key = if a <= b { (a.0, a.1, b.0, b.1) } else { (b.0, b.1, a.0, a.1) };
+        let key = if a <= b {
+            (a.0, a.1, b.0, b.1)
+        } else {
+            (b.0, b.1, a.0, a.1)
+        };
         self.flows.contains_key(&key)
     }
 
@@ -207,7 +214,11 @@ impl FlowTable {
     pub fn discard(&mut self, seg: &TcpSegment<'_>) -> bool {
         let a: Endpoint = (seg.src, seg.src_port);
         let b: Endpoint = (seg.dst, seg.dst_port);
-        let key = if a <= b { (a.0, a.1, b.0, b.1) } else { (b.0, b.1, a.0, a.1) };
+        let key = if a <= b {
+            (a.0, a.1, b.0, b.1)
+        } else {
+            (b.0, b.1, a.0, a.1)
+        };
         let gone = self.flows.remove(&key).is_some();
         if gone {
             self.stats.flows_shed += 1;
@@ -226,14 +237,19 @@ impl FlowTable {
         self.sweep_idle();
         let a: Endpoint = (seg.src, seg.src_port);
         let b: Endpoint = (seg.dst, seg.dst_port);
-        let (key, dir) = if a <= b { ((a.0, a.1, b.0, b.1), 0) } else { ((b.0, b.1, a.0, a.1), 1) };
+        let (key, dir) = if a <= b {
+            ((a.0, a.1, b.0, b.1), 0)
+        } else {
+            ((b.0, b.1, a.0, a.1), 1)
+        };
         let pure_syn = seg.syn && seg.ack.is_none();
 
         if let Some(flow) = self.flows.get(&key) {
             // A new connection reusing the same ports: a SYN that does not match the stream.
             let s = &flow.streams[dir];
             let reused = pure_syn
-                && (s.base.is_some_and(|b| b != seg.seq.wrapping_add(1)) || flow.streams.iter().all(|s| s.ended));
+                && (s.base.is_some_and(|b| b != seg.seq.wrapping_add(1))
+                    || flow.streams.iter().all(|s| s.ended));
             if reused {
                 let flow = self.flows.remove(&key).expect("present");
                 self.close_flow(flow, false);
@@ -255,11 +271,27 @@ impl FlowTable {
                 self.evict_for_room();
             }
             let endpoints = if dir == 0 { [a, b] } else { [b, a] };
-            let client_dir = if seg.syn { Some(if pure_syn { dir } else { 1 - dir }) } else { None };
-            let conn = HttpConnection::new(endpoints, client_dir, ts_us, self.config.parser, self.source.clone());
+            let client_dir = if seg.syn {
+                Some(if pure_syn { dir } else { 1 - dir })
+            } else {
+                None
+            };
+            let conn = HttpConnection::new(
+                endpoints,
+                client_dir,
+                ts_us,
+                self.config.parser,
+                self.source.clone(),
+            );
             self.flows.insert(
                 key,
-                Flow { endpoints, streams: [Stream::default(), Stream::default()], conn, last_us: ts_us, payload_bytes: 0 },
+                Flow {
+                    endpoints,
+                    streams: [Stream::default(), Stream::default()],
+                    conn,
+                    last_us: ts_us,
+                    payload_bytes: 0,
+                },
             );
             self.stats.flows += 1;
             self.stats.peak_flows = self.stats.peak_flows.max(self.flows.len() as u64);
@@ -274,12 +306,19 @@ impl FlowTable {
             let streams = [0, 1].map(|d| flow.streams[d].base.map(|b| (b, flow.streams[d].next)));
             if self.closed.len() >= self.config.max_flows {
                 let now = self.now_us;
-                self.closed.retain(|_, t| now - t.closed_us < TOMBSTONE_US / 4);
+                self.closed
+                    .retain(|_, t| now - t.closed_us < TOMBSTONE_US / 4);
                 if self.closed.len() >= self.config.max_flows {
                     self.closed.clear();
                 }
             }
-            self.closed.insert(key, Tombstone { streams, closed_us: ts_us });
+            self.closed.insert(
+                key,
+                Tombstone {
+                    streams,
+                    closed_us: ts_us,
+                },
+            );
             self.close_flow(flow, true);
         } else {
             self.out.extend(flow.conn.take_exchanges());
@@ -297,7 +336,14 @@ impl FlowTable {
     }
 
     /// Feeds a segment into its flow; returns true when the flow is over.
-    fn segment_into(flow: &mut Flow, dir: usize, ts_us: i64, seg: &TcpSegment<'_>, config: &ReassemblyConfig, stats: &mut ReassemblyStats) -> bool {
+    fn segment_into(
+        flow: &mut Flow,
+        dir: usize,
+        ts_us: i64,
+        seg: &TcpSegment<'_>,
+        config: &ReassemblyConfig,
+        stats: &mut ReassemblyStats,
+    ) -> bool {
         let not_http = flow.conn.is_not_http();
         {
             let s = &mut flow.streams[dir];
@@ -320,7 +366,11 @@ impl FlowTable {
         }
         let s = &mut flow.streams[dir];
         let Some(_) = s.base else { return false };
-        let data_seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
+        let data_seq = if seg.syn {
+            seg.seq.wrapping_add(1)
+        } else {
+            seg.seq
+        };
         let start = s.offset_of(data_seq);
         if seg.fin {
             let fin_at = start + seg.payload.len() as i64;
@@ -340,7 +390,16 @@ impl FlowTable {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn add_data(flow: &mut Flow, dir: usize, start: i64, payload: &[u8], ts_us: i64, ack: Option<u32>, config: &ReassemblyConfig, stats: &mut ReassemblyStats) {
+    fn add_data(
+        flow: &mut Flow,
+        dir: usize,
+        start: i64,
+        payload: &[u8],
+        ts_us: i64,
+        ack: Option<u32>,
+        config: &ReassemblyConfig,
+        stats: &mut ReassemblyStats,
+    ) {
         let s = &mut flow.streams[dir];
         let end = start + payload.len() as i64;
         let next = s.next as i64;
@@ -379,7 +438,14 @@ impl FlowTable {
         for (ps, pe) in pieces {
             let bytes = payload[(ps - start) as usize..(pe - start) as usize].to_vec();
             s.pending_bytes += bytes.len();
-            s.pending.insert(ps, Pending { data: bytes, ts_us, ack });
+            s.pending.insert(
+                ps,
+                Pending {
+                    data: bytes,
+                    ts_us,
+                    ack,
+                },
+            );
         }
         while flow.streams[dir].pending_bytes > config.max_buffered_per_direction {
             stats.gaps_forced_by_buffer_cap += 1;
@@ -391,7 +457,9 @@ impl FlowTable {
     fn drain_pending(flow: &mut Flow, dir: usize) {
         loop {
             let s = &mut flow.streams[dir];
-            let Some(entry) = s.pending.first_entry() else { return };
+            let Some(entry) = s.pending.first_entry() else {
+                return;
+            };
             let k = *entry.key();
             if k > s.next {
                 return;
@@ -411,7 +479,9 @@ impl FlowTable {
     /// Gives up the first hole of a direction as lost.
     fn skip_hole(flow: &mut Flow, dir: usize, ts_us: i64, stats: &mut ReassemblyStats) {
         let s = &mut flow.streams[dir];
-        let Some((&k, _)) = s.pending.first_key_value() else { return };
+        let Some((&k, _)) = s.pending.first_key_value() else {
+            return;
+        };
         if k > s.next {
             let len = k - s.next;
             s.next = k;
@@ -478,7 +548,12 @@ impl FlowTable {
         let now = self.now_us;
         self.closed.retain(|_, t| now - t.closed_us < TOMBSTONE_US);
         let cutoff = self.now_us - self.config.idle_timeout_us;
-        let idle: Vec<FlowKey> = self.flows.iter().filter(|(_, f)| f.last_us < cutoff).map(|(k, _)| *k).collect();
+        let idle: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.last_us < cutoff)
+            .map(|(k, _)| *k)
+            .collect();
         let mut flows: Vec<Flow> = idle.iter().filter_map(|k| self.flows.remove(k)).collect();
         flows.sort_by_key(|f| (f.last_us, f.endpoints));
         for f in flows {
@@ -489,7 +564,8 @@ impl FlowTable {
 
     /// Closes the least recently seen eighth of the table.
     fn evict_for_room(&mut self) {
-        let mut by_age: Vec<(i64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.last_us, *k)).collect();
+        let mut by_age: Vec<(i64, FlowKey)> =
+            self.flows.iter().map(|(k, f)| (f.last_us, *k)).collect();
         by_age.sort();
         let n = (self.flows.len() / 8).max(1);
         for (_, k) in by_age.into_iter().take(n) {

@@ -48,14 +48,29 @@ impl FlowShedder {
     /// A shedder that remembers at most `max_flows` left-out flows, each until it has been idle
     /// for `idle_us`.
     pub fn new(max_flows: usize, idle_us: i64) -> Self {
-        FlowShedder { keep_bp: 10_000, keep_open_bp: 10_000, shed: HashMap::new(), max_flows: max_flows.max(1), idle_us, stats: ShedStats::default() }
+        FlowShedder {
+            keep_bp: 10_000,
+            keep_open_bp: 10_000,
+            shed: HashMap::new(),
+            max_flows: max_flows.max(1),
+            idle_us,
+            stats: ShedStats::default(),
+        }
     }
 
     /// Sets the share of new flows to admit from the queue fill level (0.0 empty, 1.0 full).
     pub fn set_backlog(&mut self, fill: f64) {
         let fill = fill.clamp(0.0, 1.0);
-        self.keep_bp = if fill <= 0.5 { 10_000 } else { ((1.0 - fill) * 2.0 * 10_000.0) as u32 };
-        self.keep_open_bp = if fill <= 0.9 { 10_000 } else { ((1.0 - fill) * 10.0 * 10_000.0) as u32 };
+        self.keep_bp = if fill <= 0.5 {
+            10_000
+        } else {
+            ((1.0 - fill) * 2.0 * 10_000.0) as u32
+        };
+        self.keep_open_bp = if fill <= 0.9 {
+            10_000
+        } else {
+            ((1.0 - fill) * 10.0 * 10_000.0) as u32
+        };
     }
 
     /// Share of new flows admitted now, in percent.
@@ -66,7 +81,14 @@ impl FlowShedder {
     /// Whether the segment's flow is recorded. `is_open` says whether the flow table already
     /// tracks this flow; `discard` drops an open flow that is shed (it returns whether there
     /// was one).
-    pub fn admit(&mut self, ts_us: i64, seg: &TcpSegment<'_>, captured_len: usize, is_open: impl FnOnce() -> bool, discard: impl FnOnce() -> bool) -> bool {
+    pub fn admit(
+        &mut self,
+        ts_us: i64,
+        seg: &TcpSegment<'_>,
+        captured_len: usize,
+        is_open: impl FnOnce() -> bool,
+        discard: impl FnOnce() -> bool,
+    ) -> bool {
         let key = canonical(seg);
         if let Some(last) = self.shed.get_mut(&key) {
             // A new connection on the same ports (a pure SYN) gets its own decision.
@@ -120,7 +142,11 @@ impl FlowShedder {
 fn canonical(seg: &TcpSegment<'_>) -> Key {
     let a = (seg.src, seg.src_port);
     let b = (seg.dst, seg.dst_port);
-    if a <= b { (a.0, a.1, b.0, b.1) } else { (b.0, b.1, a.0, a.1) }
+    if a <= b {
+        (a.0, a.1, b.0, b.1)
+    } else {
+        (b.0, b.1, a.0, a.1)
+    }
 }
 
 fn flow_bucket(key: &Key) -> u32 {
@@ -135,8 +161,23 @@ mod tests {
     fn seg(client_port: u16, syn: bool, from_client: bool) -> TcpSegment<'static> {
         let c: IpAddr = "10.0.0.1".parse().unwrap();
         let s: IpAddr = "10.0.0.2".parse().unwrap();
-        let (src, dst, sp, dp) = if from_client { (c, s, client_port, 80) } else { (s, c, 80, client_port) };
-        TcpSegment { src, dst, src_port: sp, dst_port: dp, seq: 1, ack: if syn { None } else { Some(1) }, syn, fin: false, rst: false, payload: b"x" }
+        let (src, dst, sp, dp) = if from_client {
+            (c, s, client_port, 80)
+        } else {
+            (s, c, 80, client_port)
+        };
+        TcpSegment {
+            src,
+            dst,
+            src_port: sp,
+            dst_port: dp,
+            seq: 1,
+            ack: if syn { None } else { Some(1) },
+            syn,
+            fin: false,
+            rst: false,
+            payload: b"x",
+        }
     }
 
     #[test]
@@ -171,14 +212,26 @@ mod tests {
     fn open_flows_are_shed_only_past_ninety_percent() {
         let mut s = FlowShedder::new(100, 1_000_000);
         s.set_backlog(0.9);
-        assert!((0..500).all(|p| s.admit(0, &seg(p, false, true), 60, || true, || panic!("not shed at 90%"))));
+        assert!((0..500).all(|p| s.admit(
+            0,
+            &seg(p, false, true),
+            60,
+            || true,
+            || panic!("not shed at 90%")
+        )));
         s.set_backlog(1.0);
         assert_eq!(s.keep_percent(), 0.0);
         let mut discarded = 0;
-        assert!(!s.admit(0, &seg(1, false, true), 60, || true, || {
-            discarded += 1;
-            true
-        }));
+        assert!(!s.admit(
+            0,
+            &seg(1, false, true),
+            60,
+            || true,
+            || {
+                discarded += 1;
+                true
+            }
+        ));
         assert_eq!(discarded, 1);
         // Its later packets are left out without asking again.
         assert!(!s.admit(1, &seg(1, false, false), 60, || false, || false));

@@ -41,19 +41,33 @@ impl FileSource {
     pub fn open(path: &Path, filter: Option<&str>) -> Result<Self, CaptureError> {
         let format = sniff_format(path)?;
         let mut cap = pcap::Capture::from_file_with_precision(path, pcap::Precision::Micro)
-            .map_err(|e| CaptureError::Open { path: path.to_path_buf(), message: e.to_string() })?;
+            .map_err(|e| CaptureError::Open {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         if let Some(expr) = filter {
-            cap.filter(expr, true)
-                .map_err(|e| CaptureError::Filter { expr: expr.to_owned(), message: e.to_string() })?;
+            cap.filter(expr, true).map_err(|e| CaptureError::Filter {
+                expr: expr.to_owned(),
+                message: e.to_string(),
+            })?;
         }
         let dlt = cap.get_datalink().0;
-        let link = LinkType::from_dlt(dlt)
-            .ok_or_else(|| CaptureError::UnsupportedLinkType { path: path.to_path_buf(), dlt })?;
+        let link = LinkType::from_dlt(dlt).ok_or_else(|| CaptureError::UnsupportedLinkType {
+            path: path.to_path_buf(),
+            dlt,
+        })?;
         let offset = match format {
             Format::Pcap => 24,
             Format::Pcapng => 0,
         };
-        Ok(FileSource { path: path.to_path_buf(), cap, link, format, offset, packets: 0 })
+        Ok(FileSource {
+            path: path.to_path_buf(),
+            cap,
+            link,
+            format,
+            offset,
+            packets: 0,
+        })
     }
 
     /// The file's link type.
@@ -80,7 +94,11 @@ impl FileSource {
                     Format::Pcapng => 32 + caplen.div_ceil(4) * 4,
                 };
                 let ts_us = p.header.ts.tv_sec * 1_000_000 + p.header.ts.tv_usec;
-                Ok(Some(Packet { ts_us, data: p.data, wire_len: p.header.len }))
+                Ok(Some(Packet {
+                    ts_us,
+                    data: p.data,
+                    wire_len: p.header.len,
+                }))
             }
             Err(pcap::Error::NoMorePackets) => Ok(None),
             Err(e) => Err(CaptureError::Read {
@@ -95,18 +113,24 @@ impl FileSource {
 
 /// Reads the magic number, so that a file that is not a capture gets a clear message.
 fn sniff_format(path: &Path) -> Result<Format, CaptureError> {
-    let open_err = |message: String| CaptureError::Open { path: path.to_path_buf(), message };
+    let open_err = |message: String| CaptureError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut f = std::fs::File::open(path).map_err(|e| open_err(e.to_string()))?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).map_err(|e| open_err(e.to_string()))?;
     if n < 4 {
-        return Err(open_err(format!("file is {n} bytes long, too short for a pcap or pcapng header")));
+        return Err(open_err(format!(
+            "file is {n} bytes long, too short for a pcap or pcapng header"
+        )));
     }
     match magic {
         [0x0a, 0x0d, 0x0d, 0x0a] => Ok(Format::Pcapng),
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0xa1, 0xb2, 0xc3, 0xd4] | [0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d] => {
-            Ok(Format::Pcap)
-        }
+        [0xd4, 0xc3, 0xb2, 0xa1]
+        | [0xa1, 0xb2, 0xc3, 0xd4]
+        | [0x4d, 0x3c, 0xb2, 0xa1]
+        | [0xa1, 0xb2, 0x3c, 0x4d] => Ok(Format::Pcap),
         _ => Err(open_err(format!(
             "not a pcap or pcapng file (magic bytes {:02x}{:02x}{:02x}{:02x})",
             magic[0], magic[1], magic[2], magic[3]

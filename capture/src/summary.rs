@@ -110,13 +110,21 @@ impl CaptureSummary {
         let c = &self.lost_to_caps;
         let f = &self.flags;
         let mut s = String::new();
-        s.push_str(&format!("packets      {} ({} bytes) from {} input(s)\n", self.packets, self.bytes, self.inputs.len()));
+        s.push_str(&format!(
+            "packets      {} ({} bytes) from {} input(s)\n",
+            self.packets,
+            self.bytes,
+            self.inputs.len()
+        ));
         s.push_str(&format!(
             "flows        {} TCP ({} HTTP, {} other, {} without payload), peak open {}\n",
             r.flows, r.http_flows, r.non_http_flows, r.empty_flows, r.peak_flows
         ));
         if self.decapsulated_packets > 0 {
-            s.push_str(&format!("tunnels      {} packets decapsulated (VXLAN, GRE, ERSPAN)\n", self.decapsulated_packets));
+            s.push_str(&format!(
+                "tunnels      {} packets decapsulated (VXLAN, GRE, ERSPAN)\n",
+                self.decapsulated_packets
+            ));
         }
         s.push_str(&format!(
             "skipped      {} UDP, {} other, {} malformed packets, {} non-HTTP bytes on HTTP flows\n",
@@ -146,8 +154,8 @@ impl CaptureSummary {
         }
         if let Some(l) = &self.live {
             s.push_str(&format!(
-                "live         {} received by libpcap, {} dropped by the kernel, {} by the interface, {} by a full queue\n",
-                l.received, l.kernel_dropped, l.interface_dropped, l.queue_dropped
+                "live         {} received by libpcap, {} dropped by the kernel, {} by the interface, {} by a stuck pipeline (waited {} ms for it in all)\n",
+                l.received, l.kernel_dropped, l.interface_dropped, l.queue_dropped, l.queue_waited_ms
             ));
         }
         if let Some(shed) = self.load_shed.filter(|s| s.flows > 0) {

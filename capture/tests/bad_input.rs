@@ -14,12 +14,29 @@ fn truncated_capture_keeps_what_was_read() {
     let cut = dir.path().join("cut.pcap");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3 + 7]).unwrap();
     let (_d, summary, rows) = capture(std::slice::from_ref(&cut));
-    let err = summary.inputs[0].error.as_deref().expect("the truncation is reported");
-    assert!(err.contains("cut.pcap") && err.contains("byte offset"), "{err}");
+    let err = summary.inputs[0]
+        .error
+        .as_deref()
+        .expect("the truncation is reported");
+    assert!(
+        err.contains("cut.pcap") && err.contains("byte offset"),
+        "{err}"
+    );
     assert!(!rows.is_empty() && rows.len() < 15, "{} rows", rows.len());
     // The offset reported is where the cut record starts: within the file, past the header.
-    let offset: u64 = err.split("byte offset ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
-    assert!(offset > 24 && offset <= bytes.len() as u64 * 2 / 3 + 7, "{offset}");
+    let offset: u64 = err
+        .split("byte offset ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        offset > 24 && offset <= bytes.len() as u64 * 2 / 3 + 7,
+        "{offset}"
+    );
 }
 
 #[test]
@@ -29,15 +46,25 @@ fn not_a_capture_is_a_clear_error() {
     std::fs::write(&junk, b"this is not a capture file at all").unwrap();
     let opts = CaptureOptions::new(vec![junk], dir.path().join("out"));
     match capture_files(&opts) {
-        Err(e @ CaptureError::Open { .. }) => assert!(e.to_string().contains("junk.pcap: cannot open capture: not a pcap"), "{e}"),
+        Err(e @ CaptureError::Open { .. }) => assert!(
+            e.to_string()
+                .contains("junk.pcap: cannot open capture: not a pcap"),
+            "{e}"
+        ),
         other => panic!("{other:?}"),
     }
     let empty = dir.path().join("empty.pcap");
     std::fs::write(&empty, b"").unwrap();
     let opts = CaptureOptions::new(vec![empty], dir.path().join("out"));
-    assert!(matches!(capture_files(&opts), Err(CaptureError::Open { .. })));
+    assert!(matches!(
+        capture_files(&opts),
+        Err(CaptureError::Open { .. })
+    ));
     let missing = CaptureOptions::new(vec![dir.path().join("nope.pcap")], dir.path().join("out"));
-    assert!(matches!(capture_files(&missing), Err(CaptureError::Open { .. })));
+    assert!(matches!(
+        capture_files(&missing),
+        Err(CaptureError::Open { .. })
+    ));
 }
 
 #[test]
@@ -48,15 +75,24 @@ fn one_bad_input_among_good_ones_is_reported_not_fatal() {
     let good = fixtures().join("pcaps/zeek__wikipedia.pcap");
     let (_d, summary, rows) = capture(&[good, junk]);
     assert_eq!(rows.len(), 15);
-    assert!(summary.inputs.iter().any(|i| i.error.as_deref().is_some_and(|e| e.contains("junk.pcap"))));
+    assert!(summary
+        .inputs
+        .iter()
+        .any(|i| i.error.as_deref().is_some_and(|e| e.contains("junk.pcap"))));
 }
 
 #[test]
 fn bad_filter_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = CaptureOptions::new(vec![fixtures().join("pcaps/zeek__wikipedia.pcap")], dir.path().to_path_buf());
+    let mut opts = CaptureOptions::new(
+        vec![fixtures().join("pcaps/zeek__wikipedia.pcap")],
+        dir.path().to_path_buf(),
+    );
     opts.filter = Some("tcp port nonsense((".into());
-    assert!(matches!(capture_files(&opts), Err(CaptureError::Filter { .. })));
+    assert!(matches!(
+        capture_files(&opts),
+        Err(CaptureError::Filter { .. })
+    ));
 }
 
 #[test]
@@ -71,7 +107,11 @@ fn garbage_inside_packets_is_counted_not_fatal() {
         let caplen = u32::from_le_bytes(bytes[off + 8..off + 12].try_into().unwrap()) as usize;
         let start = off + 16;
         if n.is_multiple_of(7) {
-            for (i, b) in bytes[start..(start + caplen).min(src.len())].iter_mut().enumerate().skip(12) {
+            for (i, b) in bytes[start..(start + caplen).min(src.len())]
+                .iter_mut()
+                .enumerate()
+                .skip(12)
+            {
                 *b = (i as u8).wrapping_mul(151) ^ 0x5a;
             }
         }

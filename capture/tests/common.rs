@@ -44,7 +44,10 @@ pub struct Row {
 }
 
 /// Captures `inputs` into a fresh temp dir with `tweak` applied to the options.
-pub fn capture_with(inputs: &[PathBuf], tweak: impl FnOnce(&mut CaptureOptions)) -> (tempfile::TempDir, CaptureSummary, Vec<Row>) {
+pub fn capture_with(
+    inputs: &[PathBuf],
+    tweak: impl FnOnce(&mut CaptureOptions),
+) -> (tempfile::TempDir, CaptureSummary, Vec<Row>) {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = CaptureOptions::new(inputs.to_vec(), dir.path().to_path_buf());
     opts.progress = false;
@@ -60,9 +63,13 @@ pub fn capture(inputs: &[PathBuf]) -> (tempfile::TempDir, CaptureSummary, Vec<Ro
 }
 
 fn strings(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Option<String>> {
-    let col = batch.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
+    let col = batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("column {name}"));
     let a = col.as_string::<i32>();
-    (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_owned())).collect()
+    (0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i).to_owned()))
+        .collect()
 }
 
 fn bools(batch: &arrow::array::RecordBatch, name: &str) -> Vec<bool> {
@@ -71,17 +78,27 @@ fn bools(batch: &arrow::array::RecordBatch, name: &str) -> Vec<bool> {
 }
 
 fn binaries(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Option<Vec<u8>>> {
-    let a = batch.column_by_name(name).unwrap().as_binary::<i32>().clone();
-    (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_vec())).collect()
+    let a = batch
+        .column_by_name(name)
+        .unwrap()
+        .as_binary::<i32>()
+        .clone();
+    (0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i).to_vec()))
+        .collect()
 }
 
 fn ints(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Option<i64>> {
     let col = batch.column_by_name(name).unwrap();
     if let Some(a) = col.as_primitive_opt::<Int32Type>() {
-        return (0..a.len()).map(|i| a.is_valid(i).then(|| i64::from(a.value(i)))).collect();
+        return (0..a.len())
+            .map(|i| a.is_valid(i).then(|| i64::from(a.value(i))))
+            .collect();
     }
     let a = col.as_primitive::<arrow::datatypes::Int64Type>();
-    (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect()
+    (0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i)))
+        .collect()
 }
 
 fn header_names(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Vec<String>> {
@@ -91,7 +108,9 @@ fn header_names(batch: &arrow::array::RecordBatch, name: &str) -> Vec<Vec<String
             let v = list.value(i);
             let s = v.as_struct();
             let names = s.column(0).as_string::<i32>();
-            (0..names.len()).map(|j| names.value(j).to_owned()).collect()
+            (0..names.len())
+                .map(|j| names.value(j).to_owned())
+                .collect()
         })
         .collect()
 }
@@ -101,7 +120,10 @@ pub fn read_rows(dir: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
     let files = shadowtap_core::sink::list_parquet_files(dir, "exchanges-").unwrap();
     for f in files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for batch in reader {
             let b = batch.unwrap();
             let ids = strings(&b, "exchange_id");
@@ -127,7 +149,11 @@ pub fn read_rows(dir: &Path) -> Vec<Row> {
             let resp_headers = header_names(&b, "response_headers");
             let req_trailers = header_names(&b, "request_trailers");
             let resp_trailers = header_names(&b, "response_trailers");
-            let interim = b.column_by_name("interim_statuses").unwrap().as_list::<i32>().clone();
+            let interim = b
+                .column_by_name("interim_statuses")
+                .unwrap()
+                .as_list::<i32>()
+                .clone();
             for i in 0..b.num_rows() {
                 let iv = interim.value(i);
                 let iv = iv.as_primitive::<Int32Type>();

@@ -27,13 +27,19 @@ struct Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_nginx(dir: &Path) -> Nginx {
@@ -41,9 +47,21 @@ fn start_nginx(dir: &Path) -> Nginx {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("small.txt"), "hello shadowtap\n".repeat(200)).unwrap();
-    let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..(2u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(www.join("big.bin"), &big).unwrap();
-    std::fs::write(www.join("data.json"), format!("{{\"items\":[{}]}}", (0..300).map(|i| i.to_string()).collect::<Vec<_>>().join(","))).unwrap();
+    std::fs::write(
+        www.join("data.json"),
+        format!(
+            "{{\"items\":[{}]}}",
+            (0..300)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .unwrap();
     let d = dir.display();
     let conf = format!(
         r#"worker_processes 1;
@@ -75,14 +93,25 @@ http {{
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let child = Command::new("nginx")
-        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
+        .args([
+            "-p",
+            &d.to_string(),
+            "-c",
+            &format!("{d}/nginx.conf"),
+            "-g",
+            "daemon off;",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx (apt-get install nginx-light)");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Nginx { child, port }
@@ -92,7 +121,17 @@ struct Tcpdump(Child);
 
 fn start_tcpdump(port: u16, out: &Path) -> Tcpdump {
     let mut child = Command::new("tcpdump")
-        .args(["-i", "lo", "--immediate-mode", "-U", "-s", "0", "-B", "16384", "-w"])
+        .args([
+            "-i",
+            "lo",
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+            "-B",
+            "16384",
+            "-w",
+        ])
         .arg(out)
         .arg(format!("tcp port {port}"))
         .stdout(Stdio::null())
@@ -112,13 +151,20 @@ impl Tcpdump {
     fn stop(mut self) {
         // Let the last packets reach the capture buffer, then stop cleanly so the file is whole.
         std::thread::sleep(Duration::from_millis(1500));
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
         let _ = self.0.wait();
     }
 }
 
 fn curl(args: &[&str]) {
-    let st = Command::new("curl").args(["-s", "-S", "--max-time", "20"]).args(args).stdout(Stdio::null()).status().expect("run curl");
+    let st = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "20"])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run curl");
     assert!(st.success(), "curl {args:?}");
 }
 
@@ -133,7 +179,10 @@ fn pipeline(port: u16, requests: &[String]) -> Vec<u8> {
 }
 
 fn sorted_triples(rows: &[Row]) -> Vec<(String, String, i32)> {
-    let mut seen: Vec<(String, String, i32)> = rows.iter().map(|r| (r.method.clone(), r.uri.clone(), r.status.unwrap_or(-1))).collect();
+    let mut seen: Vec<(String, String, i32)> = rows
+        .iter()
+        .map(|r| (r.method.clone(), r.uri.clone(), r.status.unwrap_or(-1)))
+        .collect();
     seen.sort();
     seen
 }
@@ -160,11 +209,14 @@ impl LiveCapture {
         let (tx, rx) = std::sync::mpsc::channel();
         let stop_thread = stop.clone();
         let handle = std::thread::spawn(move || {
-            let summary = capture_live(&opts, &live, &LiveLimits::default(), &stop_thread, |_| tx.send(()).unwrap())
-                .expect("live capture on lo (needs root)");
+            let summary = capture_live(&opts, &live, &LiveLimits::default(), &stop_thread, |_| {
+                tx.send(()).unwrap()
+            })
+            .expect("live capture on lo (needs root)");
             summary.render()
         });
-        rx.recv_timeout(Duration::from_secs(10)).expect("live capture started");
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("live capture started");
         LiveCapture { stop, handle }
     }
 
@@ -190,8 +242,21 @@ fn nginx_traffic_on_loopback_matches_access_log() {
     let base = format!("http://127.0.0.1:{port}");
 
     // Keep-alive: several requests on one connection, gzip (chunked) and plain bodies, HEAD, 404.
-    curl(&["--compressed", "-o", "/dev/null", &format!("{base}/small.txt"), "-o", "/dev/null", &format!("{base}/big.bin"),
-        "-o", "/dev/null", &format!("{base}/data.json?page=2&sort=asc"), "-o", "/dev/null", &format!("{base}/missing")]);
+    curl(&[
+        "--compressed",
+        "-o",
+        "/dev/null",
+        &format!("{base}/small.txt"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/big.bin"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/data.json?page=2&sort=asc"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/missing"),
+    ]);
     curl(&["-I", &format!("{base}/small.txt")]);
     // HTTP/1.0.
     curl(&["--http1.0", "-o", "/dev/null", &format!("{base}/small.txt")]);
@@ -199,13 +264,37 @@ fn nginx_traffic_on_loopback_matches_access_log() {
     let body_file = dir.path().join("body.json");
     let post_body = format!("{{\"user\":\"u1\",\"pad\":\"{}\"}}", "x".repeat(100_000));
     std::fs::write(&body_file, &post_body).unwrap();
-    curl(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &format!("@{}", body_file.display()), &format!("{base}/post")]);
-    curl(&["-X", "POST", "-H", "Transfer-Encoding: chunked", "--data-binary", &format!("@{}", body_file.display()), &format!("{base}/post?chunked=1")]);
+    curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &format!("@{}", body_file.display()),
+        &format!("{base}/post"),
+    ]);
+    curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", body_file.display()),
+        &format!("{base}/post?chunked=1"),
+    ]);
     // Pipelining: five requests in one segment.
-    let mut reqs: Vec<String> = (0..4).map(|i| format!("GET /small.txt?p={i} HTTP/1.1\r\nHost: t\r\n\r\n")).collect();
+    let mut reqs: Vec<String> = (0..4)
+        .map(|i| format!("GET /small.txt?p={i} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
     reqs.push("GET /data.json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".into());
     let answer = pipeline(port, &reqs);
-    assert_eq!(answer.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count(), 5);
+    assert_eq!(
+        answer
+            .windows(15)
+            .filter(|w| w == b"HTTP/1.1 200 OK")
+            .count(),
+        5
+    );
 
     dump.stop();
     let live_summary = live.stop();
@@ -227,29 +316,68 @@ fn nginx_traffic_on_loopback_matches_access_log() {
     }
     // Live: shadowtap on `lo` while the traffic ran.
     let live_rows = read_rows(&live_out);
-    assert_eq!(sorted_triples(&live_rows), logged, "live capture: every exchange in nginx's log, and nothing else");
-    assert!(live_rows.iter().all(|r| !r.gap && !r.incomplete && !r.parse_error && !r.no_response), "{live_summary}");
+    assert_eq!(
+        sorted_triples(&live_rows),
+        logged,
+        "live capture: every exchange in nginx's log, and nothing else"
+    );
+    assert!(
+        live_rows
+            .iter()
+            .all(|r| !r.gap && !r.incomplete && !r.parse_error && !r.no_response),
+        "{live_summary}"
+    );
     let live_big = live_rows.iter().find(|r| r.path == "/big.bin").unwrap();
-    assert_eq!(live_big.response_body, std::fs::read(dir.path().join("www/big.bin")).unwrap(), "live: 2 MiB body byte for byte");
+    assert_eq!(
+        live_big.response_body,
+        std::fs::read(dir.path().join("www/big.bin")).unwrap(),
+        "live: 2 MiB body byte for byte"
+    );
 
     // Offline: tcpdump's file decoded by shadowtap.
     let (_d, summary, rows) = capture(&[pcap]);
-    assert_eq!(sorted_triples(&rows), logged, "every exchange in nginx's log, and nothing else");
-    assert!(rows.iter().all(|r| !r.gap && !r.incomplete && !r.parse_error && !r.no_response), "{summary:#?}");
+    assert_eq!(
+        sorted_triples(&rows),
+        logged,
+        "every exchange in nginx's log, and nothing else"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| !r.gap && !r.incomplete && !r.parse_error && !r.no_response),
+        "{summary:#?}"
+    );
 
     let big = rows.iter().find(|r| r.path == "/big.bin").unwrap();
-    assert_eq!(big.response_body, std::fs::read(dir.path().join("www/big.bin")).unwrap(), "2 MiB body byte for byte");
-    let small = rows.iter().find(|r| r.uri == "/small.txt" && r.response_body_decoded.is_some()).expect("a gzip response");
-    assert_eq!(small.response_body_decoded.as_deref().unwrap(), "hello shadowtap\n".repeat(200).as_bytes());
+    assert_eq!(
+        big.response_body,
+        std::fs::read(dir.path().join("www/big.bin")).unwrap(),
+        "2 MiB body byte for byte"
+    );
+    let small = rows
+        .iter()
+        .find(|r| r.uri == "/small.txt" && r.response_body_decoded.is_some())
+        .expect("a gzip response");
+    assert_eq!(
+        small.response_body_decoded.as_deref().unwrap(),
+        "hello shadowtap\n".repeat(200).as_bytes()
+    );
     let head = rows.iter().find(|r| r.method == "HEAD").unwrap();
     assert!(head.response_body.is_empty() && head.status == Some(200));
     for r in rows.iter().filter(|r| r.method == "POST") {
         assert_eq!(r.request_body, post_body.as_bytes(), "{}", r.uri);
     }
-    let json = rows.iter().find(|r| r.path == "/data.json" && r.query.is_some()).unwrap();
+    let json = rows
+        .iter()
+        .find(|r| r.path == "/data.json" && r.query.is_some())
+        .unwrap();
     assert_eq!(json.query.as_deref(), Some("page=2&sort=asc"));
     // The five pipelined requests share one connection, in order.
-    let piped: Vec<&crate::common::Row> = rows.iter().filter(|r| r.uri.starts_with("/small.txt?p=") || (r.uri == "/data.json")).collect();
+    let piped: Vec<&crate::common::Row> = rows
+        .iter()
+        .filter(|r| r.uri.starts_with("/small.txt?p=") || (r.uri == "/data.json"))
+        .collect();
     assert_eq!(piped.len(), 5);
-    assert!(piped.iter().all(|r| r.connection_id == piped[0].connection_id));
+    assert!(piped
+        .iter()
+        .all(|r| r.connection_id == piped[0].connection_id));
 }

@@ -18,14 +18,20 @@ fn oracle() -> BTreeMap<String, HashMap<String, String>> {
     lines
         .filter(|l| !l.is_empty())
         .map(|l| {
-            let cols: HashMap<String, String> = head.iter().zip(l.split('\t')).map(|(h, v)| (h.to_string(), v.to_string())).collect();
+            let cols: HashMap<String, String> = head
+                .iter()
+                .zip(l.split('\t'))
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect();
             (cols["file"].clone(), cols)
         })
         .collect()
 }
 
 fn responses(rows: &[Row]) -> usize {
-    rows.iter().map(|r| usize::from(r.status.is_some()) + r.interim.len()).sum()
+    rows.iter()
+        .map(|r| usize::from(r.status.is_some()) + r.interim.len())
+        .sum()
 }
 
 #[test]
@@ -50,16 +56,25 @@ fn request_and_response_counts_match_tshark() {
         if file == "nDPI__1kxun.pcap" {
             // Trimmed by its authors: tshark's 118 responses are a lower bound, the 125 status
             // lines on the wire an upper one (some belong to requests cut from the file).
-            let ok = got.0 == want.0 && (want_resp..=n("segs_status_line_nonretx")).contains(&got.1);
+            let ok =
+                got.0 == want.0 && (want_resp..=n("segs_status_line_nonretx")).contains(&got.1);
             if !ok {
-                report.push(format!("{file}: got {got:?}, want 133 requests and 118..=125 responses"));
+                report.push(format!(
+                    "{file}: got {got:?}, want 133 requests and 118..=125 responses"
+                ));
             }
             continue;
         }
         if got != want {
-            report.push(format!("{file}: got (requests, responses) {got:?}, want {want:?}"));
+            report.push(format!(
+                "{file}: got (requests, responses) {got:?}, want {want:?}"
+            ));
         }
-        assert_eq!(summary.exchanges_written as usize, rows.len(), "{file}: summary matches the rows");
+        assert_eq!(
+            summary.exchanges_written as usize,
+            rows.len(),
+            "{file}: summary matches the rows"
+        );
         let no_resp = rows.iter().filter(|r| r.no_response).count();
         assert_eq!(no_resp as u64, summary.flags.no_response, "{file}");
     }
@@ -75,7 +90,12 @@ fn tshark_pairs(tsv: &str) -> Vec<(String, String, i32)> {
     let mut lines = text.lines();
     let head: Vec<&str> = lines.next().unwrap().split('\t').collect();
     let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
-    let (kind, code, fm, fu) = (col("kind"), col("code"), col("pair_method"), col("pair_uri"));
+    let (kind, code, fm, fu) = (
+        col("kind"),
+        col("code"),
+        col("pair_method"),
+        col("pair_uri"),
+    );
     let mut out: Vec<_> = lines
         .map(|l| l.split('\t').collect::<Vec<_>>())
         .filter(|c| c[kind] == "response")
@@ -89,7 +109,10 @@ fn tshark_pairs(tsv: &str) -> Vec<(String, String, i32)> {
 }
 
 fn our_pairs(rows: &[Row]) -> Vec<(String, String, i32)> {
-    let mut out: Vec<_> = rows.iter().filter_map(|r| Some((r.method.clone(), r.uri.clone(), r.status?))).collect();
+    let mut out: Vec<_> = rows
+        .iter()
+        .filter_map(|r| Some((r.method.clone(), r.uri.clone(), r.status?)))
+        .collect();
     out.sort();
     out
 }
@@ -107,7 +130,11 @@ fn exchanges_pair_like_tshark() {
         "zeek__cooper-grill-dvwa.pcapng",
     ] {
         let (_dir, _s, rows) = capture(&[pcaps().join(file)]);
-        assert_eq!(our_pairs(&rows), tshark_pairs(&format!("{file}.http.tsv")), "{file}");
+        assert_eq!(
+            our_pairs(&rows),
+            tshark_pairs(&format!("{file}.http.tsv")),
+            "{file}"
+        );
     }
 }
 
@@ -118,7 +145,10 @@ fn trimmed_capture_keeps_every_pair_tshark_sees() {
     let ours = our_pairs(&rows);
     let theirs = tshark_pairs(&format!("{file}.http.tsv"));
     let missing: Vec<_> = theirs.iter().filter(|p| !ours.contains(p)).collect();
-    assert!(missing.is_empty(), "pairs tshark sees that we do not: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "pairs tshark sees that we do not: {missing:#?}"
+    );
 }
 
 #[test]
@@ -127,8 +157,14 @@ fn out_of_order_first_response_is_recovered() {
     // reassembly turned on it pairs all 15, as we do.
     let file = "suricata-verify__http-range-file__input.pcap";
     let (_d, _s, rows) = capture(&[pcaps().join(file)]);
-    assert_eq!(our_pairs(&rows), tshark_pairs(&format!("{file}.http.oooTRUE.tsv")));
-    assert!(rows.iter().all(|r| r.status == Some(206) && !r.gap), "{rows:#?}");
+    assert_eq!(
+        our_pairs(&rows),
+        tshark_pairs(&format!("{file}.http.oooTRUE.tsv"))
+    );
+    assert!(
+        rows.iter().all(|r| r.status == Some(206) && !r.gap),
+        "{rows:#?}"
+    );
 }
 
 #[test]
@@ -136,8 +172,16 @@ fn lost_segment_flags_one_exchange_and_keeps_later_pairs() {
     let (_d, s, rows) = capture(&[pcaps().join("zeek__bro.org.pcap")]);
     assert_eq!(rows.len(), 31);
     let gaps: Vec<&Row> = rows.iter().filter(|r| r.gap).collect();
-    assert_eq!(gaps.len(), 1, "exactly the exchange with the lost segment is flagged");
-    assert!(gaps[0].uri.contains("jquery.cycle.all.min.js"), "{:?}", gaps[0].uri);
+    assert_eq!(
+        gaps.len(),
+        1,
+        "exactly the exchange with the lost segment is flagged"
+    );
+    assert!(
+        gaps[0].uri.contains("jquery.cycle.all.min.js"),
+        "{:?}",
+        gaps[0].uri
+    );
     assert_eq!(gaps[0].status, Some(200));
     assert!(s.reassembly.gaps >= 1 && s.reassembly.gap_bytes > 0);
     // Every pair tshark could dissect agrees with ours.
@@ -164,17 +208,27 @@ fn upgrade_stops_parsing_the_tunnel() {
     let up: Vec<_> = rows.iter().filter(|r| r.upgraded).collect();
     assert_eq!(up.len(), 1);
     assert_eq!(up[0].status, Some(101));
-    assert!(rows.iter().all(|r| !r.parse_error), "raw tunnel bytes are not parse errors");
+    assert!(
+        rows.iter().all(|r| !r.parse_error),
+        "raw tunnel bytes are not parse errors"
+    );
     assert_eq!(s.reassembly.orphan_responses, 0);
 }
 
 #[test]
 fn gzip_bodies_are_kept_raw_and_decoded() {
     let (_d, _s, rows) = capture(&[pcaps().join("suricata-verify__filecontainer-http.pcap")]);
-    let gz: Vec<_> = rows.iter().filter(|r| r.response_body_decoded.is_some()).collect();
+    let gz: Vec<_> = rows
+        .iter()
+        .filter(|r| r.response_body_decoded.is_some())
+        .collect();
     assert_eq!(gz.len(), 7, "7 gzip responses in this capture");
     for r in gz {
-        assert_eq!(&r.response_body[..2], &[0x1f, 0x8b], "raw column keeps the gzip bytes");
+        assert_eq!(
+            &r.response_body[..2],
+            &[0x1f, 0x8b],
+            "raw column keeps the gzip bytes"
+        );
         assert!(r.response_body_decoded.as_ref().unwrap().len() >= r.response_body.len() / 2);
     }
 }
@@ -186,8 +240,17 @@ fn chunked_bodies_are_dechunked() {
     for r in &rows {
         assert_eq!(r.status, Some(200));
         assert_eq!(r.response_body.len() as i64, r.response_body_len);
-        let text = String::from_utf8_lossy(r.response_body_decoded.as_deref().unwrap_or(&r.response_body)).to_lowercase();
-        assert!(text.contains("<html") || text.contains("<!doctype"), "{}", &text[..text.len().min(200)]);
+        let text = String::from_utf8_lossy(
+            r.response_body_decoded
+                .as_deref()
+                .unwrap_or(&r.response_body),
+        )
+        .to_lowercase();
+        assert!(
+            text.contains("<html") || text.contains("<!doctype"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
     }
 }
 
@@ -218,7 +281,11 @@ fn ids_are_stable_across_runs_and_unique() {
     let f = pcaps().join("nDPI__1kxun.pcap");
     let (_d1, _s, a) = capture(std::slice::from_ref(&f));
     let (_d2, _s, b) = capture(&[f]);
-    let ids = |rows: &[Row]| rows.iter().map(|r| r.exchange_id.clone()).collect::<Vec<_>>();
+    let ids = |rows: &[Row]| {
+        rows.iter()
+            .map(|r| r.exchange_id.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&a), ids(&b));
     let mut uniq = ids(&a);
     uniq.sort();

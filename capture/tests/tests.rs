@@ -1,7 +1,7 @@
 //! Integration tests of the capture stage: one binary, one module per area.
 
-mod common;
 mod bad_input;
-mod oracle;
+mod common;
 mod linktypes;
 mod live;
+mod oracle;

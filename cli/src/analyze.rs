@@ -62,18 +62,30 @@ fn fail(e: &AnalyzeError) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
-fn render(batches: &[arrow::array::RecordBatch], format: Format, output: Option<&PathBuf>) -> anyhow::Result<()> {
+fn render(
+    batches: &[arrow::array::RecordBatch],
+    format: Format,
+    output: Option<&PathBuf>,
+) -> anyhow::Result<()> {
     let mut out: Box<dyn Write> = match output {
         Some(p) if format != Format::Parquet => Box::new(std::fs::File::create(p)?),
         _ => Box::new(std::io::stdout().lock()),
     };
     match format {
-        Format::Table => writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?,
+        Format::Table => writeln!(
+            out,
+            "{}",
+            arrow::util::pretty::pretty_format_batches(batches)?
+        )?,
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
             for b in batches {
                 w.write(b)?;
             }
@@ -86,10 +98,21 @@ fn render(batches: &[arrow::array::RecordBatch], format: Format, output: Option<
             w.finish()?;
         }
         Format::Parquet => {
-            let Some(path) = output else { anyhow::bail!("--format parquet needs --output FILE") };
-            let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
-            let props = parquet::file::properties::WriterProperties::builder().set_compression(parquet::basic::Compression::ZSTD(Default::default())).build();
-            let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema, Some(props))?;
+            let Some(path) = output else {
+                anyhow::bail!("--format parquet needs --output FILE")
+            };
+            let schema = batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .build();
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(path)?,
+                schema,
+                Some(props),
+            )?;
             for b in batches {
                 w.write(b)?;
             }
@@ -243,12 +266,23 @@ pub struct AnalyzeArgs {
     judge: JudgeArgs,
 }
 
-fn judge(capture: Option<PathBuf>, replay: PathBuf, out: PathBuf, j: &JudgeArgs) -> anyhow::Result<ExitCode> {
+fn judge(
+    capture: Option<PathBuf>,
+    replay: PathBuf,
+    out: PathBuf,
+    j: &JudgeArgs,
+) -> anyhow::Result<ExitCode> {
     let policy = match j.policy() {
         Ok(p) => p,
         Err(e) => return Ok(fail(&e)),
     };
-    let opts = AnalyzeOptions { capture, replay, policy, out: out.clone(), fail_on_marginal: j.fail_on_marginal };
+    let opts = AnalyzeOptions {
+        capture,
+        replay,
+        policy,
+        out: out.clone(),
+        fail_on_marginal: j.fail_on_marginal,
+    };
     let rt = runtime()?;
     let result = rt.block_on(analyze(&opts));
     let mut v = match result {
@@ -261,8 +295,18 @@ fn judge(capture: Option<PathBuf>, replay: PathBuf, out: PathBuf, j: &JudgeArgs)
     if j.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
-    eprintln!("verdict      {} (exit {})", v.verdict.as_str().to_uppercase(), v.exit_code);
-    eprintln!("score        {}", v.score.map_or("-".into(), |s| format!("{s:.1} (go at {}, marginal at {})", v.policy.score.pass, v.policy.score.marginal)));
+    eprintln!(
+        "verdict      {} (exit {})",
+        v.verdict.as_str().to_uppercase(),
+        v.exit_code
+    );
+    eprintln!(
+        "score        {}",
+        v.score.map_or("-".into(), |s| format!(
+            "{s:.1} (go at {}, marginal at {})",
+            v.policy.score.pass, v.policy.score.marginal
+        ))
+    );
     for r in &v.reasons {
         eprintln!("because      {r}");
     }
@@ -340,14 +384,32 @@ pub struct GateArgs {
 pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
     let me = std::env::current_exe()?;
     let replay_dir = args.out.join("replay");
-    let base_name = args.judge.baseline.clone().unwrap_or_else(|| "baseline".into());
-    let cand_name = args.judge.candidate.clone().unwrap_or_else(|| "candidate".into());
+    let base_name = args
+        .judge
+        .baseline
+        .clone()
+        .unwrap_or_else(|| "baseline".into());
+    let cand_name = args
+        .judge
+        .candidate
+        .clone()
+        .unwrap_or_else(|| "candidate".into());
     let mut cmd = std::process::Command::new(&me);
-    cmd.arg("replay").arg("--from").arg(&args.capture).arg("--out").arg(&replay_dir);
-    cmd.arg("--target").arg(format!("{base_name}={}", args.baseline_url));
-    cmd.arg("--target").arg(format!("{cand_name}={}", args.candidate_url));
+    cmd.arg("replay")
+        .arg("--from")
+        .arg(&args.capture)
+        .arg("--out")
+        .arg(&replay_dir);
+    cmd.arg("--target")
+        .arg(format!("{base_name}={}", args.baseline_url));
+    cmd.arg("--target")
+        .arg(format!("{cand_name}={}", args.candidate_url));
     if let Some(u) = &args.baseline2_url {
-        let b2 = args.judge.baseline2.clone().unwrap_or_else(|| "baseline2".into());
+        let b2 = args
+            .judge
+            .baseline2
+            .clone()
+            .unwrap_or_else(|| "baseline2".into());
         cmd.arg("--target").arg(format!("{b2}={u}"));
     }
     if let Some(s) = &args.sample {
@@ -359,7 +421,12 @@ pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = &args.allow_methods {
         cmd.arg("--allow-methods").arg(m);
     }
-    cmd.arg("--concurrency").arg(args.concurrency.to_string()).arg("--timeout").arg(&args.timeout).arg("--progress-interval").arg("30s");
+    cmd.arg("--concurrency")
+        .arg(args.concurrency.to_string())
+        .arg("--timeout")
+        .arg(&args.timeout)
+        .arg("--progress-interval")
+        .arg("30s");
     let _ = std::fs::remove_dir_all(&replay_dir);
     let st = cmd.status()?;
     if !st.success() {

@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use crate::config::{self, CaptureConfig};
 use shadowtap_capture::criteria::{CriteriaSpec, MatchCriteria};
-use shadowtap_capture::redact::Redactor;
 use shadowtap_capture::http::ParserLimits;
 use shadowtap_capture::live::{list_interfaces, LiveOptions};
 use shadowtap_capture::pipeline::{capture_files, capture_live, CaptureOptions, LiveLimits};
+use shadowtap_capture::reassembly::ReassemblyConfig;
+use shadowtap_capture::redact::Redactor;
+use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
 use shadowtap_capture::CaptureError;
 use shadowtap_core::units::{parse_duration, parse_size};
 use signal_hook::consts::{SIGINT, SIGTERM};
-use shadowtap_capture::reassembly::ReassemblyConfig;
-use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
 
 /// Flags of `shadowtap capture`.
 ///
@@ -227,7 +227,12 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         match list_interfaces() {
             Ok(list) => {
                 for i in list {
-                    println!("{:<16} {:<40} {}", i.name, i.description.unwrap_or_default(), i.addresses.join(" "));
+                    println!(
+                        "{:<16} {:<40} {}",
+                        i.name,
+                        i.description.unwrap_or_default(),
+                        i.addresses.join(" ")
+                    );
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -238,7 +243,10 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         print!("{}", config::SAMPLE);
         return Ok(ExitCode::SUCCESS);
     }
-    let out = args.out.clone().expect("clap requires --out unless --list-interfaces");
+    let out = args
+        .out
+        .clone()
+        .expect("clap requires --out unless --list-interfaces");
     let cfg = match &args.config {
         Some(path) => match CaptureConfig::load(path) {
             Ok(c) => c,
@@ -260,7 +268,11 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         },
         (None, None) => Percent::ALL,
     };
-    let by_text = args.sample_by.clone().or(cfg.sample.by.clone()).unwrap_or_else(|| "exchange".into());
+    let by_text = args
+        .sample_by
+        .clone()
+        .or(cfg.sample.by.clone())
+        .unwrap_or_else(|| "exchange".into());
     let by: SampleBy = match by_text.parse() {
         Ok(b) => b,
         Err(e) => {
@@ -268,7 +280,9 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let joined = |file: &[String], flag: &[String]| -> Vec<String> { file.iter().chain(flag).cloned().collect() };
+    let joined = |file: &[String], flag: &[String]| -> Vec<String> {
+        file.iter().chain(flag).cloned().collect()
+    };
     if args.max_flows == 0 {
         bail!("--max-flows must be at least 1");
     }
@@ -293,7 +307,10 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         let key = match std::fs::read(f) {
             Ok(k) if !k.is_empty() => k,
             Ok(_) => {
-                eprintln!("shadowtap: error: --redact-key-file {}: file is empty", f.display());
+                eprintln!(
+                    "shadowtap: error: --redact-key-file {}: file is empty",
+                    f.display()
+                );
                 return Ok(ExitCode::from(2));
             }
             Err(e) => {
@@ -322,7 +339,9 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     opts.max_file_bytes = args.max_file_size;
     let live = args.interface.is_some();
     opts.partition_by_hour = args.partition_by.as_deref().map_or(live, |p| p == "hour");
-    opts.rotate_every = args.rotate_interval.or(live.then(|| std::time::Duration::from_secs(600)));
+    opts.rotate_every = args
+        .rotate_interval
+        .or(live.then(|| std::time::Duration::from_secs(600)));
     opts.progress = !args.quiet && !args.json;
     if let Some(n) = args.writers {
         if n == 0 {
@@ -332,9 +351,14 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     }
     opts.reassembly = ReassemblyConfig {
         max_flows: args.max_flows,
-        max_buffered_per_direction: usize::try_from(args.max_flow_buffer).context("--max-flow-buffer too large")?,
-        idle_timeout_us: i64::try_from(args.idle_timeout.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
-        parser: ParserLimits { max_body: args.max_body, ..ParserLimits::default() },
+        max_buffered_per_direction: usize::try_from(args.max_flow_buffer)
+            .context("--max-flow-buffer too large")?,
+        idle_timeout_us: i64::try_from(args.idle_timeout.saturating_mul(1_000_000))
+            .unwrap_or(i64::MAX),
+        parser: ParserLimits {
+            max_body: args.max_body,
+            ..ParserLimits::default()
+        },
     };
     let result = match &args.interface {
         None => capture_files(&opts),
@@ -356,8 +380,10 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             let stop = Arc::new(AtomicBool::new(false));
             // A second signal while stopping exits at once; the first asks for a clean stop.
             for sig in [SIGINT, SIGTERM] {
-                signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone()).context("installing signal handler")?;
-                signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+                signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
+                    .context("installing signal handler")?;
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handler")?;
             }
             capture_live(&opts, &live, &limits, &stop, |s| {
                 eprintln!("capturing on {} (SIGINT or SIGTERM to stop)", s.interface);
@@ -394,10 +420,19 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(std::time::Duration::from_secs(90)));
-        assert_eq!(parse_duration("10m"), Ok(std::time::Duration::from_secs(600)));
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("10m"),
+            Ok(std::time::Duration::from_secs(600))
+        );
         assert_eq!(parse_duration("2"), Ok(std::time::Duration::from_secs(2)));
-        assert_eq!(parse_duration("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
     }

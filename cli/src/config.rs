@@ -105,17 +105,26 @@ fn yes() -> bool {
 
 impl Default for RedactConfig {
     fn default() -> Self {
-        RedactConfig { enabled: true, names: Vec::new(), key_file: None }
+        RedactConfig {
+            enabled: true,
+            names: Vec::new(),
+            key_file: None,
+        }
     }
 }
 
 impl CaptureConfig {
     /// Reads and checks `path`; relative paths inside are resolved against its directory.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
-        let mut cfg: CaptureConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+        let mut cfg: CaptureConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.criteria.geo_file, &mut cfg.redact.key_file].into_iter().flatten() {
+        for p in [&mut cfg.criteria.geo_file, &mut cfg.redact.key_file]
+            .into_iter()
+            .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -64,14 +64,29 @@ impl App {
             wait += self.args.slow_ms;
         }
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        if self.args.error_percent > 0.0 && ((hash(&uri.to_string()) % 10_000) as f64) < self.args.error_percent * 100.0 {
-            return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal"}))).into_response();
+        if self.args.error_percent > 0.0
+            && ((hash(&uri.to_string()) % 10_000) as f64) < self.args.error_percent * 100.0
+        {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "internal"})),
+            )
+                .into_response();
         }
         if self.args.noise {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             body["generated_at"] = json!(format!("{}.{:06}", now.as_secs(), now.subsec_micros()));
-            body["request_id"] = json!(format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", hash(&format!("{n}{now:?}")) as u32, n & 0xffff, n & 0xfff, (n >> 12) & 0xfff, hash(&format!("{now:?}")) & 0xffff_ffff_ffff));
+            body["request_id"] = json!(format!(
+                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                hash(&format!("{n}{now:?}")) as u32,
+                n & 0xffff,
+                n & 0xfff,
+                (n >> 12) & 0xfff,
+                hash(&format!("{now:?}")) & 0xffff_ffff_ffff
+            ));
         }
         Json(body).into_response()
     }
@@ -79,23 +94,41 @@ impl App {
 
 async fn user(State(app): State<Arc<App>>, Path(id): Path<u64>, uri: Uri) -> Response {
     let tier = ["bronze", "silver", "gold"][(id % 3) as usize];
-    let mut body = json!({"id": id, "name": format!("user-{id}"), "tier": tier, "active": id % 5 != 0});
-    if let Some((k, v)) = app.args.change_field.as_deref().and_then(|c| c.split_once('=')) {
+    let mut body =
+        json!({"id": id, "name": format!("user-{id}"), "tier": tier, "active": id % 5 != 0});
+    if let Some((k, v)) = app
+        .args
+        .change_field
+        .as_deref()
+        .and_then(|c| c.split_once('='))
+    {
         body[k] = json!(v);
     }
     app.shape(&uri, body).await
 }
 
-async fn orders(State(app): State<Arc<App>>, Query(q): Query<std::collections::HashMap<String, String>>, uri: Uri) -> Response {
+async fn orders(
+    State(app): State<Arc<App>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    uri: Uri,
+) -> Response {
     let user: u64 = q.get("user").and_then(|u| u.parse().ok()).unwrap_or(0);
-    let items: Vec<Value> = (0..(user % 4 + 1)).map(|i| json!({"id": user * 10 + i, "total": (user * 7 + i * 3) as f64 + 0.99})).collect();
-    app.shape(&uri, json!({"user": user, "orders": items})).await
+    let items: Vec<Value> = (0..(user % 4 + 1))
+        .map(|i| json!({"id": user * 10 + i, "total": (user * 7 + i * 3) as f64 + 0.99}))
+        .collect();
+    app.shape(&uri, json!({"user": user, "orders": items}))
+        .await
 }
 
-async fn search(State(app): State<Arc<App>>, Query(q): Query<std::collections::HashMap<String, String>>, uri: Uri) -> Response {
+async fn search(
+    State(app): State<Arc<App>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    uri: Uri,
+) -> Response {
     let term = q.get("q").cloned().unwrap_or_default();
     let results: Vec<Value> = (0..3).map(|i| json!(format!("{term}-{i}"))).collect();
-    app.shape(&uri, json!({"q": term, "results": results})).await
+    app.shape(&uri, json!({"q": term, "results": results}))
+        .await
 }
 
 async fn health(State(app): State<Arc<App>>) -> String {
@@ -109,15 +142,24 @@ async fn missing() -> Response {
 /// Runs the service until killed.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if !args.listen.ip().is_loopback() {
-        anyhow::bail!("demo-service listens on loopback only (got {})", args.listen);
+        anyhow::bail!(
+            "demo-service listens on loopback only (got {})",
+            args.listen
+        );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         println!("listening on http://{}", listener.local_addr()?);
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        let app = Arc::new(App { args, counter: AtomicU64::new(0) });
+        let app = Arc::new(App {
+            args,
+            counter: AtomicU64::new(0),
+        });
         let router = Router::new()
             .route("/api/users/{id}", get(user))
             .route("/api/orders", get(orders))

@@ -61,8 +61,15 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             // analyze, gate and query leave 1-3 to verdicts: their usage errors are 64.
-            let judging = std::env::args().nth(1).is_some_and(|a| matches!(a.as_str(), "analyze" | "gate" | "query"));
-            let help = matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+            let judging = std::env::args()
+                .nth(1)
+                .is_some_and(|a| matches!(a.as_str(), "analyze" | "gate" | "query"));
+            let help = matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
             if judging && !help {
                 let _ = e.print();
                 return ExitCode::from(analyze::EXIT_USAGE);
@@ -77,7 +84,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHADOWTAP_LOG").unwrap_or_else(|_| level.into()),
+            tracing_subscriber::EnvFilter::try_from_env("SHADOWTAP_LOG")
+                .unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
         .init();

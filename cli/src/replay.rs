@@ -199,7 +199,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let mut opts = ReplayOptions::new(args.from.clone(), args.out.clone(), args.targets.clone());
     opts.criteria = criteria;
-    opts.sampler = Sampler { percent: args.sample.unwrap_or(Percent::ALL), by: args.sample_by };
+    opts.sampler = Sampler {
+        percent: args.sample.unwrap_or(Percent::ALL),
+        by: args.sample_by,
+    };
     for m in &args.allow_methods {
         let m = m.trim().to_ascii_uppercase();
         if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
@@ -209,7 +212,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             opts.allow_methods.push(m);
         }
     }
-    opts.pacing = args.rate.unwrap_or(Pacing::Speed { factor: args.speed, max_wait: args.max_wait });
+    opts.pacing = args.rate.unwrap_or(Pacing::Speed {
+        factor: args.speed,
+        max_wait: args.max_wait,
+    });
     if args.max_wait.is_some() && args.rate.is_some() {
         return usage("--max-wait applies to the recorded timing; it has no effect with --rate");
     }
@@ -249,9 +255,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     opts.marker_header = (!args.no_marker).then(|| args.marker_header.clone());
     opts.preserve_host = args.preserve_host;
     opts.run_id = args.run_id.clone();
-    opts.progress = if args.quiet { ProgressMode::Off } else { ProgressMode::Auto { interval: args.progress_interval } };
+    opts.progress = if args.quiet {
+        ProgressMode::Off
+    } else {
+        ProgressMode::Auto {
+            interval: args.progress_interval,
+        }
+    };
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

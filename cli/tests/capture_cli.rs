@@ -13,7 +13,9 @@ fn bin() -> Command {
 }
 
 fn pcap(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/pcaps").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/pcaps")
+        .join(name)
 }
 
 fn run(args: &[&str]) -> Output {
@@ -22,7 +24,14 @@ fn run(args: &[&str]) -> Output {
 
 /// Runs `shadowtap capture --quiet --read FILE --out OUT EXTRA…` and checks it succeeded.
 fn capture_ok(file: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["capture", "--quiet", "--read", file.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "capture",
+        "--quiet",
+        "--read",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let o = run(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -35,10 +44,22 @@ fn ids(dir: &Path) -> Vec<(String, String)> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "parquet") {
-            for b in ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap() {
+            for b in ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+            {
                 let b = b.unwrap();
-                let e = b.column_by_name("exchange_id").unwrap().as_string::<i32>().clone();
-                let c = b.column_by_name("connection_id").unwrap().as_string::<i32>().clone();
+                let e = b
+                    .column_by_name("exchange_id")
+                    .unwrap()
+                    .as_string::<i32>()
+                    .clone();
+                let c = b
+                    .column_by_name("connection_id")
+                    .unwrap()
+                    .as_string::<i32>()
+                    .clone();
                 for i in 0..b.num_rows() {
                     out.push((e.value(i).to_owned(), c.value(i).to_owned()));
                 }
@@ -53,15 +74,29 @@ fn ids(dir: &Path) -> Vec<(String, String)> {
 fn capture_writes_parquet_and_summary() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let o = run(&["capture", "--quiet", "--read", pcap("zeek__wikipedia.pcap").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "capture",
+        "--quiet",
+        "--read",
+        pcap("zeek__wikipedia.pcap").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("15 written"), "{stderr}");
-    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().any(|n| n.ends_with(".summary.json")), "{names:?}");
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with(".summary.json")),
+        "{names:?}"
+    );
     assert!(!names.iter().any(|n| n.contains("inprogress")), "{names:?}");
     let summary = names.iter().find(|n| n.ends_with(".summary.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(summary)).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(summary)).unwrap()).unwrap();
     assert_eq!(json["exchanges_written"], 15);
     assert_eq!(json["schema_version"], 1);
     assert_eq!(ids(&out).len(), 15);
@@ -102,9 +137,27 @@ fn sampling_is_deterministic_and_keeps_units_whole() {
 fn files_roll_by_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let o = run(&["capture", "--quiet", "--max-file-size", "1K", "--read", pcap("nDPI__1kxun.pcap").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "capture",
+        "--quiet",
+        "--max-file-size",
+        "1K",
+        "--read",
+        pcap("nDPI__1kxun.pcap").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
-    let files = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")).count();
+    let files = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "parquet")
+        })
+        .count();
     assert!(files >= 1);
     assert_eq!(ids(&out).len(), 133, "rolling loses nothing");
 }
@@ -114,18 +167,47 @@ fn errors_have_clear_messages_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let missing = dir.path().join("missing.pcap");
-    let o = run(&["capture", "--read", missing.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "capture",
+        "--read",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("missing.pcap") && err.contains("cannot open capture"), "{err}");
+    assert!(
+        err.contains("missing.pcap") && err.contains("cannot open capture"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 
-    let o = run(&["capture", "--read", pcap("zeek__wikipedia.pcap").to_str().unwrap(), "--out", out.to_str().unwrap(), "--sample", "0"]);
+    let o = run(&[
+        "capture",
+        "--read",
+        pcap("zeek__wikipedia.pcap").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--sample",
+        "0",
+    ]);
     assert_eq!(o.status.code(), Some(2), "bad flag value is a usage error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--sample"));
 
-    let o = run(&["capture", "--read", pcap("zeek__wikipedia.pcap").to_str().unwrap(), "--out", out.to_str().unwrap(), "--filter", "port ((("]);
-    assert_eq!(o.status.code(), Some(2), "an invalid filter is a usage error");
+    let o = run(&[
+        "capture",
+        "--read",
+        pcap("zeek__wikipedia.pcap").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--filter",
+        "port (((",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an invalid filter is a usage error"
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid --filter"));
 }
 
@@ -133,7 +215,16 @@ fn errors_have_clear_messages_and_exit_codes() {
 fn help_explains_itself() {
     let o = run(&["capture", "--help"]);
     let text = String::from_utf8_lossy(&o.stdout);
-    for needle in ["--read", "--out", "--filter", "--sample", "--sample-by", "--max-body", "Examples", "Exit status"] {
+    for needle in [
+        "--read",
+        "--out",
+        "--filter",
+        "--sample",
+        "--sample-by",
+        "--max-body",
+        "Examples",
+        "Exit status",
+    ] {
         assert!(text.contains(needle), "missing {needle} in --help");
     }
 }
@@ -142,13 +233,25 @@ fn help_explains_itself() {
 fn inspect_shows_rows_and_counts_without_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    assert!(run(&["capture", "--quiet", "--read", pcap("zeek__cooper-grill-dvwa.pcapng").to_str().unwrap(), "--out", out.to_str().unwrap()]).status.success());
+    assert!(run(&[
+        "capture",
+        "--quiet",
+        "--read",
+        pcap("zeek__cooper-grill-dvwa.pcapng").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap()
+    ])
+    .status
+    .success());
     let o = run(&["inspect", out.to_str().unwrap()]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("3 exchanges in 1 file(s)"), "{text}");
     assert!(text.contains("by status: 200=3"), "{text}");
-    assert!(!text.to_lowercase().contains("<html"), "bodies are never printed");
+    assert!(
+        !text.to_lowercase().contains("<html"),
+        "bodies are never printed"
+    );
     let o = run(&["inspect", dir.path().join("nothing").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
 }
@@ -158,15 +261,42 @@ fn match_criteria_select_by_content() {
     let dir = tempfile::tempdir().unwrap();
     let f = pcap("nDPI__1kxun.pcap");
     let out = dir.path().join("host");
-    let o = run(&["capture", "--quiet", "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap(), "--match-host", "pic.1kxun.com", "--match-path", "^/video_kankan/"]);
+    let o = run(&[
+        "capture",
+        "--quiet",
+        "--read",
+        f.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--match-host",
+        "pic.1kxun.com",
+        "--match-path",
+        "^/video_kankan/",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("110 not matched"), "{err}");
     assert_eq!(ids(&out).len(), 133 - 110);
-    let o = run(&["capture", "--read", f.to_str().unwrap(), "--out", dir.path().join("x").to_str().unwrap(), "--match-path", "(unclosed"]);
+    let o = run(&[
+        "capture",
+        "--read",
+        f.to_str().unwrap(),
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+        "--match-path",
+        "(unclosed",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--match-path"));
-    let o = run(&["capture", "--read", f.to_str().unwrap(), "--out", dir.path().join("y").to_str().unwrap(), "--match-geo", "US"]);
+    let o = run(&[
+        "capture",
+        "--read",
+        f.to_str().unwrap(),
+        "--out",
+        dir.path().join("y").to_str().unwrap(),
+        "--match-geo",
+        "US",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--geo-file"));
 }
@@ -177,13 +307,24 @@ fn authorizations(dir: &Path) -> Vec<String> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "parquet") {
-            for b in ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap() {
+            for b in ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+            {
                 let b = b.unwrap();
-                let list = b.column_by_name("request_headers").unwrap().as_list::<i32>().clone();
+                let list = b
+                    .column_by_name("request_headers")
+                    .unwrap()
+                    .as_list::<i32>()
+                    .clone();
                 for i in 0..list.len() {
                     let v = list.value(i);
                     let s = v.as_struct();
-                    let (n, val) = (s.column(0).as_string::<i32>(), s.column(1).as_string::<i32>());
+                    let (n, val) = (
+                        s.column(0).as_string::<i32>(),
+                        s.column(1).as_string::<i32>(),
+                    );
                     for j in 0..n.len() {
                         if n.value(j).eq_ignore_ascii_case("authorization") {
                             out.push(val.value(j).to_owned());
@@ -208,10 +349,19 @@ fn credentials_are_redacted_by_default() {
         authorizations(&out)
     };
     let raw = cap("raw", &["--no-redact"]);
-    assert!(!raw.is_empty() && raw.iter().all(|a| a.starts_with("NTLM ") && !a.contains("hmac:")), "{raw:?}");
+    assert!(
+        !raw.is_empty()
+            && raw
+                .iter()
+                .all(|a| a.starts_with("NTLM ") && !a.contains("hmac:")),
+        "{raw:?}"
+    );
     let default = cap("default", &[]);
     assert_eq!(default.len(), raw.len());
-    assert!(default.iter().all(|a| a.starts_with("NTLM hmac:")), "{default:?}");
+    assert!(
+        default.iter().all(|a| a.starts_with("NTLM hmac:")),
+        "{default:?}"
+    );
     for secret in &raw {
         let cred = secret.trim_start_matches("NTLM ");
         assert!(default.iter().all(|a| !a.contains(cred)));
@@ -244,19 +394,43 @@ fn hive_partitions_by_request_hour() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let f = pcap("nDPI__webdav.pcap");
-    let o = run(&["capture", "--quiet", "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap(), "--partition-by", "hour"]);
+    let o = run(&[
+        "capture",
+        "--quiet",
+        "--read",
+        f.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--partition-by",
+        "hour",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let files = parquet_files(&out);
     let mut total = 0;
     let mut partitions = BTreeSet::new();
     for file in &files {
-        let rel = file.strip_prefix(&out).unwrap().to_string_lossy().into_owned();
+        let rel = file
+            .strip_prefix(&out)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let parts: Vec<&str> = rel.split('/').collect();
-        assert!(parts.len() == 3 && parts[0].starts_with("date=") && parts[1].starts_with("hour="), "{rel}");
+        assert!(
+            parts.len() == 3 && parts[0].starts_with("date=") && parts[1].starts_with("hour="),
+            "{rel}"
+        );
         partitions.insert((parts[0].to_owned(), parts[1].to_owned()));
-        for b in ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap().build().unwrap() {
+        for b in ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+        {
             let b = b.unwrap();
-            let ts = b.column_by_name("request_start").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>().clone();
+            let ts = b
+                .column_by_name("request_start")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .clone();
             for i in 0..b.num_rows() {
                 let secs = ts.value(i) / 1_000_000;
                 let hour = (secs.rem_euclid(86_400)) / 3600;
@@ -278,26 +452,70 @@ fn config_file_holds_criteria_sampling_and_redaction() {
     assert!(sample.status.success());
     let sample_path = dir.path().join("sample.toml");
     std::fs::write(&sample_path, &sample.stdout).unwrap();
-    let o = run(&["capture", "--quiet", "--config", sample_path.to_str().unwrap(), "--read", f.to_str().unwrap(), "--out", dir.path().join("s").to_str().unwrap()]);
+    let o = run(&[
+        "capture",
+        "--quiet",
+        "--config",
+        sample_path.to_str().unwrap(),
+        "--read",
+        f.to_str().unwrap(),
+        "--out",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("133 not matched"));
 
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[match]\nhost = [\"pic.1kxun.com\"]\n[redact]\nenabled = false\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[match]\nhost = [\"pic.1kxun.com\"]\n[redact]\nenabled = false\n",
+    )
+    .unwrap();
     let out = dir.path().join("c");
-    let o = run(&["capture", "--quiet", "--config", cfg.to_str().unwrap(), "--read", f.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "capture",
+        "--quiet",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--read",
+        f.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("110 not matched") && err.contains("redaction    off"), "{err}");
+    assert!(
+        err.contains("110 not matched") && err.contains("redaction    off"),
+        "{err}"
+    );
     assert_eq!(ids(&out).len(), 23);
     // A flag adds to the file's list.
-    let o = run(&["capture", "--quiet", "--config", cfg.to_str().unwrap(), "--match-host", "kankan.1kxun.com", "--read", f.to_str().unwrap(), "--out", dir.path().join("d").to_str().unwrap()]);
+    let o = run(&[
+        "capture",
+        "--quiet",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--match-host",
+        "kankan.1kxun.com",
+        "--read",
+        f.to_str().unwrap(),
+        "--out",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     assert!(!String::from_utf8_lossy(&o.stderr).contains("110 not matched"));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[match]\nhots = [\"x\"]\n").unwrap();
-    let o = run(&["capture", "--config", bad.to_str().unwrap(), "--read", f.to_str().unwrap(), "--out", dir.path().join("e").to_str().unwrap()]);
+    let o = run(&[
+        "capture",
+        "--config",
+        bad.to_str().unwrap(),
+        "--read",
+        f.to_str().unwrap(),
+        "--out",
+        dir.path().join("e").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.toml") && err.contains("hots"), "{err}");

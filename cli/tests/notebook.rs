@@ -10,23 +10,50 @@ use crate::canary::{capture, service};
 #[test]
 fn the_notebook_runs_on_a_real_canary_run() {
     let Some(python) = std::env::var_os("SHADOWTAP_NOTEBOOK_PYTHON") else {
-        eprintln!("SHADOWTAP_NOTEBOOK_PYTHON not set (scripts/test.sh sets it): notebook test skipped");
+        eprintln!(
+            "SHADOWTAP_NOTEBOOK_PYTHON not set (scripts/test.sh sets it): notebook test skipped"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let cap = capture(dir.path());
-    let (b, c) = (service(&["--noise"]), service(&["--noise", "--change-field", "tier=platinum"]));
+    let (b, c) = (
+        service(&["--noise"]),
+        service(&["--noise", "--change-field", "tier=platinum"]),
+    );
     let bin = env!("CARGO_BIN_EXE_shadowtap");
     let rep = dir.path().join("rep");
     let st = Command::new(bin)
-        .args(["replay", "--quiet", "--rate", "max", "--from", cap.to_str().unwrap(), "--out", rep.to_str().unwrap()])
-        .args(["--target", &format!("baseline={}", b.url), "--target", &format!("candidate={}", c.url)])
+        .args([
+            "replay",
+            "--quiet",
+            "--rate",
+            "max",
+            "--from",
+            cap.to_str().unwrap(),
+            "--out",
+            rep.to_str().unwrap(),
+        ])
+        .args([
+            "--target",
+            &format!("baseline={}", b.url),
+            "--target",
+            &format!("candidate={}", c.url),
+        ])
         .status()
         .unwrap();
     assert!(st.success());
     let verdict = dir.path().join("verdict");
     let st = Command::new(bin)
-        .args(["analyze", "--capture", cap.to_str().unwrap(), "--replay", rep.to_str().unwrap(), "--out", verdict.to_str().unwrap()])
+        .args([
+            "analyze",
+            "--capture",
+            cap.to_str().unwrap(),
+            "--replay",
+            rep.to_str().unwrap(),
+            "--out",
+            verdict.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(st.status.code(), Some(1));
@@ -40,9 +67,17 @@ fn the_notebook_runs_on_a_real_canary_run() {
         .env("SHADOWTAP_VERDICT", &verdict)
         .output()
         .unwrap();
-    assert!(o.status.success(), "notebook failed:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "notebook failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let text = std::fs::read_to_string(&executed).unwrap();
     assert!(text.contains("verdict: no-go"), "the verdict is shown");
     assert!(text.contains("/tier"), "the differing field is shown");
-    assert!(verdict.join("latency_cdf.png").is_file(), "the CDF plot is saved");
+    assert!(
+        verdict.join("latency_cdf.png").is_file(),
+        "the CDF plot is saved"
+    );
 }

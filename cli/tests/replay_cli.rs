@@ -21,7 +21,17 @@ fn fixture() -> PathBuf {
 /// Captures the fixture into `dir/cap`.
 fn recording(dir: &Path) -> PathBuf {
     let cap = dir.join("cap");
-    let o = bin().args(["capture", "--quiet", "--read", fixture().to_str().unwrap(), "--out", cap.to_str().unwrap()]).output().unwrap();
+    let o = bin()
+        .args([
+            "capture",
+            "--quiet",
+            "--read",
+            fixture().to_str().unwrap(),
+            "--out",
+            cap.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     cap
 }
@@ -32,18 +42,42 @@ fn rows(dir: &Path) -> Vec<(String, Option<i32>, Option<String>)> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(!name.contains("inprogress"), "a half-written file was left: {name}");
+        assert!(
+            !name.contains("inprogress"),
+            "a half-written file was left: {name}"
+        );
         if !name.ends_with(".parquet") {
             continue;
         }
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap().build().unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&p).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
         for b in reader {
             let b = b.unwrap();
-            let t = b.column_by_name("target").unwrap().as_string::<i32>().clone();
-            let s = b.column_by_name("status").unwrap().as_primitive::<arrow::datatypes::Int32Type>().clone();
-            let k = b.column_by_name("error_kind").unwrap().as_string::<i32>().clone();
+            let t = b
+                .column_by_name("target")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            let s = b
+                .column_by_name("status")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .clone();
+            let k = b
+                .column_by_name("error_kind")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
             for i in 0..b.num_rows() {
-                out.push((t.value(i).to_owned(), s.is_valid(i).then(|| s.value(i)), k.is_valid(i).then(|| k.value(i).to_owned())));
+                out.push((
+                    t.value(i).to_owned(),
+                    s.is_valid(i).then(|| s.value(i)),
+                    k.is_valid(i).then(|| k.value(i).to_owned()),
+                ));
             }
         }
     }
@@ -62,18 +96,28 @@ fn replays_a_capture_at_two_targets_and_prints_a_summary() {
     let (pb, served_b) = server();
     let out = dir.path().join("out");
     let o = replay(&[
-        "--from", cap.to_str().unwrap(),
-        "--target", &format!("baseline=http://127.0.0.1:{pa}"),
-        "--target", &format!("candidate=http://127.0.0.1:{pb}"),
-        "--out", out.to_str().unwrap(),
-        "--rate", "max", "--json",
+        "--from",
+        cap.to_str().unwrap(),
+        "--target",
+        &format!("baseline=http://127.0.0.1:{pa}"),
+        "--target",
+        &format!("candidate=http://127.0.0.1:{pb}"),
+        "--out",
+        out.to_str().unwrap(),
+        "--rate",
+        "max",
+        "--json",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let selected = summary["selected"].as_u64().unwrap();
     assert!(selected > 100, "{summary}");
-    assert_eq!(summary["refused_methods"]["POST"].as_u64(), Some(9), "POSTs in the capture are refused by default");
+    assert_eq!(
+        summary["refused_methods"]["POST"].as_u64(),
+        Some(9),
+        "POSTs in the capture are refused by default"
+    );
     assert_eq!(served_a.load(Ordering::SeqCst) as u64, selected);
     assert_eq!(served_b.load(Ordering::SeqCst) as u64, selected);
     let rows = rows(&out);
@@ -90,27 +134,43 @@ fn sigint_stops_sending_and_keeps_every_row() {
     let (port, served) = server();
     let out = dir.path().join("out");
     let mut child = bin()
-        .args(["replay", "--from", cap.to_str().unwrap(), "--target", &format!("t=http://127.0.0.1:{port}"), "--out", out.to_str().unwrap()])
+        .args([
+            "replay",
+            "--from",
+            cap.to_str().unwrap(),
+            "--target",
+            &format!("t=http://127.0.0.1:{port}"),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .args(["--rate", "20/s", "--progress-interval", "200ms"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "replay did not stop");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "replay did not stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{status:?} {err}");
     assert!(err.contains("stopped by signal"), "{err}");
-    assert!(err.contains("replay: "), "plain progress lines when stderr is not a terminal: {err}");
+    assert!(
+        err.contains("replay: "),
+        "plain progress lines when stderr is not a terminal: {err}"
+    );
     let n = served.load(Ordering::SeqCst);
     assert!(n > 5 && n < 100, "{n} sent before the signal");
     assert_eq!(rows(&out).len(), n, "every request sent has its row");
@@ -121,10 +181,44 @@ fn bad_input_is_exit_2_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--from".into(), "/nonexistent".into(), "--target".into(), "t=http://127.0.0.1:9".into()], "/nonexistent"),
-        (vec!["--from".into(), ".".into(), "--target".into(), "no-equals-sign".into()], "NAME=URL"),
-        (vec!["--from".into(), ".".into(), "--target".into(), "t=ftp://x/".into()], "http:// or https://"),
-        (vec!["--from".into(), ".".into(), "--target".into(), "t=http://127.0.0.1:9".into(), "--rate".into(), "fast".into()], "not a rate"),
+        (
+            vec![
+                "--from".into(),
+                "/nonexistent".into(),
+                "--target".into(),
+                "t=http://127.0.0.1:9".into(),
+            ],
+            "/nonexistent",
+        ),
+        (
+            vec![
+                "--from".into(),
+                ".".into(),
+                "--target".into(),
+                "no-equals-sign".into(),
+            ],
+            "NAME=URL",
+        ),
+        (
+            vec![
+                "--from".into(),
+                ".".into(),
+                "--target".into(),
+                "t=ftp://x/".into(),
+            ],
+            "http:// or https://",
+        ),
+        (
+            vec![
+                "--from".into(),
+                ".".into(),
+                "--target".into(),
+                "t=http://127.0.0.1:9".into(),
+                "--rate".into(),
+                "fast".into(),
+            ],
+            "not a rate",
+        ),
     ];
     for (args, needle) in cases {
         let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -137,16 +231,37 @@ fn bad_input_is_exit_2_with_a_reason() {
     let rules = dir.path().join("rules.toml");
     std::fs::write(&rules, "[[request]]\nset_header = 1\n").unwrap();
     let cap = recording(dir.path());
-    let o = replay(&["--from", cap.to_str().unwrap(), "--target", "t=http://127.0.0.1:9", "--out", out.to_str().unwrap(), "--rules", rules.to_str().unwrap()]);
+    let o = replay(&[
+        "--from",
+        cap.to_str().unwrap(),
+        "--target",
+        "t=http://127.0.0.1:9",
+        "--out",
+        out.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("set_header"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("set_header"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
 fn help_explains_safety_and_hooks() {
     let o = bin().args(["replay", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    for needle in ["--allow-methods", "--rules", "--middleware", "--speed", "--rate", "X-Shadowtap-Replay", "Exit status"] {
+    for needle in [
+        "--allow-methods",
+        "--rules",
+        "--middleware",
+        "--speed",
+        "--rate",
+        "X-Shadowtap-Replay",
+        "Exit status",
+    ] {
         assert!(text.contains(needle), "{needle} in --help");
     }
 }

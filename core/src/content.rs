@@ -40,19 +40,27 @@ pub fn decode_body(encoding: &str, body: &[u8], cap: u64) -> Result<Option<Vec<u
 }
 
 fn decode_one(coding: &str, input: &[u8], cap: u64) -> Result<Vec<u8>, DecodeError> {
-    let invalid = |e: std::io::Error| DecodeError::Invalid { coding: coding.to_owned(), message: e.to_string() };
+    let invalid = |e: std::io::Error| DecodeError::Invalid {
+        coding: coding.to_owned(),
+        message: e.to_string(),
+    };
     let mut out = Vec::new();
     match coding {
-        "gzip" | "x-gzip" => read_capped(flate2::read::MultiGzDecoder::new(input), cap, &mut out).map_err(invalid)?,
+        "gzip" | "x-gzip" => {
+            read_capped(flate2::read::MultiGzDecoder::new(input), cap, &mut out).map_err(invalid)?
+        }
         "deflate" => {
             // RFC 9110 says zlib-wrapped; many servers send raw deflate. Try zlib first.
             let zlib = read_capped(flate2::read::ZlibDecoder::new(input), cap, &mut out);
             if zlib.is_err() {
                 out.clear();
-                read_capped(flate2::read::DeflateDecoder::new(input), cap, &mut out).map_err(invalid)?;
+                read_capped(flate2::read::DeflateDecoder::new(input), cap, &mut out)
+                    .map_err(invalid)?;
             }
         }
-        "br" => read_capped(brotli::Decompressor::new(input, 4096), cap, &mut out).map_err(invalid)?,
+        "br" => {
+            read_capped(brotli::Decompressor::new(input, 4096), cap, &mut out).map_err(invalid)?
+        }
         other => return Err(DecodeError::Unsupported(other.to_owned())),
     }
     if out.len() as u64 > cap {
@@ -62,7 +70,10 @@ fn decode_one(coding: &str, input: &[u8], cap: u64) -> Result<Vec<u8>, DecodeErr
 }
 
 fn read_capped(reader: impl Read, cap: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
-    reader.take(cap.saturating_add(1)).read_to_end(out).map(|_| ())
+    reader
+        .take(cap.saturating_add(1))
+        .read_to_end(out)
+        .map(|_| ())
 }
 
 #[cfg(test)]
@@ -75,12 +86,19 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(b"hello gzip").unwrap();
         let gz = gz.finish().unwrap();
-        assert_eq!(decode_body("gzip", &gz, 1 << 20).unwrap().unwrap(), b"hello gzip");
+        assert_eq!(
+            decode_body("gzip", &gz, 1 << 20).unwrap().unwrap(),
+            b"hello gzip"
+        );
 
-        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         raw.write_all(b"raw deflate").unwrap();
         let raw = raw.finish().unwrap();
-        assert_eq!(decode_body("deflate", &raw, 1 << 20).unwrap().unwrap(), b"raw deflate");
+        assert_eq!(
+            decode_body("deflate", &raw, 1 << 20).unwrap().unwrap(),
+            b"raw deflate"
+        );
     }
 
     #[test]
@@ -90,17 +108,29 @@ mod tests {
             let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
             w.write_all(b"hello brotli").unwrap();
         }
-        assert_eq!(decode_body("br", &out, 1 << 20).unwrap().unwrap(), b"hello brotli");
+        assert_eq!(
+            decode_body("br", &out, 1 << 20).unwrap().unwrap(),
+            b"hello brotli"
+        );
     }
 
     #[test]
     fn identity_and_errors() {
         assert_eq!(decode_body("identity", b"x", 10), Ok(None));
-        assert!(matches!(decode_body("gzip", b"not gzip", 10), Err(DecodeError::Invalid { .. })));
-        assert!(matches!(decode_body("zstd", b"", 10), Err(DecodeError::Unsupported(_))));
+        assert!(matches!(
+            decode_body("gzip", b"not gzip", 10),
+            Err(DecodeError::Invalid { .. })
+        ));
+        assert!(matches!(
+            decode_body("zstd", b"", 10),
+            Err(DecodeError::Unsupported(_))
+        ));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&[b'a'; 1000]).unwrap();
         let gz = gz.finish().unwrap();
-        assert_eq!(decode_body("gzip", &gz, 100), Err(DecodeError::TooLarge(100)));
+        assert_eq!(
+            decode_body("gzip", &gz, 100),
+            Err(DecodeError::TooLarge(100))
+        );
     }
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use regex::Regex;
 use crate::exchange::{Exchange, Header};
+use regex::Regex;
 
 /// Why criteria could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -64,14 +64,21 @@ fn to_u128(ip: IpAddr) -> u128 {
 }
 
 fn mask(bits: u128, prefix: u8) -> u128 {
-    if prefix == 0 { 0 } else { bits & (u128::MAX << (128 - u32::from(prefix))) }
+    if prefix == 0 {
+        0
+    } else {
+        bits & (u128::MAX << (128 - u32::from(prefix)))
+    }
 }
 
 impl GeoTable {
     /// Reads `CIDR COUNTRY` lines (`#` starts a comment).
     pub fn load(path: &Path) -> Result<Self, CriteriaError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CriteriaError::GeoFile { path: name.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CriteriaError::GeoFile {
+            path: name.clone(),
+            source,
+        })?;
         Self::parse(&text, &name)
     }
 
@@ -83,9 +90,16 @@ impl GeoTable {
             if line.is_empty() {
                 continue;
             }
-            let bad = || CriteriaError::GeoLine { path: name.to_owned(), line: i + 1, text: raw.to_owned() };
+            let bad = || CriteriaError::GeoLine {
+                path: name.to_owned(),
+                line: i + 1,
+                text: raw.to_owned(),
+            };
             let mut parts = line.split_whitespace();
-            let (Some(cidr), Some(country), None) = (parts.next(), parts.next(), parts.next()) else { return Err(bad()) };
+            let (Some(cidr), Some(country), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
             let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
             let ip: IpAddr = addr.parse().map_err(|_| bad())?;
             let len: u8 = len.parse().map_err(|_| bad())?;
@@ -94,7 +108,9 @@ impl GeoTable {
                 return Err(bad());
             }
             let prefix = len + offset;
-            map.entry(prefix).or_default().insert(mask(to_u128(ip), prefix), country.to_ascii_uppercase());
+            map.entry(prefix)
+                .or_default()
+                .insert(mask(to_u128(ip), prefix), country.to_ascii_uppercase());
         }
         let mut by_prefix: Vec<(u8, HashMap<u128, String>)> = map.into_iter().collect();
         by_prefix.sort_by_key(|e| std::cmp::Reverse(e.0));
@@ -104,7 +120,9 @@ impl GeoTable {
     /// The country of `ip`, by longest matching prefix.
     pub fn country(&self, ip: IpAddr) -> Option<&str> {
         let bits = to_u128(ip);
-        self.by_prefix.iter().find_map(|(p, m)| m.get(&mask(bits, *p)).map(String::as_str))
+        self.by_prefix
+            .iter()
+            .find_map(|(p, m)| m.get(&mask(bits, *p)).map(String::as_str))
     }
 }
 
@@ -144,7 +162,10 @@ pub struct MatchCriteria {
 
 fn header<'a>(headers: &'a [Header], name: &str) -> impl Iterator<Item = &'a str> + 'a {
     let name = name.to_owned();
-    headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(&name)).map(|h| h.value.as_str())
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(&name))
+        .map(|h| h.value.as_str())
 }
 
 impl MatchCriteria {
@@ -152,7 +173,13 @@ impl MatchCriteria {
     pub fn new(spec: &CriteriaSpec) -> Result<Self, CriteriaError> {
         let regex = |flag, p: &Option<String>| {
             p.as_ref()
-                .map(|p| Regex::new(p).map_err(|source| CriteriaError::Regex { flag, pattern: p.clone(), source }))
+                .map(|p| {
+                    Regex::new(p).map_err(|source| CriteriaError::Regex {
+                        flag,
+                        pattern: p.clone(),
+                        source,
+                    })
+                })
                 .transpose()
         };
         let pair = |s: &String, sep: char| match s.split_once(sep) {
@@ -170,7 +197,11 @@ impl MatchCriteria {
             user_agent: regex("--match-user-agent", &spec.user_agent)?,
             path: regex("--match-path", &spec.path)?,
             hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            methods: spec.methods.iter().map(|m| m.trim().to_ascii_uppercase()).collect(),
+            methods: spec
+                .methods
+                .iter()
+                .map(|m| m.trim().to_ascii_uppercase())
+                .collect(),
             geo: spec.geo.iter().map(|g| g.to_ascii_uppercase()).collect(),
             geo_table,
         })
@@ -178,17 +209,31 @@ impl MatchCriteria {
 
     /// True when no criterion was given (everything matches).
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty() && self.cookies.is_empty() && self.user_agent.is_none() && self.path.is_none() && self.hosts.is_empty() && self.methods.is_empty() && self.geo.is_empty()
+        self.headers.is_empty()
+            && self.cookies.is_empty()
+            && self.user_agent.is_none()
+            && self.path.is_none()
+            && self.hosts.is_empty()
+            && self.methods.is_empty()
+            && self.geo.is_empty()
     }
 
     /// True when `ex` meets every criterion given.
     pub fn matches(&self, ex: &Exchange) -> bool {
         let h = &ex.request_headers;
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(&ex.method)) {
+        if !self.methods.is_empty()
+            && !self
+                .methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&ex.method))
+        {
             return false;
         }
         if !self.headers.is_empty()
-            && !self.headers.iter().any(|(n, v)| header(h, n).any(|got| v.as_deref().is_none_or(|v| got.trim() == v)))
+            && !self
+                .headers
+                .iter()
+                .any(|(n, v)| header(h, n).any(|got| v.as_deref().is_none_or(|v| got.trim() == v)))
         {
             return false;
         }
@@ -198,7 +243,10 @@ impl MatchCriteria {
                 .map(|kv| kv.trim())
                 .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
                 .collect();
-            if !self.cookies.iter().any(|(n, v)| jar.iter().any(|(jn, jv)| jn == n && v.as_deref().is_none_or(|v| v == *jv))) {
+            if !self.cookies.iter().any(|(n, v)| {
+                jar.iter()
+                    .any(|(jn, jv)| jn == n && v.as_deref().is_none_or(|v| v == *jv))
+            }) {
                 return false;
             }
         }
@@ -220,7 +268,10 @@ impl MatchCriteria {
             }
         }
         if !self.geo.is_empty() {
-            let country = self.geo_table.as_ref().and_then(|t| t.country(ex.client_ip));
+            let country = self
+                .geo_table
+                .as_ref()
+                .and_then(|t| t.country(ex.client_ip));
             if !country.is_some_and(|c| self.geo.iter().any(|g| g == c)) {
                 return false;
             }
@@ -265,7 +316,13 @@ mod tests {
             path: path.into(),
             query: None,
             http_version: "HTTP/1.1".into(),
-            request_headers: headers.iter().map(|(n, v)| Header { name: (*n).into(), value: (*v).into() }).collect(),
+            request_headers: headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
             request_trailers: vec![],
             request_body: Body::default(),
             status: None,
@@ -297,7 +354,16 @@ mod tests {
 
     #[test]
     fn header_cookie_and_user_agent() {
-        let a = ex("/x", "h", "10.0.0.1", &[("X-Shadow-Test", " true"), ("Cookie", "sid=abc; beta=1"), ("User-Agent", "curl/8.1")]);
+        let a = ex(
+            "/x",
+            "h",
+            "10.0.0.1",
+            &[
+                ("X-Shadow-Test", " true"),
+                ("Cookie", "sid=abc; beta=1"),
+                ("User-Agent", "curl/8.1"),
+            ],
+        );
         let b = ex("/x", "h", "10.0.0.1", &[("User-Agent", "Mozilla/5.0")]);
         let c = criteria(|s| s.headers = vec!["X-Shadow-Test: true".into()]);
         assert!(c.matches(&a) && !c.matches(&b));
@@ -330,22 +396,46 @@ mod tests {
 
     #[test]
     fn geo_by_longest_prefix() {
-        let t = GeoTable::parse("# test\n10.0.0.0/8 US\n10.1.0.0/16 de\n2001:db8::/32 JP\n", "geo").unwrap();
+        let t = GeoTable::parse(
+            "# test\n10.0.0.0/8 US\n10.1.0.0/16 de\n2001:db8::/32 JP\n",
+            "geo",
+        )
+        .unwrap();
         assert_eq!(t.country("10.9.9.9".parse().unwrap()), Some("US"));
         assert_eq!(t.country("10.1.2.3".parse().unwrap()), Some("DE"));
         assert_eq!(t.country("2001:db8::1".parse().unwrap()), Some("JP"));
         assert_eq!(t.country("192.0.2.1".parse().unwrap()), None);
-        assert!(matches!(GeoTable::parse("10.0.0.0 US\n", "g"), Err(CriteriaError::GeoLine { line: 1, .. })));
-        assert!(matches!(GeoTable::parse("10.0.0.0/33 US\n", "g"), Err(CriteriaError::GeoLine { .. })));
+        assert!(matches!(
+            GeoTable::parse("10.0.0.0 US\n", "g"),
+            Err(CriteriaError::GeoLine { line: 1, .. })
+        ));
+        assert!(matches!(
+            GeoTable::parse("10.0.0.0/33 US\n", "g"),
+            Err(CriteriaError::GeoLine { .. })
+        ));
         let dir = std::env::temp_dir().join(format!("shadowtap-geo-{}", std::process::id()));
         std::fs::write(&dir, "10.1.0.0/16 DE\n").unwrap();
         let c = criteria(|s| {
             s.geo = vec!["de".into()];
             s.geo_file = Some(dir.clone());
         });
-        assert!(c.matches(&ex("/", "h", "10.1.0.7", &[])) && !c.matches(&ex("/", "h", "10.2.0.7", &[])));
+        assert!(
+            c.matches(&ex("/", "h", "10.1.0.7", &[])) && !c.matches(&ex("/", "h", "10.2.0.7", &[]))
+        );
         let _ = std::fs::remove_file(&dir);
-        assert!(matches!(MatchCriteria::new(&CriteriaSpec { geo: vec!["US".into()], ..Default::default() }), Err(CriteriaError::GeoWithoutFile)));
-        assert!(matches!(MatchCriteria::new(&CriteriaSpec { path: Some("(".into()), ..Default::default() }), Err(CriteriaError::Regex { .. })));
+        assert!(matches!(
+            MatchCriteria::new(&CriteriaSpec {
+                geo: vec!["US".into()],
+                ..Default::default()
+            }),
+            Err(CriteriaError::GeoWithoutFile)
+        ));
+        assert!(matches!(
+            MatchCriteria::new(&CriteriaSpec {
+                path: Some("(".into()),
+                ..Default::default()
+            }),
+            Err(CriteriaError::Regex { .. })
+        ));
     }
 }

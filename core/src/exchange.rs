@@ -17,7 +17,10 @@ pub struct Header {
 impl Header {
     /// Builds a header from raw bytes, decoding as UTF-8 or, failing that, ISO-8859-1.
     pub fn from_bytes(name: &[u8], value: &[u8]) -> Self {
-        Header { name: text_from_bytes(name), value: text_from_bytes(value) }
+        Header {
+            name: text_from_bytes(name),
+            value: text_from_bytes(value),
+        }
     }
 }
 

@@ -22,7 +22,9 @@ pub fn sample_bucket(key: &[u8]) -> u32 {
 
 /// A run id from the clock: `20261123T101500Z-1a2b` (UTC, plus 16 bits against collisions).
 pub fn new_run_id() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs() as i64;
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);

@@ -62,21 +62,32 @@ pub fn find_exchange_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
     walk(dir, &mut out)?;
     out.sort();
     if out.is_empty() {
-        return Err(ReadError::Empty { dir: dir.to_path_buf() });
+        return Err(ReadError::Empty {
+            dir: dir.to_path_buf(),
+        });
     }
     Ok(out)
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ReadError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ReadError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ReadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for e in entries {
-        let e = e.map_err(|source| ReadError::Io { path: dir.to_path_buf(), source })?;
+        let e = e.map_err(|source| ReadError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
             continue;
         }
-        let ft = e.file_type().map_err(|source| ReadError::Io { path: path.clone(), source })?;
+        let ft = e.file_type().map_err(|source| ReadError::Io {
+            path: path.clone(),
+            source,
+        })?;
         if ft.is_dir() {
             walk(&path, out)?;
         } else if name.starts_with("exchanges-") && name.ends_with(".parquet") {
@@ -97,10 +108,37 @@ pub enum Columns {
 
 /// The columns [`Columns::Requests`] reads.
 const REQUEST_COLUMNS: &[&str] = &[
-    "exchange_id", "connection_id", "connection_seq", "source", "request_start", "request_end", "response_start", "response_end",
-    "client_ip", "client_port", "server_ip", "server_port", "method", "uri", "host", "path", "query", "http_version",
-    "request_headers", "request_trailers", "request_body", "request_body_decoded", "request_body_len", "request_body_truncated",
-    "status", "no_response", "incomplete", "gap", "parse_error", "upgraded", "error_detail",
+    "exchange_id",
+    "connection_id",
+    "connection_seq",
+    "source",
+    "request_start",
+    "request_end",
+    "response_start",
+    "response_end",
+    "client_ip",
+    "client_port",
+    "server_ip",
+    "server_port",
+    "method",
+    "uri",
+    "host",
+    "path",
+    "query",
+    "http_version",
+    "request_headers",
+    "request_trailers",
+    "request_body",
+    "request_body_decoded",
+    "request_body_len",
+    "request_body_truncated",
+    "status",
+    "no_response",
+    "incomplete",
+    "gap",
+    "parse_error",
+    "upgraded",
+    "error_detail",
 ];
 
 /// One `exchanges` file opened for reading.
@@ -124,17 +162,38 @@ impl ExchangeFile {
     /// response side (usually most of the bytes) is never decoded, and the exchanges read have
     /// empty responses.
     pub fn open_with(path: &Path, batch_rows: usize, columns: Columns) -> Result<Self, ReadError> {
-        let file = File::open(path).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|source| ReadError::Parquet { path: path.to_path_buf(), source })?;
+        let file = File::open(path).map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
+            ReadError::Parquet {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         let meta = builder.metadata().clone();
         let kv = meta.file_metadata().key_value_metadata();
-        let get = |key: &str| kv.and_then(|kv| kv.iter().find(|e| e.key == key)).and_then(|e| e.value.clone());
-        let schema_err = |message: String| ReadError::Schema { path: path.to_path_buf(), message };
+        let get = |key: &str| {
+            kv.and_then(|kv| kv.iter().find(|e| e.key == key))
+                .and_then(|e| e.value.clone())
+        };
+        let schema_err = |message: String| ReadError::Schema {
+            path: path.to_path_buf(),
+            message,
+        };
         match get(TABLE_KEY).as_deref() {
             Some("exchanges") => {}
-            Some(other) => return Err(schema_err(format!("holds the `{other}` table, not `exchanges`"))),
-            None => return Err(schema_err("is not a shadowtap exchanges file (no shadowtap.table metadata)".into())),
+            Some(other) => {
+                return Err(schema_err(format!(
+                    "holds the `{other}` table, not `exchanges`"
+                )))
+            }
+            None => {
+                return Err(schema_err(
+                    "is not a shadowtap exchanges file (no shadowtap.table metadata)".into(),
+                ))
+            }
         }
         let version = get(SCHEMA_VERSION_KEY).and_then(|v| v.parse::<u32>().ok());
         if version != Some(EXCHANGES_SCHEMA_VERSION) {
@@ -154,7 +213,8 @@ impl ExchangeFile {
             let stats = col.and_then(|c| rg.column(c).statistics());
             if let Some(Statistics::Int64(s)) = stats {
                 if let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) {
-                    time_range = Some(time_range.map_or((*lo, *hi), |(a, b)| (a.min(*lo), b.max(*hi))));
+                    time_range =
+                        Some(time_range.map_or((*lo, *hi), |(a, b)| (a.min(*lo), b.max(*hi))));
                 }
             }
         }
@@ -162,15 +222,26 @@ impl ExchangeFile {
         let builder = match columns {
             Columns::All => builder,
             Columns::Requests => {
-                let mask = ProjectionMask::columns(builder.parquet_schema(), REQUEST_COLUMNS.iter().copied());
+                let mask = ProjectionMask::columns(
+                    builder.parquet_schema(),
+                    REQUEST_COLUMNS.iter().copied(),
+                );
                 builder.with_projection(mask)
             }
         };
         let reader = builder
             .with_batch_size(batch_rows.max(1))
             .build()
-            .map_err(|source| ReadError::Parquet { path: path.to_path_buf(), source })?;
-        Ok(ExchangeFile { path: path.to_path_buf(), reader, time_range, rows })
+            .map_err(|source| ReadError::Parquet {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(ExchangeFile {
+            path: path.to_path_buf(),
+            reader,
+            time_range,
+            rows,
+        })
     }
 
     /// The file's path.
@@ -183,8 +254,16 @@ impl ExchangeFile {
         let batch = self.reader.next()?;
         Some(
             batch
-                .map_err(|e| ReadError::Parquet { path: self.path.clone(), source: e.into() })
-                .and_then(|b| exchanges_from_batch(&b).map_err(|message| ReadError::Schema { path: self.path.clone(), message })),
+                .map_err(|e| ReadError::Parquet {
+                    path: self.path.clone(),
+                    source: e.into(),
+                })
+                .and_then(|b| {
+                    exchanges_from_batch(&b).map_err(|message| ReadError::Schema {
+                        path: self.path.clone(),
+                        message,
+                    })
+                }),
         )
     }
 }
@@ -194,9 +273,17 @@ impl ExchangeFile {
 /// columns may be left out (see [`Columns::Requests`]): the responses are then empty.
 pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
     let n = b.num_rows();
-    let optional = |name: &str| name.starts_with("response_") || name == "reason" || name == "interim_statuses";
+    let optional = |name: &str| {
+        name.starts_with("response_") || name == "reason" || name == "interim_statuses"
+    };
     let empty_strings = arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, n);
-    let empty_times = arrow::array::new_null_array(&arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())), n);
+    let empty_times = arrow::array::new_null_array(
+        &arrow::datatypes::DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        ),
+        n,
+    );
     let empty_lists = {
         let f = |t| std::sync::Arc::new(arrow::datatypes::Field::new("item", t, true));
         let header = arrow::datatypes::DataType::Struct(arrow::datatypes::Fields::from(vec![
@@ -205,14 +292,26 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
         ]));
         let lists = |field: std::sync::Arc<arrow::datatypes::Field>| -> arrow::array::ArrayRef {
             let values = arrow::array::new_empty_array(field.data_type());
-            std::sync::Arc::new(arrow::array::ListArray::new(field, arrow::buffer::OffsetBuffer::new_zeroed(n), values, None))
+            std::sync::Arc::new(arrow::array::ListArray::new(
+                field,
+                arrow::buffer::OffsetBuffer::new_zeroed(n),
+                values,
+                None,
+            ))
         };
-        (lists(f(header)), lists(f(arrow::datatypes::DataType::Int32)))
+        (
+            lists(f(header)),
+            lists(f(arrow::datatypes::DataType::Int32)),
+        )
     };
-    let empty_binary: arrow::array::ArrayRef = std::sync::Arc::new(arrow::array::BinaryArray::from_iter_values(std::iter::repeat_n(b"" as &[u8], n)));
+    let empty_binary: arrow::array::ArrayRef = std::sync::Arc::new(
+        arrow::array::BinaryArray::from_iter_values(std::iter::repeat_n(b"" as &[u8], n)),
+    );
     let null_binary = arrow::array::new_null_array(&arrow::datatypes::DataType::Binary, n);
-    let zeros: arrow::array::ArrayRef = std::sync::Arc::new(arrow::array::Int64Array::from(vec![0i64; n]));
-    let falses: arrow::array::ArrayRef = std::sync::Arc::new(arrow::array::BooleanArray::from(vec![false; n]));
+    let zeros: arrow::array::ArrayRef =
+        std::sync::Arc::new(arrow::array::Int64Array::from(vec![0i64; n]));
+    let falses: arrow::array::ArrayRef =
+        std::sync::Arc::new(arrow::array::BooleanArray::from(vec![false; n]));
     let col = |name: &str| -> Result<arrow::array::ArrayRef, String> {
         if let Some(c) = b.column_by_name(name) {
             return Ok(c.clone());
@@ -233,37 +332,64 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
     };
     let strings = |name: &str| -> Result<Vec<Option<String>>, String> {
         let c = col(name)?;
-        let a = c.as_string_opt::<i32>().ok_or_else(|| format!("column `{name}` is not utf8"))?;
-        Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_owned())).collect())
+        let a = c
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("column `{name}` is not utf8"))?;
+        Ok((0..a.len())
+            .map(|i| a.is_valid(i).then(|| a.value(i).to_owned()))
+            .collect())
     };
     let times = |name: &str| -> Result<Vec<Option<i64>>, String> {
         let c = col(name)?;
-        let a = c.as_primitive_opt::<TimestampMicrosecondType>().ok_or_else(|| format!("column `{name}` is not a µs timestamp"))?;
-        Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+        let a = c
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| format!("column `{name}` is not a µs timestamp"))?;
+        Ok((0..a.len())
+            .map(|i| a.is_valid(i).then(|| a.value(i)))
+            .collect())
     };
     let ints32 = |name: &str| -> Result<Vec<Option<i32>>, String> {
         let c = col(name)?;
-        let a = c.as_primitive_opt::<Int32Type>().ok_or_else(|| format!("column `{name}` is not int32"))?;
-        Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+        let a = c
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| format!("column `{name}` is not int32"))?;
+        Ok((0..a.len())
+            .map(|i| a.is_valid(i).then(|| a.value(i)))
+            .collect())
     };
     let bools = |name: &str| -> Result<Vec<bool>, String> {
         let c = col(name)?;
-        let a = c.as_boolean_opt().ok_or_else(|| format!("column `{name}` is not boolean"))?;
+        let a = c
+            .as_boolean_opt()
+            .ok_or_else(|| format!("column `{name}` is not boolean"))?;
         Ok((0..a.len()).map(|i| a.is_valid(i) && a.value(i)).collect())
     };
     let headers = |name: &str| -> Result<Vec<Vec<Header>>, String> {
         let c = col(name)?;
-        let list = c.as_list_opt::<i32>().ok_or_else(|| format!("column `{name}` is not a list"))?;
+        let list = c
+            .as_list_opt::<i32>()
+            .ok_or_else(|| format!("column `{name}` is not a list"))?;
         let mut out = Vec::with_capacity(list.len());
         for i in 0..list.len() {
             let mut hs = Vec::new();
             if list.is_valid(i) {
                 let v = list.value(i);
-                let s = v.as_struct_opt().ok_or_else(|| format!("column `{name}` does not hold structs"))?;
-                let names = s.column(0).as_string_opt::<i32>().ok_or_else(|| format!("`{name}.name` is not utf8"))?;
-                let values = s.column(1).as_string_opt::<i32>().ok_or_else(|| format!("`{name}.value` is not utf8"))?;
+                let s = v
+                    .as_struct_opt()
+                    .ok_or_else(|| format!("column `{name}` does not hold structs"))?;
+                let names = s
+                    .column(0)
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| format!("`{name}.name` is not utf8"))?;
+                let values = s
+                    .column(1)
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| format!("`{name}.value` is not utf8"))?;
                 for j in 0..s.len() {
-                    hs.push(Header { name: names.value(j).to_owned(), value: values.value(j).to_owned() });
+                    hs.push(Header {
+                        name: names.value(j).to_owned(),
+                        value: values.value(j).to_owned(),
+                    });
                 }
             }
             out.push(hs);
@@ -272,11 +398,17 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
     };
     let bodies = |side: &str| -> Result<Vec<Body>, String> {
         let raw_c = col(&format!("{side}_body"))?;
-        let raw = raw_c.as_binary_opt::<i32>().ok_or_else(|| format!("`{side}_body` is not binary"))?;
+        let raw = raw_c
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| format!("`{side}_body` is not binary"))?;
         let dec_c = col(&format!("{side}_body_decoded"))?;
-        let dec = dec_c.as_binary_opt::<i32>().ok_or_else(|| format!("`{side}_body_decoded` is not binary"))?;
+        let dec = dec_c
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| format!("`{side}_body_decoded` is not binary"))?;
         let len_c = col(&format!("{side}_body_len"))?;
-        let len = len_c.as_primitive_opt::<Int64Type>().ok_or_else(|| format!("`{side}_body_len` is not int64"))?;
+        let len = len_c
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| format!("`{side}_body_len` is not int64"))?;
         let trunc = bools(&format!("{side}_body_truncated"))?;
         Ok((0..raw.len())
             .map(|i| Body {
@@ -290,20 +422,31 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
     };
     let interim = {
         let c = col("interim_statuses")?;
-        let list = c.as_list_opt::<i32>().ok_or_else(|| "column `interim_statuses` is not a list".to_string())?;
+        let list = c
+            .as_list_opt::<i32>()
+            .ok_or_else(|| "column `interim_statuses` is not a list".to_string())?;
         (0..list.len())
             .map(|i| {
                 let v = list.value(i);
-                let a = v.as_primitive_opt::<Int32Type>().ok_or_else(|| "column `interim_statuses` does not hold int32".to_string())?;
-                Ok(a.iter().flatten().map(|s| s.clamp(0, 999) as u16).collect::<Vec<u16>>())
+                let a = v
+                    .as_primitive_opt::<Int32Type>()
+                    .ok_or_else(|| "column `interim_statuses` does not hold int32".to_string())?;
+                Ok(a.iter()
+                    .flatten()
+                    .map(|s| s.clamp(0, 999) as u16)
+                    .collect::<Vec<u16>>())
             })
             .collect::<Result<Vec<_>, String>>()?
     };
     let _ = n;
     let ip = |v: Option<String>, name: &str| -> Result<IpAddr, String> {
-        v.as_deref().unwrap_or("").parse().map_err(|_| format!("column `{name}` holds {v:?}, not an IP address"))
+        v.as_deref()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| format!("column `{name}` holds {v:?}, not an IP address"))
     };
-    let req = |v: Option<String>, name: &str| v.ok_or_else(|| format!("column `{name}` has a null"));
+    let req =
+        |v: Option<String>, name: &str| v.ok_or_else(|| format!("column `{name}` has a null"));
 
     let mut exchange_id = strings("exchange_id")?.into_iter();
     let mut connection_id = strings("connection_id")?.into_iter();
@@ -396,8 +539,17 @@ mod tests {
     fn round_trips_through_parquet() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = crate::schema::tests::sample();
-        a.request_headers.push(Header { name: "X-Bin".into(), value: "\u{e9}".into() });
-        a.request_body = Body { raw: b"{\"a\":1}".to_vec(), decoded: None, len: 7, truncated: false, decode_error: None };
+        a.request_headers.push(Header {
+            name: "X-Bin".into(),
+            value: "\u{e9}".into(),
+        });
+        a.request_body = Body {
+            raw: b"{\"a\":1}".to_vec(),
+            decoded: None,
+            len: 7,
+            truncated: false,
+            decode_error: None,
+        };
         let mut b = crate::schema::tests::sample();
         b.exchange_id = "e2".into();
         b.status = None;
@@ -405,31 +557,61 @@ mod tests {
         b.flags.gap = true;
         let part = dir.path().join("date=2026-11-23/hour=10");
         let mut sink = ParquetSink::new(
-            SinkOptions { dir: part, prefix: "exchanges-t".into(), max_file_bytes: 1 << 30, max_row_group_rows: 1024 },
+            SinkOptions {
+                dir: part,
+                prefix: "exchanges-t".into(),
+                max_file_bytes: 1 << 30,
+                max_row_group_rows: 1024,
+            },
             exchanges_schema(),
         )
         .unwrap();
-        sink.write(&exchanges_to_batch(&[a.clone(), b.clone()]).unwrap()).unwrap();
+        sink.write(&exchanges_to_batch(&[a.clone(), b.clone()]).unwrap())
+            .unwrap();
         sink.finish().unwrap();
-        std::fs::write(dir.path().join(".exchanges-x.parquet.inprogress"), b"partial").unwrap();
+        std::fs::write(
+            dir.path().join(".exchanges-x.parquet.inprogress"),
+            b"partial",
+        )
+        .unwrap();
         let files = find_exchange_files(dir.path()).unwrap();
-        assert_eq!(files.len(), 1, "found in the partition, hidden file skipped");
+        assert_eq!(
+            files.len(),
+            1,
+            "found in the partition, hidden file skipped"
+        );
         let mut f = ExchangeFile::open(&files[0], 1).unwrap();
         assert_eq!(f.time_range, Some((1_000, 5_000)));
         assert_eq!(f.rows, 2);
-        let got: Vec<Exchange> = std::iter::from_fn(|| f.next_batch()).flat_map(|b| b.unwrap()).collect();
+        let got: Vec<Exchange> = std::iter::from_fn(|| f.next_batch())
+            .flat_map(|b| b.unwrap())
+            .collect();
         assert_eq!(got, vec![a.clone(), b]);
         // Request columns only: the same requests, empty responses.
         let mut f = ExchangeFile::open_with(&files[0], 10, Columns::Requests).unwrap();
         let got = f.next_batch().unwrap().unwrap();
-        assert_eq!((got[0].request_headers.clone(), got[0].request_body.clone(), got[0].status), (a.request_headers, a.request_body, a.status));
-        assert!(got[0].response_body.raw.is_empty() && got[0].response_headers.is_empty() && got[0].interim_statuses.is_empty());
+        assert_eq!(
+            (
+                got[0].request_headers.clone(),
+                got[0].request_body.clone(),
+                got[0].status
+            ),
+            (a.request_headers, a.request_body, a.status)
+        );
+        assert!(
+            got[0].response_body.raw.is_empty()
+                && got[0].response_headers.is_empty()
+                && got[0].interim_statuses.is_empty()
+        );
     }
 
     #[test]
     fn other_files_are_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(find_exchange_files(dir.path()), Err(ReadError::Empty { .. })));
+        assert!(matches!(
+            find_exchange_files(dir.path()),
+            Err(ReadError::Empty { .. })
+        ));
         let p = dir.path().join("exchanges-bad.parquet");
         std::fs::write(&p, b"not parquet").unwrap();
         let err = ExchangeFile::open(&p, 10).err().unwrap().to_string();

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
-    StructBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, StructBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
@@ -150,7 +150,13 @@ pub fn replays_schema() -> SchemaRef {
         f("error_kind", DataType::Utf8, true),
         f("error_message", DataType::Utf8, true),
     ];
-    let metadata = [(TABLE_KEY.to_owned(), "replays".to_owned()), (SCHEMA_VERSION_KEY.to_owned(), REPLAYS_SCHEMA_VERSION.to_string())];
+    let metadata = [
+        (TABLE_KEY.to_owned(), "replays".to_owned()),
+        (
+            SCHEMA_VERSION_KEY.to_owned(),
+            REPLAYS_SCHEMA_VERSION.to_string(),
+        ),
+    ];
     Arc::new(Schema::new(fields).with_metadata(metadata.into_iter().collect()))
 }
 
@@ -159,8 +165,12 @@ fn headers_column(rows: &[ReplayRecord], get: impl Fn(&ReplayRecord) -> &[Header
     for r in rows {
         let s = b.values();
         for h in get(r) {
-            s.field_builder::<StringBuilder>(0).expect("name is utf8").append_value(&h.name);
-            s.field_builder::<StringBuilder>(1).expect("value is utf8").append_value(&h.value);
+            s.field_builder::<StringBuilder>(0)
+                .expect("name is utf8")
+                .append_value(&h.name);
+            s.field_builder::<StringBuilder>(1)
+                .expect("value is utf8")
+                .append_value(&h.value);
             s.append(true);
         }
         b.append(true);
@@ -197,7 +207,8 @@ pub fn replays_to_batch(rows: &[ReplayRecord]) -> Result<RecordBatch, ArrowError
         Arc::new(b.finish())
     };
     let mut truncated = BooleanBuilder::with_capacity(n);
-    rows.iter().for_each(|r| truncated.append_value(r.response_body_truncated));
+    rows.iter()
+        .for_each(|r| truncated.append_value(r.response_body_truncated));
     let columns: Vec<ArrayRef> = vec![
         strings(&|r| Some(&r.run_id)),
         strings(&|r| Some(&r.exchange_id)),
@@ -265,7 +276,10 @@ mod tests {
         assert_eq!(b.num_rows(), 1);
         assert!(b.column_by_name("status").unwrap().is_null(0));
         let kind = b.column_by_name("error_kind").unwrap();
-        assert_eq!(arrow::array::AsArray::as_string::<i32>(kind.as_ref()).value(0), "refused");
+        assert_eq!(
+            arrow::array::AsArray::as_string::<i32>(kind.as_ref()).value(0),
+            "refused"
+        );
         assert_eq!(b.schema().metadata()[TABLE_KEY], "replays");
     }
 }

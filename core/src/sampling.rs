@@ -24,7 +24,9 @@ impl FromStr for SampleBy {
             "exchange" => Ok(SampleBy::Exchange),
             "connection" => Ok(SampleBy::Connection),
             "client" => Ok(SampleBy::Client),
-            other => Err(format!("unknown sampling unit {other:?} (expected exchange, connection or client)")),
+            other => Err(format!(
+                "unknown sampling unit {other:?} (expected exchange, connection or client)"
+            )),
         }
     }
 }
@@ -49,7 +51,9 @@ impl FromStr for Percent {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let t = t.strip_suffix('%').unwrap_or(t).trim();
-        let v: f64 = t.parse().map_err(|_| format!("{s:?} is not a percentage (try 25 or 25%)"))?;
+        let v: f64 = t
+            .parse()
+            .map_err(|_| format!("{s:?} is not a percentage (try 25 or 25%)"))?;
         if !(v > 0.0 && v <= 100.0) {
             return Err(format!("{s:?} is outside (0, 100]"));
         }

@@ -32,7 +32,11 @@ pub(crate) fn header_fields() -> Fields {
 
 /// `list<struct<name, value>>`, the type of every headers column.
 pub(crate) fn headers_type() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Struct(header_fields()), true)))
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(header_fields()),
+        true,
+    )))
 }
 
 /// `timestamp(µs, UTC)`, the type of every time column.
@@ -93,7 +97,10 @@ pub fn exchanges_schema() -> SchemaRef {
     ]);
     let metadata = [
         (TABLE_KEY.to_owned(), "exchanges".to_owned()),
-        (SCHEMA_VERSION_KEY.to_owned(), EXCHANGES_SCHEMA_VERSION.to_string()),
+        (
+            SCHEMA_VERSION_KEY.to_owned(),
+            EXCHANGES_SCHEMA_VERSION.to_string(),
+        ),
     ];
     Arc::new(Schema::new(fields).with_metadata(metadata.into_iter().collect()))
 }
@@ -111,13 +118,20 @@ struct HeadersColumn(ListBuilder<StructBuilder>);
 
 impl HeadersColumn {
     fn new() -> Self {
-        HeadersColumn(ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)))
+        HeadersColumn(ListBuilder::new(StructBuilder::from_fields(
+            header_fields(),
+            0,
+        )))
     }
     fn append(&mut self, headers: &[Header]) {
         let s = self.0.values();
         for h in headers {
-            s.field_builder::<StringBuilder>(0).expect("name is utf8").append_value(&h.name);
-            s.field_builder::<StringBuilder>(1).expect("value is utf8").append_value(&h.value);
+            s.field_builder::<StringBuilder>(0)
+                .expect("name is utf8")
+                .append_value(&h.name);
+            s.field_builder::<StringBuilder>(1)
+                .expect("value is utf8")
+                .append_value(&h.value);
             s.append(true);
         }
         self.0.append(true);
@@ -225,7 +239,9 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, ArrowError> 
     let mut resp_headers = HeadersColumn::new();
     let mut resp_trailers = HeadersColumn::new();
     let sizes = |f: &dyn Fn(&Exchange) -> &Body| -> (usize, usize) {
-        rows.iter().map(f).fold((0, 0), |(r, d), b| (r + b.raw.len(), d + b.decoded.as_ref().map_or(0, Vec::len)))
+        rows.iter().map(f).fold((0, 0), |(r, d), b| {
+            (r + b.raw.len(), d + b.decoded.as_ref().map_or(0, Vec::len))
+        })
     };
     let (req_raw, req_dec) = sizes(&|r| &r.request_body);
     let (resp_raw, resp_dec) = sizes(&|r| &r.response_body);
@@ -317,7 +333,10 @@ pub(crate) mod tests {
             path: "/a".into(),
             query: Some("b=1".into()),
             http_version: "HTTP/1.1".into(),
-            request_headers: vec![Header { name: "Host".into(), value: "example".into() }],
+            request_headers: vec![Header {
+                name: "Host".into(),
+                value: "example".into(),
+            }],
             request_trailers: vec![],
             request_body: Body::default(),
             status: Some(200),
@@ -326,7 +345,11 @@ pub(crate) mod tests {
             interim_statuses: vec![100],
             response_headers: vec![],
             response_trailers: vec![],
-            response_body: Body { raw: b"hi".to_vec(), len: 2, ..Body::default() },
+            response_body: Body {
+                raw: b"hi".to_vec(),
+                len: 2,
+                ..Body::default()
+            },
             flags: ExchangeFlags::default(),
             error_detail: None,
         }
@@ -337,10 +360,16 @@ pub(crate) mod tests {
         let batch = exchanges_to_batch(&[sample()]).unwrap();
         assert_eq!(batch.num_rows(), 1);
         let latency = batch.column_by_name("latency_us").unwrap();
-        let latency = latency.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let latency = latency
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
         assert_eq!(latency.value(0), 1_000);
         let ttfb = batch.column_by_name("ttfb_us").unwrap();
-        let ttfb = ttfb.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let ttfb = ttfb
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
         assert_eq!(ttfb.value(0), 400);
         assert_eq!(batch.schema().metadata()[SCHEMA_VERSION_KEY], "1");
     }

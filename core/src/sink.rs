@@ -71,8 +71,10 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Creates the directory; no file is created until the first batch arrives.
     pub fn new(options: SinkOptions, schema: SchemaRef) -> Result<Self, SinkError> {
-        std::fs::create_dir_all(&options.dir)
-            .map_err(|source| SinkError::Io { path: options.dir.clone(), source })?;
+        std::fs::create_dir_all(&options.dir).map_err(|source| SinkError::Io {
+            path: options.dir.clone(),
+            source,
+        })?;
         let mut builder = WriterProperties::builder();
         // Bodies are large and rarely repeat: dictionary encoding and min/max statistics cost
         // hashing and copying for nothing there.
@@ -81,11 +83,16 @@ impl ParquetSink {
                 let col = parquet::schema::types::ColumnPath::from(field.name().as_str());
                 builder = builder
                     .set_column_dictionary_enabled(col.clone(), false)
-                    .set_column_statistics_enabled(col, parquet::file::properties::EnabledStatistics::None);
+                    .set_column_statistics_enabled(
+                        col,
+                        parquet::file::properties::EnabledStatistics::None,
+                    );
             }
         }
         let props = builder
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(1).expect("level 1 is valid"),
+            ))
             .set_max_row_group_row_count(Some(options.max_row_group_rows.max(1)))
             .set_created_by(format!("shadowtap {}", env!("CARGO_PKG_VERSION")))
             // The table name and schema version travel as plain Parquet key-value metadata, so
@@ -98,7 +105,15 @@ impl ParquetSink {
                     .collect(),
             ))
             .build();
-        Ok(ParquetSink { options, schema, props, open: None, next_index: 0, finished: Vec::new(), rows: 0 })
+        Ok(ParquetSink {
+            options,
+            schema,
+            props,
+            open: None,
+            next_index: 0,
+            finished: Vec::new(),
+            rows: 0,
+        })
     }
 
     /// Appends a batch, rolling to a new file when the current one is full.
@@ -112,12 +127,18 @@ impl ParquetSink {
         let file = self.open.as_mut().expect("opened above");
         file.writer
             .write(batch)
-            .map_err(|source| SinkError::Parquet { path: file.tmp.clone(), source })?;
+            .map_err(|source| SinkError::Parquet {
+                path: file.tmp.clone(),
+                source,
+            })?;
         self.rows += batch.num_rows() as u64;
         // A row group is held in memory until it is flushed: bound it by bytes, not only rows
         // (bodies make rows large).
         if file.writer.in_progress_size() > MAX_ROW_GROUP_BYTES {
-            file.writer.flush().map_err(|source| SinkError::Parquet { path: file.tmp.clone(), source })?;
+            file.writer.flush().map_err(|source| SinkError::Parquet {
+                path: file.tmp.clone(),
+                source,
+            })?;
         }
         let size = file.writer.bytes_written() as u64 + file.writer.in_progress_size() as u64;
         if size >= self.options.max_file_bytes {
@@ -142,18 +163,35 @@ impl ParquetSink {
         self.next_index += 1;
         let path = self.options.dir.join(&name);
         let tmp = self.options.dir.join(format!(".{name}.inprogress"));
-        let f = File::create(&tmp).map_err(|source| SinkError::Io { path: tmp.clone(), source })?;
+        let f = File::create(&tmp).map_err(|source| SinkError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
         let writer = ArrowWriter::try_new(f, self.schema.clone(), Some(self.props.clone()))
-            .map_err(|source| SinkError::Parquet { path: tmp.clone(), source })?;
+            .map_err(|source| SinkError::Parquet {
+                path: tmp.clone(),
+                source,
+            })?;
         Ok(OpenFile { tmp, path, writer })
     }
 
     fn close_current(&mut self) -> Result<(), SinkError> {
-        let Some(file) = self.open.take() else { return Ok(()) };
+        let Some(file) = self.open.take() else {
+            return Ok(());
+        };
         let OpenFile { tmp, path, writer } = file;
-        let f = writer.into_inner().map_err(|source| SinkError::Parquet { path: tmp.clone(), source })?;
-        f.sync_all().map_err(|source| SinkError::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &path).map_err(|source| SinkError::Io { path: path.clone(), source })?;
+        let f = writer.into_inner().map_err(|source| SinkError::Parquet {
+            path: tmp.clone(),
+            source,
+        })?;
+        f.sync_all().map_err(|source| SinkError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, &path).map_err(|source| SinkError::Io {
+            path: path.clone(),
+            source,
+        })?;
         self.finished.push(path);
         Ok(())
     }
@@ -204,11 +242,26 @@ mod tests {
         let files = sink.finish().unwrap();
         assert_eq!(files.len(), 2, "max_file_bytes=1 rolls after every batch");
         assert_eq!(list_parquet_files(dir.path(), "exchanges-").unwrap(), files);
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(names.iter().all(|n| !n.to_string_lossy().contains("inprogress")), "{names:?}");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap()).unwrap();
-        let kv = reader.metadata().file_metadata().key_value_metadata().unwrap();
-        assert!(kv.iter().any(|kv| kv.key == SCHEMA_VERSION_KEY && kv.value.as_deref() == Some("1")));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.to_string_lossy().contains("inprogress")),
+            "{names:?}"
+        );
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap()).unwrap();
+        let kv = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap();
+        assert!(kv
+            .iter()
+            .any(|kv| kv.key == SCHEMA_VERSION_KEY && kv.value.as_deref() == Some("1")));
         let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 1);
     }

@@ -1,5 +1,6 @@
-//! One HTTP client per target: connection reuse (reqwest's pool), HTTP/1.1 or h2c, timing of
-//! connect / first byte / total, bodies capped, and transport errors sorted into kinds.
+//! One client per target: connection reuse, HTTP/1.1 or h2c, timing of connect / first byte /
+//! total, bodies capped, and transport errors sorted into kinds. Plain `http://` targets use our
+//! own connections over hyper ([`crate::pool`]); `https://` targets use reqwest.
 
 use std::error::Error as _;
 use std::future::Future;
@@ -9,9 +10,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use shadowtap_core::replays::ErrorKind;
 use shadowtap_core::Header;
+
+use crate::pool::{classify_hyper, PlainPool, ReqBody};
 
 /// HTTP version towards the targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,8 +113,30 @@ fn install_crypto() {
     });
 }
 
+/// How requests reach one target.
+pub struct TargetClient {
+    inner: Transport,
+    timeout: std::time::Duration,
+}
+
+enum Transport {
+    /// `http://`: connections kept by us, straight over hyper (see [`crate::pool`]).
+    Plain(PlainPool),
+    /// `https://`: reqwest (TLS, HTTP/2 by ALPN).
+    Tls(reqwest::Client),
+}
+
 /// Builds the client for one target.
-pub fn build_client(o: &ClientOptions) -> Result<reqwest::Client, String> {
+pub fn build_client(url: &reqwest::Url, o: &ClientOptions) -> Result<TargetClient, String> {
+    if url.scheme() == "http" {
+        let host = url.host_str().ok_or_else(|| format!("{url}: no host"))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let pool = PlainPool::new(host, port, o.protocol, o.connect_timeout, o.pool_size);
+        return Ok(TargetClient {
+            inner: Transport::Plain(pool),
+            timeout: o.timeout,
+        });
+    }
     install_crypto();
     let mut b = reqwest::Client::builder()
         .timeout(o.timeout)
@@ -125,7 +152,143 @@ pub fn build_client(o: &ClientOptions) -> Result<reqwest::Client, String> {
         Protocol::Http1 => b.http1_only(),
         Protocol::H2c => b.http2_prior_knowledge(),
     };
-    b.build().map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))
+    let client = b
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))?;
+    Ok(TargetClient {
+        inner: Transport::Tls(client),
+        timeout: o.timeout,
+    })
+}
+
+/// One request as it leaves: `url` is the whole URL (`http://host:port/path?query`), `authority`
+/// and `path_and_query` its parts.
+pub struct Outgoing<'a> {
+    /// Whole URL.
+    pub url: &'a str,
+    /// `host[:port]`.
+    pub authority: &'a str,
+    /// Path and query, percent-encoded where needed.
+    pub path_and_query: &'a str,
+    /// Method.
+    pub method: &'a str,
+    /// Header lines in order.
+    pub headers: &'a [Header],
+    /// Body (shared: the row keeps the same bytes).
+    pub body: Bytes,
+}
+
+/// Sends one request and reads the whole response (up to the body cap).
+pub async fn send(client: &TargetClient, req: Outgoing<'_>, max_body: u64) -> Exchanged {
+    match &client.inner {
+        Transport::Plain(pool) => send_plain(pool, client.timeout, req, max_body).await,
+        Transport::Tls(c) => match reqwest::Url::parse(req.url) {
+            Ok(url) => send_reqwest(c, url, req.method, req.headers, req.body, max_body).await,
+            Err(e) => Exchanged {
+                error: Some((ErrorKind::Other, format!("{}: {e}", req.url))),
+                ..Exchanged::default()
+            },
+        },
+    }
+}
+
+async fn send_plain(
+    pool: &PlainPool,
+    timeout: Duration,
+    req: Outgoing<'_>,
+    max_body: u64,
+) -> Exchanged {
+    let start = Instant::now();
+    let mut out = Exchanged::default();
+    let mut connect_us = None;
+    let mut ttfb_us = None;
+    let work = async {
+        let request = plain_request(pool.protocol(), &req)?;
+        let (mut conn, opened) = pool.checkout().await?;
+        connect_us = opened;
+        let resp = conn
+            .send(request)
+            .await
+            .map_err(|e| classify_hyper(&e, "request"))?;
+        ttfb_us = Some(start.elapsed().as_micros() as i64);
+        let (parts, mut body) = resp.into_parts();
+        let mut raw = RawResponse {
+            status: parts.status.as_u16(),
+            version: format!("{:?}", parts.version),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| Header::from_bytes(n.as_str().as_bytes(), v.as_bytes()))
+                .collect(),
+            ..RawResponse::default()
+        };
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| classify_hyper(&e, "reading the body"))?;
+            if let Ok(chunk) = frame.into_data() {
+                raw.body_len += chunk.len() as u64;
+                let room = max_body.saturating_sub(raw.body.len() as u64) as usize;
+                if chunk.len() > room {
+                    raw.truncated = true;
+                }
+                raw.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+        }
+        pool.checkin(conn);
+        Ok::<_, (ErrorKind, String)>(raw)
+    };
+    let result = match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            ErrorKind::Timeout,
+            format!("no complete response within {timeout:?}"),
+        )),
+    };
+    out.total_us = start.elapsed().as_micros() as i64;
+    out.connect_us = connect_us;
+    out.ttfb_us = ttfb_us;
+    match result {
+        Ok(raw) => out.response = Some(raw),
+        Err(e) => out.error = Some(e),
+    }
+    out
+}
+
+/// The hyper request for a plain target: origin-form over HTTP/1.1 (the Host header is among
+/// `headers`); over h2c the URI carries the authority (`:authority`) and Host is not sent.
+fn plain_request(
+    protocol: Protocol,
+    req: &Outgoing<'_>,
+) -> Result<http::Request<ReqBody>, (ErrorKind, String)> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| (ErrorKind::Other, format!("{what}: {e}"));
+    let method = http::Method::from_bytes(req.method.as_bytes()).map_err(|e| bad("method", &e))?;
+    let mut b = http::Request::builder().method(method);
+    let h2 = protocol == Protocol::H2c;
+    b = if h2 {
+        let authority = crate::request::header(req.headers, "host").unwrap_or(req.authority);
+        b.version(http::Version::HTTP_2)
+            .uri(format!("http://{authority}{}", req.path_and_query))
+    } else {
+        b.uri(req.path_and_query)
+    };
+    let map = b.headers_mut().ok_or_else(|| {
+        (
+            ErrorKind::Other,
+            format!("{}: not a valid request target", req.path_and_query),
+        )
+    })?;
+    map.reserve(req.headers.len());
+    for h in req.headers {
+        if h2 && h.name.eq_ignore_ascii_case("host") {
+            continue;
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|e| bad(&format!("header name {:?}", h.name), &e))?;
+        let value = HeaderValue::from_bytes(h.value.as_bytes())
+            .map_err(|e| bad(&format!("header {:?}", h.name), &e))?;
+        map.append(name, value);
+    }
+    b.body(Full::new(req.body.clone()))
+        .map_err(|e| bad(req.path_and_query, &e))
 }
 
 /// What came back from one target.
@@ -160,21 +323,37 @@ pub struct RawResponse {
     pub truncated: bool,
 }
 
-/// Sends one request and reads the whole response (up to the body cap).
-pub async fn send(client: &reqwest::Client, url: reqwest::Url, method: &str, headers: &[Header], body: Vec<u8>, max_body: u64) -> Exchanged {
+/// Sends one request through reqwest and reads the whole response (up to the body cap).
+async fn send_reqwest(
+    client: &reqwest::Client,
+    url: reqwest::Url,
+    method: &str,
+    headers: &[Header],
+    body: Bytes,
+    max_body: u64,
+) -> Exchanged {
     let slot = Arc::new(AtomicI64::new(-1));
     let start = Instant::now();
     let mut out = Exchanged::default();
     let result = CONNECT_US
         .scope(slot.clone(), async {
-            let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| (ErrorKind::Other, format!("method: {e}")))?;
+            let method = reqwest::Method::from_bytes(method.as_bytes())
+                .map_err(|e| (ErrorKind::Other, format!("method: {e}")))?;
             let mut map = HeaderMap::with_capacity(headers.len());
             for h in headers {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| (ErrorKind::Other, format!("header name {:?}: {e}", h.name)))?;
-                let value = HeaderValue::from_bytes(h.value.as_bytes()).map_err(|e| (ErrorKind::Other, format!("header {:?}: {e}", h.name)))?;
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|e| (ErrorKind::Other, format!("header name {:?}: {e}", h.name)))?;
+                let value = HeaderValue::from_bytes(h.value.as_bytes())
+                    .map_err(|e| (ErrorKind::Other, format!("header {:?}: {e}", h.name)))?;
                 map.append(name, value);
             }
-            let mut resp = client.request(method, url).headers(map).body(body).send().await.map_err(|e| classify(&e))?;
+            let mut resp = client
+                .request(method, url)
+                .headers(map)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
             let ttfb = start.elapsed().as_micros() as i64;
             let mut raw = RawResponse {
                 status: resp.status().as_u16(),
@@ -232,11 +411,18 @@ pub fn classify(e: &reqwest::Error) -> (ErrorKind, String) {
             break;
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            // An error wrapped in an io::Error (rustls's alerts are) is its payload, not its
+            // source.
+            if wraps_tls_error(io) {
+                kind = ErrorKind::Tls;
+                break;
+            }
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => kind = ErrorKind::Refused,
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof => {
-                    kind = ErrorKind::Reset
-                }
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof => kind = ErrorKind::Reset,
                 std::io::ErrorKind::TimedOut => kind = ErrorKind::Timeout,
                 _ => {}
             }
@@ -255,6 +441,20 @@ pub fn classify(e: &reqwest::Error) -> (ErrorKind, String) {
         kind = ErrorKind::Tls;
     }
     (kind, message)
+}
+
+/// Whether an I/O error carries a rustls error (possibly inside further I/O errors).
+fn wraps_tls_error(io: &std::io::Error) -> bool {
+    let mut inner = io.get_ref();
+    while let Some(e) = inner {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+    }
+    false
 }
 
 /// The error and its causes, joined (reqwest's top-level message alone says little).

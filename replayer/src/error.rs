@@ -57,7 +57,10 @@ impl ReplayError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            ReplayError::InvalidOption { .. } | ReplayError::CapturedHost { .. } | ReplayError::Hook { .. } | ReplayError::Read(_)
+            ReplayError::InvalidOption { .. }
+                | ReplayError::CapturedHost { .. }
+                | ReplayError::Hook { .. }
+                | ReplayError::Read(_)
         )
     }
 }

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod error;
 pub mod middleware;
+mod pool;
 pub mod request;
 pub mod rules;
 pub mod run;

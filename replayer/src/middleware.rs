@@ -39,7 +39,11 @@ struct Message {
     method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     path: Option<String>,
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     query: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
@@ -75,11 +79,15 @@ pub enum MiddlewareOutcome {
 }
 
 fn headers_out(h: &[Header]) -> Vec<(String, String)> {
-    h.iter().map(|h| (h.name.clone(), h.value.clone())).collect()
+    h.iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect()
 }
 
 fn headers_in(h: Vec<(String, String)>) -> Vec<Header> {
-    h.into_iter().map(|(name, value)| Header { name, value }).collect()
+    h.into_iter()
+        .map(|(name, value)| Header { name, value })
+        .collect()
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -87,7 +95,9 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn unb64(s: &str) -> Result<Vec<u8>, String> {
-    base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("body is not base64: {e}"))
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("body is not base64: {e}"))
 }
 
 impl Middleware {
@@ -133,27 +143,39 @@ impl Middleware {
                 }
             }
         });
-        Ok(Middleware { tx, next_id: std::sync::atomic::AtomicU64::new(1), timeout })
+        Ok(Middleware {
+            tx,
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            timeout,
+        })
     }
 
     async fn call(&self, msg: Message) -> Result<Message, String> {
         let id = msg.id;
         let line = serde_json::to_string(&msg).map_err(|e| e.to_string())?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx.send((line, reply_tx)).await.map_err(|_| "middleware stopped".to_string())?;
+        self.tx
+            .send((line, reply_tx))
+            .await
+            .map_err(|_| "middleware stopped".to_string())?;
         let line = tokio::time::timeout(self.timeout, reply_rx)
             .await
             .map_err(|_| format!("middleware did not answer within {:?}", self.timeout))?
             .map_err(|_| "middleware stopped".to_string())??;
-        let back: Message = serde_json::from_str(&line).map_err(|e| format!("middleware answered a line that is not a message: {e}"))?;
+        let back: Message = serde_json::from_str(&line)
+            .map_err(|e| format!("middleware answered a line that is not a message: {e}"))?;
         if back.id != id {
-            return Err(format!("middleware answered id {} to message {id} (one line per line, in order)", back.id));
+            return Err(format!(
+                "middleware answered id {} to message {id} (one line per line, in order)",
+                back.id
+            ));
         }
         Ok(back)
     }
 
     fn id(&self) -> u64 {
-        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Passes a request through the middleware.
@@ -177,7 +199,11 @@ impl Middleware {
             req.method = m;
         }
         if let Some(p) = back.path {
-            req.path = if p.starts_with('/') { p } else { format!("/{p}") };
+            req.path = if p.starts_with('/') {
+                p
+            } else {
+                format!("/{p}")
+            };
         }
         if let Some(q) = back.query {
             req.query = q;
@@ -192,7 +218,12 @@ impl Middleware {
     }
 
     /// Passes one target's response through the middleware.
-    pub async fn on_response(&self, target: &str, req: &OutgoingRequest, resp: &mut ReceivedResponse) -> Result<(), String> {
+    pub async fn on_response(
+        &self,
+        target: &str,
+        req: &OutgoingRequest,
+        resp: &mut ReceivedResponse,
+    ) -> Result<(), String> {
         let msg = Message {
             kind: Some("response".into()),
             id: self.id(),
@@ -224,7 +255,10 @@ mod tests {
             method: "GET".into(),
             path: "/a".into(),
             query: Some("q=1".into()),
-            headers: vec![Header { name: "Host".into(), value: "h".into() }],
+            headers: vec![Header {
+                name: "Host".into(),
+                value: "h".into(),
+            }],
             body: b"\xff\x00binary".to_vec(),
             delay: Duration::ZERO,
         }
@@ -236,7 +270,11 @@ mod tests {
         let mut r = req();
         assert_eq!(m.on_request(&mut r).await, Ok(MiddlewareOutcome::Send));
         assert_eq!(r, req());
-        let mut resp = ReceivedResponse { status: 200, headers: vec![], body: b"x".to_vec() };
+        let mut resp = ReceivedResponse {
+            status: 200,
+            headers: vec![],
+            body: b"x".to_vec(),
+        };
         m.on_response("t", &r, &mut resp).await.unwrap();
         assert_eq!(resp.body, b"x");
     }

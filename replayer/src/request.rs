@@ -53,13 +53,18 @@ impl OutgoingRequest {
     /// of copying them (the rest of `ex` is left as it was).
     pub fn take_from_exchange(ex: &mut Exchange) -> Result<Self, Unreplayable> {
         if ex.request_end_us.is_none() {
-            return Err(Unreplayable("the request was cut off in the capture".into()));
+            return Err(Unreplayable(
+                "the request was cut off in the capture".into(),
+            ));
         }
         let b = &mut ex.request_body;
         let mut headers: Vec<Header> = std::mem::take(&mut ex.request_headers);
         headers.retain(|h| !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)));
         let body = if b.truncated {
-            return Err(Unreplayable(format!("the request body was longer than the capture's --max-body ({} bytes)", b.len)));
+            return Err(Unreplayable(format!(
+                "the request body was longer than the capture's --max-body ({} bytes)",
+                b.len
+            )));
         } else if b.raw.len() as u64 == b.len {
             std::mem::take(&mut b.raw)
         } else if b.raw.is_empty() && b.decoded.is_some() {
@@ -67,12 +72,20 @@ impl OutgoingRequest {
             headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
             b.decoded.take().unwrap_or_default()
         } else {
-            return Err(Unreplayable(format!("{} of the request body's {} bytes were lost in capture", b.len - b.raw.len() as u64, b.len)));
+            return Err(Unreplayable(format!(
+                "{} of the request body's {} bytes were lost in capture",
+                b.len - b.raw.len() as u64,
+                b.len
+            )));
         };
         Ok(OutgoingRequest {
             exchange_id: ex.exchange_id.clone(),
             method: ex.method.clone(),
-            path: if ex.path.starts_with('/') { ex.path.clone() } else { format!("/{}", ex.path) },
+            path: if ex.path.starts_with('/') {
+                ex.path.clone()
+            } else {
+                format!("/{}", ex.path)
+            },
             query: ex.query.clone(),
             headers,
             body,
@@ -107,12 +120,18 @@ pub struct ReceivedResponse {
 
 /// The first value of header `name` (case-insensitive).
 pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
 }
 
 /// Replaces every `name` header by one with `value` (kept in the first one's place).
 pub fn set_header(headers: &mut Vec<Header>, name: &str, value: &str) {
-    match headers.iter().position(|h| h.name.eq_ignore_ascii_case(name)) {
+    match headers
+        .iter()
+        .position(|h| h.name.eq_ignore_ascii_case(name))
+    {
         Some(i) => {
             headers[i].value = value.to_owned();
             let mut n = 0;
@@ -122,7 +141,10 @@ pub fn set_header(headers: &mut Vec<Header>, name: &str, value: &str) {
                 !same || n == 1
             });
         }
-        None => headers.push(Header { name: name.to_owned(), value: value.to_owned() }),
+        None => headers.push(Header {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        }),
     }
 }
 
@@ -138,12 +160,26 @@ mod tests {
     #[test]
     fn set_header_replaces_all_copies_in_place() {
         let mut h = vec![
-            Header { name: "A".into(), value: "1".into() },
-            Header { name: "b".into(), value: "2".into() },
-            Header { name: "B".into(), value: "3".into() },
+            Header {
+                name: "A".into(),
+                value: "1".into(),
+            },
+            Header {
+                name: "b".into(),
+                value: "2".into(),
+            },
+            Header {
+                name: "B".into(),
+                value: "3".into(),
+            },
         ];
         set_header(&mut h, "B", "x");
-        assert_eq!(h.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect::<Vec<_>>(), [("A", "1"), ("b", "x")]);
+        assert_eq!(
+            h.iter()
+                .map(|h| (h.name.as_str(), h.value.as_str()))
+                .collect::<Vec<_>>(),
+            [("A", "1"), ("b", "x")]
+        );
         set_header(&mut h, "C", "y");
         assert_eq!(header(&h, "c"), Some("y"));
         remove_header(&mut h, "a");

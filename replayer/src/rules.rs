@@ -122,15 +122,26 @@ struct When {
 impl When {
     fn new(w: WhenSpec, at: &str) -> Result<Self, String> {
         Ok(When {
-            path: w.path.map(|p| Regex::new(&p).map_err(|e| format!("{at}.when.path: {e}"))).transpose()?,
-            methods: w.methods.into_iter().map(|m| m.to_ascii_uppercase()).collect(),
+            path: w
+                .path
+                .map(|p| Regex::new(&p).map_err(|e| format!("{at}.when.path: {e}")))
+                .transpose()?,
+            methods: w
+                .methods
+                .into_iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
             header: w.header,
         })
     }
 
     fn matches(&self, req: &OutgoingRequest) -> bool {
         self.path.as_ref().is_none_or(|re| re.is_match(&req.path))
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(&req.method)))
+            && (self.methods.is_empty()
+                || self
+                    .methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&req.method)))
             && self.header.as_ref().is_none_or(|h| req.header(h).is_some())
     }
 }
@@ -184,7 +195,9 @@ fn json_value(v: toml::Value) -> Result<serde_json::Value, String> {
 
 fn pointer_check(p: &str, at: &str) -> Result<(), String> {
     if p.is_empty() || !p.starts_with('/') {
-        return Err(format!("{at}: {p:?} is not a JSON pointer (it starts with /, e.g. /user/id)"));
+        return Err(format!(
+            "{at}: {p:?} is not a JSON pointer (it starts with /, e.g. /user/id)"
+        ));
     }
     Ok(())
 }
@@ -218,17 +231,31 @@ impl Rules {
                 host: match r.host {
                     None => None,
                     Some(HostSpec::Set(h)) => Some(HostRule::Set(h)),
-                    Some(HostSpec::Rewrite(w)) => Some(HostRule::Rewrite(Regex::new(&w.from).map_err(|e| format!("{at}.host.from: {e}"))?, w.to)),
+                    Some(HostSpec::Rewrite(w)) => Some(HostRule::Rewrite(
+                        Regex::new(&w.from).map_err(|e| format!("{at}.host.from: {e}"))?,
+                        w.to,
+                    )),
                 },
                 path: r
                     .path
-                    .map(|p| Regex::new(&p.from).map(|re| (re, p.to)).map_err(|e| format!("{at}.path.from: {e}")))
+                    .map(|p| {
+                        Regex::new(&p.from)
+                            .map(|re| (re, p.to))
+                            .map_err(|e| format!("{at}.path.from: {e}"))
+                    })
                     .transpose()?,
                 set_query: r.set_query.into_iter().collect(),
                 remove_query: r.remove_query,
-                set_json: r.set_json.into_iter().map(|(k, v)| json_value(v).map(|v| (k, v))).collect::<Result<_, _>>()?,
+                set_json: r
+                    .set_json
+                    .into_iter()
+                    .map(|(k, v)| json_value(v).map(|v| (k, v)))
+                    .collect::<Result<_, _>>()?,
                 remove_json: r.remove_json,
-                delay: r.delay.map(|d| parse_duration(&d).map_err(|e| format!("{at}.delay: {e}"))).transpose()?,
+                delay: r
+                    .delay
+                    .map(|d| parse_duration(&d).map_err(|e| format!("{at}.delay: {e}")))
+                    .transpose()?,
                 drop,
                 index: i,
             });
@@ -242,7 +269,11 @@ impl Rules {
                 when: When::new(r.when, &at)?,
                 set_headers: r.set_headers.into_iter().collect(),
                 remove_headers: r.remove_headers,
-                set_json: r.set_json.into_iter().map(|(k, v)| json_value(v).map(|v| (k, v))).collect::<Result<_, _>>()?,
+                set_json: r
+                    .set_json
+                    .into_iter()
+                    .map(|(k, v)| json_value(v).map(|v| (k, v)))
+                    .collect::<Result<_, _>>()?,
                 remove_json: r.remove_json,
             });
         }
@@ -263,11 +294,18 @@ impl Rules {
             if let Some(bp) = r.drop {
                 let key = format!("{}|drop|{}", req.exchange_id, r.index);
                 if sample_bucket(key.as_bytes()) < bp {
-                    return RuleOutcome::Drop(format!("dropped by request rule {} (drop_percent)", r.index));
+                    return RuleOutcome::Drop(format!(
+                        "dropped by request rule {} (drop_percent)",
+                        r.index
+                    ));
                 }
             }
             for (from, to) in &r.rename_headers {
-                for h in req.headers.iter_mut().filter(|h| h.name.eq_ignore_ascii_case(from)) {
+                for h in req
+                    .headers
+                    .iter_mut()
+                    .filter(|h| h.name.eq_ignore_ascii_case(from))
+                {
                     h.name = to.clone();
                 }
             }
@@ -319,7 +357,9 @@ impl Rules {
             for (name, value) in &r.set_headers {
                 set_header(&mut resp.headers, name, value);
             }
-            if (!r.set_json.is_empty() || !r.remove_json.is_empty()) && header(&resp.headers, "content-type").is_none_or(|c| c.contains("json")) {
+            if (!r.set_json.is_empty() || !r.remove_json.is_empty())
+                && header(&resp.headers, "content-type").is_none_or(|c| c.contains("json"))
+            {
                 if let Some(body) = edit_json(&resp.body, &r.set_json, &r.remove_json) {
                     resp.body = body;
                 }
@@ -370,7 +410,11 @@ fn edit_query(query: Option<&str>, set: &[(String, String)], remove: &[String]) 
 }
 
 /// Applies JSON pointer edits to a JSON body; `None` when the body is not JSON (left alone).
-pub(crate) fn edit_json(body: &[u8], set: &[(String, serde_json::Value)], remove: &[String]) -> Option<Vec<u8>> {
+pub(crate) fn edit_json(
+    body: &[u8],
+    set: &[(String, serde_json::Value)],
+    remove: &[String],
+) -> Option<Vec<u8>> {
     let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     for p in remove {
         remove_pointer(&mut doc, p);
@@ -386,9 +430,15 @@ fn unescape(token: &str) -> String {
 }
 
 fn remove_pointer(doc: &mut serde_json::Value, pointer: &str) {
-    let Some((parent, last)) = pointer.rsplit_once('/') else { return };
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
     let last = unescape(last);
-    let target = if parent.is_empty() { Some(doc) } else { doc.pointer_mut(parent) };
+    let target = if parent.is_empty() {
+        Some(doc)
+    } else {
+        doc.pointer_mut(parent)
+    };
     match target {
         Some(serde_json::Value::Object(m)) => {
             m.shift_remove(&last);
@@ -449,9 +499,18 @@ mod tests {
             path: "/v1/users/7".into(),
             query: Some("a=1&token=s3cret&b=%20x".into()),
             headers: vec![
-                Header { name: "Host".into(), value: "prod".into() },
-                Header { name: "Cookie".into(), value: "sid=1".into() },
-                Header { name: "X-Old".into(), value: "v".into() },
+                Header {
+                    name: "Host".into(),
+                    value: "prod".into(),
+                },
+                Header {
+                    name: "Cookie".into(),
+                    value: "sid=1".into(),
+                },
+                Header {
+                    name: "X-Old".into(),
+                    value: "v".into(),
+                },
             ],
             body: br#"{"user":{"id":7,"password":"pw"},"n":1}"#.to_vec(),
             delay: Duration::ZERO,
@@ -491,13 +550,17 @@ mod tests {
         assert_eq!(r.path, "/v2/users/7");
         assert_eq!(r.query.as_deref(), Some("a=2&b=%20x&debug=1"));
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(body, serde_json::json!({"user": {"id": 7, "tier": "gold"}, "n": 1, "meta": {"src": "replay"}}));
+        assert_eq!(
+            body,
+            serde_json::json!({"user": {"id": 7, "tier": "gold"}, "n": 1, "meta": {"src": "replay"}})
+        );
         assert_eq!(r.delay, Duration::from_millis(20));
     }
 
     #[test]
     fn host_rewrite_by_regex() {
-        let rules = Rules::parse("[[request]]\nhost = { from = '^prod', to = 'staging' }\n").unwrap();
+        let rules =
+            Rules::parse("[[request]]\nhost = { from = '^prod', to = 'staging' }\n").unwrap();
         let mut r = req();
         rules.apply_request(&mut r);
         assert_eq!(r.header("host"), Some("staging"));
@@ -518,10 +581,21 @@ mod tests {
 
     #[test]
     fn response_rules_normalise_json_and_headers() {
-        let rules = Rules::parse("[[response]]\nremove_headers = [\"Date\"]\nremove_json = [\"/ts\"]\n").unwrap();
+        let rules =
+            Rules::parse("[[response]]\nremove_headers = [\"Date\"]\nremove_json = [\"/ts\"]\n")
+                .unwrap();
         let mut resp = ReceivedResponse {
             status: 200,
-            headers: vec![Header { name: "date".into(), value: "now".into() }, Header { name: "Content-Type".into(), value: "application/json".into() }],
+            headers: vec![
+                Header {
+                    name: "date".into(),
+                    value: "now".into(),
+                },
+                Header {
+                    name: "Content-Type".into(),
+                    value: "application/json".into(),
+                },
+            ],
             body: br#"{"ts":123,"v":1}"#.to_vec(),
         };
         rules.apply_response(&req(), &mut resp);
@@ -531,9 +605,17 @@ mod tests {
 
     #[test]
     fn bad_rules_say_where() {
-        assert!(Rules::parse("[[request]]\nbogus = 1\n").unwrap_err().contains("bogus"));
-        assert!(Rules::parse("[[request]]\nremove_json = [\"user\"]\n").unwrap_err().contains("JSON pointer"));
-        assert!(Rules::parse("[[request]]\ndelay = \"soon\"\n").unwrap_err().contains("request[0].delay"));
-        assert!(Rules::parse("[[request]]\nwhen = { path = \"(\" }\n").unwrap_err().contains("request[0].when.path"));
+        assert!(Rules::parse("[[request]]\nbogus = 1\n")
+            .unwrap_err()
+            .contains("bogus"));
+        assert!(Rules::parse("[[request]]\nremove_json = [\"user\"]\n")
+            .unwrap_err()
+            .contains("JSON pointer"));
+        assert!(Rules::parse("[[request]]\ndelay = \"soon\"\n")
+            .unwrap_err()
+            .contains("request[0].delay"));
+        assert!(Rules::parse("[[request]]\nwhen = { path = \"(\" }\n")
+            .unwrap_err()
+            .contains("request[0].when.path"));
     }
 }

@@ -24,7 +24,9 @@ use serde::Serialize;
 use shadowtap_core::content::decode_body;
 use shadowtap_core::criteria::MatchCriteria;
 use shadowtap_core::id::new_run_id;
-use shadowtap_core::replays::{replays_schema, replays_to_batch, ErrorKind, ReplayRecord, REPLAYS_SCHEMA_VERSION};
+use shadowtap_core::replays::{
+    replays_schema, replays_to_batch, ErrorKind, ReplayRecord, REPLAYS_SCHEMA_VERSION,
+};
 use shadowtap_core::sampling::Sampler;
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
 use shadowtap_core::Exchange;
@@ -32,7 +34,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{build_client, send, ClientOptions};
+use crate::client::{build_client, send, ClientOptions, Outgoing, TargetClient};
 use crate::error::ReplayError;
 use crate::middleware::{Middleware, MiddlewareOutcome};
 use crate::request::{header, set_header, OutgoingRequest, ReceivedResponse};
@@ -53,19 +55,32 @@ pub struct Target {
 impl FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, url) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=URL, e.g. candidate=http://10.0.0.6:8080"))?;
+        let (name, url) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?}: expected NAME=URL, e.g. candidate=http://10.0.0.6:8080")
+        })?;
         let name = name.trim();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-            return Err(format!("{name:?}: a target name is letters, digits, '-', '_' or '.'"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(format!(
+                "{name:?}: a target name is letters, digits, '-', '_' or '.'"
+            ));
         }
         let url = reqwest::Url::parse(url.trim()).map_err(|e| format!("{url:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!("{url}: a target URL is http:// or https:// with a host"));
+            return Err(format!(
+                "{url}: a target URL is http:// or https:// with a host"
+            ));
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(format!("{url}: a target URL has no query or fragment"));
         }
-        Ok(Target { name: name.to_owned(), url })
+        Ok(Target {
+            name: name.to_owned(),
+            url,
+        })
     }
 }
 
@@ -79,13 +94,56 @@ impl Target {
         }
     }
 
-    fn request_url(&self, req: &OutgoingRequest) -> Result<reqwest::Url, String> {
-        let base = self.url.path().trim_end_matches('/');
-        let mut url = self.url.clone();
-        url.set_path(&format!("{base}{}", req.path));
-        url.set_query(req.query.as_deref());
-        // A path that the URL parser had to re-encode is still the same request.
-        Ok(url)
+    /// `scheme://host[:port]`.
+    fn origin(&self) -> String {
+        format!("{}://{}", self.url.scheme(), self.authority())
+    }
+}
+
+/// The URL a request is sent to, and where its path begins: the target's base path, then the
+/// request's path and query, percent-encoded where a URL cannot carry them as they are (as a
+/// browser would); bytes that are valid stay as recorded.
+fn route_url(origin: &str, base_path: &str, req: &OutgoingRequest) -> (String, usize) {
+    let base = base_path.trim_end_matches('/');
+    let mut url = String::with_capacity(
+        origin.len() + base.len() + req.path.len() + req.query.as_ref().map_or(0, |q| q.len() + 1),
+    );
+    url.push_str(origin);
+    let at = url.len();
+    url.push_str(base);
+    push_encoded(&mut url, &req.path, false);
+    if let Some(q) = &req.query {
+        url.push('?');
+        push_encoded(&mut url, q, true);
+    }
+    (url, at)
+}
+
+/// Appends `s`, percent-encoding the bytes a request target cannot hold as they are: controls,
+/// space, `"`, `#`, `<`, `>`, `` ` ``, `{`, `}`, `|`, `\`, `^`, non-ASCII, and `?` in a path.
+/// `%` stays: a recorded path is already encoded.
+fn push_encoded(out: &mut String, s: &str, query: bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let keep = |b: u8| match b {
+        b'?' => query,
+        0x21..=0x7e => !matches!(
+            b,
+            b'"' | b'#' | b'<' | b'>' | b'`' | b'{' | b'}' | b'|' | b'\\' | b'^'
+        ),
+        _ => false,
+    };
+    if s.bytes().all(keep) {
+        out.push_str(s);
+        return;
+    }
+    for b in s.bytes() {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
     }
 }
 
@@ -153,7 +211,10 @@ impl ReplayOptions {
             out,
             targets,
             criteria: MatchCriteria::default(),
-            sampler: Sampler { percent: shadowtap_core::sampling::Percent::ALL, by: Default::default() },
+            sampler: Sampler {
+                percent: shadowtap_core::sampling::Percent::ALL,
+                by: Default::default(),
+            },
             allow_methods: DEFAULT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
             pacing: Pacing::default(),
             concurrency: 32,
@@ -174,7 +235,9 @@ impl ReplayOptions {
             marker_header: Some(DEFAULT_MARKER.to_owned()),
             preserve_host: false,
             run_id: None,
-            progress: ProgressMode::Auto { interval: Duration::from_secs(10) },
+            progress: ProgressMode::Auto {
+                interval: Duration::from_secs(10),
+            },
             max_file_bytes: 256 << 20,
         }
     }
@@ -265,7 +328,14 @@ impl ReplaySummary {
             self.sampled_out,
             refused,
             if refused > 0 {
-                format!(": {}; allow them with --allow-methods", self.refused_methods.iter().map(|(m, n)| format!("{m} {n}")).collect::<Vec<_>>().join(", "))
+                format!(
+                    ": {}; allow them with --allow-methods",
+                    self.refused_methods
+                        .iter()
+                        .map(|(m, n)| format!("{m} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             } else {
                 String::new()
             }
@@ -275,7 +345,16 @@ impl ReplaySummary {
             self.unreplayable, self.dropped_by_hooks, self.hook_errors
         ));
         for (name, t) in &self.targets {
-            let fmt = |m: &BTreeMap<String, u64>| if m.is_empty() { "none".to_owned() } else { m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ") };
+            let fmt = |m: &BTreeMap<String, u64>| {
+                if m.is_empty() {
+                    "none".to_owned()
+                } else {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
             s.push_str(&format!(
                 "target       {name} {}: {} sent; responses {}; errors {}; p50 {} ms, p99 {} ms\n",
                 t.url,
@@ -314,23 +393,49 @@ struct Counters {
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Hosts the recording was captured from: (address or lower-case name, port).
 fn captured_hosts(recording: &Recording) -> Result<HashSet<(String, u16)>, ReplayError> {
     let mut out = HashSet::new();
     for path in recording.files() {
-        let err = |e: parquet::errors::ParquetError| ReplayError::Read(shadowtap_core::read::ReadError::Parquet { path: path.to_path_buf(), source: e });
-        let file = std::fs::File::open(path).map_err(|source| ReplayError::Io { path: path.to_path_buf(), source })?;
+        let err = |e: parquet::errors::ParquetError| {
+            ReplayError::Read(shadowtap_core::read::ReadError::Parquet {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        };
+        let file = std::fs::File::open(path).map_err(|source| ReplayError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), ["server_ip", "server_port", "host"]);
-        for batch in builder.with_projection(mask).with_batch_size(8192).build().map_err(err)? {
+        let mask = ProjectionMask::columns(
+            builder.parquet_schema(),
+            ["server_ip", "server_port", "host"],
+        );
+        for batch in builder
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()
+            .map_err(err)?
+        {
             let batch = batch.map_err(|e| err(e.into()))?;
-            let (Some(ip), Some(port), Some(host)) = (batch.column_by_name("server_ip"), batch.column_by_name("server_port"), batch.column_by_name("host")) else {
+            let (Some(ip), Some(port), Some(host)) = (
+                batch.column_by_name("server_ip"),
+                batch.column_by_name("server_port"),
+                batch.column_by_name("host"),
+            ) else {
                 continue;
             };
-            let (ip, port, host) = (ip.as_string::<i32>(), port.as_primitive::<Int32Type>(), host.as_string::<i32>());
+            let (ip, port, host) = (
+                ip.as_string::<i32>(),
+                port.as_primitive::<Int32Type>(),
+                host.as_string::<i32>(),
+            );
             for i in 0..batch.num_rows() {
                 let p = port.value(i).clamp(0, 65_535) as u16;
                 out.insert((ip.value(i).to_owned(), p));
@@ -361,9 +466,17 @@ fn split_host_port(h: &str) -> Option<(String, u16)> {
     Some((name.to_owned(), port.parse().ok()?))
 }
 
-async fn check_targets(targets: &[Target], captured: &HashSet<(String, u16)>) -> Result<(), ReplayError> {
+async fn check_targets(
+    targets: &[Target],
+    captured: &HashSet<(String, u16)>,
+) -> Result<(), ReplayError> {
     for t in targets {
-        let host = t.url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_ascii_lowercase();
+        let host = t
+            .url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
         let port = t.url.port_or_known_default().unwrap_or(80);
         let mut names = vec![host.clone()];
         if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await {
@@ -372,8 +485,15 @@ async fn check_targets(targets: &[Target], captured: &HashSet<(String, u16)>) ->
         if let Ok(ip) = host.parse::<IpAddr>() {
             names.push(ip.to_string());
         }
-        if let Some(hit) = names.iter().find(|n| captured.contains(&((*n).clone(), port))) {
-            return Err(ReplayError::CapturedHost { target: t.name.clone(), url: t.url.to_string(), captured: format!("{hit}:{port}") });
+        if let Some(hit) = names
+            .iter()
+            .find(|n| captured.contains(&((*n).clone(), port)))
+        {
+            return Err(ReplayError::CapturedHost {
+                target: t.name.clone(),
+                url: t.url.to_string(),
+                captured: format!("{hit}:{port}"),
+            });
         }
     }
     Ok(())
@@ -389,10 +509,18 @@ enum Item {
 const ITEM_BATCH: usize = 128;
 
 /// Reads passes over the recording into `tx`, in batches, until done or the receiver is gone.
-fn read_recording(recording: Recording, passes: Option<u32>, tx: mpsc::Sender<Vec<Item>>, out_of_order: Arc<AtomicU64>) {
+fn read_recording(
+    recording: Recording,
+    passes: Option<u32>,
+    tx: mpsc::Sender<Vec<Item>>,
+    out_of_order: Arc<AtomicU64>,
+) {
     let mut pass = 0u32;
     let mut batch = Vec::with_capacity(ITEM_BATCH);
-    let send = |batch: &mut Vec<Item>| tx.blocking_send(std::mem::replace(batch, Vec::with_capacity(ITEM_BATCH))).is_ok();
+    let send = |batch: &mut Vec<Item>| {
+        tx.blocking_send(std::mem::replace(batch, Vec::with_capacity(ITEM_BATCH)))
+            .is_ok()
+    };
     while passes.is_none_or(|p| pass < p) {
         batch.push(Item::PassStart(pass));
         let mut stream = recording.stream();
@@ -425,21 +553,42 @@ struct Written {
     targets: BTreeMap<String, TargetSummary>,
 }
 
-fn write_rows(mut rx: mpsc::Receiver<Vec<ReplayRecord>>, mut sink: ParquetSink, targets: &[Target]) -> Result<Written, ReplayError> {
-    let mut per: BTreeMap<String, (TargetSummary, Vec<i64>)> =
-        targets.iter().map(|t| (t.name.clone(), (TargetSummary { url: t.url.to_string(), ..Default::default() }, Vec::new()))).collect();
+fn write_rows(
+    mut rx: mpsc::Receiver<Vec<ReplayRecord>>,
+    mut sink: ParquetSink,
+    targets: &[Target],
+) -> Result<Written, ReplayError> {
+    let mut per: BTreeMap<String, (TargetSummary, Vec<i64>)> = targets
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                (
+                    TargetSummary {
+                        url: t.url.to_string(),
+                        ..Default::default()
+                    },
+                    Vec::new(),
+                ),
+            )
+        })
+        .collect();
     let mut batch = Vec::with_capacity(512);
     let mut bytes = 0usize;
     let mut rows = 0u64;
-    let flush = |batch: &mut Vec<ReplayRecord>, sink: &mut ParquetSink| -> Result<(), ReplayError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let b = replays_to_batch(batch).map_err(|e| ReplayError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?;
-        sink.write(&b)?;
-        batch.clear();
-        Ok(())
-    };
+    let flush =
+        |batch: &mut Vec<ReplayRecord>, sink: &mut ParquetSink| -> Result<(), ReplayError> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let b = replays_to_batch(batch).map_err(|e| ReplayError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })?;
+            sink.write(&b)?;
+            batch.clear();
+            Ok(())
+        };
     for r in std::iter::from_fn(|| rx.blocking_recv()).flatten() {
         let (t, totals) = per.entry(r.target.clone()).or_default();
         t.rows += 1;
@@ -456,7 +605,9 @@ fn write_rows(mut rx: mpsc::Receiver<Vec<ReplayRecord>>, mut sink: ParquetSink, 
             (None, Some(k)) => *t.errors.entry(k.as_str().to_owned()).or_default() += 1,
             (None, None) => {}
         }
-        bytes += r.response_body.len() + r.request_body.len() + r.response_body_decoded.as_ref().map_or(0, Vec::len);
+        bytes += r.response_body.len()
+            + r.request_body.len()
+            + r.response_body_decoded.as_ref().map_or(0, Vec::len);
         batch.push(r);
         rows += 1;
         if batch.len() >= 512 || bytes >= 32 << 20 {
@@ -470,19 +621,27 @@ fn write_rows(mut rx: mpsc::Receiver<Vec<ReplayRecord>>, mut sink: ParquetSink, 
         .into_iter()
         .map(|(name, (mut t, mut totals))| {
             totals.sort_unstable();
-            let pct = |q: f64| (!totals.is_empty()).then(|| totals[((totals.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0);
+            let pct = |q: f64| {
+                (!totals.is_empty()).then(|| {
+                    totals[((totals.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+                })
+            };
             t.p50_ms = pct(0.5);
             t.p99_ms = pct(0.99);
             (name, t)
         })
         .collect();
-    Ok(Written { rows, files, targets })
+    Ok(Written {
+        rows,
+        files,
+        targets,
+    })
 }
 
 /// Everything a request task needs, shared.
 struct Shared {
     run_id: String,
-    targets: Vec<(Target, reqwest::Client)>,
+    targets: Vec<Route>,
     rules: Option<Rules>,
     script: Option<ScriptHook>,
     middleware: Option<Middleware>,
@@ -491,6 +650,18 @@ struct Shared {
     max_body: u64,
     rows: RowOut,
     counters: Counters,
+}
+
+/// A target with its client and the text every request to it repeats.
+struct Route {
+    target: Target,
+    client: TargetClient,
+    /// `host[:port]`.
+    authority: String,
+    /// `scheme://host[:port]`.
+    origin: String,
+    /// The base URL as text (the `target_url` column).
+    url_text: String,
 }
 
 /// Rows on their way to the writer thread, handed over in batches (one wake-up per batch).
@@ -504,7 +675,10 @@ impl RowOut {
 
     async fn push(&self, row: ReplayRecord) {
         let full = {
-            let mut p = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut p = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             p.push(row);
             (p.len() >= Self::BATCH).then(|| std::mem::take(&mut *p))
         };
@@ -514,7 +688,12 @@ impl RowOut {
     }
 
     async fn flush(&self) {
-        let rest = std::mem::take(&mut *self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let rest = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if !rest.is_empty() {
             let _ = self.tx.send(rest).await;
         }
@@ -523,14 +702,21 @@ impl RowOut {
 
 /// A row with the request's identity and nothing sent or received yet.
 /// `request` is (method, path, query).
-fn base_row(run_id: &str, target: &Target, pass: u32, exchange_id: &str, recorded_start_us: i64, request: (&str, &str, Option<&str>)) -> ReplayRecord {
+fn base_row(
+    run_id: &str,
+    route: &Route,
+    pass: u32,
+    exchange_id: &str,
+    recorded_start_us: i64,
+    request: (&str, &str, Option<&str>),
+) -> ReplayRecord {
     let (method, path, query) = request;
     ReplayRecord {
         run_id: run_id.to_owned(),
         exchange_id: exchange_id.to_owned(),
         pass,
-        target: target.name.clone(),
-        target_url: target.url.to_string(),
+        target: route.target.name.clone(),
+        target_url: route.url_text.clone(),
         recorded_start_us,
         sent_at_us: None,
         method: method.to_owned(),
@@ -555,77 +741,119 @@ fn base_row(run_id: &str, target: &Target, pass: u32, exchange_id: &str, recorde
 }
 
 /// The row for a request that was not sent.
-fn unsent_row(run_id: &str, target: &Target, pass: u32, ex: &Exchange, kind: ErrorKind, message: String) -> ReplayRecord {
-    let mut row = base_row(run_id, target, pass, &ex.exchange_id, ex.request_start_us, (&ex.method, &ex.path, ex.query.as_deref()));
+fn unsent_row(
+    run_id: &str,
+    route: &Route,
+    pass: u32,
+    ex: &Exchange,
+    kind: ErrorKind,
+    message: String,
+) -> ReplayRecord {
+    let mut row = base_row(
+        run_id,
+        route,
+        pass,
+        &ex.exchange_id,
+        ex.request_start_us,
+        (&ex.method, &ex.path, ex.query.as_deref()),
+    );
     row.error_kind = Some(kind);
     row.error_message = Some(message);
     row
 }
 
 /// Sends one prepared request to one target and records the outcome.
-async fn send_one(shared: &Shared, ti: usize, pass: u32, recorded_start_us: i64, mut req: OutgoingRequest, original_host: Option<String>) {
-    let (target, client) = &shared.targets[ti];
+async fn send_one(
+    shared: &Shared,
+    ti: usize,
+    pass: u32,
+    recorded_start_us: i64,
+    mut req: OutgoingRequest,
+    original_host: Option<String>,
+) {
+    let route = &shared.targets[ti];
+    let target = &route.target;
     if !req.delay.is_zero() {
         tokio::time::sleep(req.delay).await;
     }
     // Host: the target's, unless kept from the recording or set by a hook.
-    let host_now = req.header("host").map(str::to_owned);
-    if !shared.preserve_host && host_now == original_host {
-        set_header(&mut req.headers, "Host", &target.authority());
+    if !shared.preserve_host && req.header("host").map(str::to_owned) == original_host {
+        set_header(&mut req.headers, "Host", &route.authority);
     }
     if let Some(m) = &shared.marker {
         set_header(&mut req.headers, m, &shared.run_id);
     }
-    let mut row = base_row(&shared.run_id, target, pass, &req.exchange_id, recorded_start_us, (&req.method, &req.path, req.query.as_deref()));
+    let mut row = base_row(
+        &shared.run_id,
+        route,
+        pass,
+        &req.exchange_id,
+        recorded_start_us,
+        (&req.method, &req.path, req.query.as_deref()),
+    );
     row.sent_at_us = Some(now_us());
-    row.request_headers = req.headers.clone();
-    row.request_body = req.body.clone();
-    match target.request_url(&req) {
-        Err(e) => {
-            row.sent_at_us = None;
-            row.error_kind = Some(ErrorKind::Other);
-            row.error_message = Some(e);
-        }
-        Ok(url) => {
-            row.url = url.to_string();
-            shared.counters.sent.fetch_add(1, Ordering::Relaxed);
-            let got = send(client, url, &req.method, &req.headers, req.body.clone(), shared.max_body).await;
-            row.connect_us = got.connect_us;
-            row.ttfb_us = got.ttfb_us;
-            row.total_us = Some(got.total_us);
-            if let Some((kind, message)) = got.error {
-                row.error_kind = Some(kind);
-                row.error_message = Some(message);
+    let (url, path_at) = route_url(&route.origin, target.url.path(), &req);
+    let body = bytes::Bytes::from(std::mem::take(&mut req.body));
+    shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+    let outgoing = Outgoing {
+        url: &url,
+        authority: &route.authority,
+        path_and_query: &url[path_at..],
+        method: &req.method,
+        headers: &req.headers,
+        body: body.clone(),
+    };
+    let got = send(&route.client, outgoing, shared.max_body).await;
+    row.url = url;
+    row.request_body = Vec::from(body);
+    row.connect_us = got.connect_us;
+    row.ttfb_us = got.ttfb_us;
+    row.total_us = Some(got.total_us);
+    if let Some((kind, message)) = got.error {
+        row.error_kind = Some(kind);
+        row.error_message = Some(message);
+    }
+    if let Some(raw) = got.response {
+        let coding = header(&raw.headers, "content-encoding").map(str::to_owned);
+        let decoded = coding
+            .as_deref()
+            .filter(|c| !c.eq_ignore_ascii_case("identity"))
+            .and_then(|c| decode_body(c, &raw.body, shared.max_body).ok().flatten());
+        row.status = Some(raw.status);
+        row.response_version = Some(raw.version);
+        row.response_body_len = raw.body_len;
+        row.response_body_truncated = raw.truncated;
+        let hooks = shared.rules.as_ref().is_some_and(Rules::has_response_rules)
+            || shared.script.is_some()
+            || shared.middleware.is_some();
+        if !hooks {
+            row.response_headers = raw.headers;
+            row.response_body = raw.body;
+            row.response_body_decoded = decoded;
+        } else {
+            req.body = row.request_body.clone();
+            let mut resp = ReceivedResponse {
+                status: raw.status,
+                headers: raw.headers,
+                body: decoded.clone().unwrap_or_else(|| raw.body.clone()),
+            };
+            let before = resp.body.clone();
+            if let Err(e) = apply_response_hooks(shared, &target.name, &req, &mut resp).await {
+                row.error_message = Some(format!("response hook: {e}"));
             }
-            if let Some(raw) = got.response {
-                let coding = header(&raw.headers, "content-encoding").map(str::to_owned);
-                let decoded = coding
-                    .as_deref()
-                    .filter(|c| !c.eq_ignore_ascii_case("identity"))
-                    .and_then(|c| decode_body(c, &raw.body, shared.max_body).ok().flatten());
-                row.status = Some(raw.status);
-                row.response_version = Some(raw.version.clone());
-                row.response_body_len = raw.body_len;
-                row.response_body_truncated = raw.truncated;
-                let mut resp = ReceivedResponse { status: raw.status, headers: raw.headers, body: decoded.clone().unwrap_or_else(|| raw.body.clone()) };
-                let before = resp.body.clone();
-                let hooked = apply_response_hooks(shared, &target.name, &req, &mut resp).await;
-                if let Err(e) = hooked {
-                    row.error_message = Some(format!("response hook: {e}"));
+            let changed = resp.body != before;
+            row.response_headers = resp.headers;
+            match (decoded.is_some(), changed) {
+                (true, _) => {
+                    row.response_body = raw.body;
+                    row.response_body_decoded = Some(resp.body);
                 }
-                let changed = resp.body != before;
-                row.response_headers = resp.headers;
-                match (decoded.is_some(), changed) {
-                    (true, _) => {
-                        row.response_body = raw.body;
-                        row.response_body_decoded = Some(resp.body);
-                    }
-                    (false, false) => row.response_body = raw.body,
-                    (false, true) => row.response_body = resp.body,
-                }
+                (false, false) => row.response_body = raw.body,
+                (false, true) => row.response_body = resp.body,
             }
         }
     }
+    row.request_headers = std::mem::take(&mut req.headers);
     if row.error_kind.is_some() {
         shared.counters.errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -633,7 +861,12 @@ async fn send_one(shared: &Shared, ti: usize, pass: u32, recorded_start_us: i64,
     shared.rows.push(row).await;
 }
 
-async fn apply_response_hooks(shared: &Shared, target: &str, req: &OutgoingRequest, resp: &mut ReceivedResponse) -> Result<(), String> {
+async fn apply_response_hooks(
+    shared: &Shared,
+    target: &str,
+    req: &OutgoingRequest,
+    resp: &mut ReceivedResponse,
+) -> Result<(), String> {
     if let Some(r) = &shared.rules {
         r.apply_response(req, resp);
     }
@@ -661,14 +894,18 @@ async fn apply_request_hooks(shared: &Shared, mut req: OutgoingRequest) -> Decis
     if let Some(s) = &shared.script {
         match s.on_request(&mut req) {
             Ok(ScriptOutcome::Send) => {}
-            Ok(ScriptOutcome::Drop) => return Decision::NotSent(ErrorKind::Dropped, "dropped by the script".into()),
+            Ok(ScriptOutcome::Drop) => {
+                return Decision::NotSent(ErrorKind::Dropped, "dropped by the script".into())
+            }
             Err(e) => return Decision::NotSent(ErrorKind::Hook, format!("script: {e}")),
         }
     }
     if let Some(m) = &shared.middleware {
         match m.on_request(&mut req).await {
             Ok(MiddlewareOutcome::Send) => {}
-            Ok(MiddlewareOutcome::Drop) => return Decision::NotSent(ErrorKind::Dropped, "dropped by the middleware".into()),
+            Ok(MiddlewareOutcome::Drop) => {
+                return Decision::NotSent(ErrorKind::Dropped, "dropped by the middleware".into())
+            }
             Err(e) => return Decision::NotSent(ErrorKind::Hook, format!("middleware: {e}")),
         }
     }
@@ -694,9 +931,22 @@ async fn exchange_task(shared: Arc<Shared>, pass: u32, mut ex: Box<Exchange>) {
                 _ => &shared.counters.unreplayable_rows,
             }
             .fetch_add(1, Ordering::Relaxed);
-            for (t, _) in &shared.targets {
-                shared.counters.errors.fetch_add(u64::from(kind != ErrorKind::Dropped), Ordering::Relaxed);
-                shared.rows.push(unsent_row(&shared.run_id, t, pass, &ex, kind, message.clone())).await;
+            for t in &shared.targets {
+                shared
+                    .counters
+                    .errors
+                    .fetch_add(u64::from(kind != ErrorKind::Dropped), Ordering::Relaxed);
+                shared
+                    .rows
+                    .push(unsent_row(
+                        &shared.run_id,
+                        t,
+                        pass,
+                        &ex,
+                        kind,
+                        message.clone(),
+                    ))
+                    .await;
             }
             return;
         }
@@ -707,46 +957,106 @@ async fn exchange_task(shared: Arc<Shared>, pass: u32, mut ex: Box<Exchange>) {
         send_one(&shared, 0, pass, recorded, req, original_host).await;
         return;
     }
-    let sends = (0..n).map(|ti| send_one(&shared, ti, pass, recorded, req.clone(), original_host.clone()));
+    let sends = (0..n).map(|ti| {
+        send_one(
+            &shared,
+            ti,
+            pass,
+            recorded,
+            req.clone(),
+            original_host.clone(),
+        )
+    });
     futures_util::future::join_all(sends).await;
 }
 
 /// Runs a replay until the recording ends, `duration` passes, or `stop` turns true; then waits
 /// for the requests in flight, closes the files and writes `replay-<run>.summary.json`.
-pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) -> Result<ReplaySummary, ReplayError> {
+pub async fn replay(
+    mut opts: ReplayOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     if opts.targets.is_empty() {
-        return Err(ReplayError::InvalidOption { option: "--target", message: "give at least one NAME=URL".into() });
+        return Err(ReplayError::InvalidOption {
+            option: "--target",
+            message: "give at least one NAME=URL".into(),
+        });
     }
     let mut names = HashSet::new();
     for t in &opts.targets {
         if !names.insert(t.name.clone()) {
-            return Err(ReplayError::InvalidOption { option: "--target", message: format!("the name {:?} is used twice", t.name) });
+            return Err(ReplayError::InvalidOption {
+                option: "--target",
+                message: format!("the name {:?} is used twice", t.name),
+            });
         }
     }
     if opts.concurrency == 0 {
-        return Err(ReplayError::InvalidOption { option: "--concurrency", message: "must be at least 1".into() });
+        return Err(ReplayError::InvalidOption {
+            option: "--concurrency",
+            message: "must be at least 1".into(),
+        });
     }
     let from = opts.from.clone();
-    let recording = tokio::task::spawn_blocking(move || Recording::open(&from)).await.map_err(|e| ReplayError::Io { path: opts.from.clone(), source: std::io::Error::other(e) })??;
+    let recording = tokio::task::spawn_blocking(move || Recording::open(&from))
+        .await
+        .map_err(|e| ReplayError::Io {
+            path: opts.from.clone(),
+            source: std::io::Error::other(e),
+        })??;
     let rec = recording.clone();
-    let captured = tokio::task::spawn_blocking(move || captured_hosts(&rec)).await.map_err(|e| ReplayError::Io { path: opts.from.clone(), source: std::io::Error::other(e) })??;
+    let captured = tokio::task::spawn_blocking(move || captured_hosts(&rec))
+        .await
+        .map_err(|e| ReplayError::Io {
+            path: opts.from.clone(),
+            source: std::io::Error::other(e),
+        })??;
     check_targets(&opts.targets, &captured).await?;
 
     let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     let mut clients = Vec::new();
     for t in &opts.targets {
-        let c = build_client(&ClientOptions { pool_size: opts.concurrency, ..opts.client.clone() })
-            .map_err(|message| ReplayError::InvalidOption { option: "--target", message })?;
-        clients.push((t.clone(), c));
+        let client = build_client(
+            &t.url,
+            &ClientOptions {
+                pool_size: opts.concurrency,
+                ..opts.client.clone()
+            },
+        )
+        .map_err(|message| ReplayError::InvalidOption {
+            option: "--target",
+            message,
+        })?;
+        clients.push(Route {
+            client,
+            authority: t.authority(),
+            origin: t.origin(),
+            url_text: t.url.to_string(),
+            target: t.clone(),
+        });
     }
-    let middleware = match &opts.middleware {
-        Some(cmd) => Some(Middleware::start(cmd, opts.middleware_timeout).map_err(|message| ReplayError::Hook { what: "--middleware".into(), message })?),
-        None => None,
-    };
-    std::fs::create_dir_all(&opts.out).map_err(|source| ReplayError::Io { path: opts.out.clone(), source })?;
+    let middleware =
+        match &opts.middleware {
+            Some(cmd) => Some(Middleware::start(cmd, opts.middleware_timeout).map_err(
+                |message| ReplayError::Hook {
+                    what: "--middleware".into(),
+                    message,
+                },
+            )?),
+            None => None,
+        };
+    std::fs::create_dir_all(&opts.out).map_err(|source| ReplayError::Io {
+        path: opts.out.clone(),
+        source,
+    })?;
     let sink = ParquetSink::new(
-        SinkOptions { dir: opts.out.clone(), prefix: format!("replays-{run_id}"), max_file_bytes: opts.max_file_bytes, max_row_group_rows: 64 * 1024 },
+        SinkOptions {
+            dir: opts.out.clone(),
+            prefix: format!("replays-{run_id}"),
+            max_file_bytes: opts.max_file_bytes,
+            max_row_group_rows: 64 * 1024,
+        },
         replays_schema(),
     )?;
     let (row_tx, row_rx) = mpsc::channel::<Vec<ReplayRecord>>(8);
@@ -754,7 +1064,10 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
     let writer = std::thread::Builder::new()
         .name("shadowtap-replay-writer".into())
         .spawn(move || write_rows(row_rx, sink, &writer_targets))
-        .map_err(|source| ReplayError::Io { path: opts.out.clone(), source })?;
+        .map_err(|source| ReplayError::Io {
+            path: opts.out.clone(),
+            source,
+        })?;
 
     let shared = Arc::new(Shared {
         run_id: run_id.clone(),
@@ -765,7 +1078,10 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
         marker: opts.marker_header.clone(),
         preserve_host: opts.preserve_host,
         max_body: opts.client.max_body,
-        rows: RowOut { pending: std::sync::Mutex::new(Vec::new()), tx: row_tx },
+        rows: RowOut {
+            pending: std::sync::Mutex::new(Vec::new()),
+            tx: row_tx,
+        },
         counters: Counters::default(),
     });
     let (item_tx, mut item_rx) = mpsc::channel::<Vec<Item>>(4);
@@ -776,7 +1092,10 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
         std::thread::Builder::new()
             .name("shadowtap-replay-reader".into())
             .spawn(move || read_recording(rec, passes, item_tx, ooo))
-            .map_err(|source| ReplayError::Io { path: opts.from.clone(), source })?
+            .map_err(|source| ReplayError::Io {
+                path: opts.from.clone(),
+                source,
+            })?
     };
     let total_hint = opts.passes.map(|p| recording.rows() * u64::from(p));
     let progress = Progress::start(opts.progress, total_hint, shared.clone());
@@ -844,8 +1163,15 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
             summary.sampled_out += 1;
             continue;
         }
-        if !opts.allow_methods.iter().any(|m| m.eq_ignore_ascii_case(&ex.method)) {
-            *summary.refused_methods.entry(ex.method.to_ascii_uppercase()).or_default() += 1;
+        if !opts
+            .allow_methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(&ex.method))
+        {
+            *summary
+                .refused_methods
+                .entry(ex.method.to_ascii_uppercase())
+                .or_default() += 1;
             continue;
         }
         let due = pacer.due(ex.request_start_us);
@@ -869,7 +1195,11 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
         summary.selected += 1;
         // One slot per target: waiting for slots is how --concurrency pushes back. Hooks and
         // sending run in the exchange's own task, so this loop only selects and paces.
-        let permit = semaphore.clone().acquire_many_owned(slots).await.expect("semaphore is never closed");
+        let permit = semaphore
+            .clone()
+            .acquire_many_owned(slots)
+            .await
+            .expect("semaphore is never closed");
         let shared = shared.clone();
         tasks.spawn(async move {
             exchange_task(shared, pass, ex).await;
@@ -886,12 +1216,21 @@ pub async fn replay(mut opts: ReplayOptions, mut stop: watch::Receiver<bool>) ->
     summary.dropped_by_hooks = shared.counters.dropped.load(Ordering::Relaxed);
     summary.hook_errors = shared.counters.hook_errors.load(Ordering::Relaxed);
     shared.rows.flush().await;
-    let shared = Arc::try_unwrap(shared).map_err(|_| ReplayError::Io { path: opts.out.clone(), source: std::io::Error::other("request tasks still hold the writer") })?;
+    let shared = Arc::try_unwrap(shared).map_err(|_| ReplayError::Io {
+        path: opts.out.clone(),
+        source: std::io::Error::other("request tasks still hold the writer"),
+    })?;
     drop(shared.rows.tx);
     let written = tokio::task::spawn_blocking(move || writer.join())
         .await
-        .map_err(|e| ReplayError::Io { path: opts.out.clone(), source: std::io::Error::other(e) })?
-        .map_err(|_| ReplayError::Io { path: opts.out.clone(), source: std::io::Error::other("writer thread panicked") })??;
+        .map_err(|e| ReplayError::Io {
+            path: opts.out.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|_| ReplayError::Io {
+            path: opts.out.clone(),
+            source: std::io::Error::other("writer thread panicked"),
+        })??;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -923,9 +1262,17 @@ async fn wait_stop(stop: &mut watch::Receiver<bool>) {
 
 fn write_summary(dir: &Path, summary: &ReplaySummary) -> Result<(), ReplayError> {
     let path = dir.join(format!("replay-{}.summary.json", summary.run_id));
-    let tmp = dir.join(format!(".replay-{}.summary.json.inprogress", summary.run_id));
-    let text = serde_json::to_string_pretty(summary).map_err(|e| ReplayError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
-    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|source| ReplayError::Io { path, source })
+    let tmp = dir.join(format!(
+        ".replay-{}.summary.json.inprogress",
+        summary.run_id
+    ));
+    let text = serde_json::to_string_pretty(summary).map_err(|e| ReplayError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| ReplayError::Io { path, source })
 }
 
 /// Progress: an indicatif bar on a terminal, plain lines otherwise.
@@ -937,28 +1284,44 @@ struct Progress {
 impl Progress {
     fn start(mode: ProgressMode, total: Option<u64>, shared: Arc<Shared>) -> Progress {
         let ProgressMode::Auto { interval } = mode else {
-            return Progress { stop: None, task: None };
+            return Progress {
+                stop: None,
+                task: None,
+            };
         };
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let tty = std::io::stderr().is_terminal();
         let task = tokio::spawn(async move {
             let bar = tty.then(|| {
-                let bar = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
-                let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} read, {msg} (ETA {eta})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                let bar = indicatif::ProgressBar::with_draw_target(
+                    total,
+                    indicatif::ProgressDrawTarget::stderr(),
+                );
+                let style = indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{wide_bar}] {pos}/{len} read, {msg} (ETA {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
                 bar.set_style(style);
                 bar
             });
             let begun = Instant::now();
-            let every = if tty { Duration::from_millis(250) } else { interval };
+            let every = if tty {
+                Duration::from_millis(250)
+            } else {
+                interval
+            };
             loop {
                 tokio::select! {
                     _ = &mut rx => break,
                     _ = tokio::time::sleep(every) => {}
                 }
                 let c = &shared.counters;
-                let (read, sent, done, errors) =
-                    (c.read.load(Ordering::Relaxed), c.sent.load(Ordering::Relaxed), c.done.load(Ordering::Relaxed), c.errors.load(Ordering::Relaxed));
+                let (read, sent, done, errors) = (
+                    c.read.load(Ordering::Relaxed),
+                    c.sent.load(Ordering::Relaxed),
+                    c.done.load(Ordering::Relaxed),
+                    c.errors.load(Ordering::Relaxed),
+                );
                 let rate = done as f64 / begun.elapsed().as_secs_f64().max(1e-3);
                 match &bar {
                     Some(bar) => {
@@ -976,7 +1339,10 @@ impl Progress {
                 bar.finish_and_clear();
             }
         });
-        Progress { stop: Some(tx), task: Some(task) }
+        Progress {
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     async fn finish(mut self) {
@@ -996,7 +1362,10 @@ mod tests {
     #[test]
     fn targets_parse_and_refuse_nonsense() {
         let t: Target = "candidate=http://127.0.0.1:8080/base".parse().unwrap();
-        assert_eq!((t.name.as_str(), t.authority().as_str()), ("candidate", "127.0.0.1:8080"));
+        assert_eq!(
+            (t.name.as_str(), t.authority().as_str()),
+            ("candidate", "127.0.0.1:8080")
+        );
         let req = OutgoingRequest {
             exchange_id: "e".into(),
             method: "GET".into(),
@@ -1006,7 +1375,10 @@ mod tests {
             body: vec![],
             delay: Duration::ZERO,
         };
-        assert_eq!(t.request_url(&req).unwrap().as_str(), "http://127.0.0.1:8080/base/a%20b?x=1");
+        assert_eq!(
+            route_url(&t.origin(), t.url.path(), &req),
+            ("http://127.0.0.1:8080/base/a%20b?x=1".to_owned(), 21)
+        );
         assert!("nourl".parse::<Target>().is_err());
         assert!("x=ftp://h/".parse::<Target>().is_err());
         assert!("bad name=http://h/".parse::<Target>().is_err());
@@ -1014,8 +1386,45 @@ mod tests {
     }
 
     #[test]
+    fn every_recorded_path_and_query_becomes_a_valid_request_target() {
+        let mut all = String::new();
+        for c in (0u8..=127).map(char::from).chain(['é', '€', '😀']) {
+            all.push(c);
+        }
+        let req = OutgoingRequest {
+            exchange_id: "e".into(),
+            method: "GET".into(),
+            path: format!("/{all}"),
+            query: Some(all.clone()),
+            headers: vec![],
+            body: vec![],
+            delay: Duration::ZERO,
+        };
+        let (url, at) = route_url("http://h:1", "/", &req);
+        let target: http::Uri = url[at..].parse().unwrap_or_else(|e| panic!("{e}: {url}"));
+        assert_eq!(
+            target.path().matches('?').count(),
+            0,
+            "a ? in the path is encoded"
+        );
+        // Valid bytes stay as recorded; an encoded path stays encoded.
+        let plain = OutgoingRequest {
+            path: "/a/b%2Fc;x=1".into(),
+            query: Some("q=[1]&r=a?b".into()),
+            ..req
+        };
+        assert_eq!(
+            route_url("http://h:1", "", &plain).0,
+            "http://h:1/a/b%2Fc;x=1?q=[1]&r=a?b"
+        );
+    }
+
+    #[test]
     fn host_ports_split() {
-        assert_eq!(split_host_port("example.com:8080"), Some(("example.com".into(), 8080)));
+        assert_eq!(
+            split_host_port("example.com:8080"),
+            Some(("example.com".into(), 8080))
+        );
         assert_eq!(split_host_port("[::1]:80"), Some(("::1".into(), 80)));
         assert_eq!(split_host_port("example.com"), None);
         assert_eq!(split_host_port("::1"), None);

@@ -27,7 +27,10 @@ pub enum Pacing {
 
 impl Default for Pacing {
     fn default() -> Self {
-        Pacing::Speed { factor: 1.0, max_wait: None }
+        Pacing::Speed {
+            factor: 1.0,
+            max_wait: None,
+        }
     }
 }
 
@@ -72,7 +75,15 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer whose schedule starts at `start`.
     pub fn new(pacing: Pacing, start: Instant) -> Self {
-        Pacer { pacing, start, first_us: None, prev_us: 0, cut_s: 0.0, count: 0, last_due: start }
+        Pacer {
+            pacing,
+            start,
+            first_us: None,
+            prev_us: 0,
+            cut_s: 0.0,
+            count: 0,
+            last_due: start,
+        }
     }
 
     /// Starts a new pass over the recording, right after the last request of the previous one.
@@ -126,7 +137,11 @@ mod tests {
         let mut pacer = Pacer::new(p, start);
         recorded_s
             .iter()
-            .map(|&s| pacer.due((1_700_000_000.0e6 + s * 1e6) as i64).map_or(0.0, |d| (d - start).as_secs_f64()))
+            .map(|&s| {
+                pacer
+                    .due((1_700_000_000.0e6 + s * 1e6) as i64)
+                    .map_or(0.0, |d| (d - start).as_secs_f64())
+            })
             .collect()
     }
 
@@ -137,15 +152,48 @@ mod tests {
     #[test]
     fn speed_scales_from_a_fixed_start() {
         let rec = [0.0, 1.0, 1.5, 4.0];
-        assert!(close(&offsets(Pacing::Speed { factor: 1.0, max_wait: None }, &rec), &[0.0, 1.0, 1.5, 4.0]));
-        assert!(close(&offsets(Pacing::Speed { factor: 2.0, max_wait: None }, &rec), &[0.0, 0.5, 0.75, 2.0]));
-        assert!(close(&offsets(Pacing::Speed { factor: 0.5, max_wait: None }, &rec), &[0.0, 2.0, 3.0, 8.0]));
+        assert!(close(
+            &offsets(
+                Pacing::Speed {
+                    factor: 1.0,
+                    max_wait: None
+                },
+                &rec
+            ),
+            &[0.0, 1.0, 1.5, 4.0]
+        ));
+        assert!(close(
+            &offsets(
+                Pacing::Speed {
+                    factor: 2.0,
+                    max_wait: None
+                },
+                &rec
+            ),
+            &[0.0, 0.5, 0.75, 2.0]
+        ));
+        assert!(close(
+            &offsets(
+                Pacing::Speed {
+                    factor: 0.5,
+                    max_wait: None
+                },
+                &rec
+            ),
+            &[0.0, 2.0, 3.0, 8.0]
+        ));
     }
 
     #[test]
     fn max_wait_cuts_idle_gaps_only() {
         let rec = [0.0, 1.0, 61.0, 61.5];
-        let got = offsets(Pacing::Speed { factor: 1.0, max_wait: Some(Duration::from_secs(2)) }, &rec);
+        let got = offsets(
+            Pacing::Speed {
+                factor: 1.0,
+                max_wait: Some(Duration::from_secs(2)),
+            },
+            &rec,
+        );
         assert!(close(&got, &[0.0, 1.0, 3.0, 3.5]), "{got:?}");
     }
 
@@ -153,13 +201,22 @@ mod tests {
     fn a_long_schedule_does_not_drift() {
         // 100 000 requests 10 ms apart: the last is due exactly 999.99 s after the start.
         let rec: Vec<f64> = (0..100_000).map(|i| i as f64 * 0.01).collect();
-        let got = offsets(Pacing::Speed { factor: 1.0, max_wait: None }, &rec);
+        let got = offsets(
+            Pacing::Speed {
+                factor: 1.0,
+                max_wait: None,
+            },
+            &rec,
+        );
         assert!((got[99_999] - 999.99).abs() < 1e-3, "{}", got[99_999]);
     }
 
     #[test]
     fn fixed_rate_and_max() {
-        assert!(close(&offsets(Pacing::Rate(4.0), &[9.0, 0.0, 5.0]), &[0.0, 0.25, 0.5]));
+        assert!(close(
+            &offsets(Pacing::Rate(4.0), &[9.0, 0.0, 5.0]),
+            &[0.0, 0.25, 0.5]
+        ));
         assert!(close(&offsets(Pacing::Max, &[0.0, 9.0]), &[0.0, 0.0]));
         assert_eq!(parse_rate("200/s"), Ok(Pacing::Rate(200.0)));
         assert_eq!(parse_rate("MAX"), Ok(Pacing::Max));

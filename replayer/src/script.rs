@@ -59,12 +59,23 @@ fn headers_to_dynamic(headers: &[Header]) -> Dynamic {
 }
 
 fn headers_from_dynamic(d: Dynamic) -> Result<Vec<Header>, String> {
-    let arr = d.into_array().map_err(|t| format!("headers must be an array of #{{name, value}} maps, not {t}"))?;
+    let arr = d
+        .into_array()
+        .map_err(|t| format!("headers must be an array of #{{name, value}} maps, not {t}"))?;
     arr.into_iter()
         .map(|h| {
-            let m = h.try_cast::<Map>().ok_or("each header must be a #{name, value} map")?;
-            let get = |k: &str| m.get(k).map(|v| v.to_string()).ok_or(format!("a header map has no `{k}`"));
-            Ok(Header { name: get("name")?, value: get("value")? })
+            let m = h
+                .try_cast::<Map>()
+                .ok_or("each header must be a #{name, value} map")?;
+            let get = |k: &str| {
+                m.get(k)
+                    .map(|v| v.to_string())
+                    .ok_or(format!("a header map has no `{k}`"))
+            };
+            Ok(Header {
+                name: get("name")?,
+                value: get("value")?,
+            })
         })
         .collect()
 }
@@ -80,19 +91,28 @@ fn body_from_dynamic(d: Dynamic) -> Result<Vec<u8>, String> {
     if d.is_blob() {
         return d.into_blob().map_err(|t| t.to_owned());
     }
-    d.into_string().map(String::into_bytes).map_err(|t| format!("body must be a string or a blob, not {t}"))
+    d.into_string()
+        .map(String::into_bytes)
+        .map_err(|t| format!("body must be a string or a blob, not {t}"))
 }
 
 fn find_header(m: &mut Map, name: &str) -> Option<String> {
     let arr = m.get("headers")?.clone().into_array().ok()?;
-    arr.into_iter().filter_map(|h| h.try_cast::<Map>()).find_map(|h| {
-        let n = h.get("name")?.to_string();
-        n.eq_ignore_ascii_case(name).then(|| h.get("value").map(|v| v.to_string())).flatten()
-    })
+    arr.into_iter()
+        .filter_map(|h| h.try_cast::<Map>())
+        .find_map(|h| {
+            let n = h.get("name")?.to_string();
+            n.eq_ignore_ascii_case(name)
+                .then(|| h.get("value").map(|v| v.to_string()))
+                .flatten()
+        })
 }
 
 fn edit_headers(m: &mut Map, f: impl FnOnce(&mut Vec<Header>)) {
-    let current = m.get("headers").cloned().unwrap_or_else(|| Dynamic::from_array(Array::new()));
+    let current = m
+        .get("headers")
+        .cloned()
+        .unwrap_or_else(|| Dynamic::from_array(Array::new()));
     if let Ok(mut hs) = headers_from_dynamic(current) {
         f(&mut hs);
         m.insert("headers".into(), headers_to_dynamic(&hs));
@@ -118,12 +138,23 @@ impl ScriptHook {
             edit_headers(m, |hs| crate::request::remove_header(hs, name));
         });
         let ast = engine.compile(source).map_err(|e| e.to_string())?;
-        let has = |name: &str, params: usize| ast.iter_functions().any(|f| f.name == name && f.params.len() == params);
+        let has = |name: &str, params: usize| {
+            ast.iter_functions()
+                .any(|f| f.name == name && f.params.len() == params)
+        };
         let (on_request, on_response) = (has("on_request", 1), has("on_response", 2));
         if !on_request && !on_response {
-            return Err("the script defines neither fn on_request(req) nor fn on_response(req, resp)".into());
+            return Err(
+                "the script defines neither fn on_request(req) nor fn on_response(req, resp)"
+                    .into(),
+            );
         }
-        Ok(ScriptHook { engine, ast, on_request, on_response })
+        Ok(ScriptHook {
+            engine,
+            ast,
+            on_request,
+            on_response,
+        })
     }
 
     /// True when the script has `on_response`.
@@ -136,7 +167,10 @@ impl ScriptHook {
         m.insert("exchange_id".into(), req.exchange_id.clone().into());
         m.insert("method".into(), req.method.clone().into());
         m.insert("path".into(), req.path.clone().into());
-        m.insert("query".into(), req.query.clone().map_or(Dynamic::UNIT, Dynamic::from));
+        m.insert(
+            "query".into(),
+            req.query.clone().map_or(Dynamic::UNIT, Dynamic::from),
+        );
         m.insert("headers".into(), headers_to_dynamic(&req.headers));
         m.insert("body".into(), body_to_dynamic(&req.body));
         m
@@ -149,13 +183,22 @@ impl ScriptHook {
         }
         let out: Dynamic = self
             .engine
-            .call_fn(&mut Scope::new(), &self.ast, "on_request", (Dynamic::from_map(Self::request_map(req)),))
+            .call_fn(
+                &mut Scope::new(),
+                &self.ast,
+                "on_request",
+                (Dynamic::from_map(Self::request_map(req)),),
+            )
             .map_err(|e| format!("on_request: {e}"))?;
         if out.is_unit() {
             return Ok(ScriptOutcome::Send);
         }
         if let Ok(b) = out.as_bool() {
-            return Ok(if b { ScriptOutcome::Send } else { ScriptOutcome::Drop });
+            return Ok(if b {
+                ScriptOutcome::Send
+            } else {
+                ScriptOutcome::Drop
+            });
         }
         let type_name = out.type_name();
         let mut m = out.try_cast::<Map>().ok_or_else(|| format!("on_request returned a {type_name}; return the request map, false to drop, or nothing"))?;
@@ -164,10 +207,18 @@ impl ScriptHook {
             req.method = v;
         }
         if let Some(v) = text(&mut m, "path") {
-            req.path = if v.starts_with('/') { v } else { format!("/{v}") };
+            req.path = if v.starts_with('/') {
+                v
+            } else {
+                format!("/{v}")
+            };
         }
         if let Some(q) = m.remove("query") {
-            req.query = if q.is_unit() { None } else { Some(q.to_string()) };
+            req.query = if q.is_unit() {
+                None
+            } else {
+                Some(q.to_string())
+            };
         }
         if let Some(h) = m.remove("headers") {
             req.headers = headers_from_dynamic(h).map_err(|e| format!("on_request: {e}"))?;
@@ -179,7 +230,12 @@ impl ScriptHook {
     }
 
     /// Runs `on_response` for one target's response.
-    pub fn on_response(&self, target: &str, req: &OutgoingRequest, resp: &mut ReceivedResponse) -> Result<(), String> {
+    pub fn on_response(
+        &self,
+        target: &str,
+        req: &OutgoingRequest,
+        resp: &mut ReceivedResponse,
+    ) -> Result<(), String> {
         if !self.on_response {
             return Ok(());
         }
@@ -190,13 +246,23 @@ impl ScriptHook {
         m.insert("body".into(), body_to_dynamic(&resp.body));
         let out: Dynamic = self
             .engine
-            .call_fn(&mut Scope::new(), &self.ast, "on_response", (Dynamic::from_map(Self::request_map(req)), Dynamic::from_map(m)))
+            .call_fn(
+                &mut Scope::new(),
+                &self.ast,
+                "on_response",
+                (
+                    Dynamic::from_map(Self::request_map(req)),
+                    Dynamic::from_map(m),
+                ),
+            )
             .map_err(|e| format!("on_response: {e}"))?;
         if out.is_unit() {
             return Ok(());
         }
         let type_name = out.type_name();
-        let mut m = out.try_cast::<Map>().ok_or_else(|| format!("on_response returned a {type_name}; return the response map or nothing"))?;
+        let mut m = out.try_cast::<Map>().ok_or_else(|| {
+            format!("on_response returned a {type_name}; return the response map or nothing")
+        })?;
         if let Some(h) = m.remove("headers") {
             resp.headers = headers_from_dynamic(h).map_err(|e| format!("on_response: {e}"))?;
         }
@@ -218,7 +284,10 @@ mod tests {
             method: "GET".into(),
             path: "/v1/a".into(),
             query: None,
-            headers: vec![Header { name: "Host".into(), value: "h".into() }],
+            headers: vec![Header {
+                name: "Host".into(),
+                value: "h".into(),
+            }],
             body: Vec::new(),
             delay: Duration::ZERO,
         }
@@ -241,14 +310,21 @@ mod tests {
         .unwrap();
         let mut r = req();
         assert_eq!(s.on_request(&mut r), Ok(ScriptOutcome::Send));
-        assert_eq!((r.path.as_str(), r.query.as_deref(), r.header("x-env")), ("/v2/a", Some("from=script"), Some("shadow")));
+        assert_eq!(
+            (r.path.as_str(), r.query.as_deref(), r.header("x-env")),
+            ("/v2/a", Some("from=script"), Some("shadow"))
+        );
         let mut d = req();
         d.path = "/drop".into();
         assert_eq!(s.on_request(&mut d), Ok(ScriptOutcome::Drop));
         let mut k = req();
         k.path = "/keep".into();
         assert_eq!(s.on_request(&mut k), Ok(ScriptOutcome::Send));
-        assert_eq!(k, { let mut x = req(); x.path = "/keep".into(); x });
+        assert_eq!(k, {
+            let mut x = req();
+            x.path = "/keep".into();
+            x
+        });
     }
 
     #[test]
@@ -260,8 +336,19 @@ mod tests {
 
     #[test]
     fn response_hook_and_missing_functions() {
-        let s = ScriptHook::new(r#"fn on_response(req, resp) { remove_header(resp, "date"); resp.body = "n"; resp }"#, 10_000).unwrap();
-        let mut resp = ReceivedResponse { status: 200, headers: vec![Header { name: "Date".into(), value: "x".into() }], body: b"y".to_vec() };
+        let s = ScriptHook::new(
+            r#"fn on_response(req, resp) { remove_header(resp, "date"); resp.body = "n"; resp }"#,
+            10_000,
+        )
+        .unwrap();
+        let mut resp = ReceivedResponse {
+            status: 200,
+            headers: vec![Header {
+                name: "Date".into(),
+                value: "x".into(),
+            }],
+            body: b"y".to_vec(),
+        };
         s.on_response("candidate", &req(), &mut resp).unwrap();
         assert!(resp.headers.is_empty());
         assert_eq!(resp.body, b"n");

@@ -38,7 +38,11 @@ impl Recording {
         let mut files = Vec::new();
         for path in find_exchange_files(dir)? {
             let f = ExchangeFile::open(&path, BATCH_ROWS)?;
-            files.push(FileInfo { first_us: f.time_range.map_or(i64::MIN, |r| r.0), rows: f.rows, path });
+            files.push(FileInfo {
+                first_us: f.time_range.map_or(i64::MIN, |r| r.0),
+                rows: f.rows,
+                path,
+            });
         }
         files.sort_by(|a, b| (a.first_us, &a.path).cmp(&(b.first_us, &b.path)));
         Ok(Recording { files })
@@ -56,7 +60,12 @@ impl Recording {
 
     /// Streams the exchanges in request-start order.
     pub fn stream(&self) -> OrderedExchanges {
-        OrderedExchanges { pending: self.files.clone().into(), open: Vec::new(), late: 0, last_us: i64::MIN }
+        OrderedExchanges {
+            pending: self.files.clone().into(),
+            open: Vec::new(),
+            late: 0,
+            last_us: i64::MIN,
+        }
     }
 }
 
@@ -96,7 +105,8 @@ impl OpenFile {
                 Some(batch) => {
                     for ex in batch? {
                         *seq += 1;
-                        self.window.push(Reverse(Keyed(ex.request_start_us, *seq, Box::new(ex))));
+                        self.window
+                            .push(Reverse(Keyed(ex.request_start_us, *seq, Box::new(ex))));
                     }
                 }
             }
@@ -144,7 +154,11 @@ impl OrderedExchanges {
             if open_next {
                 let info = self.pending.pop_front().expect("checked");
                 match ExchangeFile::open_with(&info.path, BATCH_ROWS, Columns::Requests) {
-                    Ok(file) => self.open.push(OpenFile { file, window: BinaryHeap::new(), done: false }),
+                    Ok(file) => self.open.push(OpenFile {
+                        file,
+                        window: BinaryHeap::new(),
+                        done: false,
+                    }),
                     Err(e) => return Some(Err(e)),
                 }
                 continue;

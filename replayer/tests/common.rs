@@ -20,20 +20,45 @@ use shadowtap_replayer::run::ProgressMode;
 use shadowtap_replayer::{ReplayOptions, ReplaySummary, Target};
 
 /// One recorded exchange: `GET path` on connection `conn`, `offset_ms` after the start.
-pub fn exchange(i: usize, conn: usize, method: &str, path_and_query: &str, offset_ms: i64) -> Exchange {
+pub fn exchange(
+    i: usize,
+    conn: usize,
+    method: &str,
+    path_and_query: &str,
+    offset_ms: i64,
+) -> Exchange {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
         None => (path_and_query.to_owned(), None),
     };
-    let body: Vec<u8> = if method == "GET" { Vec::new() } else { format!("{{\"n\":{i},\"secret\":\"s\"}}").into_bytes() };
+    let body: Vec<u8> = if method == "GET" {
+        Vec::new()
+    } else {
+        format!("{{\"n\":{i},\"secret\":\"s\"}}").into_bytes()
+    };
     let mut headers = vec![
-        Header { name: "Host".into(), value: "prod.example.com".into() },
-        Header { name: "User-Agent".into(), value: "recorded/1.0".into() },
-        Header { name: "Connection".into(), value: "keep-alive".into() },
+        Header {
+            name: "Host".into(),
+            value: "prod.example.com".into(),
+        },
+        Header {
+            name: "User-Agent".into(),
+            value: "recorded/1.0".into(),
+        },
+        Header {
+            name: "Connection".into(),
+            value: "keep-alive".into(),
+        },
     ];
     if !body.is_empty() {
-        headers.push(Header { name: "Content-Type".into(), value: "application/json".into() });
-        headers.push(Header { name: "Content-Length".into(), value: body.len().to_string() });
+        headers.push(Header {
+            name: "Content-Type".into(),
+            value: "application/json".into(),
+        });
+        headers.push(Header {
+            name: "Content-Length".into(),
+            value: body.len().to_string(),
+        });
     }
     let start = 1_763_900_000_000_000 + offset_ms * 1000;
     Exchange {
@@ -45,7 +70,9 @@ pub fn exchange(i: usize, conn: usize, method: &str, path_and_query: &str, offse
         request_end_us: Some(start + 10),
         response_start_us: Some(start + 500),
         response_end_us: Some(start + 600),
-        client_ip: format!("10.1.{}.{}", conn / 250, conn % 250 + 1).parse().unwrap(),
+        client_ip: format!("10.1.{}.{}", conn / 250, conn % 250 + 1)
+            .parse()
+            .unwrap(),
         client_port: 40_000,
         server_ip: "10.9.9.9".parse().unwrap(),
         server_port: 80,
@@ -57,14 +84,22 @@ pub fn exchange(i: usize, conn: usize, method: &str, path_and_query: &str, offse
         http_version: "HTTP/1.1".into(),
         request_headers: headers,
         request_trailers: vec![],
-        request_body: Body { len: body.len() as u64, raw: body, ..Body::default() },
+        request_body: Body {
+            len: body.len() as u64,
+            raw: body,
+            ..Body::default()
+        },
         status: Some(200),
         reason: Some("OK".into()),
         response_version: Some("HTTP/1.1".into()),
         interim_statuses: vec![],
         response_headers: vec![],
         response_trailers: vec![],
-        response_body: Body { raw: b"ok".to_vec(), len: 2, ..Body::default() },
+        response_body: Body {
+            raw: b"ok".to_vec(),
+            len: 2,
+            ..Body::default()
+        },
         flags: ExchangeFlags::default(),
         error_detail: None,
     }
@@ -75,9 +110,19 @@ pub fn exchange(i: usize, conn: usize, method: &str, path_and_query: &str, offse
 pub fn write_recording(dir: &Path, rows: &[Exchange], files: usize) {
     let part = dir.join("date=2025-11-23/hour=12");
     for f in 0..files {
-        let mine: Vec<Exchange> = rows.iter().enumerate().filter(|(i, _)| i % files == f).map(|(_, e)| e.clone()).collect();
+        let mine: Vec<Exchange> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % files == f)
+            .map(|(_, e)| e.clone())
+            .collect();
         let mut sink = ParquetSink::new(
-            SinkOptions { dir: part.clone(), prefix: format!("exchanges-test-{f}"), max_file_bytes: 1 << 30, max_row_group_rows: 1024 },
+            SinkOptions {
+                dir: part.clone(),
+                prefix: format!("exchanges-test-{f}"),
+                max_file_bytes: 1 << 30,
+                max_row_group_rows: 1024,
+            },
             exchanges_schema(),
         )
         .unwrap();
@@ -117,16 +162,34 @@ impl Server {
     }
 }
 
-async fn handle(State(log): State<Arc<Mutex<Vec<Received>>>>, method: Method, uri: Uri, version: axum::http::Version, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(log): State<Arc<Mutex<Vec<Received>>>>,
+    method: Method,
+    uri: Uri,
+    version: axum::http::Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_owned();
-    log.lock().unwrap().push(Received { method: method.to_string(), uri: uri.to_string(), headers, body: body.to_vec(), at: Instant::now(), version });
+    log.lock().unwrap().push(Received {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        headers,
+        body: body.to_vec(),
+        at: Instant::now(),
+        version,
+    });
     match path.as_str() {
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             "slow".into_response()
         }
         "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
-        "/json" => ([("content-type", "application/json")], r#"{"value":1,"generated_at":12345}"#).into_response(),
+        "/json" => (
+            [("content-type", "application/json")],
+            r#"{"value":1,"generated_at":12345}"#,
+        )
+            .into_response(),
         _ => format!("served {path}").into_response(),
     }
 }
@@ -137,7 +200,11 @@ pub fn server() -> Server {
     let log = received.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
@@ -145,7 +212,10 @@ pub fn server() -> Server {
             axum::serve(listener, app).await.unwrap();
         });
     });
-    Server { addr: rx.recv().unwrap(), received }
+    Server {
+        addr: rx.recv().unwrap(),
+        received,
+    }
 }
 
 /// A server that reads each request and closes the connection without answering.
@@ -184,7 +254,11 @@ pub fn options(from: &Path, out: &Path, targets: Vec<Target>) -> ReplayOptions {
 
 /// Runs a replay to the end on a fresh runtime.
 pub fn run(opts: ReplayOptions) -> Result<ReplaySummary, shadowtap_replayer::ReplayError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         shadowtap_replayer::replay(opts, rx).await
@@ -222,7 +296,10 @@ pub fn read_rows(dir: &Path) -> Vec<Row> {
         if !(name.starts_with("replays-") && name.ends_with(".parquet")) {
             continue;
         }
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             out.extend(rows_of(&b.unwrap()));
         }
@@ -232,22 +309,56 @@ pub fn read_rows(dir: &Path) -> Vec<Row> {
 
 fn rows_of(b: &RecordBatch) -> Vec<Row> {
     let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-    let i32s = |n: &str| b.column_by_name(n).unwrap().as_primitive::<Int32Type>().clone();
-    let i64s = |n: &str| b.column_by_name(n).unwrap().as_primitive::<Int64Type>().clone();
-    let (id, target, method, path, url, kind, msg, version) =
-        (s("exchange_id"), s("target"), s("method"), s("path"), s("url"), s("error_kind"), s("error_message"), s("response_version"));
+    let i32s = |n: &str| {
+        b.column_by_name(n)
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .clone()
+    };
+    let i64s = |n: &str| {
+        b.column_by_name(n)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone()
+    };
+    let (id, target, method, path, url, kind, msg, version) = (
+        s("exchange_id"),
+        s("target"),
+        s("method"),
+        s("path"),
+        s("url"),
+        s("error_kind"),
+        s("error_message"),
+        s("response_version"),
+    );
     let (pass, status) = (i32s("pass"), i32s("status"));
     let (total, ttfb, connect) = (i64s("total_us"), i64s("ttfb_us"), i64s("connect_us"));
-    let body = b.column_by_name("response_body").unwrap().as_binary::<i32>().clone();
-    let sent = b.column_by_name("sent_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>().clone();
-    let headers = b.column_by_name("request_headers").unwrap().as_list::<i32>().clone();
-    let opt_s = |a: &arrow::array::StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_owned());
+    let body = b
+        .column_by_name("response_body")
+        .unwrap()
+        .as_binary::<i32>()
+        .clone();
+    let sent = b
+        .column_by_name("sent_at")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+        .clone();
+    let headers = b
+        .column_by_name("request_headers")
+        .unwrap()
+        .as_list::<i32>()
+        .clone();
+    let opt_s =
+        |a: &arrow::array::StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_owned());
     let opt_i = |a: &arrow::array::Int64Array, i: usize| a.is_valid(i).then(|| a.value(i));
     (0..b.num_rows())
         .map(|i| {
             let hs = headers.value(i);
             let hs = hs.as_struct();
-            let (names, values) = (hs.column(0).as_string::<i32>(), hs.column(1).as_string::<i32>());
+            let (names, values) = (
+                hs.column(0).as_string::<i32>(),
+                hs.column(1).as_string::<i32>(),
+            );
             Row {
                 exchange_id: id.value(i).to_owned(),
                 pass: pass.value(i),
@@ -260,7 +371,9 @@ fn rows_of(b: &RecordBatch) -> Vec<Row> {
                 error_message: opt_s(&msg, i),
                 response_version: opt_s(&version, i),
                 response_body: body.value(i).to_vec(),
-                request_headers: (0..hs.len()).map(|j| (names.value(j).to_owned(), values.value(j).to_owned())).collect(),
+                request_headers: (0..hs.len())
+                    .map(|j| (names.value(j).to_owned(), values.value(j).to_owned()))
+                    .collect(),
                 total_us: opt_i(&total, i),
                 ttfb_us: opt_i(&ttfb, i),
                 connect_us: opt_i(&connect, i),
@@ -273,6 +386,9 @@ fn rows_of(b: &RecordBatch) -> Vec<Row> {
 
 impl Row {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.request_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.request_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }

@@ -15,12 +15,22 @@ impl Framing for Fifo {
         self.methods.push(method.to_owned());
         self.methods.len() as u64 - 1
     }
-    fn response_head(&mut self, status: u16, _start: u64, _ack: Option<u32>, _unparsed: Option<u64>) -> ResponseFraming {
+    fn response_head(
+        &mut self,
+        status: u16,
+        _start: u64,
+        _ack: Option<u32>,
+        _unparsed: Option<u64>,
+    ) -> ResponseFraming {
         if self.wait {
             return ResponseFraming::Wait;
         }
         let index = self.next_response;
-        let method = self.methods.get(index as usize).cloned().unwrap_or_else(|| "GET".into());
+        let method = self
+            .methods
+            .get(index as usize)
+            .cloned()
+            .unwrap_or_else(|| "GET".into());
         if status >= 200 || status == 101 {
             self.next_response += 1;
         }
@@ -58,27 +68,52 @@ fn chunked_with_extensions_and_trailers_byte_by_byte() {
     assert_eq!(m.trailers.len(), 2);
     assert_eq!(m.trailers[0].name, "Checksum");
     assert_eq!(m.start_us, 0);
-    assert_eq!(m.end_us, wire.len() as i64 - 1, "end time is the time of the last byte");
+    assert_eq!(
+        m.end_us,
+        wire.len() as i64 - 1,
+        "end time is the time of the last byte"
+    );
 }
 
 #[test]
 fn response_framing_follows_method_and_status() {
-    let mut fifo = Fifo { methods: vec!["HEAD".into(), "GET".into(), "GET".into(), "GET".into()], ..Fifo::default() };
+    let mut fifo = Fifo {
+        methods: vec!["HEAD".into(), "GET".into(), "GET".into(), "GET".into()],
+        ..Fifo::default()
+    };
     let wire: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n\
 HTTP/1.1 100 Continue\r\n\r\n\
 HTTP/1.1 204 No Content\r\n\r\n\
 HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n\
 HTTP/1.0 200 OK\r\n\r\nuntil the end";
     let msgs = parse_all(Role::Response, &[wire], &mut fifo);
-    let got: Vec<_> = msgs.iter().map(|m| (m.status, m.body.len(), m.complete)).collect();
-    assert_eq!(got, vec![(200, 0, true), (100, 0, true), (204, 0, true), (304, 0, true), (200, 13, true)]);
-    assert_eq!(msgs[1].index, None, "an interim response answers no request by itself");
+    let got: Vec<_> = msgs
+        .iter()
+        .map(|m| (m.status, m.body.len(), m.complete))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (200, 0, true),
+            (100, 0, true),
+            (204, 0, true),
+            (304, 0, true),
+            (200, 13, true)
+        ]
+    );
+    assert_eq!(
+        msgs[1].index, None,
+        "an interim response answers no request by itself"
+    );
 }
 
 #[test]
 fn close_delimited_body_cut_by_reset_is_incomplete() {
     let mut p = MessageParser::new(Role::Response, ParserLimits::default(), false, 0);
-    let mut fifo = Fifo { methods: vec!["GET".into()], ..Fifo::default() };
+    let mut fifo = Fifo {
+        methods: vec!["GET".into()],
+        ..Fifo::default()
+    };
     p.feed(b"HTTP/1.1 200 OK\r\n\r\npartial", 1, None, &mut fifo);
     p.finish(false, &mut fifo);
     let m = messages(&mut p);
@@ -91,7 +126,12 @@ fn close_delimited_body_cut_by_reset_is_incomplete() {
 fn gap_inside_known_length_body_keeps_framing() {
     let mut fifo = Fifo::default();
     let mut p = MessageParser::new(Role::Request, ParserLimits::default(), false, 0);
-    p.feed(b"PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123", 1, None, &mut fifo);
+    p.feed(
+        b"PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123",
+        1,
+        None,
+        &mut fifo,
+    );
     p.gap(3, 2);
     p.feed(b"789GET /b HTTP/1.1\r\n\r\n", 3, None, &mut fifo);
     p.finish(true, &mut fifo);
@@ -107,25 +147,55 @@ fn gap_inside_known_length_body_keeps_framing() {
 fn gap_across_a_boundary_resyncs_on_next_request_line() {
     let mut fifo = Fifo::default();
     let mut p = MessageParser::new(Role::Request, ParserLimits::default(), false, 0);
-    p.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /lo", 1, None, &mut fifo);
+    p.feed(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /lo",
+        1,
+        None,
+        &mut fifo,
+    );
     p.gap(40, 2);
-    p.feed(b"st-tail\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\n\r\n", 3, None, &mut fifo);
+    p.feed(
+        b"st-tail\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\n\r\n",
+        3,
+        None,
+        &mut fifo,
+    );
     p.finish(true, &mut fifo);
     let events: Vec<ParserEvent> = p.drain_events().collect();
-    assert!(events.iter().any(|e| matches!(e, ParserEvent::BoundaryLoss)));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, ParserEvent::BoundaryLoss)));
     let uris: Vec<(String, bool)> = events
         .into_iter()
-        .filter_map(|e| if let ParserEvent::Message(m) = e { Some((m.uri.clone(), m.gap)) } else { None })
+        .filter_map(|e| {
+            if let ParserEvent::Message(m) = e {
+                Some((m.uri.clone(), m.gap))
+            } else {
+                None
+            }
+        })
         .collect();
-    assert_eq!(uris, vec![("/a".into(), false), ("/c".into(), true)], "the message after a loss is flagged");
+    assert_eq!(
+        uris,
+        vec![("/a".into(), false), ("/c".into(), true)],
+        "the message after a loss is flagged"
+    );
 }
 
 #[test]
 fn body_over_cap_is_truncated_and_counted() {
     let mut fifo = Fifo::default();
-    let limits = ParserLimits { max_body: 4, ..ParserLimits::default() };
+    let limits = ParserLimits {
+        max_body: 4,
+        ..ParserLimits::default()
+    };
     let mut p = MessageParser::new(Role::Request, limits, false, 0);
-    p.feed(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789", 1, None, &mut fifo);
+    p.feed(
+        b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789",
+        1,
+        None,
+        &mut fifo,
+    );
     let m = messages(&mut p);
     assert_eq!(m[0].body, b"0123");
     assert_eq!(m[0].body_len, 10);
@@ -136,7 +206,12 @@ fn body_over_cap_is_truncated_and_counted() {
 fn first_bytes_not_http_reject_the_stream() {
     let mut fifo = Fifo::default();
     let mut p = MessageParser::new(Role::Request, ParserLimits::default(), false, 0);
-    p.feed(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 1, None, &mut fifo);
+    p.feed(
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        1,
+        None,
+        &mut fifo,
+    );
     assert!(p.rejected());
     let mut p = MessageParser::new(Role::Request, ParserLimits::default(), false, 0);
     p.feed(b"SSH-2.0-OpenSSH_9.2\r\n", 1, None, &mut fifo);
@@ -148,10 +223,17 @@ fn malformed_request_mid_connection_is_recorded_and_parsing_resumes() {
     let mut fifo = Fifo::default();
     let wire: &[u8] = b"GET /ok HTTP/1.1\r\n\r\nGET /bad HTTP/1.1\r\nBad Header Line\x01\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
     let msgs = parse_all(Role::Request, &[wire], &mut fifo);
-    let got: Vec<_> = msgs.iter().map(|m| (m.uri.as_str(), m.error.is_some())).collect();
+    let got: Vec<_> = msgs
+        .iter()
+        .map(|m| (m.uri.as_str(), m.error.is_some()))
+        .collect();
     assert_eq!(got.first(), Some(&("/ok", false)));
     assert_eq!(got.last(), Some(&("/next", false)));
-    assert_eq!(fifo.methods.len(), msgs.len(), "every request, parsed or not, holds a place in the pairing");
+    assert_eq!(
+        fifo.methods.len(),
+        msgs.len(),
+        "every request, parsed or not, holds a place in the pairing"
+    );
 }
 
 #[test]
@@ -159,7 +241,11 @@ fn invalid_head_after_blank_lines_does_not_overrun() {
     // Regression (found by cargo-fuzz): CR/LF before an invalid head were counted twice and
     // the parser indexed past its input.
     let mut fifo = Fifo::default();
-    let msgs = parse_all(Role::Request, &[b"GET /a HTTP/1.1\r\n\r\n\r\n\r\n\x01x"], &mut fifo);
+    let msgs = parse_all(
+        Role::Request,
+        &[b"GET /a HTTP/1.1\r\n\r\n\r\n\r\n\x01x"],
+        &mut fifo,
+    );
     assert_eq!(msgs.len(), 1);
     let msgs = parse_all(Role::Response, &[b"\r\n\r\nX"], &mut Fifo::default());
     assert!(msgs.is_empty());
@@ -169,14 +255,28 @@ fn invalid_head_after_blank_lines_does_not_overrun() {
 fn conflicting_content_length_is_a_parse_error() {
     let mut fifo = Fifo::default();
     let msgs = parse_all(Role::Request, &[b"GET /1 HTTP/1.1\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"], &mut fifo);
-    assert!(msgs.iter().any(|m| m.error.as_deref().is_some_and(|e| e.contains("Content-Length"))), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("Content-Length"))),
+        "{msgs:?}"
+    );
 }
 
 #[test]
 fn response_waits_for_its_request() {
-    let mut fifo = Fifo { wait: true, ..Fifo::default() };
+    let mut fifo = Fifo {
+        wait: true,
+        ..Fifo::default()
+    };
     let mut p = MessageParser::new(Role::Response, ParserLimits::default(), false, 0);
-    p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1, None, &mut fifo);
+    p.feed(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        1,
+        None,
+        &mut fifo,
+    );
     assert!(messages(&mut p).is_empty());
     assert!(p.buffered() > 0);
     fifo.wait = false;
@@ -188,12 +288,28 @@ fn response_waits_for_its_request() {
 
 #[test]
 fn a_response_waits_only_so_long() {
-    let mut fifo = Fifo { wait: true, ..Fifo::default() };
-    let limits = ParserLimits { max_body: 100, max_head: 100 };
+    let mut fifo = Fifo {
+        wait: true,
+        ..Fifo::default()
+    };
+    let limits = ParserLimits {
+        max_body: 100,
+        max_head: 100,
+    };
     let mut p = MessageParser::new(Role::Response, limits, false, 0);
-    p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1, None, &mut fifo);
+    p.feed(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        1,
+        None,
+        &mut fifo,
+    );
     for _ in 0..10 {
-        p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1, None, &mut fifo);
+        p.feed(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            1,
+            None,
+            &mut fifo,
+        );
     }
     assert!(p.buffered() <= 300, "held {}", p.buffered());
     assert!(messages(&mut p).iter().all(|m| m.orphan));
@@ -202,14 +318,26 @@ fn a_response_waits_only_so_long() {
 #[test]
 fn oversized_header_section_is_an_error_not_unbounded_memory() {
     let mut fifo = Fifo::default();
-    let limits = ParserLimits { max_head: 1024, ..ParserLimits::default() };
+    let limits = ParserLimits {
+        max_head: 1024,
+        ..ParserLimits::default()
+    };
     let mut p = MessageParser::new(Role::Request, limits, false, 0);
     p.feed(b"GET /1 HTTP/1.1\r\n\r\n", 0, None, &mut fifo);
     p.feed(b"GET /big HTTP/1.1\r\n", 1, None, &mut fifo);
     for _ in 0..100 {
-        p.feed(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 2, None, &mut fifo);
+        p.feed(
+            b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+            2,
+            None,
+            &mut fifo,
+        );
     }
-    assert!(p.buffered() <= (8 << 10) + 100, "held {} bytes", p.buffered());
+    assert!(
+        p.buffered() <= (8 << 10) + 100,
+        "held {} bytes",
+        p.buffered()
+    );
 }
 
 #[test]

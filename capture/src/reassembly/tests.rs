@@ -33,12 +33,16 @@ fn chunked(body: &[u8], sizes: usize) -> Vec<u8> {
 fn encode(msgs: &[Msg]) -> (Vec<u8>, Vec<u8>, Vec<(usize, usize)>) {
     let (mut client, mut server, mut ends) = (Vec::new(), Vec::new(), Vec::new());
     for m in msgs {
-        client.extend_from_slice(format!("{} {} HTTP/1.1\r\nHost: example\r\n", m.method, m.path).as_bytes());
+        client.extend_from_slice(
+            format!("{} {} HTTP/1.1\r\nHost: example\r\n", m.method, m.path).as_bytes(),
+        );
         if m.req_chunked {
             client.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
             client.extend_from_slice(&chunked(&m.req_body, 7));
         } else if !m.req_body.is_empty() {
-            client.extend_from_slice(format!("Content-Length: {}\r\n\r\n", m.req_body.len()).as_bytes());
+            client.extend_from_slice(
+                format!("Content-Length: {}\r\n\r\n", m.req_body.len()).as_bytes(),
+            );
             client.extend_from_slice(&m.req_body);
         } else {
             client.extend_from_slice(b"\r\n");
@@ -50,7 +54,9 @@ fn encode(msgs: &[Msg]) -> (Vec<u8>, Vec<u8>, Vec<(usize, usize)>) {
             server.extend_from_slice(&chunked(&m.resp_body, 13));
         } else {
             // HEAD responses announce the length of the body they do not carry.
-            server.extend_from_slice(format!("Content-Length: {}\r\n\r\n", m.resp_body.len()).as_bytes());
+            server.extend_from_slice(
+                format!("Content-Length: {}\r\n\r\n", m.resp_body.len()).as_bytes(),
+            );
             if !no_body {
                 server.extend_from_slice(&m.resp_body);
             }
@@ -70,19 +76,21 @@ fn msg_strategy() -> impl Strategy<Value = Msg> {
         prop::collection::vec(any::<u8>(), 0..2000),
         any::<bool>(),
     )
-        .prop_map(|(method, path, req_body, req_chunked, status, resp_body, resp_chunked)| {
-            let no_req_body = method == "GET" || method == "HEAD";
-            let no_resp_body = method == "HEAD" || status == 204 || status == 304;
-            Msg {
-                method,
-                path: format!("/{path}"),
-                req_body: if no_req_body { Vec::new() } else { req_body },
-                req_chunked: req_chunked && !no_req_body,
-                status,
-                resp_body: if no_resp_body { Vec::new() } else { resp_body },
-                resp_chunked,
-            }
-        })
+        .prop_map(
+            |(method, path, req_body, req_chunked, status, resp_body, resp_chunked)| {
+                let no_req_body = method == "GET" || method == "HEAD";
+                let no_resp_body = method == "HEAD" || status == 204 || status == 304;
+                Msg {
+                    method,
+                    path: format!("/{path}"),
+                    req_body: if no_req_body { Vec::new() } else { req_body },
+                    req_chunked: req_chunked && !no_req_body,
+                    status,
+                    resp_body: if no_resp_body { Vec::new() } else { resp_body },
+                    resp_chunked,
+                }
+            },
+        )
 }
 
 struct Seg {
@@ -99,7 +107,11 @@ const SERVER: (IpAddr, u16) = (IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
 
 fn feed(table: &mut FlowTable, segs: &[Seg]) {
     for (i, s) in segs.iter().enumerate() {
-        let (src, dst) = if s.dir == 0 { (CLIENT, SERVER) } else { (SERVER, CLIENT) };
+        let (src, dst) = if s.dir == 0 {
+            (CLIENT, SERVER)
+        } else {
+            (SERVER, CLIENT)
+        };
         let seg = TcpSegment {
             src: src.0,
             dst: dst.0,
@@ -126,7 +138,14 @@ fn cut(dir: usize, isn: u32, stream: &[u8], cuts: &[usize]) -> Vec<Seg> {
     points.dedup();
     points
         .windows(2)
-        .map(|w| Seg { dir, seq: isn.wrapping_add(1).wrapping_add(w[0] as u32), ack: None, syn: false, fin: false, data: stream[w[0]..w[1]].to_vec() })
+        .map(|w| Seg {
+            dir,
+            seq: isn.wrapping_add(1).wrapping_add(w[0] as u32),
+            ack: None,
+            syn: false,
+            fin: false,
+            data: stream[w[0]..w[1]].to_vec(),
+        })
         .collect()
 }
 
@@ -233,15 +252,52 @@ proptest! {
 fn mid_stream_capture_starts_at_next_message() {
     // No handshake: the capture starts inside a response body; the next exchange is whole.
     let msgs = vec![
-        Msg { method: "GET", path: "/a".into(), req_body: vec![], req_chunked: false, status: 200, resp_body: b"first body!".to_vec(), resp_chunked: false },
-        Msg { method: "GET", path: "/b".into(), req_body: vec![], req_chunked: false, status: 404, resp_body: b"nope".to_vec(), resp_chunked: false },
+        Msg {
+            method: "GET",
+            path: "/a".into(),
+            req_body: vec![],
+            req_chunked: false,
+            status: 200,
+            resp_body: b"first body!".to_vec(),
+            resp_chunked: false,
+        },
+        Msg {
+            method: "GET",
+            path: "/b".into(),
+            req_body: vec![],
+            req_chunked: false,
+            status: 404,
+            resp_body: b"nope".to_vec(),
+            resp_chunked: false,
+        },
     ];
     let (client, server, ends) = encode(&msgs);
     let (c0, s0) = ends[0];
     let segs = vec![
-        Seg { dir: 1, seq: 9000 + s0 as u32 - 4, ack: Some(700 + c0 as u32), syn: false, fin: false, data: server[s0 - 4..s0].to_vec() },
-        Seg { dir: 0, seq: 700 + c0 as u32, ack: Some(9000 + s0 as u32), syn: false, fin: false, data: client[c0..].to_vec() },
-        Seg { dir: 1, seq: 9000 + s0 as u32, ack: Some(700 + client.len() as u32), syn: false, fin: false, data: server[s0..].to_vec() },
+        Seg {
+            dir: 1,
+            seq: 9000 + s0 as u32 - 4,
+            ack: Some(700 + c0 as u32),
+            syn: false,
+            fin: false,
+            data: server[s0 - 4..s0].to_vec(),
+        },
+        Seg {
+            dir: 0,
+            seq: 700 + c0 as u32,
+            ack: Some(9000 + s0 as u32),
+            syn: false,
+            fin: false,
+            data: client[c0..].to_vec(),
+        },
+        Seg {
+            dir: 1,
+            seq: 9000 + s0 as u32,
+            ack: Some(700 + client.len() as u32),
+            syn: false,
+            fin: false,
+            data: server[s0..].to_vec(),
+        },
     ];
     let mut table = FlowTable::new(ReassemblyConfig::default(), "t");
     feed(&mut table, &segs);
@@ -250,21 +306,48 @@ fn mid_stream_capture_starts_at_next_message() {
     eprintln!("{:?}", table.stats());
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!((got[0].path.as_str(), got[0].status), ("/b", Some(404)));
-    assert_eq!(got[0].client_port, CLIENT.1, "client detected from content, not ports");
+    assert_eq!(
+        got[0].client_port, CLIENT.1,
+        "client detected from content, not ports"
+    );
 }
 
 #[test]
 fn buffer_cap_forces_gap_and_counts_it() {
-    let cfg = ReassemblyConfig { max_buffered_per_direction: 1000, ..ReassemblyConfig::default() };
+    let cfg = ReassemblyConfig {
+        max_buffered_per_direction: 1000,
+        ..ReassemblyConfig::default()
+    };
     let mut table = FlowTable::new(cfg, "t");
     let body = vec![b'x'; 5000];
     let mut req = b"POST /u HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec();
     req.extend_from_slice(&body);
     let hole_at = 100;
-    let mut segs = vec![Seg { dir: 0, seq: 1, ack: None, syn: true, fin: false, data: vec![] }];
-    segs.push(Seg { dir: 0, seq: 2, ack: None, syn: false, fin: false, data: req[..hole_at].to_vec() });
+    let mut segs = vec![Seg {
+        dir: 0,
+        seq: 1,
+        ack: None,
+        syn: true,
+        fin: false,
+        data: vec![],
+    }];
+    segs.push(Seg {
+        dir: 0,
+        seq: 2,
+        ack: None,
+        syn: false,
+        fin: false,
+        data: req[..hole_at].to_vec(),
+    });
     for (i, c) in req[hole_at + 50..].chunks(400).enumerate() {
-        segs.push(Seg { dir: 0, seq: 2 + (hole_at + 50 + i * 400) as u32, ack: None, syn: false, fin: false, data: c.to_vec() });
+        segs.push(Seg {
+            dir: 0,
+            seq: 2 + (hole_at + 50 + i * 400) as u32,
+            ack: None,
+            syn: false,
+            fin: false,
+            data: c.to_vec(),
+        });
     }
     feed(&mut table, &segs);
     table.finish();
@@ -278,12 +361,23 @@ fn buffer_cap_forces_gap_and_counts_it() {
 
 #[test]
 fn flow_cap_evicts_oldest_and_counts() {
-    let cfg = ReassemblyConfig { max_flows: 4, ..ReassemblyConfig::default() };
+    let cfg = ReassemblyConfig {
+        max_flows: 4,
+        ..ReassemblyConfig::default()
+    };
     let mut table = FlowTable::new(cfg, "t");
     for port in 0..10u16 {
         let seg = TcpSegment {
-            src: CLIENT.0, dst: SERVER.0, src_port: 40000 + port, dst_port: 80, seq: 1, ack: None,
-            syn: false, fin: false, rst: false, payload: b"GET / HTTP/1.1\r\n\r\n",
+            src: CLIENT.0,
+            dst: SERVER.0,
+            src_port: 40000 + port,
+            dst_port: 80,
+            seq: 1,
+            ack: None,
+            syn: false,
+            fin: false,
+            rst: false,
+            payload: b"GET / HTTP/1.1\r\n\r\n",
         };
         table.on_segment(i64::from(port), &seg);
     }
@@ -297,11 +391,22 @@ fn flow_cap_evicts_oldest_and_counts() {
 
 #[test]
 fn idle_flows_are_closed_on_capture_time() {
-    let cfg = ReassemblyConfig { idle_timeout_us: 10_000_000, ..ReassemblyConfig::default() };
+    let cfg = ReassemblyConfig {
+        idle_timeout_us: 10_000_000,
+        ..ReassemblyConfig::default()
+    };
     let mut table = FlowTable::new(cfg, "t");
     let seg = |port: u16, payload: &'static [u8]| TcpSegment {
-        src: CLIENT.0, dst: SERVER.0, src_port: port, dst_port: 80, seq: 1, ack: None,
-        syn: false, fin: false, rst: false, payload,
+        src: CLIENT.0,
+        dst: SERVER.0,
+        src_port: port,
+        dst_port: 80,
+        seq: 1,
+        ack: None,
+        syn: false,
+        fin: false,
+        rst: false,
+        payload,
     };
     table.on_segment(0, &seg(40001, b"GET /idle HTTP/1.1\r\n\r\n"));
     table.on_segment(60_000_000, &seg(40002, b"GET /later HTTP/1.1\r\n\r\n"));
@@ -309,7 +414,10 @@ fn idle_flows_are_closed_on_capture_time() {
     assert_eq!(table.open_flows(), 1);
     let got = table.take_exchanges();
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].path.as_str(), got[0].flags.no_response), ("/idle", true));
+    assert_eq!(
+        (got[0].path.as_str(), got[0].flags.no_response),
+        ("/idle", true)
+    );
 }
 
 #[test]
@@ -319,11 +427,46 @@ fn overlapping_segments_keep_the_first_copy() {
     let req = b"POST /o HTTP/1.1\r\nContent-Length: 20\r\n\r\n".to_vec();
     let h = req.len() as u32;
     let mut table = FlowTable::new(ReassemblyConfig::default(), "t");
-    let mut segs = vec![Seg { dir: 0, seq: 99, ack: None, syn: true, fin: false, data: vec![] }];
-    segs.push(Seg { dir: 0, seq: 100 + h + 10, ack: None, syn: false, fin: false, data: b"FIRSTFIRST".to_vec() });
-    segs.push(Seg { dir: 0, seq: 100 + h + 5, ack: None, syn: false, fin: false, data: b"xxxxxSECONDSECOND".to_vec() });
-    segs.push(Seg { dir: 0, seq: 100, ack: None, syn: false, fin: false, data: [req.clone(), b"aaaaaaaaaa".to_vec()].concat() });
-    segs.push(Seg { dir: 0, seq: 100 + h + 3, ack: None, syn: false, fin: false, data: b"zzzzzzzzzzzzzzzzz".to_vec() });
+    let mut segs = vec![Seg {
+        dir: 0,
+        seq: 99,
+        ack: None,
+        syn: true,
+        fin: false,
+        data: vec![],
+    }];
+    segs.push(Seg {
+        dir: 0,
+        seq: 100 + h + 10,
+        ack: None,
+        syn: false,
+        fin: false,
+        data: b"FIRSTFIRST".to_vec(),
+    });
+    segs.push(Seg {
+        dir: 0,
+        seq: 100 + h + 5,
+        ack: None,
+        syn: false,
+        fin: false,
+        data: b"xxxxxSECONDSECOND".to_vec(),
+    });
+    segs.push(Seg {
+        dir: 0,
+        seq: 100,
+        ack: None,
+        syn: false,
+        fin: false,
+        data: [req.clone(), b"aaaaaaaaaa".to_vec()].concat(),
+    });
+    segs.push(Seg {
+        dir: 0,
+        seq: 100 + h + 3,
+        ack: None,
+        syn: false,
+        fin: false,
+        data: b"zzzzzzzzzzzzzzzzz".to_vec(),
+    });
     feed(&mut table, &segs);
     table.finish();
     let got = table.take_exchanges();
@@ -337,13 +480,52 @@ fn reset_ends_the_flow_and_flags_the_exchange() {
     let mut table = FlowTable::new(ReassemblyConfig::default(), "t");
     let req = b"GET /r HTTP/1.1\r\n\r\n".to_vec();
     let segs = vec![
-        Seg { dir: 0, seq: 10, ack: None, syn: true, fin: false, data: vec![] },
-        Seg { dir: 1, seq: 500, ack: Some(11), syn: true, fin: false, data: vec![] },
-        Seg { dir: 0, seq: 11, ack: Some(501), syn: false, fin: false, data: req.clone() },
-        Seg { dir: 1, seq: 501, ack: Some(11 + req.len() as u32), syn: false, fin: false, data: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart".to_vec() },
+        Seg {
+            dir: 0,
+            seq: 10,
+            ack: None,
+            syn: true,
+            fin: false,
+            data: vec![],
+        },
+        Seg {
+            dir: 1,
+            seq: 500,
+            ack: Some(11),
+            syn: true,
+            fin: false,
+            data: vec![],
+        },
+        Seg {
+            dir: 0,
+            seq: 11,
+            ack: Some(501),
+            syn: false,
+            fin: false,
+            data: req.clone(),
+        },
+        Seg {
+            dir: 1,
+            seq: 501,
+            ack: Some(11 + req.len() as u32),
+            syn: false,
+            fin: false,
+            data: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart".to_vec(),
+        },
     ];
     feed(&mut table, &segs);
-    let rst = TcpSegment { src: SERVER.0, dst: CLIENT.0, src_port: SERVER.1, dst_port: CLIENT.1, seq: 600, ack: None, syn: false, fin: false, rst: true, payload: &[] };
+    let rst = TcpSegment {
+        src: SERVER.0,
+        dst: CLIENT.0,
+        src_port: SERVER.1,
+        dst_port: CLIENT.1,
+        seq: 600,
+        ack: None,
+        syn: false,
+        fin: false,
+        rst: true,
+        payload: &[],
+    };
     table.on_segment(9_000_000, &rst);
     assert_eq!(table.open_flows(), 0, "a reset closes the flow at once");
     let got = table.take_exchanges();
