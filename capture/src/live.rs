@@ -252,7 +252,8 @@ impl LiveSource {
 
     /// How full the reader queue is: 0.0 empty, 1.0 full (the next batch read is dropped).
     pub fn backlog(&self) -> f64 {
-        self.queued.load(Ordering::Relaxed) as f64 / QUEUE_BATCHES as f64
+        // A batch waiting for room counts too: clamp to full.
+        (self.queued.load(Ordering::Relaxed) as f64 / QUEUE_BATCHES as f64).min(1.0)
     }
 
     /// The next batch of packets; `Ok(None)` on a timeout with nothing read; an error when the

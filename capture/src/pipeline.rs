@@ -96,8 +96,10 @@ impl CaptureOptions {
 
 /// Exchanges per batch sent to the writer, and the body bytes that close a batch early.
 const BATCH_ROWS: usize = 4096;
-/// Live capture: exchanges held for busy writers before the packet loop waits for them.
+/// Live capture: exchanges held for busy writers before the packet loop waits for them, and
+/// their body bytes (whichever bound comes first).
 const MAX_HELD_ROWS: usize = 64 * 1024;
+const MAX_HELD_BYTES: usize = 96 << 20;
 const BATCH_BYTES: usize = 32 << 20;
 
 /// Runs an offline capture. Input errors after some packets were read are reported in the
@@ -349,8 +351,9 @@ struct Run<'a> {
     /// Leaves whole flows out when a live capture falls behind.
     shedder: Option<FlowShedder>,
     /// Live: batches waiting for a writer with room, and their rows.
-    held: std::collections::VecDeque<Vec<Exchange>>,
+    held: std::collections::VecDeque<(Vec<Exchange>, usize)>,
     held_rows: usize,
+    held_bytes: usize,
 }
 
 impl<'a> Run<'a> {
@@ -412,6 +415,7 @@ impl<'a> Run<'a> {
             shedder: None,
             held: std::collections::VecDeque::new(),
             held_rows: 0,
+            held_bytes: 0,
         })
     }
 
@@ -475,7 +479,7 @@ impl<'a> Run<'a> {
         if self.shedder.is_some() && !self.held.is_empty() {
             self.hand_over_held();
         }
-        let rows = self.batch.take();
+        let (rows, bytes) = self.batch.take();
         if rows.is_empty() || self.send_failed {
             return;
         }
@@ -488,14 +492,16 @@ impl<'a> Run<'a> {
         }
         // Live: never stall the packet loop on a writer that is busy (closing a file, a slow
         // disk): hold the batch and keep reading, so the kernel and the reader queue never
-        // overflow blindly. The held rows are bounded; past the bound the loop waits, and the
-        // shedder sees the writers' backlog as pressure well before that.
+        // overflow blindly. The held rows are bounded (count and bytes); past the bound the loop
+        // waits, and the shedder sees the writers' backlog as pressure well before that.
         self.held_rows += rows.len();
-        self.held.push_back(rows);
+        self.held_bytes += bytes;
+        self.held.push_back((rows, bytes));
         self.hand_over_held();
-        while self.held_rows > MAX_HELD_ROWS && !self.send_failed {
-            let rows = self.held.pop_front().expect("rows held");
+        while (self.held_rows > MAX_HELD_ROWS || self.held_bytes > MAX_HELD_BYTES) && !self.send_failed {
+            let (rows, bytes) = self.held.pop_front().expect("rows held");
             self.held_rows -= rows.len();
+            self.held_bytes -= bytes;
             let n = self.senders.len();
             self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
             self.next_writer += 1;
@@ -505,7 +511,7 @@ impl<'a> Run<'a> {
     /// Gives held batches to any writer with room, without waiting.
     fn hand_over_held(&mut self) {
         let n = self.senders.len();
-        'next: while let Some(mut rows) = self.held.pop_front() {
+        'next: while let Some((mut rows, bytes)) = self.held.pop_front() {
             let len = rows.len();
             for _ in 0..n {
                 let w = self.next_writer % n;
@@ -513,6 +519,7 @@ impl<'a> Run<'a> {
                 match self.senders[w].try_send(rows) {
                     Ok(()) => {
                         self.held_rows -= len;
+                        self.held_bytes -= bytes;
                         continue 'next;
                     }
                     Err(mpsc::TrySendError::Full(back)) => rows = back,
@@ -522,14 +529,14 @@ impl<'a> Run<'a> {
                     }
                 }
             }
-            self.held.push_front(rows);
+            self.held.push_front((rows, bytes));
             return;
         }
     }
 
     /// How full the held backlog is, 0.0 to 1.0 (pressure for the shedder).
     fn held_fill(&self) -> f64 {
-        self.held_rows as f64 / MAX_HELD_ROWS as f64
+        (self.held_rows as f64 / MAX_HELD_ROWS as f64).max(self.held_bytes as f64 / MAX_HELD_BYTES as f64)
     }
 
     fn add_fragment_stats(&mut self, decoder: &Decoder) {
@@ -543,7 +550,7 @@ impl<'a> Run<'a> {
         self.table.finish();
         self.take_exchanges();
         self.flush_batch();
-        while let Some(rows) = self.held.pop_front() {
+        while let Some((rows, _)) = self.held.pop_front() {
             if self.send_failed {
                 break;
             }
@@ -552,6 +559,7 @@ impl<'a> Run<'a> {
             self.next_writer += 1;
         }
         self.held_rows = 0;
+        self.held_bytes = 0;
         self.senders.clear();
         self.progress.clear();
         let mut written = Written::default();
@@ -623,9 +631,9 @@ impl Batch {
         self.rows.push(ex);
         self.rows.len() >= BATCH_ROWS || self.bytes >= BATCH_BYTES
     }
-    fn take(&mut self) -> Vec<Exchange> {
-        self.bytes = 0;
-        std::mem::take(&mut self.rows)
+    /// The rows and their approximate size in bytes.
+    fn take(&mut self) -> (Vec<Exchange>, usize) {
+        (std::mem::take(&mut self.rows), std::mem::take(&mut self.bytes))
     }
 }
 
