@@ -498,7 +498,9 @@ impl<'a> Run<'a> {
         self.held_bytes += bytes;
         self.held.push_back((rows, bytes));
         self.hand_over_held();
-        while (self.held_rows > MAX_HELD_ROWS || self.held_bytes > MAX_HELD_BYTES) && !self.send_failed {
+        while (self.held_rows > MAX_HELD_ROWS || self.held_bytes > MAX_HELD_BYTES)
+            && !self.send_failed
+        {
             let (rows, bytes) = self.held.pop_front().expect("rows held");
             self.held_rows -= rows.len();
             self.held_bytes -= bytes;
@@ -536,7 +538,8 @@ impl<'a> Run<'a> {
 
     /// How full the held backlog is, 0.0 to 1.0 (pressure for the shedder).
     fn held_fill(&self) -> f64 {
-        (self.held_rows as f64 / MAX_HELD_ROWS as f64).max(self.held_bytes as f64 / MAX_HELD_BYTES as f64)
+        (self.held_rows as f64 / MAX_HELD_ROWS as f64)
+            .max(self.held_bytes as f64 / MAX_HELD_BYTES as f64)
     }
 
     fn add_fragment_stats(&mut self, decoder: &Decoder) {
@@ -633,7 +636,10 @@ impl Batch {
     }
     /// The rows and their approximate size in bytes.
     fn take(&mut self) -> (Vec<Exchange>, usize) {
-        (std::mem::take(&mut self.rows), std::mem::take(&mut self.bytes))
+        (
+            std::mem::take(&mut self.rows),
+            std::mem::take(&mut self.bytes),
+        )
     }
 }
 

@@ -408,7 +408,9 @@ fn a_stalled_pipeline_loses_no_packets() {
     const N: u32 = 100_000;
     let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..N {
-        client.send_to(&i.to_be_bytes(), ("127.0.0.1", port)).unwrap();
+        client
+            .send_to(&i.to_be_bytes(), ("127.0.0.1", port))
+            .unwrap();
         if i % 1000 == 999 {
             // Let the socket buffer of `sink` drain into nowhere: nothing reads it, and a full
             // socket buffer does not stop loopback delivery to the capture.
@@ -434,7 +436,10 @@ fn a_stalled_pipeline_loses_no_packets() {
         seen.push(u32::from_be_bytes(tail));
     }
     let stats = stats.unwrap();
-    assert_eq!(backlog, 1.0, "the queue was full while the pipeline stalled");
+    assert_eq!(
+        backlog, 1.0,
+        "the queue was full while the pipeline stalled"
+    );
     assert_eq!(stats.queue_dropped, 0, "{stats:?}");
     assert_eq!(stats.kernel_dropped, 0, "{stats:?}");
     assert!(stats.queue_waited_ms > 0, "{stats:?}");

@@ -206,10 +206,35 @@ async fn send_plain(
         let request = plain_request(pool.protocol(), &req)?;
         let (mut conn, opened) = pool.checkout().await?;
         connect_us = opened;
-        let resp = conn
-            .send(request)
-            .await
-            .map_err(|e| classify_hyper(&e, "request"))?;
+        let resp = match conn.send(request).await {
+            Ok(resp) => resp,
+            Err((e, unsent)) => {
+                let failed = classify_hyper(&e, "request");
+                // A reused keep-alive connection the server closed just as it was reused (its
+                // idle timeout): the request either never went out, or went out and met the
+                // close before any response byte came back. It is sent once more on a new
+                // connection when that cannot duplicate anything: it was never sent, or its
+                // method is idempotent (RFC 9110 9.2.2, as browsers retry).
+                let retry = match unsent {
+                    Some(r) => Some(r),
+                    None if failed.0 == ErrorKind::Reset && is_idempotent(req.method) => {
+                        Some(plain_request(pool.protocol(), &req)?)
+                    }
+                    None => None,
+                };
+                match retry {
+                    Some(again) if opened.is_none() => {
+                        let (fresh, opened) = pool.open().await?;
+                        connect_us = opened;
+                        conn = fresh;
+                        conn.send(again)
+                            .await
+                            .map_err(|(e, _)| classify_hyper(&e, "request"))?
+                    }
+                    _ => return Err(failed),
+                }
+            }
+        };
         ttfb_us = Some(start.elapsed().as_micros() as i64);
         let (parts, mut body) = resp.into_parts();
         let mut raw = RawResponse {
@@ -251,6 +276,13 @@ async fn send_plain(
         Err(e) => out.error = Some(e),
     }
     out
+}
+
+/// Methods a client may resend after a connection failure (RFC 9110 9.2.2).
+fn is_idempotent(method: &str) -> bool {
+    ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(method))
 }
 
 /// The hyper request for a plain target: origin-form over HTTP/1.1 (the Host header is among

@@ -30,14 +30,22 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
+    /// Sends `req`; when the connection closed before the request was written (a server that
+    /// dropped an idle keep-alive connection just as it was reused), the request comes back
+    /// unsent with the error.
     pub(crate) async fn send(
         &mut self,
         req: http::Request<ReqBody>,
-    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
-        match self {
-            Conn::H1(s) => s.send_request(req).await,
-            Conn::H2(s) => s.send_request(req).await,
-        }
+    ) -> Result<http::Response<hyper::body::Incoming>, (hyper::Error, Option<http::Request<ReqBody>>)>
+    {
+        let r = match self {
+            Conn::H1(s) => s.try_send_request(req).await,
+            Conn::H2(s) => s.try_send_request(req).await,
+        };
+        r.map_err(|mut e| {
+            let unsent = e.take_message();
+            (e.into_error(), unsent)
+        })
     }
 }
 
@@ -94,15 +102,7 @@ impl PlainPool {
                         return Ok((Conn::H1(s), None));
                     }
                 }
-                let started = Instant::now();
-                let io = self.connect().await?;
-                let (sender, conn) = http1::handshake(io)
-                    .await
-                    .map_err(|e| classify_hyper(&e, "handshake"))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok((Conn::H1(sender), Some(started.elapsed().as_micros() as i64)))
+                self.open().await
             }
             Protocol::H2c => {
                 let mut shared = self.h2.lock().await;
@@ -111,18 +111,41 @@ impl PlainPool {
                         return Ok((Conn::H2(s.clone()), None));
                     }
                 }
-                let started = Instant::now();
-                let io = self.connect().await?;
+                let (conn, opened) = self.open().await?;
+                if let Conn::H2(s) = &conn {
+                    *shared = Some(s.clone());
+                }
+                Ok((conn, opened))
+            }
+        }
+    }
+
+    /// A new connection (for h2c it becomes the shared one at the next checkout only if
+    /// `checkout` opened it), and how long opening it took.
+    pub(crate) async fn open(&self) -> Result<(Conn, Option<i64>), (ErrorKind, String)> {
+        let started = Instant::now();
+        let io = self.connect().await?;
+        let conn = match self.protocol {
+            Protocol::Http1 => {
+                let (sender, conn) = http1::handshake(io)
+                    .await
+                    .map_err(|e| classify_hyper(&e, "handshake"))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Conn::H1(sender)
+            }
+            Protocol::H2c => {
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(|e| classify_hyper(&e, "h2c handshake"))?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                *shared = Some(sender.clone());
-                Ok((Conn::H2(sender), Some(started.elapsed().as_micros() as i64)))
+                Conn::H2(sender)
             }
-        }
+        };
+        Ok((conn, Some(started.elapsed().as_micros() as i64)))
     }
 
     /// Puts a connection whose response was read to the end back.
@@ -197,7 +220,7 @@ pub(crate) fn io_kind(e: &std::io::Error) -> Option<ErrorKind> {
 /// Sorts a hyper error into a kind, with a message naming its causes.
 pub(crate) fn classify_hyper(e: &hyper::Error, doing: &str) -> (ErrorKind, String) {
     use std::error::Error as _;
-    let mut kind = if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+    let mut kind = if e.is_parse() || e.is_parse_status() {
         ErrorKind::Protocol
     } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         ErrorKind::Reset

@@ -605,3 +605,63 @@ fn a_missing_or_foreign_recording_is_a_clear_error() {
     .unwrap_err();
     assert!(err.to_string().contains("no exchanges-*.parquet"), "{err}");
 }
+
+/// A server that closes every connection right after its response (without saying
+/// `Connection: close`, as a keep-alive timeout firing would): the replayer must notice, or
+/// resend a request the closed connection never carried, and lose none.
+#[test]
+fn connections_closed_by_the_server_between_requests_lose_nothing() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+            // Dropped: closed at once.
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    write_recording(&rec, &gets(1000, 1), 1);
+    let out = dir.path().join("out");
+    let mut o = options(
+        &rec,
+        &out,
+        vec![target("closing", &format!("http://{addr}"))],
+    );
+    o.concurrency = 1;
+    let summary = run(o).unwrap();
+    let rows = read_rows(&out);
+    assert_eq!(rows.len(), 1000);
+    let failed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.status != Some(200))
+        .map(|r| r.error_message.clone())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1000 failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        1000,
+        "each request reached the server once"
+    );
+    assert_eq!(summary.targets["closing"].responses["2xx"], 1000);
+}
