@@ -369,23 +369,28 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
         let list = c
             .as_list_opt::<i32>()
             .ok_or_else(|| format!("column `{name}` is not a list"))?;
+        // Index the list's flattened children by offsets: slicing a list value per row costs
+        // an allocation per child array.
+        let s = list
+            .values()
+            .as_struct_opt()
+            .ok_or_else(|| format!("column `{name}` does not hold structs"))?;
+        let names = s
+            .column(0)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("`{name}.name` is not utf8"))?;
+        let values = s
+            .column(1)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("`{name}.value` is not utf8"))?;
+        let offsets = list.value_offsets();
         let mut out = Vec::with_capacity(list.len());
         for i in 0..list.len() {
             let mut hs = Vec::new();
             if list.is_valid(i) {
-                let v = list.value(i);
-                let s = v
-                    .as_struct_opt()
-                    .ok_or_else(|| format!("column `{name}` does not hold structs"))?;
-                let names = s
-                    .column(0)
-                    .as_string_opt::<i32>()
-                    .ok_or_else(|| format!("`{name}.name` is not utf8"))?;
-                let values = s
-                    .column(1)
-                    .as_string_opt::<i32>()
-                    .ok_or_else(|| format!("`{name}.value` is not utf8"))?;
-                for j in 0..s.len() {
+                let (from, to) = (offsets[i].max(0) as usize, offsets[i + 1].max(0) as usize);
+                hs.reserve(to.saturating_sub(from));
+                for j in from..to {
                     hs.push(Header {
                         name: names.value(j).to_owned(),
                         value: values.value(j).to_owned(),
@@ -425,18 +430,23 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
         let list = c
             .as_list_opt::<i32>()
             .ok_or_else(|| "column `interim_statuses` is not a list".to_string())?;
+        let a = list
+            .values()
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| "column `interim_statuses` does not hold int32".to_string())?;
+        let offsets = list.value_offsets();
         (0..list.len())
             .map(|i| {
-                let v = list.value(i);
-                let a = v
-                    .as_primitive_opt::<Int32Type>()
-                    .ok_or_else(|| "column `interim_statuses` does not hold int32".to_string())?;
-                Ok(a.iter()
-                    .flatten()
-                    .map(|s| s.clamp(0, 999) as u16)
-                    .collect::<Vec<u16>>())
+                if !list.is_valid(i) {
+                    return Vec::new();
+                }
+                let (from, to) = (offsets[i].max(0) as usize, offsets[i + 1].max(0) as usize);
+                (from..to)
+                    .filter(|&j| a.is_valid(j))
+                    .map(|j| a.value(j).clamp(0, 999) as u16)
+                    .collect::<Vec<u16>>()
             })
-            .collect::<Result<Vec<_>, String>>()?
+            .collect::<Vec<_>>()
     };
     let _ = n;
     let ip = |v: Option<String>, name: &str| -> Result<IpAddr, String> {
@@ -555,6 +565,8 @@ mod tests {
         b.status = None;
         b.request_start_us = 5_000;
         b.flags.gap = true;
+        b.interim_statuses = vec![100, 103];
+        b.response_headers.truncate(1);
         let part = dir.path().join("date=2026-11-23/hour=10");
         let mut sink = ParquetSink::new(
             SinkOptions {
@@ -583,6 +595,12 @@ mod tests {
         let mut f = ExchangeFile::open(&files[0], 1).unwrap();
         assert_eq!(f.time_range, Some((1_000, 5_000)));
         assert_eq!(f.rows, 2);
+        let got: Vec<Exchange> = std::iter::from_fn(|| f.next_batch())
+            .flat_map(|b| b.unwrap())
+            .collect();
+        assert_eq!(got, vec![a.clone(), b.clone()]);
+        // Both rows in one batch: the second row's list values start after the first's.
+        let mut f = ExchangeFile::open(&files[0], 16).unwrap();
         let got: Vec<Exchange> = std::iter::from_fn(|| f.next_batch())
             .flat_map(|b| b.unwrap())
             .collect();
