@@ -15,7 +15,7 @@ use shadowtap_core::read::{find_exchange_files, Columns, ExchangeFile, ReadError
 use shadowtap_core::Exchange;
 
 /// Rows per Parquet batch.
-const BATCH_ROWS: usize = 256;
+const BATCH_ROWS: usize = 1024;
 /// Rows each open file holds back to put them in order.
 const REORDER_WINDOW: usize = 2048;
 
