@@ -119,7 +119,19 @@ struct Flow {
     payload_bytes: u64,
 }
 
-type FlowKey = (IpAddr, u16, IpAddr, u16);
+/// A flow, the same for both directions: the lower endpoint first.
+pub(crate) type FlowKey = (IpAddr, u16, IpAddr, u16);
+
+/// The segment's flow, and its direction in it (0: from the lower endpoint).
+pub(crate) fn flow_key(seg: &TcpSegment<'_>) -> (FlowKey, usize) {
+    let a: Endpoint = (seg.src, seg.src_port);
+    let b: Endpoint = (seg.dst, seg.dst_port);
+    if a <= b {
+        ((a.0, a.1, b.0, b.1), 0)
+    } else {
+        ((b.0, b.1, a.0, a.1), 1)
+    }
+}
 
 /// What is remembered of a flow that ended with FIN or RST, so that late retransmissions of its
 /// segments are recognised instead of starting a phantom flow.
@@ -198,13 +210,7 @@ impl FlowTable {
 
     /// Whether the segment belongs to a flow the table tracks now.
     pub fn is_open(&self, seg: &TcpSegment<'_>) -> bool {
-        let a: Endpoint = (seg.src, seg.src_port);
-        let b: Endpoint = (seg.dst, seg.dst_port);
-        let key = if a <= b {
-            (a.0, a.1, b.0, b.1)
-        } else {
-            (b.0, b.1, a.0, a.1)
-        };
+        let (key, _) = flow_key(seg);
         self.flows.contains_key(&key)
     }
 
@@ -212,13 +218,7 @@ impl FlowTable {
     /// its exchanges already written stay written; the one in progress is left out, never
     /// written damaged). Returns whether there was such a flow.
     pub fn discard(&mut self, seg: &TcpSegment<'_>) -> bool {
-        let a: Endpoint = (seg.src, seg.src_port);
-        let b: Endpoint = (seg.dst, seg.dst_port);
-        let key = if a <= b {
-            (a.0, a.1, b.0, b.1)
-        } else {
-            (b.0, b.1, a.0, a.1)
-        };
+        let (key, _) = flow_key(seg);
         let gone = self.flows.remove(&key).is_some();
         if gone {
             self.stats.flows_shed += 1;
@@ -235,13 +235,7 @@ impl FlowTable {
     pub fn on_segment(&mut self, ts_us: i64, seg: &TcpSegment<'_>) {
         self.now_us = self.now_us.max(ts_us);
         self.sweep_idle();
-        let a: Endpoint = (seg.src, seg.src_port);
-        let b: Endpoint = (seg.dst, seg.dst_port);
-        let (key, dir) = if a <= b {
-            ((a.0, a.1, b.0, b.1), 0)
-        } else {
-            ((b.0, b.1, a.0, a.1), 1)
-        };
+        let (key, dir) = flow_key(seg);
         let pure_syn = seg.syn && seg.ack.is_none();
 
         if let Some(flow) = self.flows.get(&key) {
@@ -270,7 +264,8 @@ impl FlowTable {
             if self.flows.len() >= self.config.max_flows {
                 self.evict_for_room();
             }
-            let endpoints = if dir == 0 { [a, b] } else { [b, a] };
+            // The lower endpoint first, as in the key.
+            let endpoints = [(key.0, key.1), (key.2, key.3)];
             let client_dir = if seg.syn {
                 Some(if pure_syn { dir } else { 1 - dir })
             } else {

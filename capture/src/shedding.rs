@@ -10,12 +10,12 @@
 //! exchange in progress is left out, so nothing damaged is ever written.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use serde::Serialize;
 use shadowtap_core::id::sample_bucket;
 
 use crate::decode::TcpSegment;
+use crate::reassembly::{flow_key, FlowKey};
 
 /// Counters of the flows left out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -28,8 +28,6 @@ pub struct ShedStats {
     pub bytes: u64,
 }
 
-type Key = (IpAddr, u16, IpAddr, u16);
-
 /// Decides, flow by flow, what to leave out while the pipeline is behind.
 #[derive(Debug)]
 pub struct FlowShedder {
@@ -38,7 +36,7 @@ pub struct FlowShedder {
     /// Open flows kept, in basis points (10 000: all).
     keep_open_bp: u32,
     /// Flows being left out, with the capture time of their last packet.
-    shed: HashMap<Key, i64>,
+    shed: HashMap<FlowKey, i64>,
     max_flows: usize,
     idle_us: i64,
     stats: ShedStats,
@@ -89,7 +87,7 @@ impl FlowShedder {
         is_open: impl FnOnce() -> bool,
         discard: impl FnOnce() -> bool,
     ) -> bool {
-        let key = canonical(seg);
+        let (key, _) = flow_key(seg);
         if let Some(last) = self.shed.get_mut(&key) {
             // A new connection on the same ports (a pure SYN) gets its own decision.
             if !(seg.syn && seg.ack.is_none()) {
@@ -139,17 +137,7 @@ impl FlowShedder {
     }
 }
 
-fn canonical(seg: &TcpSegment<'_>) -> Key {
-    let a = (seg.src, seg.src_port);
-    let b = (seg.dst, seg.dst_port);
-    if a <= b {
-        (a.0, a.1, b.0, b.1)
-    } else {
-        (b.0, b.1, a.0, a.1)
-    }
-}
-
-fn flow_bucket(key: &Key) -> u32 {
+fn flow_bucket(key: &FlowKey) -> u32 {
     let text = format!("{}|{}|{}|{}", key.0, key.1, key.2, key.3);
     sample_bucket(text.as_bytes())
 }
@@ -159,8 +147,8 @@ mod tests {
     use super::*;
 
     fn seg(client_port: u16, syn: bool, from_client: bool) -> TcpSegment<'static> {
-        let c: IpAddr = "10.0.0.1".parse().unwrap();
-        let s: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let s: std::net::IpAddr = "10.0.0.2".parse().unwrap();
         let (src, dst, sp, dp) = if from_client {
             (c, s, client_port, 80)
         } else {

@@ -419,22 +419,19 @@ fn a_stalled_pipeline_loses_no_packets() {
     }
     std::thread::sleep(Duration::from_millis(800));
     let backlog = source.backlog();
+    // The payload is the packet's last 4 bytes (Ethernet/IPv4/UDP on lo).
+    let sequence = |p: &shadowtap_capture::live::OwnedPacket| {
+        u32::from_be_bytes(p.data[p.data.len() - 4..].try_into().unwrap())
+    };
     let mut seen = Vec::with_capacity(N as usize);
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.len() < N as usize && Instant::now() < deadline {
         if let Ok(Some(batch)) = source.next_batch(Duration::from_millis(200)) {
-            for p in batch {
-                // The payload is the packet's last 4 bytes (Ethernet/IPv4/UDP on lo).
-                let tail: [u8; 4] = p.data[p.data.len() - 4..].try_into().unwrap();
-                seen.push(u32::from_be_bytes(tail));
-            }
+            seen.extend(batch.iter().map(sequence));
         }
     }
     let (rest, stats) = source.stop();
-    for p in rest {
-        let tail: [u8; 4] = p.data[p.data.len() - 4..].try_into().unwrap();
-        seen.push(u32::from_be_bytes(tail));
-    }
+    seen.extend(rest.iter().map(sequence));
     let stats = stats.unwrap();
     assert_eq!(
         backlog, 1.0,

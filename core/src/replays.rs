@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
-    StringBuilder, StructBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
 use crate::exchange::Header;
-use crate::schema::{header_fields, headers_type, ts, SCHEMA_VERSION_KEY, TABLE_KEY};
+use crate::schema::{headers_type, ts, HeadersColumn, SCHEMA_VERSION_KEY, TABLE_KEY};
 
 /// Version of the `replays` schema.
 pub const REPLAYS_SCHEMA_VERSION: u32 = 1;
@@ -161,21 +161,11 @@ pub fn replays_schema() -> SchemaRef {
 }
 
 fn headers_column(rows: &[ReplayRecord], get: impl Fn(&ReplayRecord) -> &[Header]) -> ArrayRef {
-    let mut b = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0));
+    let mut b = HeadersColumn::new();
     for r in rows {
-        let s = b.values();
-        for h in get(r) {
-            s.field_builder::<StringBuilder>(0)
-                .expect("name is utf8")
-                .append_value(&h.name);
-            s.field_builder::<StringBuilder>(1)
-                .expect("value is utf8")
-                .append_value(&h.value);
-            s.append(true);
-        }
-        b.append(true);
+        b.append(get(r));
     }
-    Arc::new(b.finish())
+    b.finish()
 }
 
 /// Converts records into one record batch of [`replays_schema`].

@@ -114,16 +114,16 @@ fn body_fields(side: &str) -> Vec<Field> {
     ]
 }
 
-struct HeadersColumn(ListBuilder<StructBuilder>);
+pub(crate) struct HeadersColumn(ListBuilder<StructBuilder>);
 
 impl HeadersColumn {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         HeadersColumn(ListBuilder::new(StructBuilder::from_fields(
             header_fields(),
             0,
         )))
     }
-    fn append(&mut self, headers: &[Header]) {
+    pub(crate) fn append(&mut self, headers: &[Header]) {
         let s = self.0.values();
         for h in headers {
             s.field_builder::<StringBuilder>(0)
@@ -136,7 +136,7 @@ impl HeadersColumn {
         }
         self.0.append(true);
     }
-    fn finish(mut self) -> ArrayRef {
+    pub(crate) fn finish(mut self) -> ArrayRef {
         Arc::new(self.0.finish())
     }
 }

@@ -16,7 +16,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use shadowtap_core::replays::ErrorKind;
 use shadowtap_core::Header;
 
-use crate::pool::{classify_hyper, PlainPool, ReqBody};
+use crate::pool::{PlainPool, ReqBody};
 
 /// HTTP version towards the targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -449,23 +449,11 @@ pub fn classify(e: &reqwest::Error) -> (ErrorKind, String) {
                 kind = ErrorKind::Tls;
                 break;
             }
-            match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => kind = ErrorKind::Refused,
-                std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::UnexpectedEof => kind = ErrorKind::Reset,
-                std::io::ErrorKind::TimedOut => kind = ErrorKind::Timeout,
-                _ => {}
-            }
+            kind = io_kind(io).unwrap_or(kind);
         } else if s.downcast_ref::<rustls::Error>().is_some() {
             kind = ErrorKind::Tls;
         } else if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() {
-                kind = ErrorKind::Protocol;
-            } else if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
-                kind = ErrorKind::Reset;
-            }
+            kind = hyper_kind(h).unwrap_or(kind);
         }
         source = s.source();
     }
@@ -473,6 +461,45 @@ pub fn classify(e: &reqwest::Error) -> (ErrorKind, String) {
         kind = ErrorKind::Tls;
     }
     (kind, message)
+}
+
+/// Sorts an error from our own hyper connections into a kind; `doing` starts the message.
+pub(crate) fn classify_hyper(e: &hyper::Error, doing: &str) -> (ErrorKind, String) {
+    let mut kind = hyper_kind(e).unwrap_or(ErrorKind::Other);
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(k) = s.downcast_ref::<std::io::Error>().and_then(io_kind) {
+            kind = k;
+        }
+        source = s.source();
+    }
+    (kind, format!("{doing}: {}", error_chain(e)))
+}
+
+/// The kind a hyper error names, if any.
+fn hyper_kind(h: &hyper::Error) -> Option<ErrorKind> {
+    if h.is_parse() || h.is_parse_status() {
+        Some(ErrorKind::Protocol)
+    } else if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+        Some(ErrorKind::Reset)
+    } else if h.is_timeout() {
+        Some(ErrorKind::Timeout)
+    } else {
+        None
+    }
+}
+
+/// The kind of an I/O error, when it names one.
+pub(crate) fn io_kind(e: &std::io::Error) -> Option<ErrorKind> {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => Some(ErrorKind::Refused),
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+            Some(ErrorKind::Reset)
+        }
+        K::TimedOut => Some(ErrorKind::Timeout),
+        _ => None,
+    }
 }
 
 /// Whether an I/O error carries a rustls error (possibly inside further I/O errors).

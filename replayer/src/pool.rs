@@ -16,7 +16,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use shadowtap_core::replays::ErrorKind;
 
-use crate::client::Protocol;
+use crate::client::{classify_hyper, io_kind, Protocol};
 
 /// The request body type sent to plain targets.
 pub(crate) type ReqBody = Full<Bytes>;
@@ -202,45 +202,4 @@ impl PlainPool {
             )),
         }
     }
-}
-
-/// The kind of an I/O error, when it names one.
-pub(crate) fn io_kind(e: &std::io::Error) -> Option<ErrorKind> {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => Some(ErrorKind::Refused),
-        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
-            Some(ErrorKind::Reset)
-        }
-        K::TimedOut => Some(ErrorKind::Timeout),
-        _ => None,
-    }
-}
-
-/// Sorts a hyper error into a kind, with a message naming its causes.
-pub(crate) fn classify_hyper(e: &hyper::Error, doing: &str) -> (ErrorKind, String) {
-    use std::error::Error as _;
-    let mut kind = if e.is_parse() || e.is_parse_status() {
-        ErrorKind::Protocol
-    } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
-        ErrorKind::Reset
-    } else if e.is_timeout() {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Other
-    };
-    let mut message = format!("{doing}: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(k) = s.downcast_ref::<std::io::Error>().and_then(io_kind) {
-            kind = k;
-        }
-        let t = s.to_string();
-        if !message.contains(&t) {
-            message.push_str(": ");
-            message.push_str(&t);
-        }
-        source = s.source();
-    }
-    (kind, message)
 }

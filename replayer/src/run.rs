@@ -777,7 +777,7 @@ async fn send_one(
         tokio::time::sleep(req.delay).await;
     }
     // Host: the target's, unless kept from the recording or set by a hook.
-    if !shared.preserve_host && req.header("host").map(str::to_owned) == original_host {
+    if !shared.preserve_host && req.header("host") == original_host.as_deref() {
         set_header(&mut req.headers, "Host", &route.authority);
     }
     if let Some(m) = &shared.marker {
