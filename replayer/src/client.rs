@@ -16,6 +16,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use shadowtap_core::replays::ErrorKind;
 use shadowtap_core::Header;
 
+use crate::h1::RequestHead;
 use crate::pool::{PlainPool, ReqBody};
 
 /// HTTP version towards the targets.
@@ -131,7 +132,14 @@ pub fn build_client(url: &reqwest::Url, o: &ClientOptions) -> Result<TargetClien
     if url.scheme() == "http" {
         let host = url.host_str().ok_or_else(|| format!("{url}: no host"))?;
         let port = url.port_or_known_default().unwrap_or(80);
-        let pool = PlainPool::new(host, port, o.protocol, o.connect_timeout, o.pool_size);
+        let pool = PlainPool::new(
+            host,
+            port,
+            o.protocol,
+            o.connect_timeout,
+            o.pool_size,
+            o.max_body,
+        );
         return Ok(TargetClient {
             inner: Transport::Plain(pool),
             timeout: o.timeout,
@@ -201,65 +209,12 @@ async fn send_plain(
     let start = Instant::now();
     let mut out = Exchanged::default();
     let mut connect_us = None;
-    let mut ttfb_us = None;
+    let mut first_byte = None;
     let work = async {
-        let request = plain_request(pool.protocol(), &req)?;
-        let (mut conn, opened) = pool.checkout().await?;
-        connect_us = opened;
-        let resp = match conn.send(request).await {
-            Ok(resp) => resp,
-            Err((e, unsent)) => {
-                let failed = classify_hyper(&e, "request");
-                // A reused keep-alive connection the server closed just as it was reused (its
-                // idle timeout): the request either never went out, or went out and met the
-                // close before any response byte came back. It is sent once more on a new
-                // connection when that cannot duplicate anything: it was never sent, or its
-                // method is idempotent (RFC 9110 9.2.2, as browsers retry).
-                let retry = match unsent {
-                    Some(r) => Some(r),
-                    None if failed.0 == ErrorKind::Reset && is_idempotent(req.method) => {
-                        Some(plain_request(pool.protocol(), &req)?)
-                    }
-                    None => None,
-                };
-                match retry {
-                    Some(again) if opened.is_none() => {
-                        let (fresh, opened) = pool.open().await?;
-                        connect_us = opened;
-                        conn = fresh;
-                        conn.send(again)
-                            .await
-                            .map_err(|(e, _)| classify_hyper(&e, "request"))?
-                    }
-                    _ => return Err(failed),
-                }
-            }
-        };
-        ttfb_us = Some(start.elapsed().as_micros() as i64);
-        let (parts, mut body) = resp.into_parts();
-        let mut raw = RawResponse {
-            status: parts.status.as_u16(),
-            version: format!("{:?}", parts.version),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(n, v)| Header::from_bytes(n.as_str().as_bytes(), v.as_bytes()))
-                .collect(),
-            ..RawResponse::default()
-        };
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| classify_hyper(&e, "reading the body"))?;
-            if let Ok(chunk) = frame.into_data() {
-                raw.body_len += chunk.len() as u64;
-                let room = max_body.saturating_sub(raw.body.len() as u64) as usize;
-                if chunk.len() > room {
-                    raw.truncated = true;
-                }
-                raw.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
+        match pool.protocol() {
+            Protocol::Http1 => send_h1(pool, &req, &mut connect_us, &mut first_byte).await,
+            Protocol::H2c => send_h2(pool, &req, max_body, &mut connect_us, &mut first_byte).await,
         }
-        pool.checkin(conn);
-        Ok::<_, (ErrorKind, String)>(raw)
     };
     let result = match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
@@ -270,12 +225,131 @@ async fn send_plain(
     };
     out.total_us = start.elapsed().as_micros() as i64;
     out.connect_us = connect_us;
-    out.ttfb_us = ttfb_us;
+    out.ttfb_us = first_byte.map(|t: Instant| t.duration_since(start).as_micros() as i64);
     match result {
         Ok(raw) => out.response = Some(raw),
         Err(e) => out.error = Some(e),
     }
     out
+}
+
+/// One exchange over HTTP/1.1 ([`crate::h1`]); `first_byte` is when the response began.
+async fn send_h1(
+    pool: &PlainPool,
+    req: &Outgoing<'_>,
+    connect_us: &mut Option<i64>,
+    first_byte: &mut Option<Instant>,
+) -> Result<RawResponse, (ErrorKind, String)> {
+    let head = RequestHead {
+        method: req.method,
+        target: req.path_and_query,
+        headers: req.headers,
+    };
+    let idempotent = is_idempotent(req.method);
+    // A request that must not be resent after a failure is not put on an idle connection the
+    // server has closed meanwhile.
+    let (mut conn, opened) = pool.checkout_h1(!idempotent).await?;
+    *connect_us = opened;
+    let answer = match conn.exchange(&head, &req.body, first_byte).await {
+        Ok(a) => a,
+        Err(f) => {
+            // A reused keep-alive connection the server closed just as it was reused (its idle
+            // timeout): the request either never went out, or went out and met the close
+            // before any response byte came back. It is sent once more on a new connection
+            // when that cannot duplicate anything: it was never written, or its method is
+            // idempotent (RFC 9110 9.2.2, as browsers retry).
+            let retry = conn.reused()
+                && !f.answered
+                && f.kind == ErrorKind::Reset
+                && (!f.written || idempotent);
+            if !retry {
+                return Err((f.kind, f.message));
+            }
+            drop(conn);
+            let (fresh, opened) = pool.open_h1().await?;
+            *connect_us = opened;
+            conn = fresh;
+            conn.exchange(&head, &req.body, first_byte)
+                .await
+                .map_err(|f| (f.kind, f.message))?
+        }
+    };
+    if answer.reusable {
+        pool.checkin_h1(conn);
+    }
+    let m = answer.response;
+    Ok(RawResponse {
+        status: m.status,
+        version: m.version,
+        headers: m.headers,
+        body: m.body,
+        body_len: m.body_len,
+        truncated: m.body_truncated,
+    })
+}
+
+/// One exchange over the shared h2c connection (hyper); `first_byte` is when the response
+/// head arrived.
+async fn send_h2(
+    pool: &PlainPool,
+    req: &Outgoing<'_>,
+    max_body: u64,
+    connect_us: &mut Option<i64>,
+    first_byte: &mut Option<Instant>,
+) -> Result<RawResponse, (ErrorKind, String)> {
+    let request = h2_request(req)?;
+    let (mut conn, opened) = pool.checkout_h2().await?;
+    *connect_us = opened;
+    let resp = match conn.send(request).await {
+        Ok(resp) => resp,
+        Err((e, unsent)) => {
+            let failed = classify_hyper(&e, "request");
+            // As for HTTP/1.1 (see `send_h1`): resent once on a new connection when that
+            // cannot duplicate anything.
+            let retry = match unsent {
+                Some(r) => Some(r),
+                None if failed.0 == ErrorKind::Reset && is_idempotent(req.method) => {
+                    Some(h2_request(req)?)
+                }
+                None => None,
+            };
+            match retry {
+                Some(again) if opened.is_none() => {
+                    let (mut fresh, opened) = pool.open_h2().await?;
+                    *connect_us = opened;
+                    fresh
+                        .send(again)
+                        .await
+                        .map_err(|(e, _)| classify_hyper(&e, "request"))?
+                }
+                _ => return Err(failed),
+            }
+        }
+    };
+    *first_byte = Some(Instant::now());
+    let (parts, mut body) = resp.into_parts();
+    let mut raw = RawResponse {
+        status: parts.status.as_u16(),
+        version: format!("{:?}", parts.version),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| Header::from_bytes(n.as_str().as_bytes(), v.as_bytes()))
+            .collect(),
+        ..RawResponse::default()
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| classify_hyper(&e, "reading the body"))?;
+        if let Ok(chunk) = frame.into_data() {
+            raw.body_len += chunk.len() as u64;
+            let room = max_body.saturating_sub(raw.body.len() as u64) as usize;
+            if chunk.len() > room {
+                raw.truncated = true;
+            }
+            raw.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+    }
+    Ok(raw)
 }
 
 /// Methods a client may resend after a connection failure (RFC 9110 9.2.2).
@@ -285,23 +359,16 @@ fn is_idempotent(method: &str) -> bool {
         .any(|m| m.eq_ignore_ascii_case(method))
 }
 
-/// The hyper request for a plain target: origin-form over HTTP/1.1 (the Host header is among
-/// `headers`); over h2c the URI carries the authority (`:authority`) and Host is not sent.
-fn plain_request(
-    protocol: Protocol,
-    req: &Outgoing<'_>,
-) -> Result<http::Request<ReqBody>, (ErrorKind, String)> {
+/// The hyper request for an h2c target: the URI carries the authority (`:authority`, from
+/// the Host header when there is one) and Host itself is not sent.
+fn h2_request(req: &Outgoing<'_>) -> Result<http::Request<ReqBody>, (ErrorKind, String)> {
     let bad = |what: &str, e: &dyn std::fmt::Display| (ErrorKind::Other, format!("{what}: {e}"));
     let method = http::Method::from_bytes(req.method.as_bytes()).map_err(|e| bad("method", &e))?;
-    let mut b = http::Request::builder().method(method);
-    let h2 = protocol == Protocol::H2c;
-    b = if h2 {
-        let authority = crate::request::header(req.headers, "host").unwrap_or(req.authority);
-        b.version(http::Version::HTTP_2)
-            .uri(format!("http://{authority}{}", req.path_and_query))
-    } else {
-        b.uri(req.path_and_query)
-    };
+    let authority = crate::request::header(req.headers, "host").unwrap_or(req.authority);
+    let mut b = http::Request::builder()
+        .method(method)
+        .version(http::Version::HTTP_2)
+        .uri(format!("http://{authority}{}", req.path_and_query));
     let map = b.headers_mut().ok_or_else(|| {
         (
             ErrorKind::Other,
@@ -310,7 +377,7 @@ fn plain_request(
     })?;
     map.reserve(req.headers.len());
     for h in req.headers {
-        if h2 && h.name.eq_ignore_ascii_case("host") {
+        if h.name.eq_ignore_ascii_case("host") {
             continue;
         }
         let name = HeaderName::from_bytes(h.name.as_bytes())

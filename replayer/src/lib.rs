@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod error;
+mod h1;
 pub mod middleware;
 mod pool;
 pub mod request;

@@ -1,4 +1,4 @@
-//! Connections to one plain-HTTP target (`http://`), HTTP/1.1 or h2c, straight over hyper.
+//! Connections to one plain-HTTP target (`http://`): HTTP/1.1 ([`crate::h1`]) or h2c (hyper).
 //!
 //! Replay at `--rate max` spends most of its time per request in the client, so plain-HTTP
 //! targets skip the general-purpose client (URL parsing, proxy and redirect layers, a pool keyed
@@ -12,37 +12,29 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use shadowtap_core::replays::ErrorKind;
 
 use crate::client::{classify_hyper, io_kind, Protocol};
+use crate::h1::H1Conn;
 
-/// The request body type sent to plain targets.
+/// The request body type sent to h2c targets.
 pub(crate) type ReqBody = Full<Bytes>;
 
-/// A connection ready for one request.
-pub(crate) enum Conn {
-    /// HTTP/1.1: one request at a time; back to the pool after the response.
-    H1(http1::SendRequest<ReqBody>),
-    /// h2c: a handle on the shared connection.
-    H2(http2::SendRequest<ReqBody>),
-}
+/// A handle on the shared h2c connection.
+pub(crate) struct H2Conn(http2::SendRequest<ReqBody>);
 
-impl Conn {
+impl H2Conn {
     /// Sends `req`; when the connection closed before the request was written (a server that
-    /// dropped an idle keep-alive connection just as it was reused), the request comes back
-    /// unsent with the error.
+    /// dropped an idle connection just as it was reused), the request comes back unsent with
+    /// the error.
     pub(crate) async fn send(
         &mut self,
         req: http::Request<ReqBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, (hyper::Error, Option<http::Request<ReqBody>>)>
     {
-        let r = match self {
-            Conn::H1(s) => s.try_send_request(req).await,
-            Conn::H2(s) => s.try_send_request(req).await,
-        };
-        r.map_err(|mut e| {
+        self.0.try_send_request(req).await.map_err(|mut e| {
             let unsent = e.take_message();
             (e.into_error(), unsent)
         })
@@ -56,7 +48,8 @@ pub(crate) struct PlainPool {
     protocol: Protocol,
     connect_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<http1::SendRequest<ReqBody>>>,
+    max_body: u64,
+    idle: Mutex<Vec<H1Conn>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
 }
 
@@ -67,6 +60,7 @@ impl PlainPool {
         protocol: Protocol,
         connect_timeout: Duration,
         max_idle: usize,
+        max_body: u64,
     ) -> Self {
         PlainPool {
             host: host.trim_matches(['[', ']']).to_owned(),
@@ -74,6 +68,7 @@ impl PlainPool {
             protocol,
             connect_timeout,
             max_idle: max_idle.max(1),
+            max_body,
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
         }
@@ -83,88 +78,76 @@ impl PlainPool {
         self.protocol
     }
 
-    /// A connection ready to send, and how long opening it took when this call opened it.
-    pub(crate) async fn checkout(&self) -> Result<(Conn, Option<i64>), (ErrorKind, String)> {
-        match self.protocol {
-            Protocol::Http1 => {
-                loop {
-                    let Some(mut s) = self
-                        .idle
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .pop()
-                    else {
-                        break;
-                    };
-                    // The connection task marks it ready once the last response is finished;
-                    // a closed one (the server hung up while idle) fails here and is dropped.
-                    if !s.is_closed() && s.ready().await.is_ok() {
-                        return Ok((Conn::H1(s), None));
-                    }
-                }
-                self.open().await
-            }
-            Protocol::H2c => {
-                let mut shared = self.h2.lock().await;
-                if let Some(s) = shared.as_mut() {
-                    if !s.is_closed() && s.ready().await.is_ok() {
-                        return Ok((Conn::H2(s.clone()), None));
-                    }
-                }
-                let (conn, opened) = self.open().await?;
-                if let Conn::H2(s) = &conn {
-                    *shared = Some(s.clone());
-                }
-                Ok((conn, opened))
-            }
-        }
-    }
-
-    /// A new connection (for h2c it becomes the shared one at the next checkout only if
-    /// `checkout` opened it), and how long opening it took.
-    pub(crate) async fn open(&self) -> Result<(Conn, Option<i64>), (ErrorKind, String)> {
-        let started = Instant::now();
-        let io = self.connect().await?;
-        let conn = match self.protocol {
-            Protocol::Http1 => {
-                let (sender, conn) = http1::handshake(io)
-                    .await
-                    .map_err(|e| classify_hyper(&e, "handshake"))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Conn::H1(sender)
-            }
-            Protocol::H2c => {
-                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| classify_hyper(&e, "h2c handshake"))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Conn::H2(sender)
-            }
-        };
-        Ok((conn, Some(started.elapsed().as_micros() as i64)))
-    }
-
-    /// Puts a connection whose response was read to the end back.
-    pub(crate) fn checkin(&self, conn: Conn) {
-        if let Conn::H1(s) = conn {
-            if s.is_closed() {
-                return;
-            }
-            let mut idle = self
+    /// An HTTP/1.1 connection ready to send, and how long opening it took when this call
+    /// opened it. With `probe`, an idle connection is first checked for a close by the server
+    /// (one non-blocking read): for requests that must not be resent after a failure.
+    pub(crate) async fn checkout_h1(
+        &self,
+        probe: bool,
+    ) -> Result<(H1Conn, Option<i64>), (ErrorKind, String)> {
+        loop {
+            let Some(conn) = self
                 .idle
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if idle.len() < self.max_idle {
-                idle.push(s);
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop()
+            else {
+                break;
+            };
+            if !(probe && conn.closed_while_idle()) {
+                return Ok((conn, None));
             }
+        }
+        self.open_h1().await
+    }
+
+    /// A new HTTP/1.1 connection, and how long opening it took.
+    pub(crate) async fn open_h1(&self) -> Result<(H1Conn, Option<i64>), (ErrorKind, String)> {
+        let started = Instant::now();
+        let stream = self.connect().await?;
+        let opened = started.elapsed().as_micros() as i64;
+        Ok((H1Conn::new(stream, self.max_body), Some(opened)))
+    }
+
+    /// Puts an HTTP/1.1 connection whose response was read to the end back.
+    pub(crate) fn checkin_h1(&self, conn: H1Conn) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(conn);
         }
     }
 
-    async fn connect(&self) -> Result<TokioIo<tokio::net::TcpStream>, (ErrorKind, String)> {
+    /// A handle on the shared h2c connection (opened when there is none or it closed), and
+    /// how long opening it took when this call opened it.
+    pub(crate) async fn checkout_h2(&self) -> Result<(H2Conn, Option<i64>), (ErrorKind, String)> {
+        let mut shared = self.h2.lock().await;
+        if let Some(s) = shared.as_mut() {
+            if !s.is_closed() && s.ready().await.is_ok() {
+                return Ok((H2Conn(s.clone()), None));
+            }
+        }
+        let (conn, opened) = self.open_h2().await?;
+        *shared = Some(conn.0.clone());
+        Ok((conn, opened))
+    }
+
+    /// A new h2c connection (not shared), and how long opening it took.
+    pub(crate) async fn open_h2(&self) -> Result<(H2Conn, Option<i64>), (ErrorKind, String)> {
+        let started = Instant::now();
+        let io = TokioIo::new(self.connect().await?);
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| classify_hyper(&e, "h2c handshake"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((H2Conn(sender), Some(started.elapsed().as_micros() as i64)))
+    }
+
+    async fn connect(&self) -> Result<tokio::net::TcpStream, (ErrorKind, String)> {
         let target = format!("{}:{}", self.host, self.port);
         let connecting = async {
             let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
@@ -175,7 +158,7 @@ impl PlainPool {
                 match tokio::net::TcpStream::connect(addr).await {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
-                        return Ok(TokioIo::new(s));
+                        return Ok(s);
                     }
                     Err(e) => last = Some(e),
                 }

@@ -665,3 +665,100 @@ fn connections_closed_by_the_server_between_requests_lose_nothing() {
     );
     assert_eq!(summary.targets["closing"].responses["2xx"], 1000);
 }
+
+/// A keep-alive server that closes each connection after 30 ms of quiet (an idle timeout, no
+/// `Connection: close`), and keeps the raw bytes of every request.
+fn idle_closing_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_millis(30)))
+                    .unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    if let Some(head) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let text = String::from_utf8_lossy(&got[..head]).to_ascii_lowercase();
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if got.len() >= head + 4 + len {
+                            log.lock()
+                                .unwrap()
+                                .push(got.drain(..head + 4 + len).collect());
+                            let _ =
+                                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                            continue;
+                        }
+                    }
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return, // idle for 30 ms, or closed: close
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A POST is never resent (it could write twice), so it must not go out on an idle connection
+/// the server has already closed: the replayer checks such a connection before using it. The
+/// request leaves as recorded: header names in their case and order, a fresh Content-Length.
+#[test]
+fn unsafe_requests_avoid_connections_the_server_closed_and_go_out_as_recorded() {
+    let (addr, seen) = idle_closing_server();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let posts: Vec<_> = (0..12)
+        .map(|i| exchange(i, 0, "POST", "/orders?x=1", i as i64))
+        .collect();
+    write_recording(&rec, &posts, 1);
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("t", &format!("http://{addr}"))]);
+    o.allow_methods.push("POST".into());
+    o.concurrency = 1;
+    // 80 ms apart: every idle connection is closed by the server before the next request.
+    o.pacing = Pacing::Rate(12.5);
+    o.marker_header = None;
+    run(o).unwrap();
+    let rows = read_rows(&out);
+    let failed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.status != Some(200))
+        .map(|r| r.error_message.clone())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 12 failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(rows.len(), 12);
+    assert!(
+        rows.iter().all(|r| r.connect_us.is_some()),
+        "each request opened a new connection"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 12, "each POST reached the server once");
+    let body = r#"{"n":0,"secret":"s"}"#;
+    let first = String::from_utf8_lossy(&seen[0]);
+    assert_eq!(
+        first,
+        format!(
+            "POST /orders?x=1 HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: recorded/1.0\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    );
+}

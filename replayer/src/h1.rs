@@ -1,0 +1,532 @@
+//! HTTP/1.1 connections to plain (`http://`) targets.
+//!
+//! A request leaves as it was recorded: header names in their recorded case and order, the
+//! request line and headers written in one buffer with the body. The response is framed by the
+//! capture stage's parser ([`shadowtap_capture::http::MessageParser`]: Content-Length, chunked,
+//! close-delimited, no body after HEAD/204/304, interim 1xx skipped), so a replayed response
+//! is recorded exactly as a captured one would be (header case and order, body cap, lossless
+//! text). One task drives one connection at a time: no connection task, no channel per request.
+
+use std::time::Instant;
+
+use shadowtap_capture::http::ResponseFraming;
+use shadowtap_capture::http::{Framing, Message, MessageParser, ParserEvent, ParserLimits, Role};
+use shadowtap_core::replays::ErrorKind;
+use shadowtap_core::Header;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::client::io_kind;
+
+/// Read buffer size per connection.
+const READ_CHUNK: usize = 16 << 10;
+
+/// One keep-alive HTTP/1.1 connection.
+pub(crate) struct H1Conn {
+    stream: TcpStream,
+    parser: MessageParser,
+    /// The request being written (kept to reuse its allocation).
+    out: Vec<u8>,
+    read: Box<[u8]>,
+    /// Exchanges completed on this connection.
+    served: u64,
+}
+
+/// A request that failed on a connection.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) kind: ErrorKind,
+    pub(crate) message: String,
+    /// The whole request was written.
+    pub(crate) written: bool,
+    /// At least one response byte came back.
+    pub(crate) answered: bool,
+}
+
+/// The final response and whether the connection may carry another request.
+pub(crate) struct Answer {
+    pub(crate) response: Message,
+    pub(crate) reusable: bool,
+}
+
+/// Tells the parser which method each response answers (one request at a time).
+struct Sent<'a>(&'a str);
+
+impl Framing for Sent<'_> {
+    fn request_head(&mut self, _: &str, _: u64, _: Option<u32>) -> u64 {
+        0
+    }
+    fn response_head(&mut self, _: u16, _: u64, _: Option<u32>, _: Option<u64>) -> ResponseFraming {
+        ResponseFraming::Request {
+            index: 0,
+            method: self.0.to_owned(),
+        }
+    }
+}
+
+impl H1Conn {
+    /// A connection over `stream`; response bodies keep at most `max_body` bytes.
+    pub(crate) fn new(stream: TcpStream, max_body: u64) -> Self {
+        H1Conn {
+            stream,
+            parser: Self::parser(max_body),
+            out: Vec::new(),
+            read: vec![0; READ_CHUNK].into_boxed_slice(),
+            served: 0,
+        }
+    }
+
+    fn parser(max_body: u64) -> MessageParser {
+        let limits = ParserLimits {
+            max_body,
+            ..ParserLimits::default()
+        };
+        MessageParser::new(Role::Response, limits, false, 0)
+    }
+
+    /// Whether this connection carried an exchange before.
+    pub(crate) fn reused(&self) -> bool {
+        self.served > 0
+    }
+
+    /// True when the server closed this idle connection (or sent bytes nobody asked for):
+    /// it must not carry a request. Costs one non-blocking read.
+    pub(crate) fn closed_while_idle(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
+    }
+
+    /// Writes the request, reads the final response. `first_byte` is set when the first
+    /// response byte arrives.
+    pub(crate) async fn exchange(
+        &mut self,
+        request: &RequestHead<'_>,
+        body: &[u8],
+        first_byte: &mut Option<Instant>,
+    ) -> Result<Answer, Failure> {
+        let fail = |kind, message, written, answered| Failure {
+            kind,
+            message,
+            written,
+            answered,
+        };
+        self.out.clear();
+        request
+            .encode(body.len(), &mut self.out)
+            .map_err(|m| fail(ErrorKind::Other, m, false, false))?;
+        self.out.extend_from_slice(body);
+        if let Err(e) = self.stream.write_all(&self.out).await {
+            let kind = io_kind(&e).unwrap_or(ErrorKind::Other);
+            return Err(fail(
+                kind,
+                format!("sending the request: {e}"),
+                false,
+                false,
+            ));
+        }
+        let mut framing = Sent(request.method);
+        let mut answered = false;
+        let mut closed = false;
+        loop {
+            let mut response = None;
+            let mut damaged = false;
+            let mut upgraded = false;
+            for event in self.parser.drain_events() {
+                match event {
+                    // Interim (1xx) responses carry no index: the final one follows.
+                    ParserEvent::Message(m) if m.index.is_some() => response = Some(m),
+                    ParserEvent::Message(_) => {}
+                    ParserEvent::Upgraded => upgraded = true,
+                    ParserEvent::BoundaryLoss | ParserEvent::Skipped(_) => damaged = true,
+                }
+            }
+            if let Some(m) = response {
+                let m = *m;
+                if let Some(why) = &m.error {
+                    return Err(fail(ErrorKind::Protocol, why.clone(), true, true));
+                }
+                if !m.complete {
+                    let message = format!(
+                        "the connection closed after {} body bytes, before the response ended",
+                        m.body_len
+                    );
+                    return Err(fail(ErrorKind::Reset, message, true, true));
+                }
+                self.served += 1;
+                let reusable = !closed
+                    && !upgraded
+                    && !damaged
+                    && !self.parser.is_tunnel()
+                    && self.parser.buffered() == 0
+                    && keeps_alive(&m);
+                return Ok(Answer {
+                    response: m,
+                    reusable,
+                });
+            }
+            if closed {
+                let message = if answered {
+                    "the connection closed before the response head ended"
+                } else {
+                    "the connection closed before any response"
+                };
+                return Err(fail(ErrorKind::Reset, message.into(), true, answered));
+            }
+            if damaged {
+                return Err(fail(
+                    ErrorKind::Protocol,
+                    "the response is not valid HTTP/1.x".into(),
+                    true,
+                    answered,
+                ));
+            }
+            let n = match self.stream.read(&mut self.read).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let kind = io_kind(&e).unwrap_or(ErrorKind::Other);
+                    let message = format!("reading the response: {e}");
+                    return Err(fail(kind, message, true, answered));
+                }
+            };
+            if n == 0 {
+                // End of stream: completes a close-delimited body, or cuts the response.
+                self.parser.finish(true, &mut framing);
+                closed = true;
+                continue;
+            }
+            if !answered {
+                answered = true;
+                *first_byte = Some(Instant::now());
+            }
+            self.parser.feed(&self.read[..n], 0, None, &mut framing);
+        }
+    }
+}
+
+/// Whether a response lets its connection carry another request (RFC 9112 §9.3).
+fn keeps_alive(m: &Message) -> bool {
+    let said = |token: &str| {
+        m.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    !said("close") && (m.version != "HTTP/1.0" || said("keep-alive"))
+}
+
+/// The parts of a request line and header section.
+pub(crate) struct RequestHead<'a> {
+    pub(crate) method: &'a str,
+    /// Origin-form target (`/path?query`), percent-encoded where needed.
+    pub(crate) target: &'a str,
+    pub(crate) headers: &'a [Header],
+}
+
+impl RequestHead<'_> {
+    /// Appends the request line and headers for a body of `body_len` bytes. Headers go out
+    /// as given (case and order kept); `Content-Length` is added when there is a body, or for
+    /// methods that expect one. Refuses what would not be one well-formed request (a CR or LF
+    /// in a value set by a hook would otherwise smuggle a second one).
+    pub(crate) fn encode(&self, body_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
+        if self.method.is_empty() || !self.method.bytes().all(is_tchar) {
+            return Err(format!("method {:?} is not a valid token", self.method));
+        }
+        if !self.target.starts_with('/') || self.target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!("{:?} is not a valid request target", self.target));
+        }
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in self.headers {
+            if h.name.is_empty() || !h.name.bytes().all(is_tchar) {
+                return Err(format!("header name {:?} is not a valid token", h.name));
+            }
+            if h.value
+                .bytes()
+                .any(|b| (b < b' ' && b != b'\t') || b == 0x7f)
+            {
+                return Err(format!(
+                    "header {:?}: the value holds control characters",
+                    h.name
+                ));
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value.trim_matches([' ', '\t']).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let expects_body = ["POST", "PUT", "PATCH"]
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(self.method));
+        if body_len > 0 || expects_body {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(body_len.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A server on loopback for one connection: reads each request (head and Content-Length
+    /// body), reports it, answers with the next scripted bytes; closes `linger` after the
+    /// last.
+    fn serve_for(
+        script: Vec<&'static [u8]>,
+        linger: std::time::Duration,
+    ) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            for answer in script {
+                let end = loop {
+                    if let Some(head) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let text = String::from_utf8_lossy(&got[..head]).to_ascii_lowercase();
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if got.len() >= head + 4 + len {
+                            break head + 4 + len;
+                        }
+                    }
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                tx.send(got.drain(..end).collect()).unwrap();
+                conn.write_all(answer).unwrap();
+            }
+            std::thread::sleep(linger);
+        });
+        (addr, rx)
+    }
+
+    fn serve(script: Vec<&'static [u8]>) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
+        serve_for(script, std::time::Duration::ZERO)
+    }
+
+    fn hdr(name: &str, value: &str) -> Header {
+        Header::from_bytes(name.as_bytes(), value.as_bytes())
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    async fn connect(addr: SocketAddr, max_body: u64) -> H1Conn {
+        H1Conn::new(TcpStream::connect(addr).await.unwrap(), max_body)
+    }
+
+    fn head<'a>(method: &'a str, target: &'a str, headers: &'a [Header]) -> RequestHead<'a> {
+        RequestHead {
+            method,
+            target,
+            headers,
+        }
+    }
+
+    #[test]
+    fn every_response_framing_over_one_connection() {
+        let (addr, requests) = serve(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Mixed-Case: a\r\n\
+              Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+            b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\nuntil the close",
+        ]);
+        runtime().block_on(async {
+            let mut c = connect(addr, 4).await;
+            let hs = [hdr("Host", "example"), hdr("X-Case-Kept", "1")];
+            let mut first = None;
+            let a = c
+                .exchange(&head("POST", "/a?b=1", &hs), b"{}", &mut first)
+                .await
+                .unwrap();
+            assert!(first.is_some());
+            assert_eq!(
+                requests.recv().unwrap(),
+                b"POST /a?b=1 HTTP/1.1\r\nHost: example\r\nX-Case-Kept: 1\r\n\
+                  Content-Length: 2\r\n\r\n{}"
+            );
+            let m = &a.response;
+            assert_eq!((m.status, m.version.as_str()), (200, "HTTP/1.1"));
+            assert_eq!(m.headers[0], hdr("X-Mixed-Case", "a"));
+            assert_eq!(
+                (&m.body[..], m.body_len, m.body_truncated),
+                (&b"abcd"[..], 5, true)
+            );
+            assert!(a.reusable);
+
+            let a = c
+                .exchange(&head("GET", "/", &[]), b"", &mut first)
+                .await
+                .unwrap();
+            assert_eq!(requests.recv().unwrap(), b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!((a.response.status, a.response.body_len), (204, 0));
+            assert!(a.reusable);
+
+            // HEAD: the Content-Length announces a body that is not sent.
+            let a = c
+                .exchange(&head("HEAD", "/", &[]), b"", &mut first)
+                .await
+                .unwrap();
+            assert_eq!((a.response.status, a.response.body_len), (200, 0));
+            assert!(a.reusable);
+
+            let a = c
+                .exchange(&head("GET", "/", &[]), b"", &mut first)
+                .await
+                .unwrap();
+            assert_eq!(
+                (&a.response.body[..], a.response.body_len),
+                (&b"0123"[..], 10)
+            );
+            assert!(a.reusable);
+
+            // HTTP/1.0, no length: the body ends with the connection, which is not reused.
+            let a = c
+                .exchange(&head("GET", "/", &[]), b"", &mut first)
+                .await
+                .unwrap();
+            assert_eq!(
+                (&a.response.body[..], a.response.body_len),
+                (&b"unti"[..], 15)
+            );
+            assert!(a.response.complete);
+            assert!(!a.reusable);
+            assert_eq!(c.served, 5);
+        });
+    }
+
+    #[test]
+    fn broken_responses_are_failures_that_say_why() {
+        let cases: [(&'static [u8], ErrorKind, &str, bool); 4] = [
+            (
+                b"garbage that is not http\r\n\r\n",
+                ErrorKind::Protocol,
+                "not valid HTTP",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                ErrorKind::Reset,
+                "after 3 body bytes",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                ErrorKind::Reset,
+                "before the response head",
+                true,
+            ),
+            (b"", ErrorKind::Reset, "before any response", false),
+        ];
+        for (answer, kind, says, answered) in cases {
+            let (addr, _requests) = serve(vec![answer]);
+            let f = runtime().block_on(async {
+                let mut c = connect(addr, 1 << 20).await;
+                let mut first = None;
+                match c.exchange(&head("GET", "/", &[]), b"", &mut first).await {
+                    Ok(a) => panic!("{answer:?} parsed as status {}", a.response.status),
+                    Err(f) => f,
+                }
+            });
+            assert_eq!(f.kind, kind, "{answer:?}: {}", f.message);
+            assert!(f.message.contains(says), "{answer:?}: {}", f.message);
+            assert_eq!((f.written, f.answered), (true, answered), "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn an_idle_connection_closed_by_the_server_is_noticed() {
+        let (addr, _requests) = serve_for(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+            std::time::Duration::from_millis(100),
+        );
+        runtime().block_on(async {
+            let mut c = connect(addr, 1024).await;
+            let mut first = None;
+            let a = c
+                .exchange(&head("GET", "/", &[]), b"", &mut first)
+                .await
+                .unwrap();
+            assert!(a.reusable);
+            assert!(!c.closed_while_idle(), "open and quiet");
+            // The server closes the connection 100 ms after its answer.
+            for _ in 0..200 {
+                if c.closed_while_idle() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            panic!("the close was never noticed");
+        });
+    }
+
+    #[test]
+    fn connection_reuse_follows_the_response() {
+        let msg = |version: &str, connection: Option<&str>| Message {
+            version: version.into(),
+            headers: connection
+                .map(|c| hdr("Connection", c))
+                .into_iter()
+                .collect(),
+            ..Message::default()
+        };
+        assert!(keeps_alive(&msg("HTTP/1.1", None)));
+        assert!(!keeps_alive(&msg("HTTP/1.1", Some("Upgrade, CLOSE"))));
+        assert!(!keeps_alive(&msg("HTTP/1.0", None)));
+        assert!(keeps_alive(&msg("HTTP/1.0", Some("keep-alive"))));
+    }
+
+    #[test]
+    fn requests_are_written_as_given_or_refused() {
+        let mut out = Vec::new();
+        let hs = [hdr("x-lower", "v"), hdr("X-Upper", " padded\t")];
+        head("PUT", "/p", &hs).encode(0, &mut out).unwrap();
+        assert_eq!(
+            out,
+            b"PUT /p HTTP/1.1\r\nx-lower: v\r\nX-Upper: padded\r\nContent-Length: 0\r\n\r\n"
+        );
+        let refused = [
+            ("GET", "/", hdr("X-Evil", "a\r\nX-Smuggled: 1")),
+            ("GET", "/", hdr("Bad Name", "v")),
+            ("GE T", "/", hdr("A", "b")),
+            ("GET", "/a b", hdr("A", "b")),
+            ("GET", "http://absolute/", hdr("A", "b")),
+        ];
+        for (method, target, h) in refused {
+            let hs = [h];
+            let r = head(method, target, &hs).encode(0, &mut Vec::new());
+            assert!(r.is_err(), "{method} {target} {:?} was accepted", hs[0]);
+        }
+    }
+}
