@@ -972,7 +972,24 @@ async fn exchange_task(shared: Arc<Shared>, pass: u32, mut ex: Box<Exchange>) {
 
 /// Runs a replay until the recording ends, `duration` passes, or `stop` turns true; then waits
 /// for the requests in flight, closes the files and writes `replay-<run>.summary.json`.
+///
+/// The scheduling loop runs as a task of its own, not as the future the runtime blocks on: a
+/// current-thread runtime polls that future only between batches of up to 61 other tasks, and
+/// a replay at `--rate max` left connections idle waiting for it (measured: +15% requests/s).
 pub async fn replay(
+    opts: ReplayOptions,
+    stop: watch::Receiver<bool>,
+) -> Result<ReplaySummary, ReplayError> {
+    let out = opts.out.clone();
+    tokio::spawn(run_replay(opts, stop))
+        .await
+        .map_err(|e| ReplayError::Io {
+            path: out,
+            source: std::io::Error::other(format!("the replay task failed: {e}")),
+        })?
+}
+
+async fn run_replay(
     mut opts: ReplayOptions,
     mut stop: watch::Receiver<bool>,
 ) -> Result<ReplaySummary, ReplayError> {
