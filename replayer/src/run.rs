@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
+use std::mem::take;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -527,7 +528,14 @@ fn read_recording(
         let mut seq = 0;
         while let Some(next) = stream.next_exchange(&mut seq) {
             match next {
-                Ok(ex) => batch.push(Item::Exchange(pass, Box::new(ex))),
+                Ok(mut ex) => {
+                    // Freed here, not on the sending thread: nothing downstream reads them.
+                    for unused in [&mut ex.source, &mut ex.uri, &mut ex.http_version] {
+                        take(unused);
+                    }
+                    take(&mut ex.request_trailers);
+                    batch.push(Item::Exchange(pass, Box::new(ex)))
+                }
                 Err(e) => {
                     batch.push(Item::Failed(e.into()));
                     send(&mut batch);
@@ -706,23 +714,23 @@ fn base_row(
     run_id: &str,
     route: &Route,
     pass: u32,
-    exchange_id: &str,
+    exchange_id: String,
     recorded_start_us: i64,
-    request: (&str, &str, Option<&str>),
+    request: (String, String, Option<String>),
 ) -> ReplayRecord {
     let (method, path, query) = request;
     ReplayRecord {
         run_id: run_id.to_owned(),
-        exchange_id: exchange_id.to_owned(),
+        exchange_id,
         pass,
         target: route.target.name.clone(),
         target_url: route.url_text.clone(),
         recorded_start_us,
         sent_at_us: None,
-        method: method.to_owned(),
+        method,
         url: String::new(),
-        path: path.to_owned(),
-        query: query.map(str::to_owned),
+        path,
+        query,
         request_headers: Vec::new(),
         request_body: Vec::new(),
         status: None,
@@ -753,9 +761,9 @@ fn unsent_row(
         run_id,
         route,
         pass,
-        &ex.exchange_id,
+        ex.exchange_id.clone(),
         ex.request_start_us,
-        (&ex.method, &ex.path, ex.query.as_deref()),
+        (ex.method.clone(), ex.path.clone(), ex.query.clone()),
     );
     row.error_kind = Some(kind);
     row.error_message = Some(message);
@@ -783,15 +791,7 @@ async fn send_one(
     if let Some(m) = &shared.marker {
         set_header(&mut req.headers, m, &shared.run_id);
     }
-    let mut row = base_row(
-        &shared.run_id,
-        route,
-        pass,
-        &req.exchange_id,
-        recorded_start_us,
-        (&req.method, &req.path, req.query.as_deref()),
-    );
-    row.sent_at_us = Some(now_us());
+    let sent_at_us = now_us();
     let (url, path_at) = route_url(&route.origin, target.url.path(), &req);
     let body = bytes::Bytes::from(std::mem::take(&mut req.body));
     shared.counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -804,6 +804,30 @@ async fn send_one(
         body: body.clone(),
     };
     let got = send(&route.client, outgoing, shared.max_body).await;
+    let hooks = shared.rules.as_ref().is_some_and(Rules::has_response_rules)
+        || shared.script.is_some()
+        || shared.middleware.is_some();
+    // The request's identity moves into the row, unless response hooks still need it.
+    let identity = if hooks {
+        let r = &req;
+        (
+            r.exchange_id.clone(),
+            (r.method.clone(), r.path.clone(), r.query.clone()),
+        )
+    } else {
+        let r = &mut req;
+        let (m, p, q) = (take(&mut r.method), take(&mut r.path), r.query.take());
+        (take(&mut r.exchange_id), (m, p, q))
+    };
+    let mut row = base_row(
+        &shared.run_id,
+        route,
+        pass,
+        identity.0,
+        recorded_start_us,
+        identity.1,
+    );
+    row.sent_at_us = Some(sent_at_us);
     row.url = url;
     row.request_body = Vec::from(body);
     row.connect_us = got.connect_us;
@@ -823,9 +847,6 @@ async fn send_one(
         row.response_version = Some(raw.version);
         row.response_body_len = raw.body_len;
         row.response_body_truncated = raw.truncated;
-        let hooks = shared.rules.as_ref().is_some_and(Rules::has_response_rules)
-            || shared.script.is_some()
-            || shared.middleware.is_some();
         if !hooks {
             row.response_headers = raw.headers;
             row.response_body = raw.body;
