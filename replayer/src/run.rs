@@ -563,6 +563,7 @@ struct Written {
 
 fn write_rows(
     mut rx: mpsc::Receiver<Vec<ReplayRecord>>,
+    spare: &Spare,
     mut sink: ParquetSink,
     targets: &[Target],
 ) -> Result<Written, ReplayError> {
@@ -597,31 +598,34 @@ fn write_rows(
             batch.clear();
             Ok(())
         };
-    for r in std::iter::from_fn(|| rx.blocking_recv()).flatten() {
-        let (t, totals) = per.entry(r.target.clone()).or_default();
-        t.rows += 1;
-        if r.sent_at_us.is_some() {
-            t.sent += 1;
-        }
-        match (r.status, r.error_kind) {
-            (Some(s), _) => {
-                *t.responses.entry(format!("{}xx", s / 100)).or_default() += 1;
-                if let Some(total) = r.total_us {
-                    totals.push(total);
-                }
+    while let Some(mut received) = rx.blocking_recv() {
+        for r in received.drain(..) {
+            let (t, totals) = per.entry(r.target.clone()).or_default();
+            t.rows += 1;
+            if r.sent_at_us.is_some() {
+                t.sent += 1;
             }
-            (None, Some(k)) => *t.errors.entry(k.as_str().to_owned()).or_default() += 1,
-            (None, None) => {}
+            match (r.status, r.error_kind) {
+                (Some(s), _) => {
+                    *t.responses.entry(format!("{}xx", s / 100)).or_default() += 1;
+                    if let Some(total) = r.total_us {
+                        totals.push(total);
+                    }
+                }
+                (None, Some(k)) => *t.errors.entry(k.as_str().to_owned()).or_default() += 1,
+                (None, None) => {}
+            }
+            bytes += r.response_body.len()
+                + r.request_body.len()
+                + r.response_body_decoded.as_ref().map_or(0, Vec::len);
+            batch.push(r);
+            rows += 1;
+            if batch.len() >= 512 || bytes >= 32 << 20 {
+                flush(&mut batch, &mut sink)?;
+                bytes = 0;
+            }
         }
-        bytes += r.response_body.len()
-            + r.request_body.len()
-            + r.response_body_decoded.as_ref().map_or(0, Vec::len);
-        batch.push(r);
-        rows += 1;
-        if batch.len() >= 512 || bytes >= 32 << 20 {
-            flush(&mut batch, &mut sink)?;
-            bytes = 0;
-        }
+        spare.put(received);
     }
     flush(&mut batch, &mut sink)?;
     let files = sink.finish()?;
@@ -672,10 +676,38 @@ struct Route {
     url_text: String,
 }
 
+/// Emptied row batches on their way back from the writer thread: the sending thread fills
+/// them again instead of allocating (and the allocator faulting in) fresh ones per batch.
+#[derive(Default)]
+struct Spare(std::sync::Mutex<Vec<Vec<ReplayRecord>>>);
+
+impl Spare {
+    fn put(&self, batch: Vec<ReplayRecord>) {
+        let mut spare = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if spare.len() < 16 {
+            spare.push(batch);
+        }
+    }
+
+    fn take(&self) -> Vec<ReplayRecord> {
+        let mut spare = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RowOut::BATCH))
+    }
+}
+
 /// Rows on their way to the writer thread, handed over in batches (one wake-up per batch).
 struct RowOut {
     pending: std::sync::Mutex<Vec<ReplayRecord>>,
     tx: mpsc::Sender<Vec<ReplayRecord>>,
+    spare: Arc<Spare>,
 }
 
 impl RowOut {
@@ -688,7 +720,7 @@ impl RowOut {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             p.push(row);
-            (p.len() >= Self::BATCH).then(|| std::mem::take(&mut *p))
+            (p.len() >= Self::BATCH).then(|| std::mem::replace(&mut *p, self.spare.take()))
         };
         if let Some(batch) = full {
             let _ = self.tx.send(batch).await;
@@ -1098,10 +1130,12 @@ async fn run_replay(
         replays_schema(),
     )?;
     let (row_tx, row_rx) = mpsc::channel::<Vec<ReplayRecord>>(8);
+    let spare = Arc::new(Spare::default());
+    let writer_spare = spare.clone();
     let writer_targets = opts.targets.clone();
     let writer = std::thread::Builder::new()
         .name("shadowtap-replay-writer".into())
-        .spawn(move || write_rows(row_rx, sink, &writer_targets))
+        .spawn(move || write_rows(row_rx, &writer_spare, sink, &writer_targets))
         .map_err(|source| ReplayError::Io {
             path: opts.out.clone(),
             source,
@@ -1117,8 +1151,9 @@ async fn run_replay(
         preserve_host: opts.preserve_host,
         max_body: opts.client.max_body,
         rows: RowOut {
-            pending: std::sync::Mutex::new(Vec::new()),
+            pending: std::sync::Mutex::new(Vec::with_capacity(RowOut::BATCH)),
             tx: row_tx,
+            spare,
         },
         counters: Counters::default(),
     });
