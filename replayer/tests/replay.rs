@@ -762,3 +762,106 @@ fn unsafe_requests_avoid_connections_the_server_closed_and_go_out_as_recorded() 
         )
     );
 }
+
+/// An HTTPS server on loopback with a self-signed certificate for `localhost`: answers every
+/// request on a connection with `200 secure` and counts them.
+fn tls_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = key.cert.der().clone();
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], private)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, count) = (acceptor.clone(), count.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate fails the handshake here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            got.drain(..end + 4);
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure";
+                            if tls.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (rx.recv().unwrap(), served)
+}
+
+/// https targets: a self-signed certificate is refused (`tls` rows, nothing served) unless
+/// `--insecure`, which then gets every response.
+#[test]
+fn https_targets_verify_certificates_unless_insecure() {
+    let (addr, served) = tls_server();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    write_recording(&rec, &gets(20, 5), 1);
+    let url = format!("https://localhost:{}", addr.port());
+
+    let strict = dir.path().join("strict");
+    run(options(&rec, &strict, vec![target("t", &url)])).unwrap();
+    let rows = read_rows(&strict);
+    assert_eq!(rows.len(), 20);
+    for r in &rows {
+        assert_eq!(
+            r.error_kind.as_deref(),
+            Some("tls"),
+            "{:?}",
+            r.error_message
+        );
+        assert!(r.status.is_none());
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let insecure = dir.path().join("insecure");
+    let mut o = options(&rec, &insecure, vec![target("t", &url)]);
+    o.client.insecure = true;
+    let summary = run(o).unwrap();
+    let rows = read_rows(&insecure);
+    assert_eq!(rows.len(), 20);
+    for r in &rows {
+        assert_eq!(r.status, Some(200), "{:?}", r.error_message);
+        assert_eq!(r.response_body, b"secure");
+        assert_eq!(r.response_version.as_deref(), Some("HTTP/1.1"));
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 20);
+    assert_eq!(summary.targets["t"].responses["2xx"], 20);
+}
