@@ -246,9 +246,7 @@ async fn send_h1(
         headers: req.headers,
     };
     let idempotent = is_idempotent(req.method);
-    // A request that must not be resent after a failure is not put on an idle connection the
-    // server has closed meanwhile.
-    let (mut conn, opened) = pool.checkout_h1(!idempotent).await?;
+    let (mut conn, opened) = pool.checkout_h1().await?;
     *connect_us = opened;
     let answer = match conn.exchange(&head, &req.body, first_byte).await {
         Ok(a) => a,

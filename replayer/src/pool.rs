@@ -79,12 +79,10 @@ impl PlainPool {
     }
 
     /// An HTTP/1.1 connection ready to send, and how long opening it took when this call
-    /// opened it. With `probe`, an idle connection is first checked for a close by the server
-    /// (one non-blocking read): for requests that must not be resent after a failure.
-    pub(crate) async fn checkout_h1(
-        &self,
-        probe: bool,
-    ) -> Result<(H1Conn, Option<i64>), (ErrorKind, String)> {
+    /// opened it. An idle connection is first checked (one non-blocking read) for a close by
+    /// the server, or for bytes nobody asked for: a stray or overlong response left there would
+    /// otherwise be read as the answer to the next request.
+    pub(crate) async fn checkout_h1(&self) -> Result<(H1Conn, Option<i64>), (ErrorKind, String)> {
         loop {
             let Some(conn) = self
                 .idle
@@ -94,7 +92,7 @@ impl PlainPool {
             else {
                 break;
             };
-            if !(probe && conn.closed_while_idle()) {
+            if !conn.closed_while_idle() {
                 return Ok((conn, None));
             }
         }

@@ -865,3 +865,58 @@ fn https_targets_verify_certificates_unless_insecure() {
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 20);
     assert_eq!(summary.targets["t"].responses["2xx"], 20);
 }
+
+/// A broken server that sends a stray second response 20 ms after each real one. The stray
+/// bytes wait on the idle connection; read as the next request's answer they would pair it
+/// with the wrong response. The connection must be given up instead.
+#[test]
+fn stray_bytes_on_an_idle_connection_are_never_taken_for_the_next_response() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (c, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut r = 0;
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        let body = format!("conn{c}-req{r}");
+                        r += 1;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = conn.write_all(answer.as_bytes());
+                        std::thread::sleep(Duration::from_millis(20));
+                        let _ =
+                            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray");
+                    }
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    write_recording(&rec, &gets(6, 6), 1);
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("t", &format!("http://{addr}"))]);
+    o.concurrency = 1;
+    o.pacing = Pacing::Rate(12.5); // 80 ms apart: the stray bytes are there before each reuse
+    run(o).unwrap();
+    let bodies: BTreeSet<String> = read_rows(&out)
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.response_body).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 6, "{bodies:?}");
+    for b in &bodies {
+        assert!(b.ends_with("-req0"), "a reused connection answered {b:?}");
+    }
+}
