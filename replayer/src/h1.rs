@@ -21,6 +21,12 @@ use crate::client::io_kind;
 /// Read buffer size per connection.
 const READ_CHUNK: usize = 16 << 10;
 
+/// Bodies up to this size are copied behind the head and sent in one write.
+const SMALL_BODY: usize = 16 << 10;
+
+/// A write buffer grown past this (a huge header section) is not kept for the next request.
+const KEPT_WRITE_BUFFER: usize = 256 << 10;
+
 /// One keep-alive HTTP/1.1 connection.
 pub(crate) struct H1Conn {
     stream: TcpStream,
@@ -114,11 +120,22 @@ impl H1Conn {
             answered,
         };
         self.out.clear();
+        if self.out.capacity() > KEPT_WRITE_BUFFER {
+            self.out = Vec::new();
+        }
         request
             .encode(body.len(), &mut self.out)
             .map_err(|m| fail(ErrorKind::Other, m, false, false))?;
-        self.out.extend_from_slice(body);
-        if let Err(e) = self.stream.write_all(&self.out).await {
+        // A small body goes out in the same write as the head; a large one is not copied.
+        let separate = body.len() > SMALL_BODY;
+        if !separate {
+            self.out.extend_from_slice(body);
+        }
+        let mut sent = self.stream.write_all(&self.out).await;
+        if separate && sent.is_ok() {
+            sent = self.stream.write_all(body).await;
+        }
+        if let Err(e) = sent {
             let kind = io_kind(&e).unwrap_or(ErrorKind::Other);
             return Err(fail(
                 kind,
@@ -424,6 +441,25 @@ mod tests {
             assert!(!a.reusable);
             assert_eq!(c.served, 5);
         });
+    }
+
+    #[test]
+    fn a_large_body_arrives_whole() {
+        let (addr, requests) = serve(vec![b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"]);
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        runtime().block_on(async {
+            let mut c = connect(addr, 1024).await;
+            let mut first = None;
+            let a = c
+                .exchange(&head("PUT", "/big", &[]), &body, &mut first)
+                .await
+                .unwrap();
+            assert_eq!(a.response.status, 201);
+        });
+        let got = requests.recv().unwrap();
+        let head = b"PUT /big HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n";
+        assert_eq!(&got[..head.len()], head);
+        assert!(got[head.len()..] == body[..], "the body arrived changed");
     }
 
     #[test]
