@@ -135,7 +135,17 @@ impl H1Conn {
         if separate && sent.is_ok() {
             sent = self.stream.write_all(body).await;
         }
+        let mut framing = Sent(request.method);
         if let Err(e) = sent {
+            // A server may answer before reading the whole request (a 413 for a body over its
+            // limit) and close: that answer, if it came, is the outcome, not the failed write.
+            if let Some(m) = self.answer_already_received(&mut framing, first_byte) {
+                self.served += 1;
+                return Ok(Answer {
+                    response: m,
+                    reusable: false,
+                });
+            }
             let kind = io_kind(&e).unwrap_or(ErrorKind::Other);
             return Err(fail(
                 kind,
@@ -144,7 +154,6 @@ impl H1Conn {
                 false,
             ));
         }
-        let mut framing = Sent(request.method);
         let mut answered = false;
         let mut closed = false;
         loop {
@@ -220,6 +229,35 @@ impl H1Conn {
             }
             self.parser.feed(&self.read[..n], 0, None, &mut framing);
         }
+    }
+}
+
+impl H1Conn {
+    /// A complete final response already waiting in the socket, read without blocking.
+    fn answer_already_received(
+        &mut self,
+        framing: &mut Sent<'_>,
+        first_byte: &mut Option<Instant>,
+    ) -> Option<Message> {
+        loop {
+            match self.stream.try_read(&mut self.read) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    first_byte.get_or_insert_with(Instant::now);
+                    self.parser.feed(&self.read[..n], 0, None, framing);
+                }
+            }
+        }
+        self.parser.finish(true, framing);
+        let mut last = None;
+        for event in self.parser.drain_events() {
+            if let ParserEvent::Message(m) = event {
+                if m.index.is_some() && m.complete && m.error.is_none() {
+                    last = Some(*m);
+                }
+            }
+        }
+        last
     }
 }
 
@@ -460,6 +498,33 @@ mod tests {
         let head = b"PUT /big HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n";
         assert_eq!(&got[..head.len()], head);
         assert!(got[head.len()..] == body[..], "the body arrived changed");
+    }
+
+    /// A server that refuses a large body before reading it (answers 413 and closes, as nginx
+    /// does past `client_max_body_size`): its answer is the row, not the failed write.
+    #[test]
+    fn an_early_answer_to_a_large_body_is_recorded() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbig",
+            );
+            // Dropped with the body unread: the kernel answers the rest with a reset.
+        });
+        let body = vec![b'x'; 8 << 20];
+        let got = runtime().block_on(async {
+            let mut c = connect(addr, 1024).await;
+            let mut first = None;
+            c.exchange(&head("POST", "/upload", &[]), &body, &mut first)
+                .await
+                .map(|a| (a.response.status, a.response.body, a.reusable))
+                .map_err(|f| f.message)
+        });
+        assert_eq!(got, Ok((413, b"big".to_vec(), false)));
     }
 
     #[test]
