@@ -11,7 +11,8 @@ use shadowtap_capture::summary::CaptureSummary;
 
 /// The repository's fixtures directory.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
 }
 
 /// One exchange as read back from Parquet (the columns the tests look at).

@@ -52,7 +52,10 @@ pub(crate) fn service(flags: &[&str]) -> Service {
 /// Captures the demo fixture into `dir/cap` (once per test).
 pub(crate) fn capture(dir: &Path) -> PathBuf {
     let cap = dir.join("cap");
-    let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/demo/api.pcap");
+    let pcap = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../fixtures/demo/api.pcap");
     let o = bin()
         .args([
             "capture",

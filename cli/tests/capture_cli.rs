@@ -13,7 +13,7 @@ fn bin() -> Command {
 }
 
 fn pcap(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
         .join("../fixtures/pcaps")
         .join(name)
 }

@@ -57,7 +57,10 @@ fn the_notebook_runs_on_a_real_canary_run() {
         .output()
         .unwrap();
     assert_eq!(st.status.code(), Some(1));
-    let notebooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../notebooks");
+    let notebooks = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../notebooks");
     let executed = dir.path().join("executed.ipynb");
     let o = Command::new(python)
         .arg(notebooks.join("run.py"))

@@ -15,7 +15,8 @@ fn bin() -> Command {
 }
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/pcaps/nDPI__1kxun.pcap")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+        .join("../fixtures/pcaps/nDPI__1kxun.pcap")
 }
 
 /// Captures the fixture into `dir/cap`.
