@@ -1,7 +1,8 @@
 //! HTTP/1.1 connections to plain (`http://`) targets.
 //!
 //! A request leaves as it was recorded: header names in their recorded case and order, the
-//! request line and headers written in one buffer with the body. The response is framed by the
+//! request line and headers written in one buffer with the body (a body over 16 KiB follows in
+//! a second write rather than being copied). The response is framed by the
 //! capture stage's parser ([`shadowtap_capture::http::MessageParser`]: Content-Length, chunked,
 //! close-delimited, no body after HEAD/204/304, interim 1xx skipped), so a replayed response
 //! is recorded exactly as a captured one would be (header case and order, body cap, lossless
