@@ -13,27 +13,7 @@ secs="${1:?seconds}"; rounds="${2:?rounds}"; shift 2
 [ "$#" -gt 0 ] || { echo "give at least one shadowtap binary" >&2; exit 2; }
 source bench/common.sh
 bench_setup 100 nginx-light wrk time
-d=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$d/nginx.conf" <<CONF
-worker_processes 1;
-user root;
-pid $d/nginx.pid;
-error_log $d/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
-  keepalive_requests 1000000;
-  client_max_body_size 64m;
-  server { listen 127.0.0.1:$port; location / { return 200 "ok\n"; } }
-}
-CONF
-cleanup() { [ -f "$d/nginx.pid" ] && kill "$(cat "$d/nginx.pid")" 2>/dev/null; rm -rf "$d"; }
-trap cleanup EXIT
-nginx -p "$d" -c "$d/nginx.conf"
-sleep 0.5
-"$bin/shadowtap" capture --read "$pcap" --out "$d/rec" --quiet >/dev/null 2>&1
+bench_replay_target
 echo "recording: $(cat "$pcap.exchanges") exchanges; nginx on 127.0.0.1:$port; $secs s runs; concurrency 32"
 for r in $(seq "$rounds"); do
   line="round $r: wrk $(wrk -t2 -c32 -d"${secs}s" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {printf "%d", $2}')"
