@@ -56,6 +56,17 @@ pub(crate) struct Answer {
     pub(crate) reusable: bool,
 }
 
+/// Events of the parser, summed up.
+#[derive(Default)]
+struct Parsed {
+    /// The final response, if one ended.
+    response: Option<Message>,
+    /// Bytes were skipped or lost: not HTTP/1.x from some point on.
+    damaged: bool,
+    /// The connection switched protocols.
+    upgraded: bool,
+}
+
 /// Tells the parser which method each response answers (one request at a time).
 struct Sent<'a>(&'a str);
 
@@ -158,20 +169,12 @@ impl H1Conn {
         let mut answered = false;
         let mut closed = false;
         loop {
-            let mut response = None;
-            let mut damaged = false;
-            let mut upgraded = false;
-            for event in self.parser.drain_events() {
-                match event {
-                    // Interim (1xx) responses carry no index: the final one follows.
-                    ParserEvent::Message(m) if m.index.is_some() => response = Some(m),
-                    ParserEvent::Message(_) => {}
-                    ParserEvent::Upgraded => upgraded = true,
-                    ParserEvent::BoundaryLoss | ParserEvent::Skipped(_) => damaged = true,
-                }
-            }
+            let Parsed {
+                response,
+                damaged,
+                upgraded,
+            } = self.parsed();
             if let Some(m) = response {
-                let m = *m;
                 if let Some(why) = &m.error {
                     return Err(fail(ErrorKind::Protocol, why.clone(), true, true));
                 }
@@ -231,9 +234,22 @@ impl H1Conn {
             self.parser.feed(&self.read[..n], 0, None, &mut framing);
         }
     }
-}
 
-impl H1Conn {
+    /// What the parser made of the bytes fed so far.
+    fn parsed(&mut self) -> Parsed {
+        let mut p = Parsed::default();
+        for event in self.parser.drain_events() {
+            match event {
+                // Interim (1xx) responses carry no index: the final one follows.
+                ParserEvent::Message(m) if m.index.is_some() => p.response = Some(*m),
+                ParserEvent::Message(_) => {}
+                ParserEvent::Upgraded => p.upgraded = true,
+                ParserEvent::BoundaryLoss | ParserEvent::Skipped(_) => p.damaged = true,
+            }
+        }
+        p
+    }
+
     /// A complete final response already waiting in the socket, read without blocking.
     fn answer_already_received(
         &mut self,
@@ -250,15 +266,9 @@ impl H1Conn {
             }
         }
         self.parser.finish(true, framing);
-        let mut last = None;
-        for event in self.parser.drain_events() {
-            if let ParserEvent::Message(m) = event {
-                if m.index.is_some() && m.complete && m.error.is_none() {
-                    last = Some(*m);
-                }
-            }
-        }
-        last
+        self.parsed()
+            .response
+            .filter(|m| m.complete && m.error.is_none())
     }
 }
 

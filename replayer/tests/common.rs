@@ -392,3 +392,15 @@ impl Row {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// For the raw-socket servers of the tests: the first whole request in `got` (head and a
+/// Content-Length body), taken out of it; `None` until all of it has arrived.
+pub fn take_request(got: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let head = got.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let text = String::from_utf8_lossy(&got[..head]).to_ascii_lowercase();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().expect("a numeric Content-Length"));
+    (got.len() >= head + 4 + len).then(|| got.drain(..head + 4 + len).collect())
+}

@@ -687,20 +687,10 @@ fn idle_closing_server() -> (
                 let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
                 loop {
-                    if let Some(head) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let text = String::from_utf8_lossy(&got[..head]).to_ascii_lowercase();
-                        let len: usize = text
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        if got.len() >= head + 4 + len {
-                            log.lock()
-                                .unwrap()
-                                .push(got.drain(..head + 4 + len).collect());
-                            let _ =
-                                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                            continue;
-                        }
+                    if let Some(request) = take_request(&mut got) {
+                        log.lock().unwrap().push(request);
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        continue;
                     }
                     match conn.read(&mut buf) {
                         Ok(0) | Err(_) => return, // idle for 30 ms, or closed: close
@@ -806,8 +796,7 @@ fn tls_server() -> (
                     let mut got = Vec::new();
                     let mut buf = [0u8; 4096];
                     loop {
-                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            got.drain(..end + 4);
+                        while take_request(&mut got).is_some() {
                             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure";
                             if tls.write_all(answer).await.is_err() {
@@ -882,8 +871,7 @@ fn stray_bytes_on_an_idle_connection_are_never_taken_for_the_next_response() {
                 let mut buf = [0u8; 4096];
                 let mut r = 0;
                 loop {
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
+                    while take_request(&mut got).is_some() {
                         let body = format!("conn{c}-req{r}");
                         r += 1;
                         let answer = format!(
