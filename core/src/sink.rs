@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -57,6 +57,19 @@ struct OpenFile {
     writer: ArrowWriter<File>,
 }
 
+/// Whether dictionary encoding is worth it for a column. Not for values that rarely repeat:
+/// bodies, timestamps and durations (int64), and per-row ids and URLs. Interning each of those
+/// costs a hash and a compare per value until the dictionary overflows and the writer falls
+/// back to plain encoding anyway. Low-cardinality columns (method, target, status, run id,
+/// header names) keep it. Only the encoding changes: the files read the same everywhere.
+fn dictionary_pays(field: &Field) -> bool {
+    let unique = matches!(
+        field.data_type(),
+        DataType::Binary | DataType::Int64 | DataType::Timestamp(..)
+    );
+    !unique && !matches!(field.name().as_str(), "exchange_id" | "url" | "uri")
+}
+
 /// Writes record batches to a sequence of complete Parquet files.
 pub struct ParquetSink {
     options: SinkOptions,
@@ -76,17 +89,17 @@ impl ParquetSink {
             source,
         })?;
         let mut builder = WriterProperties::builder();
-        // Bodies are large and rarely repeat: dictionary encoding and min/max statistics cost
-        // hashing and copying for nothing there.
         for field in schema.fields() {
-            if matches!(field.data_type(), arrow::datatypes::DataType::Binary) {
-                let col = parquet::schema::types::ColumnPath::from(field.name().as_str());
-                builder = builder
-                    .set_column_dictionary_enabled(col.clone(), false)
-                    .set_column_statistics_enabled(
-                        col,
-                        parquet::file::properties::EnabledStatistics::None,
-                    );
+            let col = parquet::schema::types::ColumnPath::from(field.name().as_str());
+            if !dictionary_pays(field) {
+                builder = builder.set_column_dictionary_enabled(col.clone(), false);
+            }
+            // Min/max of a body is never used to skip data, and costs a copy per page.
+            if matches!(field.data_type(), DataType::Binary) {
+                builder = builder.set_column_statistics_enabled(
+                    col,
+                    parquet::file::properties::EnabledStatistics::None,
+                );
             }
         }
         let props = builder
@@ -264,5 +277,53 @@ mod tests {
             .any(|kv| kv.key == SCHEMA_VERSION_KEY && kv.value.as_deref() == Some("1")));
         let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn per_row_values_skip_the_dictionary_and_repeated_ones_keep_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SinkOptions {
+            dir: dir.path().to_path_buf(),
+            prefix: "exchanges-t".into(),
+            max_file_bytes: u64::MAX,
+            max_row_group_rows: 1024,
+        };
+        let mut sink = ParquetSink::new(opts, exchanges_schema()).unwrap();
+        let rows: Vec<_> = (0..100)
+            .map(|i| {
+                let mut ex = crate::schema::tests::sample();
+                ex.exchange_id = format!("id-{i}");
+                ex
+            })
+            .collect();
+        sink.write(&exchanges_to_batch(&rows).unwrap()).unwrap();
+        let files = sink.finish().unwrap();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap()).unwrap();
+        let meta = reader.metadata().clone();
+        let group = meta.row_group(0);
+        let dictionary = |name: &str| {
+            let column = group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap_or_else(|| panic!("no column {name}"));
+            column.dictionary_page_offset().is_some()
+        };
+        for per_row in [
+            "exchange_id",
+            "uri",
+            "request_start",
+            "latency_us",
+            "request_body",
+        ] {
+            assert!(!dictionary(per_row), "{per_row} has a dictionary page");
+        }
+        for repeated in ["method", "connection_id", "status"] {
+            assert!(dictionary(repeated), "{repeated} lost its dictionary");
+        }
+        // The encoding changes nothing that is read back.
+        let back: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(back, 100);
     }
 }

@@ -191,7 +191,19 @@ pub async fn send(client: &TargetClient, req: Outgoing<'_>, max_body: u64) -> Ex
     match &client.inner {
         Transport::Plain(pool) => send_plain(pool, client.timeout, req, max_body).await,
         Transport::Tls(c) => match reqwest::Url::parse(req.url) {
-            Ok(url) => send_reqwest(c, url, req.method, req.headers, req.body, max_body).await,
+            // Boxed, as is h2c below: their futures are large, and the HTTP/1.1 path (the
+            // common one) would otherwise copy their size into every request task it spawns.
+            Ok(url) => {
+                Box::pin(send_reqwest(
+                    c,
+                    url,
+                    req.method,
+                    req.headers,
+                    req.body,
+                    max_body,
+                ))
+                .await
+            }
             Err(e) => Exchanged {
                 error: Some((ErrorKind::Other, format!("{}: {e}", req.url))),
                 ..Exchanged::default()
@@ -213,7 +225,16 @@ async fn send_plain(
     let work = async {
         match pool.protocol() {
             Protocol::Http1 => send_h1(pool, &req, &mut connect_us, &mut first_byte).await,
-            Protocol::H2c => send_h2(pool, &req, max_body, &mut connect_us, &mut first_byte).await,
+            Protocol::H2c => {
+                Box::pin(send_h2(
+                    pool,
+                    &req,
+                    max_body,
+                    &mut connect_us,
+                    &mut first_byte,
+                ))
+                .await
+            }
         }
     };
     let result = match tokio::time::timeout(timeout, work).await {
