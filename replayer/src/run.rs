@@ -31,7 +31,7 @@ use shadowtap_core::replays::{
 use shadowtap_core::sampling::Sampler;
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
 use shadowtap_core::Exchange;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -991,7 +991,7 @@ async fn apply_request_hooks(shared: &Shared, mut req: OutgoingRequest) -> Decis
 }
 
 /// Prepares one selected exchange (hooks) and sends it to every target.
-async fn exchange_task(shared: Arc<Shared>, pass: u32, mut ex: Box<Exchange>) {
+async fn exchange_task(shared: &Shared, pass: u32, mut ex: Box<Exchange>) {
     let original_host = header(&ex.request_headers, "host").map(str::to_owned);
     let decision = match OutgoingRequest::take_from_exchange(&mut ex) {
         Err(u) => {
@@ -999,7 +999,7 @@ async fn exchange_task(shared: Arc<Shared>, pass: u32, mut ex: Box<Exchange>) {
             Decision::NotSent(ErrorKind::Unreplayable, u.0)
         }
         // Boxed: the middleware's future is large, and most replays have no hooks.
-        Ok(req) if shared.has_request_hooks() => Box::pin(apply_request_hooks(&shared, req)).await,
+        Ok(req) if shared.has_request_hooks() => Box::pin(apply_request_hooks(shared, req)).await,
         Ok(req) => Decision::Send(req),
     };
     let req = match decision {
@@ -1034,12 +1034,12 @@ async fn exchange_task(shared: Arc<Shared>, pass: u32, mut ex: Box<Exchange>) {
     let recorded = ex.request_start_us;
     let n = shared.targets.len();
     if n == 1 {
-        send_one(&shared, 0, pass, recorded, req, original_host).await;
+        send_one(shared, 0, pass, recorded, req, original_host).await;
         return;
     }
     let sends = (0..n).map(|ti| {
         send_one(
-            &shared,
+            shared,
             ti,
             pass,
             recorded,
@@ -1048,6 +1048,63 @@ async fn exchange_task(shared: Arc<Shared>, pass: u32, mut ex: Box<Exchange>) {
         )
     });
     futures_util::future::join_all(sends).await;
+}
+
+/// The tasks that send: one per exchange in flight (`--concurrency` divided by the targets each
+/// exchange goes to), each taking the next exchange when it is done with the last. Long-lived
+/// tasks rather than one task per exchange: spawning copies the request future (kilobytes)
+/// and costs an allocation and the task bookkeeping for every request.
+struct Workers {
+    /// Each worker's inbox (room for one exchange, given only when it is idle).
+    inboxes: Vec<mpsc::Sender<(u32, Box<Exchange>)>>,
+    /// Workers that are idle, by index.
+    idle: mpsc::UnboundedReceiver<usize>,
+    tasks: JoinSet<()>,
+}
+
+impl Workers {
+    fn start(shared: &Arc<Shared>, concurrency: usize) -> Workers {
+        // One slot per target: waiting for an idle worker is how --concurrency pushes back.
+        let per_exchange = shared.targets.len().clamp(1, concurrency.max(1));
+        let count = (concurrency / per_exchange).max(1);
+        let (idle_tx, idle) = mpsc::unbounded_channel();
+        let mut inboxes = Vec::with_capacity(count);
+        let mut tasks = JoinSet::new();
+        for id in 0..count {
+            let (tx, mut inbox) = mpsc::channel::<(u32, Box<Exchange>)>(1);
+            inboxes.push(tx);
+            let (shared, idle_tx) = (shared.clone(), idle_tx.clone());
+            let _ = idle_tx.send(id);
+            tasks.spawn(async move {
+                while let Some((pass, ex)) = inbox.recv().await {
+                    exchange_task(&shared, pass, ex).await;
+                    if idle_tx.send(id).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Workers {
+            inboxes,
+            idle,
+            tasks,
+        }
+    }
+
+    /// Gives the exchange to the next idle worker, waiting for one. False when none is left
+    /// (a worker task ended early, which only a panic does).
+    async fn hand(&mut self, pass: u32, ex: Box<Exchange>) -> bool {
+        let Some(id) = self.idle.recv().await else {
+            return false;
+        };
+        self.inboxes[id].send((pass, ex)).await.is_ok()
+    }
+
+    /// Lets every worker finish the exchange it holds, then ends them.
+    async fn finish(mut self) {
+        self.inboxes.clear();
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 /// Runs a replay until the recording ends, `duration` passes, or `stop` turns true; then waits
@@ -1214,15 +1271,12 @@ async fn run_replay(
         stopped_by: "end".into(),
         ..Default::default()
     };
-    let semaphore = Arc::new(Semaphore::new(opts.concurrency));
-    let slots = (shared.targets.len() as u32).min(opts.concurrency.min(u32::MAX as usize) as u32);
-    let mut tasks = JoinSet::new();
+    let mut workers = Workers::start(&shared, opts.concurrency);
     let mut pacer = Pacer::new(opts.pacing, Instant::now());
     let deadline = opts.duration.map(|d| started + d);
     let mut failure = None;
     let stop_now = |s: &watch::Receiver<bool>| *s.borrow();
     'dispatch: loop {
-        while tasks.try_join_next().is_some() {}
         if stop_now(&stop) {
             summary.stopped_by = "signal".into();
             break;
@@ -1299,23 +1353,13 @@ async fn run_replay(
             summary.max_schedule_lag_ms = summary.max_schedule_lag_ms.max(lag);
         }
         summary.selected += 1;
-        // One slot per target: waiting for slots is how --concurrency pushes back. Hooks and
-        // sending run in the exchange's own task, so this loop only selects and paces.
-        let permit = semaphore
-            .clone()
-            .acquire_many_owned(slots)
-            .await
-            .expect("semaphore is never closed");
-        let shared = shared.clone();
-        let fut = async move {
-            exchange_task(shared, pass, ex).await;
-            drop(permit);
-        };
-        tasks.spawn(fut);
+        if !workers.hand(pass, ex).await {
+            break;
+        }
     }
     // Stop reading, finish what is in flight, then close the files.
     drop(item_rx);
-    while tasks.join_next().await.is_some() {}
+    workers.finish().await;
     progress.finish().await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     summary.out_of_order = out_of_order.load(Ordering::Relaxed);
