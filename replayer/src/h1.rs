@@ -108,7 +108,9 @@ impl H1Conn {
     }
 
     /// True when the server closed this idle connection (or sent bytes nobody asked for):
-    /// it must not carry a request. Costs one non-blocking read.
+    /// it must not carry a request. Usually free: tokio marks a socket not readable after a
+    /// read that did not fill the buffer, so this reads from the socket (one non-blocking
+    /// `recvfrom`) only when the kernel reported bytes or a close since the response ended.
     pub(crate) fn closed_while_idle(&self) -> bool {
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {
