@@ -1103,7 +1103,12 @@ impl Workers {
     /// Lets every worker finish the exchange it holds, then ends them.
     async fn finish(mut self) {
         self.inboxes.clear();
-        while self.tasks.join_next().await.is_some() {}
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Err(e) = ended {
+                // Only a bug does this; say so rather than lose the exchange quietly.
+                tracing::error!("a sending task failed ({e}): the exchange it held has no row");
+            }
+        }
     }
 }
 
