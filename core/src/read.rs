@@ -102,7 +102,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ReadError> {
 pub enum Columns {
     /// Every column.
     All,
-    /// The request side, ids, times and flags: what replaying needs.
+    /// What replaying needs: ids, request times, client address (for sampling by client) and
+    /// the request itself. The other fields of the exchanges read are left empty: no
+    /// response, zero ports, unspecified server address, empty `source`, `uri` and
+    /// `http_version`, no trailers, no flags.
     Requests,
 }
 
@@ -110,41 +113,25 @@ pub enum Columns {
 const REQUEST_COLUMNS: &[&str] = &[
     "exchange_id",
     "connection_id",
-    "connection_seq",
-    "source",
     "request_start",
     "request_end",
-    "response_start",
-    "response_end",
     "client_ip",
-    "client_port",
-    "server_ip",
-    "server_port",
     "method",
-    "uri",
     "host",
     "path",
     "query",
-    "http_version",
     "request_headers",
-    "request_trailers",
     "request_body",
     "request_body_decoded",
     "request_body_len",
     "request_body_truncated",
-    "status",
-    "no_response",
-    "incomplete",
-    "gap",
-    "parse_error",
-    "upgraded",
-    "error_detail",
 ];
 
 /// One `exchanges` file opened for reading.
 pub struct ExchangeFile {
     path: PathBuf,
     reader: ParquetRecordBatchReader,
+    columns: Columns,
     /// Smallest and largest `request_start` in the file (µs), from the footer statistics.
     pub time_range: Option<(i64, i64)>,
     /// Rows in the file.
@@ -239,6 +226,7 @@ impl ExchangeFile {
         Ok(ExchangeFile {
             path: path.to_path_buf(),
             reader,
+            columns,
             time_range,
             rows,
         })
@@ -259,7 +247,7 @@ impl ExchangeFile {
                     source: e.into(),
                 })
                 .and_then(|b| {
-                    exchanges_from_batch(&b).map_err(|message| ReadError::Schema {
+                    exchanges_from_columns(&b, self.columns).map_err(|message| ReadError::Schema {
                         path: self.path.clone(),
                         message,
                     })
@@ -270,12 +258,23 @@ impl ExchangeFile {
 
 /// Converts a record batch of the `exchanges` schema back into exchanges. Decoding errors of
 /// bodies are not stored in the table, so [`Body::decode_error`] is `None`. Response-side
-/// columns may be left out (see [`Columns::Requests`]): the responses are then empty.
+/// columns may be left out: the responses are then empty.
 pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
+    exchanges_from_columns(b, Columns::All)
+}
+
+/// As [`exchanges_from_batch`], for a batch read with `columns`: with [`Columns::Requests`]
+/// only the request columns must be there, and the others get the defaults it documents.
+fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Exchange>, String> {
     let n = b.num_rows();
-    let optional = |name: &str| {
-        name.starts_with("response_") || name == "reason" || name == "interim_statuses"
+    let optional = |name: &str| match columns {
+        Columns::All => {
+            name.starts_with("response_") || name == "reason" || name == "interim_statuses"
+        }
+        Columns::Requests => !REQUEST_COLUMNS.contains(&name),
     };
+    let absent = |name: &str| b.column_by_name(name).is_none();
+    let null_ints = arrow::array::new_null_array(&arrow::datatypes::DataType::Int32, n);
     let empty_strings = arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, n);
     let empty_times = arrow::array::new_null_array(
         &arrow::datatypes::DataType::Timestamp(
@@ -327,6 +326,10 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
             "response_body_decoded" => null_binary.clone(),
             "response_body_len" => zeros.clone(),
             "response_body_truncated" => falses.clone(),
+            "request_end" => empty_times.clone(),
+            "request_trailers" => empty_lists.0.clone(),
+            "connection_seq" | "client_port" | "server_port" | "status" => null_ints.clone(),
+            "no_response" | "incomplete" | "gap" | "parse_error" | "upgraded" => falses.clone(),
             _ => empty_strings.clone(),
         })
     };
@@ -493,6 +496,8 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
     let upgraded = bools("upgraded")?;
     let mut error_detail = strings("error_detail")?.into_iter();
     let port = |v: Option<i32>| v.unwrap_or(0).clamp(0, 65_535) as u16;
+    let (server_ip_absent, uri_absent) = (absent("server_ip"), absent("uri"));
+    let http_version_absent = absent("http_version");
 
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -508,14 +513,23 @@ pub fn exchanges_from_batch(b: &RecordBatch) -> Result<Vec<Exchange>, String> {
             response_end_us: response_end[i],
             client_ip: ip(next(client_ip.next()), "client_ip")?,
             client_port: port(client_port[i]),
-            server_ip: ip(next(server_ip.next()), "server_ip")?,
+            server_ip: match next(server_ip.next()) {
+                None if server_ip_absent => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                v => ip(v, "server_ip")?,
+            },
             server_port: port(server_port[i]),
             method: req(next(method.next()), "method")?,
-            uri: req(next(uri.next()), "uri")?,
+            uri: match next(uri.next()) {
+                None if uri_absent => String::new(),
+                v => req(v, "uri")?,
+            },
             host: next(host.next()),
             path: req(next(path.next()), "path")?,
             query: next(query.next()),
-            http_version: next(http_version.next()).unwrap_or_else(|| "HTTP/1.1".into()),
+            http_version: match next(http_version.next()) {
+                None if http_version_absent => String::new(),
+                v => v.unwrap_or_else(|| "HTTP/1.1".into()),
+            },
             request_headers: request_headers.next().unwrap_or_default(),
             request_trailers: request_trailers.next().unwrap_or_default(),
             request_body: request_body.next().unwrap_or_default(),
@@ -605,22 +619,32 @@ mod tests {
             .flat_map(|b| b.unwrap())
             .collect();
         assert_eq!(got, vec![a.clone(), b]);
-        // Request columns only: the same requests, empty responses.
+        // Request columns only: the same requests; every other field at its documented default.
         let mut f = ExchangeFile::open_with(&files[0], 10, Columns::Requests).unwrap();
         let got = f.next_batch().unwrap().unwrap();
-        assert_eq!(
-            (
-                got[0].request_headers.clone(),
-                got[0].request_body.clone(),
-                got[0].status
-            ),
-            (a.request_headers, a.request_body, a.status)
-        );
-        assert!(
-            got[0].response_body.raw.is_empty()
-                && got[0].response_headers.is_empty()
-                && got[0].interim_statuses.is_empty()
-        );
+        let expected = Exchange {
+            connection_seq: 0,
+            source: String::new(),
+            response_start_us: None,
+            response_end_us: None,
+            client_port: 0,
+            server_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            server_port: 0,
+            uri: String::new(),
+            http_version: String::new(),
+            request_trailers: Vec::new(),
+            status: None,
+            reason: None,
+            response_version: None,
+            interim_statuses: Vec::new(),
+            response_headers: Vec::new(),
+            response_trailers: Vec::new(),
+            response_body: Body::default(),
+            flags: ExchangeFlags::default(),
+            error_detail: None,
+            ..a
+        };
+        assert_eq!(got[0], expected);
     }
 
     #[test]

@@ -528,14 +528,7 @@ fn read_recording(
         let mut seq = 0;
         while let Some(next) = stream.next_exchange(&mut seq) {
             match next {
-                Ok(mut ex) => {
-                    // Freed here, not on the sending thread: nothing downstream reads them.
-                    for unused in [&mut ex.source, &mut ex.uri, &mut ex.http_version] {
-                        take(unused);
-                    }
-                    take(&mut ex.request_trailers);
-                    batch.push(Item::Exchange(pass, Box::new(ex)))
-                }
+                Ok(ex) => batch.push(Item::Exchange(pass, Box::new(ex))),
                 Err(e) => {
                     batch.push(Item::Failed(e.into()));
                     send(&mut batch);
