@@ -61,7 +61,8 @@ struct OpenFile {
 /// bodies, timestamps and durations (int64), and per-row ids and URLs. Interning each of those
 /// costs a hash and a compare per value until the dictionary overflows and the writer falls
 /// back to plain encoding anyway. Low-cardinality columns (method, target, status, run id,
-/// header names) keep it. Only the encoding changes: the files read the same everywhere.
+/// header names) keep it; header values are handled with the list leaves in
+/// [`ParquetSink::new`]. Only the encoding changes: the files read the same everywhere.
 fn dictionary_pays(field: &Field) -> bool {
     let unique = matches!(
         field.data_type(),
@@ -100,6 +101,19 @@ impl ParquetSink {
                     col,
                     parquet::file::properties::EnabledStatistics::None,
                 );
+            }
+        }
+        // Header values (tokens, dates, ETags, lengths) mostly differ row to row; the names
+        // repeat and keep their dictionary.
+        if let Ok(parquet_schema) = parquet::arrow::ArrowSchemaConverter::new().convert(&schema) {
+            for leaf in parquet_schema.columns() {
+                let parts = leaf.path().parts();
+                let in_header_list = parts
+                    .first()
+                    .is_some_and(|top| top.ends_with("_headers") || top.ends_with("_trailers"));
+                if in_header_list && parts.last().is_some_and(|l| l == "value") {
+                    builder = builder.set_column_dictionary_enabled(leaf.path().clone(), false);
+                }
             }
         }
         let props = builder
@@ -322,6 +336,26 @@ mod tests {
         for repeated in ["method", "connection_id", "status"] {
             assert!(dictionary(repeated), "{repeated} lost its dictionary");
         }
+        let leaf = |list: &str, leaf: &str| {
+            group
+                .columns()
+                .iter()
+                .find(|c| {
+                    let parts = c.column_path().parts();
+                    parts[0] == list && parts.last().map(String::as_str) == Some(leaf)
+                })
+                .unwrap_or_else(|| panic!("no {list} {leaf}"))
+                .dictionary_page_offset()
+                .is_some()
+        };
+        assert!(
+            !leaf("request_headers", "value"),
+            "header values keep a dictionary"
+        );
+        assert!(
+            leaf("request_headers", "name"),
+            "header names lost their dictionary"
+        );
         // The encoding changes nothing that is read back.
         let back: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(back, 100);
