@@ -1,6 +1,7 @@
 //! The request as it will leave for a target, and the response as it came back: the two
 //! things mutation hooks see and change.
 
+use std::mem::take;
 use std::time::Duration;
 
 use shadowtap_core::{Exchange, Header};
@@ -46,12 +47,16 @@ pub struct Unreplayable(pub String);
 impl OutgoingRequest {
     /// The recorded request, ready for hooks. Fails when the recording does not hold all of it.
     pub fn from_exchange(ex: &Exchange) -> Result<Self, Unreplayable> {
-        Self::take_from_exchange(&mut ex.clone())
+        Self::take_from_exchange(&mut ex.clone(), false)
     }
 
     /// As [`OutgoingRequest::from_exchange`], moving the headers and body out of `ex` instead
-    /// of copying them (the rest of `ex` is left as it was).
-    pub fn take_from_exchange(ex: &mut Exchange) -> Result<Self, Unreplayable> {
+    /// of copying them, and the id, method, path and query too unless `copy_identity`. On an
+    /// error those four are left in `ex`.
+    pub fn take_from_exchange(
+        ex: &mut Exchange,
+        copy_identity: bool,
+    ) -> Result<Self, Unreplayable> {
         if ex.request_end_us.is_none() {
             return Err(Unreplayable(
                 "the request was cut off in the capture".into(),
@@ -78,15 +83,32 @@ impl OutgoingRequest {
                 b.len
             )));
         };
+        let (exchange_id, method, path, query) = if copy_identity {
+            let e = &*ex;
+            (
+                e.exchange_id.clone(),
+                e.method.clone(),
+                e.path.clone(),
+                e.query.clone(),
+            )
+        } else {
+            let e = &mut *ex;
+            (
+                take(&mut e.exchange_id),
+                take(&mut e.method),
+                take(&mut e.path),
+                e.query.take(),
+            )
+        };
         Ok(OutgoingRequest {
-            exchange_id: ex.exchange_id.clone(),
-            method: ex.method.clone(),
-            path: if ex.path.starts_with('/') {
-                ex.path.clone()
+            exchange_id,
+            method,
+            path: if path.starts_with('/') {
+                path
             } else {
-                format!("/{}", ex.path)
+                format!("/{path}")
             },
-            query: ex.query.clone(),
+            query,
             headers,
             body,
             delay: Duration::ZERO,

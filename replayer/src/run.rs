@@ -825,7 +825,7 @@ async fn send_one(
     pass: u32,
     recorded_start_us: i64,
     mut req: OutgoingRequest,
-    original_host: Option<String>,
+    host_set_by_hooks: bool,
 ) {
     let route = &shared.targets[ti];
     let target = &route.target;
@@ -833,7 +833,7 @@ async fn send_one(
         tokio::time::sleep(req.delay).await;
     }
     // Host: the target's, unless kept from the recording or set by a hook.
-    if !shared.preserve_host && req.header("host") == original_host.as_deref() {
+    if !shared.preserve_host && !host_set_by_hooks {
         set_header(&mut req.headers, "Host", &route.authority);
     }
     if let Some(m) = &shared.marker {
@@ -985,14 +985,18 @@ async fn apply_request_hooks(shared: &Shared, mut req: OutgoingRequest) -> Decis
 
 /// Prepares one selected exchange (hooks) and sends it to every target.
 async fn exchange_task(shared: &Shared, pass: u32, mut ex: Box<Exchange>) {
-    let original_host = header(&ex.request_headers, "host").map(str::to_owned);
-    let decision = match OutgoingRequest::take_from_exchange(&mut ex) {
+    // Hooks may decide not to send; the row then names the request as recorded.
+    let hooks = shared.has_request_hooks();
+    let original_host = hooks
+        .then(|| header(&ex.request_headers, "host").map(str::to_owned))
+        .flatten();
+    let decision = match OutgoingRequest::take_from_exchange(&mut ex, hooks) {
         Err(u) => {
             shared.counters.unreplayable.fetch_add(1, Ordering::Relaxed);
             Decision::NotSent(ErrorKind::Unreplayable, u.0)
         }
         // Boxed: the middleware's future is large, and most replays have no hooks.
-        Ok(req) if shared.has_request_hooks() => Box::pin(apply_request_hooks(shared, req)).await,
+        Ok(req) if hooks => Box::pin(apply_request_hooks(shared, req)).await,
         Ok(req) => Decision::Send(req),
     };
     let req = match decision {
@@ -1025,21 +1029,15 @@ async fn exchange_task(shared: &Shared, pass: u32, mut ex: Box<Exchange>) {
         }
     };
     let recorded = ex.request_start_us;
+    // The target's Host goes out unless a hook set one of its own.
+    let host_set_by_hooks = hooks && req.header("host") != original_host.as_deref();
     let n = shared.targets.len();
     if n == 1 {
-        send_one(shared, 0, pass, recorded, req, original_host).await;
+        send_one(shared, 0, pass, recorded, req, host_set_by_hooks).await;
         return;
     }
-    let sends = (0..n).map(|ti| {
-        send_one(
-            shared,
-            ti,
-            pass,
-            recorded,
-            req.clone(),
-            original_host.clone(),
-        )
-    });
+    let sends =
+        (0..n).map(|ti| send_one(shared, ti, pass, recorded, req.clone(), host_set_by_hooks));
     futures_util::future::join_all(sends).await;
 }
 

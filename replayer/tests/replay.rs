@@ -240,6 +240,7 @@ fn each_hook_changes_what_the_server_receives() {
             set_query = { replay = "1" }
             [[request]]
             when = { methods = ["POST"] }
+            host = "staging.internal"
             set_json = { "/source" = "replay" }
             remove_json = ["/secret"]
             [[request]]
@@ -285,6 +286,9 @@ fn each_hook_changes_what_the_server_receives() {
     let order = got.iter().find(|r| r.method == "POST").unwrap();
     let body: serde_json::Value = serde_json::from_slice(&order.body).unwrap();
     assert_eq!(body, serde_json::json!({"n": 1, "source": "replay"}));
+    // A Host set by a hook goes out as set; the others carry the target's.
+    assert_eq!(order.headers["host"], "staging.internal");
+    assert_eq!(users.headers["host"], s.addr.to_string().as_str());
     assert_eq!(summary.dropped_by_hooks, 2);
     let rows = read_rows(&out);
     assert_eq!(rows.len(), 5, "dropped requests are rows too");
