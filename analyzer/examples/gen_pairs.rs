@@ -121,7 +121,7 @@ fn main() {
                     exchange_id: id.clone(),
                     pass: 0,
                     target: target.into(),
-                    target_url: format!("http://{target}"),
+                    target_url: format!("http://{target}").into(),
                     recorded_start_us: t0,
                     sent_at_us: Some(t0),
                     method: "GET".into(),

@@ -81,7 +81,7 @@ fn row(i: usize, target: &str, status: Option<u16>, ms: f64, body: &str) -> Repl
         exchange_id: format!("ex{i:04}"),
         pass: 0,
         target: target.into(),
-        target_url: format!("http://{target}"),
+        target_url: format!("http://{target}").into(),
         recorded_start_us: 1_763_900_000_000_000,
         sent_at_us: Some(1_763_900_000_000_000),
         method: "GET".into(),

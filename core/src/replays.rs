@@ -67,16 +67,16 @@ impl ErrorKind {
 /// One request sent (or not) to one target, and what came back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayRecord {
-    /// The replay run.
-    pub run_id: String,
+    /// The replay run (shared by every row of the run, as are `target` and `target_url`).
+    pub run_id: Arc<str>,
     /// The recorded exchange (joins `exchanges.exchange_id`).
     pub exchange_id: String,
     /// 0-based pass over the recording (`--loop`).
     pub pass: u32,
     /// Target name (`baseline`, `candidate`, …).
-    pub target: String,
+    pub target: Arc<str>,
     /// Target base URL.
-    pub target_url: String,
+    pub target_url: Arc<str>,
     /// The recorded request's capture time (µs since the epoch).
     pub recorded_start_us: i64,
     /// When the request was sent (µs since the epoch); `None` when it was not sent.

@@ -693,9 +693,9 @@ fn write_rows(
     while let Some(mut received) = rx.blocking_recv() {
         for r in received.drain(..) {
             // Every row's target is one of `targets` (no allocation per row to look it up).
-            let (t, totals) = match per.get_mut(&r.target) {
+            let (t, totals) = match per.get_mut(&*r.target) {
                 Some(entry) => entry,
-                None => per.entry(r.target.clone()).or_default(),
+                None => per.entry(r.target.to_string()).or_default(),
             };
             t.rows += 1;
             if r.sent_at_us.is_some() {
@@ -742,7 +742,7 @@ fn write_rows(
 
 /// Everything a request task needs, shared.
 struct Shared {
-    run_id: String,
+    run_id: Arc<str>,
     targets: Vec<Route>,
     rules: Option<Rules>,
     script: Option<ScriptHook>,
@@ -768,8 +768,10 @@ struct Route {
     authority: String,
     /// `scheme://host[:port]`.
     origin: String,
-    /// The base URL as text (the `target_url` column).
-    url_text: String,
+    /// The target's name and base URL as text (the `target` and `target_url` columns),
+    /// shared by its rows.
+    name: Arc<str>,
+    url_text: Arc<str>,
 }
 
 /// Emptied row batches on their way back from the writer thread: the sending thread fills
@@ -839,7 +841,7 @@ impl RowOut {
 /// A row with the request's identity and nothing sent or received yet.
 /// `request` is (method, path, query).
 fn base_row(
-    run_id: &str,
+    run_id: &Arc<str>,
     route: &Route,
     pass: u32,
     exchange_id: String,
@@ -848,10 +850,10 @@ fn base_row(
 ) -> ReplayRecord {
     let (method, path, query) = request;
     ReplayRecord {
-        run_id: run_id.to_owned(),
+        run_id: run_id.clone(),
         exchange_id,
         pass,
-        target: route.target.name.clone(),
+        target: route.name.clone(),
         target_url: route.url_text.clone(),
         recorded_start_us,
         sent_at_us: None,
@@ -878,7 +880,7 @@ fn base_row(
 
 /// The row for a request that was not sent.
 fn unsent_row(
-    run_id: &str,
+    run_id: &Arc<str>,
     route: &Route,
     pass: u32,
     ex: &Exchange,
@@ -1262,7 +1264,8 @@ async fn run_replay(
             client,
             authority: t.authority(),
             origin: t.origin(),
-            url_text: t.url.to_string(),
+            name: t.name.as_str().into(),
+            url_text: t.url.as_str().into(),
             target: t.clone(),
         });
     }
@@ -1305,7 +1308,7 @@ async fn run_replay(
         })?;
 
     let shared = Arc::new(Shared {
-        run_id: run_id.clone(),
+        run_id: run_id.as_str().into(),
         targets: clients,
         rules: opts.rules.take(),
         script: opts.script.take(),
