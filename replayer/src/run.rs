@@ -551,8 +551,8 @@ fn read_recording(
 /// and writer threads are bulk work behind bounded queues, and must not preempt the sending
 /// thread, whose clock readings are the recorded timings. When they fall behind, the queues
 /// fill and sending waits for them, so nothing is lost; on a busy machine they get a smaller
-/// share of the CPU. Measured on the 2-core bench machine: +7-17% requests/s at `--rate max`
-/// (README, Performance). Failure (a sandbox refusing `setpriority`) only leaves it as it was.
+/// share of the CPU. Measured on the 2-core bench machine: +19% requests/s at `--rate max`
+/// over four alternating runs (README, Performance). Failure (a sandbox refusing `setpriority`) only leaves it as it was.
 fn yield_to_sending() {
     #[cfg(target_os = "linux")]
     {
