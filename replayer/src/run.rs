@@ -502,8 +502,62 @@ async fn check_targets(
 
 enum Item {
     Exchange(u32, Box<Exchange>),
+    /// Exchanges read and not selected since the previous item.
+    Skipped(Skipped),
     PassStart(u32),
     Failed(ReplayError),
+}
+
+/// Which exchanges a replay sends: match criteria, sampling, allowed methods. Applied on the
+/// reader thread, so exchanges not sent never reach the sending thread.
+struct Selection {
+    criteria: MatchCriteria,
+    sampler: Sampler,
+    allow_methods: Vec<String>,
+}
+
+/// Exchanges the selection left out, counted on the reader thread and handed to the sending
+/// thread in order with the selected ones (the summary counts what was dispatched).
+#[derive(Default)]
+struct Skipped {
+    not_matched: u64,
+    sampled_out: u64,
+    /// Refused methods, upper-case, with counts.
+    refused: Vec<(String, u64)>,
+}
+
+impl Skipped {
+    fn is_empty(&self) -> bool {
+        self.not_matched == 0 && self.sampled_out == 0 && self.refused.is_empty()
+    }
+
+    fn total(&self) -> u64 {
+        self.not_matched + self.sampled_out + self.refused.iter().map(|(_, n)| n).sum::<u64>()
+    }
+}
+
+impl Selection {
+    /// Whether `ex` is sent; if not, counts why in `skipped`.
+    fn admit(&self, ex: &Exchange, skipped: &mut Skipped) -> bool {
+        if !self.criteria.matches(ex) {
+            skipped.not_matched += 1;
+        } else if !self.sampler.keep(ex) {
+            skipped.sampled_out += 1;
+        } else if !self
+            .allow_methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(&ex.method))
+        {
+            let method = ex.method.to_ascii_uppercase();
+            match skipped.refused.iter_mut().find(|(m, _)| *m == method) {
+                Some((_, n)) => *n += 1,
+                None => skipped.refused.push((method, 1)),
+            }
+        } else {
+            return true;
+        }
+        false
+    }
 }
 
 /// Items per message from the reader thread (one wake-up per batch, not per exchange).
@@ -513,23 +567,41 @@ const ITEM_BATCH: usize = 128;
 fn read_recording(
     recording: Recording,
     passes: Option<u32>,
+    selection: Selection,
     tx: mpsc::Sender<Vec<Item>>,
     out_of_order: Arc<AtomicU64>,
 ) {
     let mut pass = 0u32;
     let mut batch = Vec::with_capacity(ITEM_BATCH);
+    let mut skipped = Skipped::default();
     let send = |batch: &mut Vec<Item>| {
         tx.blocking_send(std::mem::replace(batch, Vec::with_capacity(ITEM_BATCH)))
             .is_ok()
     };
+    // The counts of skipped exchanges go out before the next item, and at least every
+    // ITEM_BATCH skips (so progress moves during a long run of them).
+    let flush_skipped = |batch: &mut Vec<Item>, skipped: &mut Skipped| {
+        if !skipped.is_empty() {
+            batch.push(Item::Skipped(take(skipped)));
+        }
+    };
     while passes.is_none_or(|p| pass < p) {
+        flush_skipped(&mut batch, &mut skipped);
         batch.push(Item::PassStart(pass));
         let mut stream = recording.stream();
         let mut seq = 0;
         while let Some(next) = stream.next_exchange(&mut seq) {
             match next {
-                Ok(ex) => batch.push(Item::Exchange(pass, Box::new(ex))),
+                Ok(ex) if selection.admit(&ex, &mut skipped) => {
+                    flush_skipped(&mut batch, &mut skipped);
+                    batch.push(Item::Exchange(pass, Box::new(ex)));
+                }
+                Ok(_) if skipped.total() >= ITEM_BATCH as u64 => {
+                    flush_skipped(&mut batch, &mut skipped);
+                }
+                Ok(_) => {}
                 Err(e) => {
+                    flush_skipped(&mut batch, &mut skipped);
                     batch.push(Item::Failed(e.into()));
                     send(&mut batch);
                     return;
@@ -542,6 +614,7 @@ fn read_recording(
         out_of_order.fetch_add(stream.late(), Ordering::Relaxed);
         pass += 1;
     }
+    flush_skipped(&mut batch, &mut skipped);
     if !batch.is_empty() {
         send(&mut batch);
     }
@@ -1328,11 +1401,16 @@ async fn run_replay(
     let out_of_order = Arc::new(AtomicU64::new(0));
     let reader = {
         let (rec, passes, ooo) = (recording.clone(), opts.passes, out_of_order.clone());
+        let selection = Selection {
+            criteria: opts.criteria.clone(),
+            sampler: opts.sampler,
+            allow_methods: opts.allow_methods.clone(),
+        };
         std::thread::Builder::new()
             .name("replay-reader".into())
             .spawn(move || {
                 yield_to_sending();
-                read_recording(rec, passes, item_tx, ooo)
+                read_recording(rec, passes, selection, item_tx, ooo)
             })
             .map_err(|source| ReplayError::Io {
                 path: opts.from.clone(),
@@ -1390,29 +1468,21 @@ async fn run_replay(
                 summary.passes = p + 1;
                 continue;
             }
+            Some(Item::Skipped(skipped)) => {
+                let n = skipped.total();
+                summary.exchanges_read += n;
+                shared.counters.read.fetch_add(n, Ordering::Relaxed);
+                summary.not_matched += skipped.not_matched;
+                summary.sampled_out += skipped.sampled_out;
+                for (method, n) in skipped.refused {
+                    *summary.refused_methods.entry(method).or_default() += n;
+                }
+                continue;
+            }
             Some(Item::Exchange(pass, ex)) => (pass, ex),
         };
         summary.exchanges_read += 1;
         shared.counters.read.fetch_add(1, Ordering::Relaxed);
-        if !opts.criteria.matches(&ex) {
-            summary.not_matched += 1;
-            continue;
-        }
-        if !opts.sampler.keep(&ex) {
-            summary.sampled_out += 1;
-            continue;
-        }
-        if !opts
-            .allow_methods
-            .iter()
-            .any(|m| m.eq_ignore_ascii_case(&ex.method))
-        {
-            *summary
-                .refused_methods
-                .entry(ex.method.to_ascii_uppercase())
-                .or_default() += 1;
-            continue;
-        }
         let due = pacer.due(ex.request_start_us);
         if let Some(due) = due {
             tokio::select! {

@@ -912,3 +912,51 @@ fn stray_bytes_on_an_idle_connection_are_never_taken_for_the_next_response() {
         assert!(b.ends_with("-req0"), "a reused connection answered {b:?}");
     }
 }
+
+#[test]
+fn every_exchange_read_is_counted_once_as_sent_or_left_out_and_why() {
+    use shadowtap_core::criteria::{CriteriaSpec, MatchCriteria};
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    // 3,000 exchanges: a third under /skip (not matched), a third POSTs (refused), the rest
+    // GETs under /keep, sampled at 50%.
+    let rows: Vec<_> = (0..3000)
+        .map(|i| match i % 3 {
+            0 => exchange(i, i / 10, "GET", &format!("/skip/{i}"), i as i64),
+            1 => exchange(i, i / 10, "POST", &format!("/keep/{i}"), i as i64),
+            _ => exchange(i, i / 10, "GET", &format!("/keep/{i}"), i as i64),
+        })
+        .collect();
+    write_recording(&rec, &rows, 2);
+    let s = server();
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("t", &s.url())]);
+    o.criteria = MatchCriteria::new(&CriteriaSpec {
+        path: Some("^/keep/".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    o.sampler.percent = "50%".parse().unwrap();
+    let summary = run(o).unwrap();
+    assert_eq!(summary.exchanges_read, 3000);
+    assert_eq!(summary.not_matched, 1000);
+    // Sampling comes before the method check: about half of each of the other two thirds.
+    let refused = summary.refused_methods.get("POST").copied().unwrap_or(0);
+    assert!((400..=600).contains(&refused), "{refused}");
+    assert!(
+        (400..=600).contains(&summary.selected),
+        "{}",
+        summary.selected
+    );
+    assert_eq!(
+        summary.not_matched + summary.sampled_out + refused + summary.selected,
+        3000,
+        "{summary:?}"
+    );
+    assert_eq!(
+        s.count() as u64,
+        summary.selected,
+        "the server got the selected ones"
+    );
+    assert_eq!(read_rows(&out).len() as u64, summary.selected);
+}
