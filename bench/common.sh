@@ -18,13 +18,15 @@ bench_setup() {
   fi
 }
 
-# Starts a one-worker nginx on a free loopback port answering `200 ok` to everything, in a new
-# temporary directory removed (and nginx stopped) on exit, and records the bench pcap there.
-# Sets: d (the directory), port; "$d/rec" holds the recording.
-#   bench_replay_target
-bench_replay_target() {
+# A one-worker nginx on loopback, in two steps: bench_nginx_dir makes a temporary directory
+# and picks a free port (sets d and port; nginx is stopped and the directory removed on exit);
+# the caller writes its `http { }` directives to "$d/site.conf"; bench_nginx_start starts it.
+bench_nginx_dir() {
   d=$(mktemp -d)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  trap '[ -f "$d/nginx.pid" ] && kill "$(cat "$d/nginx.pid")" 2>/dev/null; rm -rf "$d"' EXIT
+}
+bench_nginx_start() {
   cat > "$d/nginx.conf" <<CONF
 worker_processes 1;
 user root;
@@ -32,15 +34,25 @@ pid $d/nginx.pid;
 error_log $d/error.log;
 events { worker_connections 1024; }
 http {
-  access_log off;
   client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
-  keepalive_requests 1000000;
-  client_max_body_size 64m;
-  server { listen 127.0.0.1:$port; location / { return 200 "ok\n"; } }
+  include $d/site.conf;
 }
 CONF
-  trap '[ -f "$d/nginx.pid" ] && kill "$(cat "$d/nginx.pid")" 2>/dev/null; rm -rf "$d"' EXIT
   nginx -p "$d" -c "$d/nginx.conf"
   sleep 0.5
+}
+
+# Starts nginx answering `200 ok` to everything and records the bench pcap in its directory.
+# Sets: d, port; "$d/rec" holds the recording.
+#   bench_replay_target
+bench_replay_target() {
+  bench_nginx_dir
+  cat > "$d/site.conf" <<CONF
+access_log off;
+keepalive_requests 1000000;
+client_max_body_size 64m;
+server { listen 127.0.0.1:$port; location / { return 200 "ok\n"; } }
+CONF
+  bench_nginx_start
   "$bin/shadowtap" capture --read "$pcap" --out "$d/rec" --quiet >/dev/null 2>&1
 }

@@ -17,25 +17,17 @@ install_deps libpcap-dev tshark tcpdump nginx-light wrk
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 cargo build --release --locked -p shadowtap-cli >&2
 bin="$CARGO_TARGET_DIR/release/shadowtap"
-d=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source bench/common.sh
+bench_nginx_dir
 mkdir -p "$d/www"
 head -c 3000 /dev/urandom | base64 > "$d/www/a.txt"
 head -c 200000 /dev/urandom > "$d/www/b.bin"
-cat > "$d/nginx.conf" <<CONF
-worker_processes 1;
-user root;
-pid $d/nginx.pid;
-error_log $d/error.log;
-events { worker_connections 256; }
-http {
-  log_format st '\$request_method \$request_uri \$status';
-  access_log $d/access.log st;
-  client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
-  keepalive_requests 100000;
-  gzip on; gzip_min_length 10; gzip_types text/plain;
-  server { listen 127.0.0.1:$port; root $d/www; }
-}
+cat > "$d/site.conf" <<CONF
+log_format st '\$request_method \$request_uri \$status';
+access_log $d/access.log st;
+keepalive_requests 100000;
+gzip on; gzip_min_length 10; gzip_types text/plain;
+server { listen 127.0.0.1:$port; root $d/www; }
 CONF
 cat > "$d/mix.lua" <<'LUA'
 local n = 0
@@ -46,9 +38,7 @@ request = function()
   return wrk.format("GET", "/a.txt?i=" .. n, {["Accept-Encoding"] = "gzip"})
 end
 LUA
-cleanup() { [ -f "$d/nginx.pid" ] && kill "$(cat "$d/nginx.pid")" 2>/dev/null; rm -rf "$d"; }
-trap cleanup EXIT
-nginx -p "$d" -c "$d/nginx.conf"
+bench_nginx_start
 tcpdump -i lo --immediate-mode -U -B 262144 -s 0 -w "$d/lo.pcap" "tcp port $port" 2> "$d/tcpdump.err" &
 tdpid=$!
 sleep 1

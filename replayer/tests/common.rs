@@ -194,10 +194,13 @@ async fn handle(
     }
 }
 
-/// Starts a server on its own thread and runtime (so it outlives any test runtime).
-pub fn server() -> Server {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = received.clone();
+/// Binds a listener on 127.0.0.1 and runs `serve` with it on a thread and runtime of its own
+/// (so the server outlives any test runtime); returns the listener's address.
+pub fn serve_on_loopback<F, Fut>(serve: F) -> SocketAddr
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -208,14 +211,21 @@ pub fn server() -> Server {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().fallback(handle).with_state(log);
-            axum::serve(listener, app).await.unwrap();
+            serve(listener).await;
         });
     });
-    Server {
-        addr: rx.recv().unwrap(),
-        received,
-    }
+    rx.recv().unwrap()
+}
+
+/// Starts the recording axum server on loopback.
+pub fn server() -> Server {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    let addr = serve_on_loopback(move |listener| async move {
+        let app = axum::Router::new().fallback(handle).with_state(log);
+        axum::serve(listener, app).await.unwrap();
+    });
+    Server { addr, received }
 }
 
 /// A server that reads each request and closes the connection without answering.
@@ -285,6 +295,14 @@ pub struct Row {
     pub connect_us: Option<i64>,
     pub sent: bool,
     pub sent_at_us: Option<i64>,
+}
+
+/// The error messages of the rows that did not get a 200.
+pub fn failures(rows: &[Row]) -> Vec<Option<String>> {
+    rows.iter()
+        .filter(|r| r.status != Some(200))
+        .map(|r| r.error_message.clone())
+        .collect()
 }
 
 /// Reads every `replays-*.parquet` under `dir`.

@@ -651,11 +651,7 @@ fn connections_closed_by_the_server_between_requests_lose_nothing() {
     let summary = run(o).unwrap();
     let rows = read_rows(&out);
     assert_eq!(rows.len(), 1000);
-    let failed: Vec<_> = rows
-        .iter()
-        .filter(|r| r.status != Some(200))
-        .map(|r| r.error_message.clone())
-        .collect();
+    let failed = failures(&rows);
     assert!(
         failed.is_empty(),
         "{} of 1000 failed: {:?}",
@@ -728,11 +724,7 @@ fn unsafe_requests_avoid_connections_the_server_closed_and_go_out_as_recorded() 
     o.marker_header = None;
     run(o).unwrap();
     let rows = read_rows(&out);
-    let failed: Vec<_> = rows
-        .iter()
-        .filter(|r| r.status != Some(200))
-        .map(|r| r.error_message.clone())
-        .collect();
+    let failed = failures(&rows);
     assert!(
         failed.is_empty(),
         "{} of 12 failed: {failed:?}",
@@ -778,45 +770,36 @@ fn tls_server() -> (
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
     let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = served.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
+    let addr = serve_on_loopback(move |listener| async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate fails the handshake here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
                 };
-                let (acceptor, count) = (acceptor.clone(), count.clone());
-                tokio::spawn(async move {
-                    // A client that refuses the certificate fails the handshake here.
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        while take_request(&mut got).is_some() {
-                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure";
-                            if tls.write_all(answer).await.is_err() {
-                                return;
-                            }
-                        }
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while take_request(&mut got).is_some() {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure";
+                        if tls.write_all(answer).await.is_err() {
+                            return;
                         }
                     }
-                });
-            }
-        });
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
     });
-    (rx.recv().unwrap(), served)
+    (addr, served)
 }
 
 /// https targets: a self-signed certificate is refused (`tls` rows, nothing served) unless
