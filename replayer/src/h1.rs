@@ -412,6 +412,13 @@ mod tests {
         H1Conn::new(TcpStream::connect(addr).await.unwrap(), max_body)
     }
 
+    /// `GET /` without headers, which must get an answer.
+    async fn get(c: &mut H1Conn, first: &mut Option<Instant>) -> Answer {
+        c.exchange(&head("GET", "/", &[]), b"", first)
+            .await
+            .unwrap()
+    }
+
     fn head<'a>(method: &'a str, target: &'a str, headers: &'a [Header]) -> RequestHead<'a> {
         RequestHead {
             method,
@@ -453,10 +460,7 @@ mod tests {
             );
             assert!(a.reusable);
 
-            let a = c
-                .exchange(&head("GET", "/", &[]), b"", &mut first)
-                .await
-                .unwrap();
+            let a = get(&mut c, &mut first).await;
             assert_eq!(requests.recv().unwrap(), b"GET / HTTP/1.1\r\n\r\n");
             assert_eq!((a.response.status, a.response.body_len), (204, 0));
             assert!(a.reusable);
@@ -469,10 +473,7 @@ mod tests {
             assert_eq!((a.response.status, a.response.body_len), (200, 0));
             assert!(a.reusable);
 
-            let a = c
-                .exchange(&head("GET", "/", &[]), b"", &mut first)
-                .await
-                .unwrap();
+            let a = get(&mut c, &mut first).await;
             assert_eq!(
                 (&a.response.body[..], a.response.body_len),
                 (&b"0123"[..], 10)
@@ -480,10 +481,7 @@ mod tests {
             assert!(a.reusable);
 
             // HTTP/1.0, no length: the body ends with the connection, which is not reused.
-            let a = c
-                .exchange(&head("GET", "/", &[]), b"", &mut first)
-                .await
-                .unwrap();
+            let a = get(&mut c, &mut first).await;
             assert_eq!(
                 (&a.response.body[..], a.response.body_len),
                 (&b"unti"[..], 15)
@@ -588,10 +586,7 @@ mod tests {
         runtime().block_on(async {
             let mut c = connect(addr, 1024).await;
             let mut first = None;
-            let a = c
-                .exchange(&head("GET", "/", &[]), b"", &mut first)
-                .await
-                .unwrap();
+            let a = get(&mut c, &mut first).await;
             assert!(a.reusable);
             assert!(!c.closed_while_idle(), "open and quiet");
             // The server closes the connection 100 ms after its answer.

@@ -548,10 +548,13 @@ impl Selection {
             .iter()
             .any(|m| m.eq_ignore_ascii_case(&ex.method))
         {
-            let method = ex.method.to_ascii_uppercase();
-            match skipped.refused.iter_mut().find(|(m, _)| *m == method) {
+            match skipped
+                .refused
+                .iter_mut()
+                .find(|(m, _)| m.eq_ignore_ascii_case(&ex.method))
+            {
                 Some((_, n)) => *n += 1,
-                None => skipped.refused.push((method, 1)),
+                None => skipped.refused.push((ex.method.to_ascii_uppercase(), 1)),
             }
         } else {
             return true;
