@@ -95,8 +95,11 @@ impl ParquetSink {
             if !dictionary_pays(field) {
                 builder = builder.set_column_dictionary_enabled(col.clone(), false);
             }
-            // Min/max of a body is never used to skip data, and costs a copy per page.
-            if matches!(field.data_type(), DataType::Binary) {
+            // Min/max of a body, an id (a hash) or a URL is never used to skip data, and costs
+            // a compare per value and a copy per page.
+            if matches!(field.data_type(), DataType::Binary)
+                || matches!(field.name().as_str(), "exchange_id" | "url" | "uri")
+            {
                 builder = builder.set_column_statistics_enabled(
                     col,
                     parquet::file::properties::EnabledStatistics::None,
@@ -104,14 +107,23 @@ impl ParquetSink {
             }
         }
         // Header values (tokens, dates, ETags, lengths) mostly differ row to row; the names
-        // repeat and keep their dictionary.
+        // repeat and keep their dictionary. Neither gets min/max statistics: no query skips
+        // a row group by the smallest header name, and computing them is a string compare per
+        // header line.
         if let Ok(parquet_schema) = parquet::arrow::ArrowSchemaConverter::new().convert(&schema) {
             for leaf in parquet_schema.columns() {
                 let parts = leaf.path().parts();
                 let in_header_list = parts
                     .first()
                     .is_some_and(|top| top.ends_with("_headers") || top.ends_with("_trailers"));
-                if in_header_list && parts.last().is_some_and(|l| l == "value") {
+                if !in_header_list {
+                    continue;
+                }
+                builder = builder.set_column_statistics_enabled(
+                    leaf.path().clone(),
+                    parquet::file::properties::EnabledStatistics::None,
+                );
+                if parts.last().is_some_and(|l| l == "value") {
                     builder = builder.set_column_dictionary_enabled(leaf.path().clone(), false);
                 }
             }
@@ -301,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn per_row_values_skip_the_dictionary_and_repeated_ones_keep_it() {
+    fn per_row_values_skip_the_dictionary_and_statistics_and_repeated_ones_keep_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = exchanges_sink(dir.path(), u64::MAX);
         let rows: Vec<_> = (0..100)
@@ -357,6 +369,31 @@ mod tests {
             leaf("request_headers", "name"),
             "header names lost their dictionary"
         );
+        // Min/max only where a reader can skip row groups by them.
+        let statistics = |path: &[&str]| {
+            group
+                .columns()
+                .iter()
+                .find(|c| {
+                    let parts = c.column_path().parts();
+                    parts[0] == path[0] && parts.last().map(String::as_str) == path.last().copied()
+                })
+                .unwrap_or_else(|| panic!("no column {path:?}"))
+                .statistics()
+                .is_some()
+        };
+        for kept in ["method", "status", "request_start", "latency_us"] {
+            assert!(statistics(&[kept]), "{kept} lost its statistics");
+        }
+        for skipped in [
+            &["exchange_id"][..],
+            &["uri"],
+            &["request_body"],
+            &["request_headers", "name"],
+            &["request_headers", "value"],
+        ] {
+            assert!(!statistics(skipped), "{skipped:?} has statistics");
+        }
         // The encoding changes nothing that is read back.
         let back: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(back, 100);
