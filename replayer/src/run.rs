@@ -597,7 +597,7 @@ fn read_recording(
             match next {
                 Ok(ex) if selection.admit(&ex, &mut skipped) => {
                     flush_skipped(&mut batch, &mut skipped);
-                    batch.push(Item::Exchange(pass, Box::new(ex)));
+                    batch.push(Item::Exchange(pass, ex));
                 }
                 Ok(_) if skipped.total() >= ITEM_BATCH as u64 => {
                     flush_skipped(&mut batch, &mut skipped);

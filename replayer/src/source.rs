@@ -129,8 +129,9 @@ impl OrderedExchanges {
         self.late
     }
 
-    /// The next exchange, `None` at the end of the recording.
-    pub fn next_exchange(&mut self, seq: &mut u64) -> Option<Result<Exchange, ReadError>> {
+    /// The next exchange, `None` at the end of the recording. Boxed as it was kept in the
+    /// reorder window, so it travels on to the sending thread without another copy.
+    pub fn next_exchange(&mut self, seq: &mut u64) -> Option<Result<Box<Exchange>, ReadError>> {
         loop {
             for f in &mut self.open {
                 if let Err(e) = f.fill(seq) {
@@ -169,7 +170,7 @@ impl OrderedExchanges {
                 self.late += 1;
             }
             self.last_us = self.last_us.max(t);
-            return Some(Ok(*ex));
+            return Some(Ok(ex));
         }
     }
 }
