@@ -35,7 +35,7 @@ fn exchange(i: usize) -> Exchange {
         http_version: "HTTP/1.1".into(),
         request_headers: vec![Header {
             name: "User-Agent".into(),
-            value: format!("ua-{}", i % 2),
+            value: format!("ua-{}", i % 2).into(),
         }],
         request_trailers: vec![],
         request_body: Body::default(),

@@ -95,7 +95,7 @@ impl Redactor {
             return;
         }
         let name = h.name.to_ascii_lowercase();
-        h.value = match name.as_str() {
+        let value: String = match name.as_str() {
             // Keep the scheme: `Bearer hmac:…` still says how the client authenticated.
             "authorization" | "proxy-authorization" => match h.value.split_once(' ') {
                 Some((scheme, cred)) => format!("{scheme} {}", self.token(cred.trim())),
@@ -125,6 +125,7 @@ impl Redactor {
             }
             _ => self.token(&h.value),
         };
+        h.value = value.into();
     }
 
     /// Redacts named fields in a JSON body. A content-coded body is redacted in its decoded

@@ -25,4 +25,4 @@ pub mod schema;
 pub mod sink;
 pub mod units;
 
-pub use exchange::{Body, Exchange, ExchangeFlags, Header};
+pub use exchange::{Body, CompactString, Exchange, ExchangeFlags, Header};

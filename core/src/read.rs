@@ -395,8 +395,8 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
                 hs.reserve(to.saturating_sub(from));
                 for j in from..to {
                     hs.push(Header {
-                        name: names.value(j).to_owned(),
-                        value: values.value(j).to_owned(),
+                        name: names.value(j).into(),
+                        value: values.value(j).into(),
                     });
                 }
             }

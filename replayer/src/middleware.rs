@@ -80,13 +80,13 @@ pub enum MiddlewareOutcome {
 
 fn headers_out(h: &[Header]) -> Vec<(String, String)> {
     h.iter()
-        .map(|h| (h.name.clone(), h.value.clone()))
+        .map(|h| (h.name.to_string(), h.value.to_string()))
         .collect()
 }
 
 fn headers_in(h: Vec<(String, String)>) -> Vec<Header> {
     h.into_iter()
-        .map(|(name, value)| Header { name, value })
+        .map(|(name, value)| Header::new(name, value))
         .collect()
 }
 

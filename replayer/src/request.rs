@@ -155,7 +155,7 @@ pub fn set_header(headers: &mut Vec<Header>, name: &str, value: &str) {
         .position(|h| h.name.eq_ignore_ascii_case(name))
     {
         Some(i) => {
-            headers[i].value = value.to_owned();
+            headers[i].value = value.into();
             let mut n = 0;
             headers.retain(|h| {
                 let same = h.name.eq_ignore_ascii_case(name);
@@ -163,10 +163,7 @@ pub fn set_header(headers: &mut Vec<Header>, name: &str, value: &str) {
                 !same || n == 1
             });
         }
-        None => headers.push(Header {
-            name: name.to_owned(),
-            value: value.to_owned(),
-        }),
+        None => headers.push(Header::new(name, value)),
     }
 }
 

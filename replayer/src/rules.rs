@@ -306,7 +306,7 @@ impl Rules {
                     .iter_mut()
                     .filter(|h| h.name.eq_ignore_ascii_case(from))
                 {
-                    h.name = to.clone();
+                    h.name = to.as_str().into();
                 }
             }
             for name in &r.remove_headers {

@@ -50,8 +50,8 @@ fn headers_to_dynamic(headers: &[Header]) -> Dynamic {
         .iter()
         .map(|h| {
             let mut m = Map::new();
-            m.insert("name".into(), h.name.clone().into());
-            m.insert("value".into(), h.value.clone().into());
+            m.insert("name".into(), h.name.as_str().into());
+            m.insert("value".into(), h.value.as_str().into());
             Dynamic::from_map(m)
         })
         .collect();
@@ -72,10 +72,7 @@ fn headers_from_dynamic(d: Dynamic) -> Result<Vec<Header>, String> {
                     .map(|v| v.to_string())
                     .ok_or(format!("a header map has no `{k}`"))
             };
-            Ok(Header {
-                name: get("name")?,
-                value: get("value")?,
-            })
+            Ok(Header::new(get("name")?, get("value")?))
         })
         .collect()
 }

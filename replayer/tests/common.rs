@@ -57,7 +57,7 @@ pub fn exchange(
         });
         headers.push(Header {
             name: "Content-Length".into(),
-            value: body.len().to_string(),
+            value: body.len().to_string().into(),
         });
     }
     let start = 1_763_900_000_000_000 + offset_ms * 1000;
