@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use shadowtap_core::exchange::{Body, Exchange, ExchangeFlags};
+use shadowtap_core::exchange::{Body, CompactString, Exchange, ExchangeFlags};
 use shadowtap_core::id::stable_id;
 
 use crate::http::{
@@ -37,7 +37,7 @@ pub struct ConnectionStats {
 
 struct PendingExchange {
     index: u64,
-    method: String,
+    method: CompactString,
     start_offset: u64,
     request: Option<Message>,
     interim: Vec<u16>,
@@ -67,7 +67,7 @@ impl Framing for Pairing {
         self.next_request += 1;
         self.pending.push_back(PendingExchange {
             index,
-            method: method.to_owned(),
+            method: method.into(),
             start_offset,
             request: None,
             interim: Vec::new(),
@@ -562,12 +562,12 @@ impl HttpConnection {
             client_port: client_ep.1,
             server_ip: server_ep.0,
             server_port: server_ep.1,
-            method: req.method.clone(),
+            method: req.method.to_string(),
             uri: req.uri.clone(),
             host,
             path,
             query,
-            http_version: req.version.clone(),
+            http_version: req.version.to_string(),
             request_headers: req.headers,
             request_trailers: req.trailers,
             request_body: Body {
@@ -578,8 +578,8 @@ impl HttpConnection {
                 decode_error: None,
             },
             status: resp.as_ref().map(|r| r.status).filter(|s| *s != 0),
-            reason: resp.as_ref().map(|r| r.reason.clone()),
-            response_version: resp.as_ref().map(|r| r.version.clone()),
+            reason: resp.as_ref().map(|r| r.reason.to_string()),
+            response_version: resp.as_ref().map(|r| r.version.to_string()),
             interim_statuses: p.interim,
             response_headers: resp.as_ref().map(|r| r.headers.clone()).unwrap_or_default(),
             response_trailers: resp

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use shadowtap_core::exchange::{text_from_bytes, Header};
+use shadowtap_core::exchange::{compact_text_from_bytes, CompactString, Header};
 
 /// Which side of the connection a parser reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub enum ResponseFraming {
         /// Position of the request in its connection.
         index: u64,
         /// Method of the request.
-        method: String,
+        method: CompactString,
     },
     /// The response answers no request seen in the capture (it began before the capture did).
     Orphan,
@@ -69,15 +69,15 @@ pub struct Message {
     /// For requests: the index in the connection; for final responses: the request answered.
     pub index: Option<u64>,
     /// Request method.
-    pub method: String,
+    pub method: CompactString,
     /// Request target.
     pub uri: String,
     /// `HTTP/1.0` or `HTTP/1.1`.
-    pub version: String,
+    pub version: CompactString,
     /// Response status.
     pub status: u16,
     /// Response reason phrase.
-    pub reason: String,
+    pub reason: CompactString,
     /// Header lines.
     pub headers: Vec<Header>,
     /// Trailer lines (chunked bodies).
@@ -497,7 +497,7 @@ impl MessageParser {
                     msg.method = String::from_utf8_lossy(
                         &view[..view.iter().position(|&b| b == b' ').unwrap_or(0)],
                     )
-                    .into_owned();
+                    .into();
                     msg.index =
                         Some(framing.request_head(&msg.method, start, self.mark_at(start).1));
                 }
@@ -638,12 +638,12 @@ impl MessageParser {
                             if held as u64 > self.limits.max_body + self.limits.max_head as u64 =>
                         {
                             msg.orphan = true;
-                            String::from("GET")
+                            CompactString::const_new("GET")
                         }
                         ResponseFraming::Wait => return HeadOutcome::Partial,
                         ResponseFraming::Orphan => {
                             msg.orphan = true;
-                            String::from("GET")
+                            CompactString::const_new("GET")
                         }
                         ResponseFraming::Request { index, method } => {
                             if head.status >= 200 || head.status == 101 {
@@ -857,22 +857,22 @@ enum HeadOutcome {
 }
 
 struct Head {
-    method: String,
+    method: CompactString,
     uri: String,
-    version: String,
+    version: CompactString,
     status: u16,
-    reason: String,
+    reason: CompactString,
     headers: Vec<Header>,
 }
 
 impl Head {
     fn from_request(req: &httparse::Request) -> Head {
         Head {
-            method: req.method.unwrap_or_default().to_owned(),
+            method: req.method.unwrap_or_default().into(),
             uri: req.path.unwrap_or_default().to_owned(),
             version: version_text(req.version),
             status: 0,
-            reason: String::new(),
+            reason: CompactString::default(),
             headers: req
                 .headers
                 .iter()
@@ -882,13 +882,13 @@ impl Head {
     }
     fn from_response(resp: &httparse::Response) -> Head {
         Head {
-            method: String::new(),
+            method: CompactString::default(),
             uri: String::new(),
             version: version_text(resp.version),
             status: resp.code.unwrap_or_default(),
             reason: resp
                 .reason
-                .map(|r| text_from_bytes(r.as_bytes()))
+                .map(|r| compact_text_from_bytes(r.as_bytes()))
                 .unwrap_or_default(),
             headers: resp
                 .headers
@@ -899,8 +899,12 @@ impl Head {
     }
 }
 
-fn version_text(v: Option<u8>) -> String {
-    format!("HTTP/1.{}", v.unwrap_or(1))
+fn version_text(v: Option<u8>) -> CompactString {
+    match v {
+        Some(0) => CompactString::const_new("HTTP/1.0"),
+        None | Some(1) => CompactString::const_new("HTTP/1.1"),
+        Some(n) => compact_str::format_compact!("HTTP/1.{n}"),
+    }
 }
 
 fn request_config() -> httparse::ParserConfig {

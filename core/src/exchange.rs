@@ -40,8 +40,8 @@ impl Header {
     }
 }
 
-/// As [`text_from_bytes`], inline when short.
-fn compact_text_from_bytes(bytes: &[u8]) -> CompactString {
+/// As [`text_from_bytes`], kept inline when short (no allocation up to 24 bytes).
+pub fn compact_text_from_bytes(bytes: &[u8]) -> CompactString {
     match std::str::from_utf8(bytes) {
         Ok(s) => CompactString::from(s),
         Err(_) => bytes.iter().map(|&b| b as char).collect(),

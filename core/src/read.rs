@@ -452,11 +452,23 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             .collect::<Vec<_>>()
     };
     let _ = n;
-    let ip = |v: Option<String>, name: &str| -> Result<IpAddr, String> {
-        v.as_deref()
-            .unwrap_or("")
-            .parse()
-            .map_err(|_| format!("column `{name}` holds {v:?}, not an IP address"))
+    // Parsed from the array's text: no string is made per row.
+    let ips = |name: &str| -> Result<Vec<IpAddr>, String> {
+        let c = col(name)?;
+        let a = c
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("column `{name}` is not utf8"))?;
+        if absent(name) {
+            return Ok(vec![IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); a.len()]);
+        }
+        (0..a.len())
+            .map(|i| {
+                let v = a.is_valid(i).then(|| a.value(i));
+                v.unwrap_or("")
+                    .parse()
+                    .map_err(|_| format!("column `{name}` holds {v:?}, not an IP address"))
+            })
+            .collect()
     };
     let req =
         |v: Option<String>, name: &str| v.ok_or_else(|| format!("column `{name}` has a null"));
@@ -469,9 +481,9 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
     let request_end = times("request_end")?;
     let response_start = times("response_start")?;
     let response_end = times("response_end")?;
-    let mut client_ip = strings("client_ip")?.into_iter();
+    let client_ip = ips("client_ip")?;
     let client_port = ints32("client_port")?;
-    let mut server_ip = strings("server_ip")?.into_iter();
+    let server_ip = ips("server_ip")?;
     let server_port = ints32("server_port")?;
     let mut method = strings("method")?.into_iter();
     let mut uri = strings("uri")?.into_iter();
@@ -496,7 +508,7 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
     let upgraded = bools("upgraded")?;
     let mut error_detail = strings("error_detail")?.into_iter();
     let port = |v: Option<i32>| v.unwrap_or(0).clamp(0, 65_535) as u16;
-    let (server_ip_absent, uri_absent) = (absent("server_ip"), absent("uri"));
+    let uri_absent = absent("uri");
     let http_version_absent = absent("http_version");
 
     let mut out = Vec::with_capacity(n);
@@ -511,12 +523,9 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             request_end_us: request_end[i],
             response_start_us: response_start[i],
             response_end_us: response_end[i],
-            client_ip: ip(next(client_ip.next()), "client_ip")?,
+            client_ip: client_ip[i],
             client_port: port(client_port[i]),
-            server_ip: match next(server_ip.next()) {
-                None if server_ip_absent => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                v => ip(v, "server_ip")?,
-            },
+            server_ip: server_ip[i],
             server_port: port(server_port[i]),
             method: req(next(method.next()), "method")?,
             uri: match next(uri.next()) {

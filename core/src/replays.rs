@@ -13,7 +13,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
-use crate::exchange::Header;
+use crate::exchange::{CompactString, Header};
 use crate::schema::{headers_type, ts, HeadersColumn, SCHEMA_VERSION_KEY, TABLE_KEY};
 
 /// Version of the `replays` schema.
@@ -97,7 +97,7 @@ pub struct ReplayRecord {
     /// Response status; `None` on a transport error.
     pub status: Option<u16>,
     /// Response HTTP version (`HTTP/1.1`, `HTTP/2.0`).
-    pub response_version: Option<String>,
+    pub response_version: Option<CompactString>,
     /// Response headers (after response hooks).
     pub response_headers: Vec<Header>,
     /// Response body as received (content-coded if the target coded it), at most the cap.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use shadowtap_core::replays::ErrorKind;
-use shadowtap_core::Header;
+use shadowtap_core::{CompactString, Header};
 
 use crate::h1::RequestHead;
 use crate::pool::{PlainPool, ReqBody};
@@ -349,7 +349,7 @@ async fn send_h2(
     let (parts, mut body) = resp.into_parts();
     let mut raw = RawResponse {
         status: parts.status.as_u16(),
-        version: format!("{:?}", parts.version),
+        version: compact_str::format_compact!("{:?}", parts.version),
         headers: parts
             .headers
             .iter()
@@ -430,7 +430,7 @@ pub struct RawResponse {
     /// Status code.
     pub status: u16,
     /// `HTTP/1.1`, `HTTP/2.0`.
-    pub version: String,
+    pub version: CompactString,
     /// Header lines in order.
     pub headers: Vec<Header>,
     /// Body bytes kept (at most the cap).
@@ -475,7 +475,7 @@ async fn send_reqwest(
             let ttfb = start.elapsed().as_micros() as i64;
             let mut raw = RawResponse {
                 status: resp.status().as_u16(),
-                version: format!("{:?}", resp.version()),
+                version: compact_str::format_compact!("{:?}", resp.version()),
                 headers: resp
                     .headers()
                     .iter()

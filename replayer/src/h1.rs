@@ -77,7 +77,7 @@ impl Framing for Sent<'_> {
     fn response_head(&mut self, _: u16, _: u64, _: Option<u32>, _: Option<u64>) -> ResponseFraming {
         ResponseFraming::Request {
             index: 0,
-            method: self.0.to_owned(),
+            method: self.0.into(),
         }
     }
 }

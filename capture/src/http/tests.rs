@@ -5,14 +5,14 @@ use super::*;
 
 #[derive(Default)]
 struct Fifo {
-    methods: Vec<String>,
+    methods: Vec<CompactString>,
     next_response: u64,
     wait: bool,
 }
 
 impl Framing for Fifo {
     fn request_head(&mut self, method: &str, _start: u64, _ack: Option<u32>) -> u64 {
-        self.methods.push(method.to_owned());
+        self.methods.push(method.into());
         self.methods.len() as u64 - 1
     }
     fn response_head(
