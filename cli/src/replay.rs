@@ -101,6 +101,12 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N", default_value_t = 32)]
     concurrency: usize,
 
+    /// Sending threads at `--rate max` without hooks, each with its own connections and a
+    /// share of --concurrency (default: one per core, at most 4). Paced replays and replays
+    /// with hooks send from one thread.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    senders: Option<u16>,
+
     /// Stop sending after this long (`10m`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -220,6 +226,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return usage("--max-wait applies to the recorded timing; it has no effect with --rate");
     }
     opts.concurrency = args.concurrency;
+    opts.senders = args.senders.map_or(0, usize::from);
     opts.duration = args.duration;
     opts.passes = match args.loops {
         None => Some(1),

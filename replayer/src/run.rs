@@ -178,6 +178,10 @@ pub struct ReplayOptions {
     pub pacing: Pacing,
     /// Requests in flight at most, over all targets.
     pub concurrency: usize,
+    /// Threads that send at `--rate max` without hooks, each with its own connections and a
+    /// share of `concurrency`; 0 picks one per core, at most [`MAX_SENDERS`]. Paced replays
+    /// and replays with hooks send from one thread.
+    pub senders: usize,
     /// Stop sending after this long.
     pub duration: Option<Duration>,
     /// Passes over the recording; `None` repeats until `duration` or a signal.
@@ -219,6 +223,7 @@ impl ReplayOptions {
             allow_methods: DEFAULT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
             pacing: Pacing::default(),
             concurrency: 32,
+            senders: 0,
             duration: None,
             passes: Some(1),
             client: ClientOptions {
@@ -566,20 +571,37 @@ impl Selection {
 /// Items per message from the reader thread (one wake-up per batch, not per exchange).
 const ITEM_BATCH: usize = 128;
 
-/// Reads passes over the recording into `tx`, in batches, until done or the receiver is gone.
+/// Reads passes over the recording into `txs` (one per sending thread), in batches, until done
+/// or a receiver is gone. Each batch goes to the next sender with room in its queue, so a
+/// slower thread is not handed more than it takes.
 fn read_recording(
     recording: Recording,
     passes: Option<u32>,
     selection: Selection,
-    tx: mpsc::Sender<Vec<Item>>,
+    txs: Vec<mpsc::Sender<Vec<Item>>>,
     out_of_order: Arc<AtomicU64>,
 ) {
     let mut pass = 0u32;
     let mut batch = Vec::with_capacity(ITEM_BATCH);
     let mut skipped = Skipped::default();
-    let send = |batch: &mut Vec<Item>| {
-        tx.blocking_send(std::mem::replace(batch, Vec::with_capacity(ITEM_BATCH)))
-            .is_ok()
+    let mut next = 0usize;
+    let mut send = |batch: &mut Vec<Item>| {
+        let mut b = std::mem::replace(batch, Vec::with_capacity(ITEM_BATCH));
+        let n = txs.len().max(1);
+        for k in 0..n {
+            let i = (next + k) % n;
+            match txs.get(i).map(|tx| tx.try_send(b)) {
+                Some(Ok(())) => {
+                    next = i + 1;
+                    return true;
+                }
+                Some(Err(mpsc::error::TrySendError::Full(back))) => b = back,
+                Some(Err(mpsc::error::TrySendError::Closed(_))) | None => return false,
+            }
+        }
+        let i = next % n;
+        next = i + 1;
+        txs.get(i).is_some_and(|tx| tx.blocking_send(b).is_ok())
     };
     // The counts of skipped exchanges go out before the next item, and at least every
     // ITEM_BATCH skips (so progress moves during a long run of them).
@@ -827,7 +849,7 @@ struct Shared {
     preserve_host: bool,
     max_body: u64,
     rows: RowOut,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 impl Shared {
@@ -1282,7 +1304,7 @@ pub async fn replay(
 
 async fn run_replay(
     mut opts: ReplayOptions,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     if opts.targets.is_empty() {
@@ -1323,28 +1345,17 @@ async fn run_replay(
     check_targets(&opts.targets, &captured).await?;
 
     let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
-    let mut clients = Vec::new();
-    for t in &opts.targets {
-        let client = build_client(
-            &t.url,
-            &ClientOptions {
-                pool_size: opts.concurrency,
-                ..opts.client.clone()
-            },
-        )
-        .map_err(|message| ReplayError::InvalidOption {
-            option: "--target",
-            message,
-        })?;
-        clients.push(Route {
-            client,
-            authority: t.authority(),
-            origin: t.origin(),
-            name: t.name.as_str().into(),
-            url_text: t.url.as_str().into(),
-            target: t.clone(),
-        });
+    let hooks = opts.rules.is_some() || opts.script.is_some() || opts.middleware.is_some();
+    let senders = match (opts.pacing, hooks) {
+        (Pacing::Max, false) if opts.senders == 0 => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_SENDERS),
+        (Pacing::Max, false) => opts.senders,
+        _ => 1,
     }
+    .clamp(1, opts.concurrency);
+    let share = |k: usize| opts.concurrency / senders + usize::from(k < opts.concurrency % senders);
+    let clients = routes(&opts.targets, &opts.client, share(0))?;
     let middleware =
         match &opts.middleware {
             Some(cmd) => Some(Middleware::start(cmd, opts.middleware_timeout).map_err(
@@ -1397,10 +1408,10 @@ async fn run_replay(
             tx: row_tx,
             spare,
         },
-        counters: Counters::default(),
+        counters: Arc::new(Counters::default()),
     });
-    let (item_tx, mut item_rx) = mpsc::channel::<Vec<Item>>(4);
-    let mut items: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
+    let (item_txs, item_rxs): (Vec<_>, Vec<_>) =
+        (0..senders).map(|_| mpsc::channel::<Vec<Item>>(4)).unzip();
     let out_of_order = Arc::new(AtomicU64::new(0));
     let reader = {
         let (rec, passes, ooo) = (recording.clone(), opts.passes, out_of_order.clone());
@@ -1413,7 +1424,7 @@ async fn run_replay(
             .name("replay-reader".into())
             .spawn(move || {
                 yield_to_sending();
-                read_recording(rec, passes, selection, item_tx, ooo)
+                read_recording(rec, passes, selection, item_txs, ooo)
             })
             .map_err(|source| ReplayError::Io {
                 path: opts.from.clone(),
@@ -1423,6 +1434,79 @@ async fn run_replay(
     let total_hint = opts.passes.map(|p| recording.rows() * u64::from(p));
     let progress = Progress::start(opts.progress, total_hint, shared.clone());
 
+    let deadline = opts.duration.map(|d| started + d);
+    // The other sending threads: each its own runtime, connections and share of the requests
+    // in flight, the same counters and writer.
+    let mut item_rxs = item_rxs.into_iter();
+    let first = item_rxs.next().ok_or_else(|| ReplayError::Io {
+        path: opts.out.clone(),
+        source: std::io::Error::other("no queue for the sending thread"),
+    })?;
+    let mut others = Vec::new();
+    for (k, items) in item_rxs.enumerate().map(|(i, rx)| (i + 1, rx)) {
+        let shared = Arc::new(Shared {
+            run_id: shared.run_id.clone(),
+            targets: routes(&opts.targets, &opts.client, share(k))?,
+            rules: None,
+            script: None,
+            middleware: None,
+            marker: shared.marker.clone(),
+            preserve_host: shared.preserve_host,
+            max_body: shared.max_body,
+            rows: RowOut {
+                pending: std::sync::Mutex::new(Vec::with_capacity(RowOut::BATCH)),
+                tx: shared.rows.tx.clone(),
+                spare: shared.rows.spare.clone(),
+            },
+            counters: shared.counters.clone(),
+        });
+        let (stop, concurrency) = (stop.clone(), share(k));
+        let thread = std::thread::Builder::new()
+            .name(format!("replay-send-{k}"))
+            .spawn(move || -> Result<Dispatched, std::io::Error> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                Ok(runtime.block_on(dispatch(
+                    shared,
+                    concurrency,
+                    Pacing::Max,
+                    items,
+                    stop,
+                    deadline,
+                )))
+            })
+            .map_err(|source| ReplayError::Io {
+                path: opts.out.clone(),
+                source,
+            })?;
+        others.push(thread);
+    }
+    let mut dispatched = vec![
+        dispatch(
+            shared.clone(),
+            share(0),
+            opts.pacing,
+            first,
+            stop.clone(),
+            deadline,
+        )
+        .await,
+    ];
+    for thread in others {
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+        match joined {
+            Ok(Ok(Ok(d))) => dispatched.push(d),
+            Ok(Ok(Err(source))) => {
+                return Err(ReplayError::Io {
+                    path: opts.out.clone(),
+                    source,
+                })
+            }
+            // Only a bug does this; say so rather than lose the rows quietly.
+            _ => tracing::error!("a sending thread failed: its exchanges in flight have no row"),
+        }
+    }
     let mut summary = ReplaySummary {
         run_id: run_id.clone(),
         schema_version: REPLAYS_SCHEMA_VERSION,
@@ -1431,94 +1515,29 @@ async fn run_replay(
         stopped_by: "end".into(),
         ..Default::default()
     };
-    let mut workers = Workers::start(&shared, opts.concurrency);
-    let mut pacer = Pacer::new(opts.pacing, Instant::now());
-    let deadline = opts.duration.map(|d| started + d);
     let mut failure = None;
-    let stop_now = |s: &watch::Receiver<bool>| *s.borrow();
-    'dispatch: loop {
-        if stop_now(&stop) {
-            summary.stopped_by = "signal".into();
-            break;
+    for d in dispatched {
+        summary.exchanges_read += d.read;
+        summary.selected += d.selected;
+        summary.not_matched += d.not_matched;
+        summary.sampled_out += d.sampled_out;
+        for (method, n) in d.refused {
+            *summary.refused_methods.entry(method).or_default() += n;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            summary.stopped_by = "duration".into();
-            break;
+        summary.passes = summary.passes.max(d.passes);
+        summary.max_schedule_lag_ms = summary.max_schedule_lag_ms.max(d.max_lag_ms);
+        if let Some(why) = d.stopped_by {
+            summary.stopped_by = why.into();
         }
-        if items.is_empty() {
-            let batch = tokio::select! {
-                biased;
-                _ = wait_stop(&mut stop) => continue,
-                _ = sleep_until_opt(deadline) => { summary.stopped_by = "duration".into(); break }
-                batch = item_rx.recv() => batch,
-            };
-            match batch {
-                Some(b) => items.extend(b),
-                None => break,
-            }
-        }
-        let item = items.pop_front();
-        let (pass, ex) = match item {
-            None => break,
-            Some(Item::Failed(e)) => {
-                failure = Some(e);
-                break;
-            }
-            Some(Item::PassStart(p)) => {
-                if p > 0 {
-                    pacer.new_pass();
-                }
-                summary.passes = p + 1;
-                continue;
-            }
-            Some(Item::Skipped(skipped)) => {
-                let n = skipped.total();
-                summary.exchanges_read += n;
-                shared.counters.read.fetch_add(n, Ordering::Relaxed);
-                summary.not_matched += skipped.not_matched;
-                summary.sampled_out += skipped.sampled_out;
-                for (method, n) in skipped.refused {
-                    *summary.refused_methods.entry(method).or_default() += n;
-                }
-                continue;
-            }
-            Some(Item::Exchange(pass, ex)) => (pass, ex),
-        };
-        summary.exchanges_read += 1;
-        shared.counters.read.fetch_add(1, Ordering::Relaxed);
-        let due = pacer.due(ex.request_start_us);
-        if let Some(due) = due {
-            tokio::select! {
-                biased;
-                // Stopped while waiting: this request was not sent, and is not recorded.
-                _ = wait_stop(&mut stop) => {
-                    summary.stopped_by = "signal".into();
-                    break 'dispatch;
-                }
-                _ = sleep_until_opt(deadline) => {
-                    summary.stopped_by = "duration".into();
-                    break 'dispatch;
-                }
-                _ = tokio::time::sleep_until(due) => {}
-            }
-            let lag = Instant::now().saturating_duration_since(due).as_secs_f64() * 1000.0;
-            summary.max_schedule_lag_ms = summary.max_schedule_lag_ms.max(lag);
-        }
-        summary.selected += 1;
-        if !workers.hand(pass, ex).await {
-            break;
-        }
+        failure = failure.or(d.failure);
     }
-    // Stop reading, finish what is in flight, then close the files.
-    drop(item_rx);
-    workers.finish().await;
+    // Sending has stopped and the requests in flight are done: close the files.
     progress.finish().await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     summary.out_of_order = out_of_order.load(Ordering::Relaxed);
     summary.unreplayable = shared.counters.unreplayable.load(Ordering::Relaxed);
     summary.dropped_by_hooks = shared.counters.dropped.load(Ordering::Relaxed);
     summary.hook_errors = shared.counters.hook_errors.load(Ordering::Relaxed);
-    shared.rows.flush().await;
     let shared = Arc::try_unwrap(shared).map_err(|_| ReplayError::Io {
         path: opts.out.clone(),
         source: std::io::Error::other("request tasks still hold the writer"),
@@ -1543,6 +1562,150 @@ async fn run_replay(
     summary.elapsed_s = started.elapsed().as_secs_f64();
     write_summary(&opts.out, &summary)?;
     Ok(summary)
+}
+
+/// Sending threads at most when their number is picked automatically.
+pub const MAX_SENDERS: usize = 4;
+
+/// What one sending thread's dispatch loop counted.
+#[derive(Default)]
+struct Dispatched {
+    read: u64,
+    selected: u64,
+    not_matched: u64,
+    sampled_out: u64,
+    refused: BTreeMap<String, u64>,
+    passes: u32,
+    max_lag_ms: f64,
+    /// `signal` or `duration` when either stopped it before the items ended.
+    stopped_by: Option<&'static str>,
+    failure: Option<ReplayError>,
+}
+
+/// The clients for `targets`, each pooling up to `concurrency` connections.
+fn routes(
+    targets: &[Target],
+    client: &ClientOptions,
+    concurrency: usize,
+) -> Result<Vec<Route>, ReplayError> {
+    targets
+        .iter()
+        .map(|t| {
+            let options = ClientOptions {
+                pool_size: concurrency,
+                ..client.clone()
+            };
+            let client =
+                build_client(&t.url, &options).map_err(|message| ReplayError::InvalidOption {
+                    option: "--target",
+                    message,
+                })?;
+            Ok(Route {
+                client,
+                authority: t.authority(),
+                origin: t.origin(),
+                name: t.name.as_str().into(),
+                url_text: t.url.as_str().into(),
+                target: t.clone(),
+            })
+        })
+        .collect()
+}
+
+/// One sending thread's loop: hands the exchanges from `item_rx` to `concurrency` sending tasks
+/// on the current runtime, at the pace `pacing` asks, until the items end, `deadline` passes
+/// or `stop` turns true; then lets the tasks finish and hands their last rows to the writer.
+async fn dispatch(
+    shared: Arc<Shared>,
+    concurrency: usize,
+    pacing: Pacing,
+    mut item_rx: mpsc::Receiver<Vec<Item>>,
+    mut stop: watch::Receiver<bool>,
+    deadline: Option<Instant>,
+) -> Dispatched {
+    let mut d = Dispatched::default();
+    let mut items: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
+    let mut workers = Workers::start(&shared, concurrency);
+    let mut pacer = Pacer::new(pacing, Instant::now());
+    let stop_now = |s: &watch::Receiver<bool>| *s.borrow();
+    'dispatch: loop {
+        if stop_now(&stop) {
+            d.stopped_by = Some("signal");
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            d.stopped_by = Some("duration");
+            break;
+        }
+        if items.is_empty() {
+            let batch = tokio::select! {
+                biased;
+                _ = wait_stop(&mut stop) => continue,
+                _ = sleep_until_opt(deadline) => { d.stopped_by = Some("duration"); break }
+                batch = item_rx.recv() => batch,
+            };
+            match batch {
+                Some(b) => items.extend(b),
+                None => break,
+            }
+        }
+        let item = items.pop_front();
+        let (pass, ex) = match item {
+            None => break,
+            Some(Item::Failed(e)) => {
+                d.failure = Some(e);
+                break;
+            }
+            Some(Item::PassStart(p)) => {
+                if p > 0 {
+                    pacer.new_pass();
+                }
+                d.passes = p + 1;
+                continue;
+            }
+            Some(Item::Skipped(skipped)) => {
+                let n = skipped.total();
+                d.read += n;
+                shared.counters.read.fetch_add(n, Ordering::Relaxed);
+                d.not_matched += skipped.not_matched;
+                d.sampled_out += skipped.sampled_out;
+                for (method, n) in skipped.refused {
+                    *d.refused.entry(method).or_default() += n;
+                }
+                continue;
+            }
+            Some(Item::Exchange(pass, ex)) => (pass, ex),
+        };
+        d.read += 1;
+        shared.counters.read.fetch_add(1, Ordering::Relaxed);
+        let due = pacer.due(ex.request_start_us);
+        if let Some(due) = due {
+            tokio::select! {
+                biased;
+                // Stopped while waiting: this request was not sent, and is not recorded.
+                _ = wait_stop(&mut stop) => {
+                    d.stopped_by = Some("signal");
+                    break 'dispatch;
+                }
+                _ = sleep_until_opt(deadline) => {
+                    d.stopped_by = Some("duration");
+                    break 'dispatch;
+                }
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            let lag = Instant::now().saturating_duration_since(due).as_secs_f64() * 1000.0;
+            d.max_lag_ms = d.max_lag_ms.max(lag);
+        }
+        d.selected += 1;
+        if !workers.hand(pass, ex).await {
+            break;
+        }
+    }
+    // Stop reading, finish what is in flight, then hand the last rows to the writer.
+    drop(item_rx);
+    workers.finish().await;
+    shared.rows.flush().await;
+    d
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -943,3 +943,101 @@ fn every_exchange_read_is_counted_once_as_sent_or_left_out_and_why() {
     );
     assert_eq!(read_rows(&out).len() as u64, summary.selected);
 }
+
+#[test]
+fn several_sending_threads_send_each_exchange_once_to_every_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    write_recording(&rec, &gets(1500, 40), 3);
+    let (a, b) = (server(), server());
+    let out = dir.path().join("out");
+    let mut o = options(
+        &rec,
+        &out,
+        vec![target("baseline", &a.url()), target("candidate", &b.url())],
+    );
+    o.senders = 3;
+    o.concurrency = 12;
+    o.passes = Some(2);
+    let summary = run(o).unwrap();
+    assert_eq!((a.count(), b.count()), (3000, 3000), "{summary:?}");
+    assert_eq!(
+        (summary.exchanges_read, summary.selected, summary.passes),
+        (3000, 3000, 2)
+    );
+    let rows = read_rows(&out);
+    assert_eq!((rows.len(), summary.rows_written), (6000, 6000));
+    for t in ["baseline", "candidate"] {
+        let mut seen: BTreeMap<(&str, i32), usize> = BTreeMap::new();
+        for r in rows.iter().filter(|r| r.target == t) {
+            *seen.entry((r.exchange_id.as_str(), r.pass)).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 3000, "{t}: every exchange in both passes");
+        assert!(seen.values().all(|&n| n == 1), "{t}: each exactly once");
+    }
+    assert!(rows.iter().all(|r| r.status == Some(200) && r.sent));
+}
+
+#[test]
+fn a_stop_with_several_sending_threads_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    // Every tenth request takes 2 s: a stop always finds some in flight on every thread.
+    let rows: Vec<_> = (0..400)
+        .map(|i| {
+            let path = if i % 10 == 0 { "/slow" } else { "/fast" };
+            exchange(i, i, "GET", path, i as i64)
+        })
+        .collect();
+    write_recording(&rec, &rows, 2);
+    let s = server();
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("t", &s.url())]);
+    o.senders = 3;
+    o.concurrency = 9;
+    o.passes = None;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (names_tx, names) = std::sync::mpsc::channel();
+    let summary = rt
+        .block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                // The threads of this process while it sends (Linux).
+                let threads: BTreeSet<String> = std::fs::read_dir("/proc/self/task")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|n| n.trim().to_owned())
+                    .collect();
+                let _ = names_tx.send(threads);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = tx.send(true);
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+            shadowtap_replayer::replay(o, rx).await
+        })
+        .unwrap();
+    assert_eq!(summary.stopped_by, "signal");
+    let threads = names.recv().unwrap();
+    assert!(
+        threads.contains("replay-send-1") && threads.contains("replay-send-2"),
+        "three sending threads: {threads:?}"
+    );
+    let rows = read_rows(&out);
+    let got = s.count();
+    assert!(got > 9, "{got}");
+    assert_eq!(rows.len(), got, "every request received has its row");
+    assert_eq!(summary.rows_written as usize, got);
+    assert!(
+        rows.iter()
+            .filter(|r| r.path == "/slow")
+            .all(|r| r.status == Some(200)),
+        "requests in flight at the stop were waited for"
+    );
+}
