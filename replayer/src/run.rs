@@ -385,8 +385,10 @@ impl ReplaySummary {
     }
 }
 
-/// Live counters for progress.
+/// Live counters for progress, one set per sending thread (no cache line written by two
+/// threads per request); aligned so that two sets never share a line.
 #[derive(Default)]
+#[repr(align(128))]
 struct Counters {
     unreplayable: AtomicU64,
     unreplayable_rows: AtomicU64,
@@ -396,6 +398,13 @@ struct Counters {
     sent: AtomicU64,
     done: AtomicU64,
     errors: AtomicU64,
+}
+
+/// One counter summed over every sending thread's set.
+fn total(sets: &[Arc<Counters>], counter: impl Fn(&Counters) -> &AtomicU64) -> u64 {
+    sets.iter()
+        .map(|c| counter(c).load(Ordering::Relaxed))
+        .sum()
 }
 
 fn now_us() -> i64 {
@@ -1355,6 +1364,7 @@ async fn run_replay(
     }
     .clamp(1, opts.concurrency);
     let share = |k: usize| opts.concurrency / senders + usize::from(k < opts.concurrency % senders);
+    let counters: Vec<Arc<Counters>> = (0..senders).map(|_| Arc::default()).collect();
     let clients = routes(&opts.targets, &opts.client, share(0))?;
     let middleware =
         match &opts.middleware {
@@ -1408,7 +1418,7 @@ async fn run_replay(
             tx: row_tx,
             spare,
         },
-        counters: Arc::new(Counters::default()),
+        counters: counters[0].clone(),
     });
     let (item_txs, item_rxs): (Vec<_>, Vec<_>) =
         (0..senders).map(|_| mpsc::channel::<Vec<Item>>(4)).unzip();
@@ -1432,7 +1442,7 @@ async fn run_replay(
             })?
     };
     let total_hint = opts.passes.map(|p| recording.rows() * u64::from(p));
-    let progress = Progress::start(opts.progress, total_hint, shared.clone());
+    let progress = Progress::start(opts.progress, total_hint, counters.clone());
 
     let deadline = opts.duration.map(|d| started + d);
     // The other sending threads: each its own runtime, connections and share of the requests
@@ -1445,7 +1455,8 @@ async fn run_replay(
     let mut others = Vec::new();
     for (k, items) in item_rxs.enumerate().map(|(i, rx)| (i + 1, rx)) {
         let shared = Arc::new(Shared {
-            run_id: shared.run_id.clone(),
+            // Its own copy: rows clone it, and a count shared by threads would bounce.
+            run_id: run_id.as_str().into(),
             targets: routes(&opts.targets, &opts.client, share(k))?,
             rules: None,
             script: None,
@@ -1458,7 +1469,7 @@ async fn run_replay(
                 tx: shared.rows.tx.clone(),
                 spare: shared.rows.spare.clone(),
             },
-            counters: shared.counters.clone(),
+            counters: counters[k].clone(),
         });
         let (stop, concurrency) = (stop.clone(), share(k));
         let thread = std::thread::Builder::new()
@@ -1535,9 +1546,9 @@ async fn run_replay(
     progress.finish().await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     summary.out_of_order = out_of_order.load(Ordering::Relaxed);
-    summary.unreplayable = shared.counters.unreplayable.load(Ordering::Relaxed);
-    summary.dropped_by_hooks = shared.counters.dropped.load(Ordering::Relaxed);
-    summary.hook_errors = shared.counters.hook_errors.load(Ordering::Relaxed);
+    summary.unreplayable = total(&counters, |c| &c.unreplayable);
+    summary.dropped_by_hooks = total(&counters, |c| &c.dropped);
+    summary.hook_errors = total(&counters, |c| &c.hook_errors);
     let shared = Arc::try_unwrap(shared).map_err(|_| ReplayError::Io {
         path: opts.out.clone(),
         source: std::io::Error::other("request tasks still hold the writer"),
@@ -1748,7 +1759,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(mode: ProgressMode, total: Option<u64>, shared: Arc<Shared>) -> Progress {
+    fn start(
+        mode: ProgressMode,
+        total_hint: Option<u64>,
+        counters: Vec<Arc<Counters>>,
+    ) -> Progress {
         let ProgressMode::Auto { interval } = mode else {
             return Progress {
                 stop: None,
@@ -1760,7 +1775,7 @@ impl Progress {
         let task = tokio::spawn(async move {
             let bar = tty.then(|| {
                 let bar = indicatif::ProgressBar::with_draw_target(
-                    total,
+                    total_hint,
                     indicatif::ProgressDrawTarget::stderr(),
                 );
                 let style = indicatif::ProgressStyle::with_template(
@@ -1781,12 +1796,12 @@ impl Progress {
                     _ = &mut rx => break,
                     _ = tokio::time::sleep(every) => {}
                 }
-                let c = &shared.counters;
+                let c = &counters;
                 let (read, sent, done, errors) = (
-                    c.read.load(Ordering::Relaxed),
-                    c.sent.load(Ordering::Relaxed),
-                    c.done.load(Ordering::Relaxed),
-                    c.errors.load(Ordering::Relaxed),
+                    total(c, |c| &c.read),
+                    total(c, |c| &c.sent),
+                    total(c, |c| &c.done),
+                    total(c, |c| &c.errors),
                 );
                 let rate = done as f64 / begun.elapsed().as_secs_f64().max(1e-3);
                 match &bar {
@@ -1797,7 +1812,7 @@ impl Progress {
                     None => eprintln!(
                         "replay: {:.0}s {read}{} exchanges read, {sent} requests sent, {done} done ({rate:.0}/s), {errors} errors",
                         begun.elapsed().as_secs_f64(),
-                        total.map_or(String::new(), |t| format!("/{t}"))
+                        total_hint.map_or(String::new(), |t| format!("/{t}"))
                     ),
                 }
             }
