@@ -659,7 +659,10 @@ fn read_recording(
 /// thread, whose clock readings are the recorded timings. When they fall behind, the queues
 /// fill and sending waits for them, so nothing is lost; on a busy machine they get a smaller
 /// share of the CPU. Measured on the 2-core bench machine: +19% requests/s at `--rate max`
-/// over four alternating runs (README, Performance). Failure (a sandbox refusing `setpriority`) only leaves it as it was.
+/// over four alternating runs (README, Performance). Only when one thread sends: with several,
+/// no one thread's core decides the rate, and the Parquet threads at normal priority gave
+/// +3.5% (eight alternating runs). Failure (a sandbox refusing `setpriority`) only leaves it
+/// as it was.
 fn yield_to_sending() {
     #[cfg(target_os = "linux")]
     {
@@ -1396,7 +1399,9 @@ async fn run_replay(
     let writer = std::thread::Builder::new()
         .name("replay-writer".into())
         .spawn(move || {
-            yield_to_sending();
+            if senders == 1 {
+                yield_to_sending();
+            }
             write_rows(row_rx, &writer_spare, sink, &writer_targets)
         })
         .map_err(|source| ReplayError::Io {
@@ -1433,7 +1438,9 @@ async fn run_replay(
         std::thread::Builder::new()
             .name("replay-reader".into())
             .spawn(move || {
-                yield_to_sending();
+                if senders == 1 {
+                    yield_to_sending();
+                }
                 read_recording(rec, passes, selection, item_txs, ooo)
             })
             .map_err(|source| ReplayError::Io {
