@@ -26,18 +26,34 @@ fn gets(n: usize, per_conn: usize) -> Vec<shadowtap_core::Exchange> {
         .collect()
 }
 
-#[test]
-fn every_request_reaches_every_target_and_becomes_one_row_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let rec = dir.path().join("rec");
-    write_recording(&rec, &gets(300, 10), 3);
+/// A recording of `n` GETs, `per_connection` to a connection (three files) in `dir`, two test
+/// servers, and options replaying it at both (`baseline`, `candidate`) into `dir/out`.
+fn gets_at_two_targets(
+    dir: &std::path::Path,
+    n: usize,
+    per_connection: usize,
+) -> (
+    Server,
+    Server,
+    std::path::PathBuf,
+    shadowtap_replayer::ReplayOptions,
+) {
+    let rec = dir.join("rec");
+    write_recording(&rec, &gets(n, per_connection), 3);
     let (a, b) = (server(), server());
-    let out = dir.path().join("out");
-    let mut o = options(
+    let out = dir.join("out");
+    let o = options(
         &rec,
         &out,
         vec![target("baseline", &a.url()), target("candidate", &b.url())],
     );
+    (a, b, out, o)
+}
+
+#[test]
+fn every_request_reaches_every_target_and_becomes_one_row_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, out, mut o) = gets_at_two_targets(dir.path(), 300, 10);
     o.concurrency = 16;
     o.run_id = Some("run-1".into());
     let summary = run(o).unwrap();
@@ -947,15 +963,7 @@ fn every_exchange_read_is_counted_once_as_sent_or_left_out_and_why() {
 #[test]
 fn several_sending_threads_send_each_exchange_once_to_every_target() {
     let dir = tempfile::tempdir().unwrap();
-    let rec = dir.path().join("rec");
-    write_recording(&rec, &gets(1500, 40), 3);
-    let (a, b) = (server(), server());
-    let out = dir.path().join("out");
-    let mut o = options(
-        &rec,
-        &out,
-        vec![target("baseline", &a.url()), target("candidate", &b.url())],
-    );
+    let (a, b, out, mut o) = gets_at_two_targets(dir.path(), 1500, 40);
     o.senders = 3;
     o.concurrency = 12;
     o.passes = Some(2);
