@@ -1365,7 +1365,9 @@ async fn run_replay(
         (Pacing::Max, false) => opts.senders,
         _ => 1,
     }
-    .clamp(1, opts.concurrency);
+    // Each thread needs room for one exchange at every target: `--concurrency` bounds the
+    // requests in flight over all threads.
+    .clamp(1, (opts.concurrency / opts.targets.len()).max(1));
     let share = |k: usize| opts.concurrency / senders + usize::from(k < opts.concurrency % senders);
     let counters: Vec<Arc<Counters>> = (0..senders).map(|_| Arc::default()).collect();
     let clients = routes(&opts.targets, &opts.client, share(0))?;

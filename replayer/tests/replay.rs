@@ -1049,3 +1049,41 @@ fn a_stop_with_several_sending_threads_loses_nothing() {
         "requests in flight at the stop were waited for"
     );
 }
+
+#[test]
+fn concurrency_bounds_requests_in_flight_over_all_sending_threads() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // One server behind both targets, counting the requests it holds at once.
+    let (active, most) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let (a, m) = (active.clone(), most.clone());
+    let addr = serve_on_loopback(move |listener| async move {
+        let app = axum::Router::new().fallback(move || {
+            let (a, m) = (a.clone(), m.clone());
+            async move {
+                let now = a.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                a.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }
+        });
+        axum::serve(listener, app).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    // Enough batches from the reader (128 exchanges each) for every thread to get some.
+    write_recording(&rec, &gets(1000, 10), 1);
+    let url = format!("http://{addr}");
+    let out = dir.path().join("out");
+    let mut o = options(&rec, &out, vec![target("a", &url), target("b", &url)]);
+    // Four threads asked for, but five requests in flight allow two exchanges at a time.
+    o.senders = 4;
+    o.concurrency = 5;
+    let summary = run(o).unwrap();
+    assert_eq!(summary.rows_written, 2000);
+    let most = most.load(Ordering::SeqCst);
+    assert!((2..=5).contains(&most), "{most} requests in flight at once");
+}
