@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use shadowtap_core::exchange::{compact_text_from_bytes, CompactString, Header};
+use shadowtap_core::exchange::{text_from_bytes, CompactString, Header};
 
 /// Which side of the connection a parser reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -888,7 +888,7 @@ impl Head {
             status: resp.code.unwrap_or_default(),
             reason: resp
                 .reason
-                .map(|r| compact_text_from_bytes(r.as_bytes()))
+                .map(|r| text_from_bytes(r.as_bytes()))
                 .unwrap_or_default(),
             headers: resp
                 .headers

@@ -34,24 +34,17 @@ impl Header {
     /// Builds a header from raw bytes, decoding as UTF-8 or, failing that, ISO-8859-1.
     pub fn from_bytes(name: &[u8], value: &[u8]) -> Self {
         Header {
-            name: compact_text_from_bytes(name),
-            value: compact_text_from_bytes(value),
+            name: text_from_bytes(name),
+            value: text_from_bytes(value),
         }
     }
 }
 
-/// As [`text_from_bytes`], kept inline when short (no allocation up to 24 bytes).
-pub fn compact_text_from_bytes(bytes: &[u8]) -> CompactString {
+/// Decodes bytes as UTF-8, or as ISO-8859-1 when they are not valid UTF-8 (lossless); kept
+/// inline when short (no allocation up to 24 bytes).
+pub fn text_from_bytes(bytes: &[u8]) -> CompactString {
     match std::str::from_utf8(bytes) {
         Ok(s) => CompactString::from(s),
-        Err(_) => bytes.iter().map(|&b| b as char).collect(),
-    }
-}
-
-/// Decodes bytes as UTF-8, or as ISO-8859-1 when they are not valid UTF-8 (lossless).
-pub fn text_from_bytes(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
         Err(_) => bytes.iter().map(|&b| b as char).collect(),
     }
 }

@@ -593,23 +593,24 @@ fn read_recording(
     let mut pass = 0u32;
     let mut batch = Vec::with_capacity(ITEM_BATCH);
     let mut skipped = Skipped::default();
-    let mut next = 0usize;
+    // The sending thread whose turn it is (round robin among those with room).
+    let mut turn = 0usize;
     let mut send = |batch: &mut Vec<Item>| {
         let mut b = std::mem::replace(batch, Vec::with_capacity(ITEM_BATCH));
         let n = txs.len().max(1);
         for k in 0..n {
-            let i = (next + k) % n;
+            let i = (turn + k) % n;
             match txs.get(i).map(|tx| tx.try_send(b)) {
                 Some(Ok(())) => {
-                    next = i + 1;
+                    turn = i + 1;
                     return true;
                 }
                 Some(Err(mpsc::error::TrySendError::Full(back))) => b = back,
                 Some(Err(mpsc::error::TrySendError::Closed(_))) | None => return false,
             }
         }
-        let i = next % n;
-        next = i + 1;
+        let i = turn % n;
+        turn = i + 1;
         txs.get(i).is_some_and(|tx| tx.blocking_send(b).is_ok())
     };
     // The counts of skipped exchanges go out before the next item, and at least every
@@ -867,6 +868,28 @@ struct Shared {
 impl Shared {
     fn has_request_hooks(&self) -> bool {
         self.rules.is_some() || self.script.is_some() || self.middleware.is_some()
+    }
+
+    /// The same replay for another sending thread (only replays without hooks have several):
+    /// its own clients and counters, the same writer.
+    fn for_another_thread(&self, targets: Vec<Route>, counters: Arc<Counters>) -> Shared {
+        Shared {
+            // Its own copy: rows clone it, and a count shared by threads would bounce.
+            run_id: self.run_id.as_ref().into(),
+            targets,
+            rules: None,
+            script: None,
+            middleware: None,
+            marker: self.marker.clone(),
+            preserve_host: self.preserve_host,
+            max_body: self.max_body,
+            rows: RowOut {
+                pending: std::sync::Mutex::new(Vec::with_capacity(RowOut::BATCH)),
+                tx: self.rows.tx.clone(),
+                spare: self.rows.spare.clone(),
+            },
+            counters,
+        }
     }
 }
 
@@ -1463,23 +1486,10 @@ async fn run_replay(
     })?;
     let mut others = Vec::new();
     for (k, items) in item_rxs.enumerate().map(|(i, rx)| (i + 1, rx)) {
-        let shared = Arc::new(Shared {
-            // Its own copy: rows clone it, and a count shared by threads would bounce.
-            run_id: run_id.as_str().into(),
-            targets: routes(&opts.targets, &opts.client, share(k))?,
-            rules: None,
-            script: None,
-            middleware: None,
-            marker: shared.marker.clone(),
-            preserve_host: shared.preserve_host,
-            max_body: shared.max_body,
-            rows: RowOut {
-                pending: std::sync::Mutex::new(Vec::with_capacity(RowOut::BATCH)),
-                tx: shared.rows.tx.clone(),
-                spare: shared.rows.spare.clone(),
-            },
-            counters: counters[k].clone(),
-        });
+        let shared = Arc::new(shared.for_another_thread(
+            routes(&opts.targets, &opts.client, share(k))?,
+            counters[k].clone(),
+        ));
         let (stop, concurrency) = (stop.clone(), share(k));
         let thread = std::thread::Builder::new()
             .name(format!("replay-send-{k}"))

@@ -262,17 +262,39 @@ pub fn options(from: &Path, out: &Path, targets: Vec<Target>) -> ReplayOptions {
     o
 }
 
-/// Runs a replay to the end on a fresh runtime.
-pub fn run(opts: ReplayOptions) -> Result<ReplaySummary, shadowtap_replayer::ReplayError> {
+/// Runs a replay on a fresh runtime until it ends or, with `stop_after`, until it is stopped
+/// (as SIGINT does) that long after its start.
+fn run_on_runtime(
+    opts: ReplayOptions,
+    stop_after: Option<Duration>,
+) -> Result<ReplaySummary, shadowtap_replayer::ReplayError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if let Some(after) = stop_after {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(true);
+            }
+            // Keeps the sender alive until the replay ends.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
         shadowtap_replayer::replay(opts, rx).await
     })
+}
+
+/// Runs a replay to the end on a fresh runtime.
+pub fn run(opts: ReplayOptions) -> Result<ReplaySummary, shadowtap_replayer::ReplayError> {
+    run_on_runtime(opts, None)
+}
+
+/// Runs a replay on a fresh runtime and stops it (as SIGINT does) `after` its start.
+pub fn run_stopped_after(opts: ReplayOptions, after: Duration) -> ReplaySummary {
+    run_on_runtime(opts, Some(after)).unwrap()
 }
 
 /// A `replays` row as read back (the columns the tests look at).

@@ -533,22 +533,7 @@ fn a_stop_finishes_requests_in_flight_and_loses_nothing() {
         factor: 1.0,
         max_wait: None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let summary = rt
-        .block_on(async {
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-                let _ = tx.send(true);
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            });
-            shadowtap_replayer::replay(o, rx).await
-        })
-        .unwrap();
+    let summary = run_stopped_after(o, Duration::from_millis(1200));
     assert_eq!(summary.stopped_by, "signal");
     let rows = read_rows(&out);
     let got = s.count();
@@ -1004,35 +989,20 @@ fn a_stop_with_several_sending_threads_loses_nothing() {
     o.senders = 3;
     o.concurrency = 9;
     o.passes = None;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (names_tx, names) = std::sync::mpsc::channel();
-    let summary = rt
-        .block_on(async {
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(1000)).await;
-                // The threads of this process while it sends (Linux).
-                let threads: BTreeSet<String> = std::fs::read_dir("/proc/self/task")
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-                    .map(|n| n.trim().to_owned())
-                    .collect();
-                let _ = names_tx.send(threads);
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                let _ = tx.send(true);
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            });
-            shadowtap_replayer::replay(o, rx).await
-        })
-        .unwrap();
+    // The threads of this process a second into sending (Linux).
+    let names = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(1000));
+        std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect::<BTreeSet<String>>()
+    });
+    let summary = run_stopped_after(o, Duration::from_millis(2500));
     assert_eq!(summary.stopped_by, "signal");
-    let threads = names.recv().unwrap();
+    let threads = names.join().unwrap();
     assert!(
         threads.contains("replay-send-1") && threads.contains("replay-send-2"),
         "three sending threads: {threads:?}"
