@@ -662,7 +662,7 @@ fn read_recording(
 /// share of the CPU. Measured on the 2-core bench machine: +19% requests/s at `--rate max`
 /// over four alternating runs (README, Performance). Only when one thread sends: with several,
 /// no one thread's core decides the rate, and the Parquet threads at normal priority gave
-/// +3.5% (eight alternating runs). Failure (a sandbox refusing `setpriority`) only leaves it
+/// +3.7% on average (eight alternating runs, five in its favour). Failure (a sandbox refusing `setpriority`) only leaves it
 /// as it was.
 fn yield_to_sending() {
     #[cfg(target_os = "linux")]
