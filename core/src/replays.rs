@@ -161,7 +161,7 @@ pub fn replays_schema() -> SchemaRef {
 }
 
 fn headers_column(rows: &[ReplayRecord], get: impl Fn(&ReplayRecord) -> &[Header]) -> ArrayRef {
-    let mut b = HeadersColumn::new();
+    let mut b = HeadersColumn::for_lists(rows.iter().map(&get));
     for r in rows {
         b.append(get(r));
     }
@@ -172,7 +172,8 @@ fn headers_column(rows: &[ReplayRecord], get: impl Fn(&ReplayRecord) -> &[Header
 pub fn replays_to_batch(rows: &[ReplayRecord]) -> Result<RecordBatch, ArrowError> {
     let n = rows.len();
     let strings = |f: &dyn Fn(&ReplayRecord) -> Option<&str>| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
+        let bytes = rows.iter().map(|r| f(r).map_or(0, str::len)).sum();
+        let mut b = StringBuilder::with_capacity(n, bytes);
         rows.iter().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish())
     };
@@ -192,7 +193,8 @@ pub fn replays_to_batch(rows: &[ReplayRecord]) -> Result<RecordBatch, ArrowError
         Arc::new(b.finish())
     };
     let binary = |f: &dyn Fn(&ReplayRecord) -> Option<&[u8]>| -> ArrayRef {
-        let mut b = BinaryBuilder::new();
+        let bytes = rows.iter().map(|r| f(r).map_or(0, <[u8]>::len)).sum();
+        let mut b = BinaryBuilder::with_capacity(n, bytes);
         rows.iter().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish())
     };

@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
-    StringBuilder, StructBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListArray, ListBuilder,
+    RecordBatch, StringBuilder, StructArray, TimestampMicrosecondBuilder,
 };
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
@@ -30,13 +31,14 @@ pub(crate) fn header_fields() -> Fields {
     ])
 }
 
+/// The list item of a headers column: one `struct<name, value>`.
+fn header_item() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Struct(header_fields()), true))
+}
+
 /// `list<struct<name, value>>`, the type of every headers column.
 pub(crate) fn headers_type() -> DataType {
-    DataType::List(Arc::new(Field::new(
-        "item",
-        DataType::Struct(header_fields()),
-        true,
-    )))
+    DataType::List(header_item())
 }
 
 /// `timestamp(µs, UTC)`, the type of every time column.
@@ -114,30 +116,57 @@ fn body_fields(side: &str) -> Vec<Field> {
     ]
 }
 
-pub(crate) struct HeadersColumn(ListBuilder<StructBuilder>);
+pub(crate) struct HeadersColumn {
+    names: StringBuilder,
+    values: StringBuilder,
+    offsets: Vec<i32>,
+}
 
 impl HeadersColumn {
-    pub(crate) fn new() -> Self {
-        HeadersColumn(ListBuilder::new(StructBuilder::from_fields(
-            header_fields(),
-            0,
-        )))
+    /// A column for the header lists `lists` will append, sized for them up front: the
+    /// builders never grow (and copy) while a batch is built.
+    pub(crate) fn for_lists<'a>(lists: impl Iterator<Item = &'a [Header]>) -> Self {
+        let (mut rows, mut count, mut name_bytes, mut value_bytes) = (0, 0, 0, 0);
+        for headers in lists {
+            rows += 1;
+            count += headers.len();
+            for h in headers {
+                name_bytes += h.name.len();
+                value_bytes += h.value.len();
+            }
+        }
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        HeadersColumn {
+            names: StringBuilder::with_capacity(count, name_bytes),
+            values: StringBuilder::with_capacity(count, value_bytes),
+            offsets,
+        }
     }
     pub(crate) fn append(&mut self, headers: &[Header]) {
-        let s = self.0.values();
         for h in headers {
-            s.field_builder::<StringBuilder>(0)
-                .expect("name is utf8")
-                .append_value(&h.name);
-            s.field_builder::<StringBuilder>(1)
-                .expect("value is utf8")
-                .append_value(&h.value);
-            s.append(true);
+            self.names.append_value(&h.name);
+            self.values.append_value(&h.value);
         }
-        self.0.append(true);
+        // A batch holds far fewer than 2^31 header lines (it is bounded by bytes well below).
+        let end = self.offsets.last().copied().unwrap_or(0) as usize + headers.len();
+        self.offsets.push(i32::try_from(end).unwrap_or(i32::MAX));
     }
     pub(crate) fn finish(mut self) -> ArrayRef {
-        Arc::new(self.0.finish())
+        let entries = StructArray::new(
+            header_fields(),
+            vec![
+                Arc::new(self.names.finish()) as ArrayRef,
+                Arc::new(self.values.finish()),
+            ],
+            None,
+        );
+        Arc::new(ListArray::new(
+            header_item(),
+            OffsetBuffer::new(self.offsets.into()),
+            Arc::new(entries),
+            None,
+        ))
     }
 }
 
@@ -234,10 +263,11 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, ArrowError> 
         Arc::new(b.finish())
     };
 
-    let mut req_headers = HeadersColumn::new();
-    let mut req_trailers = HeadersColumn::new();
-    let mut resp_headers = HeadersColumn::new();
-    let mut resp_trailers = HeadersColumn::new();
+    let column = |f: fn(&Exchange) -> &[Header]| HeadersColumn::for_lists(rows.iter().map(f));
+    let mut req_headers = column(|r| &r.request_headers);
+    let mut req_trailers = column(|r| &r.request_trailers);
+    let mut resp_headers = column(|r| &r.response_headers);
+    let mut resp_trailers = column(|r| &r.response_trailers);
     let sizes = |f: &dyn Fn(&Exchange) -> &Body| -> (usize, usize) {
         rows.iter().map(f).fold((0, 0), |(r, d), b| {
             (r + b.raw.len(), d + b.decoded.as_ref().map_or(0, Vec::len))
@@ -312,6 +342,48 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, ArrowError> 
 pub(crate) mod tests {
     use super::*;
     use crate::exchange::ExchangeFlags;
+    use arrow::array::Array;
+
+    #[test]
+    fn header_lists_keep_their_rows_apart_including_empty_ones() {
+        let rows: Vec<Vec<Header>> = vec![
+            vec![Header::new("Host", "a"), Header::new("Accept", "*/*")],
+            vec![],
+            vec![Header::new(
+                "X-Long-Header-Name-Over-24-Bytes",
+                "v".repeat(100).as_str(),
+            )],
+        ];
+        let mut column = HeadersColumn::for_lists(rows.iter().map(Vec::as_slice));
+        for r in &rows {
+            column.append(r);
+        }
+        let array = column.finish();
+        assert_eq!(array.data_type(), &headers_type());
+        let list = array.as_any().downcast_ref::<ListArray>().unwrap();
+        assert_eq!(list.len(), 3);
+        let names = |i: usize| -> Vec<String> {
+            let v = list.value(i);
+            let s = v.as_any().downcast_ref::<StructArray>().unwrap();
+            let n = s
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            n.iter().map(|x| x.unwrap().to_owned()).collect()
+        };
+        assert_eq!(names(0), ["Host", "Accept"]);
+        assert!(names(1).is_empty());
+        assert_eq!(names(2), ["X-Long-Header-Name-Over-24-Bytes"]);
+        let v = list.value(2);
+        let s = v.as_any().downcast_ref::<StructArray>().unwrap();
+        let values = s
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(values.value(0), "v".repeat(100));
+    }
 
     pub(crate) fn sample() -> Exchange {
         Exchange {
