@@ -76,7 +76,7 @@ fn main() {
                 method: "GET".into(),
                 uri: path.clone(),
                 host: Some("api.example".into()),
-                path: path.clone(),
+                path: path.as_str().into(),
                 query: None,
                 http_version: "HTTP/1.1".into(),
                 request_headers: vec![Header {
@@ -126,7 +126,7 @@ fn main() {
                     sent_at_us: Some(t0),
                     method: "GET".into(),
                     url: format!("http://{target}{path}"),
-                    path: path.clone(),
+                    path: path.as_str().into(),
                     query: None,
                     request_headers: vec![Header {
                         name: "Host".into(),

@@ -30,7 +30,7 @@ fn exchange(i: usize) -> Exchange {
         method: "GET".into(),
         uri: path.clone(),
         host: Some("api".into()),
-        path,
+        path: path.into(),
         query: None,
         http_version: "HTTP/1.1".into(),
         request_headers: vec![Header {
@@ -86,7 +86,7 @@ fn row(i: usize, target: &str, status: Option<u16>, ms: f64, body: &str) -> Repl
         sent_at_us: Some(1_763_900_000_000_000),
         method: "GET".into(),
         url: format!("http://{target}/users/{}/orders", 1000 + i),
-        path: format!("/users/{}/orders", 1000 + i),
+        path: format!("/users/{}/orders", 1000 + i).into(),
         query: None,
         request_headers: vec![],
         request_body: vec![],

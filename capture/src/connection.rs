@@ -562,7 +562,7 @@ impl HttpConnection {
             client_port: client_ep.1,
             server_ip: server_ep.0,
             server_port: server_ep.1,
-            method: req.method.to_string(),
+            method: req.method.clone(),
             uri: req.uri.clone(),
             host,
             path,
@@ -635,13 +635,13 @@ fn detect_client(held: &[Vec<HeldChunk>; 2]) -> Option<usize> {
 }
 
 /// Host, path and query of a request (absolute-form targets carry their own authority).
-fn split_target(req: &Message) -> (Option<String>, String, Option<String>) {
-    let mut host = req.header("host").map(str::to_owned);
+fn split_target(req: &Message) -> (Option<CompactString>, CompactString, Option<CompactString>) {
+    let mut host = req.header("host").map(CompactString::from);
     let mut target = req.uri.as_str();
     if req.method.eq_ignore_ascii_case("CONNECT") {
         return (
-            host.or_else(|| Some(req.uri.clone())),
-            req.uri.clone(),
+            host.or_else(|| Some(req.uri.as_str().into())),
+            req.uri.as_str().into(),
             None,
         );
     }
@@ -655,21 +655,17 @@ fn split_target(req: &Message) -> (Option<String>, String, Option<String>) {
             let rest = &target[scheme.len()..];
             let end = rest.find(['/', '?']).unwrap_or(rest.len());
             if host.is_none() {
-                host = Some(rest[..end].to_owned());
+                host = Some(rest[..end].into());
             }
             target = &rest[end..];
             break;
         }
     }
     let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_owned())),
+        Some((p, q)) => (p, Some(q.into())),
         None => (target, None),
     };
-    let path = if path.is_empty() {
-        "/".to_owned()
-    } else {
-        path.to_owned()
-    };
+    let path = CompactString::from(if path.is_empty() { "/" } else { path });
     (host, path, query)
 }
 

@@ -108,16 +108,17 @@ pub struct Exchange {
     pub server_ip: IpAddr,
     /// Server port.
     pub server_port: u16,
-    /// Request method, as sent.
-    pub method: String,
+    /// Request method, as sent. This and `host`, `path` and `query` are [`CompactString`]s:
+    /// most are short enough to be kept inline (no allocation per exchange).
+    pub method: CompactString,
     /// The request target exactly as sent.
     pub uri: String,
     /// Host header (or the authority of an absolute-form target).
-    pub host: Option<String>,
+    pub host: Option<CompactString>,
     /// Path without the query.
-    pub path: String,
+    pub path: CompactString,
     /// Query string without the `?`, when present.
-    pub query: Option<String>,
+    pub query: Option<CompactString>,
     /// Request HTTP version (`HTTP/1.1`).
     pub http_version: String,
     /// Request headers.

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use parquet::arrow::ProjectionMask;
 use parquet::file::statistics::Statistics;
 
-use crate::exchange::{Body, Exchange, ExchangeFlags, Header};
+use crate::exchange::{Body, CompactString, Exchange, ExchangeFlags, Header};
 use crate::schema::{EXCHANGES_SCHEMA_VERSION, SCHEMA_VERSION_KEY, TABLE_KEY};
 
 /// Errors reading recorded exchanges, naming the file.
@@ -342,6 +342,15 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             .map(|i| a.is_valid(i).then(|| a.value(i).to_owned()))
             .collect())
     };
+    let compact = |name: &str| -> Result<Vec<Option<CompactString>>, String> {
+        let c = col(name)?;
+        let a = c
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("column `{name}` is not utf8"))?;
+        Ok((0..a.len())
+            .map(|i| a.is_valid(i).then(|| a.value(i).into()))
+            .collect())
+    };
     let times = |name: &str| -> Result<Vec<Option<i64>>, String> {
         let c = col(name)?;
         let a = c
@@ -470,8 +479,10 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             })
             .collect()
     };
-    let req =
-        |v: Option<String>, name: &str| v.ok_or_else(|| format!("column `{name}` has a null"));
+    fn required<T>(v: Option<T>, name: &str) -> Result<T, String> {
+        v.ok_or_else(|| format!("column `{name}` has a null"))
+    }
+    let req = required::<String>;
 
     let mut exchange_id = strings("exchange_id")?.into_iter();
     let mut connection_id = strings("connection_id")?.into_iter();
@@ -485,11 +496,11 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
     let client_port = ints32("client_port")?;
     let server_ip = ips("server_ip")?;
     let server_port = ints32("server_port")?;
-    let mut method = strings("method")?.into_iter();
+    let mut method = compact("method")?.into_iter();
     let mut uri = strings("uri")?.into_iter();
-    let mut host = strings("host")?.into_iter();
-    let mut path = strings("path")?.into_iter();
-    let mut query = strings("query")?.into_iter();
+    let mut host = compact("host")?.into_iter();
+    let mut path = compact("path")?.into_iter();
+    let mut query = compact("query")?.into_iter();
     let mut http_version = strings("http_version")?.into_iter();
     let mut request_headers = headers("request_headers")?.into_iter();
     let mut request_trailers = headers("request_trailers")?.into_iter();
@@ -527,14 +538,14 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             client_port: port(client_port[i]),
             server_ip: server_ip[i],
             server_port: port(server_port[i]),
-            method: req(next(method.next()), "method")?,
+            method: required(method.next().flatten(), "method")?,
             uri: match next(uri.next()) {
                 None if uri_absent => String::new(),
                 v => req(v, "uri")?,
             },
-            host: next(host.next()),
-            path: req(next(path.next()), "path")?,
-            query: next(query.next()),
+            host: host.next().flatten(),
+            path: required(path.next().flatten(), "path")?,
+            query: query.next().flatten(),
             http_version: match next(http_version.next()) {
                 None if http_version_absent => String::new(),
                 v => v.unwrap_or_else(|| "HTTP/1.1".into()),

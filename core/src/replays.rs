@@ -82,13 +82,13 @@ pub struct ReplayRecord {
     /// When the request was sent (µs since the epoch); `None` when it was not sent.
     pub sent_at_us: Option<i64>,
     /// Method sent (after hooks).
-    pub method: String,
+    pub method: CompactString,
     /// Full URL sent (after hooks).
     pub url: String,
     /// Path sent.
-    pub path: String,
+    pub path: CompactString,
     /// Query sent, without `?`.
-    pub query: Option<String>,
+    pub query: Option<CompactString>,
     /// Headers sent (after hooks; the client adds only `content-length` and, for HTTP/1.1,
     /// `host` when the request has none).
     pub request_headers: Vec<Header>,

@@ -184,9 +184,9 @@ impl Middleware {
             kind: Some("request".into()),
             id: self.id(),
             exchange_id: Some(req.exchange_id.clone()),
-            method: Some(req.method.clone()),
-            path: Some(req.path.clone()),
-            query: Some(req.query.clone()),
+            method: Some(req.method.to_string()),
+            path: Some(req.path.to_string()),
+            query: Some(req.query.as_ref().map(ToString::to_string)),
             headers: Some(headers_out(&req.headers)),
             body: Some(b64(&req.body)),
             ..Message::default()
@@ -196,17 +196,17 @@ impl Middleware {
             return Ok(MiddlewareOutcome::Drop);
         }
         if let Some(m) = back.method {
-            req.method = m;
+            req.method = m.into();
         }
         if let Some(p) = back.path {
             req.path = if p.starts_with('/') {
-                p
+                p.into()
             } else {
-                format!("/{p}")
+                format!("/{p}").into()
             };
         }
         if let Some(q) = back.query {
-            req.query = q;
+            req.query = q.map(Into::into);
         }
         if let Some(h) = back.headers {
             req.headers = headers_in(h);

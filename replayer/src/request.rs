@@ -4,7 +4,7 @@
 use std::mem::take;
 use std::time::Duration;
 
-use shadowtap_core::{Exchange, Header};
+use shadowtap_core::{CompactString, Exchange, Header};
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1) or that the client recomputes;
 /// they are never replayed as recorded.
@@ -21,17 +21,23 @@ const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
+/// Whether `name` is one of [`HOP_BY_HOP`] (by length first: most names are not).
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(name.len(), 2 | 6 | 7 | 10 | 14 | 16 | 17)
+        && HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
 /// A request on its way to the targets, after the hooks applied so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingRequest {
     /// The recorded exchange.
     pub exchange_id: String,
     /// Method.
-    pub method: String,
+    pub method: CompactString,
     /// Path (starts with `/`).
-    pub path: String,
+    pub path: CompactString,
     /// Query without `?`.
-    pub query: Option<String>,
+    pub query: Option<CompactString>,
     /// Header lines in order (hop-by-hop headers removed).
     pub headers: Vec<Header>,
     /// Body.
@@ -64,7 +70,7 @@ impl OutgoingRequest {
         }
         let b = &mut ex.request_body;
         let mut headers: Vec<Header> = std::mem::take(&mut ex.request_headers);
-        headers.retain(|h| !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)));
+        headers.retain(|h| !is_hop_by_hop(&h.name));
         let body = if b.truncated {
             return Err(Unreplayable(format!(
                 "the request body was longer than the capture's --max-body ({} bytes)",
@@ -106,7 +112,7 @@ impl OutgoingRequest {
             path: if path.starts_with('/') {
                 path
             } else {
-                format!("/{path}")
+                format!("/{path}").into()
             },
             query,
             headers,
@@ -124,7 +130,7 @@ impl OutgoingRequest {
     pub fn path_and_query(&self) -> String {
         match &self.query {
             Some(q) => format!("{}?{q}", self.path),
-            None => self.path.clone(),
+            None => self.path.to_string(),
         }
     }
 }
@@ -156,6 +162,13 @@ pub fn set_header(headers: &mut Vec<Header>, name: &str, value: &str) {
     {
         Some(i) => {
             headers[i].value = value.into();
+            // Most requests hold the header once: look for another before rewriting the list.
+            if !headers[i + 1..]
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(name))
+            {
+                return;
+            }
             let mut n = 0;
             headers.retain(|h| {
                 let same = h.name.eq_ignore_ascii_case(name);
@@ -175,6 +188,24 @@ pub fn remove_header(headers: &mut Vec<Header>, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_hop_by_hop_name_is_recognised_in_any_case() {
+        for n in HOP_BY_HOP {
+            assert!(is_hop_by_hop(n), "{n}");
+            assert!(is_hop_by_hop(&n.to_ascii_uppercase()), "{n}");
+        }
+        for n in [
+            "Host",
+            "Accept",
+            "Content-Type",
+            "Cookie",
+            "Authorization",
+            "t",
+        ] {
+            assert!(!is_hop_by_hop(n), "{n}");
+        }
+    }
 
     #[test]
     fn set_header_replaces_all_copies_in_place() {

@@ -325,13 +325,14 @@ impl Rules {
                 None => {}
             }
             if let Some((re, to)) = &r.path {
-                req.path = re.replace_all(&req.path, to.as_str()).into_owned();
+                req.path = re.replace_all(&req.path, to.as_str()).as_ref().into();
                 if !req.path.starts_with('/') {
                     req.path.insert(0, '/');
                 }
             }
             if !r.set_query.is_empty() || !r.remove_query.is_empty() {
-                req.query = edit_query(req.query.as_deref(), &r.set_query, &r.remove_query);
+                req.query =
+                    edit_query(req.query.as_deref(), &r.set_query, &r.remove_query).map(Into::into);
             }
             if !r.set_json.is_empty() || !r.remove_json.is_empty() {
                 if let Some(body) = edit_json(&req.body, &r.set_json, &r.remove_json) {

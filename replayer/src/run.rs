@@ -30,7 +30,7 @@ use shadowtap_core::replays::{
 };
 use shadowtap_core::sampling::Sampler;
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
-use shadowtap_core::Exchange;
+use shadowtap_core::{CompactString, Exchange};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -568,7 +568,9 @@ impl Selection {
                 .find(|(m, _)| m.eq_ignore_ascii_case(&ex.method))
             {
                 Some((_, n)) => *n += 1,
-                None => skipped.refused.push((ex.method.to_ascii_uppercase(), 1)),
+                None => skipped
+                    .refused
+                    .push((ex.method.to_ascii_uppercase().into(), 1)),
             }
         } else {
             return true;
@@ -979,7 +981,7 @@ fn base_row(
     pass: u32,
     exchange_id: String,
     recorded_start_us: i64,
-    request: (String, String, Option<String>),
+    request: (CompactString, CompactString, Option<CompactString>),
 ) -> ReplayRecord {
     let (method, path, query) = request;
     ReplayRecord {
@@ -1942,8 +1944,8 @@ mod tests {
         let req = OutgoingRequest {
             exchange_id: "e".into(),
             method: "GET".into(),
-            path: format!("/{all}"),
-            query: Some(all.clone()),
+            path: format!("/{all}").into(),
+            query: Some(all.as_str().into()),
             headers: vec![],
             body: vec![],
             delay: Duration::ZERO,

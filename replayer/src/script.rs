@@ -162,11 +162,13 @@ impl ScriptHook {
     fn request_map(req: &OutgoingRequest) -> Map {
         let mut m = Map::new();
         m.insert("exchange_id".into(), req.exchange_id.clone().into());
-        m.insert("method".into(), req.method.clone().into());
-        m.insert("path".into(), req.path.clone().into());
+        m.insert("method".into(), req.method.as_str().into());
+        m.insert("path".into(), req.path.as_str().into());
         m.insert(
             "query".into(),
-            req.query.clone().map_or(Dynamic::UNIT, Dynamic::from),
+            req.query
+                .as_deref()
+                .map_or(Dynamic::UNIT, |q| Dynamic::from(q.to_owned())),
         );
         m.insert("headers".into(), headers_to_dynamic(&req.headers));
         m.insert("body".into(), body_to_dynamic(&req.body));
@@ -201,20 +203,20 @@ impl ScriptHook {
         let mut m = out.try_cast::<Map>().ok_or_else(|| format!("on_request returned a {type_name}; return the request map, false to drop, or nothing"))?;
         let text = |m: &mut Map, k: &str| m.remove(k).map(|v| v.to_string());
         if let Some(v) = text(&mut m, "method") {
-            req.method = v;
+            req.method = v.into();
         }
         if let Some(v) = text(&mut m, "path") {
             req.path = if v.starts_with('/') {
-                v
+                v.into()
             } else {
-                format!("/{v}")
+                format!("/{v}").into()
             };
         }
         if let Some(q) = m.remove("query") {
             req.query = if q.is_unit() {
                 None
             } else {
-                Some(q.to_string())
+                Some(q.to_string().into())
             };
         }
         if let Some(h) = m.remove("headers") {

@@ -393,7 +393,7 @@ fn a_captured_host_is_never_a_target() {
     assert_eq!(s.count(), 0);
     // By Host name too.
     let mut ex = exchange(0, 0, "GET", "/", 0);
-    ex.host = Some(format!("localhost:{}", s.addr.port()));
+    ex.host = Some(format!("localhost:{}", s.addr.port()).into());
     write_recording(&dir.path().join("rec2"), &[ex], 1);
     let err = run(options(
         &dir.path().join("rec2"),
