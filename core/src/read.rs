@@ -333,24 +333,21 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             _ => empty_strings.clone(),
         })
     };
-    let strings = |name: &str| -> Result<Vec<Option<String>>, String> {
-        let c = col(name)?;
+    // A text column's values, each made into a String or a CompactString.
+    fn texts<T>(
+        c: &arrow::array::ArrayRef,
+        name: &str,
+        make: impl Fn(&str) -> T,
+    ) -> Result<Vec<Option<T>>, String> {
         let a = c
             .as_string_opt::<i32>()
             .ok_or_else(|| format!("column `{name}` is not utf8"))?;
         Ok((0..a.len())
-            .map(|i| a.is_valid(i).then(|| a.value(i).to_owned()))
+            .map(|i| a.is_valid(i).then(|| make(a.value(i))))
             .collect())
-    };
-    let compact = |name: &str| -> Result<Vec<Option<CompactString>>, String> {
-        let c = col(name)?;
-        let a = c
-            .as_string_opt::<i32>()
-            .ok_or_else(|| format!("column `{name}` is not utf8"))?;
-        Ok((0..a.len())
-            .map(|i| a.is_valid(i).then(|| a.value(i).into()))
-            .collect())
-    };
+    }
+    let strings = |name: &str| texts(&col(name)?, name, str::to_owned);
+    let compact = |name: &str| texts(&col(name)?, name, |s| CompactString::from(s));
     let times = |name: &str| -> Result<Vec<Option<i64>>, String> {
         let c = col(name)?;
         let a = c

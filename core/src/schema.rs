@@ -362,27 +362,22 @@ pub(crate) mod tests {
         assert_eq!(array.data_type(), &headers_type());
         let list = array.as_any().downcast_ref::<ListArray>().unwrap();
         assert_eq!(list.len(), 3);
-        let names = |i: usize| -> Vec<String> {
+        // Row i's names (k = 0) or values (k = 1).
+        let texts = |i: usize, k: usize| -> Vec<String> {
             let v = list.value(i);
             let s = v.as_any().downcast_ref::<StructArray>().unwrap();
             let n = s
-                .column(0)
+                .column(k)
                 .as_any()
                 .downcast_ref::<arrow::array::StringArray>()
                 .unwrap();
             n.iter().map(|x| x.unwrap().to_owned()).collect()
         };
-        assert_eq!(names(0), ["Host", "Accept"]);
-        assert!(names(1).is_empty());
-        assert_eq!(names(2), ["X-Long-Header-Name-Over-24-Bytes"]);
-        let v = list.value(2);
-        let s = v.as_any().downcast_ref::<StructArray>().unwrap();
-        let values = s
-            .column(1)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap();
-        assert_eq!(values.value(0), "v".repeat(100));
+        assert_eq!(texts(0, 0), ["Host", "Accept"]);
+        assert_eq!(texts(0, 1), ["a", "*/*"]);
+        assert!(texts(1, 0).is_empty());
+        assert_eq!(texts(2, 0), ["X-Long-Header-Name-Over-24-Bytes"]);
+        assert_eq!(texts(2, 1), ["v".repeat(100)]);
     }
 
     pub(crate) fn sample() -> Exchange {
