@@ -509,23 +509,27 @@ fn loops_duration_and_h2c() {
     );
 }
 
+/// `n` GETs on connections of their own, `spacing_ms` apart, every `slow_every`-th to `/slow`
+/// (which the test server answers after 2 s) and the others to `/fast`.
+fn slow_and_fast(n: usize, slow_every: usize, spacing_ms: i64) -> Vec<shadowtap_core::Exchange> {
+    (0..n)
+        .map(|i| {
+            let path = if i % slow_every == 0 {
+                "/slow"
+            } else {
+                "/fast"
+            };
+            exchange(i, i, "GET", path, i as i64 * spacing_ms)
+        })
+        .collect()
+}
+
 #[test]
 fn a_stop_finishes_requests_in_flight_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec");
     // One request every 50 ms for 10 s, every fifth one slow.
-    let rows: Vec<_> = (0..200)
-        .map(|i| {
-            exchange(
-                i,
-                i,
-                "GET",
-                if i % 5 == 0 { "/slow" } else { "/fast" },
-                i as i64 * 50,
-            )
-        })
-        .collect();
-    write_recording(&rec, &rows, 1);
+    write_recording(&rec, &slow_and_fast(200, 5, 50), 1);
     let s = server();
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
@@ -976,13 +980,7 @@ fn a_stop_with_several_sending_threads_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec");
     // Every tenth request takes 2 s: a stop always finds some in flight on every thread.
-    let rows: Vec<_> = (0..400)
-        .map(|i| {
-            let path = if i % 10 == 0 { "/slow" } else { "/fast" };
-            exchange(i, i, "GET", path, i as i64)
-        })
-        .collect();
-    write_recording(&rec, &rows, 2);
+    write_recording(&rec, &slow_and_fast(400, 10, 1), 2);
     let s = server();
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
