@@ -16,6 +16,13 @@ pub(crate) struct Service {
     pub(crate) url: String,
 }
 
+impl Service {
+    /// The service process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();

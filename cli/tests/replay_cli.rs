@@ -266,3 +266,26 @@ fn help_explains_safety_and_hooks() {
         assert!(text.contains(needle), "{needle} in --help");
     }
 }
+
+/// The binary turns transparent huge pages off for itself (see `main.rs`: with them, the
+/// allocator's returned memory came back as whole zeroed 2 MiB pages, 5-8% of a replay's CPU).
+/// Read from the kernel's view of a running `shadowtap` process.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_binary_runs_without_transparent_huge_pages() {
+    let thp = |pid: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+        line.split_whitespace().nth(1).map(str::to_owned)
+    };
+    // The setting is inherited: only a test process that has it on can see the binary's doing.
+    match thp("self").as_deref() {
+        Some("1") => {}
+        other => {
+            eprintln!("skipped: THP_enabled of the test process is {other:?} (kernel < 5.0, or off already)");
+            return;
+        }
+    }
+    let service = crate::canary::service(&[]);
+    assert_eq!(thp(&service.pid().to_string()).as_deref(), Some("0"));
+}
