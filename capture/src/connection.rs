@@ -47,6 +47,9 @@ struct PendingExchange {
     ack: Option<u32>,
     /// The response was sent but could not be parsed (lost or damaged in capture).
     response_lost: bool,
+    /// The response paired with this request came after a loss in the server stream that
+    /// TCP's acknowledgments could not tie to one request (see [`Pairing::resync_proven`]).
+    pairing_unproven: bool,
 }
 
 /// The pairing side of a connection, handed to the parsers as their [`Framing`].
@@ -59,6 +62,72 @@ struct Pairing {
     /// The server stream's first sequence number, to compare server offsets with client ACKs.
     server_base_seq: Option<u32>,
     requests_done: bool,
+    /// Client stream offset up to which the client parser has parsed every byte.
+    client_consumed: u64,
+    /// A request on this connection was sent before the previous response began arriving
+    /// (pipelining): after a loss, requests then cannot be told apart by acknowledgments.
+    pipelined: bool,
+    /// Since the last loss in the server stream, responses are paired by position alone,
+    /// unconfirmed by acknowledgments.
+    server_unproven: bool,
+}
+
+impl Pairing {
+    /// After a loss in the server stream, is it proven that the response starting at server
+    /// offset `start` (carrying `ack`) answers pending request `j`, and no other?
+    ///
+    /// - No later request: when the server sent the response it had received no client byte
+    ///   beyond request `j` (every client byte below `ack` is parsed and no later request
+    ///   starts below it).
+    /// - No earlier request: the client sent `j` before receiving any of this response
+    ///   (`j`'s ACK is at most `start`), and, as the client does not pipeline on this
+    ///   connection, only after receiving the whole response to the request before it. So
+    ///   that response ended before this one began.
+    fn resync_proven(&self, j: u64, start: u64, ack: Option<u32>) -> bool {
+        if self.pipelined {
+            return false;
+        }
+        let (Some(ack), Some(client_base), Some(server_base)) =
+            (ack, self.client_base_seq, self.server_base_seq)
+        else {
+            return false;
+        };
+        let Some(req) = self.pending.iter().find(|p| p.index == j) else {
+            return false;
+        };
+        let Some(req_ack) = req.ack else {
+            return false;
+        };
+        let acked = u64::from(ack.wrapping_sub(client_base));
+        // Offsets are compared modulo 2^32 like sequence numbers, within the parsed window.
+        let parsed_to_ack = (self.client_consumed as u32).wrapping_sub(acked as u32) as i32 >= 0;
+        let later_request_before_ack = self
+            .pending
+            .iter()
+            .any(|p| p.index > j && (acked as u32).wrapping_sub(p.start_offset as u32) as i32 > 0);
+        let start_seq = server_base.wrapping_add(start as u32);
+        let sent_before_response = start_seq.wrapping_sub(req_ack) as i32 >= 0;
+        parsed_to_ack && !later_request_before_ack && sent_before_response
+    }
+
+    /// Notes pipelining: the request after `index` left before the response to `index`,
+    /// starting at server offset `start`, began to arrive.
+    fn note_pipelining(&mut self, index: u64, start: u64) {
+        let Some(server_base) = self.server_base_seq else {
+            return;
+        };
+        let start_seq = server_base.wrapping_add(start as u32);
+        if let Some(next_ack) = self
+            .pending
+            .iter()
+            .find(|p| p.index == index + 1)
+            .and_then(|p| p.ack)
+        {
+            if start_seq.wrapping_sub(next_ack) as i32 >= 0 {
+                self.pipelined = true;
+            }
+        }
+    }
 }
 
 impl Framing for Pairing {
@@ -74,6 +143,7 @@ impl Framing for Pairing {
             response: None,
             ack,
             response_lost: false,
+            pairing_unproven: false,
         });
         index
     }
@@ -81,7 +151,7 @@ impl Framing for Pairing {
     fn response_head(
         &mut self,
         status: u16,
-        _start_offset: u64,
+        start_offset: u64,
         ack: Option<u32>,
         unparsed_from: Option<u64>,
     ) -> ResponseFraming {
@@ -119,7 +189,18 @@ impl Framing for Pairing {
                 index: req.index,
                 method: req.method.clone(),
             };
-            if status >= 200 || status == 101 || status == 0 {
+            let final_response = status >= 200 || status == 101 || status == 0;
+            if unparsed_from.is_some() {
+                // The first head after a loss: pairing is certain again only if TCP proves it.
+                self.server_unproven =
+                    !(final_response && self.resync_proven(next, start_offset, ack));
+            }
+            if final_response {
+                self.note_pipelining(next, start_offset);
+                let unproven = self.server_unproven;
+                if let Some(req) = self.pending.iter_mut().find(|p| p.index == next) {
+                    req.pairing_unproven = unproven;
+                }
                 self.next_response += 1;
             }
             return framing;
@@ -203,6 +284,9 @@ impl HttpConnection {
                 client_base_seq: None,
                 server_base_seq: None,
                 requests_done: false,
+                client_consumed: 0,
+                pipelined: false,
+                server_unproven: false,
             },
             uncertain: false,
             upgraded: false,
@@ -426,6 +510,7 @@ impl HttpConnection {
         };
         parsers[dir].feed(data, ts_us, ack, &mut self.pairing);
         if Some(dir) == self.client_dir {
+            self.pairing.client_consumed = parsers[dir].consumed();
             self.after_parse();
             if let Some(p) = self.parsers.as_mut() {
                 p[1 - dir].resume(&mut self.pairing);
@@ -485,7 +570,12 @@ impl HttpConnection {
                     }
                     ParserEvent::BoundaryLoss => {
                         self.stats.boundary_losses += 1;
-                        self.uncertain = true;
+                        // A loss in the client stream can hide whole requests: every later
+                        // pair is uncertain. One in the server stream is judged by the pairing
+                        // at the next response head (`Pairing::resync_proven`).
+                        if dir == client {
+                            self.uncertain = true;
+                        }
                     }
                     ParserEvent::Skipped(n) => self.stats.skipped_bytes += n,
                     ParserEvent::Upgraded => upgraded = true,
@@ -534,8 +624,20 @@ impl HttpConnection {
         if p.response_lost {
             details.push("a response was sent but lost or damaged in capture".into());
         }
-        let gap =
-            req.gap || resp.as_ref().is_some_and(|r| r.gap) || self.uncertain || p.response_lost;
+        // Without a response, the request's may have been in server bytes lost since the last
+        // proven pairing.
+        let server_loss_open = resp.is_none()
+            && (self.pairing.server_unproven
+                || self
+                    .parsers
+                    .as_ref()
+                    .is_some_and(|ps| ps[1 - client].in_unparsed_run()));
+        let gap = req.gap
+            || resp.as_ref().is_some_and(|r| r.gap)
+            || self.uncertain
+            || p.response_lost
+            || p.pairing_unproven
+            || server_loss_open;
         if gap {
             details.push(
                 "bytes were lost in capture on this exchange or before it on its connection".into(),
@@ -740,6 +842,122 @@ mod tests {
         assert_eq!(ex.len(), 1);
         assert_eq!((ex[0].path.as_str(), ex[0].status), ("/new", Some(201)));
         assert_eq!(c.stats().orphan_responses, 1);
+    }
+
+    /// A keep-alive connection replayed with real sequence numbers: client stream based at
+    /// 1000, server stream at 5000. `plan` lists, in capture order, `Req(k)` (request k sent,
+    /// carrying an ACK of every server byte sent so far unless `pipelined_ack` holds one back),
+    /// `Resp(k)` (response k) and `Lost(k)` (response k sent but not captured).
+    enum Step {
+        Req(usize, Option<u32>),
+        Resp(usize),
+        Lost(usize),
+    }
+
+    fn replay_steps(steps: &[Step]) -> Vec<Exchange> {
+        let a: Endpoint = ("10.0.0.1".parse().unwrap(), 40000);
+        let b: Endpoint = ("10.0.0.2".parse().unwrap(), 80);
+        let mut c =
+            HttpConnection::new([a, b], Some(0), 0, ParserLimits::default(), Arc::from("t"));
+        c.set_base_seq(0, 1000);
+        c.set_base_seq(1, 5000);
+        let (mut client_off, mut server_off) = (0u32, 0u32);
+        for (t, step) in steps.iter().enumerate() {
+            let ts = t as i64 + 1;
+            match step {
+                Step::Req(k, held_ack) => {
+                    let req = format!("GET /{k} HTTP/1.1\r\nHost: h\r\n\r\n");
+                    let ack = held_ack.unwrap_or(5000 + server_off);
+                    c.on_data(0, req.as_bytes(), ts, Some(ack));
+                    client_off += req.len() as u32;
+                }
+                Step::Resp(k) | Step::Lost(k) => {
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nr{k}");
+                    if matches!(step, Step::Resp(_)) {
+                        c.on_data(1, resp.as_bytes(), ts, Some(1000 + client_off));
+                    } else {
+                        c.on_gap(1, resp.len() as u64, ts);
+                    }
+                    server_off += resp.len() as u32;
+                }
+            }
+        }
+        c.finish();
+        c.take_exchanges()
+    }
+
+    fn outcome(ex: &[Exchange]) -> Vec<(String, Option<u16>, Vec<u8>, bool)> {
+        ex.iter()
+            .map(|e| {
+                let status = e.status;
+                (
+                    e.path.to_string(),
+                    status,
+                    e.response_body.raw.clone(),
+                    e.flags.gap,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_response_flags_only_its_exchange_and_the_next_when_acks_prove_the_pairing() {
+        use Step::*;
+        let ex = replay_steps(&[
+            Req(0, None),
+            Resp(0),
+            Req(1, None),
+            Lost(1),
+            Req(2, None),
+            Resp(2),
+            Req(3, None),
+            Resp(3),
+            Req(4, None),
+            Resp(4),
+        ]);
+        let got = outcome(&ex);
+        assert_eq!(got[0], ("/0".into(), Some(200), b"r0".to_vec(), false));
+        assert_eq!(got[1], ("/1".into(), None, Vec::new(), true));
+        assert!(ex[1].flags.no_response);
+        // The first message found after a loss is flagged by the parser itself.
+        assert_eq!(got[2], ("/2".into(), Some(200), b"r2".to_vec(), true));
+        assert_eq!(got[3], ("/3".into(), Some(200), b"r3".to_vec(), false));
+        assert_eq!(got[4], ("/4".into(), Some(200), b"r4".to_vec(), false));
+    }
+
+    #[test]
+    fn after_pipelining_a_lost_response_leaves_every_later_pair_flagged() {
+        use Step::*;
+        // Requests 0 and 1 leave together (1 acknowledges none of response 0): the client
+        // pipelines, so after the loss the acknowledgments prove nothing.
+        let ex = replay_steps(&[
+            Req(0, None),
+            Req(1, Some(5000)),
+            Resp(0),
+            Resp(1),
+            Req(2, None),
+            Lost(2),
+            Req(3, None),
+            Resp(3),
+            Req(4, None),
+            Resp(4),
+        ]);
+        let got = outcome(&ex);
+        assert!(!got[0].3 && !got[1].3, "{got:?}");
+        assert_eq!(got[2].1, None);
+        assert_eq!(got[3], ("/3".into(), Some(200), b"r3".to_vec(), true));
+        assert_eq!(got[4], ("/4".into(), Some(200), b"r4".to_vec(), true));
+    }
+
+    #[test]
+    fn a_loss_at_the_end_of_the_server_stream_flags_the_unanswered_requests() {
+        use Step::*;
+        let ex = replay_steps(&[Req(0, None), Resp(0), Req(1, None), Lost(1), Req(2, None)]);
+        let got = outcome(&ex);
+        assert!(!got[0].3);
+        assert!(got[1].3 && ex[1].flags.no_response);
+        // Request 2 may have been answered in the lost bytes' wake: not known, so flagged.
+        assert!(got[2].3 && ex[2].flags.no_response, "{got:?}");
     }
 
     #[test]

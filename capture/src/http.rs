@@ -523,6 +523,17 @@ impl MessageParser {
         self.rejected
     }
 
+    /// Stream offset up to which every byte has been parsed (or accounted as lost).
+    pub fn consumed(&self) -> u64 {
+        self.offset
+    }
+
+    /// A run of bytes that could not be parsed (lost or skipped) began and no message head
+    /// has ended it yet.
+    pub fn in_unparsed_run(&self) -> bool {
+        self.unparsed_from.is_some()
+    }
+
     fn new_message(&self, start_offset: u64) -> Message {
         let (ts, _) = self.mark_at(start_offset);
         Message {
