@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. This is the second command of README.md, and what .ci/run calls.
 # Installs the system packages the tests use when they are missing (needs root or sudo):
-# libpcap-dev (to link), and tcpdump, nginx-light and curl (the live loopback capture test);
+# libpcap-dev (to link), tcpdump, nginx-light and curl (the live loopback capture test), and
+# iproute2 and nftables (the packet-loss test, in a network namespace of its own);
 # creates a Python virtualenv for the notebook test (python3-venv on Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-install_deps libpcap-dev tcpdump nginx-light curl ca-certificates
+install_deps libpcap-dev tcpdump nginx-light curl ca-certificates iproute2 nftables
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 # The notebook test runs notebooks/canary.ipynb with nbclient in this virtualenv.
 venv="${SHADOWTAP_VENV:-$HOME/.cache/shadowtap-venv}"

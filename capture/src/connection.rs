@@ -84,30 +84,39 @@ impl Pairing {
     ///   connection, only after receiving the whole response to the request before it. So
     ///   that response ended before this one began.
     fn resync_proven(&self, j: u64, start: u64, ack: Option<u32>) -> bool {
-        if self.pipelined {
+        if self.pipelined || !self.no_later_request_received(j, ack) {
             return false;
         }
-        let (Some(ack), Some(client_base), Some(server_base)) =
-            (ack, self.client_base_seq, self.server_base_seq)
+        let Some(server_base) = self.server_base_seq else {
+            return false;
+        };
+        let Some(req_ack) = self
+            .pending
+            .iter()
+            .find(|p| p.index == j)
+            .and_then(|p| p.ack)
         else {
             return false;
         };
-        let Some(req) = self.pending.iter().find(|p| p.index == j) else {
-            return false;
-        };
-        let Some(req_ack) = req.ack else {
-            return false;
-        };
-        let acked = u64::from(ack.wrapping_sub(client_base));
-        // Offsets are compared modulo 2^32 like sequence numbers, within the parsed window.
-        let parsed_to_ack = (self.client_consumed as u32).wrapping_sub(acked as u32) as i32 >= 0;
-        let later_request_before_ack = self
-            .pending
-            .iter()
-            .any(|p| p.index > j && (acked as u32).wrapping_sub(p.start_offset as u32) as i32 > 0);
         let start_seq = server_base.wrapping_add(start as u32);
-        let sent_before_response = start_seq.wrapping_sub(req_ack) as i32 >= 0;
-        parsed_to_ack && !later_request_before_ack && sent_before_response
+        start_seq.wrapping_sub(req_ack) as i32 >= 0
+    }
+
+    /// A response carrying `ack` was sent before the server received any byte of a request
+    /// after request `j`: every client byte below `ack` is parsed, and no request after `j`
+    /// starts below it.
+    fn no_later_request_received(&self, j: u64, ack: Option<u32>) -> bool {
+        let (Some(ack), Some(client_base)) = (ack, self.client_base_seq) else {
+            return false;
+        };
+        // Offsets are compared modulo 2^32 like sequence numbers, within the parsed window.
+        let acked = ack.wrapping_sub(client_base);
+        let parsed_to_ack = (self.client_consumed as u32).wrapping_sub(acked) as i32 >= 0;
+        parsed_to_ack
+            && !self
+                .pending
+                .iter()
+                .any(|p| p.index > j && acked.wrapping_sub(p.start_offset as u32) as i32 > 0)
     }
 
     /// Notes pipelining: the request after `index` left before the response to `index`,
@@ -157,7 +166,7 @@ impl Framing for Pairing {
     ) -> ResponseFraming {
         loop {
             let next = self.next_response;
-            let Some(req) = self.pending.iter_mut().find(|p| p.index == next) else {
+            let Some(req) = self.pending.iter().find(|p| p.index == next) else {
                 return if self.requests_done {
                     ResponseFraming::Orphan
                 } else {
@@ -171,22 +180,26 @@ impl Framing for Pairing {
                     return ResponseFraming::Orphan;
                 }
             }
-            // Server bytes that could not be parsed, all sent after the client sent this
-            // request (they lie at or beyond the ACK the request carried), can only hold this
-            // request's response (or a later one): that response was lost, and this one
-            // answers a later request.
-            if let (Some(from), Some(req_ack), Some(base)) =
+            // Server bytes that could not be parsed and were sent after the client sent this
+            // request (the unparsed run reaches beyond the ACK the request carried) hold this
+            // request's response, unless they were only an interim one: that response was
+            // lost, and this one answers a later request. Not so when the server, sending this
+            // response, had received no byte of a later request: then it answers this one.
+            if let (Some(_), Some(req_ack), Some(base)) =
                 (unparsed_from, req.ack, self.server_base_seq)
             {
-                let from_seq = base.wrapping_add(from as u32);
-                if (from_seq.wrapping_sub(req_ack) as i32) >= 0 {
-                    req.response_lost = true;
+                let start_seq = base.wrapping_add(start_offset as u32);
+                let unparsed_after_request = (start_seq.wrapping_sub(req_ack) as i32) > 0;
+                if unparsed_after_request && !self.no_later_request_received(next, ack) {
+                    if let Some(req) = self.pending.iter_mut().find(|p| p.index == next) {
+                        req.response_lost = true;
+                    }
                     self.next_response += 1;
                     continue;
                 }
             }
             let framing = ResponseFraming::Request {
-                index: req.index,
+                index: next,
                 method: req.method.clone(),
             };
             let final_response = status >= 200 || status == 101 || status == 0;
@@ -923,6 +936,30 @@ mod tests {
         assert_eq!(got[2], ("/2".into(), Some(200), b"r2".to_vec(), true));
         assert_eq!(got[3], ("/3".into(), Some(200), b"r3".to_vec(), false));
         assert_eq!(got[4], ("/4".into(), Some(200), b"r4".to_vec(), false));
+    }
+
+    #[test]
+    fn two_responses_lost_in_a_row_pair_the_next_one_with_its_own_request() {
+        use Step::*;
+        // Regression: one unparsed run held responses 0 and 1; request 1 was sent after the
+        // run began (its ACK lies inside the run), and response 2 was paired with it.
+        let ex = replay_steps(&[
+            Req(0, None),
+            Lost(0),
+            Req(1, None),
+            Lost(1),
+            Req(2, None),
+            Resp(2),
+            Req(3, None),
+            Resp(3),
+        ]);
+        let got = outcome(&ex);
+        assert!(
+            ex[0].flags.no_response && ex[1].flags.no_response,
+            "{got:?}"
+        );
+        assert_eq!(got[2], ("/2".into(), Some(200), b"r2".to_vec(), true));
+        assert_eq!(got[3], ("/3".into(), Some(200), b"r3".to_vec(), false));
     }
 
     #[test]

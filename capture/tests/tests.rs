@@ -4,4 +4,5 @@ mod bad_input;
 mod common;
 mod linktypes;
 mod live;
+mod lossy;
 mod oracle;
