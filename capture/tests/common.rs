@@ -189,3 +189,38 @@ pub fn read_rows(dir: &Path) -> Vec<Row> {
     }
     rows
 }
+
+/// The nginx configuration the live tests run: one worker, everything under `dir` (static
+/// files in `dir/www`), an access log of `method uri status connection request-number` lines,
+/// gzip for text and JSON, and `/post` answering any body with `posted`.
+pub fn nginx_conf(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  log_format st '$request_method $request_uri $status $connection $connection_requests';
+  access_log {d}/access.log st;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_requests 1000;
+  types {{ text/plain txt; application/json json; application/octet-stream bin; }}
+  gzip on;
+  gzip_min_length 10;
+  gzip_http_version 1.0;
+  gzip_types text/plain application/json;
+  server {{
+    listen 127.0.0.1:{port};
+    root {d}/www;
+    location /post {{ client_body_buffer_size 1m; return 200 "posted\n"; }}
+  }}
+}}
+"#
+    )
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use shadowtap_capture::live::LiveOptions;
 use shadowtap_capture::pipeline::{capture_live, CaptureOptions, LiveLimits};
 
-use crate::common::{capture, read_rows, Row};
+use crate::common::{capture, nginx_conf, read_rows, Row};
 
 struct Nginx {
     child: Child,
@@ -63,35 +63,7 @@ fn start_nginx(dir: &Path) -> Nginx {
     )
     .unwrap();
     let d = dir.display();
-    let conf = format!(
-        r#"worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  log_format st '$request_method $request_uri $status $connection $connection_requests';
-  access_log {d}/access.log st;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_requests 1000;
-  types {{ text/plain txt; application/json json; application/octet-stream bin; }}
-  gzip on;
-  gzip_min_length 10;
-  gzip_http_version 1.0;
-  gzip_types text/plain application/json;
-  server {{
-    listen 127.0.0.1:{port};
-    root {d}/www;
-    location /post {{ client_body_buffer_size 1m; return 200 "posted\n"; }}
-  }}
-}}
-"#
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    std::fs::write(dir.join("nginx.conf"), nginx_conf(dir, port)).unwrap();
     let child = Command::new("nginx")
         .args([
             "-p",

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::capture;
+use crate::common::{capture, nginx_conf};
 
 const PORT: u16 = 18123;
 /// Percent of the connection's packets dropped at each of the two hooks.
@@ -87,35 +87,7 @@ fn write_site(dir: &Path) -> Vec<Vec<u8>> {
     for (k, f) in files.iter().enumerate() {
         std::fs::write(www.join(format!("f{k}.bin")), f).unwrap();
     }
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            r#"worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  log_format st '$request_method $request_uri $status';
-  access_log {d}/access.log st;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_requests 1000;
-  types {{ application/octet-stream bin; }}
-  server {{
-    listen 127.0.0.1:{PORT};
-    root {d}/www;
-    location /post {{ client_body_buffer_size 1m; return 200 "posted\n"; }}
-  }}
-}}
-"#
-        ),
-    )
-    .unwrap();
+    std::fs::write(dir.join("nginx.conf"), nginx_conf(dir, PORT)).unwrap();
     files
 }
 
