@@ -963,6 +963,36 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_interim_response_does_not_cost_the_final_one() {
+        // The `100 Continue` is lost in capture; the server had received no later request when
+        // it sent the `201`, so the `201` is this request's, not an orphan.
+        let a: Endpoint = ("10.0.0.1".parse().unwrap(), 40000);
+        let b: Endpoint = ("10.0.0.2".parse().unwrap(), 80);
+        let mut c =
+            HttpConnection::new([a, b], Some(0), 0, ParserLimits::default(), Arc::from("t"));
+        c.set_base_seq(0, 1000);
+        c.set_base_seq(1, 5000);
+        let head = b"POST /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        c.on_data(0, head, 1, Some(5000));
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        c.on_gap(1, interim.len() as u64, 2);
+        c.on_data(0, b"ab", 3, Some(5000 + interim.len() as u32));
+        let acked = 1000 + head.len() as u32 + 2;
+        c.on_data(
+            1,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            4,
+            Some(acked),
+        );
+        c.finish();
+        let ex = c.take_exchanges();
+        assert_eq!(ex.len(), 1);
+        assert_eq!((ex[0].path.as_str(), ex[0].status), ("/u", Some(201)));
+        assert!(!ex[0].flags.no_response);
+        assert_eq!(c.stats().orphan_responses, 0);
+    }
+
+    #[test]
     fn after_pipelining_a_lost_response_leaves_every_later_pair_flagged() {
         use Step::*;
         // Requests 0 and 1 leave together (1 acknowledges none of response 0): the client
