@@ -72,34 +72,30 @@ struct Pairing {
     server_unproven: bool,
 }
 
+/// How far sequence number (or 32-bit stream offset) `a` lies after `b`, modulo 2^32 as TCP
+/// compares them: negative when `a` is before `b`.
+fn seq_diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
 impl Pairing {
     /// After a loss in the server stream, is it proven that the response starting at server
-    /// offset `start` (carrying `ack`) answers pending request `j`, and no other?
+    /// offset `start` (carrying `ack`) answers pending request `j`, sent with `req_ack`, and
+    /// no other?
     ///
     /// - No later request: when the server sent the response it had received no client byte
-    ///   beyond request `j` (every client byte below `ack` is parsed and no later request
-    ///   starts below it).
+    ///   beyond request `j` ([`Self::no_later_request_received`]).
     /// - No earlier request: the client sent `j` before receiving any of this response
     ///   (`j`'s ACK is at most `start`), and, as the client does not pipeline on this
     ///   connection, only after receiving the whole response to the request before it. So
     ///   that response ended before this one began.
-    fn resync_proven(&self, j: u64, start: u64, ack: Option<u32>) -> bool {
-        if self.pipelined || !self.no_later_request_received(j, ack) {
-            return false;
-        }
-        let Some(server_base) = self.server_base_seq else {
+    fn resync_proven(&self, j: u64, req_ack: Option<u32>, start: u64, ack: Option<u32>) -> bool {
+        let (Some(req_ack), Some(server_base)) = (req_ack, self.server_base_seq) else {
             return false;
         };
-        let Some(req_ack) = self
-            .pending
-            .iter()
-            .find(|p| p.index == j)
-            .and_then(|p| p.ack)
-        else {
-            return false;
-        };
-        let start_seq = server_base.wrapping_add(start as u32);
-        start_seq.wrapping_sub(req_ack) as i32 >= 0
+        !self.pipelined
+            && self.no_later_request_received(j, ack)
+            && seq_diff(server_base.wrapping_add(start as u32), req_ack) >= 0
     }
 
     /// A response carrying `ack` was sent before the server received any byte of a request
@@ -109,14 +105,12 @@ impl Pairing {
         let (Some(ack), Some(client_base)) = (ack, self.client_base_seq) else {
             return false;
         };
-        // Offsets are compared modulo 2^32 like sequence numbers, within the parsed window.
         let acked = ack.wrapping_sub(client_base);
-        let parsed_to_ack = (self.client_consumed as u32).wrapping_sub(acked) as i32 >= 0;
-        parsed_to_ack
+        seq_diff(self.client_consumed as u32, acked) >= 0
             && !self
                 .pending
                 .iter()
-                .any(|p| p.index > j && acked.wrapping_sub(p.start_offset as u32) as i32 > 0)
+                .any(|p| p.index > j && seq_diff(acked, p.start_offset as u32) > 0)
     }
 
     /// Notes pipelining: the request after `index` left before the response to `index`,
@@ -125,16 +119,13 @@ impl Pairing {
         let Some(server_base) = self.server_base_seq else {
             return;
         };
-        let start_seq = server_base.wrapping_add(start as u32);
-        if let Some(next_ack) = self
+        let next_ack = self
             .pending
             .iter()
             .find(|p| p.index == index + 1)
-            .and_then(|p| p.ack)
-        {
-            if start_seq.wrapping_sub(next_ack) as i32 >= 0 {
-                self.pipelined = true;
-            }
+            .and_then(|p| p.ack);
+        if next_ack.is_some_and(|a| seq_diff(server_base.wrapping_add(start as u32), a) >= 0) {
+            self.pipelined = true;
         }
     }
 }
@@ -166,17 +157,17 @@ impl Framing for Pairing {
     ) -> ResponseFraming {
         loop {
             let next = self.next_response;
-            let Some(req) = self.pending.iter().find(|p| p.index == next) else {
+            let Some(pos) = self.pending.iter().position(|p| p.index == next) else {
                 return if self.requests_done {
                     ResponseFraming::Orphan
                 } else {
                     ResponseFraming::Wait
                 };
             };
+            let (req_start, req_ack) = (self.pending[pos].start_offset, self.pending[pos].ack);
             // A server cannot answer a request before receiving its first byte.
             if let (Some(ack), Some(base)) = (ack, self.client_base_seq) {
-                let request_seq = base.wrapping_add(req.start_offset as u32);
-                if (ack.wrapping_sub(request_seq) as i32) <= 0 {
+                if seq_diff(ack, base.wrapping_add(req_start as u32)) <= 0 {
                     return ResponseFraming::Orphan;
                 }
             }
@@ -186,37 +177,31 @@ impl Framing for Pairing {
             // lost, and this one answers a later request. Not so when the server, sending this
             // response, had received no byte of a later request: then it answers this one.
             if let (Some(_), Some(req_ack), Some(base)) =
-                (unparsed_from, req.ack, self.server_base_seq)
+                (unparsed_from, req_ack, self.server_base_seq)
             {
-                let start_seq = base.wrapping_add(start_offset as u32);
-                let unparsed_after_request = (start_seq.wrapping_sub(req_ack) as i32) > 0;
+                let unparsed_after_request =
+                    seq_diff(base.wrapping_add(start_offset as u32), req_ack) > 0;
                 if unparsed_after_request && !self.no_later_request_received(next, ack) {
-                    if let Some(req) = self.pending.iter_mut().find(|p| p.index == next) {
-                        req.response_lost = true;
-                    }
+                    self.pending[pos].response_lost = true;
                     self.next_response += 1;
                     continue;
                 }
             }
-            let framing = ResponseFraming::Request {
-                index: next,
-                method: req.method.clone(),
-            };
             let final_response = status >= 200 || status == 101 || status == 0;
             if unparsed_from.is_some() {
                 // The first head after a loss: pairing is certain again only if TCP proves it.
                 self.server_unproven =
-                    !(final_response && self.resync_proven(next, start_offset, ack));
+                    !(final_response && self.resync_proven(next, req_ack, start_offset, ack));
             }
             if final_response {
                 self.note_pipelining(next, start_offset);
-                let unproven = self.server_unproven;
-                if let Some(req) = self.pending.iter_mut().find(|p| p.index == next) {
-                    req.pairing_unproven = unproven;
-                }
+                self.pending[pos].pairing_unproven = self.server_unproven;
                 self.next_response += 1;
             }
-            return framing;
+            return ResponseFraming::Request {
+                index: next,
+                method: self.pending[pos].method.clone(),
+            };
         }
     }
 }
@@ -857,23 +842,26 @@ mod tests {
         assert_eq!(c.stats().orphan_responses, 1);
     }
 
-    /// A keep-alive connection replayed with real sequence numbers: client stream based at
-    /// 1000, server stream at 5000. `plan` lists, in capture order, `Req(k)` (request k sent,
-    /// carrying an ACK of every server byte sent so far unless `pipelined_ack` holds one back),
-    /// `Resp(k)` (response k) and `Lost(k)` (response k sent but not captured).
+    /// One step of a keep-alive exchange sequence, in capture order: `Req(k, ack)` request k
+    /// sent (carrying `ack`, or by default an ACK of every server byte sent so far),
+    /// `Resp(k)` response k captured, `Lost(k)` response k sent but not captured.
     enum Step {
         Req(usize, Option<u32>),
         Resp(usize),
         Lost(usize),
     }
 
-    fn replay_steps(steps: &[Step]) -> Vec<Exchange> {
-        let a: Endpoint = ("10.0.0.1".parse().unwrap(), 40000);
-        let b: Endpoint = ("10.0.0.2".parse().unwrap(), 80);
-        let mut c =
-            HttpConnection::new([a, b], Some(0), 0, ParserLimits::default(), Arc::from("t"));
+    /// A connection that knows its sequence numbers: the client stream starts at 1000, the
+    /// server stream at 5000.
+    fn conn_with_seqs() -> HttpConnection {
+        let mut c = conn();
         c.set_base_seq(0, 1000);
         c.set_base_seq(1, 5000);
+        c
+    }
+
+    fn replay_steps(steps: &[Step]) -> Vec<Exchange> {
+        let mut c = conn_with_seqs();
         let (mut client_off, mut server_off) = (0u32, 0u32);
         for (t, step) in steps.iter().enumerate() {
             let ts = t as i64 + 1;
@@ -966,12 +954,7 @@ mod tests {
     fn a_lost_interim_response_does_not_cost_the_final_one() {
         // The `100 Continue` is lost in capture; the server had received no later request when
         // it sent the `201`, so the `201` is this request's, not an orphan.
-        let a: Endpoint = ("10.0.0.1".parse().unwrap(), 40000);
-        let b: Endpoint = ("10.0.0.2".parse().unwrap(), 80);
-        let mut c =
-            HttpConnection::new([a, b], Some(0), 0, ParserLimits::default(), Arc::from("t"));
-        c.set_base_seq(0, 1000);
-        c.set_base_seq(1, 5000);
+        let mut c = conn_with_seqs();
         let head = b"POST /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
         c.on_data(0, head, 1, Some(5000));
         let interim = b"HTTP/1.1 100 Continue\r\n\r\n";

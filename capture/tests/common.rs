@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int32Type;
@@ -223,4 +224,17 @@ http {{
 }}
 "#
     )
+}
+
+/// Starts nginx in the foreground on the configuration `nginx_conf` wrote in `dir`; `nginx` is
+/// the command that runs it (`nginx`, or `ip netns exec NS nginx`).
+pub fn spawn_nginx(mut nginx: Command, dir: &Path) -> Child {
+    let d = dir.display();
+    nginx
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx (apt-get install nginx-light)")
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use shadowtap_capture::live::LiveOptions;
 use shadowtap_capture::pipeline::{capture_live, CaptureOptions, LiveLimits};
 
-use crate::common::{capture, nginx_conf, read_rows, Row};
+use crate::common::{capture, nginx_conf, read_rows, spawn_nginx, Row};
 
 struct Nginx {
     child: Child,
@@ -62,21 +62,8 @@ fn start_nginx(dir: &Path) -> Nginx {
         ),
     )
     .unwrap();
-    let d = dir.display();
     std::fs::write(dir.join("nginx.conf"), nginx_conf(dir, port)).unwrap();
-    let child = Command::new("nginx")
-        .args([
-            "-p",
-            &d.to_string(),
-            "-c",
-            &format!("{d}/nginx.conf"),
-            "-g",
-            "daemon off;",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx (apt-get install nginx-light)");
+    let child = spawn_nginx(Command::new("nginx"), dir);
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

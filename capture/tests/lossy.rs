@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{capture, nginx_conf};
+use crate::common::{capture, nginx_conf, spawn_nginx};
 
 const PORT: u16 = 18123;
 /// Percent of the connection's packets dropped at each of the two hooks.
@@ -123,20 +123,7 @@ fn random_packet_loss_loses_and_mis_pairs_no_exchange() {
     let ns = Namespace::create();
 
     let d = dir.path().display().to_string();
-    let mut nginx = ns
-        .command(&[
-            "nginx",
-            "-p",
-            &d,
-            "-c",
-            &format!("{d}/nginx.conf"),
-            "-g",
-            "daemon off;",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx (apt-get install nginx-light)");
+    let mut nginx = spawn_nginx(ns.command(&["nginx"]), dir.path());
     let deadline = Instant::now() + Duration::from_secs(10);
     let probe = format!("http://127.0.0.1:{PORT}/ready");
     while !ns
@@ -335,7 +322,9 @@ fn cut_response_heads(from: &Path, to: &Path, nth: usize) -> usize {
     let mut at = 24;
     while at + 16 <= data.len() {
         let incl = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &data[at + 16..at + 16 + incl];
+        let frame = data
+            .get(at + 16..at + 16 + incl)
+            .unwrap_or_else(|| panic!("{}: record at byte {at} cut short", from.display()));
         let key = etherparse::SlicedPacket::from_ethernet(frame)
             .ok()
             .and_then(|p| match p.transport {
