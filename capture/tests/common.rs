@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: running a capture and reading its Parquet back.
 
 use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -237,4 +238,20 @@ pub fn spawn_nginx(mut nginx: Command, dir: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx (apt-get install nginx-light)")
+}
+
+/// Starts a tcpdump `command` (its arguments set) and returns once it says it is listening.
+pub fn spawn_tcpdump(mut tcpdump: Command) -> Child {
+    let mut child = tcpdump
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcpdump (apt-get install tcpdump; needs root)");
+    // tcpdump says "listening on IFACE" once the capture is open.
+    let mut err = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("read tcpdump's stderr");
+    assert!(line.contains("listening on"), "tcpdump: {line}");
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
 }

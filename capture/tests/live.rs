@@ -5,7 +5,7 @@
 //! Needs root (for tcpdump), nginx, tcpdump and curl, all installed by `.ci/run`. Set
 //! `SHADOWTAP_SKIP_LIVE=1` to skip on a machine without them (the test then says so).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use shadowtap_capture::live::LiveOptions;
 use shadowtap_capture::pipeline::{capture_live, CaptureOptions, LiveLimits};
 
-use crate::common::{capture, nginx_conf, read_rows, spawn_nginx, Row};
+use crate::common::{capture, nginx_conf, read_rows, spawn_nginx, spawn_tcpdump, Row};
 
 struct Nginx {
     child: Child,
@@ -79,7 +79,8 @@ fn start_nginx(dir: &Path) -> Nginx {
 struct Tcpdump(Child);
 
 fn start_tcpdump(port: u16, out: &Path) -> Tcpdump {
-    let mut child = Command::new("tcpdump")
+    let mut tcpdump = Command::new("tcpdump");
+    tcpdump
         .args([
             "-i",
             "lo",
@@ -92,18 +93,8 @@ fn start_tcpdump(port: u16, out: &Path) -> Tcpdump {
             "-w",
         ])
         .arg(out)
-        .arg(format!("tcp port {port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tcpdump (apt-get install tcpdump; needs root)");
-    // tcpdump says "listening on lo" once the capture is open.
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on"), "tcpdump: {line}");
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    Tcpdump(child)
+        .arg(format!("tcp port {port}"));
+    Tcpdump(spawn_tcpdump(tcpdump))
 }
 
 impl Tcpdump {

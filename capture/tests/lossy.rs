@@ -10,12 +10,12 @@
 //! `scripts/test.sh`. `SHADOWTAP_SKIP_LIVE=1` skips (the test then says so).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{capture, nginx_conf, spawn_nginx};
+use crate::common::{capture, nginx_conf, spawn_nginx, spawn_tcpdump};
 
 const PORT: u16 = 18123;
 /// Percent of the connection's packets dropped at each of the two hooks.
@@ -94,20 +94,9 @@ fn write_site(dir: &Path) -> Vec<Vec<u8>> {
 fn start_tcpdump(ns: &Namespace, out: &Path) -> Child {
     let out = out.display().to_string();
     let port = format!("tcp port {PORT}");
-    let mut child = ns
-        .command(&[
-            "tcpdump", "-i", "lo", "-s", "0", "-B", "262144", "-U", "-w", &out, &port,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tcpdump (apt-get install tcpdump; needs root)");
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on"), "tcpdump: {line}");
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    child
+    spawn_tcpdump(ns.command(&[
+        "tcpdump", "-i", "lo", "-s", "0", "-B", "262144", "-U", "-w", &out, &port,
+    ]))
 }
 
 #[test]
