@@ -148,6 +148,7 @@ fn main() {
                     total_us: Some(total as i64),
                     error_kind: None,
                     error_message: None,
+                    send_position: None,
                 });
             }
         }

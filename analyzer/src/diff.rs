@@ -3,8 +3,17 @@
 //! JSON on both sides gives a structural diff: the JSON paths that differ, each typed (value
 //! changed, field missing, field added, type changed, array length, order) with both values;
 //! numbers within the policy's tolerance are equal; arrays are compared by position, or as
-//! multisets where the policy says so. Other text goes through `similar` (a unified diff excerpt
-//! is kept); binary bodies are compared by hash.
+//! multisets where the policy says so. Other text is compared line by line after masking
+//! volatile tokens (timestamps, UUIDs, long hex or base64 runs, numbers): each changed hunk of
+//! the masked text is a difference of its own (`body:hunk:<key>`, keyed by the masked lines it
+//! removes), besides one `body` difference for the whole text, so a hunk that always differs
+//! (noise) does not hide one that differs only in the candidate. A unified diff excerpt of the
+//! original text is kept. Binary bodies are compared by hash.
+//!
+//! Headers that describe the representation on the wire, not the content
+//! ([`TRANSPORT_HEADERS`]: `Content-Encoding`, `Content-Length`, `Transfer-Encoding`, …) are
+//! never compared: bodies compare decoded, so the same content with and without gzip is equal.
+//! `Vary` is compared without its `Accept-Encoding` token.
 
 use std::collections::BTreeMap;
 
@@ -127,11 +136,23 @@ pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
     "via",
     "x-cache",
     "cf-ray",
+    "x-shadowtap-replay",
+];
+
+/// Representation and connection headers: how the bytes travelled, not what they say. Never
+/// compared (bodies are compared with their content coding undone).
+pub const TRANSPORT_HEADERS: &[&str] = &[
+    "content-encoding",
     "content-length",
     "transfer-encoding",
+    "accept-ranges",
     "connection",
     "keep-alive",
-    "x-shadowtap-replay",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "alt-svc",
 ];
 
 /// One side of a comparison.
@@ -262,19 +283,23 @@ pub fn compare(left: &Side<'_>, right: &Side<'_>, opts: &DiffOptions) -> Compari
             (Ok(a), Ok(b)) => {
                 cmp.body_kind = "text";
                 if a != b {
-                    let diff = TextDiff::from_lines(a, b);
-                    let text = diff
-                        .unified_diff()
-                        .context_radius(2)
-                        .header("baseline", "candidate")
-                        .to_string();
-                    c.push(
-                        "body".into(),
-                        DiffKind::Text,
-                        Some(format!("{} bytes", a.len())),
-                        Some(format!("{} bytes", b.len())),
-                    );
-                    cmp.text_diff = Some(shorten(&text, 2000));
+                    let (ma, mb) = (mask_volatile(a), mask_volatile(b));
+                    if ma != mb {
+                        c.push(
+                            "body".into(),
+                            DiffKind::Text,
+                            Some(format!("{} bytes", a.len())),
+                            Some(format!("{} bytes", b.len())),
+                        );
+                        text_hunks(&ma, &mb, &mut c);
+                        let diff = TextDiff::from_lines(a, b);
+                        let text = diff
+                            .unified_diff()
+                            .context_radius(2)
+                            .header("baseline", "candidate")
+                            .to_string();
+                        cmp.text_diff = Some(shorten(&text, 2000));
+                    }
                 }
             }
             _ => {
@@ -302,6 +327,97 @@ pub fn compare(left: &Side<'_>, right: &Side<'_>, opts: &DiffOptions) -> Compari
     cmp
 }
 
+/// Replaces the tokens that change from one response to the next in text bodies: timestamps
+/// (`<ts>`), UUIDs (`<uuid>`), runs of 16 or more base64/hex characters holding both letters
+/// and digits (nonces, tokens, hashes: `<id>`), and numbers (`<n>`).
+pub fn mask_volatile(text: &str) -> String {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(concat!(
+            r"(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)",
+            r"|(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})",
+            r"|(?P<run>[A-Za-z0-9+/_\-]{16,}={0,2})",
+            r"|(?P<n>\d+(\.\d+)?)"
+        ))
+        .expect("valid regex")
+    });
+    re.replace_all(text, |caps: &regex::Captures<'_>| {
+        if caps.name("ts").is_some() {
+            "<ts>".to_owned()
+        } else if caps.name("uuid").is_some() {
+            "<uuid>".to_owned()
+        } else if let Some(m) = caps.name("run") {
+            let s = m.as_str();
+            let digits = s.bytes().any(|b| b.is_ascii_digit());
+            let letters = s.bytes().any(|b| b.is_ascii_alphabetic());
+            if digits && letters || s.contains(['+', '/', '=']) {
+                "<id>".to_owned()
+            } else {
+                // A long word (or number) is content, but its numbers still vary.
+                mask_numbers(s)
+            }
+        } else {
+            "<n>".to_owned()
+        }
+    })
+    .into_owned()
+}
+
+fn mask_numbers(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_num = false;
+    for ch in s.chars() {
+        if ch.is_ascii_digit() {
+            if !in_num {
+                out.push_str("<n>");
+            }
+            in_num = true;
+        } else {
+            in_num = false;
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// One difference per changed hunk of two masked texts, keyed by the masked lines the hunk
+/// removes (or, for a pure insertion, the line before it), so the same hunk has the same key
+/// in every pair.
+fn text_hunks(a: &str, b: &str, c: &mut Collector<'_>) {
+    let diff = TextDiff::from_lines(a, b);
+    let old: Vec<&str> = a.split_inclusive('\n').collect();
+    for group in diff.grouped_ops(0) {
+        let (mut removed, mut added) = (String::new(), String::new());
+        let mut first_old = None;
+        for op in &group {
+            let (_, old_range, new_range) = op.as_tag_tuple();
+            first_old.get_or_insert(old_range.start);
+            for l in old.get(old_range.clone()).unwrap_or(&[]) {
+                removed.push_str(l);
+            }
+            for l in diff.new_slices().get(new_range).unwrap_or(&[]) {
+                added.push_str(l);
+            }
+        }
+        let anchor = if removed.is_empty() {
+            let at = first_old.unwrap_or(0);
+            format!(
+                "after:{}",
+                if at == 0 { "" } else { old.get(at - 1).copied().unwrap_or("") }
+            )
+        } else {
+            removed.clone()
+        };
+        let key = xxhash_rust::xxh3::xxh3_64(anchor.as_bytes()) & 0xffff_ffff;
+        c.push(
+            format!("body:hunk:{key:08x}"),
+            DiffKind::Text,
+            Some(removed.trim_end().to_owned()),
+            Some(added.trim_end().to_owned()),
+        );
+    }
+}
+
 fn kind_of_body(b: &[u8]) -> String {
     if serde_json::from_slice::<Value>(b).is_ok() {
         "json".into()
@@ -317,9 +433,22 @@ fn compare_headers(left: &[(String, String)], right: &[(String, String)], c: &mu
         let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (n, v) in hs {
             let n = n.to_ascii_lowercase();
-            if !c.opts.ignore_headers.contains(&n) {
-                m.entry(n).or_default().push(v.clone());
+            if c.opts.ignore_headers.contains(&n) || TRANSPORT_HEADERS.contains(&n.as_str()) {
+                continue;
             }
+            if n == "vary" {
+                // `Vary: Accept-Encoding` says the target can compress: a transport detail.
+                let rest: Vec<&str> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("accept-encoding"))
+                    .collect();
+                if !rest.is_empty() {
+                    m.entry(n).or_default().push(rest.join(", ").to_ascii_lowercase());
+                }
+                continue;
+            }
+            m.entry(n).or_default().push(v.clone());
         }
         m
     };
@@ -507,6 +636,39 @@ pub fn field_pattern(field: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn volatile_tokens_are_masked_and_hunks_keep_their_key() {
+        let a = "<p nonce=\"r4nd0mN0nc3AbCdEf12\">Hello</p>\n<p>at 2026-12-01T10:00:00Z id 550e8400-e29b-41d4-a716-446655440000 n=17</p>\n<p>internationalization</p>\n";
+        let b = "<p nonce=\"Zz9Yy8Xx7Ww6Vv5Uu4\">Hello</p>\n<p>at 2026-12-02T11:30:00Z id 6ba7b810-9dad-11d1-80b4-00c04fd430c8 n=18</p>\n<p>internationalization</p>\n";
+        assert_eq!(mask_volatile(a), mask_volatile(b));
+        assert!(mask_volatile(a).contains("internationalization"));
+        let side = |s: &'static str| Side {
+            status: Some(200),
+            headers: &[],
+            body: s.as_bytes(),
+            content_type: Some("text/html"),
+        };
+        let o = DiffOptions::default();
+        assert_eq!(compare(&side(a), &side(b), &o).count, 0);
+        // A real change on the third line is one hunk, keyed by the masked line it removes.
+        let c = "<p nonce=\"Qq1Ww2Ee3Rr4Tt5Yy6\">Hello</p>\n<p>at 2026-12-03T11:30:00Z id 6ba7b810-9dad-11d1-80b4-00c04fd430c8 n=19</p>\n<p>localisation</p>\n";
+        let x = compare(&side(a), &side(c), &o);
+        let y = compare(&side(b), &side(c), &o);
+        let hunk = |c: &Comparison| c.differences.iter().find(|d| d.field.starts_with("body:hunk:")).map(|d| d.field.clone());
+        assert!(hunk(&x).is_some());
+        assert_eq!(hunk(&x), hunk(&y));
+        // Transport headers and `Vary: Accept-Encoding` are not differences.
+        let gz = vec![
+            ("Content-Encoding".to_owned(), "gzip".to_owned()),
+            ("Vary".to_owned(), "Accept-Encoding".to_owned()),
+            ("Content-Length".to_owned(), "10".to_owned()),
+        ];
+        let plain = vec![("Content-Length".to_owned(), "30".to_owned())];
+        let l = Side { status: Some(200), headers: &gz, body: b"same", content_type: None };
+        let r = Side { status: Some(200), headers: &plain, body: b"same", content_type: None };
+        assert_eq!(compare(&l, &r, &o).count, 0);
+    }
+
     fn side<'a>(status: u16, headers: &'a [(String, String)], body: &'a str) -> Side<'a> {
         Side {
             status: Some(status),
@@ -591,14 +753,20 @@ mod tests {
             &side(500, &h2, "a\nB\nc\n"),
             &DiffOptions::default(),
         );
+        let f = fields(&c);
         assert_eq!(
-            fields(&c),
-            vec![
+            f[..3],
+            [
                 ("status".into(), DiffKind::Status),
                 ("header:content-type".into(), DiffKind::Header),
                 ("body".into(), DiffKind::Text)
             ]
         );
+        // One hunk: line "b" became "B".
+        assert_eq!(f.len(), 4, "{f:?}");
+        assert!(f[3].0.starts_with("body:hunk:"), "{f:?}");
+        assert_eq!(c.differences[3].left.as_deref(), Some("b"));
+        assert_eq!(c.differences[3].right.as_deref(), Some("B"));
         assert!(
             c.text_diff.as_deref().unwrap().contains("-b\n+B"),
             "{:?}",

@@ -1,21 +1,27 @@
 //! The analyze stage: SQL over shadowtap's Parquet tables, shadow diffs with noise
-//! cancellation, and a canary verdict.
+//! cancellation, and a calibrated canary verdict.
 //!
-//! [`tables`] registers `exchanges`, `replays` and `diffs` with DataFusion (plus helper UDFs);
-//! [`pairs`] streams the replays, pairs each request's responses across targets and diffs them
-//! ([`diff`]); [`analyze`] classifies noise, computes metrics with SQL, judges them with the
-//! tests in [`stats`] under a [`policy`], and decides; [`report`] renders the verdict.
+//! The analysis is a pipeline: [`pairs`] streams the replays and pairs each request's
+//! responses across targets (diffing them with [`diff`]) into the [`units`] of analysis;
+//! [`measure`] computes paired statistics with the tests in [`stats`]; [`judge`] decides under
+//! a [`policy`] (pure, no I/O); [`report`] renders the [`verdict`]. [`analyze`] runs the stages;
+//! [`tables`] registers the tables with DataFusion for `shadowtap query`.
 
 pub mod analyze;
 pub mod diff;
 pub mod error;
+pub mod judge;
+pub mod measure;
 pub mod pairs;
 pub mod policy;
 pub mod report;
 pub mod stats;
 pub mod tables;
 pub mod template;
+pub mod units;
+pub mod verdict;
 
-pub use analyze::{analyze, AnalyzeOptions, Decision, Verdict};
+pub use analyze::{analyze, AnalyzeOptions};
 pub use error::AnalyzeError;
 pub use policy::Policy;
+pub use verdict::{Decision, Verdict};

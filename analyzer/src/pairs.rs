@@ -7,7 +7,7 @@
 //! (the production response in the capture vs baseline: the noise source when there is no
 //! second baseline) and `candidate_recorded` (the production response vs candidate).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use shadowtap_core::schema::{SCHEMA_VERSION_KEY, TABLE_KEY};
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
 
 use crate::diff::{compare, field_pattern, Comparison, DiffOptions, Side};
+use crate::units::{NoiseSource, Obs, Pair, PairSet};
 use crate::error::AnalyzeError;
 use crate::template::path_template;
 
@@ -124,90 +125,6 @@ impl Response {
             headers: &self.headers,
             body: &self.body,
             content_type: ct,
-        }
-    }
-}
-
-/// An example difference: exchange id, left value, right value, kind.
-pub type Example = (String, Option<String>, Option<String>, String);
-
-/// Counts gathered while diffing, for noise classification and the diff-rate metric.
-#[derive(Debug, Default)]
-pub struct DiffStats {
-    /// Pairs compared, per (comparison, endpoint).
-    pub pairs: BTreeMap<(ComparisonKind, String), u64>,
-    /// Pairs where a field differs, per (comparison, endpoint, field pattern).
-    pub field_pairs: BTreeMap<(ComparisonKind, String, String), u64>,
-    /// For each compared pair of the candidate and the noise comparisons: its endpoint and
-    /// the field patterns that differ (ids into `patterns`).
-    pub pair_fields: HashMap<ComparisonKind, Vec<(u32, Vec<u32>)>>,
-    /// Interned endpoints.
-    pub endpoints: Vec<String>,
-    /// Interned field patterns.
-    pub patterns: Vec<String>,
-    /// One example difference per (comparison, endpoint, pattern): exchange id, left, right.
-    pub examples: BTreeMap<(ComparisonKind, String, String), Example>,
-    /// Text diff excerpts, one per (comparison, endpoint).
-    pub text_examples: BTreeMap<(ComparisonKind, String), (String, String)>,
-    /// Diff rows written.
-    pub rows: u64,
-    /// Groups missing a target's row (should not happen with shadowtap's replayer).
-    pub incomplete_groups: u64,
-    endpoint_ids: HashMap<String, u32>,
-    pattern_ids: HashMap<String, u32>,
-}
-
-impl DiffStats {
-    fn intern(map: &mut HashMap<String, u32>, list: &mut Vec<String>, s: &str) -> u32 {
-        if let Some(&i) = map.get(s) {
-            return i;
-        }
-        let i = list.len() as u32;
-        list.push(s.to_owned());
-        map.insert(s.to_owned(), i);
-        i
-    }
-
-    fn record(&mut self, kind: ComparisonKind, endpoint: &str, exchange_id: &str, c: &Comparison) {
-        *self.pairs.entry((kind, endpoint.to_owned())).or_default() += 1;
-        let mut seen: Vec<String> = Vec::new();
-        for d in &c.differences {
-            let pat = field_pattern(&d.field);
-            if seen.contains(&pat) {
-                continue;
-            }
-            *self
-                .field_pairs
-                .entry((kind, endpoint.to_owned(), pat.clone()))
-                .or_default() += 1;
-            self.examples
-                .entry((kind, endpoint.to_owned(), pat.clone()))
-                .or_insert_with(|| {
-                    (
-                        exchange_id.to_owned(),
-                        d.left.clone(),
-                        d.right.clone(),
-                        d.kind.as_str().to_owned(),
-                    )
-                });
-            seen.push(pat);
-        }
-        if let Some(t) = &c.text_diff {
-            self.text_examples
-                .entry((kind, endpoint.to_owned()))
-                .or_insert_with(|| (exchange_id.to_owned(), t.clone()));
-        }
-        // Per-pair field lists feed the diff-rate metric: only the judged and noise comparisons.
-        if matches!(
-            kind,
-            ComparisonKind::Candidate | ComparisonKind::Noise | ComparisonKind::Recorded
-        ) {
-            let e = Self::intern(&mut self.endpoint_ids, &mut self.endpoints, endpoint);
-            let ps: Vec<u32> = seen
-                .iter()
-                .map(|p| Self::intern(&mut self.pattern_ids, &mut self.patterns, p))
-                .collect();
-            self.pair_fields.entry(kind).or_default().push((e, ps));
         }
     }
 }
@@ -425,12 +342,15 @@ struct Replayed {
     method: String,
     path: String,
     response: Response,
+    latency_us: Option<i64>,
+    position: Option<u32>,
 }
 
 /// The diff rows being written.
 struct DiffWriter {
     sink: ParquetSink,
     rows: Vec<DiffRow>,
+    written: u64,
 }
 
 struct DiffRow {
@@ -450,6 +370,7 @@ struct DiffRow {
 impl DiffWriter {
     fn push(&mut self, r: DiffRow) -> Result<(), AnalyzeError> {
         self.rows.push(r);
+        self.written += 1;
         if self.rows.len() >= 4096 {
             self.flush()?;
         }
@@ -541,6 +462,7 @@ pub fn endpoint(method: &str, path: &str) -> String {
     format!("{} {}", method.to_ascii_uppercase(), path_template(path))
 }
 
+
 /// Which targets to pair.
 pub struct PairTargets<'a> {
     /// Baseline.
@@ -551,20 +473,60 @@ pub struct PairTargets<'a> {
     pub baseline2: Option<&'a str>,
 }
 
-/// Streams the replays, diffs every group, writes `diffs-<run>-NNNNN.parquet` into `out` and
-/// returns the counts.
-pub fn diff_replays(
+/// Rows never sent, the same on every target (dropped by a hook, unreplayable): not compared.
+const NOT_COUNTED: &[&str] = &["dropped", "unreplayable", "hook"];
+
+/// The replay runs (`run_id`) and targets in a replay directory.
+pub fn runs_and_targets(
     replay_dir: &Path,
-    targets: &PairTargets<'_>,
-    recorded: Option<&HashMap<String, Response>>,
-    opts: &DiffOptions,
-    out: &Path,
-    run_id: &str,
-) -> Result<DiffStats, AnalyzeError> {
+) -> Result<(BTreeSet<String>, BTreeSet<String>), AnalyzeError> {
+    let (mut runs, mut targets) = (BTreeSet::new(), BTreeSet::new());
+    for p in parquet_files(replay_dir, "replays") {
+        for b in open_projected(&p, "replays", &["run_id", "target"])? {
+            let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
+            let (r, t) = (
+                b.column_by_name("run_id").expect("projected").as_string::<i32>().clone(),
+                b.column_by_name("target").expect("projected").as_string::<i32>().clone(),
+            );
+            for i in 0..b.num_rows() {
+                if !runs.contains(r.value(i)) {
+                    runs.insert(r.value(i).to_owned());
+                }
+                if !targets.contains(t.value(i)) {
+                    targets.insert(t.value(i).to_owned());
+                }
+            }
+        }
+    }
+    Ok((runs, targets))
+}
+
+/// What to pair and where the `diffs` go.
+pub struct PairingInput<'a> {
+    /// The replay directory.
+    pub replay_dir: &'a Path,
+    /// Only rows of this replay run.
+    pub run: &'a str,
+    /// The targets.
+    pub targets: PairTargets<'a>,
+    /// Production responses from the capture, by exchange id.
+    pub recorded: Option<&'a HashMap<String, Response>>,
+    /// How to diff.
+    pub opts: &'a DiffOptions,
+    /// Output directory for `diffs-<analysis>-NNNNN.parquet`.
+    pub out: &'a Path,
+    /// The analysis id (file names).
+    pub analysis_id: &'a str,
+}
+
+/// Streams the replays of one run, pairs every request's rows across targets, diffs each pair
+/// (writing the `diffs` table) and returns the pairs and the number of diff rows written.
+pub fn pair_replays(input: &PairingInput<'_>) -> Result<(PairSet, u64), AnalyzeError> {
+    let out = input.out;
     let sink = ParquetSink::new(
         SinkOptions {
             dir: out.to_path_buf(),
-            prefix: format!("diffs-{run_id}"),
+            prefix: format!("diffs-{}", input.analysis_id),
             max_file_bytes: 256 << 20,
             max_row_group_rows: 64 * 1024,
         },
@@ -577,8 +539,18 @@ pub fn diff_replays(
     let mut writer = DiffWriter {
         sink,
         rows: Vec::new(),
+        written: 0,
     };
-    let mut stats = DiffStats::default();
+    let targets = &input.targets;
+    let noise = if targets.baseline2.is_some() {
+        NoiseSource::Baseline2
+    } else if input.recorded.is_some_and(|r| !r.is_empty()) {
+        NoiseSource::Recorded
+    } else {
+        NoiseSource::None
+    };
+    let mut set = PairSet::new(targets.baseline, targets.candidate, targets.baseline2, noise);
+    set.recorded_known = input.recorded.is_some_and(|r| !r.is_empty());
     let expected: Vec<&str> = [
         Some(targets.baseline),
         Some(targets.candidate),
@@ -589,36 +561,53 @@ pub fn diff_replays(
     .collect();
     let mut pending: HashMap<(String, i32), HashMap<String, Replayed>> = HashMap::new();
     let cols = [
+        "run_id",
         "exchange_id",
         "pass",
         "target",
         "method",
         "path",
         "status",
+        "error_kind",
+        "total_us",
         "response_headers",
         "response_body",
         "response_body_decoded",
     ];
-    for p in parquet_files(replay_dir, "replays") {
-        for b in open_projected(&p, "replays", &cols)? {
+    for p in parquet_files(input.replay_dir, "replays") {
+        // `send_position` is in version 2 files only.
+        let has_position = has_column(&p, "send_position");
+        let mut want: Vec<&str> = cols.to_vec();
+        if has_position {
+            want.push("send_position");
+        }
+        for b in open_projected(&p, "replays", &want)? {
             let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
             let col = |n: &str| b.column_by_name(n).expect("projected").clone();
-            let (ids, passes, tgts, methods, paths) = (
+            let (runs, ids, passes, tgts, methods, paths, kinds) = (
+                col("run_id"),
                 col("exchange_id"),
                 col("pass"),
                 col("target"),
                 col("method"),
                 col("path"),
+                col("error_kind"),
             );
-            let (ids, passes, tgts, methods, paths) = (
+            let (runs, ids, passes, tgts, methods, paths, kinds) = (
+                runs.as_string::<i32>(),
                 ids.as_string::<i32>(),
                 passes.as_primitive::<Int32Type>(),
                 tgts.as_string::<i32>(),
                 methods.as_string::<i32>(),
                 paths.as_string::<i32>(),
+                kinds.as_string::<i32>(),
             );
             let status = col("status");
             let status = status.as_primitive::<Int32Type>();
+            let total = col("total_us");
+            let total = total.as_primitive::<arrow::datatypes::Int64Type>();
+            let position = has_position.then(|| col("send_position"));
+            let position = position.as_ref().map(|c| c.as_primitive::<Int32Type>());
             let (h, raw, dec) = (
                 col("response_headers"),
                 col("response_body"),
@@ -626,24 +615,18 @@ pub fn diff_replays(
             );
             for i in 0..b.num_rows() {
                 let t = tgts.value(i);
-                if !expected.contains(&t) {
+                if !expected.contains(&t) || runs.value(i) != input.run {
+                    continue;
+                }
+                if kinds.is_valid(i) && NOT_COUNTED.contains(&kinds.value(i)) {
                     continue;
                 }
                 let key = (ids.value(i).to_owned(), passes.value(i));
+                let answered = status.is_valid(i);
                 let response = Response {
-                    status: status
-                        .is_valid(i)
-                        .then(|| status.value(i).clamp(0, 999) as u16),
-                    headers: if status.is_valid(i) {
-                        headers_at(&h, i)
-                    } else {
-                        Vec::new()
-                    },
-                    body: if status.is_valid(i) {
-                        body_at(&raw, &dec, i)
-                    } else {
-                        Vec::new()
-                    },
+                    status: answered.then(|| status.value(i).clamp(0, 999) as u16),
+                    headers: if answered { headers_at(&h, i) } else { Vec::new() },
+                    body: if answered { body_at(&raw, &dec, i) } else { Vec::new() },
                 };
                 let group = pending.entry(key.clone()).or_default();
                 group.insert(
@@ -652,102 +635,131 @@ pub fn diff_replays(
                         method: methods.value(i).to_owned(),
                         path: paths.value(i).to_owned(),
                         response,
+                        latency_us: total.is_valid(i).then(|| total.value(i)),
+                        position: position
+                            .filter(|c| c.is_valid(i))
+                            .map(|c| c.value(i).max(0) as u32),
                     },
                 );
                 if group.len() == expected.len() {
                     let group = pending.remove(&key).expect("present");
-                    compare_group(
-                        &key,
-                        &group,
-                        targets,
-                        recorded,
-                        opts,
-                        &mut stats,
-                        &mut writer,
-                    )?;
+                    pair_group(&key, &group, input, &mut set, &mut writer)?;
                 }
             }
         }
     }
-    stats.incomplete_groups = pending.len() as u64;
     for (key, group) in pending {
-        compare_group(
-            &key,
-            &group,
-            targets,
-            recorded,
-            opts,
-            &mut stats,
-            &mut writer,
-        )?;
+        set.incomplete += 1;
+        pair_group(&key, &group, input, &mut set, &mut writer)?;
     }
     writer.flush()?;
     writer.sink.finish().map_err(|e| AnalyzeError::Io {
         path: out.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
-    Ok(stats)
+    set.group_by_cluster();
+    Ok((set, writer.written))
 }
 
-/// A side of a comparison: its name and its response.
-type Named<'a> = (&'a str, &'a Response);
+fn has_column(path: &Path, name: &str) -> bool {
+    File::open(path)
+        .ok()
+        .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok())
+        .is_some_and(|b| b.schema().field_with_name(name).is_ok())
+}
 
-fn compare_group(
+fn obs(r: &Replayed) -> Obs {
+    Obs {
+        status: r.response.status,
+        latency_us: r.latency_us,
+        position: r.position,
+    }
+}
+
+/// Diffs one request's rows and adds its pair (when baseline and candidate both have a row).
+fn pair_group(
     key: &(String, i32),
     group: &HashMap<String, Replayed>,
-    targets: &PairTargets<'_>,
-    recorded: Option<&HashMap<String, Response>>,
-    opts: &DiffOptions,
-    stats: &mut DiffStats,
+    input: &PairingInput<'_>,
+    set: &mut PairSet,
     writer: &mut DiffWriter,
 ) -> Result<(), AnalyzeError> {
-    let Some(base) = group.get(targets.baseline) else {
+    let targets = &input.targets;
+    let (Some(base), Some(cand)) = (group.get(targets.baseline), group.get(targets.candidate))
+    else {
         return Ok(());
     };
-    let ep = endpoint(&base.method, &base.path);
-    let answered = |name: &str| group.get(name).map(|r| &r.response);
-    // (kind, left side, right side): the production response, when recorded, is the left side
-    // of its comparisons, so "added" means the replayed version has it and production did not.
-    let mut pairs: Vec<(ComparisonKind, Named<'_>, Named<'_>)> = Vec::new();
+    let ep_name = endpoint(&base.method, &base.path);
+    let ep = set.endpoint_id(&ep_name);
+    let cluster = set.cluster_id(&key.0);
+    let b2 = targets.baseline2.and_then(|n| group.get(n).map(|r| (n, r)));
+    let rec = input.recorded.and_then(|r| r.get(&key.0));
+    let mut pair = Pair {
+        endpoint: ep,
+        cluster,
+        baseline: obs(base),
+        candidate: obs(cand),
+        baseline2: b2.map(|(_, r)| obs(r)),
+        recorded_status: rec.and_then(|r| r.status),
+        candidate_diff: None,
+        noise_diff: None,
+    };
+    // Only pairs where both sides answered are diffed; transport errors are the error
+    // metric's business. The production response, when recorded, is the left side of its
+    // comparisons, so "added" means the replayed version has it and production did not.
     let base_side = (targets.baseline, &base.response);
-    if let Some(c) = answered(targets.candidate) {
-        pairs.push((ComparisonKind::Candidate, base_side, (targets.candidate, c)));
-    }
-    if let Some((name, b2)) = targets.baseline2.and_then(|n| answered(n).map(|r| (n, r))) {
-        pairs.push((ComparisonKind::Noise, base_side, (name, b2)));
-    }
-    if let Some(rec) = recorded.and_then(|r| r.get(&key.0)) {
-        pairs.push((ComparisonKind::Recorded, ("recorded", rec), base_side));
-        if let Some(c) = answered(targets.candidate) {
-            pairs.push((
-                ComparisonKind::CandidateRecorded,
-                ("recorded", rec),
-                (targets.candidate, c),
-            ));
+    let mut diff = |kind: ComparisonKind,
+                    (ln, l): (&str, &Response),
+                    (rn, r): (&str, &Response),
+                    set: &mut PairSet|
+     -> Result<Option<Vec<u32>>, AnalyzeError> {
+        if l.status.is_none() || r.status.is_none() {
+            return Ok(None);
         }
-    }
-    for (kind, (left_name, left), (right_name, right)) in pairs {
-        // Only pairs where both sides answered are diffed; transport errors are the error
-        // metric's business.
-        if left.status.is_none() || right.status.is_none() {
-            continue;
-        }
-        let cmp = compare(&left.side(), &right.side(), opts);
-        stats.record(kind, &ep, &key.0, &cmp);
-        stats.rows += 1;
+        let cmp = compare(&l.side(), &r.side(), input.opts);
+        let fields = match kind {
+            ComparisonKind::Candidate => Some(set.diff_fields(&cmp, ep, Some(&key.0))),
+            ComparisonKind::CandidateRecorded => None,
+            _ => Some(set.diff_fields(&cmp, ep, None)),
+        };
         writer.push(DiffRow {
             exchange_id: key.0.clone(),
             pass: key.1,
             kind,
-            left: left_name.to_owned(),
-            right: right_name.to_owned(),
+            left: ln.to_owned(),
+            right: rn.to_owned(),
             method: base.method.clone(),
             path: base.path.clone(),
-            endpoint: ep.clone(),
-            left_status: left.status,
-            right_status: right.status,
+            endpoint: ep_name.clone(),
+            left_status: l.status,
+            right_status: r.status,
             cmp,
         })?;
+        Ok(fields)
+    };
+    pair.candidate_diff = diff(
+        ComparisonKind::Candidate,
+        base_side,
+        (targets.candidate, &cand.response),
+        set,
+    )?;
+    let noise = match (b2, rec) {
+        (Some((n, r)), _) => diff(ComparisonKind::Noise, base_side, (n, &r.response), set)?,
+        (None, Some(rec)) => diff(ComparisonKind::Recorded, ("recorded", rec), base_side, set)?,
+        (None, None) => None,
+    };
+    pair.noise_diff = noise;
+    if let Some(rec) = rec {
+        if b2.is_some() {
+            diff(ComparisonKind::Recorded, ("recorded", rec), base_side, set)?;
+        }
+        diff(
+            ComparisonKind::CandidateRecorded,
+            ("recorded", rec),
+            (targets.candidate, &cand.response),
+            set,
+        )?;
     }
+    set.pairs.push(pair);
     Ok(())
 }

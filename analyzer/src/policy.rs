@@ -12,12 +12,16 @@
 //! marginal = 75.0                  # score >= marginal: marginal; below: no-go
 //!
 //! [samples]
-//! min_overall = 50                 # fewer requests per target: inconclusive
-//! min_endpoint = 30                # endpoints with fewer are reported, not judged
+//! min_overall = 50                 # fewer pairs where both answered: inconclusive
+//! min_endpoint = 30                # endpoints with fewer pairs cannot pass (they can still fail)
 //!
-//! [noise]                          # Diffy's rule: a field counts against the candidate when its
-//! relative = 0.20                  # difference rate exceeds the noise rate by more than 20%
-//! absolute = 0.0003                # relative AND 0.03% absolute
+//! [noise]                          # a field (and kind of difference) counts against the candidate
+//! relative = 0.20                  # when it differs significantly more often than in the noise
+//! absolute = 0.005                 # comparison, by more than 20% relative AND 0.5 points
+//!
+//! [health]                         # guards: the verdict is inconclusive when
+//! max_baseline_error_excess = 0.20 # the baseline's error rate exceeds production's by this
+//! max_status_mix_distance = 0.50   # its status-class mix is this far (total variation) from production's
 //!
 //! [diff]
 //! ignore_headers = ["x-trace"]     # added to the built-in list (Date, Server, Set-Cookie, …)
@@ -26,23 +30,28 @@
 //! unordered_arrays = ["/tags"]     # arrays compared as multisets
 //! numeric_tolerance = 0.0          # relative
 //!
-//! [metrics.error_rate]             # 5xx and transport errors
+//! [metrics.error_rate]             # 5xx and transport errors, McNemar's exact test on pairs
 //! critical = true
 //! weight = 1.0
-//! alpha = 0.05                     # significance level of the one-sided test
-//! max_increase = 0.01              # and the increase must exceed this (absolute) to fail
+//! alpha = 0.01                     # family-wise, over all endpoints and overall
+//! max_increase = 0.002             # the increase must exceed 0.2 points
+//! max_relative = 0.25              # and 25% of the baseline's rate to fail
 //!
-//! [metrics.latency]                # total time, Mann–Whitney U; higher is worse
+//! [metrics.latency]                # paired log ratios; higher is worse
 //! critical = true
 //! weight = 1.0
 //! alpha = 0.01
-//! max_ratio = 1.2                  # fail only when the candidate's median is > 1.2x baseline's
+//! max_ratio = 1.2                  # centre (Hodges-Lehmann ratio) bound
+//! max_ratio_p90 = 1.5              # p90 ratio bound
+//! max_ratio_p99 = 2.0              # p99 ratio bound
+//! tail_min_pairs = 10              # a quantile is judged with this many pairs beyond it
+//! bootstrap_resamples = 200
 //!
-//! [metrics.diff_rate]              # share of pairs with a non-noise difference
+//! [metrics.diff_rate]              # differences beyond noise, per field and kind
 //! critical = true
 //! weight = 1.0
-//! alpha = 0.05
-//! max_increase = 0.01
+//! alpha = 0.01
+//! max_increase = 0.01              # overall "differs at all" bound (points)
 //! ```
 
 use std::path::Path;
@@ -71,6 +80,29 @@ pub struct Policy {
     pub diff: DiffSettings,
     /// Metric settings.
     pub metrics: Metrics,
+    /// Health guards.
+    pub health: HealthPolicy,
+}
+
+/// When the comparison itself is not valid (the verdict is then inconclusive).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthPolicy {
+    /// The baseline's error rate (5xx and transport errors) may exceed production's recorded
+    /// 5xx rate (0 when unknown) by at most this.
+    pub max_baseline_error_excess: f64,
+    /// The baseline's status-class mix may be at most this far (total variation distance)
+    /// from production's for the same requests.
+    pub max_status_mix_distance: f64,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            max_baseline_error_excess: 0.20,
+            max_status_mix_distance: 0.50,
+        }
+    }
 }
 
 /// Score thresholds, in percent.
@@ -131,8 +163,18 @@ pub struct MetricPolicy {
     pub alpha: f64,
     /// Rates: the candidate's rate must exceed the baseline's by more than this to fail.
     pub max_increase: f64,
-    /// Latency: the candidate's median must exceed the baseline's times this to fail.
+    /// Rates: and exceed the baseline's rate by more than this share of it.
+    pub max_relative: f64,
+    /// Latency: the centre of the candidate/baseline ratios must exceed this to fail.
     pub max_ratio: f64,
+    /// Latency: the p90 ratio bound.
+    pub max_ratio_p90: f64,
+    /// Latency: the p99 ratio bound.
+    pub max_ratio_p99: f64,
+    /// Latency: pairs needed beyond a quantile for it to be judged.
+    pub tail_min_pairs: u64,
+    /// Latency: bootstrap resamples for the tail ratios.
+    pub bootstrap_resamples: u64,
     /// Judge this metric at all.
     pub enabled: bool,
 }
@@ -160,6 +202,7 @@ impl Default for Policy {
             noise: Noise::default(),
             diff: DiffSettings::default(),
             metrics: Metrics::default(),
+            health: HealthPolicy::default(),
         }
     }
 }
@@ -186,7 +229,7 @@ impl Default for Noise {
     fn default() -> Self {
         Noise {
             relative: 0.20,
-            absolute: 0.0003,
+            absolute: 0.005,
         }
     }
 }
@@ -208,9 +251,14 @@ impl Default for MetricPolicy {
         MetricPolicy {
             critical: true,
             weight: 1.0,
-            alpha: 0.05,
+            alpha: 0.01,
             max_increase: 0.01,
+            max_relative: 0.25,
             max_ratio: 1.2,
+            max_ratio_p90: 1.5,
+            max_ratio_p99: 2.0,
+            tail_min_pairs: 10,
+            bootstrap_resamples: 200,
             enabled: true,
         }
     }
@@ -219,11 +267,11 @@ impl Default for MetricPolicy {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            error_rate: MetricPolicy::default(),
-            latency: MetricPolicy {
-                alpha: 0.01,
+            error_rate: MetricPolicy {
+                max_increase: 0.002,
                 ..MetricPolicy::default()
             },
+            latency: MetricPolicy::default(),
             diff_rate: MetricPolicy::default(),
         }
     }
@@ -254,14 +302,53 @@ impl Policy {
             if !(m.alpha > 0.0 && m.alpha < 1.0) {
                 return Err(format!("[metrics.{name}] alpha must be in (0, 1)"));
             }
-            if m.weight < 0.0 || m.max_increase < 0.0 || m.max_ratio < 1.0 {
+            let finite = [m.weight, m.max_increase, m.max_relative]
+                .iter()
+                .all(|v| v.is_finite() && *v >= 0.0);
+            if !finite {
                 return Err(format!(
-                    "[metrics.{name}] weight and max_increase must be >= 0, max_ratio >= 1"
+                    "[metrics.{name}] weight, max_increase and max_relative must be finite and >= 0"
                 ));
             }
+            if !(m.max_ratio >= 1.0 && m.max_ratio_p90 >= 1.0 && m.max_ratio_p99 >= 1.0)
+                || !(m.max_ratio.is_finite() && m.max_ratio_p90.is_finite() && m.max_ratio_p99.is_finite())
+            {
+                return Err(format!(
+                    "[metrics.{name}] max_ratio, max_ratio_p90 and max_ratio_p99 must be finite and >= 1"
+                ));
+            }
+            if m.bootstrap_resamples < 20 || m.bootstrap_resamples > 100_000 {
+                return Err(format!(
+                    "[metrics.{name}] bootstrap_resamples must be between 20 and 100000"
+                ));
+            }
+            if m.tail_min_pairs == 0 {
+                return Err(format!("[metrics.{name}] tail_min_pairs must be >= 1"));
+            }
+        }
+        if !(self.noise.relative.is_finite() && self.noise.relative >= 0.0)
+            || !(self.noise.absolute.is_finite() && (0.0..1.0).contains(&self.noise.absolute))
+        {
+            return Err("[noise] relative must be >= 0 and absolute in [0, 1)".into());
+        }
+        let h = &self.health;
+        if !(h.max_baseline_error_excess.is_finite() && h.max_baseline_error_excess >= 0.0)
+            || !(h.max_status_mix_distance.is_finite()
+                && (0.0..=1.0).contains(&h.max_status_mix_distance))
+        {
+            return Err("[health] max_baseline_error_excess must be >= 0 and max_status_mix_distance in [0, 1]".into());
+        }
+        if !(self.diff.numeric_tolerance.is_finite() && self.diff.numeric_tolerance >= 0.0) {
+            return Err("[diff] numeric_tolerance must be >= 0".into());
+        }
+        if self.baseline.is_empty() || self.candidate.is_empty() {
+            return Err("baseline and candidate names must not be empty".into());
         }
         if self.baseline == self.candidate {
             return Err("baseline and candidate must be different targets".into());
+        }
+        if self.baseline2 == self.baseline || self.baseline2 == self.candidate {
+            return Err("baseline2 must differ from baseline and candidate".into());
         }
         Ok(())
     }

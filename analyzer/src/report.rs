@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::analyze::{Check, CheckResult, Verdict};
+use crate::verdict::{Check, CheckResult, Verdict};
 
 fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", v * 100.0))
@@ -13,7 +13,7 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
-fn value(c: &Check, side: &crate::analyze::SideValue) -> String {
+fn value(c: &Check, side: &crate::verdict::SideValue) -> String {
     if c.metric == "latency" {
         format!("p50 {} ms (n={})", ms(side.value), side.n)
     } else {

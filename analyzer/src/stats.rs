@@ -1,201 +1,395 @@
-//! The statistical tests behind the verdict, with their assumptions stated.
+//! The statistics behind the verdict: paired tests, their estimates and confidence intervals,
+//! the cluster bootstrap and the multiple-comparison adjustment. Pure functions, no I/O.
 //!
-//! - Mann–Whitney U (two-sided p from the normal approximation with tie correction and
-//!   continuity correction; good above ~20 per side, which the minimum sample size enforces).
-//!   The verdict pairs it with an effect-size bound on the ratio of medians (Kayenta's judge
-//!   bounds the ratio of means the same way), so a significant but tiny shift does not fail.
-//! - Two-proportion z test (pooled) for rates with enough events, and Fisher's exact test
-//!   (one-sided: candidate higher) when any expected cell count is below 5.
+//! - [`sign_test_greater`]: the exact one-sided sign test on discordant units. On binary
+//!   outcomes with one pass it is McNemar's exact test; with `--loop` it is the same test on
+//!   exchanges (clusters), each counted once by the sign of its summed difference.
+//! - [`wilcoxon_greater`]: the Wilcoxon signed-rank test of "the centre of the paired
+//!   differences exceeds `shift`" (exact distribution for small samples without ties, normal
+//!   approximation with tie and continuity corrections otherwise), and
+//!   [`hodges_lehmann`], the matching estimate of the centre with its confidence interval.
+//! - [`bootstrap_quantile_log_ratio`]: a cluster (pair) bootstrap of the log ratio of two
+//!   paired samples' quantiles, giving its standard error.
+//! - [`tarone_bonferroni`]: family-wise error control for a family of (mostly discrete)
+//!   tests.
+//!
+//! Distributions (normal, binomial) come from `statrs`; ranks, the bootstrap and the
+//! adjustment are ours.
 
-/// Standard normal upper tail, P(Z > z), from `erfc` (absolute error below 1.2e-7).
+use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
+
+fn std_normal() -> Normal {
+    Normal::standard()
+}
+
+/// P(Z > z) for a standard normal Z.
 pub fn normal_sf(z: f64) -> f64 {
-    0.5 * erfc(z / std::f64::consts::SQRT_2)
+    if z.is_nan() {
+        return 1.0;
+    }
+    std_normal().sf(z)
 }
 
-/// Complementary error function (Numerical Recipes' Chebyshev fit, |error| < 1.2e-7).
-pub fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
+/// The standard normal quantile.
+pub fn normal_quantile(p: f64) -> f64 {
+    std_normal().inverse_cdf(p.clamp(1e-300, 1.0 - 1e-16))
+}
+
+/// Exact one-sided sign test: P(X >= pos) for X ~ Binomial(pos + neg, 1/2). Ties (units with
+/// no difference) carry no information and are not passed in. 1 when there is no discordant
+/// unit.
+pub fn sign_test_greater(pos: u64, neg: u64) -> f64 {
+    let n = pos + neg;
+    if n == 0 || pos == 0 {
+        return 1.0;
+    }
+    match Binomial::new(0.5, n) {
+        // P(X >= pos) = P(X > pos - 1).
+        Ok(b) => b.sf(pos - 1).clamp(0.0, 1.0),
+        Err(_) => 1.0,
     }
 }
 
-/// ln Γ(x) for x > 0 (Lanczos, g = 7, n = 9; relative error ~1e-15).
-pub fn ln_gamma(x: f64) -> f64 {
-    const G: [f64; 9] = [
-        0.999_999_999_999_809_9,
-        676.520_368_121_885_1,
-        -1_259.139_216_722_402_8,
-        771.323_428_777_653_1,
-        -176.615_029_162_140_6,
-        12.507_343_278_686_905,
-        -0.138_571_095_265_720_12,
-        9.984_369_578_019_572e-6,
-        1.505_632_735_149_311_6e-7,
-    ];
-    if x < 0.5 {
-        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
-    }
-    let x = x - 1.0;
-    let mut a = G[0];
-    let t = x + 7.5;
-    for (i, g) in G.iter().enumerate().skip(1) {
-        a += g / (x + i as f64);
-    }
-    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+/// The smallest p value a sign test on `n` discordant units can give (all of them one way).
+pub fn sign_test_min_p(n: u64) -> f64 {
+    0.5f64.powi(n.min(2000) as i32)
 }
 
-fn ln_choose(n: u64, k: u64) -> f64 {
-    ln_gamma(n as f64 + 1.0) - ln_gamma(k as f64 + 1.0) - ln_gamma((n - k) as f64 + 1.0)
-}
-
-/// Result of a rank test.
+/// Result of a signed-rank test.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct MannWhitney {
-    /// U statistic of the candidate sample.
-    pub u: f64,
-    /// z score (positive: candidate ranks higher, i.e. slower for latency).
+pub struct SignedRank {
+    /// Differences that were not zero (after the shift).
+    pub n: usize,
+    /// Sum of the ranks of the positive differences.
+    pub w_plus: f64,
+    /// z score of `w_plus` (0 for the exact test).
     pub z: f64,
-    /// Two-sided p value.
-    pub p_two_sided: f64,
-    /// One-sided p value for "candidate higher".
+    /// One-sided p value for "centre greater than the shift".
     pub p_greater: f64,
+    /// Whether the exact distribution was used.
+    pub exact: bool,
 }
 
-/// Mann–Whitney U test of `candidate` against `baseline`.
-pub fn mann_whitney(baseline: &[f64], candidate: &[f64]) -> Option<MannWhitney> {
-    let (n1, n2) = (baseline.len(), candidate.len());
-    if n1 == 0 || n2 == 0 {
-        return None;
-    }
-    let mut all: Vec<(f64, bool)> = baseline
+/// Wilcoxon signed-rank test of H0 "the differences are symmetric about `shift`" against
+/// "they are centred above it", one-sided. Zero differences are dropped (Wilcoxon's rule).
+pub fn wilcoxon_greater(d: &[f64], shift: f64) -> SignedRank {
+    let mut a: Vec<(f64, bool)> = d
         .iter()
-        .map(|&v| (v, false))
-        .chain(candidate.iter().map(|&v| (v, true)))
+        .map(|&x| x - shift)
+        .filter(|x| *x != 0.0 && !x.is_nan())
+        .map(|x| (x.abs(), x > 0.0))
         .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let n = all.len();
-    let mut rank_sum_c = 0.0;
+    let n = a.len();
+    if n == 0 {
+        return SignedRank {
+            n,
+            w_plus: 0.0,
+            z: 0.0,
+            p_greater: 1.0,
+            exact: true,
+        };
+    }
+    a.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut w_plus = 0.0;
     let mut tie_term = 0.0;
+    let mut ties = false;
     let mut i = 0;
     while i < n {
         let mut j = i;
-        while j + 1 < n && all[j + 1].0 == all[i].0 {
+        while j + 1 < n && a[j + 1].0 == a[i].0 {
             j += 1;
         }
         let rank = (i + j) as f64 / 2.0 + 1.0;
         let t = (j - i + 1) as f64;
-        tie_term += t * t * t - t;
-        for item in &all[i..=j] {
-            if item.1 {
-                rank_sum_c += rank;
-            }
+        if t > 1.0 {
+            ties = true;
+            tie_term += t * t * t - t;
         }
+        w_plus += a[i..=j].iter().filter(|x| x.1).count() as f64 * rank;
         i = j + 1;
     }
-    let (n1f, n2f, nf) = (n1 as f64, n2 as f64, n as f64);
-    let u = rank_sum_c - n2f * (n2f + 1.0) / 2.0;
-    let mean = n1f * n2f / 2.0;
-    let var = n1f * n2f / 12.0 * ((nf + 1.0) - tie_term / (nf * (nf - 1.0)).max(1.0));
-    if var <= 0.0 {
-        return Some(MannWhitney {
-            u,
+    if n <= 30 && !ties {
+        return SignedRank {
+            n,
+            w_plus,
             z: 0.0,
-            p_two_sided: 1.0,
-            p_greater: 0.5,
-        });
+            p_greater: exact_signed_rank_sf(n, w_plus.round() as usize),
+            exact: true,
+        };
     }
-    let sd = var.sqrt();
-    let diff = u - mean;
-    let z = if diff > 0.5 {
-        (diff - 0.5) / sd
-    } else if diff < -0.5 {
-        (diff + 0.5) / sd
-    } else {
-        0.0
-    };
-    Some(MannWhitney {
-        u,
+    let nf = n as f64;
+    let mean = nf * (nf + 1.0) / 4.0;
+    let var = nf * (nf + 1.0) * (2.0 * nf + 1.0) / 24.0 - tie_term / 48.0;
+    if var <= 0.0 {
+        return SignedRank {
+            n,
+            w_plus,
+            z: 0.0,
+            p_greater: if w_plus > mean { 0.0 } else { 1.0 },
+            exact: false,
+        };
+    }
+    let z = (w_plus - mean - 0.5) / var.sqrt();
+    SignedRank {
+        n,
+        w_plus,
         z,
-        p_two_sided: (2.0 * normal_sf(z.abs())).min(1.0),
         p_greater: normal_sf(z),
-    })
+        exact: false,
+    }
 }
 
-/// Result of comparing two rates.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct RateTest {
-    /// Which test: `two_proportion_z` or `fisher_exact`.
-    pub test: &'static str,
-    /// One-sided p value for "candidate rate higher".
-    pub p_greater: f64,
-    /// z score, for the z test.
-    pub z: Option<f64>,
+/// P(W+ >= w) under H0 for n untied differences (the distribution of sums of subsets of
+/// 1..=n, each subset equally likely).
+fn exact_signed_rank_sf(n: usize, w: usize) -> f64 {
+    let max = n * (n + 1) / 2;
+    if w > max {
+        return 0.0;
+    }
+    let mut counts = vec![0f64; max + 1];
+    counts[0] = 1.0;
+    for k in 1..=n {
+        for s in (k..=max).rev() {
+            counts[s] += counts[s - k];
+        }
+    }
+    let total = 2f64.powi(n as i32);
+    counts[w..].iter().sum::<f64>() / total
 }
 
-/// Compares `x2/n2` (candidate) with `x1/n1` (baseline): is the candidate's rate higher?
-pub fn rate_higher(x1: u64, n1: u64, x2: u64, n2: u64) -> Option<RateTest> {
-    if n1 == 0 || n2 == 0 {
+/// The smallest p value a one-sided signed-rank test on `n` units can give.
+pub fn signed_rank_min_p(n: usize) -> f64 {
+    0.5f64.powi(n.min(2000) as i32)
+}
+
+/// An estimate with a two-sided confidence interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Interval {
+    /// Point estimate.
+    pub estimate: f64,
+    /// Lower bound.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+}
+
+/// Walsh averages computed exactly up to this many; above, a seeded uniform sample of them.
+const MAX_WALSH: usize = 400_000;
+
+/// Hodges–Lehmann estimate of the centre of `d` (the median of the Walsh averages
+/// (d_i + d_j) / 2, i <= j) with the distribution-free confidence interval at level
+/// `1 - 2 * tail` that inverts the signed-rank test (normal approximation for the ranks).
+/// Large samples use a uniform random sample of 400,000 Walsh averages (seeded): the
+/// quantiles of the sample estimate those of all n(n+1)/2.
+pub fn hodges_lehmann(d: &[f64], tail: f64, seed: u64) -> Option<Interval> {
+    let n = d.len();
+    if n == 0 {
         return None;
     }
-    let n = n1 + n2;
-    let x = x1 + x2;
-    // Expected counts in the 2x2 table under the null.
-    let expected = [
-        x as f64 * n1 as f64 / n as f64,
-        x as f64 * n2 as f64 / n as f64,
-        (n - x) as f64 * n1 as f64 / n as f64,
-        (n - x) as f64 * n2 as f64 / n as f64,
-    ];
-    if expected.iter().any(|&e| e < 5.0) {
-        return Some(RateTest {
-            test: "fisher_exact",
-            p_greater: fisher_greater(x1, n1, x2, n2),
-            z: None,
-        });
-    }
-    let (p1, p2, p) = (
-        x1 as f64 / n1 as f64,
-        x2 as f64 / n2 as f64,
-        x as f64 / n as f64,
-    );
-    let se = (p * (1.0 - p) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
-    let z = if se > 0.0 { (p2 - p1) / se } else { 0.0 };
-    Some(RateTest {
-        test: "two_proportion_z",
-        p_greater: normal_sf(z),
-        z: Some(z),
+    let total = n * (n + 1) / 2;
+    let mut w: Vec<f64> = if total <= MAX_WALSH {
+        let mut w = Vec::with_capacity(total);
+        for i in 0..n {
+            for j in i..n {
+                w.push((d[i] + d[j]) / 2.0);
+            }
+        }
+        w
+    } else {
+        let mut rng = SplitMix(seed);
+        (0..MAX_WALSH)
+            .map(|_| {
+                let (i, j) = (rng.below(n), rng.below(n));
+                (d[i] + d[j]) / 2.0
+            })
+            .collect()
+    };
+    w.sort_by(f64::total_cmp);
+    let nf = n as f64;
+    let z = normal_quantile(1.0 - tail.clamp(1e-12, 0.5));
+    // Rank of the lower bound among all Walsh averages (1-based), as a share of them.
+    let k = (nf * (nf + 1.0) / 4.0 - z * (nf * (nf + 1.0) * (2.0 * nf + 1.0) / 24.0).sqrt())
+        .floor()
+        .max(1.0);
+    let share = ((k - 1.0) / total as f64).clamp(0.0, 0.5);
+    let at = |q: f64| quantile(&w, q).unwrap_or(0.0);
+    Some(Interval {
+        estimate: at(0.5),
+        low: at(share),
+        high: at(1.0 - share),
     })
 }
 
-/// Fisher's exact test, one-sided: P(candidate successes >= x2) given the margins.
-pub fn fisher_greater(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
-    let k = x1 + x2;
-    let n = n1 + n2;
-    let denom = ln_choose(n, k);
-    let hi = k.min(n2);
-    let mut p = 0.0;
-    for j in x2..=hi {
-        if k - j > n1 {
-            continue;
-        }
-        p += (ln_choose(n2, j) + ln_choose(n1, k - j) - denom).exp();
+/// A small, fast, seedable generator (splitmix64): the bootstrap and the Walsh sample need
+/// reproducible draws, not cryptographic ones.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
-    p.min(1.0)
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The q-quantile of sorted values (linear interpolation between order statistics).
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let (a, b) = (sorted[lo], sorted[hi]);
+    if a == b || !(a.is_finite() && b.is_finite()) {
+        return Some(if pos - lo as f64 > 0.5 { b } else { a });
+    }
+    Some(a + (b - a) * (pos - lo as f64))
+}
+
+/// The q-quantile of unsorted values, reordering them (O(n)).
+pub fn quantile_select(v: &mut [f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let k = ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round()) as usize;
+    let (_, x, _) = v.select_nth_unstable_by(k, f64::total_cmp);
+    Some(*x)
+}
+
+/// Log ratio of two latencies (or quantiles), with censored values (`+inf`: no answer)
+/// worse than any answer: a censored candidate against an answered baseline is
+/// `CENSORED_LOG_RATIO`, the reverse its negative, both censored 0.
+pub fn log_ratio(candidate: f64, baseline: f64) -> f64 {
+    match (candidate.is_finite(), baseline.is_finite()) {
+        (true, true) => (candidate.max(1.0)).ln() - (baseline.max(1.0)).ln(),
+        (false, true) => CENSORED_LOG_RATIO,
+        (true, false) => -CENSORED_LOG_RATIO,
+        (false, false) => 0.0,
+    }
+}
+
+/// The log ratio given to a request one side did not answer: e^30, beyond any real ratio.
+pub const CENSORED_LOG_RATIO: f64 = 30.0;
+
+/// Result of a bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Bootstrap {
+    /// The statistic on the data.
+    pub estimate: f64,
+    /// Bootstrap standard error.
+    pub se: f64,
+    /// Resamples drawn.
+    pub resamples: usize,
+}
+
+/// Log ratio of the q-quantiles of two paired samples (`candidate[i]` and `baseline[i]` are one
+/// pair; `clusters` gives the end of each cluster of pairs, so with `--loop` an exchange's
+/// passes are resampled together), with its standard error from `resamples` cluster
+/// bootstrap draws.
+pub fn bootstrap_quantile_log_ratio(
+    baseline: &[f64],
+    candidate: &[f64],
+    cluster_ends: &[usize],
+    q: f64,
+    resamples: usize,
+    seed: u64,
+) -> Option<Bootstrap> {
+    let n = baseline.len().min(candidate.len());
+    if n == 0 || cluster_ends.is_empty() {
+        return None;
+    }
+    let stat = |b: &mut Vec<f64>, c: &mut Vec<f64>| -> f64 {
+        let qb = quantile_select(b, q).unwrap_or(0.0);
+        let qc = quantile_select(c, q).unwrap_or(0.0);
+        log_ratio(qc, qb)
+    };
+    let (mut b, mut c) = (baseline[..n].to_vec(), candidate[..n].to_vec());
+    let estimate = stat(&mut b, &mut c);
+    let k = cluster_ends.len();
+    let mut rng = SplitMix(seed);
+    let mut sum = 0.0;
+    let mut sum2 = 0.0;
+    for _ in 0..resamples {
+        b.clear();
+        c.clear();
+        for _ in 0..k {
+            let j = rng.below(k);
+            let start = if j == 0 { 0 } else { cluster_ends[j - 1] };
+            b.extend_from_slice(&baseline[start..cluster_ends[j]]);
+            c.extend_from_slice(&candidate[start..cluster_ends[j]]);
+        }
+        let s = stat(&mut b, &mut c);
+        sum += s;
+        sum2 += s * s;
+    }
+    let r = resamples.max(1) as f64;
+    let var = (sum2 / r - (sum / r).powi(2)).max(0.0) * r / (r - 1.0).max(1.0);
+    Some(Bootstrap {
+        estimate,
+        se: var.sqrt(),
+        resamples,
+    })
+}
+
+/// One-sided p value of "the statistic exceeds `bound`" from an estimate and its standard
+/// error (normal approximation); a zero standard error gives 0 or 1.
+pub fn wald_greater(estimate: f64, se: f64, bound: f64) -> f64 {
+    if se > 0.0 {
+        normal_sf((estimate - bound) / se)
+    } else if estimate > bound {
+        0.0
+    } else {
+        1.0
+    }
+}
+
+/// Family-wise error control at `alpha` for tests with raw p values `p` and smallest
+/// attainable p values `min_p` (0 for continuous tests): Tarone's procedure. Tests that could
+/// not reach significance even with all their evidence one way (a sign test on 3 discordant
+/// pairs cannot go below 1/8) are left out of the count K, and the others are compared with
+/// alpha / K (Bonferroni over the K that could). Returns the adjusted p values:
+/// min(1, K p) for the tests counted, 1 for the others. Valid under any dependence.
+pub fn tarone_bonferroni(p: &[f64], min_p: &[f64], alpha: f64) -> Vec<f64> {
+    let m = p.len();
+    if m == 0 {
+        return Vec::new();
+    }
+    let mut mins: Vec<f64> = min_p.to_vec();
+    mins.sort_by(f64::total_cmp);
+    // The smallest K such that at most K tests can reach alpha / K.
+    let mut k = m;
+    for cand in 1..=m {
+        let testable = mins.iter().take_while(|&&x| x <= alpha / cand as f64).count();
+        if testable <= cand {
+            k = cand;
+            break;
+        }
+    }
+    let k = k.max(1);
+    p.iter()
+        .zip(min_p)
+        .map(|(&pv, &mp)| {
+            if mp <= alpha / k as f64 {
+                (pv * k as f64).min(1.0)
+            } else {
+                1.0
+            }
+        })
+        .collect()
 }
 
 /// A p value as people read it: `0.032`, `2.1e-7`.
@@ -207,56 +401,82 @@ pub fn fmt_p(p: f64) -> String {
     }
 }
 
-/// The q-quantile of sorted values (nearest rank, interpolated).
-pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn normal_tail_and_gamma() {
-        assert!((normal_sf(0.0) - 0.5).abs() < 1e-7);
-        assert!((normal_sf(1.959_964) - 0.025).abs() < 1e-6);
-        assert!((normal_sf(-1.644_854) - 0.95).abs() < 1e-6);
-        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-10);
-        assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-10);
+    fn sign_test_is_mcnemar_exact() {
+        // 20 candidate-only failures, none baseline-only: 2^-20.
+        assert!((sign_test_greater(20, 0) - 0.5f64.powi(20)).abs() < 1e-15);
+        // 8 vs 2: P(X >= 8 | n = 10) = (45 + 10 + 1) / 1024.
+        assert!((sign_test_greater(8, 2) - 56.0 / 1024.0).abs() < 1e-12);
+        assert_eq!(sign_test_greater(0, 5), 1.0);
+        assert_eq!(sign_test_greater(0, 0), 1.0);
+        assert!((sign_test_greater(5, 5) - 0.623_046_875).abs() < 1e-9);
     }
 
     #[test]
-    fn mann_whitney_matches_a_textbook_case() {
-        // Identical samples: no evidence either way.
-        let a: Vec<f64> = (0..50).map(f64::from).collect();
-        let r = mann_whitney(&a, &a).unwrap();
-        assert!(r.p_two_sided > 0.9, "{r:?}");
-        // Candidate shifted up by 30%: strong evidence it is higher.
-        let b: Vec<f64> = a.iter().map(|v| v * 1.3 + 10.0).collect();
-        let r = mann_whitney(&a, &b).unwrap();
-        assert!(r.p_greater < 0.01 && r.z > 0.0, "{r:?}");
-        // Hand-checked small case: U = 3 for [1,2,3] vs [2.5,4,5]... candidate ranks: 3,5,6.
-        let r = mann_whitney(&[1.0, 2.0, 3.0], &[2.5, 4.0, 5.0]).unwrap();
-        assert_eq!(r.u, 8.0);
+    fn signed_rank_matches_hand_computed_cases() {
+        // n = 3, all positive: W+ = 6, P = 1/8.
+        let r = wilcoxon_greater(&[1.0, 2.0, 3.0], 0.0);
+        assert!(r.exact && (r.p_greater - 0.125).abs() < 1e-12, "{r:?}");
+        // Ranks 1..4 of |d|; positives have ranks 2 and 4: W+ = 6; P(W+ >= 6 | n=4) = 7/16.
+        let r = wilcoxon_greater(&[-1.0, 2.0, -3.0, 4.0], 0.0);
+        assert_eq!(r.w_plus, 6.0);
+        assert!((r.p_greater - 7.0 / 16.0).abs() < 1e-12, "{r:?}");
+        // The shift: the same data against 10 is strongly below.
+        assert!(wilcoxon_greater(&[1.0, 2.0, 3.0], 10.0).p_greater > 0.8);
+        // Large sample, normal approximation, symmetric data: p near 0.5.
+        let d: Vec<f64> = (0..1000).map(|i| f64::from(i) - 499.5).collect();
+        let r = wilcoxon_greater(&d, 0.0);
+        assert!(!r.exact && (r.p_greater - 0.5).abs() < 0.05, "{r:?}");
+        assert_eq!(wilcoxon_greater(&[], 0.0).p_greater, 1.0);
+        assert_eq!(wilcoxon_greater(&[0.0, 0.0], 0.0).n, 0);
     }
 
     #[test]
-    fn rates_use_fisher_when_counts_are_small() {
-        // 0/1000 vs 30/1000 errors: z test, clearly higher.
-        let r = rate_higher(0, 1000, 30, 1000).unwrap();
-        assert_eq!(r.test, "two_proportion_z");
-        assert!(r.p_greater < 1e-6, "{r:?}");
-        // 0/20 vs 2/20: Fisher, not significant (p = 0.244).
-        let r = rate_higher(0, 20, 2, 20).unwrap();
-        assert_eq!(r.test, "fisher_exact");
-        assert!((r.p_greater - 0.243_589_7).abs() < 1e-4, "{r:?}");
-        // Equal rates.
-        assert!(rate_higher(50, 1000, 50, 1000).unwrap().p_greater > 0.4);
+    fn hodges_lehmann_centres_and_covers() {
+        let d: Vec<f64> = (0..101).map(|i| f64::from(i) / 100.0 + 1.0).collect();
+        let hl = hodges_lehmann(&d, 0.025, 1).unwrap();
+        assert!((hl.estimate - 1.5).abs() < 1e-9, "{hl:?}");
+        assert!(hl.low < 1.5 && hl.high > 1.5 && hl.low > 1.4, "{hl:?}");
+        // Sampled Walsh averages for a large sample land close to the exact value.
+        let big: Vec<f64> = (0..3000).map(|i| f64::from(i % 100)).collect();
+        let hl = hodges_lehmann(&big, 0.025, 7).unwrap();
+        assert!((hl.estimate - 49.5).abs() < 0.6, "{hl:?}");
+        assert!(hodges_lehmann(&[], 0.025, 1).is_none());
+    }
+
+    #[test]
+    fn tarone_leaves_out_tests_that_cannot_reach_significance() {
+        // 100 tests with 2 discordant pairs each (min p 0.25) and one with 20: only one counts.
+        let mut p = vec![0.25; 100];
+        let mut min_p = vec![0.25; 100];
+        p.push(0.5f64.powi(20));
+        min_p.push(0.5f64.powi(20));
+        let adj = tarone_bonferroni(&p, &min_p, 0.05);
+        assert!((adj[100] - 0.5f64.powi(20)).abs() < 1e-15, "{}", adj[100]);
+        assert!(adj[..100].iter().all(|&a| a == 1.0));
+        // Continuous tests (min p 0): plain Bonferroni.
+        let adj = tarone_bonferroni(&[0.01, 0.02], &[0.0, 0.0], 0.05);
+        assert_eq!(adj, vec![0.02, 0.04]);
+        assert!(tarone_bonferroni(&[], &[], 0.05).is_empty());
+    }
+
+    #[test]
+    fn bootstrap_gives_a_standard_error_and_censoring_is_worst() {
+        let b: Vec<f64> = (1..=2000).map(f64::from).collect();
+        // The candidate's values are the baseline's doubled, in another order: the pairing
+        // is loose, so resamples vary.
+        let c: Vec<f64> = (0..2000).map(|i| b[(i * 7919) % 2000] * 2.0).collect();
+        let ends: Vec<usize> = (1..=2000).collect();
+        let r = bootstrap_quantile_log_ratio(&b, &c, &ends, 0.9, 200, 3).unwrap();
+        assert!((r.estimate - 2f64.ln()).abs() < 1e-3, "{r:?}");
+        assert!(r.se > 0.0 && r.se < 0.1, "{r:?}");
+        assert_eq!(log_ratio(f64::INFINITY, 5.0), CENSORED_LOG_RATIO);
+        assert_eq!(log_ratio(f64::INFINITY, f64::INFINITY), 0.0);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), Some(2.5));
+        assert_eq!(quantile(&[1.0, f64::INFINITY], 0.9), Some(f64::INFINITY));
     }
 }

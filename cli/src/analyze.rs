@@ -241,14 +241,17 @@ impl JudgeArgs {
 /// Pairs every replayed request across targets, diffs the responses (JSON structurally, text
 /// with a unified diff, binary by hash), sets aside differences that also appear between two
 /// copies of the current version (noise, in Diffy's manner), computes per-endpoint metrics and
-/// judges candidate vs baseline with statistical tests (in Kayenta's manner). Writes
+/// judges candidate vs baseline with paired statistical tests, controlled for the number of
+/// checks and calibrated by a second baseline when one ran (in Kayenta's manner). Writes
 /// `verdict.json`, `report.md`, `junit.xml`, `report.html` and `diffs-*.parquet` into --out.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     shadowtap analyze --capture data/ --replay results/ --out verdict/\n  \
     shadowtap analyze --capture data/ --replay results/ --policy canary.toml --fail-on-marginal --out verdict/\n\n\
     Exit status (for CI): 0 go, 1 no-go, 2 marginal (1 with --fail-on-marginal), 3 inconclusive\n\
-    (not enough data), 64 bad flags or input, 65 SQL errors, 74 output errors.")]
+    (not enough data, or an unhealthy baseline: nothing valid was compared), 64 bad flags or\n\
+    input (also: a replay directory holding several runs without --run), 65 SQL errors, 74\n\
+    output errors.")]
 pub struct AnalyzeArgs {
     /// Capture output (the recorded production responses are a noise source).
     #[arg(long, value_name = "DIR")]
@@ -262,6 +265,11 @@ pub struct AnalyzeArgs {
     #[arg(short, long, value_name = "DIR")]
     out: PathBuf,
 
+    /// The replay run to judge when --replay holds several (their ids are in the
+    /// `replay-<run>.summary.json` files and the `run_id` column).
+    #[arg(long, value_name = "ID")]
+    run: Option<String>,
+
     #[command(flatten)]
     judge: JudgeArgs,
 }
@@ -269,6 +277,7 @@ pub struct AnalyzeArgs {
 fn judge(
     capture: Option<PathBuf>,
     replay: PathBuf,
+    run: Option<String>,
     out: PathBuf,
     j: &JudgeArgs,
 ) -> anyhow::Result<ExitCode> {
@@ -279,6 +288,7 @@ fn judge(
     let opts = AnalyzeOptions {
         capture,
         replay,
+        run,
         policy,
         out: out.clone(),
         fail_on_marginal: j.fail_on_marginal,
@@ -310,6 +320,9 @@ fn judge(
     for r in &v.reasons {
         eprintln!("because      {r}");
     }
+    for n in &v.notes {
+        eprintln!("note         {n}");
+    }
     for f in v.fields.iter().filter(|f| f.noise).take(5) {
         eprintln!("noise        {} {}: {}", f.endpoint, f.field, f.reason);
     }
@@ -321,7 +334,7 @@ fn judge(
 
 /// Runs `shadowtap analyze`.
 pub fn analyze_cmd(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    judge(args.capture, args.replay, args.out, &args.judge)
+    judge(args.capture, args.replay, args.run, args.out, &args.judge)
 }
 
 /// Flags of `shadowtap gate`.
@@ -435,5 +448,5 @@ pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(if code == 2 { EXIT_USAGE } else { 70 }));
     }
     std::thread::sleep(Duration::from_millis(10));
-    judge(Some(args.capture), replay_dir, args.out, &args.judge)
+    judge(Some(args.capture), replay_dir, None, args.out, &args.judge)
 }

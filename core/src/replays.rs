@@ -17,7 +17,8 @@ use crate::exchange::{CompactString, Header};
 use crate::schema::{headers_type, ts, HeadersColumn, SCHEMA_VERSION_KEY, TABLE_KEY};
 
 /// Version of the `replays` schema.
-pub const REPLAYS_SCHEMA_VERSION: u32 = 1;
+/// Version 2 added `send_position`.
+pub const REPLAYS_SCHEMA_VERSION: u32 = 2;
 
 /// Why a request got no HTTP response from a target. Stored as the `error_kind` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -118,6 +119,9 @@ pub struct ReplayRecord {
     pub error_kind: Option<ErrorKind>,
     /// The error in words (never bodies or header values).
     pub error_message: Option<String>,
+    /// 0-based position of this target in the order the request was sent to the targets
+    /// (random per exchange, so no target is always first or last); `None` when not sent.
+    pub send_position: Option<u32>,
 }
 
 /// The Arrow schema of the `replays` table.
@@ -149,6 +153,7 @@ pub fn replays_schema() -> SchemaRef {
         f("total_us", DataType::Int64, true),
         f("error_kind", DataType::Utf8, true),
         f("error_message", DataType::Utf8, true),
+        f("send_position", DataType::Int32, true),
     ];
     let metadata = [
         (TABLE_KEY.to_owned(), "replays".to_owned()),
@@ -227,6 +232,7 @@ pub fn replays_to_batch(rows: &[ReplayRecord]) -> Result<RecordBatch, ArrowError
         ints64(&|r| r.total_us),
         strings(&|r| r.error_kind.map(ErrorKind::as_str)),
         strings(&|r| r.error_message.as_deref()),
+        ints32(&|r| r.send_position.map(|p| p.min(i32::MAX as u32) as i32)),
     ];
     RecordBatch::try_new(replays_schema(), columns)
 }
@@ -263,6 +269,7 @@ mod tests {
             total_us: Some(3),
             error_kind: Some(ErrorKind::Refused),
             error_message: Some("connection refused".into()),
+            send_position: Some(1),
         };
         let b = replays_to_batch(&[r]).unwrap();
         assert_eq!(b.num_rows(), 1);

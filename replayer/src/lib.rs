@@ -11,6 +11,7 @@ pub mod client;
 pub mod error;
 mod h1;
 pub mod middleware;
+pub mod order;
 mod pool;
 pub mod request;
 pub mod rules;

@@ -1010,6 +1010,7 @@ fn base_row(
         total_us: None,
         error_kind: None,
         error_message: None,
+        send_position: None,
     }
 }
 
@@ -1039,6 +1040,7 @@ fn unsent_row(
 async fn send_one(
     shared: &Shared,
     ti: usize,
+    position: usize,
     pass: u32,
     recorded_start_us: i64,
     mut req: OutgoingRequest,
@@ -1093,6 +1095,7 @@ async fn send_one(
         identity.1,
     );
     row.sent_at_us = Some(sent_at_us);
+    row.send_position = Some(position.min(u32::MAX as usize) as u32);
     row.url = url;
     row.request_body = Vec::from(body);
     row.connect_us = got.connect_us;
@@ -1250,11 +1253,23 @@ async fn exchange_task(shared: &Shared, pass: u32, mut ex: Box<Exchange>) {
     let host_set_by_hooks = hooks && req.header("host") != original_host.as_deref();
     let n = shared.targets.len();
     if n == 1 {
-        send_one(shared, 0, pass, recorded, req, host_set_by_hooks).await;
+        send_one(shared, 0, 0, pass, recorded, req, host_set_by_hooks).await;
         return;
     }
-    let sends =
-        (0..n).map(|ti| send_one(shared, ti, pass, recorded, req.clone(), host_set_by_hooks));
+    // A random order per exchange: the futures are polled, so their requests written, in the
+    // order they are listed (see `order`).
+    let order = crate::order::send_order(n, &shared.run_id, &req.exchange_id, pass);
+    let sends = order.iter().enumerate().map(|(position, &ti)| {
+        send_one(
+            shared,
+            ti,
+            position,
+            pass,
+            recorded,
+            req.clone(),
+            host_set_by_hooks,
+        )
+    });
     futures_util::future::join_all(sends).await;
 }
 

@@ -1,0 +1,236 @@
+//! The unit of analysis: one recorded request sent to baseline, candidate (and second
+//! baseline) at the same moment, with what each answered and which fields differed.
+//!
+//! [`crate::pairs`] builds a [`PairSet`] from the `replays` files; the calibration harness
+//! builds one in memory. [`crate::measure`] turns it into measurements.
+
+use std::collections::HashMap;
+
+use crate::diff::{field_pattern, Comparison, DiffKind};
+
+/// What one target answered to one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Obs {
+    /// Status; `None` when there was no response (transport error or timeout).
+    pub status: Option<u16>,
+    /// Total time, µs (for an error, the time until it).
+    pub latency_us: Option<i64>,
+    /// Position in the send order (0: first), when recorded.
+    pub position: Option<u32>,
+}
+
+impl Obs {
+    /// An answer with this status and latency.
+    pub fn answer(status: u16, latency_us: i64) -> Obs {
+        Obs {
+            status: Some(status),
+            latency_us: Some(latency_us),
+            position: None,
+        }
+    }
+
+    /// No answer (refused, reset, timed out).
+    pub fn no_answer(latency_us: i64) -> Obs {
+        Obs {
+            status: None,
+            latency_us: Some(latency_us),
+            position: None,
+        }
+    }
+
+    /// Whether an HTTP response came back.
+    pub fn answered(&self) -> bool {
+        self.status.is_some()
+    }
+
+    /// 5xx or no response: what the error rate counts.
+    pub fn error(&self) -> bool {
+        self.status.is_none_or(|s| s >= 500)
+    }
+
+    /// Latency for the latency checks, µs: a request without an answer is censored, worse
+    /// than any answer (`+inf`).
+    pub fn latency(&self) -> f64 {
+        match (self.status, self.latency_us) {
+            (Some(_), Some(us)) => (us.max(1)) as f64,
+            (Some(_), None) => 1.0,
+            (None, _) => f64::INFINITY,
+        }
+    }
+}
+
+/// One request (exchange and pass) across the targets.
+#[derive(Debug, Clone, Default)]
+pub struct Pair {
+    /// Endpoint, an index into [`PairSet::endpoints`].
+    pub endpoint: u32,
+    /// The exchange (passes of one exchange share it): the cluster for `--loop`.
+    pub cluster: u32,
+    /// Baseline's answer.
+    pub baseline: Obs,
+    /// Candidate's answer.
+    pub candidate: Obs,
+    /// Second baseline's answer, when it ran.
+    pub baseline2: Option<Obs>,
+    /// The status production answered, when the capture recorded it.
+    pub recorded_status: Option<u16>,
+    /// Fields (indices into [`PairSet::fields`]) where candidate and baseline differ; `None`
+    /// when they were not compared (a side did not answer).
+    pub candidate_diff: Option<Vec<u32>>,
+    /// Fields where the noise comparison differs (second baseline, or the recorded response,
+    /// against the baseline); `None` when not compared.
+    pub noise_diff: Option<Vec<u32>>,
+}
+
+/// Where noise was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoiseSource {
+    /// A second baseline: two copies of the current version.
+    Baseline2,
+    /// The production responses in the capture.
+    Recorded,
+    /// None: every difference counts.
+    None,
+}
+
+impl NoiseSource {
+    /// As written in the verdict.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoiseSource::Baseline2 => "baseline2",
+            NoiseSource::Recorded => "recorded",
+            NoiseSource::None => "none",
+        }
+    }
+}
+
+/// An example difference: exchange id, kind, left value, right value.
+pub type Example = (String, String, Option<String>, Option<String>);
+
+/// Every pair of a run, with the interned endpoint and field names.
+#[derive(Debug, Clone)]
+pub struct PairSet {
+    /// Baseline target name.
+    pub baseline: String,
+    /// Candidate target name.
+    pub candidate: String,
+    /// Second baseline's name, when it ran.
+    pub baseline2: Option<String>,
+    /// Where noise was measured.
+    pub noise: NoiseSource,
+    /// Endpoint names.
+    pub endpoints: Vec<String>,
+    /// Field patterns and kinds of difference.
+    pub fields: Vec<(String, DiffKind)>,
+    /// The pairs, grouped by cluster (passes of one exchange next to each other).
+    pub pairs: Vec<Pair>,
+    /// One example per candidate field (by field index).
+    pub examples: HashMap<u32, Example>,
+    /// One text diff excerpt per endpoint (by endpoint index).
+    pub text_examples: HashMap<u32, String>,
+    /// Requests that lacked the baseline or candidate row (not paired).
+    pub incomplete: u64,
+    /// Whether the capture's responses were available (for the health guards).
+    pub recorded_known: bool,
+    endpoint_ids: HashMap<String, u32>,
+    field_ids: HashMap<(String, DiffKind), u32>,
+    cluster_ids: HashMap<String, u32>,
+}
+
+impl PairSet {
+    /// An empty set for these targets.
+    pub fn new(
+        baseline: &str,
+        candidate: &str,
+        baseline2: Option<&str>,
+        noise: NoiseSource,
+    ) -> PairSet {
+        PairSet {
+            baseline: baseline.to_owned(),
+            candidate: candidate.to_owned(),
+            baseline2: baseline2.map(str::to_owned),
+            noise,
+            endpoints: Vec::new(),
+            fields: Vec::new(),
+            pairs: Vec::new(),
+            examples: HashMap::new(),
+            text_examples: HashMap::new(),
+            incomplete: 0,
+            recorded_known: false,
+            endpoint_ids: HashMap::new(),
+            field_ids: HashMap::new(),
+            cluster_ids: HashMap::new(),
+        }
+    }
+
+    /// The index of an endpoint, added when new.
+    pub fn endpoint_id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.endpoint_ids.get(name) {
+            return i;
+        }
+        let i = self.endpoints.len() as u32;
+        self.endpoints.push(name.to_owned());
+        self.endpoint_ids.insert(name.to_owned(), i);
+        i
+    }
+
+    /// The index of an exchange (cluster), added when new.
+    pub fn cluster_id(&mut self, exchange_id: &str) -> u32 {
+        if let Some(&i) = self.cluster_ids.get(exchange_id) {
+            return i;
+        }
+        let i = self.cluster_ids.len() as u32;
+        self.cluster_ids.insert(exchange_id.to_owned(), i);
+        i
+    }
+
+    fn field_id(&mut self, pattern: String, kind: DiffKind) -> u32 {
+        let key = (pattern, kind);
+        if let Some(&i) = self.field_ids.get(&key) {
+            return i;
+        }
+        let i = self.fields.len() as u32;
+        self.fields.push(key.clone());
+        self.field_ids.insert(key, i);
+        i
+    }
+
+    /// The fields of a comparison as interned ids (each field and kind once), keeping an
+    /// example of each for the candidate comparison.
+    pub fn diff_fields(
+        &mut self,
+        cmp: &Comparison,
+        endpoint: u32,
+        example_of: Option<&str>,
+    ) -> Vec<u32> {
+        let mut ids: Vec<u32> = Vec::new();
+        for d in &cmp.differences {
+            let id = self.field_id(field_pattern(&d.field), d.kind);
+            if ids.contains(&id) {
+                continue;
+            }
+            ids.push(id);
+            if let Some(x) = example_of {
+                self.examples.entry(id).or_insert_with(|| {
+                    (
+                        x.to_owned(),
+                        d.kind.as_str().to_owned(),
+                        d.left.clone(),
+                        d.right.clone(),
+                    )
+                });
+            }
+        }
+        if let (Some(_), Some(t)) = (example_of, &cmp.text_diff) {
+            self.text_examples
+                .entry(endpoint)
+                .or_insert_with(|| t.clone());
+        }
+        ids
+    }
+
+    /// Orders the pairs by cluster (stable), as the bootstrap needs.
+    pub fn group_by_cluster(&mut self) {
+        self.pairs.sort_by_key(|p| p.cluster);
+    }
+}
