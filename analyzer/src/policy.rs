@@ -33,7 +33,7 @@
 //! [metrics.error_rate]             # 5xx and transport errors, McNemar's exact test on pairs
 //! critical = true
 //! weight = 1.0
-//! alpha = 0.01                     # family-wise, over all endpoints and overall
+//! alpha = 0.01                     # family-wise: half over the endpoints, half overall
 //! max_increase = 0.002             # the increase must exceed 0.2 points
 //! max_relative = 0.25              # and 25% of the baseline's rate to fail
 //!

@@ -1,0 +1,344 @@
+//! The calibration harness: synthetic canaries with fixed seeds, judged by the real
+//! measure → judge pipeline (bodies go through the real differ), to measure the judge's false
+//! no-go rate on identical versions (A/A) and its detection rate for each kind of regression.
+//!
+//! `cargo test -p shadowtap-analyzer --test tests calibration -- --nocapture` prints the
+//! table; `SHADOWTAP_CALIBRATION_SEEDS=N` runs N seeds per row (default 200 for A/A rows, 40
+//! for regressions; `bench/calibrate.sh` runs the full table for docs/analyze.md).
+
+use shadowtap_analyzer::diff::{compare, DiffOptions, Side};
+use shadowtap_analyzer::judge::judge;
+use shadowtap_analyzer::measure::measure;
+use shadowtap_analyzer::stats::SplitMix;
+use shadowtap_analyzer::units::{NoiseSource, Obs, Pair, PairSet};
+use shadowtap_analyzer::{Decision, Policy};
+
+/// A synthetic service and what the candidate does differently.
+#[derive(Clone, Debug)]
+struct Shape {
+    name: &'static str,
+    endpoints: usize,
+    requests: usize,
+    /// Per target, independent 5xx probability.
+    random_errors: f64,
+    /// Per request, 5xx on every target.
+    fixed_errors: f64,
+    /// Lognormal sigma of the request's latency.
+    sigma: f64,
+    /// Systematic slowdown of baseline2's host (and of the candidate's, drawn in [0, offset]).
+    host_offset: f64,
+    /// Share of pairs where the `ts` field differs between any two responses.
+    partial_noise: f64,
+    /// HTML bodies with a nonce instead of JSON.
+    html: bool,
+    baseline2: bool,
+    regression: Regression,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Regression {
+    None,
+    /// A rarely used endpoint (20 requests) answering 500 to all of them.
+    RareEndpointDown,
+    /// 0.8% new 5xx, spread over all requests.
+    NewErrors,
+    /// 5% of candidate requests 1 s slower.
+    SlowTail,
+    /// One endpoint 50% slower (the centre bound is 1.2x).
+    SlowEndpoint,
+    /// The always-different trace id becomes a number.
+    TraceIdType,
+    /// The HTML page's content changes (its nonce still varies).
+    HtmlContent,
+    /// One JSON field changes on one endpoint.
+    FieldChanged,
+}
+
+fn normal(r: &mut SplitMix) -> f64 {
+    // Box-Muller.
+    let (u, v) = (r.unit().max(1e-12), r.unit());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+struct Body {
+    text: String,
+    ct: &'static str,
+}
+
+fn body(s: &Shape, ep: usize, i: usize, r: &mut SplitMix, candidate: bool, ts_epoch: u64) -> Body {
+    let nonce = format!("{:016x}{:08x}", r.next_u64(), r.next_u64() as u32);
+    if s.html {
+        let content = if candidate && s.regression == Regression::HtmlContent {
+            "<p>Welcome back to the new store</p>"
+        } else {
+            "<p>Welcome back</p>"
+        };
+        return Body {
+            text: format!(
+                "<html>\n<head><script nonce=\"{nonce}\"></script></head>\n<body>\n<h1>Item {i}</h1>\n{content}\n<footer>rendered at 2026-12-01T10:{:02}:{:02}Z</footer>\n</body>\n</html>\n",
+                r.below(60),
+                r.below(60)
+            ),
+            ct: "text/html",
+        };
+    }
+    let trace = if candidate && s.regression == Regression::TraceIdType {
+        format!("{}", r.next_u64() >> 12)
+    } else {
+        format!("\"{nonce}\"")
+    };
+    let name = if candidate && s.regression == Regression::FieldChanged && ep == 0 {
+        format!("m{i}")
+    } else {
+        format!("n{i}")
+    };
+    Body {
+        text: format!(
+            "{{\"id\":{i},\"endpoint\":{ep},\"name\":\"{name}\",\"price\":{}.5,\"trace\":{trace},\"ts\":{ts_epoch}}}",
+            i % 97
+        ),
+        ct: "application/json",
+    }
+}
+
+/// Generates one canary's pairs.
+fn generate(s: &Shape, seed: u64) -> PairSet {
+    let mut r = SplitMix(seed.wrapping_mul(0x9E37_79B9) ^ 0xabc);
+    let b2 = s.baseline2.then_some("baseline2");
+    // Without a second baseline, the noise comparison is the production response recorded
+    // in the capture against the baseline (another answer of the current version).
+    let noise = if s.baseline2 {
+        NoiseSource::Baseline2
+    } else {
+        NoiseSource::Recorded
+    };
+    let mut set = PairSet::new("baseline", "candidate", b2, noise);
+    set.recorded_known = true;
+    let opts = DiffOptions::default();
+    let cand_offset = 1.0 + s.host_offset * r.unit();
+    let b2_offset = 1.0 + s.host_offset;
+    let mut endpoints: Vec<(String, usize)> = (0..s.endpoints)
+        .map(|e| (format!("GET /api/svc{e}/items"), s.requests))
+        .collect();
+    if s.regression == Regression::RareEndpointDown {
+        endpoints.push(("GET /api/rare".to_owned(), 20));
+    }
+    let mut cluster = 0u32;
+    for (e, (name, n)) in endpoints.iter().enumerate() {
+        let ep = set.endpoint_id(name);
+        let mu = (2.0 + e as f64 * 0.05).ln() + 1.5; // a few ms
+        for i in 0..*n {
+            let base = (mu + s.sigma * normal(&mut r)).exp() * 1000.0; // µs
+            let fixed = r.unit() < s.fixed_errors;
+            let ts = 1_700_000_000 + i as u64;
+            let obs = |offset: f64, cand: bool, r: &mut SplitMix| -> Obs {
+                let jitter = (0.15 * normal(r)).exp();
+                let mut lat = base * offset * jitter;
+                let mut err = fixed || r.unit() < s.random_errors;
+                if cand {
+                    match s.regression {
+                        Regression::SlowTail if r.unit() < 0.05 => lat += 1_000_000.0,
+                        Regression::SlowEndpoint if e == 0 => lat *= 1.5,
+                        Regression::NewErrors if r.unit() < 0.008 => err = true,
+                        Regression::RareEndpointDown if name == "GET /api/rare" => err = true,
+                        _ => {}
+                    }
+                }
+                Obs::answer(if err { 500 } else { 200 }, lat as i64)
+            };
+            let b = obs(1.0, false, &mut r);
+            let c = obs(cand_offset, true, &mut r);
+            let b2o = s.baseline2.then(|| obs(b2_offset, false, &mut r));
+            let recorded = (!s.baseline2).then(|| obs(1.0, false, &mut r));
+            // `ts` differs between two responses in `partial_noise` of pairs.
+            let ts_of = |r: &mut SplitMix| {
+                if r.unit() < s.partial_noise {
+                    ts + 1
+                } else {
+                    ts
+                }
+            };
+            let mut tr = SplitMix(r.next_u64());
+            let (tb, tc, t2) = (ts, ts_of(&mut tr), ts_of(&mut tr));
+            let bb = body(s, e, i, &mut r, false, tb);
+            let cb = body(s, e, i, &mut r, true, tc);
+            let b2b = body(s, e, i, &mut r, false, t2);
+            fn side<'a>(o: &Obs, b: &'a Body) -> Side<'a> {
+                Side {
+                    status: o.status,
+                    headers: &[],
+                    body: b.text.as_bytes(),
+                    content_type: Some(b.ct),
+                }
+            }
+            let cd = compare(&side(&b, &bb), &side(&c, &cb), &opts);
+            let candidate_diff = Some(set.diff_fields(&cd, ep, Some("x")));
+            let noise_diff = b2o.or(recorded).map(|o| {
+                let nd = compare(&side(&b, &bb), &side(&o, &b2b), &opts);
+                set.diff_fields(&nd, ep, None)
+            });
+            set.pairs.push(Pair {
+                endpoint: ep,
+                cluster,
+                baseline: b,
+                candidate: c,
+                baseline2: b2o,
+                recorded_status: Some(if fixed { 500 } else { 200 }),
+                candidate_diff,
+                noise_diff,
+            });
+            cluster += 1;
+        }
+    }
+    set
+}
+
+fn shapes() -> Vec<Shape> {
+    let base = Shape {
+        name: "30 JSON endpoints x 200, 3% random 5xx, sigma 0.5, host offset 5%",
+        endpoints: 30,
+        requests: 200,
+        random_errors: 0.03,
+        fixed_errors: 0.0,
+        sigma: 0.5,
+        host_offset: 0.05,
+        partial_noise: 0.2,
+        html: false,
+        baseline2: true,
+        regression: Regression::None,
+    };
+    vec![
+        base.clone(),
+        Shape {
+            name: "1 endpoint x 20 (tiny)",
+            endpoints: 1,
+            requests: 20,
+            ..base.clone()
+        },
+        Shape {
+            name: "100 endpoints x 50, 10% fixed + 1% random 5xx, sigma 1.5, offset 10%",
+            endpoints: 100,
+            requests: 50,
+            random_errors: 0.01,
+            fixed_errors: 0.10,
+            sigma: 1.5,
+            host_offset: 0.10,
+            partial_noise: 0.5,
+            ..base.clone()
+        },
+        Shape {
+            name: "3 endpoints x 3000, no errors, sigma 0.3, offset 10%, 1% partial noise",
+            endpoints: 3,
+            requests: 3000,
+            random_errors: 0.0,
+            sigma: 0.3,
+            host_offset: 0.10,
+            partial_noise: 0.01,
+            ..base.clone()
+        },
+        Shape {
+            name: "5 HTML pages with nonces x 200",
+            endpoints: 5,
+            requests: 200,
+            html: true,
+            ..base.clone()
+        },
+        Shape {
+            name: "30 JSON endpoints x 200, noise from the recording (no second baseline), no errors",
+            baseline2: false,
+            random_errors: 0.0,
+            partial_noise: 0.0,
+            ..base.clone()
+        },
+    ]
+}
+
+fn regressions() -> Vec<Shape> {
+    let aa = shapes();
+    let with = |i: usize, r: Regression| Shape {
+        regression: r,
+        ..aa[i].clone()
+    };
+    vec![
+        with(0, Regression::RareEndpointDown),
+        Shape {
+            random_errors: 0.0,
+            ..with(0, Regression::NewErrors)
+        },
+        with(0, Regression::SlowTail),
+        with(0, Regression::SlowEndpoint),
+        with(0, Regression::TraceIdType),
+        with(4, Regression::HtmlContent),
+        with(0, Regression::FieldChanged),
+    ]
+}
+
+fn seeds(default: u64) -> u64 {
+    std::env::var("SHADOWTAP_CALIBRATION_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// (no-go, inconclusive, runs) over seeds.
+fn run(shape: &Shape, n: u64) -> (u64, u64, u64, Vec<String>) {
+    let policy = Policy::default();
+    let (mut nogo, mut inconclusive) = (0, 0);
+    let mut why = Vec::new();
+    for seed in 0..n {
+        let set = generate(shape, seed + 1);
+        let j = judge(&measure(&set, &policy), &policy);
+        match j.decision {
+            Decision::NoGo => {
+                nogo += 1;
+                if why.len() < 3 {
+                    why.push(j.reasons.first().cloned().unwrap_or_default());
+                    for f in j.fields.iter().filter(|f| !f.noise) {
+                        why.push(f.reason.clone());
+                    }
+                }
+            }
+            Decision::Inconclusive => inconclusive += 1,
+            _ => {}
+        }
+    }
+    (nogo, inconclusive, n, why)
+}
+
+#[test]
+fn calibration_false_alarms_on_identical_versions_and_detection_of_regressions() {
+    let mut table = String::from(
+        "| scenario | runs | no-go | inconclusive | no-go rate |\n|---|---|---|---|---|\n",
+    );
+    let mut failures = Vec::new();
+    for s in shapes() {
+        let (nogo, inc, n, why) = run(&s, seeds(200));
+        let rate = nogo as f64 / n as f64;
+        table.push_str(&format!(
+            "| A/A: {} | {n} | {nogo} | {inc} | {:.1}% |\n",
+            s.name,
+            rate * 100.0
+        ));
+        if nogo > 0 {
+            println!("A/A {}: {why:?}", s.name);
+        }
+        if rate > 0.05 {
+            failures.push(format!("A/A {}: false no-go {:.1}% > 5%: {why:?}", s.name, rate * 100.0));
+        }
+    }
+    for s in regressions() {
+        let (nogo, inc, n, _) = run(&s, seeds(40));
+        let rate = nogo as f64 / n as f64;
+        table.push_str(&format!(
+            "| {:?} on: {} | {n} | {nogo} | {inc} | {:.1}% detected |\n",
+            s.regression,
+            s.name,
+            rate * 100.0
+        ));
+        if rate < 0.95 {
+            failures.push(format!("{:?}: detected {:.1}% < 95%", s.regression, rate * 100.0));
+        }
+    }
+    println!("{table}");
+    assert!(failures.is_empty(), "{failures:#?}\n{table}");
+}
