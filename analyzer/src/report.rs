@@ -59,6 +59,15 @@ pub fn markdown(v: &Verdict) -> String {
     for r in &v.reasons {
         let _ = writeln!(s, "- {}", md_escape(r));
     }
+    for n in &v.notes {
+        let _ = writeln!(s, "- note: {}", md_escape(n));
+    }
+    if !v.positions.is_empty() {
+        let _ = writeln!(s, "\n## Latency by send position\n\nEach request went to the targets in a random order; a large gap between positions means the sending machine or the targets' host was saturated.\n\n| target | position | requests | p50 ms |\n|---|---|---|---|");
+        for p in &v.positions {
+            let _ = writeln!(s, "| {} | {} | {} | {} |", md_escape(&p.target), p.position, p.requests, ms(p.p50_ms));
+        }
+    }
     let failing: Vec<&Check> = v
         .checks
         .iter()
@@ -76,9 +85,11 @@ pub fn markdown(v: &Verdict) -> String {
                 value(c, &c.baseline),
                 value(c, &c.candidate),
                 c.test.as_ref().map_or("-".into(), |t| format!(
-                    "{} p={}",
+                    "{}{} p={} (adjusted {})",
                     t.name,
-                    crate::stats::fmt_p(t.p_value.unwrap_or(1.0))
+                    c.quantity.as_ref().map_or(String::new(), |q| format!(" {q}")),
+                    crate::stats::fmt_p(t.p_value.unwrap_or(1.0)),
+                    crate::stats::fmt_p(t.p_adjusted.unwrap_or(1.0))
                 )),
                 md_escape(&c.explanation)
             );

@@ -392,3 +392,76 @@ fn gate_runs_replay_and_analyze_and_usage_errors_are_64() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A baseline that refuses every connection compared nothing: inconclusive with the reason,
+/// never go (it used to be go with score 100).
+#[test]
+fn a_baseline_refusing_every_connection_is_inconclusive() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let c = service(&[]);
+    let o = scenario(&closed, &c.url, &[]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert_eq!(o.verdict["verdict"], "inconclusive");
+    let reasons = o.verdict["reasons"].to_string();
+    assert!(reasons.contains("baseline") && reasons.contains("unhealthy"), "{reasons}");
+}
+
+/// Two replay runs in one directory are not judged together: exit 64 naming the runs, and
+/// `--run` picks one.
+#[test]
+fn a_replay_directory_with_two_runs_needs_run() {
+    let (b, c) = (service(&[]), service(&[]));
+    let dir = tempfile::tempdir().unwrap();
+    let cap = capture(dir.path());
+    let rep = dir.path().join("rep");
+    for _ in 0..2 {
+        let o = bin()
+            .args(["replay", "--quiet", "--rate", "max", "--from"])
+            .arg(&cap)
+            .arg("--out")
+            .arg(&rep)
+            .args(["--target", &format!("baseline={}", b.url)])
+            .args(["--target", &format!("candidate={}", c.url)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let out = dir.path().join("v");
+    let o = bin()
+        .args(["analyze", "--replay"])
+        .arg(&rep)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(err.contains("2 replay runs") && err.contains("--run"), "{err}");
+    let run = std::fs::read_dir(&rep)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix("replay-")
+                .and_then(|r| r.strip_suffix(".summary.json"))
+                .map(str::to_owned)
+        })
+        .next()
+        .expect("a summary");
+    let o = bin()
+        .args(["analyze", "--replay"])
+        .arg(&rep)
+        .arg("--out")
+        .arg(&out)
+        .args(["--run", &run])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
+    assert_eq!(v["run_id"], run.as_str());
+    assert_eq!(v["schema_version"], 2);
+}
