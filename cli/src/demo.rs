@@ -45,6 +45,32 @@ pub struct DemoArgs {
     /// Base latency of every request, ms.
     #[arg(long, default_value_t = 1)]
     base_ms: u64,
+    /// Slow down only this percentage of the requests --slow-path matches (chosen at random
+    /// per request).
+    #[arg(long, default_value_t = 100.0)]
+    slow_percent: f64,
+    /// Answer this percentage of API requests with a 500, chosen at random per request (not
+    /// by URL: the same request may fail once and not the next time).
+    #[arg(long, default_value_t = 0.0)]
+    random_error_percent: f64,
+    /// Answer every request whose path starts with this with a 500.
+    #[arg(long, value_name = "PREFIX")]
+    fail_path: Option<String>,
+    /// Answer every request with this status (as a misconfigured or unauthorised target does).
+    #[arg(long, value_name = "CODE")]
+    status: Option<u16>,
+    /// Send JSON bodies gzip-coded (`Content-Encoding: gzip`).
+    #[arg(long)]
+    gzip: bool,
+    /// With --noise: `request_id` is a number instead of a string.
+    #[arg(long)]
+    noise_number: bool,
+    /// `/api/search` answers an HTML page with a fresh nonce and timestamp in every response.
+    #[arg(long)]
+    html: bool,
+    /// With --html: the page's text changes.
+    #[arg(long)]
+    html_change: bool,
 }
 
 struct App {
@@ -57,13 +83,78 @@ fn hash(s: &str) -> u64 {
 }
 
 impl App {
+    /// A random draw in [0, 100) per call.
+    fn percent(&self) -> f64 {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        (hash(&format!("{n}/{now:?}/{}", std::process::id())) % 10_000) as f64 / 100.0
+    }
+
+    /// The answer forced by --status or --fail-path, if any.
+    fn forced(&self, path: &str) -> Option<Response> {
+        if let Some(code) = self.args.status {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::UNAUTHORIZED);
+            return Some((code, Json(json!({"error": code.as_str()}))).into_response());
+        }
+        if self
+            .args
+            .fail_path
+            .as_deref()
+            .is_some_and(|p| path.starts_with(p))
+        {
+            return Some(
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": "internal"})),
+                )
+                    .into_response(),
+            );
+        }
+        None
+    }
+
+    fn json(&self, body: Value) -> Response {
+        if !self.args.gzip {
+            return Json(body).into_response();
+        }
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = enc.write_all(body.to_string().as_bytes());
+        let bytes = enc.finish().unwrap_or_default();
+        (
+            [
+                (axum::http::header::CONTENT_TYPE, "application/json"),
+                (axum::http::header::CONTENT_ENCODING, "gzip"),
+                (axum::http::header::VARY, "Accept-Encoding"),
+            ],
+            bytes,
+        )
+            .into_response()
+    }
+
     async fn shape(&self, uri: &Uri, mut body: Value) -> Response {
         let path = uri.path();
         let mut wait = self.args.base_ms;
-        if self.args.slow_ms > 0 && path.starts_with(&self.args.slow_path) {
+        if self.args.slow_ms > 0
+            && path.starts_with(&self.args.slow_path)
+            && (self.args.slow_percent >= 100.0 || self.percent() < self.args.slow_percent)
+        {
             wait += self.args.slow_ms;
         }
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        if let Some(r) = self.forced(path) {
+            return r;
+        }
+        if self.args.random_error_percent > 0.0 && self.percent() < self.args.random_error_percent
+        {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "internal"})),
+            )
+                .into_response();
+        }
         if self.args.error_percent > 0.0
             && ((hash(&uri.to_string()) % 10_000) as f64) < self.args.error_percent * 100.0
         {
@@ -79,16 +170,20 @@ impl App {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
             body["generated_at"] = json!(format!("{}.{:06}", now.as_secs(), now.subsec_micros()));
-            body["request_id"] = json!(format!(
+            body["request_id"] = if self.args.noise_number {
+                json!(hash(&format!("{n}{now:?}")) >> 12)
+            } else {
+                json!(format!(
                 "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
                 hash(&format!("{n}{now:?}")) as u32,
                 n & 0xffff,
                 n & 0xfff,
                 (n >> 12) & 0xfff,
                 hash(&format!("{now:?}")) & 0xffff_ffff_ffff
-            ));
+            ))
+            };
         }
-        Json(body).into_response()
+        self.json(body)
     }
 }
 
@@ -126,13 +221,50 @@ async fn search(
     uri: Uri,
 ) -> Response {
     let term = q.get("q").cloned().unwrap_or_default();
+    if app.args.html {
+        return search_page(&app, &uri, &term).await;
+    }
     let results: Vec<Value> = (0..3).map(|i| json!(format!("{term}-{i}"))).collect();
     app.shape(&uri, json!({"q": term, "results": results}))
         .await
 }
 
-async fn health(State(app): State<Arc<App>>) -> String {
-    format!("ok {}\n", app.args.label)
+/// An HTML page with a per-request nonce and time, as server-rendered pages have.
+async fn search_page(app: &App, uri: &Uri, term: &str) -> Response {
+    tokio::time::sleep(Duration::from_millis(app.args.base_ms)).await;
+    if let Some(r) = app.forced(uri.path()) {
+        return r;
+    }
+    let nonce = format!(
+        "{:016x}{:08x}",
+        hash(&format!("{}", app.percent())),
+        hash(uri.path()) as u32 ^ (app.percent() * 1000.0) as u32
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let text = if app.args.html_change {
+        "Results for your search, now sorted by relevance"
+    } else {
+        "Results for your search"
+    };
+    let page = format!(
+        "<!doctype html>\n<html>\n<head><script nonce=\"{nonce}\">var t = {};</script></head>\n<body>\n<h1>{text}</h1>\n<p>{}</p>\n</body>\n</html>\n",
+        now.as_millis(),
+        term.replace('<', "&lt;")
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+        .into_response()
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    if let Some(r) = app.forced("/health") {
+        return r;
+    }
+    format!("ok {}\n", app.args.label).into_response()
 }
 
 async fn missing() -> Response {

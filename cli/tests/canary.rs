@@ -78,14 +78,19 @@ pub(crate) fn capture(dir: &Path) -> PathBuf {
     cap
 }
 
-struct Outcome {
-    code: i32,
-    verdict: serde_json::Value,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub(crate) code: i32,
+    pub(crate) verdict: serde_json::Value,
+    pub(crate) stderr: String,
 }
 
 /// Replays the fixture at the two URLs (`extra` flags for replay) and analyzes.
 fn scenario(baseline: &str, candidate: &str, extra: &[&str]) -> Outcome {
+    scenario_with(&[("baseline", baseline), ("candidate", candidate)], extra)
+}
+
+/// Replays the fixture at the named targets (`extra` flags for replay) and analyzes.
+pub(crate) fn scenario_with(targets: &[(&str, &str)], extra: &[&str]) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let cap = capture(dir.path());
     let rep = dir.path().join("rep");
@@ -102,12 +107,11 @@ fn scenario(baseline: &str, candidate: &str, extra: &[&str]) -> Outcome {
             "--timeout",
             "5s",
         ])
-        .args([
-            "--target",
-            &format!("baseline={baseline}"),
-            "--target",
-            &format!("candidate={candidate}"),
-        ])
+        .args(
+            targets
+                .iter()
+                .flat_map(|(n, u)| ["--target".to_owned(), format!("{n}={u}")]),
+        )
         .args(extra)
         .output()
         .unwrap();

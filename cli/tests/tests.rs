@@ -5,3 +5,4 @@ mod capture_cli;
 mod live_cli;
 mod notebook;
 mod replay_cli;
+mod verdict_scenarios;
