@@ -280,29 +280,45 @@ fn seeds(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// (no-go, inconclusive, runs) over seeds.
+/// (no-go, inconclusive, runs, a few no-go reasons) over seeds 1..=n, on every core.
 fn run(shape: &Shape, n: u64) -> (u64, u64, u64, Vec<String>) {
-    let policy = Policy::default();
-    let (mut nogo, mut inconclusive) = (0, 0);
-    let mut why = Vec::new();
-    for seed in 0..n {
-        let set = generate(shape, seed + 1);
-        let j = judge(&measure(&set, &policy), &policy);
-        match j.decision {
-            Decision::NoGo => {
-                nogo += 1;
-                if why.len() < 3 {
-                    why.push(j.reasons.first().cloned().unwrap_or_default());
-                    for f in j.fields.iter().filter(|f| !f.noise) {
-                        why.push(f.reason.clone());
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()) as u64;
+    let results: Vec<(u64, u64, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let policy = Policy::default();
+                    let (mut nogo, mut inconclusive, mut why) = (0, 0, Vec::new());
+                    for seed in (1..=n).filter(|s| s % threads == t) {
+                        let set = generate(shape, seed);
+                        let j = judge(&measure(&set, &policy), &policy);
+                        match j.decision {
+                            Decision::NoGo => {
+                                nogo += 1;
+                                if why.len() < 3 {
+                                    why.push(format!(
+                                        "seed {seed}: {}",
+                                        j.reasons.first().cloned().unwrap_or_default()
+                                    ));
+                                }
+                            }
+                            Decision::Inconclusive => inconclusive += 1,
+                            _ => {}
+                        }
                     }
-                }
-            }
-            Decision::Inconclusive => inconclusive += 1,
-            _ => {}
-        }
+                    (nogo, inconclusive, why)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("calibration thread")).collect()
+    });
+    let mut out = (0, 0, n, Vec::new());
+    for (a, b, w) in results {
+        out.0 += a;
+        out.1 += b;
+        out.3.extend(w);
     }
-    (nogo, inconclusive, n, why)
+    out
 }
 
 #[test]
@@ -312,7 +328,9 @@ fn calibration_false_alarms_on_identical_versions_and_detection_of_regressions()
     );
     let mut failures = Vec::new();
     for s in shapes() {
+        let t = std::time::Instant::now();
         let (nogo, inc, n, why) = run(&s, seeds(200));
+        eprintln!("{}: {:.1} s", s.name, t.elapsed().as_secs_f64());
         let rate = nogo as f64 / n as f64;
         table.push_str(&format!(
             "| A/A: {} | {n} | {nogo} | {inc} | {:.1}% |\n",

@@ -317,6 +317,7 @@ pub struct Row {
     pub connect_us: Option<i64>,
     pub sent: bool,
     pub sent_at_us: Option<i64>,
+    pub send_position: Option<i32>,
 }
 
 /// The error messages of the rows that did not get a 200.
@@ -371,7 +372,7 @@ fn rows_of(b: &RecordBatch) -> Vec<Row> {
         s("error_message"),
         s("response_version"),
     );
-    let (pass, status) = (i32s("pass"), i32s("status"));
+    let (pass, status, position) = (i32s("pass"), i32s("status"), i32s("send_position"));
     let (total, ttfb, connect) = (i64s("total_us"), i64s("ttfb_us"), i64s("connect_us"));
     let body = b
         .column_by_name("response_body")
@@ -419,6 +420,7 @@ fn rows_of(b: &RecordBatch) -> Vec<Row> {
                 connect_us: opt_i(&connect, i),
                 sent: sent.is_valid(i),
                 sent_at_us: sent.is_valid(i).then(|| sent.value(i)),
+                send_position: position.is_valid(i).then(|| position.value(i)),
             }
         })
         .collect()

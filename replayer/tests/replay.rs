@@ -78,6 +78,26 @@ fn every_request_reaches_every_target_and_becomes_one_row_each() {
         && r.sent
         && r.total_us.is_some()
         && r.ttfb_us.is_some()));
+    // Each exchange went to the two targets in a random order: its rows hold positions 0 and
+    // 1, and each target was first for about half of the exchanges (binomial: 300 draws,
+    // 150 +- 4.3 sd; 110..190 is beyond 9 sd).
+    let mut by_exchange: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
+    for r in &rows {
+        by_exchange
+            .entry(r.exchange_id.as_str())
+            .or_default()
+            .push(r.send_position.expect("a sent row has its position"));
+    }
+    assert!(by_exchange.values().all(|p| {
+        let mut p = p.clone();
+        p.sort_unstable();
+        p == [0, 1]
+    }));
+    let baseline_first = rows
+        .iter()
+        .filter(|r| r.target == "baseline" && r.send_position == Some(0))
+        .count();
+    assert!((110..190).contains(&baseline_first), "{baseline_first} of 300");
     // Connections are reused: far fewer connects than requests.
     let connects = rows.iter().filter(|r| r.connect_us.is_some()).count();
     assert!(
