@@ -99,8 +99,13 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         path: opts.out.clone(),
         source,
     })?;
-    let baseline2 = targets.contains(&p.baseline2).then_some(p.baseline2.as_str());
-    let capture = opts.capture.clone().or_else(|| recording_of(&opts.replay, &run));
+    let baseline2 = targets
+        .contains(&p.baseline2)
+        .then_some(p.baseline2.as_str());
+    let capture = opts
+        .capture
+        .clone()
+        .or_else(|| recording_of(&opts.replay, &run));
     let recorded = match &capture {
         Some(c) => Some(load_recorded(c, 200_000)?),
         None => None,

@@ -403,7 +403,11 @@ fn text_hunks(a: &str, b: &str, c: &mut Collector<'_>) {
             let at = first_old.unwrap_or(0);
             format!(
                 "after:{}",
-                if at == 0 { "" } else { old.get(at - 1).copied().unwrap_or("") }
+                if at == 0 {
+                    ""
+                } else {
+                    old.get(at - 1).copied().unwrap_or("")
+                }
             )
         } else {
             removed.clone()
@@ -444,7 +448,9 @@ fn compare_headers(left: &[(String, String)], right: &[(String, String)], c: &mu
                     .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("accept-encoding"))
                     .collect();
                 if !rest.is_empty() {
-                    m.entry(n).or_default().push(rest.join(", ").to_ascii_lowercase());
+                    m.entry(n)
+                        .or_default()
+                        .push(rest.join(", ").to_ascii_lowercase());
                 }
                 continue;
             }
@@ -654,7 +660,12 @@ mod tests {
         let c = "<p nonce=\"Qq1Ww2Ee3Rr4Tt5Yy6\">Hello</p>\n<p>at 2026-12-03T11:30:00Z id 6ba7b810-9dad-11d1-80b4-00c04fd430c8 n=19</p>\n<p>localisation</p>\n";
         let x = compare(&side(a), &side(c), &o);
         let y = compare(&side(b), &side(c), &o);
-        let hunk = |c: &Comparison| c.differences.iter().find(|d| d.field.starts_with("body:hunk:")).map(|d| d.field.clone());
+        let hunk = |c: &Comparison| {
+            c.differences
+                .iter()
+                .find(|d| d.field.starts_with("body:hunk:"))
+                .map(|d| d.field.clone())
+        };
         assert!(hunk(&x).is_some());
         assert_eq!(hunk(&x), hunk(&y));
         // Transport headers and `Vary: Accept-Encoding` are not differences.
@@ -664,8 +675,18 @@ mod tests {
             ("Content-Length".to_owned(), "10".to_owned()),
         ];
         let plain = vec![("Content-Length".to_owned(), "30".to_owned())];
-        let l = Side { status: Some(200), headers: &gz, body: b"same", content_type: None };
-        let r = Side { status: Some(200), headers: &plain, body: b"same", content_type: None };
+        let l = Side {
+            status: Some(200),
+            headers: &gz,
+            body: b"same",
+            content_type: None,
+        };
+        let r = Side {
+            status: Some(200),
+            headers: &plain,
+            body: b"same",
+            content_type: None,
+        };
         assert_eq!(compare(&l, &r, &o).count, 0);
     }
 

@@ -25,9 +25,7 @@ use crate::measure::{EndpointMeasure, LatencyMeasure, Measurements, RateMeasure}
 use crate::policy::{MetricPolicy, Policy};
 use crate::stats::{fmt_p, tarone_bonferroni};
 use crate::units::NoiseSource;
-use crate::verdict::{
-    Check, CheckResult, Decision, FieldClass, NotJudged, SideValue, TestOutcome,
-};
+use crate::verdict::{Check, CheckResult, Decision, FieldClass, NotJudged, SideValue, TestOutcome};
 
 /// What the judge decided.
 #[derive(Debug, Clone)]
@@ -155,7 +153,10 @@ fn finish_explanation(c: &mut Check, fail: bool, enough: bool, adj: f64, alpha: 
     let verdict = if fail {
         format!("; adjusted p = {} < {alpha}: fails", fmt_p(adj))
     } else if adj < alpha {
-        format!("; adjusted p = {} < {alpha} but the effect is within the bounds", fmt_p(adj))
+        format!(
+            "; adjusted p = {} < {alpha} but the effect is within the bounds",
+            fmt_p(adj)
+        )
     } else if enough {
         format!("; adjusted p = {}: passes", fmt_p(adj))
     } else {
@@ -221,8 +222,7 @@ fn error_check(
     let p_max = deciding.p;
     let min_p = e.errors.iter().map(|r| r.min_p).fold(0.0, f64::max);
     let large = !e.errors.is_empty()
-        && e
-            .errors
+        && e.errors
             .iter()
             .all(|r| large_increase(r, mp.max_increase, mp.max_relative));
     let base = &e.errors[0];
@@ -389,7 +389,11 @@ fn latency_checks(
         let p = per.iter().map(|(_, t)| t.p).fold(0.0, f64::max);
         let deciding = tests
             .iter()
-            .max_by(|a, b| a.p_value.unwrap_or(1.0).total_cmp(&b.p_value.unwrap_or(1.0)))
+            .max_by(|a, b| {
+                a.p_value
+                    .unwrap_or(1.0)
+                    .total_cmp(&b.p_value.unwrap_or(1.0))
+            })
             .cloned();
         let explanation = format!(
             "{label} {} ms vs {} ms ({} [95% CI {}-{}]) against {}; raw p (ratio > {bound:.2}) = {}",
@@ -465,7 +469,13 @@ fn diff_checks(
         n => format!("noise ({})", n.as_str()),
     };
     for (f, &a) in m.fields.iter().zip(&adj) {
-        let rate = |x: u64| if f.pairs == 0 { 0.0 } else { x as f64 / f.pairs as f64 };
+        let rate = |x: u64| {
+            if f.pairs == 0 {
+                0.0
+            } else {
+                x as f64 / f.pairs as f64
+            }
+        };
         let (c, n) = (rate(f.candidate), rate(f.noise));
         let large = c - n > p.noise.absolute && c > n * (1.0 + p.noise.relative);
         let fail = a < alpha && large;
@@ -508,14 +518,25 @@ fn diff_checks(
         });
     }
     classes.sort_by(|a, b| {
-        (a.noise, a.p_adjusted.to_bits(), &a.endpoint, &a.field)
-            .cmp(&(b.noise, b.p_adjusted.to_bits(), &b.endpoint, &b.field))
+        (a.noise, a.p_adjusted.to_bits(), &a.endpoint, &a.field).cmp(&(
+            b.noise,
+            b.p_adjusted.to_bits(),
+            &b.endpoint,
+            &b.field,
+        ))
     });
     let mut checks = Vec::new();
     let mut differing = BTreeMap::new();
     for (i, e) in m.endpoints.iter().enumerate() {
         let fails = failing.get(&(i as u32)).cloned().unwrap_or_default();
-        differing.insert(e.name.clone(), if fails.is_empty() { 0 } else { e.differs.candidate_events });
+        differing.insert(
+            e.name.clone(),
+            if fails.is_empty() {
+                0
+            } else {
+                e.differs.candidate_events
+            },
+        );
         let best = fails.iter().map(|f| f.1).fold(1.0, f64::min);
         let enough = e.differs.units >= p.samples.min_endpoint.max(1);
         let result = if !fails.is_empty() {
@@ -525,7 +546,10 @@ fn diff_checks(
         } else {
             CheckResult::Inconclusive
         };
-        let fields: Vec<String> = fails.iter().map(|f| format!("{} {}", e.name, f.0)).collect();
+        let fields: Vec<String> = fails
+            .iter()
+            .map(|f| format!("{} {}", e.name, f.0))
+            .collect();
         let explanation = if fails.is_empty() {
             format!(
                 "no field differs beyond noise ({} pairs compared{})",
@@ -535,13 +559,26 @@ fn diff_checks(
         } else {
             format!(
                 "fields differing beyond noise: {}",
-                fails.iter().map(|f| f.0.clone()).collect::<Vec<_>>().join(", ")
+                fails
+                    .iter()
+                    .map(|f| f.0.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
-        checks.push(diff_check(e, &noise_name, mp, result, explanation, fields, best, &format!(
-            "diff_rate/fields (alpha {alpha}, Tarone-Bonferroni over {k} of {} field tests)",
-            m.fields.len()
-        )));
+        checks.push(diff_check(
+            e,
+            &noise_name,
+            mp,
+            result,
+            explanation,
+            fields,
+            best,
+            &format!(
+                "diff_rate/fields (alpha {alpha}, Tarone-Bonferroni over {k} of {} field tests)",
+                m.fields.len()
+            ),
+        ));
     }
     // Overall: does the candidate differ at all more often than noise does?
     let o = &m.overall.differs;
@@ -565,7 +602,16 @@ fn diff_checks(
         fmt_p(o.p),
         if fail { ": fails" } else { "" }
     );
-    checks.push(diff_check(&m.overall, &noise_name, mp, result, explanation, Vec::new(), oa, &format!("diff_rate/overall (alpha {alpha})")));
+    checks.push(diff_check(
+        &m.overall,
+        &noise_name,
+        mp,
+        result,
+        explanation,
+        Vec::new(),
+        oa,
+        &format!("diff_rate/overall (alpha {alpha})"),
+    ));
     (classes, checks, differing)
 }
 
@@ -710,7 +756,9 @@ fn decide(
             reasons.push(format!(
                 "critical metric {}{} failed on {}: {}",
                 c.metric,
-                c.quantity.as_ref().map_or(String::new(), |q| format!(" ({q})")),
+                c.quantity
+                    .as_ref()
+                    .map_or(String::new(), |q| format!(" ({q})")),
                 c.endpoint,
                 c.explanation
             ));
@@ -738,7 +786,10 @@ fn decide(
         .iter()
         .filter(|c| !c.critical && c.result == CheckResult::Fail)
     {
-        reasons.push(format!("metric {} failed on {}: {}", c.metric, c.endpoint, c.explanation));
+        reasons.push(format!(
+            "metric {} failed on {}: {}",
+            c.metric, c.endpoint, c.explanation
+        ));
     }
     if !not_judged.is_empty() {
         let share: f64 = not_judged.iter().map(|n| n.traffic_share).sum();
@@ -760,10 +811,16 @@ fn decide(
         notes.push("no noise source (no second baseline and no recorded responses): every difference counts".into());
     }
     if h.recorded_status_mix.is_none() {
-        notes.push("no recording given: the baseline's answers were not checked against production's".into());
+        notes.push(
+            "no recording given: the baseline's answers were not checked against production's"
+                .into(),
+        );
     }
     if m.clustered {
-        notes.push("several passes per exchange: each exchange is one unit (clustered), not one per pass".into());
+        notes.push(
+            "several passes per exchange: each exchange is one unit (clustered), not one per pass"
+                .into(),
+        );
     }
     Judgement {
         decision,
@@ -858,7 +915,13 @@ mod tests {
     /// 30 quiet endpoints and one rare endpoint.
     fn service(rare: RateMeasure) -> Measurements {
         let mut endpoints: Vec<EndpointMeasure> = (0..30)
-            .map(|i| endpoint(&format!("GET /e{i}"), 200, vec![rate("baseline", 200, 6, 6, 3, 3)]))
+            .map(|i| {
+                endpoint(
+                    &format!("GET /e{i}"),
+                    200,
+                    vec![rate("baseline", 200, 6, 6, 3, 3)],
+                )
+            })
             .collect();
         endpoints.push(endpoint("GET /rare", 20, vec![rare]));
         Measurements {
@@ -867,7 +930,11 @@ mod tests {
             baseline2: None,
             noise: NoiseSource::Baseline2,
             endpoints,
-            overall: endpoint("overall", 6020, vec![rate("baseline", 6020, 200, 180, 100, 80)]),
+            overall: endpoint(
+                "overall",
+                6020,
+                vec![rate("baseline", 6020, 200, 180, 100, 80)],
+            ),
             fields: Vec::new(),
             field_names: Vec::new(),
             health: healthy(6020),
@@ -879,7 +946,9 @@ mod tests {
     fn check<'a>(j: &'a Judgement, metric: &str, ep: &str) -> &'a Check {
         j.checks
             .iter()
-            .find(|c| c.metric == metric && c.endpoint == ep && c.quantity.as_deref() != Some("p90"))
+            .find(|c| {
+                c.metric == metric && c.endpoint == ep && c.quantity.as_deref() != Some("p90")
+            })
             .unwrap()
     }
 
@@ -888,14 +957,24 @@ mod tests {
         let p = Policy::default();
         let j = judge(&service(rate("baseline", 20, 20, 0, 20, 0)), &p);
         assert_eq!(j.decision, Decision::NoGo, "{:?}", j.reasons);
-        assert_eq!(check(&j, "error_rate", "GET /rare").result, CheckResult::Fail);
+        assert_eq!(
+            check(&j, "error_rate", "GET /rare").result,
+            CheckResult::Fail
+        );
         assert!(j.reasons[0].contains("GET /rare"), "{:?}", j.reasons);
         // The same endpoint with 2 of 20: not enough to fail, too small to pass.
         let j = judge(&service(rate("baseline", 20, 2, 0, 2, 0)), &p);
         assert_eq!(j.decision, Decision::Go, "{:?}", j.reasons);
-        assert_eq!(check(&j, "error_rate", "GET /rare").result, CheckResult::Inconclusive);
+        assert_eq!(
+            check(&j, "error_rate", "GET /rare").result,
+            CheckResult::Inconclusive
+        );
         assert_eq!(j.not_judged.len(), 1);
-        assert!(j.notes.iter().any(|n| n.contains("GET /rare")), "{:?}", j.notes);
+        assert!(
+            j.notes.iter().any(|n| n.contains("GET /rare")),
+            "{:?}",
+            j.notes
+        );
     }
 
     #[test]
@@ -928,7 +1007,10 @@ mod tests {
         assert_eq!(c.result, CheckResult::Pass, "{}", c.explanation);
         assert_eq!(c.tests.len(), 2);
         m.overall.errors[1] = rate("baseline2", 6000, 60, 0, 60, 0);
-        assert_eq!(check(&judge(&m, &p), "error_rate", "overall").result, CheckResult::Fail);
+        assert_eq!(
+            check(&judge(&m, &p), "error_rate", "overall").result,
+            CheckResult::Fail
+        );
     }
 
     #[test]

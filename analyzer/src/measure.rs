@@ -555,7 +555,10 @@ fn health(set: &PairSet) -> Health {
         candidate_error_rate: ratio(count(&|p| p.candidate.error()), n),
         candidate_answered: count(&|p| p.candidate.answered()),
         recorded_error_rate: (!recorded.is_empty()).then(|| {
-            recorded.iter().filter(|s| s.is_some_and(|s| s >= 500)).count() as f64
+            recorded
+                .iter()
+                .filter(|s| s.is_some_and(|s| s >= 500))
+                .count() as f64
                 / recorded.len() as f64
         }),
         baseline_status_mix,

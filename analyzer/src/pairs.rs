@@ -23,9 +23,9 @@ use shadowtap_core::schema::{SCHEMA_VERSION_KEY, TABLE_KEY};
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
 
 use crate::diff::{compare, field_pattern, Comparison, DiffOptions, Side};
-use crate::units::{NoiseSource, Obs, Pair, PairSet};
 use crate::error::AnalyzeError;
 use crate::template::path_template;
+use crate::units::{NoiseSource, Obs, Pair, PairSet};
 
 /// Version of the `diffs` schema.
 pub const DIFFS_SCHEMA_VERSION: u32 = 1;
@@ -462,7 +462,6 @@ pub fn endpoint(method: &str, path: &str) -> String {
     format!("{} {}", method.to_ascii_uppercase(), path_template(path))
 }
 
-
 /// Which targets to pair.
 pub struct PairTargets<'a> {
     /// Baseline.
@@ -485,8 +484,14 @@ pub fn runs_and_targets(
         for b in open_projected(&p, "replays", &["run_id", "target"])? {
             let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
             let (r, t) = (
-                b.column_by_name("run_id").expect("projected").as_string::<i32>().clone(),
-                b.column_by_name("target").expect("projected").as_string::<i32>().clone(),
+                b.column_by_name("run_id")
+                    .expect("projected")
+                    .as_string::<i32>()
+                    .clone(),
+                b.column_by_name("target")
+                    .expect("projected")
+                    .as_string::<i32>()
+                    .clone(),
             );
             for i in 0..b.num_rows() {
                 if !runs.contains(r.value(i)) {
@@ -549,7 +554,12 @@ pub fn pair_replays(input: &PairingInput<'_>) -> Result<(PairSet, u64), AnalyzeE
     } else {
         NoiseSource::None
     };
-    let mut set = PairSet::new(targets.baseline, targets.candidate, targets.baseline2, noise);
+    let mut set = PairSet::new(
+        targets.baseline,
+        targets.candidate,
+        targets.baseline2,
+        noise,
+    );
     set.recorded_known = input.recorded.is_some_and(|r| !r.is_empty());
     let expected: Vec<&str> = [
         Some(targets.baseline),
@@ -625,8 +635,16 @@ pub fn pair_replays(input: &PairingInput<'_>) -> Result<(PairSet, u64), AnalyzeE
                 let answered = status.is_valid(i);
                 let response = Response {
                     status: answered.then(|| status.value(i).clamp(0, 999) as u16),
-                    headers: if answered { headers_at(&h, i) } else { Vec::new() },
-                    body: if answered { body_at(&raw, &dec, i) } else { Vec::new() },
+                    headers: if answered {
+                        headers_at(&h, i)
+                    } else {
+                        Vec::new()
+                    },
+                    body: if answered {
+                        body_at(&raw, &dec, i)
+                    } else {
+                        Vec::new()
+                    },
                 };
                 let group = pending.entry(key.clone()).or_default();
                 group.insert(

@@ -311,7 +311,9 @@ impl Policy {
                 ));
             }
             if !(m.max_ratio >= 1.0 && m.max_ratio_p90 >= 1.0 && m.max_ratio_p99 >= 1.0)
-                || !(m.max_ratio.is_finite() && m.max_ratio_p90.is_finite() && m.max_ratio_p99.is_finite())
+                || !(m.max_ratio.is_finite()
+                    && m.max_ratio_p90.is_finite()
+                    && m.max_ratio_p99.is_finite())
             {
                 return Err(format!(
                     "[metrics.{name}] max_ratio, max_ratio_p90 and max_ratio_p99 must be finite and >= 1"

@@ -65,7 +65,14 @@ pub fn markdown(v: &Verdict) -> String {
     if !v.positions.is_empty() {
         let _ = writeln!(s, "\n## Latency by send position\n\nEach request went to the targets in a random order; a large gap between positions means the sending machine or the targets' host was saturated.\n\n| target | position | requests | p50 ms |\n|---|---|---|---|");
         for p in &v.positions {
-            let _ = writeln!(s, "| {} | {} | {} | {} |", md_escape(&p.target), p.position, p.requests, ms(p.p50_ms));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                md_escape(&p.target),
+                p.position,
+                p.requests,
+                ms(p.p50_ms)
+            );
         }
     }
     let failing: Vec<&Check> = v
@@ -87,7 +94,9 @@ pub fn markdown(v: &Verdict) -> String {
                 c.test.as_ref().map_or("-".into(), |t| format!(
                     "{}{} p={} (adjusted {})",
                     t.name,
-                    c.quantity.as_ref().map_or(String::new(), |q| format!(" {q}")),
+                    c.quantity
+                        .as_ref()
+                        .map_or(String::new(), |q| format!(" {q}")),
                     crate::stats::fmt_p(t.p_value.unwrap_or(1.0)),
                     crate::stats::fmt_p(t.p_adjusted.unwrap_or(1.0))
                 )),

@@ -375,7 +375,10 @@ pub fn tarone_bonferroni(p: &[f64], min_p: &[f64], alpha: f64) -> Vec<f64> {
     // The smallest K such that at most K tests can reach alpha / K.
     let mut k = m;
     for cand in 1..=m {
-        let testable = mins.iter().take_while(|&&x| x <= alpha / cand as f64).count();
+        let testable = mins
+            .iter()
+            .take_while(|&&x| x <= alpha / cand as f64)
+            .count();
         if testable <= cand {
             k = cand;
             break;

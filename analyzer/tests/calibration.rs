@@ -33,6 +33,11 @@ struct Shape {
     html: bool,
     baseline2: bool,
     regression: Regression,
+    /// Passes over the recording (`--loop`).
+    passes: usize,
+    /// Sigma of a per exchange and target latency effect that persists over the passes (a
+    /// cache, a slow shard), and the chance of a per exchange and target error that persists.
+    persistent: (f64, f64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,62 +136,73 @@ fn generate(s: &Shape, seed: u64) -> PairSet {
             let base = (mu + s.sigma * normal(&mut r)).exp() * 1000.0; // µs
             let fixed = r.unit() < s.fixed_errors;
             let ts = 1_700_000_000 + i as u64;
-            let obs = |offset: f64, cand: bool, r: &mut SplitMix| -> Obs {
-                let jitter = (0.15 * normal(r)).exp();
-                let mut lat = base * offset * jitter;
-                let mut err = fixed || r.unit() < s.random_errors;
-                if cand {
-                    match s.regression {
-                        Regression::SlowTail if r.unit() < 0.05 => lat += 1_000_000.0,
-                        Regression::SlowEndpoint if e == 0 => lat *= 1.5,
-                        Regression::NewErrors if r.unit() < 0.008 => err = true,
-                        Regression::RareEndpointDown if name == "GET /api/rare" => err = true,
-                        _ => {}
+            // Per target (baseline, candidate, baseline2): what persists over the passes.
+            let persist: Vec<(f64, bool)> = (0..3)
+                .map(|_| {
+                    (
+                        (s.persistent.0 * normal(&mut r)).exp(),
+                        r.unit() < s.persistent.1,
+                    )
+                })
+                .collect();
+            for _pass in 0..s.passes {
+                let obs = |offset: f64, cand: bool, who: usize, r: &mut SplitMix| -> Obs {
+                    let jitter = (0.15 * normal(r)).exp();
+                    let mut lat = base * offset * jitter * persist[who].0;
+                    let mut err = fixed || persist[who].1 || r.unit() < s.random_errors;
+                    if cand {
+                        match s.regression {
+                            Regression::SlowTail if r.unit() < 0.05 => lat += 1_000_000.0,
+                            Regression::SlowEndpoint if e == 0 => lat *= 1.5,
+                            Regression::NewErrors if r.unit() < 0.008 => err = true,
+                            Regression::RareEndpointDown if name == "GET /api/rare" => err = true,
+                            _ => {}
+                        }
+                    }
+                    Obs::answer(if err { 500 } else { 200 }, lat as i64)
+                };
+                let b = obs(1.0, false, 0, &mut r);
+                let c = obs(cand_offset, true, 1, &mut r);
+                let b2o = s.baseline2.then(|| obs(b2_offset, false, 2, &mut r));
+                let recorded = (!s.baseline2).then(|| obs(1.0, false, 2, &mut r));
+                // `ts` differs between two responses in `partial_noise` of pairs.
+                let ts_of = |r: &mut SplitMix| {
+                    if r.unit() < s.partial_noise {
+                        ts + 1
+                    } else {
+                        ts
+                    }
+                };
+                let mut tr = SplitMix(r.next_u64());
+                let (tb, tc, t2) = (ts, ts_of(&mut tr), ts_of(&mut tr));
+                let bb = body(s, e, i, &mut r, false, tb);
+                let cb = body(s, e, i, &mut r, true, tc);
+                let b2b = body(s, e, i, &mut r, false, t2);
+                fn side<'a>(o: &Obs, b: &'a Body) -> Side<'a> {
+                    Side {
+                        status: o.status,
+                        headers: &[],
+                        body: b.text.as_bytes(),
+                        content_type: Some(b.ct),
                     }
                 }
-                Obs::answer(if err { 500 } else { 200 }, lat as i64)
-            };
-            let b = obs(1.0, false, &mut r);
-            let c = obs(cand_offset, true, &mut r);
-            let b2o = s.baseline2.then(|| obs(b2_offset, false, &mut r));
-            let recorded = (!s.baseline2).then(|| obs(1.0, false, &mut r));
-            // `ts` differs between two responses in `partial_noise` of pairs.
-            let ts_of = |r: &mut SplitMix| {
-                if r.unit() < s.partial_noise {
-                    ts + 1
-                } else {
-                    ts
-                }
-            };
-            let mut tr = SplitMix(r.next_u64());
-            let (tb, tc, t2) = (ts, ts_of(&mut tr), ts_of(&mut tr));
-            let bb = body(s, e, i, &mut r, false, tb);
-            let cb = body(s, e, i, &mut r, true, tc);
-            let b2b = body(s, e, i, &mut r, false, t2);
-            fn side<'a>(o: &Obs, b: &'a Body) -> Side<'a> {
-                Side {
-                    status: o.status,
-                    headers: &[],
-                    body: b.text.as_bytes(),
-                    content_type: Some(b.ct),
-                }
+                let cd = compare(&side(&b, &bb), &side(&c, &cb), &opts);
+                let candidate_diff = Some(set.diff_fields(&cd, ep, Some("x")));
+                let noise_diff = b2o.or(recorded).map(|o| {
+                    let nd = compare(&side(&b, &bb), &side(&o, &b2b), &opts);
+                    set.diff_fields(&nd, ep, None)
+                });
+                set.pairs.push(Pair {
+                    endpoint: ep,
+                    cluster,
+                    baseline: b,
+                    candidate: c,
+                    baseline2: b2o,
+                    recorded_status: Some(if fixed { 500 } else { 200 }),
+                    candidate_diff,
+                    noise_diff,
+                });
             }
-            let cd = compare(&side(&b, &bb), &side(&c, &cb), &opts);
-            let candidate_diff = Some(set.diff_fields(&cd, ep, Some("x")));
-            let noise_diff = b2o.or(recorded).map(|o| {
-                let nd = compare(&side(&b, &bb), &side(&o, &b2b), &opts);
-                set.diff_fields(&nd, ep, None)
-            });
-            set.pairs.push(Pair {
-                endpoint: ep,
-                cluster,
-                baseline: b,
-                candidate: c,
-                baseline2: b2o,
-                recorded_status: Some(if fixed { 500 } else { 200 }),
-                candidate_diff,
-                noise_diff,
-            });
             cluster += 1;
         }
     }
@@ -206,6 +222,8 @@ fn shapes() -> Vec<Shape> {
         html: false,
         baseline2: true,
         regression: Regression::None,
+        passes: 1,
+        persistent: (0.0, 0.0),
     };
     vec![
         base.clone(),
@@ -237,10 +255,28 @@ fn shapes() -> Vec<Shape> {
             ..base.clone()
         },
         Shape {
+            name: "1 endpoint x 10000, 1% random 5xx, sigma 1.0, offset 10%",
+            endpoints: 1,
+            requests: 10_000,
+            random_errors: 0.01,
+            sigma: 1.0,
+            host_offset: 0.10,
+            ..base.clone()
+        },
+        Shape {
             name: "5 HTML pages with nonces x 200",
             endpoints: 5,
             requests: 200,
             html: true,
+            ..base.clone()
+        },
+        Shape {
+            name: "10 endpoints x 60, --loop 10, persistent per-exchange effects (sigma 0.3, 2% errors)",
+            endpoints: 10,
+            requests: 60,
+            passes: 10,
+            persistent: (0.3, 0.02),
+            random_errors: 0.0,
             ..base.clone()
         },
         Shape {
@@ -310,7 +346,10 @@ fn run(shape: &Shape, n: u64) -> (u64, u64, u64, Vec<String>) {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("calibration thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("calibration thread"))
+            .collect()
     });
     let mut out = (0, 0, n, Vec::new());
     for (a, b, w) in results {
@@ -341,7 +380,11 @@ fn calibration_false_alarms_on_identical_versions_and_detection_of_regressions()
             println!("A/A {}: {why:?}", s.name);
         }
         if rate > 0.05 {
-            failures.push(format!("A/A {}: false no-go {:.1}% > 5%: {why:?}", s.name, rate * 100.0));
+            failures.push(format!(
+                "A/A {}: false no-go {:.1}% > 5%: {why:?}",
+                s.name,
+                rate * 100.0
+            ));
         }
     }
     for s in regressions() {
@@ -354,7 +397,11 @@ fn calibration_false_alarms_on_identical_versions_and_detection_of_regressions()
             rate * 100.0
         ));
         if rate < 0.95 {
-            failures.push(format!("{:?}: detected {:.1}% < 95%", s.regression, rate * 100.0));
+            failures.push(format!(
+                "{:?}: detected {:.1}% < 95%",
+                s.regression,
+                rate * 100.0
+            ));
         }
     }
     println!("{table}");

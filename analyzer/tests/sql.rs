@@ -49,8 +49,11 @@ fn exchange(i: usize) -> Exchange {
         }],
         response_trailers: vec![],
         response_body: Body {
-            raw: format!("{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}},\"seq\":{}}}", i * 3)
-                .into_bytes(),
+            raw: format!(
+                "{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}},\"seq\":{}}}",
+                i * 3
+            )
+            .into_bytes(),
             len: 10,
             ..Body::default()
         },
