@@ -304,7 +304,10 @@ fn regressions() -> Vec<Shape> {
         with(0, Regression::SlowTail),
         with(0, Regression::SlowEndpoint),
         with(0, Regression::TraceIdType),
-        with(4, Regression::HtmlContent),
+        with(
+            aa.iter().position(|s| s.html).expect("an HTML shape"),
+            Regression::HtmlContent,
+        ),
         with(0, Regression::FieldChanged),
     ]
 }
