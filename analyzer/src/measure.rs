@@ -536,15 +536,27 @@ fn health(set: &PairSet) -> Health {
         .collect();
     let baseline_status_mix = mix(set.pairs.iter().map(|p| p.baseline.status));
     let recorded_status_mix = (!recorded.is_empty()).then(|| mix(recorded.iter().copied()));
+    // 2xx and 3xx are one class for the distance: a recorded 304 (a conditional request
+    // production could answer from cache) replayed as a 200 is still a success.
+    let merged = |m: &BTreeMap<String, f64>| -> BTreeMap<&'static str, f64> {
+        let mut out = BTreeMap::new();
+        for (k, v) in m {
+            let key = match k.as_str() {
+                "2xx" | "3xx" => "2xx/3xx",
+                "1xx" => "1xx",
+                "4xx" => "4xx",
+                "5xx" => "5xx",
+                _ => "none",
+            };
+            *out.entry(key).or_default() += v;
+        }
+        out
+    };
     let status_mix_distance = recorded_status_mix.as_ref().map(|r| {
-        let keys: std::collections::BTreeSet<&String> =
-            r.keys().chain(baseline_status_mix.keys()).collect();
+        let (r, b) = (merged(r), merged(&baseline_status_mix));
+        let keys: std::collections::BTreeSet<&&str> = r.keys().chain(b.keys()).collect();
         keys.iter()
-            .map(|k| {
-                (r.get(*k).copied().unwrap_or(0.0)
-                    - baseline_status_mix.get(*k).copied().unwrap_or(0.0))
-                .abs()
-            })
+            .map(|k| (r.get(*k).copied().unwrap_or(0.0) - b.get(*k).copied().unwrap_or(0.0)).abs())
             .sum::<f64>()
             / 2.0
     });

@@ -71,6 +71,9 @@ pub struct DemoArgs {
     /// With --html: the page's text changes.
     #[arg(long)]
     html_change: bool,
+    /// Add this many KiB of padding to `/api/search` bodies (a large response).
+    #[arg(long, default_value_t = 0)]
+    pad_kib: usize,
 }
 
 struct App {
@@ -225,8 +228,11 @@ async fn search(
         return search_page(&app, &uri, &term).await;
     }
     let results: Vec<Value> = (0..3).map(|i| json!(format!("{term}-{i}"))).collect();
-    app.shape(&uri, json!({"q": term, "results": results}))
-        .await
+    let mut body = json!({"q": term, "results": results});
+    if app.args.pad_kib > 0 {
+        body["pad"] = json!("x".repeat(app.args.pad_kib * 1024));
+    }
+    app.shape(&uri, body).await
 }
 
 /// An HTML page with a per-request nonce and time, as server-rendered pages have.

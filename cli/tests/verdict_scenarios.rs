@@ -143,3 +143,19 @@ fn every_target_answering_401_is_inconclusive() {
     assert_eq!(o.code, 3, "{}", o.stderr);
     assert!(reasons(&o).contains("do not resemble production"), "{}", reasons(&o));
 }
+
+/// Three identical versions serving a 1.5 MB response, replayed with 32 requests in flight on
+/// this (loaded, 2-core) machine: go. Sending each exchange in a random order keeps any
+/// target from always being the last one served; the report shows latency by position.
+#[test]
+fn identical_versions_with_large_responses_go_under_load() {
+    let flags = ["--pad-kib", "1536"];
+    let (b, b2, c) = (service(&flags), service(&flags), service(&flags));
+    let o = scenario_with(
+        &[("baseline", &b.url), ("baseline2", &b2.url), ("candidate", &c.url)],
+        &["--concurrency", "32"],
+    );
+    assert_eq!(o.code, 0, "{:?}\n{}", failed(&o), o.stderr);
+    let positions = o.verdict["positions"].as_array().unwrap();
+    assert_eq!(positions.len(), 9, "3 targets x 3 positions: {positions:?}");
+}
