@@ -356,6 +356,61 @@ fn latency_checks(
         enough: base.units >= min.max(1),
         overall,
     });
+    // A share of requests much slower (sign test on pairs beyond max_ratio_p99 either way).
+    {
+        let tests: Vec<TestOutcome> = e
+            .latency
+            .iter()
+            .map(|l| rate_test(if m.clustered { "sign_test_on_exchanges" } else { "mcnemar_exact" }, &l.slow))
+            .collect();
+        let deciding = e
+            .latency
+            .iter()
+            .max_by(|a, b| a.slow.p.total_cmp(&b.slow.p))
+            .unwrap_or(base);
+        let s = &base.slow;
+        let explanation = format!(
+            "{:.2}% of requests more than {:.1}x slower on the candidate ({}/{}), {:.2}% more than {:.1}x slower on {} ({}); raw p = {}",
+            s.candidate_rate() * 100.0,
+            mp.max_ratio_p99,
+            s.candidate_events,
+            s.n,
+            s.reference_rate() * 100.0,
+            mp.max_ratio_p99,
+            s.reference,
+            s.reference_events,
+            fmt_p(deciding.slow.p)
+        );
+        out.push(Pending {
+            check: Check {
+                metric: "latency".into(),
+                quantity: Some("slow_share".into()),
+                endpoint: e.name.clone(),
+                result: CheckResult::Inconclusive,
+                critical: mp.critical,
+                weight: mp.weight,
+                baseline: side(&s.reference, s.n, Some(s.reference_rate()), Some(s.reference_events)),
+                candidate: side(&m.candidate, s.n, Some(s.candidate_rate()), Some(s.candidate_events)),
+                test: Some(rate_test("mcnemar_exact", &deciding.slow)),
+                tests,
+                family: String::new(),
+                threshold: format!(
+                    "fails when requests more than {:.1}x slower on the candidate outnumber those more than {:.1}x slower on the reference (adjusted p < alpha) by more than {:.2} points",
+                    mp.max_ratio_p99, mp.max_ratio_p99, mp.max_increase * 100.0
+                ),
+                explanation,
+                sql: sql.clone(),
+                fields: Vec::new(),
+            },
+            p: deciding.slow.p,
+            min_p: e.latency.iter().map(|l| l.slow.min_p).fold(0.0, f64::max),
+            large: e.latency.iter().all(|l| {
+                l.slow.candidate_rate() - l.slow.reference_rate() > mp.max_increase
+            }),
+            enough: base.units >= min.max(1),
+            overall,
+        });
+    }
     // The tails, where every reference has them.
     for (i, tail) in base.tails.iter().enumerate() {
         let per: Vec<_> = e
@@ -878,6 +933,7 @@ mod tests {
             p_centre_zero: 0.5,
             min_p: 0.0,
             tails: Vec::new(),
+            slow: rate(reference, n, 0, 0, 0, 0),
             reference_ms: [Some(5.0); 3],
             candidate_ms: [Some(5.0); 3],
         }

@@ -96,6 +96,11 @@ pub struct LatencyMeasure {
     pub min_p: f64,
     /// Tails judged (enough pairs beyond the quantile).
     pub tails: Vec<TailMeasure>,
+    /// Pairs where the candidate was more than `max_ratio_p99` times slower than the reference
+    /// (`candidate_events`) against pairs where the reference was (`reference_events`): a
+    /// paired sign test that sees "a few percent of requests much slower" even when there are
+    /// too few pairs to estimate a p99.
+    pub slow: RateMeasure,
     /// Reference p50, p90, p99 (ms; infinite when censored).
     pub reference_ms: [Option<f64>; 3],
     /// Candidate p50, p90, p99.
@@ -337,6 +342,14 @@ fn latency_measure(
     let (mut bl, mut cl) = (Vec::new(), Vec::new());
     let mut ends = Vec::with_capacity(clusters.len());
     let mut per_cluster: Vec<f64> = Vec::new();
+    let much = lp.max_ratio_p99.ln();
+    let slow = rate_measure(reference, clusters, |i| {
+        let p = &set.pairs[i];
+        get(p).map(|r| {
+            let d = log_ratio(p.candidate.latency(), r.latency());
+            (d > much, d < -much)
+        })
+    });
     for &(a, b) in clusters {
         per_cluster.clear();
         for p in &set.pairs[a..b] {
@@ -391,6 +404,7 @@ fn latency_measure(
         p_centre_zero: wilcoxon_greater(&d, 0.0).p_greater,
         min_p: signed_rank_min_p(d.len()),
         tails,
+        slow,
         reference_ms,
         candidate_ms,
     }

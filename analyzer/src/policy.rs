@@ -43,7 +43,8 @@
 //! alpha = 0.01
 //! max_ratio = 1.2                  # centre (Hodges-Lehmann ratio) bound
 //! max_ratio_p90 = 1.5              # p90 ratio bound
-//! max_ratio_p99 = 2.0              # p99 ratio bound
+//! max_ratio_p99 = 2.0              # p99 ratio bound, and "much slower" for the slow share
+//! max_increase = 0.01              # the slow share's excess (points) to fail
 //! tail_min_pairs = 10              # a quantile is judged with this many pairs beyond it
 //! bootstrap_resamples = 200
 //!

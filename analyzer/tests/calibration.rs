@@ -302,6 +302,12 @@ fn regressions() -> Vec<Shape> {
             ..with(0, Regression::NewErrors)
         },
         with(0, Regression::SlowTail),
+        Shape {
+            name: "3 endpoints x 80 (240 requests, too few for a p99)",
+            endpoints: 3,
+            requests: 80,
+            ..with(0, Regression::SlowTail)
+        },
         with(0, Regression::SlowEndpoint),
         with(0, Regression::TraceIdType),
         with(
