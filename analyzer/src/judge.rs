@@ -372,11 +372,11 @@ fn latency_checks(
         let explanation = format!(
             "{:.2}% of requests more than {:.1}x slower on the candidate ({}/{}), {:.2}% more than {:.1}x slower on {} ({}); raw p = {}",
             s.candidate_rate() * 100.0,
-            mp.max_ratio_p99,
+            mp.slow_ratio,
             s.candidate_events,
             s.n,
             s.reference_rate() * 100.0,
-            mp.max_ratio_p99,
+            mp.slow_ratio,
             s.reference,
             s.reference_events,
             fmt_p(deciding.slow.p)
@@ -396,7 +396,7 @@ fn latency_checks(
                 family: String::new(),
                 threshold: format!(
                     "fails when requests more than {:.1}x slower on the candidate outnumber those more than {:.1}x slower on the reference (adjusted p < alpha) by more than {:.2} points",
-                    mp.max_ratio_p99, mp.max_ratio_p99, mp.max_increase * 100.0
+                    mp.slow_ratio, mp.slow_ratio, mp.max_increase * 100.0
                 ),
                 explanation,
                 sql: sql.clone(),

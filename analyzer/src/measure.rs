@@ -96,7 +96,7 @@ pub struct LatencyMeasure {
     pub min_p: f64,
     /// Tails judged (enough pairs beyond the quantile).
     pub tails: Vec<TailMeasure>,
-    /// Pairs where the candidate was more than `max_ratio_p99` times slower than the reference
+    /// Pairs where the candidate was more than `slow_ratio` times slower than the reference
     /// (`candidate_events`) against pairs where the reference was (`reference_events`): a
     /// paired sign test that sees "a few percent of requests much slower" even when there are
     /// too few pairs to estimate a p99.
@@ -342,7 +342,7 @@ fn latency_measure(
     let (mut bl, mut cl) = (Vec::new(), Vec::new());
     let mut ends = Vec::with_capacity(clusters.len());
     let mut per_cluster: Vec<f64> = Vec::new();
-    let much = lp.max_ratio_p99.ln();
+    let much = lp.slow_ratio.ln();
     let slow = rate_measure(reference, clusters, |i| {
         let p = &set.pairs[i];
         get(p).map(|r| {

@@ -43,7 +43,8 @@
 //! alpha = 0.01
 //! max_ratio = 1.2                  # centre (Hodges-Lehmann ratio) bound
 //! max_ratio_p90 = 1.5              # p90 ratio bound
-//! max_ratio_p99 = 2.0              # p99 ratio bound, and "much slower" for the slow share
+//! max_ratio_p99 = 2.0              # p99 ratio bound
+//! slow_ratio = 10.0                # "much slower", for the slow share
 //! max_increase = 0.01              # the slow share's excess (points) to fail
 //! tail_min_pairs = 10              # a quantile is judged with this many pairs beyond it
 //! bootstrap_resamples = 200
@@ -172,6 +173,8 @@ pub struct MetricPolicy {
     pub max_ratio_p90: f64,
     /// Latency: the p99 ratio bound.
     pub max_ratio_p99: f64,
+    /// Latency: a request this many times slower on one side is "much slower" (slow share).
+    pub slow_ratio: f64,
     /// Latency: pairs needed beyond a quantile for it to be judged.
     pub tail_min_pairs: u64,
     /// Latency: bootstrap resamples for the tail ratios.
@@ -258,6 +261,7 @@ impl Default for MetricPolicy {
             max_ratio: 1.2,
             max_ratio_p90: 1.5,
             max_ratio_p99: 2.0,
+            slow_ratio: 10.0,
             tail_min_pairs: 10,
             bootstrap_resamples: 200,
             enabled: true,

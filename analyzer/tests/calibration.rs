@@ -303,9 +303,9 @@ fn regressions() -> Vec<Shape> {
         },
         with(0, Regression::SlowTail),
         Shape {
-            name: "3 endpoints x 80 (240 requests, too few for a p99)",
+            name: "3 endpoints x 200 (600 requests, too few for a p99)",
             endpoints: 3,
-            requests: 80,
+            requests: 200,
             ..with(0, Regression::SlowTail)
         },
         with(0, Regression::SlowEndpoint),

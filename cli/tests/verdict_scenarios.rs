@@ -49,20 +49,13 @@ fn the_same_content_without_gzip_goes() {
     assert_eq!(o.code, 0, "{:?}\n{}", failed(&o), o.stderr);
 }
 
-/// 5% of the candidate's requests 1 s slower (median unchanged): no-go on the latency tail.
-/// With the recording once (240 requests, too few for a p99) the share of much slower
-/// requests fails; over 5 passes (1,200 pairs) the p99 ratio fails too.
+/// 5% of the candidate's requests 1 s slower (median unchanged): no-go on the latency tail,
+/// over 5 passes of the fixture (1,200 pairs: enough for a p99; once, 240 requests hold about
+/// 12 slow ones, too few to be sure at the family-wise level).
 #[test]
 fn five_percent_of_requests_one_second_slower_is_no_go_on_the_tail() {
     let b = service(&[]);
     let c = service(&["--slow-ms", "1000", "--slow-path", "/", "--slow-percent", "5"]);
-    let o = scenario_with(
-        &[("baseline", &b.url), ("candidate", &c.url)],
-        &["--concurrency", "64"],
-    );
-    assert_eq!(o.code, 1, "{}", o.stderr);
-    let f = failed(&o);
-    assert!(f.iter().any(|c| c.starts_with("latency/slow_share overall")), "{f:?}");
     let o = scenario_with(
         &[("baseline", &b.url), ("candidate", &c.url)],
         &["--loop", "5", "--concurrency", "64"],
@@ -70,6 +63,7 @@ fn five_percent_of_requests_one_second_slower_is_no_go_on_the_tail() {
     assert_eq!(o.code, 1, "{}", o.stderr);
     let f = failed(&o);
     assert!(f.iter().any(|c| c.starts_with("latency/p99 overall")), "{f:?}");
+    assert!(f.iter().any(|c| c.starts_with("latency/slow_share overall")), "{f:?}");
 }
 
 /// A rarely used endpoint (/health, 4% of the traffic) answering 500 to all of its requests:
