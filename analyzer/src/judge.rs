@@ -361,7 +361,16 @@ fn latency_checks(
         let tests: Vec<TestOutcome> = e
             .latency
             .iter()
-            .map(|l| rate_test(if m.clustered { "sign_test_on_exchanges" } else { "mcnemar_exact" }, &l.slow))
+            .map(|l| {
+                rate_test(
+                    if m.clustered {
+                        "sign_test_on_exchanges"
+                    } else {
+                        "mcnemar_exact"
+                    },
+                    &l.slow,
+                )
+            })
             .collect();
         let deciding = e
             .latency

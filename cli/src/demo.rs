@@ -150,8 +150,7 @@ impl App {
         if let Some(r) = self.forced(path) {
             return r;
         }
-        if self.args.random_error_percent > 0.0 && self.percent() < self.args.random_error_percent
-        {
+        if self.args.random_error_percent > 0.0 && self.percent() < self.args.random_error_percent {
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Json(json!({"error": "internal"})),
@@ -177,13 +176,13 @@ impl App {
                 json!(hash(&format!("{n}{now:?}")) >> 12)
             } else {
                 json!(format!(
-                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-                hash(&format!("{n}{now:?}")) as u32,
-                n & 0xffff,
-                n & 0xfff,
-                (n >> 12) & 0xfff,
-                hash(&format!("{now:?}")) & 0xffff_ffff_ffff
-            ))
+                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                    hash(&format!("{n}{now:?}")) as u32,
+                    n & 0xffff,
+                    n & 0xfff,
+                    (n >> 12) & 0xfff,
+                    hash(&format!("{now:?}")) & 0xffff_ffff_ffff
+                ))
             };
         }
         self.json(body)

@@ -410,7 +410,10 @@ fn a_baseline_refusing_every_connection_is_inconclusive() {
     assert_eq!(o.code, 3, "{}", o.stderr);
     assert_eq!(o.verdict["verdict"], "inconclusive");
     let reasons = o.verdict["reasons"].to_string();
-    assert!(reasons.contains("baseline") && reasons.contains("unhealthy"), "{reasons}");
+    assert!(
+        reasons.contains("baseline") && reasons.contains("unhealthy"),
+        "{reasons}"
+    );
 }
 
 /// Two replay runs in one directory are not judged together: exit 64 naming the runs, and
@@ -443,7 +446,10 @@ fn a_replay_directory_with_two_runs_needs_run() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(64), "{err}");
-    assert!(err.contains("2 replay runs") && err.contains("--run"), "{err}");
+    assert!(
+        err.contains("2 replay runs") && err.contains("--run"),
+        "{err}"
+    );
     let run = std::fs::read_dir(&rep)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -463,7 +469,12 @@ fn a_replay_directory_with_two_runs_needs_run() {
         .args(["--run", &run])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
     assert_eq!(v["run_id"], run.as_str());

@@ -15,7 +15,10 @@ fn failed(o: &Outcome) -> Vec<String> {
             format!(
                 "{}{} {} {}",
                 c["metric"].as_str().unwrap(),
-                c["quantity"].as_str().map(|q| format!("/{q}")).unwrap_or_default(),
+                c["quantity"]
+                    .as_str()
+                    .map(|q| format!("/{q}"))
+                    .unwrap_or_default(),
                 c["endpoint"].as_str().unwrap(),
                 c["fields"]
             )
@@ -34,7 +37,11 @@ fn identical_versions_with_random_500s_go() {
     let flags = ["--random-error-percent", "3"];
     let (b, b2, c) = (service(&flags), service(&flags), service(&flags));
     let o = scenario_with(
-        &[("baseline", &b.url), ("baseline2", &b2.url), ("candidate", &c.url)],
+        &[
+            ("baseline", &b.url),
+            ("baseline2", &b2.url),
+            ("candidate", &c.url),
+        ],
         &["--loop", "10"],
     );
     assert_eq!(o.code, 0, "{:?}\n{}", failed(&o), o.stderr);
@@ -55,15 +62,29 @@ fn the_same_content_without_gzip_goes() {
 #[test]
 fn five_percent_of_requests_one_second_slower_is_no_go_on_the_tail() {
     let b = service(&[]);
-    let c = service(&["--slow-ms", "1000", "--slow-path", "/", "--slow-percent", "5"]);
+    let c = service(&[
+        "--slow-ms",
+        "1000",
+        "--slow-path",
+        "/",
+        "--slow-percent",
+        "5",
+    ]);
     let o = scenario_with(
         &[("baseline", &b.url), ("candidate", &c.url)],
         &["--loop", "5", "--concurrency", "64"],
     );
     assert_eq!(o.code, 1, "{}", o.stderr);
     let f = failed(&o);
-    assert!(f.iter().any(|c| c.starts_with("latency/p99 overall")), "{f:?}");
-    assert!(f.iter().any(|c| c.starts_with("latency/slow_share overall")), "{f:?}");
+    assert!(
+        f.iter().any(|c| c.starts_with("latency/p99 overall")),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|c| c.starts_with("latency/slow_share overall")),
+        "{f:?}"
+    );
 }
 
 /// A rarely used endpoint (/health, 4% of the traffic) answering 500 to all of its requests:
@@ -74,7 +95,10 @@ fn a_rare_endpoint_failing_every_request_is_no_go() {
     let o = scenario_with(&[("baseline", &b.url), ("candidate", &c.url)], &[]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     let f = failed(&o);
-    assert!(f.iter().any(|c| c.starts_with("error_rate GET /health")), "{f:?}");
+    assert!(
+        f.iter().any(|c| c.starts_with("error_rate GET /health")),
+        "{f:?}"
+    );
 }
 
 /// 0 -> 0.8% new random 5xx over 10 passes (no errors before): no-go on the overall error rate,
@@ -83,10 +107,16 @@ fn a_rare_endpoint_failing_every_request_is_no_go() {
 fn new_errors_on_a_service_that_had_none_are_no_go() {
     let b = service(&[]);
     let c = service(&["--random-error-percent", "0.8"]);
-    let o = scenario_with(&[("baseline", &b.url), ("candidate", &c.url)], &["--loop", "10"]);
+    let o = scenario_with(
+        &[("baseline", &b.url), ("candidate", &c.url)],
+        &["--loop", "10"],
+    );
     assert_eq!(o.code, 1, "{}", o.stderr);
     let f = failed(&o);
-    assert!(f.iter().any(|c| c.starts_with("error_rate overall")), "{f:?}");
+    assert!(
+        f.iter().any(|c| c.starts_with("error_rate overall")),
+        "{f:?}"
+    );
 }
 
 /// A field that always differs (a request id) changing type from string to number: no-go
@@ -96,7 +126,11 @@ fn an_always_different_field_changing_type_is_no_go() {
     let (b, b2) = (service(&["--noise"]), service(&["--noise"]));
     let c = service(&["--noise", "--noise-number"]);
     let o = scenario_with(
-        &[("baseline", &b.url), ("baseline2", &b2.url), ("candidate", &c.url)],
+        &[
+            ("baseline", &b.url),
+            ("baseline2", &b2.url),
+            ("candidate", &c.url),
+        ],
         &[],
     );
     assert_eq!(o.code, 1, "{}", o.stderr);
@@ -119,13 +153,21 @@ fn an_html_page_with_a_nonce_is_judged_by_its_content() {
     let (b, b2) = (service(&["--html"]), service(&["--html"]));
     let same = service(&["--html"]);
     let o = scenario_with(
-        &[("baseline", &b.url), ("baseline2", &b2.url), ("candidate", &same.url)],
+        &[
+            ("baseline", &b.url),
+            ("baseline2", &b2.url),
+            ("candidate", &same.url),
+        ],
         &[],
     );
     assert_eq!(o.code, 0, "{:?}\n{}", failed(&o), o.stderr);
     let changed = service(&["--html", "--html-change"]);
     let o = scenario_with(
-        &[("baseline", &b.url), ("baseline2", &b2.url), ("candidate", &changed.url)],
+        &[
+            ("baseline", &b.url),
+            ("baseline2", &b2.url),
+            ("candidate", &changed.url),
+        ],
         &[],
     );
     assert_eq!(o.code, 1, "{}", o.stderr);
@@ -144,7 +186,11 @@ fn every_target_answering_401_is_inconclusive() {
     let (b, c) = (service(&["--status", "401"]), service(&["--status", "401"]));
     let o = scenario_with(&[("baseline", &b.url), ("candidate", &c.url)], &[]);
     assert_eq!(o.code, 3, "{}", o.stderr);
-    assert!(reasons(&o).contains("do not resemble production"), "{}", reasons(&o));
+    assert!(
+        reasons(&o).contains("do not resemble production"),
+        "{}",
+        reasons(&o)
+    );
 }
 
 /// Three identical versions serving a 1.5 MB response, replayed with 32 requests in flight on
@@ -155,7 +201,11 @@ fn identical_versions_with_large_responses_go_under_load() {
     let flags = ["--pad-kib", "1536"];
     let (b, b2, c) = (service(&flags), service(&flags), service(&flags));
     let o = scenario_with(
-        &[("baseline", &b.url), ("baseline2", &b2.url), ("candidate", &c.url)],
+        &[
+            ("baseline", &b.url),
+            ("baseline2", &b2.url),
+            ("candidate", &c.url),
+        ],
         &["--concurrency", "32"],
     );
     assert_eq!(o.code, 0, "{:?}\n{}", failed(&o), o.stderr);

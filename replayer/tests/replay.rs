@@ -97,7 +97,10 @@ fn every_request_reaches_every_target_and_becomes_one_row_each() {
         .iter()
         .filter(|r| r.target == "baseline" && r.send_position == Some(0))
         .count();
-    assert!((110..190).contains(&baseline_first), "{baseline_first} of 300");
+    assert!(
+        (110..190).contains(&baseline_first),
+        "{baseline_first} of 300"
+    );
     // Connections are reused: far fewer connects than requests.
     let connects = rows.iter().filter(|r| r.connect_us.is_some()).count();
     assert!(
