@@ -13,8 +13,23 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
+/// `latency (p99)`, `error_rate`.
+fn label(c: &Check) -> String {
+    match &c.quantity {
+        Some(q) => format!("{} ({q})", c.metric),
+        None => c.metric.clone(),
+    }
+}
+
 fn value(c: &Check, side: &crate::verdict::SideValue) -> String {
-    if c.metric == "latency" {
+    if c.metric == "latency" && c.quantity.as_deref() == Some("slow_share") {
+        format!(
+            "{} much slower ({}/{})",
+            pct(side.value),
+            side.events.unwrap_or(0),
+            side.n
+        )
+    } else if c.metric == "latency" {
         format!("p50 {} ms (n={})", ms(side.value), side.n)
     } else {
         format!(
@@ -86,7 +101,7 @@ pub fn markdown(v: &Verdict) -> String {
             let _ = writeln!(
                 s,
                 "| {}{} | `{}` | {} | {} | {} | {} |",
-                c.metric,
+                label(c),
                 if c.critical { " (critical)" } else { "" },
                 md_escape(&c.endpoint),
                 value(c, &c.baseline),
@@ -182,7 +197,7 @@ pub fn markdown(v: &Verdict) -> String {
             s,
             "| {} | {} | `{}` | {} | {} | {} |",
             icon(c.result),
-            c.metric,
+            label(c),
             md_escape(&c.endpoint),
             value(c, &c.baseline),
             value(c, &c.candidate),
@@ -236,8 +251,11 @@ pub fn junit(v: &Verdict) -> String {
         for c in cs {
             let _ = write!(
                 s,
-                "    <testcase classname=\"shadowtap.{m}\" name=\"{}\">",
-                xml(&c.endpoint)
+                "    <testcase classname=\"shadowtap.{m}\" name=\"{}{}\">",
+                xml(&c.endpoint),
+                c.quantity
+                    .as_ref()
+                    .map_or(String::new(), |q| format!(" ({})", xml(q)))
             );
             match c.result {
                 CheckResult::Pass => {}
@@ -394,7 +412,7 @@ pub fn html(v: &Verdict) -> String {
             s,
             "<tr><td{cls}>{:?}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
             c.result,
-            xml(&c.metric),
+            xml(&label(c)),
             xml(&c.endpoint),
             xml(&value(c, &c.baseline)),
             xml(&value(c, &c.candidate)),
