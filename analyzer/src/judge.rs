@@ -880,6 +880,9 @@ fn decide(
                 .into(),
         );
     }
+    if let Some(note) = position_note(&m.positions) {
+        notes.push(note);
+    }
     if m.clustered {
         notes.push(
             "several passes per exchange: each exchange is one unit (clustered), not one per pass"
@@ -896,6 +899,38 @@ fn decide(
         not_judged,
         differing_pairs,
     }
+}
+
+/// A note when a target's median latency depends strongly on its send position (the sending
+/// machine or the targets' shared host was saturated): the random order keeps that from
+/// biasing the comparison, but it widens every latency interval.
+fn position_note(positions: &[crate::verdict::PositionLatency]) -> Option<String> {
+    let mut worst: Option<(String, f64)> = None;
+    let targets: std::collections::BTreeSet<&str> =
+        positions.iter().map(|p| p.target.as_str()).collect();
+    for t in targets {
+        let medians: Vec<f64> = positions
+            .iter()
+            .filter(|p| p.target == t && p.requests >= 30)
+            .filter_map(|p| p.p50_ms)
+            .filter(|v| *v > 0.0)
+            .collect();
+        if medians.len() < 2 {
+            continue;
+        }
+        let (lo, hi) = medians
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
+        let r = hi / lo;
+        if r > 1.5 && worst.as_ref().is_none_or(|w| r > w.1) {
+            worst = Some((t.to_owned(), r));
+        }
+    }
+    worst.map(|(t, r)| {
+        format!(
+            "the median latency of `{t}` differs {r:.1}x between send positions: the replay saturated this machine or the targets' host (the random order keeps this from favouring a target, but latency checks lose power; lower --concurrency or --rate)"
+        )
+    })
 }
 
 fn fmt_mix(m: &BTreeMap<String, f64>) -> String {
