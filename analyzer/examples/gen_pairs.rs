@@ -107,7 +107,7 @@ fn main() {
                 (
                     "candidate",
                     0,
-                    if ep == "/api/items/" && i % 100 == 0 {
+                    if ep == "/api/items/" && (i / endpoints.len()) % 100 == 0 {
                         "platinum"
                     } else {
                         "gold"
