@@ -107,7 +107,7 @@ fn main() {
                 (
                     "candidate",
                     0,
-                    if ep == "/api/items/" && (i / endpoints.len()) % 100 == 0 {
+                    if ep == "/api/items/" && (i / endpoints.len()).is_multiple_of(100) {
                         "platinum"
                     } else {
                         "gold"

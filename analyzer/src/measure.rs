@@ -212,8 +212,11 @@ pub fn measure(set: &PairSet, policy: &Policy) -> Measurements {
     }
 }
 
+/// How to read one side of a pair.
+type SideOf = fn(&Pair) -> Option<Obs>;
+
 /// The reference sides: the baseline, and the second baseline when it ran.
-type Reference = (String, fn(&Pair) -> Option<Obs>);
+type Reference = (String, SideOf);
 
 fn references(set: &PairSet) -> Vec<Reference> {
     let mut r: Vec<Reference> = vec![(set.baseline.clone(), |p| Some(p.baseline))];
@@ -332,7 +335,7 @@ fn rate_measure(
 fn latency_measure(
     set: &PairSet,
     reference: &str,
-    get: fn(&Pair) -> Option<Obs>,
+    get: SideOf,
     clusters: &[(usize, usize)],
     policy: &Policy,
     seed: u64,
@@ -477,7 +480,7 @@ fn new_field(endpoint: u32, field: u32) -> FieldMeasure {
 
 fn target_metrics(set: &PairSet, clusters: &[(usize, usize)]) -> BTreeMap<String, TargetMetrics> {
     let mut out = BTreeMap::new();
-    let mut sides: Vec<(&str, fn(&Pair) -> Option<Obs>)> = vec![
+    let mut sides: Vec<(&str, SideOf)> = vec![
         (&set.baseline, |p| Some(p.baseline)),
         (&set.candidate, |p| Some(p.candidate)),
     ];
@@ -596,7 +599,7 @@ fn health(set: &PairSet) -> Health {
 
 fn positions(set: &PairSet) -> Vec<PositionLatency> {
     let mut by: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
-    let mut sides: Vec<(&str, fn(&Pair) -> Option<Obs>)> = vec![
+    let mut sides: Vec<(&str, SideOf)> = vec![
         (&set.baseline, |p| Some(p.baseline)),
         (&set.candidate, |p| Some(p.candidate)),
     ];

@@ -315,13 +315,10 @@ impl Policy {
                     "[metrics.{name}] weight, max_increase and max_relative must be finite and >= 0"
                 ));
             }
-            if !(m.max_ratio >= 1.0 && m.max_ratio_p90 >= 1.0 && m.max_ratio_p99 >= 1.0)
-                || !(m.max_ratio.is_finite()
-                    && m.max_ratio_p90.is_finite()
-                    && m.max_ratio_p99.is_finite())
-            {
+            let ratios = [m.max_ratio, m.max_ratio_p90, m.max_ratio_p99, m.slow_ratio];
+            if !ratios.iter().all(|r| r.is_finite() && *r >= 1.0) {
                 return Err(format!(
-                    "[metrics.{name}] max_ratio, max_ratio_p90 and max_ratio_p99 must be finite and >= 1"
+                    "[metrics.{name}] max_ratio, max_ratio_p90, max_ratio_p99 and slow_ratio must be finite and >= 1"
                 ));
             }
             if m.bootstrap_resamples < 20 || m.bootstrap_resamples > 100_000 {
@@ -333,16 +330,17 @@ impl Policy {
                 return Err(format!("[metrics.{name}] tail_min_pairs must be >= 1"));
             }
         }
-        if !(self.noise.relative.is_finite() && self.noise.relative >= 0.0)
-            || !(self.noise.absolute.is_finite() && (0.0..1.0).contains(&self.noise.absolute))
-        {
+        let noise_ok = self.noise.relative.is_finite()
+            && self.noise.relative >= 0.0
+            && (0.0..1.0).contains(&self.noise.absolute);
+        if !noise_ok {
             return Err("[noise] relative must be >= 0 and absolute in [0, 1)".into());
         }
         let h = &self.health;
-        if !(h.max_baseline_error_excess.is_finite() && h.max_baseline_error_excess >= 0.0)
-            || !(h.max_status_mix_distance.is_finite()
-                && (0.0..=1.0).contains(&h.max_status_mix_distance))
-        {
+        let health_ok = h.max_baseline_error_excess.is_finite()
+            && h.max_baseline_error_excess >= 0.0
+            && (0.0..=1.0).contains(&h.max_status_mix_distance);
+        if !health_ok {
             return Err("[health] max_baseline_error_excess must be >= 0 and max_status_mix_distance in [0, 1]".into());
         }
         if !(self.diff.numeric_tolerance.is_finite() && self.diff.numeric_tolerance >= 0.0) {

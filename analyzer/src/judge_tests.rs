@@ -1,0 +1,223 @@
+//! Unit tests of the judge on hand-built measurements.
+
+use super::*;
+use crate::measure::{LatencyMeasure, RateMeasure};
+use crate::stats::{sign_test_greater, sign_test_min_p, Interval};
+use crate::verdict::Health;
+
+fn rate(reference: &str, n: u64, cand: u64, refe: u64, worse: u64, better: u64) -> RateMeasure {
+    RateMeasure {
+        reference: reference.into(),
+        n,
+        units: n,
+        candidate_events: cand,
+        reference_events: refe,
+        worse,
+        better,
+        p: sign_test_greater(worse, better),
+        min_p: sign_test_min_p(worse + better),
+        difference: Interval {
+            estimate: (cand as f64 - refe as f64) / n.max(1) as f64,
+            low: 0.0,
+            high: 0.0,
+        },
+    }
+}
+
+fn latency(reference: &str, n: u64, p_centre: f64) -> LatencyMeasure {
+    LatencyMeasure {
+        reference: reference.into(),
+        units: n,
+        n,
+        centre: Some(Interval::default()),
+        p_centre,
+        p_centre_zero: 0.5,
+        min_p: 0.0,
+        tails: Vec::new(),
+        slow: rate(reference, n, 0, 0, 0, 0),
+        reference_ms: [Some(5.0); 3],
+        candidate_ms: [Some(5.0); 3],
+    }
+}
+
+fn endpoint(name: &str, n: u64, errors: Vec<RateMeasure>) -> EndpointMeasure {
+    let refs: Vec<String> = errors.iter().map(|e| e.reference.clone()).collect();
+    EndpointMeasure {
+        name: name.into(),
+        pairs: n,
+        units: n,
+        errors,
+        latency: refs.iter().map(|r| latency(r, n, 0.9)).collect(),
+        differs: rate("noise (baseline2)", n, 0, 0, 0, 0),
+        targets: BTreeMap::new(),
+    }
+}
+
+fn healthy(pairs: u64) -> Health {
+    let mut mix = BTreeMap::new();
+    mix.insert("2xx".to_owned(), 1.0);
+    Health {
+        pairs,
+        both_answered: pairs,
+        candidate_answered: pairs,
+        recorded_error_rate: Some(0.0),
+        baseline_status_mix: mix.clone(),
+        recorded_status_mix: Some(mix),
+        status_mix_distance: Some(0.0),
+        calibrated: false,
+        ..Health::default()
+    }
+}
+
+/// 30 quiet endpoints and one rare endpoint.
+fn service(rare: RateMeasure) -> Measurements {
+    let mut endpoints: Vec<EndpointMeasure> = (0..30)
+        .map(|i| {
+            endpoint(
+                &format!("GET /e{i}"),
+                200,
+                vec![rate("baseline", 200, 6, 6, 3, 3)],
+            )
+        })
+        .collect();
+    endpoints.push(endpoint("GET /rare", 20, vec![rare]));
+    Measurements {
+        baseline: "baseline".into(),
+        candidate: "candidate".into(),
+        baseline2: None,
+        noise: NoiseSource::Baseline2,
+        endpoints,
+        overall: endpoint(
+            "overall",
+            6020,
+            vec![rate("baseline", 6020, 200, 180, 100, 80)],
+        ),
+        fields: Vec::new(),
+        field_names: Vec::new(),
+        health: healthy(6020),
+        positions: Vec::new(),
+        clustered: false,
+    }
+}
+
+fn check<'a>(j: &'a Judgement, metric: &str, ep: &str) -> &'a Check {
+    j.checks
+        .iter()
+        .find(|c| c.metric == metric && c.endpoint == ep && c.quantity.as_deref() != Some("p90"))
+        .unwrap()
+}
+
+#[test]
+fn a_small_endpoint_fails_on_overwhelming_evidence_and_is_otherwise_not_judged() {
+    let p = Policy::default();
+    let j = judge(&service(rate("baseline", 20, 20, 0, 20, 0)), &p);
+    assert_eq!(j.decision, Decision::NoGo, "{:?}", j.reasons);
+    assert_eq!(
+        check(&j, "error_rate", "GET /rare").result,
+        CheckResult::Fail
+    );
+    assert!(j.reasons[0].contains("GET /rare"), "{:?}", j.reasons);
+    // The same endpoint with 2 of 20: not enough to fail, too small to pass.
+    let j = judge(&service(rate("baseline", 20, 2, 0, 2, 0)), &p);
+    assert_eq!(j.decision, Decision::Go, "{:?}", j.reasons);
+    assert_eq!(
+        check(&j, "error_rate", "GET /rare").result,
+        CheckResult::Inconclusive
+    );
+    assert_eq!(j.not_judged.len(), 1);
+    assert!(
+        j.notes.iter().any(|n| n.contains("GET /rare")),
+        "{:?}",
+        j.notes
+    );
+}
+
+#[test]
+fn an_increase_needs_significance_and_both_bounds() {
+    let p = Policy::default();
+    let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
+    // 3.0% -> 3.1% on 60,000 pairs, significant only by sheer size: within the bounds.
+    m.overall.errors = vec![rate("baseline", 60_000, 1860, 1800, 400, 340)];
+    let j = judge(&m, &p);
+    let c = check(&j, "error_rate", "overall");
+    assert_eq!(c.result, CheckResult::Pass, "{}", c.explanation);
+    // 0 -> 0.5%: fails.
+    m.overall.errors = vec![rate("baseline", 6000, 30, 0, 30, 0)];
+    let j = judge(&m, &p);
+    assert_eq!(check(&j, "error_rate", "overall").result, CheckResult::Fail);
+}
+
+#[test]
+fn with_a_second_baseline_the_candidate_must_be_worse_than_both() {
+    let p = Policy::default();
+    let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
+    m.baseline2 = Some("baseline2".into());
+    // Worse than the baseline, not than baseline2: passes.
+    m.overall.errors = vec![
+        rate("baseline", 6000, 60, 0, 60, 0),
+        rate("baseline2", 6000, 60, 60, 30, 30),
+    ];
+    let j = judge(&m, &p);
+    let c = check(&j, "error_rate", "overall");
+    assert_eq!(c.result, CheckResult::Pass, "{}", c.explanation);
+    assert_eq!(c.tests.len(), 2);
+    m.overall.errors[1] = rate("baseline2", 6000, 60, 0, 60, 0);
+    assert_eq!(
+        check(&judge(&m, &p), "error_rate", "overall").result,
+        CheckResult::Fail
+    );
+}
+
+#[test]
+fn health_guards_make_vacuous_comparisons_inconclusive() {
+    let p = Policy::default();
+    let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
+    m.health.baseline_error_rate = 1.0;
+    let j = judge(&m, &p);
+    assert_eq!(j.decision, Decision::Inconclusive);
+    assert!(j.reasons[0].contains("unhealthy"), "{:?}", j.reasons);
+    let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
+    m.health.status_mix_distance = Some(1.0);
+    assert!(judge(&m, &p).reasons[0].contains("do not resemble production"));
+    let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
+    m.health.candidate_answered = 0;
+    assert_eq!(judge(&m, &p).decision, Decision::NoGo);
+    let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
+    m.health.both_answered = 10;
+    assert_eq!(judge(&m, &p).decision, Decision::Inconclusive);
+}
+
+#[test]
+fn every_valid_policy_runs_on_empty_and_tiny_measurements() {
+    let mut p = Policy::default();
+    p.samples.min_endpoint = 0;
+    p.samples.min_overall = 0;
+    p.score.pass = 0.0;
+    p.score.marginal = 0.0;
+    p.check().unwrap();
+    let mut m = service(rate("baseline", 0, 0, 0, 0, 0));
+    m.endpoints.clear();
+    m.overall = endpoint("overall", 0, vec![rate("baseline", 0, 0, 0, 0, 0)]);
+    m.health = Health::default();
+    let j = judge(&m, &p);
+    assert_eq!(j.decision, Decision::Inconclusive, "{:?}", j.reasons);
+    // Every metric disabled: nothing judged, inconclusive, no panic.
+    let mut q = Policy::default();
+    q.metrics.error_rate.enabled = false;
+    q.metrics.latency.enabled = false;
+    q.metrics.diff_rate.enabled = false;
+    let j = judge(&service(rate("baseline", 20, 0, 0, 0, 0)), &q);
+    assert_eq!(j.decision, Decision::Inconclusive, "{:?}", j.reasons);
+    // Nonsense is refused with the key named.
+    let mut bad = Policy::default();
+    bad.metrics.latency.max_ratio = 0.5;
+    assert!(bad.check().unwrap_err().contains("max_ratio"));
+    let bad = Policy {
+        baseline2: "candidate".into(),
+        ..Policy::default()
+    };
+    assert!(bad.check().is_err());
+    let mut bad = Policy::default();
+    bad.noise.absolute = f64::NAN;
+    assert!(bad.check().is_err());
+}
