@@ -858,15 +858,19 @@ fn decide(
     }
     if !not_judged.is_empty() {
         let share: f64 = not_judged.iter().map(|n| n.traffic_share).sum();
+        let names: Vec<String> = not_judged
+            .iter()
+            .map(|n| format!("{} ({:.1}%)", n.endpoint, n.traffic_share * 100.0))
+            .collect();
         notes.push(format!(
-            "not judged (fewer than {} pairs; they can fail but not pass): {} ({:.1}% of traffic)",
+            "not judged (fewer than {} pairs; they can fail but not pass): {}{}",
             p.samples.min_endpoint,
-            not_judged
-                .iter()
-                .map(|n| format!("{} ({:.1}%)", n.endpoint, n.traffic_share * 100.0))
-                .collect::<Vec<_>>()
-                .join(", "),
-            share * 100.0
+            names.join(", "),
+            if names.len() > 1 {
+                format!(": {:.1}% of traffic in all", share * 100.0)
+            } else {
+                String::new()
+            }
         ));
     }
     if !h.calibrated {
