@@ -221,3 +221,95 @@ fn every_valid_policy_runs_on_empty_and_tiny_measurements() {
     bad.noise.absolute = f64::NAN;
     assert!(bad.check().is_err());
 }
+
+mod properties {
+    use super::*;
+    use crate::units::{Obs, Pair, PairSet};
+    use proptest::prelude::*;
+
+    /// A small pair set from drawn (endpoint, pass count, baseline, candidate, baseline2)
+    /// outcomes: status class and latency.
+    fn pair_set(draws: &[(u8, u8, (u8, u16), (u8, u16), Option<(u8, u16)>)]) -> PairSet {
+        let b2 = draws.iter().any(|d| d.4.is_some());
+        let mut set = PairSet::new(
+            "baseline",
+            "candidate",
+            b2.then_some("baseline2"),
+            if b2 {
+                NoiseSource::Baseline2
+            } else {
+                NoiseSource::None
+            },
+        );
+        let obs = |(s, ms): (u8, u16)| match s % 4 {
+            0 => Obs::no_answer(i64::from(ms) * 1000),
+            1 => Obs::answer(500, i64::from(ms) * 1000),
+            2 => Obs::answer(404, i64::from(ms) * 1000),
+            _ => Obs::answer(200, i64::from(ms) * 1000),
+        };
+        for (i, d) in draws.iter().enumerate() {
+            let ep = set.endpoint_id(&format!("GET /e{}", d.0 % 4));
+            let cluster = set.cluster_id(&format!("x{i}"));
+            for _ in 0..=(d.1 % 3) {
+                set.pairs.push(Pair {
+                    endpoint: ep,
+                    cluster,
+                    baseline: obs(d.2),
+                    candidate: obs(d.3),
+                    baseline2: if b2 {
+                        Some(obs(d.4.unwrap_or(d.2)))
+                    } else {
+                        None
+                    },
+                    recorded_status: Some(200),
+                    candidate_diff: Some(Vec::new()),
+                    noise_diff: b2.then(Vec::new),
+                });
+            }
+        }
+        set.group_by_cluster();
+        set
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any pairs under any valid policy: no panic, a decision whose exit code is one of
+        /// the four, and never go when nothing was compared.
+        #[test]
+        fn measure_and_judge_never_panic(
+            draws in proptest::collection::vec(
+                (any::<u8>(), any::<u8>(), (any::<u8>(), 1u16..5000), (any::<u8>(), 1u16..5000),
+                 proptest::option::of((any::<u8>(), 1u16..5000))),
+                0..120),
+            min_endpoint in 0u64..50,
+            min_overall in 0u64..100,
+            alpha in 0.0001f64..0.5,
+            max_ratio in 1.0f64..3.0,
+            tail_min in 1u64..20,
+        ) {
+            let mut p = Policy::default();
+            p.samples.min_endpoint = min_endpoint;
+            p.samples.min_overall = min_overall;
+            p.metrics.error_rate.alpha = alpha;
+            p.metrics.latency.alpha = alpha;
+            p.metrics.latency.max_ratio = max_ratio;
+            p.metrics.latency.tail_min_pairs = tail_min;
+            p.metrics.latency.bootstrap_resamples = 20;
+            prop_assert!(p.check().is_ok());
+            let set = pair_set(&draws);
+            let m = crate::measure::measure(&set, &p);
+            let j = judge(&m, &p);
+            prop_assert!(j.decision.exit_code(false) <= 3);
+            if set.pairs.is_empty() {
+                prop_assert_eq!(j.decision, Decision::Inconclusive);
+            }
+            for c in &j.checks {
+                if let Some(t) = &c.test {
+                    let pv = t.p_value.unwrap_or(0.5);
+                    prop_assert!((0.0..=1.0).contains(&pv), "{:?}", t);
+                }
+            }
+        }
+    }
+}
