@@ -763,7 +763,13 @@ fn pair_group(
     )?;
     let noise = match (b2, rec) {
         (Some((n, r)), _) => diff(ComparisonKind::Noise, base_side, (n, &r.response), set)?,
-        (None, Some(rec)) => diff(ComparisonKind::Recorded, ("recorded", rec), base_side, set)?,
+        (None, Some(rec)) => {
+            let mut ids = diff(ComparisonKind::Recorded, ("recorded", rec), base_side, set)?;
+            if let Some(ids) = ids.as_mut() {
+                set.absent_fields_as_volatile(ids);
+            }
+            ids
+        }
         (None, None) => None,
     };
     pair.noise_diff = noise;

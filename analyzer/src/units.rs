@@ -229,6 +229,26 @@ impl PairSet {
         ids
     }
 
+    /// For a noise comparison against the recorded production response: a field production's
+    /// response lacked (or had and the replayed version lacks) says nothing about whether its
+    /// value is stable, so it also counts as noise for `value_changed` on the same path (a
+    /// per-request field the recorded version did not have yet is not a regression).
+    /// `type_changed` and the other kinds stay uncalibrated by it.
+    pub fn absent_fields_as_volatile(&mut self, ids: &mut Vec<u32>) {
+        let absent: Vec<String> = ids
+            .iter()
+            .map(|&i| &self.fields[i as usize])
+            .filter(|(_, kind)| matches!(kind, DiffKind::FieldAdded | DiffKind::FieldMissing))
+            .map(|(pattern, _)| pattern.clone())
+            .collect();
+        for pattern in absent {
+            let id = self.field_id(pattern, DiffKind::ValueChanged);
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+
     /// Orders the pairs by cluster (stable), as the bootstrap needs.
     pub fn group_by_cluster(&mut self) {
         self.pairs.sort_by_key(|p| p.cluster);

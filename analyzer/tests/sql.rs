@@ -325,3 +325,39 @@ fn a_foreign_file_is_an_input_error_not_a_panic() {
         "{err}"
     );
 }
+
+/// Without a second baseline, a per-request field the recording does not have (the recorded
+/// version did not send it yet) is not calibrated by the recording: it is not counted against
+/// the candidate as a changed value, but a change of its type still is.
+#[test]
+fn a_field_absent_from_the_recording_is_not_a_regression_of_its_value() {
+    for (candidate_ts, expect) in [("{i}1", Decision::Go), ("\"{i}\"", Decision::NoGo)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_exchanges(&dir.path().join("cap"), 120);
+        let mut rows = Vec::new();
+        for i in 0..120 {
+            let b = format!(
+                "{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}},\"seq\":{},\"ts\":{i}0}}",
+                i * 2
+            );
+            let c = format!(
+                "{{\"user\":{{\"id\":{i},\"name\":\"n{i}\"}},\"seq\":{},\"ts\":{}}}",
+                i * 2 + 1,
+                candidate_ts.replace("{i}", &i.to_string())
+            );
+            rows.push(row(i, "baseline", Some(200), 5.0, &b));
+            rows.push(row(i, "candidate", Some(200), 5.0, &c));
+        }
+        write_replays(&dir.path().join("rep"), &rows);
+        let v = rt().block_on(analyze(&options(dir.path()))).unwrap();
+        assert_eq!(v.noise_source, "recorded");
+        assert_eq!(v.verdict, expect, "{:?}", v.reasons);
+        if expect == Decision::NoGo {
+            assert!(
+                v.reasons.iter().any(|r| r.contains("/ts (type_changed)")),
+                "{:?}",
+                v.reasons
+            );
+        }
+    }
+}
