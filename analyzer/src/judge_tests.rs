@@ -227,9 +227,12 @@ mod properties {
     use crate::units::{Obs, Pair, PairSet};
     use proptest::prelude::*;
 
+    /// One target's drawn outcome: status class, latency in ms.
+    type Drawn = (u8, u16);
+
     /// A small pair set from drawn (endpoint, pass count, baseline, candidate, baseline2)
-    /// outcomes: status class and latency.
-    fn pair_set(draws: &[(u8, u8, (u8, u16), (u8, u16), Option<(u8, u16)>)]) -> PairSet {
+    /// outcomes.
+    fn pair_set(draws: &[(u8, u8, Drawn, Drawn, Option<Drawn>)]) -> PairSet {
         let b2 = draws.iter().any(|d| d.4.is_some());
         let mut set = PairSet::new(
             "baseline",
@@ -241,7 +244,7 @@ mod properties {
                 NoiseSource::None
             },
         );
-        let obs = |(s, ms): (u8, u16)| match s % 4 {
+        let obs = |(s, ms): Drawn| match s % 4 {
             0 => Obs::no_answer(i64::from(ms) * 1000),
             1 => Obs::answer(500, i64::from(ms) * 1000),
             2 => Obs::answer(404, i64::from(ms) * 1000),
