@@ -735,10 +735,12 @@ fn pair_group(
             return Ok(None);
         }
         let cmp = compare(&l.side(), &r.side(), input.opts);
+        // The row is written whatever it holds; a 5xx side keeps it out of the tests.
+        let statuses = (l.status, r.status);
         let fields = match kind {
-            ComparisonKind::Candidate => Some(set.diff_fields(&cmp, ep, Some(&key.0))),
+            ComparisonKind::Candidate => set.judged_fields(&cmp, statuses, ep, Some(&key.0)),
             ComparisonKind::CandidateRecorded => None,
-            _ => Some(set.diff_fields(&cmp, ep, None)),
+            _ => set.judged_fields(&cmp, statuses, ep, None),
         };
         writer.push(DiffRow {
             exchange_id: key.0.clone(),

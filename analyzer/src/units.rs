@@ -229,6 +229,24 @@ impl PairSet {
         ids
     }
 
+    /// The fields a comparison contributes to the difference tests: `None` when either side
+    /// answered 5xx (the error rate's business: one error page would otherwise count again as
+    /// a difference in every field, and against a recorded response at production's error rate
+    /// rather than the targets').
+    pub fn judged_fields(
+        &mut self,
+        cmp: &Comparison,
+        statuses: (Option<u16>, Option<u16>),
+        endpoint: u32,
+        example_of: Option<&str>,
+    ) -> Option<Vec<u32>> {
+        let server_error = |s: Option<u16>| s.is_some_and(|s| s >= 500);
+        if server_error(statuses.0) || server_error(statuses.1) {
+            return None;
+        }
+        Some(self.diff_fields(cmp, endpoint, example_of))
+    }
+
     /// For a noise comparison against the recorded production response: a field production's
     /// response lacked (or had and the replayed version lacks) says nothing about whether its
     /// value is stable, so it also counts as noise for `value_changed` on the same path (a
