@@ -33,14 +33,14 @@
 //! [metrics.error_rate]             # 5xx and transport errors, McNemar's exact test on pairs
 //! critical = true
 //! weight = 1.0
-//! alpha = 0.005                    # family-wise: half over the endpoints, half overall
+//! alpha = 0.01                     # family-wise: half over the endpoints, half overall
 //! max_increase = 0.002             # the increase must exceed 0.2 points
 //! max_relative = 0.25              # and 25% of the baseline's rate to fail
 //!
 //! [metrics.latency]                # paired log ratios; higher is worse
 //! critical = true
 //! weight = 1.0
-//! alpha = 0.005
+//! alpha = 0.0025
 //! max_ratio = 1.2                  # centre (Hodges-Lehmann ratio) bound
 //! max_ratio_p90 = 1.5              # p90 ratio bound
 //! max_ratio_p99 = 2.0              # p99 ratio bound
@@ -52,7 +52,7 @@
 //! [metrics.diff_rate]              # differences beyond noise, per field and kind
 //! critical = true
 //! weight = 1.0
-//! alpha = 0.005
+//! alpha = 0.0025
 //! max_increase = 0.01              # overall "differs at all" bound (points)
 //! ```
 
@@ -255,7 +255,7 @@ impl Default for MetricPolicy {
         MetricPolicy {
             critical: true,
             weight: 1.0,
-            alpha: 0.005,
+            alpha: 0.0025,
             max_increase: 0.01,
             max_relative: 0.25,
             max_ratio: 1.2,
@@ -273,6 +273,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             error_rate: MetricPolicy {
+                alpha: 0.01,
                 max_increase: 0.002,
                 ..MetricPolicy::default()
             },
