@@ -203,7 +203,8 @@ pub struct JudgeArgs {
     #[arg(long, value_name = "NAME")]
     candidate: Option<String>,
 
-    /// Second baseline target (a copy of the current version) used to measure noise.
+    /// Second baseline target (another copy of the current version): the noise for the
+    /// differences, and the A/A calibration (the candidate fails only when worse than both).
     #[arg(long, value_name = "NAME")]
     baseline2: Option<String>,
 
@@ -253,7 +254,9 @@ impl JudgeArgs {
     input (also: a replay directory holding several runs without --run), 65 SQL errors, 74\n\
     output errors.")]
 pub struct AnalyzeArgs {
-    /// Capture output (the recorded production responses are a noise source).
+    /// Capture output: the recorded production responses are the noise source without a second
+    /// baseline, and the health guards compare the baseline's answers with them. Default: the
+    /// recording named in the replay's summary, when it still exists.
     #[arg(long, value_name = "DIR")]
     capture: Option<PathBuf>,
 
