@@ -400,7 +400,7 @@ pub fn tarone_bonferroni(p: &[f64], min_p: &[f64], alpha: f64) -> Vec<f64> {
 /// A p value as people read it: `0.032`, `2.1e-7`.
 pub fn fmt_p(p: f64) -> String {
     if p < 1e-16 {
-        "< 1e-16".to_owned()
+        "<1e-16".to_owned()
     } else if p < 0.001 {
         format!("{p:.1e}")
     } else {
