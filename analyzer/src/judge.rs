@@ -108,8 +108,7 @@ pub fn judge(m: &Measurements, p: &Policy) -> Judgement {
             let alpha = mp.alpha / 2.0;
             let ps: Vec<f64> = idx.iter().map(|&i| pending[i].p).collect();
             let mins: Vec<f64> = idx.iter().map(|&i| pending[i].min_p).collect();
-            let adj = tarone_bonferroni(&ps, &mins, alpha);
-            let k = adj_family_size(&ps, &adj);
+            let (adj, k) = tarone_bonferroni(&ps, &mins, alpha);
             for (j, &i) in idx.iter().enumerate() {
                 let c = &mut pending[i];
                 c.check.family = format!(
@@ -118,7 +117,7 @@ pub fn judge(m: &Measurements, p: &Policy) -> Judgement {
                     idx.len()
                 );
                 for t in c.check.tests.iter_mut() {
-                    t.p_adjusted = t.p_value.map(|pv| (pv * k.max(1) as f64).min(1.0));
+                    t.p_adjusted = t.p_value.map(|pv| (pv * k as f64).min(1.0));
                 }
                 if let Some(t) = c.check.test.as_mut() {
                     t.p_adjusted = Some(adj[j]);
@@ -138,16 +137,6 @@ pub fn judge(m: &Measurements, p: &Policy) -> Judgement {
     let mut checks: Vec<Check> = pending.into_iter().map(|c| c.check).collect();
     checks.append(&mut diff_checks);
     decide(m, p, checks, field_classes, differing)
-}
-
-/// Tests counted by the adjustment (those whose adjusted p is not 1 only because of it).
-fn adj_family_size(p: &[f64], adj: &[f64]) -> usize {
-    p.iter()
-        .zip(adj)
-        .filter(|&(&raw, &a)| raw > 0.0 && a < 1.0)
-        .map(|(&raw, &a)| (a / raw).round() as usize)
-        .max()
-        .unwrap_or(p.len())
 }
 
 fn finish_explanation(c: &mut Check, fail: bool, enough: bool, adj: f64, alpha: f64) {
@@ -181,6 +170,34 @@ fn side(target: &str, n: u64, value: Option<f64>, events: Option<u64>) -> SideVa
     }
 }
 
+/// The paired test on rates: McNemar's exact test, which with `--loop` is the sign test on
+/// exchanges.
+fn rate_test_name(m: &Measurements) -> &'static str {
+    if m.clustered {
+        "sign_test_on_exchanges"
+    } else {
+        "mcnemar_exact"
+    }
+}
+
+/// Both sides of a paired rate check: the reference, and the candidate on the same pairs.
+fn rate_sides(m: &Measurements, r: &RateMeasure) -> (SideValue, SideValue) {
+    (
+        side(
+            &r.reference,
+            r.n,
+            Some(r.reference_rate()),
+            Some(r.reference_events),
+        ),
+        side(
+            &m.candidate,
+            r.n,
+            Some(r.candidate_rate()),
+            Some(r.candidate_events),
+        ),
+    )
+}
+
 fn rate_test(name: &str, r: &RateMeasure) -> TestOutcome {
     TestOutcome {
         name: name.into(),
@@ -208,11 +225,7 @@ fn error_check(
     min: u64,
     overall: bool,
 ) -> Pending {
-    let name = if m.clustered {
-        "sign_test_on_exchanges"
-    } else {
-        "mcnemar_exact"
-    };
+    let name = rate_test_name(m);
     let tests: Vec<TestOutcome> = e.errors.iter().map(|r| rate_test(name, r)).collect();
     let deciding = e
         .errors
@@ -227,6 +240,7 @@ fn error_check(
             .iter()
             .all(|r| large_increase(r, mp.max_increase, mp.max_relative));
     let base = &e.errors[0];
+    let (baseline, candidate) = rate_sides(m, base);
     let explanation = format!(
         "{:.2}% ({}/{}) vs {:.2}% ({}/{}); {} candidate-only and {} {}-only error units; raw p = {}",
         base.candidate_rate() * 100.0,
@@ -247,8 +261,8 @@ fn error_check(
         result: CheckResult::Inconclusive,
         critical: mp.critical,
         weight: mp.weight,
-        baseline: side(&base.reference, base.n, Some(base.reference_rate()), Some(base.reference_events)),
-        candidate: side(&m.candidate, base.n, Some(base.candidate_rate()), Some(base.candidate_events)),
+        baseline,
+        candidate,
         test: Some(rate_test(name, &deciding)),
         tests,
         family: String::new(),
@@ -362,16 +376,7 @@ fn latency_checks(
         let tests: Vec<TestOutcome> = e
             .latency
             .iter()
-            .map(|l| {
-                rate_test(
-                    if m.clustered {
-                        "sign_test_on_exchanges"
-                    } else {
-                        "mcnemar_exact"
-                    },
-                    &l.slow,
-                )
-            })
+            .map(|l| rate_test(rate_test_name(m), &l.slow))
             .collect();
         let deciding = e
             .latency
@@ -379,6 +384,7 @@ fn latency_checks(
             .max_by(|a, b| a.slow.p.total_cmp(&b.slow.p))
             .unwrap_or(base);
         let s = &base.slow;
+        let (baseline, candidate) = rate_sides(m, s);
         let explanation = format!(
             "{:.2}% of requests more than {:.1}x slower on the candidate ({}/{}), {:.2}% more than {:.1}x slower on {} ({}); raw p = {}",
             s.candidate_rate() * 100.0,
@@ -399,9 +405,9 @@ fn latency_checks(
                 result: CheckResult::Inconclusive,
                 critical: mp.critical,
                 weight: mp.weight,
-                baseline: side(&s.reference, s.n, Some(s.reference_rate()), Some(s.reference_events)),
-                candidate: side(&m.candidate, s.n, Some(s.candidate_rate()), Some(s.candidate_events)),
-                test: Some(rate_test("mcnemar_exact", &deciding.slow)),
+                baseline,
+                candidate,
+                test: Some(rate_test(rate_test_name(m), &deciding.slow)),
                 tests,
                 family: String::new(),
                 threshold: format!(
@@ -525,14 +531,10 @@ fn diff_checks(
     let alpha = mp.alpha / 2.0;
     let ps: Vec<f64> = m.fields.iter().map(|f| f.p).collect();
     let mins: Vec<f64> = m.fields.iter().map(|f| f.min_p).collect();
-    let adj = tarone_bonferroni(&ps, &mins, alpha);
-    let k = adj_family_size(&ps, &adj);
+    let (adj, k) = tarone_bonferroni(&ps, &mins, alpha);
     let mut classes = Vec::new();
     let mut failing: BTreeMap<u32, Vec<(String, f64)>> = BTreeMap::new();
-    let noise_name = match m.noise {
-        NoiseSource::None => "no noise source".to_owned(),
-        n => format!("noise ({})", n.as_str()),
-    };
+    let noise_name = noise_name(m.noise);
     for (f, &a) in m.fields.iter().zip(&adj) {
         let rate = |x: u64| {
             if f.pairs == 0 {
@@ -632,8 +634,8 @@ fn diff_checks(
             )
         };
         checks.push(diff_check(
+            m,
             e,
-            &noise_name,
             mp,
             result,
             explanation,
@@ -668,8 +670,8 @@ fn diff_checks(
         if fail { ": fails" } else { "" }
     );
     checks.push(diff_check(
+        m,
         &m.overall,
-        &noise_name,
         mp,
         result,
         explanation,
@@ -680,10 +682,18 @@ fn diff_checks(
     (classes, checks, differing)
 }
 
+/// The noise comparison, as the reports name it.
+fn noise_name(n: NoiseSource) -> String {
+    match n {
+        NoiseSource::None => "no noise source".to_owned(),
+        n => format!("noise ({})", n.as_str()),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn diff_check(
+    m: &Measurements,
     e: &EndpointMeasure,
-    noise_name: &str,
     mp: &MetricPolicy,
     result: CheckResult,
     explanation: String,
@@ -692,6 +702,11 @@ fn diff_check(
     family: &str,
 ) -> Check {
     let d = &e.differs;
+    let (mut baseline, candidate) = rate_sides(m, d);
+    baseline.target = noise_name(m.noise);
+    let mut test = rate_test("mcnemar_exact", d);
+    test.reference = baseline.target.clone();
+    test.p_adjusted = Some(p_adj);
     Check {
         metric: "diff_rate".into(),
         quantity: None,
@@ -699,19 +714,9 @@ fn diff_check(
         result,
         critical: mp.critical,
         weight: mp.weight,
-        baseline: side(noise_name, d.n, Some(d.reference_rate()), Some(d.reference_events)),
-        candidate: side(&e.name, d.n, Some(d.candidate_rate()), Some(d.candidate_events)),
-        test: Some(TestOutcome {
-            name: "mcnemar_exact".into(),
-            reference: noise_name.to_owned(),
-            p_value: Some(d.p),
-            p_adjusted: Some(p_adj),
-            z: None,
-            effect: Some(d.difference.estimate),
-            effect_low: Some(d.difference.low),
-            effect_high: Some(d.difference.high),
-            discordant: Some((d.worse, d.better)),
-        }),
+        baseline,
+        candidate,
+        test: Some(test),
         tests: Vec::new(),
         family: family.to_owned(),
         threshold: "per field and kind of difference: fails when the candidate differs significantly more often than noise on the same exchanges (adjusted p < alpha) by more than noise.relative and noise.absolute".into(),

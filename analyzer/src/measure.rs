@@ -219,11 +219,23 @@ type SideOf = fn(&Pair) -> Option<Obs>;
 type Reference = (String, SideOf);
 
 fn references(set: &PairSet) -> Vec<Reference> {
-    let mut r: Vec<Reference> = vec![(set.baseline.clone(), |p| Some(p.baseline))];
+    targets(set)
+        .into_iter()
+        .filter(|(name, _)| *name != set.candidate)
+        .map(|(name, get)| (name.to_owned(), get))
+        .collect()
+}
+
+/// Every target of the pairs, with how to read its side: baseline, candidate, baseline2.
+fn targets(set: &PairSet) -> Vec<(&str, SideOf)> {
+    let mut sides: Vec<(&str, SideOf)> = vec![
+        (&set.baseline, |p| Some(p.baseline)),
+        (&set.candidate, |p| Some(p.candidate)),
+    ];
     if let Some(b2) = &set.baseline2 {
-        r.push((b2.clone(), |p| p.baseline2));
+        sides.push((b2, |p| p.baseline2));
     }
-    r
+    sides
 }
 
 /// Consecutive runs of pairs of one cluster.
@@ -480,14 +492,7 @@ fn new_field(endpoint: u32, field: u32) -> FieldMeasure {
 
 fn target_metrics(set: &PairSet, clusters: &[(usize, usize)]) -> BTreeMap<String, TargetMetrics> {
     let mut out = BTreeMap::new();
-    let mut sides: Vec<(&str, SideOf)> = vec![
-        (&set.baseline, |p| Some(p.baseline)),
-        (&set.candidate, |p| Some(p.candidate)),
-    ];
-    if let Some(b2) = &set.baseline2 {
-        sides.push((b2, |p| p.baseline2));
-    }
-    for (name, get) in sides {
+    for (name, get) in targets(set) {
         let mut m = TargetMetrics::default();
         let mut lat = Vec::new();
         for &(a, b) in clusters {
@@ -599,14 +604,7 @@ fn health(set: &PairSet) -> Health {
 
 fn positions(set: &PairSet) -> Vec<PositionLatency> {
     let mut by: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
-    let mut sides: Vec<(&str, SideOf)> = vec![
-        (&set.baseline, |p| Some(p.baseline)),
-        (&set.candidate, |p| Some(p.candidate)),
-    ];
-    if let Some(b2) = &set.baseline2 {
-        sides.push((b2, |p| p.baseline2));
-    }
-    for (name, get) in sides {
+    for (name, get) in targets(set) {
         for p in &set.pairs {
             let Some(o) = get(p) else { continue };
             if let (Some(pos), true) = (o.position, o.answered()) {

@@ -363,12 +363,12 @@ pub fn wald_greater(estimate: f64, se: f64, bound: f64) -> f64 {
 /// attainable p values `min_p` (0 for continuous tests): Tarone's procedure. Tests that could
 /// not reach significance even with all their evidence one way (a sign test on 3 discordant
 /// pairs cannot go below 1/8) are left out of the count K, and the others are compared with
-/// alpha / K (Bonferroni over the K that could). Returns the adjusted p values:
-/// min(1, K p) for the tests counted, 1 for the others. Valid under any dependence.
-pub fn tarone_bonferroni(p: &[f64], min_p: &[f64], alpha: f64) -> Vec<f64> {
+/// alpha / K (Bonferroni over the K that could). Returns the adjusted p values (min(1, K p)
+/// for the tests counted, 1 for the others) and K. Valid under any dependence.
+pub fn tarone_bonferroni(p: &[f64], min_p: &[f64], alpha: f64) -> (Vec<f64>, usize) {
     let m = p.len();
     if m == 0 {
-        return Vec::new();
+        return (Vec::new(), 0);
     }
     let mut mins: Vec<f64> = min_p.to_vec();
     mins.sort_by(f64::total_cmp);
@@ -385,7 +385,8 @@ pub fn tarone_bonferroni(p: &[f64], min_p: &[f64], alpha: f64) -> Vec<f64> {
         }
     }
     let k = k.max(1);
-    p.iter()
+    let adjusted = p
+        .iter()
         .zip(min_p)
         .map(|(&pv, &mp)| {
             if mp <= alpha / k as f64 {
@@ -394,7 +395,8 @@ pub fn tarone_bonferroni(p: &[f64], min_p: &[f64], alpha: f64) -> Vec<f64> {
                 1.0
             }
         })
-        .collect()
+        .collect();
+    (adjusted, k)
 }
 
 /// A p value as people read it: `0.032`, `2.1e-7`.
@@ -465,13 +467,14 @@ mod tests {
         let mut min_p = vec![0.25; 100];
         p.push(0.5f64.powi(20));
         min_p.push(0.5f64.powi(20));
-        let adj = tarone_bonferroni(&p, &min_p, 0.05);
+        let (adj, k) = tarone_bonferroni(&p, &min_p, 0.05);
+        assert_eq!(k, 1);
         assert!((adj[100] - 0.5f64.powi(20)).abs() < 1e-15, "{}", adj[100]);
         assert!(adj[..100].iter().all(|&a| a == 1.0));
         // Continuous tests (min p 0): plain Bonferroni.
-        let adj = tarone_bonferroni(&[0.01, 0.02], &[0.0, 0.0], 0.05);
-        assert_eq!(adj, vec![0.02, 0.04]);
-        assert!(tarone_bonferroni(&[], &[], 0.05).is_empty());
+        let (adj, k) = tarone_bonferroni(&[0.01, 0.02], &[0.0, 0.0], 0.05);
+        assert_eq!((adj, k), (vec![0.02, 0.04], 2));
+        assert!(tarone_bonferroni(&[], &[], 0.05).0.is_empty());
     }
 
     #[test]
