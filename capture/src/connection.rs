@@ -14,7 +14,7 @@ use std::sync::Arc;
 use shadowtap_core::exchange::{Body, CompactString, Exchange, ExchangeFlags};
 use shadowtap_core::id::stable_id;
 
-use crate::http::{
+use shadowtap_http1::{
     is_start_line, Framing, Message, MessageParser, ParserEvent, ParserLimits, ResponseFraming,
     Role,
 };

@@ -2,7 +2,7 @@
 //!
 //! A typed pipeline: [`source`] reads packets (libpcap, offline), [`decode`] turns them into TCP
 //! segments (link layers, VLANs, IP fragments), [`reassembly`] orders each flow's bytes by
-//! sequence number, [`http`] frames messages, [`connection`] pairs requests with responses, and
+//! sequence number, [`shadowtap_http1`] frames messages, [`connection`] pairs requests with responses, and
 //! [`pipeline`] samples the exchanges and writes them through the Parquet sink of
 //! `shadowtap-core`, with a [`summary`] of everything read, skipped and lost.
 //!
@@ -18,7 +18,6 @@
 pub mod connection;
 pub mod decode;
 pub mod error;
-pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;

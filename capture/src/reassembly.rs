@@ -17,7 +17,7 @@ use shadowtap_core::exchange::Exchange;
 
 use crate::connection::{Endpoint, HttpConnection};
 use crate::decode::TcpSegment;
-use crate::http::ParserLimits;
+use shadowtap_http1::ParserLimits;
 
 /// Limits of the flow table.
 #[derive(Debug, Clone)]

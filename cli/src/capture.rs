@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{self, CaptureConfig};
 use shadowtap_capture::criteria::{CriteriaSpec, MatchCriteria};
-use shadowtap_capture::http::ParserLimits;
+use shadowtap_http1::ParserLimits;
 use shadowtap_capture::live::{list_interfaces, LiveOptions};
 use shadowtap_capture::pipeline::{capture_files, capture_live, CaptureOptions, LiveLimits};
 use shadowtap_capture::reassembly::ReassemblyConfig;

@@ -2,7 +2,7 @@
 //!
 //! The capture stage produces [`Exchange`] records; every stage after it reads them back from
 //! Parquet. This crate owns the record ([`exchange`]), its Arrow schema and schema version
-//! ([`schema`]), stable identifiers ([`id`]), HTTP content decoding ([`content`]) and the rolling
+//! ([`schema`]), stable identifiers ([`id`]) and the rolling
 //! Parquet writer every stage writes through ([`sink`]), reading recordings back ([`read`]), the
 //! `replays` table ([`replays`]), and the selection both capture and
 //! replay apply: match criteria ([`criteria`]) and deterministic sampling ([`sampling`]).
@@ -14,7 +14,6 @@
 //! assert_eq!(EXCHANGES_SCHEMA_VERSION, 1);
 //! ```
 
-pub mod content;
 pub mod criteria;
 pub mod exchange;
 pub mod id;

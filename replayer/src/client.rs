@@ -1,8 +1,12 @@
 //! One client per target: connection reuse, HTTP/1.1 or h2c, timing of connect / first byte /
-//! total, bodies capped, and transport errors sorted into kinds. Plain `http://` targets use our
-//! own connections over hyper ([`crate::pool`]); `https://` targets use reqwest.
+//! total, bodies capped, and transport errors sorted into kinds ([`crate::transport`]).
+//!
+//! Replay at `--rate max` spends most of its time per request in the client, so plain-HTTP
+//! targets skip the general-purpose client (URL parsing, proxy and redirect layers, a pool keyed
+//! by URL): HTTP/1.1 goes through [`shadowtap_http1::client`] (requests exactly as recorded),
+//! h2c through one shared hyper connection ([`crate::h2c`]). `https://` targets use reqwest
+//! (TLS, ALPN).
 
-use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,29 +20,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use shadowtap_core::replays::ErrorKind;
 use shadowtap_core::{CompactString, Header};
 
-use crate::h1::RequestHead;
-use crate::pool::{PlainPool, ReqBody};
+use shadowtap_http1::client::{Pool, RequestHead};
 
-/// HTTP version towards the targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Protocol {
-    /// HTTP/1.1 (connections reused, one request at a time on each).
-    #[default]
-    Http1,
-    /// HTTP/2 without TLS, by prior knowledge (h2c); over `https://`, HTTP/2 by ALPN.
-    H2c,
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "http1" | "http1.1" | "h1" => Ok(Protocol::Http1),
-            "h2c" | "http2" | "h2" => Ok(Protocol::H2c),
-            other => Err(format!("unknown protocol {other:?} (use http1 or h2c)")),
-        }
-    }
-}
+use crate::h2c::{H2Shared, ReqBody};
+pub use crate::transport::Protocol;
+use crate::transport::{classify, classify_hyper, error_chain, failure, kind};
 
 /// Client settings shared by every target.
 #[derive(Debug, Clone)]
@@ -121,10 +107,17 @@ pub struct TargetClient {
 }
 
 enum Transport {
-    /// `http://`: connections kept by us, straight over hyper (see [`crate::pool`]).
+    /// `http://`: connections kept by us (see the module docs).
     Plain(PlainPool),
     /// `https://`: reqwest (TLS, HTTP/2 by ALPN).
     Tls(reqwest::Client),
+}
+
+/// Connections to one plain-HTTP target.
+struct PlainPool {
+    protocol: Protocol,
+    h1: Pool,
+    h2: H2Shared,
 }
 
 /// Builds the client for one target.
@@ -132,14 +125,11 @@ pub fn build_client(url: &reqwest::Url, o: &ClientOptions) -> Result<TargetClien
     if url.scheme() == "http" {
         let host = url.host_str().ok_or_else(|| format!("{url}: no host"))?;
         let port = url.port_or_known_default().unwrap_or(80);
-        let pool = PlainPool::new(
-            host,
-            port,
-            o.protocol,
-            o.connect_timeout,
-            o.pool_size,
-            o.max_body,
-        );
+        let pool = PlainPool {
+            protocol: o.protocol,
+            h1: Pool::new(host, port, o.connect_timeout, o.pool_size, o.max_body),
+            h2: H2Shared::new(host, port, o.connect_timeout),
+        };
         return Ok(TargetClient {
             inner: Transport::Plain(pool),
             timeout: o.timeout,
@@ -223,7 +213,7 @@ async fn send_plain(
     let mut connect_us = None;
     let mut first_byte = None;
     let work = async {
-        match pool.protocol() {
+        match pool.protocol {
             Protocol::Http1 => send_h1(pool, &req, &mut connect_us, &mut first_byte).await,
             Protocol::H2c => {
                 Box::pin(send_h2(
@@ -254,7 +244,8 @@ async fn send_plain(
     out
 }
 
-/// One exchange over HTTP/1.1 ([`crate::h1`]); `first_byte` is when the response began.
+/// One exchange over HTTP/1.1 ([`shadowtap_http1::client`]); `first_byte` is when the
+/// response began.
 async fn send_h1(
     pool: &PlainPool,
     req: &Outgoing<'_>,
@@ -267,7 +258,7 @@ async fn send_h1(
         headers: req.headers,
     };
     let idempotent = is_idempotent(req.method);
-    let (mut conn, opened) = pool.checkout_h1().await?;
+    let (mut conn, opened) = pool.h1.checkout().await.map_err(failure)?;
     *connect_us = opened;
     let answer = match conn.exchange(&head, &req.body, first_byte).await {
         Ok(a) => a,
@@ -279,22 +270,22 @@ async fn send_h1(
             // idempotent (RFC 9110 9.2.2, as browsers retry).
             let retry = conn.reused()
                 && !f.answered
-                && f.kind == ErrorKind::Reset
+                && kind(f.kind) == ErrorKind::Reset
                 && (!f.written || idempotent);
             if !retry {
-                return Err((f.kind, f.message));
+                return Err(failure(f));
             }
             drop(conn);
-            let (fresh, opened) = pool.open_h1().await?;
+            let (fresh, opened) = pool.h1.open().await.map_err(failure)?;
             *connect_us = opened;
             conn = fresh;
             conn.exchange(&head, &req.body, first_byte)
                 .await
-                .map_err(|f| (f.kind, f.message))?
+                .map_err(failure)?
         }
     };
     if answer.reusable {
-        pool.checkin_h1(conn);
+        pool.h1.checkin(conn);
     }
     let m = answer.response;
     Ok(RawResponse {
@@ -317,7 +308,7 @@ async fn send_h2(
     first_byte: &mut Option<Instant>,
 ) -> Result<RawResponse, (ErrorKind, String)> {
     let request = h2_request(req)?;
-    let (mut conn, opened) = pool.checkout_h2().await?;
+    let (mut conn, opened) = pool.h2.checkout().await?;
     *connect_us = opened;
     let resp = match conn.send(request).await {
         Ok(resp) => resp,
@@ -334,7 +325,7 @@ async fn send_h2(
             };
             match retry {
                 Some(again) if opened.is_none() => {
-                    let (mut fresh, opened) = pool.open_h2().await?;
+                    let (mut fresh, opened) = pool.h2.open().await?;
                     *connect_us = opened;
                     fresh
                         .send(again)
@@ -513,105 +504,3 @@ async fn send_reqwest(
     out
 }
 
-/// Sorts a transport error into a kind, with a message naming the causes.
-pub fn classify(e: &reqwest::Error) -> (ErrorKind, String) {
-    let message = error_chain(e);
-    let mut kind = if e.is_timeout() {
-        ErrorKind::Timeout
-    } else if e.is_connect() {
-        ErrorKind::Connect
-    } else {
-        ErrorKind::Other
-    };
-    let mut source = e.source();
-    while let Some(s) = source {
-        if kind == ErrorKind::Timeout {
-            break;
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            // An error wrapped in an io::Error (rustls's alerts are) is its payload, not its
-            // source.
-            if wraps_tls_error(io) {
-                kind = ErrorKind::Tls;
-                break;
-            }
-            kind = io_kind(io).unwrap_or(kind);
-        } else if s.downcast_ref::<rustls::Error>().is_some() {
-            kind = ErrorKind::Tls;
-        } else if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            kind = hyper_kind(h).unwrap_or(kind);
-        }
-        source = s.source();
-    }
-    if kind == ErrorKind::Other && message.contains("tls") {
-        kind = ErrorKind::Tls;
-    }
-    (kind, message)
-}
-
-/// Sorts an error from our own hyper connections into a kind; `doing` starts the message.
-pub(crate) fn classify_hyper(e: &hyper::Error, doing: &str) -> (ErrorKind, String) {
-    let mut kind = hyper_kind(e).unwrap_or(ErrorKind::Other);
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(k) = s.downcast_ref::<std::io::Error>().and_then(io_kind) {
-            kind = k;
-        }
-        source = s.source();
-    }
-    (kind, format!("{doing}: {}", error_chain(e)))
-}
-
-/// The kind a hyper error names, if any.
-fn hyper_kind(h: &hyper::Error) -> Option<ErrorKind> {
-    if h.is_parse() || h.is_parse_status() {
-        Some(ErrorKind::Protocol)
-    } else if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
-        Some(ErrorKind::Reset)
-    } else if h.is_timeout() {
-        Some(ErrorKind::Timeout)
-    } else {
-        None
-    }
-}
-
-/// The kind of an I/O error, when it names one.
-pub(crate) fn io_kind(e: &std::io::Error) -> Option<ErrorKind> {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => Some(ErrorKind::Refused),
-        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
-            Some(ErrorKind::Reset)
-        }
-        K::TimedOut => Some(ErrorKind::Timeout),
-        _ => None,
-    }
-}
-
-/// Whether an I/O error carries a rustls error (possibly inside further I/O errors).
-fn wraps_tls_error(io: &std::io::Error) -> bool {
-    let mut inner = io.get_ref();
-    while let Some(e) = inner {
-        if e.is::<rustls::Error>() {
-            return true;
-        }
-        inner = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref);
-    }
-    false
-}
-
-/// The error and its causes, joined (reqwest's top-level message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut s = e.source();
-    while let Some(c) = s {
-        let t = c.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        s = c.source();
-    }
-    parts.join(": ")
-}

@@ -9,16 +9,16 @@
 
 pub mod client;
 pub mod error;
-mod h1;
+mod h2c;
 pub mod middleware;
 pub mod order;
-mod pool;
 pub mod request;
 pub mod rules;
 pub mod run;
 pub mod schedule;
 pub mod script;
 pub mod source;
+mod transport;
 
 pub use error::ReplayError;
 pub use run::{replay, ReplayOptions, ReplaySummary, Target};

@@ -22,7 +22,7 @@ use arrow::datatypes::Int32Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde::Serialize;
-use shadowtap_core::content::decode_body;
+use shadowtap_http1::decode_body;
 use shadowtap_core::criteria::MatchCriteria;
 use shadowtap_core::id::new_run_id;
 use shadowtap_core::replays::{

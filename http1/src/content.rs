@@ -1,11 +1,12 @@
-//! Undoing HTTP content codings (`Content-Encoding: gzip, deflate, br`).
+//! Undoing HTTP content codings (`Content-Encoding: gzip, deflate, br, zstd`), with the decoded
+//! size capped: a small compressed body cannot grow without bound in memory.
 
 use std::io::Read;
 
 /// Why a body could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    /// A coding this crate does not know (`compress`, `zstd`, …).
+    /// A coding this crate does not know (`compress`, …).
     #[error("unsupported content coding {0:?}")]
     Unsupported(String),
     /// The bytes are not valid for the coding.
@@ -39,6 +40,9 @@ pub fn decode_body(encoding: &str, body: &[u8], cap: u64) -> Result<Option<Vec<u
     Ok(Some(data))
 }
 
+/// The largest zstd window accepted, as a power of two: 8 MiB (RFC 9659).
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
 fn decode_one(coding: &str, input: &[u8], cap: u64) -> Result<Vec<u8>, DecodeError> {
     let invalid = |e: std::io::Error| DecodeError::Invalid {
         coding: coding.to_owned(),
@@ -60,6 +64,13 @@ fn decode_one(coding: &str, input: &[u8], cap: u64) -> Result<Vec<u8>, DecodeErr
         }
         "br" => {
             read_capped(brotli::Decompressor::new(input, 4096), cap, &mut out).map_err(invalid)?
+        }
+        "zstd" => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(invalid)?;
+            // RFC 9659: HTTP recipients need not support windows over 8 MiB; a frame asking
+            // for more (up to 2 GiB of decoder memory) is refused rather than honoured.
+            decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(invalid)?;
+            read_capped(decoder, cap, &mut out).map_err(invalid)?
         }
         other => return Err(DecodeError::Unsupported(other.to_owned())),
     }
@@ -115,6 +126,26 @@ mod tests {
     }
 
     #[test]
+    fn zstd_round_trips_and_obeys_the_cap_and_the_window_limit() {
+        let text = b"hello zstd ".repeat(100);
+        let z = zstd::encode_all(&text[..], 3).unwrap();
+        assert_eq!(decode_body("zstd", &z, 1 << 20).unwrap().unwrap(), text);
+        assert_eq!(decode_body("gzip, zstd", &z, 1 << 20).unwrap_err().to_string().contains("gzip"), true);
+        assert_eq!(decode_body("zstd", &z, 100), Err(DecodeError::TooLarge(100)));
+        // A frame that declares a 64 MiB window is refused, not decoded.
+        let mut big = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        big.window_log(26).unwrap();
+        big.long_distance_matching(true).unwrap();
+        big.include_contentsize(false).unwrap();
+        big.write_all(&vec![7u8; 9 << 20]).unwrap();
+        let big = big.finish().unwrap();
+        assert!(matches!(
+            decode_body("zstd", &big, 64 << 20),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+
+    #[test]
     fn identity_and_errors() {
         assert_eq!(decode_body("identity", b"x", 10), Ok(None));
         assert!(matches!(
@@ -122,8 +153,12 @@ mod tests {
             Err(DecodeError::Invalid { .. })
         ));
         assert!(matches!(
-            decode_body("zstd", b"", 10),
+            decode_body("compress", b"", 10),
             Err(DecodeError::Unsupported(_))
+        ));
+        assert!(matches!(
+            decode_body("zstd", b"not zstd", 10),
+            Err(DecodeError::Invalid { .. })
         ));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&[b'a'; 1000]).unwrap();

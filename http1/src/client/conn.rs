@@ -1,23 +1,22 @@
-//! HTTP/1.1 connections to plain (`http://`) targets.
+//! One HTTP/1.1 client connection: a request out, its final response in.
 //!
-//! A request leaves as it was recorded: header names in their recorded case and order, the
-//! request line and headers written in one buffer with the body (a body over 16 KiB follows in
-//! a second write rather than being copied). The response is framed by the
-//! capture stage's parser ([`shadowtap_capture::http::MessageParser`]: Content-Length, chunked,
-//! close-delimited, no body after HEAD/204/304, interim 1xx skipped), so a replayed response
-//! is recorded exactly as a captured one would be (header case and order, body cap, lossless
-//! text). One task drives one connection at a time: no connection task, no channel per request.
+//! A request leaves as it was given: header names in their case and order, the request line
+//! and headers written in one buffer with the body (a body over 16 KiB follows in a second
+//! write rather than being copied). The response is framed by the same parser capture uses
+//! ([`crate::MessageParser`]: Content-Length, chunked, close-delimited, no body after
+//! HEAD/204/304, interim 1xx skipped), so a response received here is recorded exactly as a
+//! captured one would be (header case and order, body cap, lossless text). One task drives
+//! one connection at a time: no connection task, no channel per request.
 
 use std::time::Instant;
 
-use shadowtap_capture::http::ResponseFraming;
-use shadowtap_capture::http::{Framing, Message, MessageParser, ParserEvent, ParserLimits, Role};
-use shadowtap_core::replays::ErrorKind;
-use shadowtap_core::Header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::client::io_kind;
+use super::{io_kind, Failure, FailureKind};
+use crate::header::Header;
+use crate::message::{Framing, Message, ResponseFraming, Role};
+use crate::parser::{MessageParser, ParserEvent, ParserLimits};
 
 /// Read buffer size per connection.
 const READ_CHUNK: usize = 16 << 10;
@@ -29,7 +28,7 @@ const SMALL_BODY: usize = 16 << 10;
 const KEPT_WRITE_BUFFER: usize = 256 << 10;
 
 /// One keep-alive HTTP/1.1 connection.
-pub(crate) struct H1Conn {
+pub struct Connection {
     stream: TcpStream,
     parser: MessageParser,
     /// The request being written (kept to reuse its allocation).
@@ -39,21 +38,13 @@ pub(crate) struct H1Conn {
     served: u64,
 }
 
-/// A request that failed on a connection.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub(crate) kind: ErrorKind,
-    pub(crate) message: String,
-    /// The whole request was written.
-    pub(crate) written: bool,
-    /// At least one response byte came back.
-    pub(crate) answered: bool,
-}
-
 /// The final response and whether the connection may carry another request.
-pub(crate) struct Answer {
-    pub(crate) response: Message,
-    pub(crate) reusable: bool,
+#[derive(Debug)]
+pub struct Answer {
+    /// The final response (interim 1xx responses are skipped).
+    pub response: Message,
+    /// The connection may carry another request (keep-alive, nothing left unread).
+    pub reusable: bool,
 }
 
 /// Events of the parser, summed up.
@@ -82,10 +73,10 @@ impl Framing for Sent<'_> {
     }
 }
 
-impl H1Conn {
+impl Connection {
     /// A connection over `stream`; response bodies keep at most `max_body` bytes.
-    pub(crate) fn new(stream: TcpStream, max_body: u64) -> Self {
-        H1Conn {
+    pub fn new(stream: TcpStream, max_body: u64) -> Self {
+        Connection {
             stream,
             parser: Self::parser(max_body),
             out: Vec::new(),
@@ -103,7 +94,7 @@ impl H1Conn {
     }
 
     /// Whether this connection carried an exchange before.
-    pub(crate) fn reused(&self) -> bool {
+    pub fn reused(&self) -> bool {
         self.served > 0
     }
 
@@ -111,7 +102,7 @@ impl H1Conn {
     /// it must not carry a request. Usually free: tokio marks a socket not readable after a
     /// read that did not fill the buffer, so this reads from the socket (one non-blocking
     /// `recvfrom`) only when the kernel reported bytes or a close since the response ended.
-    pub(crate) fn closed_while_idle(&self) -> bool {
+    pub fn closed_while_idle(&self) -> bool {
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
@@ -121,7 +112,7 @@ impl H1Conn {
 
     /// Writes the request, reads the final response. `first_byte` is set when the first
     /// response byte arrives.
-    pub(crate) async fn exchange(
+    pub async fn exchange(
         &mut self,
         request: &RequestHead<'_>,
         body: &[u8],
@@ -139,7 +130,7 @@ impl H1Conn {
         }
         request
             .encode(body.len(), &mut self.out)
-            .map_err(|m| fail(ErrorKind::Other, m, false, false))?;
+            .map_err(|m| fail(FailureKind::Other, m, false, false))?;
         // A small body goes out in the same write as the head; a large one is not copied.
         let separate = body.len() > SMALL_BODY;
         if !separate {
@@ -160,7 +151,7 @@ impl H1Conn {
                     reusable: false,
                 });
             }
-            let kind = io_kind(&e).unwrap_or(ErrorKind::Other);
+            let kind = io_kind(&e).unwrap_or(FailureKind::Other);
             return Err(fail(
                 kind,
                 format!("sending the request: {e}"),
@@ -178,14 +169,14 @@ impl H1Conn {
             } = self.parsed();
             if let Some(m) = response {
                 if let Some(why) = &m.error {
-                    return Err(fail(ErrorKind::Protocol, why.clone(), true, true));
+                    return Err(fail(FailureKind::Protocol, why.clone(), true, true));
                 }
                 if !m.complete {
                     let message = format!(
                         "the connection closed after {} body bytes, before the response ended",
                         m.body_len
                     );
-                    return Err(fail(ErrorKind::Reset, message, true, true));
+                    return Err(fail(FailureKind::Reset, message, true, true));
                 }
                 self.served += 1;
                 let reusable = !closed
@@ -205,11 +196,11 @@ impl H1Conn {
                 } else {
                     "the connection closed before any response"
                 };
-                return Err(fail(ErrorKind::Reset, message.into(), true, answered));
+                return Err(fail(FailureKind::Reset, message.into(), true, answered));
             }
             if damaged {
                 return Err(fail(
-                    ErrorKind::Protocol,
+                    FailureKind::Protocol,
                     "the response is not valid HTTP/1.x".into(),
                     true,
                     answered,
@@ -218,7 +209,7 @@ impl H1Conn {
             let n = match self.stream.read(&mut self.read).await {
                 Ok(n) => n,
                 Err(e) => {
-                    let kind = io_kind(&e).unwrap_or(ErrorKind::Other);
+                    let kind = io_kind(&e).unwrap_or(FailureKind::Other);
                     let message = format!("reading the response: {e}");
                     return Err(fail(kind, message, true, answered));
                 }
@@ -287,11 +278,14 @@ fn keeps_alive(m: &Message) -> bool {
 }
 
 /// The parts of a request line and header section.
-pub(crate) struct RequestHead<'a> {
-    pub(crate) method: &'a str,
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// Method, a token (`GET`).
+    pub method: &'a str,
     /// Origin-form target (`/path?query`), percent-encoded where needed.
-    pub(crate) target: &'a str,
-    pub(crate) headers: &'a [Header],
+    pub target: &'a str,
+    /// Header lines, sent in this order and case.
+    pub headers: &'a [Header],
 }
 
 impl RequestHead<'_> {
@@ -299,7 +293,7 @@ impl RequestHead<'_> {
     /// as given (case and order kept); `Content-Length` is added when there is a body, or for
     /// methods that expect one. Refuses what would not be one well-formed request (a CR or LF
     /// in a value set by a hook would otherwise smuggle a second one).
-    pub(crate) fn encode(&self, body_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn encode(&self, body_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
         if self.method.is_empty() || !self.method.bytes().all(is_tchar) {
             return Err(format!("method {:?} is not a valid token", self.method));
         }
@@ -408,12 +402,12 @@ mod tests {
             .unwrap()
     }
 
-    async fn connect(addr: SocketAddr, max_body: u64) -> H1Conn {
-        H1Conn::new(TcpStream::connect(addr).await.unwrap(), max_body)
+    async fn connect(addr: SocketAddr, max_body: u64) -> Connection {
+        Connection::new(TcpStream::connect(addr).await.unwrap(), max_body)
     }
 
     /// `GET /` without headers, which must get an answer.
-    async fn get(c: &mut H1Conn, first: &mut Option<Instant>) -> Answer {
+    async fn get(c: &mut Connection, first: &mut Option<Instant>) -> Answer {
         c.exchange(&head("GET", "/", &[]), b"", first)
             .await
             .unwrap()
@@ -540,26 +534,26 @@ mod tests {
 
     #[test]
     fn broken_responses_are_failures_that_say_why() {
-        let cases: [(&'static [u8], ErrorKind, &str, bool); 4] = [
+        let cases: [(&'static [u8], FailureKind, &str, bool); 4] = [
             (
                 b"garbage that is not http\r\n\r\n",
-                ErrorKind::Protocol,
+                FailureKind::Protocol,
                 "not valid HTTP",
                 true,
             ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
-                ErrorKind::Reset,
+                FailureKind::Reset,
                 "after 3 body bytes",
                 true,
             ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Le",
-                ErrorKind::Reset,
+                FailureKind::Reset,
                 "before the response head",
                 true,
             ),
-            (b"", ErrorKind::Reset, "before any response", false),
+            (b"", FailureKind::Reset, "before any response", false),
         ];
         for (answer, kind, says, answered) in cases {
             let (addr, _requests) = serve(vec![answer]);
