@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shadowtap_http1::decode_body;
 use shadowtap_core::exchange::{Body, Exchange, Header};
 use shadowtap_core::id::{civil_from_days, new_run_id};
 use shadowtap_core::schema::{exchanges_schema, exchanges_to_batch, EXCHANGES_SCHEMA_VERSION};
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
+use shadowtap_http1::decode_body;
 
 use crate::criteria::MatchCriteria;
 use crate::decode::{Decoded, Decoder};

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use crate::config::{self, CaptureConfig};
 use shadowtap_capture::criteria::{CriteriaSpec, MatchCriteria};
-use shadowtap_http1::ParserLimits;
 use shadowtap_capture::live::{list_interfaces, LiveOptions};
 use shadowtap_capture::pipeline::{capture_files, capture_live, CaptureOptions, LiveLimits};
 use shadowtap_capture::reassembly::ReassemblyConfig;
@@ -18,6 +17,7 @@ use shadowtap_capture::redact::Redactor;
 use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
 use shadowtap_capture::CaptureError;
 use shadowtap_core::units::{parse_duration, parse_size};
+use shadowtap_http1::ParserLimits;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// Flags of `shadowtap capture`.

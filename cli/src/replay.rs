@@ -10,10 +10,10 @@ use shadowtap_core::sampling::{Percent, SampleBy, Sampler};
 use shadowtap_core::units::{parse_duration, parse_size};
 use shadowtap_replayer::client::Protocol;
 use shadowtap_replayer::rules::Rules;
-use shadowtap_replayer::run::{ProgressMode, DEFAULT_MARKER};
 use shadowtap_replayer::schedule::{parse_rate, parse_speed, Pacing};
 use shadowtap_replayer::script::ScriptHook;
 use shadowtap_replayer::{replay, ReplayOptions, Target};
+use shadowtap_replayer::{ProgressMode, DEFAULT_MARKER};
 
 /// Flags of `shadowtap replay`.
 ///
@@ -204,8 +204,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return usage(e),
     };
     let mut opts = ReplayOptions::new(args.from.clone(), args.out.clone(), args.targets.clone());
-    opts.criteria = criteria;
-    opts.sampler = Sampler {
+    opts.send.criteria = criteria;
+    opts.send.sampler = Sampler {
         percent: args.sample.unwrap_or(Percent::ALL),
         by: args.sample_by,
     };
@@ -214,20 +214,20 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
             return usage(format!("--allow-methods: {m:?} is not a method"));
         }
-        if !opts.allow_methods.contains(&m) {
-            opts.allow_methods.push(m);
+        if !opts.send.allow_methods.contains(&m) {
+            opts.send.allow_methods.push(m);
         }
     }
-    opts.pacing = args.rate.unwrap_or(Pacing::Speed {
+    opts.send.pacing = args.rate.unwrap_or(Pacing::Speed {
         factor: args.speed,
         max_wait: args.max_wait,
     });
     if args.max_wait.is_some() && args.rate.is_some() {
         return usage("--max-wait applies to the recorded timing; it has no effect with --rate");
     }
-    opts.concurrency = args.concurrency;
-    opts.senders = args.senders.map_or(0, usize::from);
-    opts.duration = args.duration;
+    opts.send.concurrency = args.concurrency;
+    opts.send.senders = args.senders.map_or(0, usize::from);
+    opts.send.duration = args.duration;
     opts.passes = match args.loops {
         None => Some(1),
         Some(0) => None,
@@ -236,14 +236,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if opts.passes.is_none() && args.duration.is_none() {
         eprintln!("shadowtap: note: --loop without a count repeats until --duration or Ctrl-C");
     }
-    opts.client.timeout = args.timeout;
-    opts.client.connect_timeout = args.connect_timeout;
-    opts.client.protocol = args.protocol;
-    opts.client.insecure = args.insecure;
-    opts.client.max_body = args.max_body;
+    opts.send.client.timeout = args.timeout;
+    opts.send.client.connect_timeout = args.connect_timeout;
+    opts.send.client.protocol = args.protocol;
+    opts.send.client.insecure = args.insecure;
+    opts.send.client.max_body = args.max_body;
     if let Some(f) = &args.rules {
         match Rules::load(f) {
-            Ok(r) => opts.rules = Some(r),
+            Ok(r) => opts.send.rules = Some(r),
             Err(e) => return usage(format!("--rules {}: {e}", f.display())),
         }
     }
@@ -253,16 +253,16 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return usage(format!("--script {}: {e}", f.display())),
         };
         match ScriptHook::new(&source, args.script_max_operations) {
-            Ok(s) => opts.script = Some(s),
+            Ok(s) => opts.send.script = Some(s),
             Err(e) => return usage(format!("--script {}: {e}", f.display())),
         }
     }
-    opts.middleware = args.middleware.clone();
-    opts.middleware_timeout = args.middleware_timeout;
-    opts.marker_header = (!args.no_marker).then(|| args.marker_header.clone());
-    opts.preserve_host = args.preserve_host;
-    opts.run_id = args.run_id.clone();
-    opts.progress = if args.quiet {
+    opts.send.middleware = args.middleware.clone();
+    opts.send.middleware_timeout = args.middleware_timeout;
+    opts.send.marker_header = (!args.no_marker).then(|| args.marker_header.clone());
+    opts.send.preserve_host = args.preserve_host;
+    opts.send.run_id = args.run_id.clone();
+    opts.send.progress = if args.quiet {
         ProgressMode::Off
     } else {
         ProgressMode::Auto {

@@ -872,7 +872,6 @@ fn append_body(msg: &mut Message, bytes: &[u8], cap: u64) {
     }
 }
 
-
 fn is_token_char(b: u8) -> bool {
     b.is_ascii_uppercase() || b == b'-' || b == b'_'
 }

@@ -503,4 +503,3 @@ async fn send_reqwest(
     }
     out
 }
-

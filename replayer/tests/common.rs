@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shadowtap_core::schema::{exchanges_schema, exchanges_to_batch};
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
 use shadowtap_core::{Body, Exchange, ExchangeFlags, Header};
-use shadowtap_replayer::run::ProgressMode;
+use shadowtap_replayer::ProgressMode;
 use shadowtap_replayer::{ReplayOptions, ReplaySummary, Target};
 
 /// One recorded exchange: `GET path` on connection `conn`, `offset_ms` after the start.
@@ -256,9 +256,9 @@ pub fn target(name: &str, url: &str) -> Target {
 /// Options for a quiet replay of `from` into `out`.
 pub fn options(from: &Path, out: &Path, targets: Vec<Target>) -> ReplayOptions {
     let mut o = ReplayOptions::new(from.to_path_buf(), out.to_path_buf(), targets);
-    o.progress = ProgressMode::Off;
-    o.pacing = shadowtap_replayer::schedule::Pacing::Max;
-    o.client.timeout = Duration::from_secs(10);
+    o.send.progress = ProgressMode::Off;
+    o.send.pacing = shadowtap_replayer::schedule::Pacing::Max;
+    o.send.client.timeout = Duration::from_secs(10);
     o
 }
 

@@ -54,8 +54,8 @@ fn gets_at_two_targets(
 fn every_request_reaches_every_target_and_becomes_one_row_each() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, out, mut o) = gets_at_two_targets(dir.path(), 300, 10);
-    o.concurrency = 16;
-    o.run_id = Some("run-1".into());
+    o.send.concurrency = 16;
+    o.send.run_id = Some("run-1".into());
     let summary = run(o).unwrap();
     assert_eq!(
         (a.count(), b.count()),
@@ -158,7 +158,7 @@ fn failures_are_rows_with_their_kind() {
             target("tls-plain", &good.url().replace("http://", "https://")),
         ],
     );
-    o.client.timeout = Duration::from_millis(700);
+    o.send.client.timeout = Duration::from_millis(700);
     let summary = run(o).unwrap();
     let rows = read_rows(&out);
     assert_eq!(rows.len(), 15, "3 requests x 5 targets, failures included");
@@ -211,8 +211,8 @@ fn sampling_percentages_hold_and_keep_groups_whole() {
     let s = server();
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
-    o.sampler.percent = "10%".parse().unwrap();
-    o.concurrency = 32;
+    o.send.sampler.percent = "10%".parse().unwrap();
+    o.send.concurrency = 32;
     let summary = run(o).unwrap();
     assert!(
         (420..=580).contains(&summary.selected),
@@ -231,8 +231,8 @@ fn sampling_percentages_hold_and_keep_groups_whole() {
     let s2 = server();
     let out2 = dir.path().join("out2");
     let mut o = options(&rec, &out2, vec![target("t", &s2.url())]);
-    o.sampler.percent = "20%".parse().unwrap();
-    o.sampler.by = shadowtap_core::sampling::SampleBy::Connection;
+    o.send.sampler.percent = "20%".parse().unwrap();
+    o.send.sampler.by = shadowtap_core::sampling::SampleBy::Connection;
     let summary = run(o).unwrap();
     let rows = read_rows(&out2);
     let mut per_conn: BTreeMap<usize, usize> = BTreeMap::new();
@@ -267,8 +267,8 @@ fn each_hook_changes_what_the_server_receives() {
     let s = server();
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
-    o.allow_methods.push("POST".into());
-    o.rules = Some(
+    o.send.allow_methods.push("POST".into());
+    o.send.rules = Some(
         Rules::parse(
             r#"
             [[request]]
@@ -291,7 +291,7 @@ fn each_hook_changes_what_the_server_receives() {
         )
         .unwrap(),
     );
-    o.script = Some(
+    o.send.script = Some(
         ScriptHook::new(
             r#"
             fn on_request(req) {
@@ -304,7 +304,7 @@ fn each_hook_changes_what_the_server_receives() {
         .unwrap(),
     );
     // Any language: a shell pipeline rewriting the user agent field of every request message.
-    o.middleware =
+    o.send.middleware =
         Some(r#"sed -u 's/"X-Script","yes"/"X-Script","yes"],["X-Middleware","sed"/'"#.into());
     let summary = run(o).unwrap();
     let got = s.received.lock().unwrap().clone();
@@ -382,7 +382,7 @@ fn unsafe_methods_need_allow_methods() {
 
     let s = server();
     let mut o = options(&rec, &dir.path().join("out2"), vec![target("t", &s.url())]);
-    o.allow_methods.push("POST".into());
+    o.send.allow_methods.push("POST".into());
     run(o).unwrap();
     let got = s.received.lock().unwrap().clone();
     let post = got
@@ -442,7 +442,7 @@ fn speed_keeps_recorded_gaps_scaled_and_never_sends_early() {
     let s = server();
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
-    o.pacing = Pacing::Speed {
+    o.send.pacing = Pacing::Speed {
         factor: 2.0,
         max_wait: None,
     };
@@ -491,7 +491,7 @@ fn loops_duration_and_h2c() {
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
     o.passes = Some(3);
-    o.client.protocol = Protocol::H2c;
+    o.send.client.protocol = Protocol::H2c;
     let summary = run(o).unwrap();
     assert_eq!(summary.passes, 3);
     assert_eq!(s.count(), 60);
@@ -516,8 +516,8 @@ fn loops_duration_and_h2c() {
     let out = dir.path().join("out2");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
     o.passes = None;
-    o.pacing = Pacing::Rate(50.0);
-    o.duration = Some(Duration::from_millis(800));
+    o.send.pacing = Pacing::Rate(50.0);
+    o.send.duration = Some(Duration::from_millis(800));
     let summary = run(o).unwrap();
     assert_eq!(summary.stopped_by, "duration");
     assert!(
@@ -556,7 +556,7 @@ fn a_stop_finishes_requests_in_flight_and_loses_nothing() {
     let s = server();
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
-    o.pacing = Pacing::Speed {
+    o.send.pacing = Pacing::Speed {
         factor: 1.0,
         max_wait: None,
     };
@@ -600,7 +600,7 @@ fn an_incomplete_recorded_request_is_a_row_not_a_send() {
         &out,
         vec![target("a", &s.url()), target("b", &s.url())],
     );
-    o.allow_methods.push("POST".into());
+    o.send.allow_methods.push("POST".into());
     let summary = run(o).unwrap();
     assert_eq!(summary.unreplayable, 1);
     assert_eq!(s.count(), 2, "only /ok, once per target");
@@ -675,7 +675,7 @@ fn connections_closed_by_the_server_between_requests_lose_nothing() {
         &out,
         vec![target("closing", &format!("http://{addr}"))],
     );
-    o.concurrency = 1;
+    o.send.concurrency = 1;
     let summary = run(o).unwrap();
     let rows = read_rows(&out);
     assert_eq!(rows.len(), 1000);
@@ -745,11 +745,11 @@ fn unsafe_requests_avoid_connections_the_server_closed_and_go_out_as_recorded() 
     write_recording(&rec, &posts, 1);
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &format!("http://{addr}"))]);
-    o.allow_methods.push("POST".into());
-    o.concurrency = 1;
+    o.send.allow_methods.push("POST".into());
+    o.send.concurrency = 1;
     // 80 ms apart: every idle connection is closed by the server before the next request.
-    o.pacing = Pacing::Rate(12.5);
-    o.marker_header = None;
+    o.send.pacing = Pacing::Rate(12.5);
+    o.send.marker_header = None;
     run(o).unwrap();
     let rows = read_rows(&out);
     let failed = failures(&rows);
@@ -857,7 +857,7 @@ fn https_targets_verify_certificates_unless_insecure() {
 
     let insecure = dir.path().join("insecure");
     let mut o = options(&rec, &insecure, vec![target("t", &url)]);
-    o.client.insecure = true;
+    o.send.client.insecure = true;
     let summary = run(o).unwrap();
     let rows = read_rows(&insecure);
     assert_eq!(rows.len(), 20);
@@ -911,8 +911,8 @@ fn stray_bytes_on_an_idle_connection_are_never_taken_for_the_next_response() {
     write_recording(&rec, &gets(6, 6), 1);
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &format!("http://{addr}"))]);
-    o.concurrency = 1;
-    o.pacing = Pacing::Rate(12.5); // 80 ms apart: the stray bytes are there before each reuse
+    o.send.concurrency = 1;
+    o.send.pacing = Pacing::Rate(12.5); // 80 ms apart: the stray bytes are there before each reuse
     run(o).unwrap();
     let bodies: BTreeSet<String> = read_rows(&out)
         .iter()
@@ -942,12 +942,12 @@ fn every_exchange_read_is_counted_once_as_sent_or_left_out_and_why() {
     let s = server();
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
-    o.criteria = MatchCriteria::new(&CriteriaSpec {
+    o.send.criteria = MatchCriteria::new(&CriteriaSpec {
         path: Some("^/keep/".into()),
         ..Default::default()
     })
     .unwrap();
-    o.sampler.percent = "50%".parse().unwrap();
+    o.send.sampler.percent = "50%".parse().unwrap();
     let summary = run(o).unwrap();
     assert_eq!(summary.exchanges_read, 3000);
     assert_eq!(summary.not_matched, 1000);
@@ -976,8 +976,8 @@ fn every_exchange_read_is_counted_once_as_sent_or_left_out_and_why() {
 fn several_sending_threads_send_each_exchange_once_to_every_target() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, out, mut o) = gets_at_two_targets(dir.path(), 1500, 40);
-    o.senders = 3;
-    o.concurrency = 12;
+    o.send.senders = 3;
+    o.send.concurrency = 12;
     o.passes = Some(2);
     let summary = run(o).unwrap();
     assert_eq!((a.count(), b.count()), (3000, 3000), "{summary:?}");
@@ -1007,8 +1007,8 @@ fn a_stop_with_several_sending_threads_loses_nothing() {
     let s = server();
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("t", &s.url())]);
-    o.senders = 3;
-    o.concurrency = 9;
+    o.send.senders = 3;
+    o.send.concurrency = 9;
     o.passes = None;
     // The threads of this process a second into sending (Linux).
     let names = std::thread::spawn(|| {
@@ -1071,8 +1071,8 @@ fn concurrency_bounds_requests_in_flight_over_all_sending_threads() {
     let out = dir.path().join("out");
     let mut o = options(&rec, &out, vec![target("a", &url), target("b", &url)]);
     // Four threads asked for, but five requests in flight allow two exchanges at a time.
-    o.senders = 4;
-    o.concurrency = 5;
+    o.send.senders = 4;
+    o.send.concurrency = 5;
     let summary = run(o).unwrap();
     assert_eq!(summary.rows_written, 2000);
     let most = most.load(Ordering::SeqCst);
