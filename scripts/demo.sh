@@ -17,8 +17,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
-cargo build --release --locked -p shadowtap-cli
-bin="$CARGO_TARGET_DIR/release/shadowtap"
+# The dev profile, as scripts/test.sh builds: the two README commands share one build.
+cargo build --locked -p shadowtap-cli
+bin="$CARGO_TARGET_DIR/debug/shadowtap"
 rm -rf demo-out
 mkdir -p demo-out
 

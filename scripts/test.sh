@@ -4,28 +4,49 @@
 # libpcap-dev (to link), tcpdump, nginx-light and curl (the live loopback capture test), and
 # iproute2 and nftables (the packet-loss test, in a network namespace of its own);
 # creates a Python virtualenv for the notebook test (python3-venv on Debian).
+#
+# Before the tests: rustfmt and clippy (-D warnings, so the workspace lints such as
+# await_holding_lock are enforced), a type check of the fuzz targets, and two architecture
+# guards (no module cycle in any crate; the replayer does not link libpcap).
+# The tests build in the dev profile, as scripts/demo.sh does: the two commands share one
+# build of the dependency stack. Tests that need root or the virtualenv are #[ignore]d for a
+# plain `cargo test` (reported as ignored) and run here with --include-ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-install_deps libpcap-dev tcpdump nginx-light curl ca-certificates iproute2 nftables
+install_deps libpcap-dev tcpdump nginx-light curl ca-certificates iproute2 nftables python3
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 # The notebook test runs notebooks/canary.ipynb with nbclient in this virtualenv.
 venv="${SHADOWTAP_VENV:-$HOME/.cache/shadowtap-venv}"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import nbclient, duckdb, pyarrow, matplotlib, ipykernel" 2>/dev/null; then
   echo "creating the notebook virtualenv in $venv" >&2
-  command -v python3 >/dev/null || install_deps python3
   python3 -m venv "$venv" 2>/dev/null || { install_deps python3-venv; rm -rf "$venv"; python3 -m venv "$venv"; }
   "$venv/bin/pip" install -q -r notebooks/requirements.txt
 fi
 export SHADOWTAP_NOTEBOOK_PYTHON="$venv/bin/python"
+
+step() { echo "== $*" >&2; }
+step "rustfmt"
+cargo fmt --all --check
+step "clippy (workspace, all targets, -D warnings)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+step "fuzz targets compile (without libFuzzer)"
+cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features --bins --locked -- -D warnings
+step "architecture: no module cycles; the replayer does not link libpcap"
+python3 scripts/module-cycles.py
+if cargo tree -p shadowtap-replayer -e normal --locked | grep -q pcap; then
+  echo "shadowtap-replayer depends on pcap (cargo tree -p shadowtap-replayer -e normal)" >&2
+  exit 1
+fi
+
+step "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --locked "$@" -- --include-ignored 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one summary per test binary).
-passed=$(grep -E '^test result:' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -E '^test result:' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
-echo "total: $passed passed, $failed failed"
+sum() { grep -E '^test result:' "$log" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
+echo "total: $(sum passed) passed, $(sum failed) failed, $(sum ignored) ignored"
 exit "$status"

@@ -383,10 +383,10 @@ fn bars_svg(title: &str, rows: &[(String, f64, f64)], unit: &str) -> String {
 /// `report.html`: self-contained (no scripts, no external files).
 pub fn html(v: &Verdict) -> String {
     let color = match v.verdict {
-        crate::analyze::Decision::Go => "#2e7d32",
-        crate::analyze::Decision::NoGo => "#c62828",
-        crate::analyze::Decision::Marginal => "#ef6c00",
-        crate::analyze::Decision::Inconclusive => "#616161",
+        crate::verdict::Decision::Go => "#2e7d32",
+        crate::verdict::Decision::NoGo => "#c62828",
+        crate::verdict::Decision::Marginal => "#ef6c00",
+        crate::verdict::Decision::Inconclusive => "#616161",
     };
     let mut s = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>shadowtap canary verdict</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}code{font-size:12px}.fail{color:#c62828;font-weight:bold}.grid{display:flex;flex-wrap:wrap;gap:12px}</style></head><body>");
     let _ = write!(

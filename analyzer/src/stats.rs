@@ -222,31 +222,7 @@ pub fn hodges_lehmann(d: &[f64], tail: f64, seed: u64) -> Option<Interval> {
     })
 }
 
-/// A small, fast, seedable generator (splitmix64): the bootstrap and the Walsh sample need
-/// reproducible draws, not cryptographic ones.
-#[derive(Debug, Clone)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+pub use shadowtap_core::splitmix::SplitMix;
 
 /// The q-quantile of sorted values (linear interpolation between order statistics).
 pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {

@@ -2,9 +2,10 @@
 //!
 //! A typed pipeline: [`source`] reads packets (libpcap, offline), [`decode`] turns them into TCP
 //! segments (link layers, VLANs, IP fragments), [`reassembly`] orders each flow's bytes by
-//! sequence number, [`shadowtap_http1`] frames messages, [`connection`] pairs requests with responses, and
-//! [`pipeline`] samples the exchanges and writes them through the Parquet sink of
-//! `shadowtap-core`, with a [`summary`] of everything read, skipped and lost.
+//! sequence number, [`shadowtap_http1`]'s parser frames messages, [`connection`] pairs requests
+//! with responses, [`pipeline`] samples the exchanges and hands them to a writer thread, where
+//! [`prepare`] undoes content codings and [`redact`]s secrets before the Parquet sink of
+//! `shadowtap-core`; [`summary`] counts everything read, skipped and lost.
 //!
 //! ```no_run
 //! use shadowtap_capture::pipeline::{capture_files, CaptureOptions};
@@ -21,6 +22,7 @@ pub mod error;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
+pub mod prepare;
 pub mod reassembly;
 pub mod redact;
 pub mod shedding;

@@ -1,8 +1,9 @@
 //! The offline capture pipeline: files → packets → segments → exchanges → sample → Parquet.
 //!
-//! Packet decoding, reassembly and parsing run on the calling thread; content decoding, Arrow
-//! conversion and Parquet encoding run on a writer thread fed through a bounded channel, so
-//! the two cores of a small machine both work and memory stays bounded.
+//! Packet decoding, reassembly and parsing run on the calling thread; the exchanges then go
+//! through a bounded channel to a writer thread, which prepares each one for disk
+//! ([`crate::prepare`]: content decoding, then redaction) before Arrow conversion and Parquet
+//! encoding, so the two cores of a small machine both work and memory stays bounded.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -11,17 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shadowtap_core::exchange::{Body, Exchange, Header};
+use shadowtap_core::exchange::Exchange;
 use shadowtap_core::id::{civil_from_days, new_run_id};
 use shadowtap_core::schema::{exchanges_schema, exchanges_to_batch, EXCHANGES_SCHEMA_VERSION};
 use shadowtap_core::sink::{ParquetSink, SinkOptions};
-use shadowtap_http1::decode_body;
 
 use crate::criteria::MatchCriteria;
 use crate::decode::{Decoded, Decoder};
 use crate::error::CaptureError;
 use crate::live::{LiveOptions, LiveSource};
 use crate::metrics::{serve_metrics, StatsRecord};
+use crate::prepare::{Prepare, Prepared};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
 use crate::redact::Redactor;
 use crate::sampling::{Percent, SampleBy, Sampler};
@@ -392,7 +393,7 @@ impl<'a> Run<'a> {
             let redactor = opts.redactor.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shadowtap-writer-{w}"))
-                .spawn(move || write_exchanges(rx, sink, max_body, redactor))
+                .spawn(move || write_exchanges(rx, sink, Prepare::new(max_body, redactor)))
                 .map_err(|source| CaptureError::Io {
                     path: opts.out_dir.clone(),
                     source,
@@ -751,11 +752,8 @@ impl ExchangeSinks {
 fn write_exchanges(
     rx: mpsc::Receiver<Vec<Exchange>>,
     mut sink: ExchangeSinks,
-    max_body: u64,
-    redactor: Option<Redactor>,
+    mut prepare: Prepare,
 ) -> Result<Written, CaptureError> {
-    let mut flags = FlagCounts::default();
-    let mut decode_errors = 0;
     loop {
         let mut rows = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(rows) => rows,
@@ -766,68 +764,21 @@ fn write_exchanges(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         for ex in &mut rows {
-            let req_enc = content_encoding(&ex.request_headers);
-            decode_content(&mut ex.request_body, req_enc.as_deref(), max_body);
-            let resp_enc = content_encoding(&ex.response_headers);
-            decode_content(&mut ex.response_body, resp_enc.as_deref(), max_body);
-            if let Some(r) = &redactor {
-                r.apply(ex);
-            }
-            let f = &ex.flags;
-            flags.no_response += u64::from(f.no_response);
-            flags.incomplete += u64::from(f.incomplete);
-            flags.gap += u64::from(f.gap);
-            flags.parse_error += u64::from(f.parse_error);
-            flags.truncated += u64::from(ex.request_body.truncated || ex.response_body.truncated);
-            if ex.request_body.decode_error.is_some() || ex.response_body.decode_error.is_some() {
-                decode_errors += 1;
-                let detail: Vec<String> = [&ex.request_body, &ex.response_body]
-                    .iter()
-                    .zip(["request", "response"])
-                    .filter_map(|(b, side)| {
-                        b.decode_error.as_ref().map(|e| format!("{side} body: {e}"))
-                    })
-                    .collect();
-                let joined = detail.join("; ");
-                ex.error_detail = Some(match ex.error_detail.take() {
-                    Some(d) => format!("{d}; {joined}"),
-                    None => joined,
-                });
-            }
+            prepare.exchange(ex);
         }
         sink.write(rows)?;
     }
     let (rows, files) = sink.finish()?;
+    let Prepared {
+        flags,
+        decode_errors,
+    } = prepare.counts();
     Ok(Written {
         rows,
         files,
         flags,
         decode_errors,
     })
-}
-
-fn content_encoding(headers: &[Header]) -> Option<String> {
-    let values: Vec<&str> = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
-        .map(|h| h.value.as_str())
-        .collect();
-    (!values.is_empty()).then(|| values.join(","))
-}
-
-fn decode_content(body: &mut Body, encoding: Option<&str>, cap: u64) {
-    let Some(enc) = encoding else { return };
-    if body.raw.is_empty() {
-        return;
-    }
-    if body.truncated || (body.raw.len() as u64) < body.len {
-        body.decode_error = Some("body incomplete (truncated or bytes lost); not decoded".into());
-        return;
-    }
-    match decode_body(enc, &body.raw, cap) {
-        Ok(decoded) => body.decoded = decoded,
-        Err(e) => body.decode_error = Some(e.to_string()),
-    }
 }
 
 /// A key when the system's random source cannot be read: unpredictable enough across runs that

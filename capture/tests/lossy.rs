@@ -7,7 +7,7 @@
 //! its own response.
 //!
 //! Needs root, `ip` (iproute2), nftables, nginx, tcpdump and curl, all installed by
-//! `scripts/test.sh`. `SHADOWTAP_SKIP_LIVE=1` skips (the test then says so).
+//! `scripts/test.sh`. A plain `cargo test` ignores it (reported as such).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -100,11 +100,8 @@ fn start_tcpdump(ns: &Namespace, out: &Path) -> Child {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_RAW) and capture tools: scripts/test.sh runs it (--include-ignored)"]
 fn random_packet_loss_loses_and_mis_pairs_no_exchange() {
-    if std::env::var_os("SHADOWTAP_SKIP_LIVE").is_some() {
-        eprintln!("SHADOWTAP_SKIP_LIVE set: packet-loss test skipped");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let files = write_site(dir.path());
     let upload = content(99, 60_000);

@@ -22,6 +22,7 @@ pub mod replays;
 pub mod sampling;
 pub mod schema;
 pub mod sink;
+pub mod splitmix;
 pub mod units;
 
 pub use exchange::{Body, CompactString, Exchange, ExchangeFlags, Header};

@@ -10,17 +10,13 @@
 
 /// The order (a permutation of `0..n`) in which to send one exchange to `n` targets.
 pub fn send_order(n: usize, run_id: &str, exchange_id: &str, pass: u32) -> Vec<usize> {
-    let mut seed = xxhash_rust::xxh3::xxh3_64_with_seed(exchange_id.as_bytes(), u64::from(pass))
+    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(exchange_id.as_bytes(), u64::from(pass))
         ^ xxhash_rust::xxh3::xxh3_64(run_id.as_bytes()).rotate_left(17);
+    let mut draws = shadowtap_core::splitmix::SplitMix(seed);
     let mut order: Vec<usize> = (0..n).collect();
-    // Fisher–Yates with splitmix64 draws.
+    // Fisher–Yates.
     for i in (1..n).rev() {
-        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let j = (z % (i as u64 + 1)) as usize;
+        let j = (draws.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
     order

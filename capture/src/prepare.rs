@@ -1,0 +1,198 @@
+//! The last step before disk: each exchange's bodies are content-decoded, then redacted, and
+//! its flags counted for the summary. Runs on the writer thread, so the packet path never
+//! waits for a decompressor.
+//!
+//! Order matters: redaction sees the decoded body (a JSON field inside a gzip body is found).
+
+use shadowtap_core::exchange::{Body, Exchange, Header};
+use shadowtap_http1::decode_body;
+
+use crate::redact::Redactor;
+use crate::summary::FlagCounts;
+
+/// Prepares exchanges for the sink.
+pub struct Prepare {
+    max_body: u64,
+    redactor: Option<Redactor>,
+    counts: Prepared,
+}
+
+/// What preparing counted.
+#[derive(Debug, Default, Clone)]
+pub struct Prepared {
+    /// Exchanges by flag.
+    pub flags: FlagCounts,
+    /// Exchanges with a body whose content coding could not be undone (a coded body withheld
+    /// by redaction is not one).
+    pub decode_errors: u64,
+}
+
+impl Prepare {
+    /// Decoded bodies keep at most `max_body` bytes; `redactor`, when given, runs on every
+    /// exchange after decoding.
+    pub fn new(max_body: u64, redactor: Option<Redactor>) -> Self {
+        Prepare {
+            max_body,
+            redactor,
+            counts: Prepared::default(),
+        }
+    }
+
+    /// Decodes, redacts and counts one exchange.
+    pub fn exchange(&mut self, ex: &mut Exchange) {
+        let req_enc = content_encoding(&ex.request_headers);
+        decode_content(&mut ex.request_body, req_enc.as_deref(), self.max_body);
+        let resp_enc = content_encoding(&ex.response_headers);
+        decode_content(&mut ex.response_body, resp_enc.as_deref(), self.max_body);
+        // Counted before redaction, which notes a withheld coded body in the same field.
+        let undecodable =
+            ex.request_body.decode_error.is_some() || ex.response_body.decode_error.is_some();
+        self.counts.decode_errors += u64::from(undecodable);
+        if let Some(r) = &self.redactor {
+            r.apply(ex);
+        }
+        let (flags, f) = (&mut self.counts.flags, &ex.flags);
+        flags.no_response += u64::from(f.no_response);
+        flags.incomplete += u64::from(f.incomplete);
+        flags.gap += u64::from(f.gap);
+        flags.parse_error += u64::from(f.parse_error);
+        flags.truncated += u64::from(ex.request_body.truncated || ex.response_body.truncated);
+        if ex.request_body.decode_error.is_some() || ex.response_body.decode_error.is_some() {
+            let detail: Vec<String> = [&ex.request_body, &ex.response_body]
+                .iter()
+                .zip(["request", "response"])
+                .filter_map(|(b, side)| {
+                    b.decode_error.as_ref().map(|e| format!("{side} body: {e}"))
+                })
+                .collect();
+            let joined = detail.join("; ");
+            ex.error_detail = Some(match ex.error_detail.take() {
+                Some(d) => format!("{d}; {joined}"),
+                None => joined,
+            });
+        }
+    }
+
+    /// The counts so far.
+    pub fn counts(self) -> Prepared {
+        self.counts
+    }
+}
+
+/// Every `Content-Encoding` value, joined in order.
+fn content_encoding(headers: &[Header]) -> Option<String> {
+    let values: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
+        .map(|h| h.value.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+fn decode_content(body: &mut Body, encoding: Option<&str>, cap: u64) {
+    let Some(enc) = encoding else { return };
+    if body.raw.is_empty() {
+        return;
+    }
+    if body.truncated || (body.raw.len() as u64) < body.len {
+        body.decode_error = Some("body incomplete (truncated or bytes lost); not decoded".into());
+        return;
+    }
+    match decode_body(enc, &body.raw, cap) {
+        Ok(decoded) => body.decoded = decoded,
+        Err(e) => body.decode_error = Some(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use shadowtap_core::exchange::ExchangeFlags;
+
+    use super::*;
+
+    fn exchange(response_headers: Vec<Header>, body: Vec<u8>, truncated: bool) -> Exchange {
+        let len = body.len() as u64;
+        Exchange {
+            exchange_id: "e".into(),
+            connection_id: "c".into(),
+            connection_seq: 0,
+            source: "test".into(),
+            request_start_us: 0,
+            request_end_us: None,
+            response_start_us: None,
+            response_end_us: None,
+            client_ip: [127, 0, 0, 1].into(),
+            client_port: 1,
+            server_ip: [127, 0, 0, 1].into(),
+            server_port: 2,
+            method: "POST".into(),
+            uri: "/login".into(),
+            host: None,
+            path: "/login".into(),
+            query: None,
+            http_version: "HTTP/1.1".into(),
+            request_headers: vec![],
+            request_trailers: vec![],
+            request_body: Body::default(),
+            status: Some(200),
+            reason: None,
+            response_version: None,
+            interim_statuses: vec![],
+            response_headers,
+            response_trailers: vec![],
+            response_body: Body {
+                raw: body,
+                len,
+                truncated,
+                ..Body::default()
+            },
+            flags: ExchangeFlags {
+                incomplete: truncated,
+                ..ExchangeFlags::default()
+            },
+            error_detail: None,
+        }
+    }
+
+    #[test]
+    fn bodies_are_decoded_before_they_are_redacted_and_failures_are_counted() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(br#"{"user":"u","password":"hunter2"}"#)
+            .unwrap();
+        let gz = gz.finish().unwrap();
+        let headers = vec![
+            Header::new("Content-Type", "application/json"),
+            Header::new("Content-Encoding", "gzip"),
+        ];
+        let redactor = Redactor::new(b"k".to_vec(), &["password".into()]);
+        let mut prepare = Prepare::new(1 << 20, Some(redactor));
+
+        let mut ex = exchange(headers.clone(), gz.clone(), false);
+        prepare.exchange(&mut ex);
+        let decoded = String::from_utf8(ex.response_body.decoded.clone().unwrap()).unwrap();
+        assert!(
+            decoded.contains(r#""user":"u""#) && !decoded.contains("hunter2"),
+            "{decoded}"
+        );
+        assert!(!ex.response_body.raw.windows(7).any(|w| w == b"hunter2"));
+
+        // A truncated coded body cannot be decoded: it is said, and counted.
+        let mut cut = exchange(headers, gz[..gz.len() / 2].to_vec(), true);
+        cut.response_body.len = gz.len() as u64;
+        prepare.exchange(&mut cut);
+        assert!(cut.response_body.decoded.is_none());
+        assert!(
+            cut.error_detail
+                .as_deref()
+                .unwrap()
+                .contains("response body"),
+            "{:?}",
+            cut.error_detail
+        );
+        let counts = prepare.counts();
+        assert_eq!(counts.decode_errors, 1);
+        assert_eq!((counts.flags.incomplete, counts.flags.truncated), (1, 1));
+    }
+}
