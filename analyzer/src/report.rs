@@ -128,7 +128,7 @@ pub fn markdown(v: &Verdict) -> String {
                     "{kind}: `{}` → `{}` ({})",
                     md_escape(l.as_deref().unwrap_or("∅")),
                     md_escape(r.as_deref().unwrap_or("∅")),
-                    &id[..id.len().min(12)]
+                    id.chars().take(12).collect::<String>()
                 )
             });
             let _ = writeln!(

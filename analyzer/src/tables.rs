@@ -11,7 +11,9 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder};
 use arrow::datatypes::DataType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::ListingOptions;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -84,7 +86,12 @@ pub async fn register(
     });
     let mut options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let pattern = if partitioned {
+    // The directory as a URL and the file pattern apart: a directory name holding glob
+    // characters (`[`, `*`, `?`) is a name, not a pattern.
+    let dir_url = url::Url::from_directory_path(&abs).map_err(|()| {
+        AnalyzeError::Input(format!("{}: not an absolute directory path", abs.display()))
+    })?;
+    let glob = if partitioned {
         // A partitioned table is its directory (DataFusion does not combine globs with
         // partitions): every Parquet file in it must belong to the table.
         let mut all = Vec::new();
@@ -103,13 +110,24 @@ pub async fn register(
             ("date".into(), DataType::Utf8),
             ("hour".into(), DataType::Utf8),
         ]);
-        format!("{}/", abs.display())
+        None
     } else {
-        format!("{}/**/{table}-*.parquet", abs.display())
+        Some(
+            glob::Pattern::new(&format!("**/{table}-*.parquet"))
+                .map_err(|e| AnalyzeError::Sql(e.to_string()))?,
+        )
     };
-    ctx.register_listing_table(table, pattern, options, None, None)
+    let sql = |e: datafusion::error::DataFusionError| AnalyzeError::Sql(e.to_string());
+    let url = ListingTableUrl::try_new(dir_url, glob).map_err(sql)?;
+    let schema = options
+        .infer_schema(&ctx.state(), &url)
         .await
-        .map_err(|e| AnalyzeError::Sql(e.to_string()))?;
+        .map_err(sql)?;
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ctx.register_table(table, Arc::new(ListingTable::try_new(config).map_err(sql)?))
+        .map_err(sql)?;
     Ok(files.len())
 }
 
@@ -254,10 +272,16 @@ fn header_udf(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarVal
                 "header(headers, name): the list must hold {name, value} structs".into(),
             ));
         };
-        let (ns, vs) = (
-            s.column(0).as_string::<i32>(),
-            s.column(1).as_string::<i32>(),
-        );
+        let (Some(ns), Some(vs)) = (
+            s.column_by_name("name")
+                .and_then(|c| c.as_string_opt::<i32>()),
+            s.column_by_name("value")
+                .and_then(|c| c.as_string_opt::<i32>()),
+        ) else {
+            return Err(DataFusionError::Plan(
+                "header(headers, name): the list must hold {name utf8, value utf8} structs".into(),
+            ));
+        };
         match (0..s.len()).find(|&j| ns.value(j).eq_ignore_ascii_case(want)) {
             Some(j) => b.append_value(vs.value(j)),
             None => b.append_null(),

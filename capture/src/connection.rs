@@ -676,6 +676,7 @@ impl HttpConnection {
                 len: req.body_len,
                 truncated: req.body_truncated,
                 decode_error: None,
+                withheld: false,
             },
             status: resp.as_ref().map(|r| r.status).filter(|s| *s != 0),
             reason: resp.as_ref().map(|r| r.reason.to_string()),
@@ -693,6 +694,7 @@ impl HttpConnection {
                     len: r.body_len,
                     truncated: r.body_truncated,
                     decode_error: None,
+                    withheld: false,
                 })
                 .unwrap_or_default(),
             flags,

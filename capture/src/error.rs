@@ -10,6 +10,7 @@ impl CaptureError {
             self,
             CaptureError::Filter { .. }
                 | CaptureError::Interface { .. }
+                | CaptureError::RedactionKey { .. }
                 | CaptureError::InvalidOption { .. }
         )
     }
@@ -32,6 +33,13 @@ pub enum CaptureError {
         /// The interface.
         interface: String,
         /// What libpcap or the system said.
+        message: String,
+    },
+    /// No random redaction key: the OS random source failed. Capture does not start rather
+    /// than redact with a guessable key.
+    #[error("cannot draw a random redaction key from the OS ({message}); give one with --redact-key-file or SHADOWTAP_REDACT_KEY")]
+    RedactionKey {
+        /// What the OS said.
         message: String,
     },
     /// The BPF filter did not compile.

@@ -24,7 +24,7 @@ use crate::live::{LiveOptions, LiveSource};
 use crate::metrics::{serve_metrics, StatsRecord};
 use crate::prepare::{Prepare, Prepared};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
-use crate::redact::Redactor;
+use crate::redact::Redaction;
 use crate::sampling::{Percent, SampleBy, Sampler};
 use crate::shedding::FlowShedder;
 use crate::source::FileSource;
@@ -41,8 +41,10 @@ pub struct CaptureOptions {
     pub filter: Option<String>,
     /// Which exchanges to keep by content (applied before sampling).
     pub criteria: MatchCriteria,
-    /// Replaces secrets by keyed HMACs before anything is written; `None` writes them as seen.
-    pub redactor: Option<Redactor>,
+    /// Replaces secrets by keyed HMACs before anything is written ([`Redaction::Off`] writes
+    /// them as seen). The default draws a random key when the capture starts, and the capture
+    /// refuses to start when the OS random source fails.
+    pub redaction: Redaction,
     /// How the summary describes redaction (`on, random key per run`, `off`, …).
     pub redaction_note: String,
     /// Sampling.
@@ -75,10 +77,7 @@ impl CaptureOptions {
             filter: None,
             criteria: MatchCriteria::default(),
             // Secrets never reach disk unless asked: a fresh random key per run by default.
-            redactor: Some(Redactor::new(
-                Redactor::random_key().unwrap_or_else(|_| fallback_key()),
-                &[],
-            )),
+            redaction: Redaction::RandomKey(Vec::new()),
             redaction_note: "on, random key per run".into(),
             sampler: Sampler {
                 percent: Percent::ALL,
@@ -371,6 +370,13 @@ impl<'a> Run<'a> {
         // land in which file is the same on every run.
         let writers_n = opts.writers.max(1);
         let max_body = opts.reassembly.parser.max_body;
+        // One key for every writer thread, drawn before anything is read.
+        let redactor = opts
+            .redaction
+            .resolve()
+            .map_err(|e| CaptureError::RedactionKey {
+                message: e.to_string(),
+            })?;
         let mut senders = Vec::with_capacity(writers_n);
         let mut writers = Vec::with_capacity(writers_n);
         for w in 0..writers_n {
@@ -390,7 +396,7 @@ impl<'a> Run<'a> {
                 source,
             })?;
             let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(2);
-            let redactor = opts.redactor.clone();
+            let redactor = redactor.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shadowtap-writer-{w}"))
                 .spawn(move || write_exchanges(rx, sink, Prepare::new(max_body, redactor)))
@@ -779,16 +785,6 @@ fn write_exchanges(
         flags,
         decode_errors,
     })
-}
-
-/// A key when the system's random source cannot be read: unpredictable enough across runs that
-/// tokens from different runs do not compare.
-fn fallback_key() -> Vec<u8> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let seed = format!("{}:{}:{:p}", now.as_nanos(), std::process::id(), &now);
-    shadowtap_core::id::stable_id(&[seed.as_bytes()]).into_bytes()
 }
 
 struct Progress {

@@ -105,14 +105,19 @@ fn decode_content(body: &mut Body, encoding: Option<&str>, cap: u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use shadowtap_core::exchange::ExchangeFlags;
 
     use super::*;
 
-    fn exchange(response_headers: Vec<Header>, body: Vec<u8>, truncated: bool) -> Exchange {
+    /// A POST /login exchange with this response.
+    pub(crate) fn exchange(
+        response_headers: Vec<Header>,
+        body: Vec<u8>,
+        truncated: bool,
+    ) -> Exchange {
         let len = body.len() as u64;
         Exchange {
             exchange_id: "e".into(),

@@ -4,7 +4,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use crate::common::{capture, fixtures, Row};
+use shadowtap_capture::redact::Redaction;
+use shadowtap_capture::summary::CaptureSummary;
+
+use crate::common::{capture_with, fixtures, Row};
+
+/// Captures without redaction: the oracle compares targets and bodies byte for byte with
+/// tshark's view of them (redaction is tested in `secrets.rs`).
+fn capture(inputs: &[PathBuf]) -> (tempfile::TempDir, CaptureSummary, Vec<Row>) {
+    capture_with(inputs, |o| o.redaction = Redaction::Off)
+}
 
 fn pcaps() -> PathBuf {
     fixtures().join("pcaps")

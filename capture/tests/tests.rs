@@ -6,3 +6,4 @@ mod linktypes;
 mod live;
 mod lossy;
 mod oracle;
+mod secrets;

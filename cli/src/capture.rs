@@ -13,7 +13,7 @@ use shadowtap_capture::criteria::{CriteriaSpec, MatchCriteria};
 use shadowtap_capture::live::{list_interfaces, LiveOptions};
 use shadowtap_capture::pipeline::{capture_files, capture_live, CaptureOptions, LiveLimits};
 use shadowtap_capture::reassembly::ReassemblyConfig;
-use shadowtap_capture::redact::Redactor;
+use shadowtap_capture::redact::{Redaction, Redactor};
 use shadowtap_capture::sampling::{Percent, SampleBy, Sampler};
 use shadowtap_capture::CaptureError;
 use shadowtap_core::units::{parse_duration, parse_size};
@@ -301,7 +301,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let redact_names = joined(&cfg.redact.names, &args.redact);
     let redact_key_file = args.redact_key_file.clone().or(cfg.redact.key_file.clone());
     if args.no_redact || !cfg.redact.enabled {
-        opts.redactor = None;
+        opts.redaction = Redaction::Off;
         opts.redaction_note = "off (--no-redact)".into();
     } else if let Some(f) = &redact_key_file {
         let key = match std::fs::read(f) {
@@ -318,14 +318,16 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         };
-        opts.redactor = Some(Redactor::new(key, &redact_names));
+        opts.redaction = Redaction::Keyed(Box::new(Redactor::new(key, &redact_names)));
         opts.redaction_note = format!("on, key from {}", f.display());
     } else if let Some(key) = std::env::var_os("SHADOWTAP_REDACT_KEY").filter(|k| !k.is_empty()) {
-        opts.redactor = Some(Redactor::new(key.into_encoded_bytes(), &redact_names));
+        opts.redaction = Redaction::Keyed(Box::new(Redactor::new(
+            key.into_encoded_bytes(),
+            &redact_names,
+        )));
         opts.redaction_note = "on, key from SHADOWTAP_REDACT_KEY".into();
-    } else if !redact_names.is_empty() {
-        let key = Redactor::random_key().context("reading /dev/urandom for a redaction key")?;
-        opts.redactor = Some(Redactor::new(key, &redact_names));
+    } else {
+        opts.redaction = Redaction::RandomKey(redact_names);
     }
     opts.criteria = match MatchCriteria::new(&spec) {
         Ok(c) => c,

@@ -28,8 +28,11 @@ use shadowtap_replayer::{ProgressMode, DEFAULT_MARKER};
     shadowtap replay --from data/ --target t=http://127.0.0.1:8080 --rate max --concurrency 64 --out results/\n  \
     shadowtap replay --from data/ --target t=http://s:8080 --rules rules.toml --script hook.rhai --middleware ./hook.py --out results/\n\n\
     Safety: only GET, HEAD and OPTIONS are replayed unless --allow-methods adds others (duplicated\n\
-    writes are the classic shadowing accident). Targets must be named; a target that is one of the\n\
-    hosts the recording was captured from is refused. Requests carry X-Shadowtap-Replay: <run id>.\n\n\
+    writes are the classic shadowing accident). Targets must be named; a target is refused (exit 2,\n\
+    before anything is sent) when its host name is a captured Host name, whatever the port (TLS\n\
+    often ends at a load balancer in front of the captured plaintext side), or when its address\n\
+    and port are a captured server's; --allow-target HOST lets a host through. Requests carry\n\
+    X-Shadowtap-Replay: <run id>.\n\n\
     Hooks run in this order before a request leaves: --rules, --script, --middleware; the same\n\
     hooks see each target's response before it is recorded. See docs/replay.md for the rules\n\
     file, the script functions and the middleware line protocol.\n\n\
@@ -163,6 +166,12 @@ pub struct ReplayArgs {
     #[arg(long)]
     preserve_host: bool,
 
+    /// Let this target host through although the recording names it (a staging host that
+    /// shares production's name through split DNS, say). Repeat for several. Without it such
+    /// a target is refused: see the safety note below.
+    #[arg(long = "allow-target", value_name = "HOST")]
+    allow_targets: Vec<String>,
+
     /// Response body bytes kept per response (the rest is counted, not kept).
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_size)]
     max_body: u64,
@@ -261,6 +270,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     opts.send.middleware_timeout = args.middleware_timeout;
     opts.send.marker_header = (!args.no_marker).then(|| args.marker_header.clone());
     opts.send.preserve_host = args.preserve_host;
+    opts.allow_targets = args.allow_targets.clone();
     opts.send.run_id = args.run_id.clone();
     opts.send.progress = if args.quiet {
         ProgressMode::Off

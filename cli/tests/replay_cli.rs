@@ -248,6 +248,23 @@ fn bad_input_is_exit_2_with_a_reason() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // A host the fixture was captured from (by its Host name), on a port it never used: the
+    // name alone refuses it (and it is never looked up).
+    let o = replay(&[
+        "--from",
+        cap.to_str().unwrap(),
+        "--target",
+        "prod=https://MangaWeb.1kxun.mobi:8443",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the Host name mangaweb.1kxun.mobi")
+            && err.contains("--allow-target mangaweb.1kxun.mobi"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -18,6 +18,10 @@ pub struct Body {
     pub truncated: bool,
     /// Why content decoding failed, when it did.
     pub decode_error: Option<String>,
+    /// Redaction withheld the raw bytes (`raw` is empty and the column null): the body may
+    /// hold secrets and could not be redacted whole, or it was content-coded and only its
+    /// redacted decoded form is kept. `len` still says how long it was.
+    pub withheld: bool,
 }
 
 /// Flags that say what is missing or uncertain about an exchange.

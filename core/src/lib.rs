@@ -11,7 +11,7 @@
 //! use shadowtap_core::schema::{exchanges_schema, EXCHANGES_SCHEMA_VERSION};
 //! let schema = exchanges_schema();
 //! assert!(schema.field_with_name("exchange_id").is_ok());
-//! assert_eq!(EXCHANGES_SCHEMA_VERSION, 1);
+//! assert_eq!(EXCHANGES_SCHEMA_VERSION, 2);
 //! ```
 
 pub mod criteria;

@@ -426,7 +426,12 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
         let trunc = bools(&format!("{side}_body_truncated"))?;
         Ok((0..raw.len())
             .map(|i| Body {
-                raw: raw.value(i).to_vec(),
+                raw: if raw.is_valid(i) {
+                    raw.value(i).to_vec()
+                } else {
+                    Vec::new()
+                },
+                withheld: !raw.is_valid(i),
                 decoded: dec.is_valid(i).then(|| dec.value(i).to_vec()),
                 len: len.value(i).max(0) as u64,
                 truncated: trunc[i],
@@ -590,6 +595,7 @@ mod tests {
             len: 7,
             truncated: false,
             decode_error: None,
+            withheld: false,
         };
         let mut b = crate::schema::tests::sample();
         b.exchange_id = "e2".into();

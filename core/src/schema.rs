@@ -17,7 +17,7 @@ use arrow::error::ArrowError;
 use crate::exchange::{Body, Exchange, Header};
 
 /// Version of the `exchanges` schema. Bumped on any change of column names or types.
-pub const EXCHANGES_SCHEMA_VERSION: u32 = 1;
+pub const EXCHANGES_SCHEMA_VERSION: u32 = 2;
 /// Parquet key-value metadata key naming the table a file belongs to (`exchanges`, …).
 pub const TABLE_KEY: &str = "shadowtap.table";
 /// Parquet key-value metadata key holding the table's schema version.
@@ -96,6 +96,8 @@ pub fn exchanges_schema() -> SchemaRef {
         f("decode_error", DataType::Boolean, false),
         f("upgraded", DataType::Boolean, false),
         f("error_detail", DataType::Utf8, true),
+        // Version 2.
+        f("redaction_withheld", DataType::Boolean, false),
     ]);
     let metadata = [
         (TABLE_KEY.to_owned(), "exchanges".to_owned()),
@@ -109,7 +111,8 @@ pub fn exchanges_schema() -> SchemaRef {
 
 fn body_fields(side: &str) -> Vec<Field> {
     vec![
-        Field::new(format!("{side}_body"), DataType::Binary, false),
+        // Null when redaction withheld the bytes (version 2; never null before).
+        Field::new(format!("{side}_body"), DataType::Binary, true),
         Field::new(format!("{side}_body_decoded"), DataType::Binary, true),
         Field::new(format!("{side}_body_len"), DataType::Int64, false),
         Field::new(format!("{side}_body_truncated"), DataType::Boolean, false),
@@ -187,7 +190,11 @@ impl BodyColumns {
         }
     }
     fn append(&mut self, b: &Body) {
-        self.raw.append_value(&b.raw);
+        if b.withheld {
+            self.raw.append_null();
+        } else {
+            self.raw.append_value(&b.raw);
+        }
         self.decoded.append_option(b.decoded.as_deref());
         self.len.append_value(b.len as i64);
         self.truncated.append_value(b.truncated);
@@ -334,6 +341,7 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, ArrowError> 
         bools(&|r| r.request_body.decode_error.is_some() || r.response_body.decode_error.is_some()),
         bools(&|r| r.flags.upgraded),
         error_detail,
+        bools(&|r| r.request_body.withheld || r.response_body.withheld),
     ]);
     RecordBatch::try_new(exchanges_schema(), columns)
 }
@@ -438,6 +446,36 @@ pub(crate) mod tests {
             .downcast_ref::<arrow::array::Int64Array>()
             .unwrap();
         assert_eq!(ttfb.value(0), 400);
-        assert_eq!(batch.schema().metadata()[SCHEMA_VERSION_KEY], "1");
+        assert_eq!(
+            batch.schema().metadata()[SCHEMA_VERSION_KEY],
+            EXCHANGES_SCHEMA_VERSION.to_string()
+        );
+    }
+
+    #[test]
+    fn a_withheld_body_is_null_flagged_and_read_back_as_withheld() {
+        let mut ex = sample();
+        ex.response_body = Body {
+            raw: Vec::new(),
+            decoded: None,
+            len: 4096,
+            truncated: true,
+            decode_error: None,
+            withheld: true,
+        };
+        let batch = exchanges_to_batch(&[ex, sample()]).unwrap();
+        let body = batch.column_by_name("response_body").unwrap();
+        assert!(body.is_null(0) && body.is_valid(1));
+        let flag = batch
+            .column_by_name("redaction_withheld")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::BooleanArray>()
+            .unwrap();
+        assert!(flag.value(0) && !flag.value(1));
+        let back = crate::read::exchanges_from_batch(&batch).unwrap();
+        assert!(back[0].response_body.withheld && back[0].response_body.raw.is_empty());
+        assert_eq!(back[0].response_body.len, 4096);
+        assert!(!back[1].response_body.withheld);
     }
 }

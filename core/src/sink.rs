@@ -305,9 +305,9 @@ mod tests {
             .file_metadata()
             .key_value_metadata()
             .unwrap();
-        assert!(kv
-            .iter()
-            .any(|kv| kv.key == SCHEMA_VERSION_KEY && kv.value.as_deref() == Some("1")));
+        assert!(kv.iter().any(|kv| kv.key == SCHEMA_VERSION_KEY
+            && kv.value.as_deref()
+                == Some(crate::schema::EXCHANGES_SCHEMA_VERSION.to_string().as_str())));
         let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 1);
     }

@@ -17,14 +17,16 @@ pub enum ReplayError {
         message: String,
     },
     /// A target points at a host the recording was captured from.
-    #[error("target `{target}` ({url}) is a host the recording was captured from ({captured}); shadowtap never replays at captured hosts, so production is not sent duplicate traffic")]
+    #[error("target `{target}` ({url}) matches {captured} the recording was captured from: shadowtap never replays at captured hosts, so production is not sent duplicate traffic (if {host} is not production, say so with --allow-target {host})")]
     CapturedHost {
         /// Target name.
         target: String,
         /// Target URL.
         url: String,
-        /// The captured host it matches.
+        /// The captured host it matches (`the Host name …`, `the server …`).
         captured: String,
+        /// The target's host, as `--allow-target` would name it.
+        host: String,
     },
     /// The recording could not be read.
     #[error(transparent)]

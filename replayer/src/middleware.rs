@@ -12,7 +12,11 @@
 //! or not (fields left out keep their value), or `{"id":1,"drop":true}` to drop a request.
 //! `cat` is a valid middleware that changes nothing. The process's stderr is passed through.
 //! A reply that is late (`--middleware-timeout`), malformed, or missing because the process
-//! exited fails that request as a `hook` error; nothing is silently skipped.
+//! exited fails that request as a `hook` error; nothing is silently skipped. A reply line
+//! longer than 64 MiB stops the middleware (every later request is a `hook` error).
+//!
+//! One process answers one line at a time, in order: a slow reply holds every request behind
+//! it, so a middleware bounds how fast a replay can go.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,11 +24,14 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use shadowtap_core::Header;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::request::{OutgoingRequest, ReceivedResponse};
+
+/// The longest reply line read from the middleware (a 16 MiB body is about 22 MiB in base64).
+const MAX_REPLY: usize = 64 << 20;
 
 #[derive(Debug, Serialize, Deserialize, Default)]
 struct Message {
@@ -130,9 +137,20 @@ impl Middleware {
                     continue;
                 }
                 line.clear();
-                match stdout.read_line(&mut line).await {
+                // At most MAX_REPLY bytes per line: a middleware that never ends its line
+                // cannot grow this buffer without bound.
+                let mut bounded = (&mut stdout).take(MAX_REPLY as u64 + 1);
+                match bounded.read_line(&mut line).await {
                     Ok(0) => {
                         let _ = reply.send(Err("middleware exited".into()));
+                    }
+                    Ok(_) if !line.ends_with('\n') && line.len() > MAX_REPLY => {
+                        let _ = reply.send(Err(format!(
+                            "middleware reply longer than {} MiB: the middleware is stopped",
+                            MAX_REPLY >> 20
+                        )));
+                        // The rest of that line would be read as the next reply.
+                        break;
                     }
                     Ok(_) => {
                         let _ = reply.send(Ok(line.trim_end().to_owned()));

@@ -76,7 +76,12 @@ impl OutgoingRequest {
                 "the request body was longer than the capture's --max-body ({} bytes)",
                 b.len
             )));
-        } else if b.raw.len() as u64 == b.len {
+        } else if b.withheld && b.decoded.is_none() {
+            return Err(Unreplayable(format!(
+                "redaction withheld the request body at capture ({} bytes that may hold secrets and could not be redacted whole)",
+                b.len
+            )));
+        } else if b.raw.len() as u64 == b.len && !b.withheld {
             std::mem::take(&mut b.raw)
         } else if b.raw.is_empty() && b.decoded.is_some() {
             // A content-coded body whose JSON fields were redacted: only the decoded form exists.

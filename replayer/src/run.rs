@@ -28,6 +28,9 @@ pub struct ReplayOptions {
     pub from: PathBuf,
     /// Passes over the recording; `None` repeats until `duration` or a signal.
     pub passes: Option<u32>,
+    /// Target hosts let through although the recording names them (`--allow-target`; see
+    /// [`crate::safety`]).
+    pub allow_targets: Vec<String>,
     /// Targets, selection, hooks, pacing, client, output.
     pub send: SenderOptions,
 }
@@ -39,6 +42,7 @@ impl ReplayOptions {
         ReplayOptions {
             from,
             passes: Some(1),
+            allow_targets: Vec::new(),
             send: SenderOptions::new(out, targets),
         }
     }
@@ -63,7 +67,7 @@ pub async fn replay(
     let captured = tokio::task::spawn_blocking(move || captured_hosts(&rec))
         .await
         .map_err(io_err)??;
-    check_targets(&opts.send.targets, &captured).await?;
+    check_targets(&opts.send.targets, &captured, &opts.allow_targets).await?;
 
     let out = opts.send.out.clone();
     let total_hint = opts.passes.map(|p| recording.rows() * u64::from(p));

@@ -430,6 +430,50 @@ fn a_captured_host_is_never_a_target() {
     assert!(matches!(err, ReplayError::CapturedHost { .. }), "{err}");
 }
 
+/// TLS ends at the load balancer and the capture sits behind it: the recording holds
+/// `Host: localhost` on a backend address, and the target names `localhost` on another port.
+/// The name alone refuses it, before anything is sent; `--allow-target` lets it through.
+#[test]
+fn a_captured_host_name_is_refused_on_any_port_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let s = server();
+    let mut ex = exchange(0, 0, "GET", "/", 0);
+    ex.server_ip = "10.0.0.5".parse().unwrap();
+    ex.server_port = 8080;
+    ex.host = Some("LocalHost".into());
+    write_recording(&rec, &[ex], 1);
+    let url = format!("http://localhost:{}", s.addr.port());
+    let err = run(options(
+        &rec,
+        &dir.path().join("out"),
+        vec![target("candidate", &url)],
+    ))
+    .unwrap_err();
+    let ReplayError::CapturedHost { captured, host, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(
+        (captured.as_str(), host.as_str()),
+        ("the Host name localhost", "localhost")
+    );
+    assert!(err.is_usage());
+    assert!(
+        err.to_string().contains("--allow-target localhost"),
+        "{err}"
+    );
+    assert_eq!(s.count(), 0, "nothing is sent before the refusal");
+
+    let mut o = options(
+        &rec,
+        &dir.path().join("out2"),
+        vec![target("candidate", &url)],
+    );
+    o.allow_targets = vec!["localhost".into()];
+    let summary = run(o).unwrap();
+    assert_eq!((summary.rows_written, s.count()), (1, 1));
+}
+
 #[test]
 fn speed_keeps_recorded_gaps_scaled_and_never_sends_early() {
     let dir = tempfile::tempdir().unwrap();
