@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use crate::error::AnalyzeError;
 use crate::judge::judge;
 use crate::measure::measure;
-use crate::pairs::{load_recorded, pair_replays, runs_and_targets, PairTargets, PairingInput};
+use crate::pairs::{
+    load_recorded, pair_replays, replayed_ids, runs_and_targets, PairTargets, PairingInput,
+};
 use crate::policy::Policy;
 use crate::verdict::{EndpointSummary, Verdict, VERDICT_SCHEMA_VERSION};
 
@@ -107,7 +109,11 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         .clone()
         .or_else(|| recording_of(&opts.replay, &run));
     let recorded = match &capture {
-        Some(c) => Some(load_recorded(c, 200_000)?),
+        Some(c) => Some(load_recorded(
+            c,
+            &replayed_ids(&opts.replay, &run)?,
+            200_000,
+        )?),
         None => None,
     };
     let analysis_id = shadowtap_core::id::new_run_id();

@@ -7,7 +7,7 @@
 //! (the production response in the capture vs baseline: the noise source when there is no
 //! second baseline) and `candidate_recorded` (the production response vs candidate).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -257,24 +257,43 @@ fn body_at(raw: &ArrayRef, decoded: &ArrayRef, i: usize) -> Vec<u8> {
     raw.as_binary::<i32>().value(i).to_vec()
 }
 
-/// Recorded production responses, keyed by exchange id, for the `recorded` comparison: at most
-/// `cap` of them, chosen by a hash of the id so the choice is stable.
+/// The exchange ids replayed in `run` (one column read; the responses are not).
+pub fn replayed_ids(replay_dir: &Path, run: &str) -> Result<HashSet<String>, AnalyzeError> {
+    let mut ids = HashSet::new();
+    for p in parquet_files(replay_dir, "replays") {
+        for b in open_projected(&p, "replays", &["run_id", "exchange_id"])? {
+            let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
+            let (r, e) = (
+                b.column_by_name("run_id")
+                    .expect("projected")
+                    .as_string::<i32>()
+                    .clone(),
+                b.column_by_name("exchange_id")
+                    .expect("projected")
+                    .as_string::<i32>()
+                    .clone(),
+            );
+            for i in 0..b.num_rows() {
+                if r.value(i) == run && !ids.contains(e.value(i)) {
+                    ids.insert(e.value(i).to_owned());
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Recorded production responses, keyed by exchange id, for the `recorded` comparison: only
+/// those of `replayed` exchanges (a sampled replay reads a sample of the recording's
+/// responses, not all of them), at most `cap`, chosen by a hash of the id so the choice is
+/// stable.
 pub fn load_recorded(
     capture_dir: &Path,
+    replayed: &HashSet<String>,
     cap: usize,
 ) -> Result<HashMap<String, Response>, AnalyzeError> {
     let files = parquet_files(capture_dir, "exchanges");
-    let total: u64 = files
-        .iter()
-        .filter_map(|p| File::open(p).ok())
-        .filter_map(|f| parquet::file::reader::SerializedFileReader::new(f).ok())
-        .map(|r| {
-            parquet::file::reader::FileReader::metadata(&r)
-                .file_metadata()
-                .num_rows()
-                .max(0) as u64
-        })
-        .sum();
+    let total = replayed.len() as u64;
     let keep_bp = if total as usize <= cap {
         10_000
     } else {
@@ -318,7 +337,9 @@ pub fn load_recorded(
             );
             for i in 0..b.num_rows() {
                 let id = ids.value(i);
-                if status.is_null(i) || shadowtap_core::id::sample_bucket(id.as_bytes()) >= keep_bp
+                if status.is_null(i)
+                    || !replayed.contains(id)
+                    || shadowtap_core::id::sample_bucket(id.as_bytes()) >= keep_bp
                 {
                     continue;
                 }

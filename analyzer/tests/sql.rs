@@ -361,3 +361,36 @@ fn a_field_absent_from_the_recording_is_not_a_regression_of_its_value() {
         }
     }
 }
+
+/// A directory name with glob characters is a name, not a pattern; `header()` over a list of
+/// structs that are not {name, value} is an error, not a panic.
+#[test]
+fn glob_characters_in_directory_names_and_foreign_structs() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("run[1]*?");
+    let rows: Vec<ReplayRecord> = (0..5)
+        .map(|i| row(i, "baseline", Some(200), 10.0, "{}"))
+        .collect();
+    write_replays(&odd, &rows);
+    // A sibling the pattern `run[1]*?` would match if it were read as a glob.
+    write_replays(&dir.path().join("run1xy"), &rows);
+    rt().block_on(async {
+        let ctx = session();
+        assert_eq!(
+            register_all(&ctx, std::slice::from_ref(&odd))
+                .await
+                .unwrap(),
+            ["replays"]
+        );
+        let b = run_sql(&ctx, "SELECT count(*) FROM replays").await.unwrap();
+        assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 5);
+        let err = run_sql(
+            &ctx,
+            "SELECT header([named_struct('a', 'x', 'b', 'y')], 'a') FROM replays",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("{name utf8, value utf8}"), "{err}");
+    });
+}

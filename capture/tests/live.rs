@@ -108,7 +108,7 @@ impl Tcpdump {
     }
 }
 
-fn curl(args: &[&str]) {
+pub(crate) fn curl(args: &[&str]) {
     let st = Command::new("curl")
         .args(["-s", "-S", "--max-time", "20"])
         .args(args)
@@ -138,13 +138,13 @@ fn sorted_triples(rows: &[Row]) -> Vec<(String, String, i32)> {
 }
 
 /// shadowtap's own live capture on `lo`, running in a thread of the test.
-struct LiveCapture {
+pub(crate) struct LiveCapture {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<String>,
 }
 
 impl LiveCapture {
-    fn start(port: u16, out: &Path) -> LiveCapture {
+    pub(crate) fn start(port: u16, out: &Path) -> LiveCapture {
         let mut opts = CaptureOptions::new(Vec::new(), out.to_path_buf());
         opts.progress = false;
         let live = LiveOptions {
@@ -170,7 +170,7 @@ impl LiveCapture {
         LiveCapture { stop, handle }
     }
 
-    fn stop(self) -> String {
+    pub(crate) fn stop(self) -> String {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().expect("live capture thread")
     }

@@ -374,3 +374,140 @@ fn no_secret_reaches_any_byte_of_any_parquet_file() {
         }
     }
 }
+
+/// A server on loopback for the live test: every request read whole (head and
+/// Content-Length body), answered by path with secrets of its own, the connection closed.
+fn secret_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8192];
+            let (path, done) = loop {
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len {
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                        break (path, true);
+                    }
+                }
+                match std::io::Read::read(&mut conn, &mut buf) {
+                    Ok(0) | Err(_) => break (String::new(), false),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            };
+            if !done {
+                continue;
+            }
+            let answer = match path.split('?').next().unwrap_or("") {
+                "/login" => response(
+                    "HTTP/1.1 302 Found\nLocation: /home?code=S3CRETL1&next=keep-next\nSet-Cookie: sid=S3CRETL2; HttpOnly\nConnection: close\n",
+                    b"",
+                ),
+                "/token" => response(
+                    &format!("{OK}Content-Encoding: gzip\nConnection: close\n"),
+                    &gzip(br#"{"access_token":"S3CRETL3","scope":"keep-scope"}"#),
+                ),
+                "/refresh" => response(
+                    &format!("{OK}Content-Encoding: zstd\nConnection: close\n"),
+                    &zstd::encode_all(&br#"{"refresh_token":"S3CRETL4","kind":"keep-kind"}"#[..], 3).unwrap(),
+                ),
+                _ => response("HTTP/1.1 200 OK\nContent-Type: text/plain\nConnection: close\n", b"plain-ok"),
+            };
+            let _ = conn.write_all(&answer);
+        }
+    });
+    port
+}
+
+#[test]
+#[ignore = "needs root (CAP_NET_RAW) and curl: scripts/test.sh runs it (--include-ignored)"]
+fn no_secret_of_live_loopback_traffic_reaches_disk() {
+    use crate::live::{curl, LiveCapture};
+    let dir = tempfile::tempdir().unwrap();
+    let port = secret_server();
+    let out = dir.path().join("live");
+    let live = LiveCapture::start(port, &out);
+    let base = format!("http://127.0.0.1:{port}");
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        "Authorization: Bearer S3CRETL5",
+        "-H",
+        "X-Api-Key: S3CRETL6",
+        "-b",
+        "sid=S3CRETL7; theme=keep",
+        &format!("{base}/api?access_token=S3CRETL8&page=keep-page"),
+    ]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-d",
+        "user=keep-alice&password=S3CRETL9",
+        &format!("{base}/login"),
+    ]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-F",
+        "user=keep-carol",
+        "-F",
+        "password=S3CRETLA",
+        &format!("{base}/upload"),
+    ]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"Password":"S3CRETLB","user":"keep-bob"}"#,
+        &format!("{base}/json"),
+    ]);
+    curl(&["-o", "/dev/null", &format!("{base}/token")]);
+    curl(&["-o", "/dev/null", &format!("{base}/refresh")]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-e",
+        "https://app.example.test/?api_key=S3CRETLC",
+        &format!("{base}/ref"),
+    ]);
+    // Let the last packets reach the capture before it stops.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let summary = live.stop();
+    let bytes = every_byte(&out);
+    let leaked: Vec<String> = "123456789ABC"
+        .chars()
+        .map(|c| format!("S3CRETL{c}"))
+        .filter(|s| contains(&bytes, s))
+        .collect();
+    assert!(leaked.is_empty(), "secrets on disk: {leaked:?}\n{summary}");
+    for kept in [
+        "keep-page",
+        "keep-alice",
+        "keep-carol",
+        "keep-bob",
+        "keep-scope",
+        "keep-kind",
+        "keep-next",
+        "plain-ok",
+        "Bearer hmac:",
+    ] {
+        assert!(
+            contains(&bytes, kept),
+            "{kept:?} is missing: redaction took too much\n{summary}"
+        );
+    }
+}

@@ -1122,3 +1122,34 @@ fn concurrency_bounds_requests_in_flight_over_all_sending_threads() {
     let most = most.load(Ordering::SeqCst);
     assert!((2..=5).contains(&most), "{most} requests in flight at once");
 }
+
+/// A middleware that answers with a line without end cannot grow memory without bound: past
+/// 64 MiB its reply is a hook error, and nothing is sent.
+#[test]
+fn an_endless_middleware_reply_is_a_hook_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    write_recording(&rec, &gets(2, 1), 1);
+    let s = server();
+    let mut o = options(&rec, &dir.path().join("out"), vec![target("t", &s.url())]);
+    // Reads one request line, then writes 80 MiB without a newline.
+    o.send.middleware =
+        Some("head -n 1 > /dev/null; head -c 83886080 /dev/zero | tr '\\0' a".into());
+    o.send.middleware_timeout = Duration::from_secs(30);
+    let summary = run(o).unwrap();
+    assert_eq!(summary.hook_errors, 2, "{summary:?}");
+    assert_eq!(s.count(), 0);
+    let rows = read_rows(&dir.path().join("out"));
+    assert!(
+        rows.iter().all(|r| r.error_kind.as_deref() == Some("hook")),
+        "{:?}",
+        failures(&rows)
+    );
+    assert!(
+        failures(&rows).iter().any(|m| m
+            .as_deref()
+            .is_some_and(|m| m.contains("longer than 64 MiB"))),
+        "{:?}",
+        failures(&rows)
+    );
+}
