@@ -15,6 +15,8 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -26,12 +28,49 @@ use crate::template::path_template;
 /// The tables shadowtap writes.
 pub const TABLES: &[&str] = &["exchanges", "replays", "diffs"];
 
-/// A session with the UDFs registered.
+/// A session with the UDFs registered and the default memory limit ([`default_memory_limit`]).
 pub fn session() -> SessionContext {
-    let config = SessionConfig::new()
+    session_with_memory(default_memory_limit())
+}
+
+/// Half the machine's memory (`MemTotal` in `/proc/meminfo`), or `None` where that cannot be
+/// read.
+pub fn default_memory_limit() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / 2)
+}
+
+/// A session with the UDFs registered whose queries hold at most `limit` bytes in memory:
+/// sorts, joins and aggregations past it spill to temporary files (the OS temp directory)
+/// and fail with a clear "resources exhausted" error only when spilling cannot help.
+/// `None`: no limit.
+pub fn session_with_memory(limit: Option<usize>) -> SessionContext {
+    let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let ctx = SessionContext::new_with_config(config);
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = limit {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        // What each sort keeps back for merging its spill files (10 MiB by default) must fit
+        // a small pool several times over.
+        let reserve = &mut config.options_mut().execution.sort_spill_reservation_bytes;
+        *reserve = (*reserve).min(limit / 16);
+    }
+    let ctx = match runtime.build_arc() {
+        Ok(rt) => SessionContext::new_with_config_rt(config, rt),
+        Err(e) => {
+            tracing::warn!("no memory-limited runtime ({e}): queries run without a limit");
+            SessionContext::new_with_config(config)
+        }
+    };
     for kind in [Helper::PathTemplate, Helper::Header, Helper::JsonGet] {
         ctx.register_udf(ScalarUDF::from(HelperUdf::new(kind)));
     }

@@ -394,3 +394,32 @@ fn glob_characters_in_directory_names_and_foreign_structs() {
         assert!(err.contains("{name utf8, value utf8}"), "{err}");
     });
 }
+
+/// Queries run under a memory pool: past the limit a consumer is refused (operators that can
+/// spill do so), and a sort bigger than the pool still completes by spilling.
+#[test]
+fn queries_run_under_the_memory_limit_and_spill() {
+    use datafusion::execution::memory_pool::MemoryConsumer;
+    let ctx = shadowtap_analyzer::tables::session_with_memory(Some(4 << 20));
+    let pool = ctx.runtime_env().memory_pool.clone();
+    let r = MemoryConsumer::new("test")
+        .with_can_spill(true)
+        .register(&pool);
+    assert!(
+        r.try_grow(8 << 20).is_err(),
+        "the pool allowed more than its limit"
+    );
+    r.free();
+    rt().block_on(async {
+        let b = run_sql(
+            &ctx,
+            "SELECT v, pad FROM (SELECT value AS v, repeat('x', 100) AS pad FROM generate_series(1, 200000)) ORDER BY pad, v DESC",
+        )
+        .await
+        .unwrap();
+        // 20 MB of rows sorted under a 4 MiB pool: only by spilling.
+        assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 200_000);
+        assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 200_000);
+    });
+    assert!(shadowtap_analyzer::tables::default_memory_limit().is_some_and(|m| m > 0));
+}

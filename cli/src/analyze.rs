@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use shadowtap_analyzer::analyze::write_reports;
-use shadowtap_analyzer::tables::{register_all, run_sql, session};
+use shadowtap_analyzer::tables::{
+    default_memory_limit, register_all, run_sql, session_with_memory,
+};
 use shadowtap_analyzer::{analyze, AnalyzeError, AnalyzeOptions, Policy};
 
 /// Exit code for usage and input errors of analyze, gate and query (EX_USAGE).
@@ -41,6 +43,11 @@ pub struct QueryArgs {
     /// Write the result here instead of stdout.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
+
+    /// Memory the query may hold (`2G`, `512M`); sorts, joins and aggregations past it spill
+    /// to temporary files. Default: half the machine's memory.
+    #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
+    max_memory: Option<usize>,
 }
 
 /// Output formats.
@@ -131,7 +138,7 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let ctx = session();
+        let ctx = session_with_memory(args.max_memory.or_else(default_memory_limit));
         let found = match register_all(&ctx, &args.data).await {
             Ok(f) => f,
             Err(e) => return Ok(fail(&e)),
@@ -452,4 +459,13 @@ pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
     }
     std::thread::sleep(Duration::from_millis(10));
     judge(Some(args.capture), replay_dir, None, args.out, &args.judge)
+}
+
+/// A byte count (`2G`, `512M`) as a memory limit.
+fn parse_memory(s: &str) -> Result<usize, String> {
+    let bytes = shadowtap_core::units::parse_size(s)?;
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?}: a memory limit is a positive size"))
 }

@@ -588,9 +588,12 @@ impl MessageParser {
             None => self.finish_message(end_ts, true),
             Some(b) => {
                 if let (BodyState::Length(len), Some(m)) = (b, self.current.as_mut()) {
-                    // One allocation for a body of known length (capped), instead of regrowth.
+                    // Room for the body bytes that already arrived behind the head (capped),
+                    // never for what `Content-Length` merely announces: an untrusted length
+                    // must not size an allocation.
+                    let arrived = held.saturating_sub(n) as u64;
                     m.body
-                        .reserve(len.min(self.limits.max_body).min(64 << 20) as usize);
+                        .reserve(len.min(self.limits.max_body).min(arrived) as usize);
                 }
                 self.state = State::Body(b);
             }

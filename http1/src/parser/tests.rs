@@ -341,6 +341,22 @@ fn oversized_header_section_is_an_error_not_unbounded_memory() {
 }
 
 #[test]
+fn an_announced_content_length_does_not_size_an_allocation() {
+    let mut fifo = Fifo::default();
+    let mut p = MessageParser::new(Role::Request, ParserLimits::default(), false, 0);
+    // 16 MiB announced (the cap), 5 bytes sent.
+    p.feed(
+        b"POST /up HTTP/1.1\r\nContent-Length: 1073741824\r\n\r\nhello",
+        0,
+        None,
+        &mut fifo,
+    );
+    let held = p.current.as_ref().map_or(0, |m| m.body.capacity());
+    assert!(held < 64 << 10, "{held} bytes reserved for 5 that arrived");
+    assert_eq!(p.current.as_ref().map(|m| m.body.len()), Some(5));
+}
+
+#[test]
 fn start_line_detection() {
     assert!(is_start_line(Role::Request, b"PROPFIND /dav/ HTTP/1.1\r"));
     assert!(is_start_line(Role::Request, b"GET http://h/x?y HTTP/1.0"));
