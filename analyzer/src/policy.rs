@@ -287,8 +287,13 @@ impl Policy {
     /// Loads a policy file; unknown keys are errors.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let p: Policy = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        p.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses a policy file's text; unknown keys and values out of range are errors.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let p: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        p.check()?;
         Ok(p)
     }
 
