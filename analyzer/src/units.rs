@@ -212,11 +212,12 @@ impl PairSet {
             ids.push(id);
             if let Some(x) = example_of {
                 self.examples.entry(id).or_insert_with(|| {
+                    let secret = holds_secret(&d.field);
                     (
                         x.to_owned(),
                         d.kind.as_str().to_owned(),
-                        d.left.clone(),
-                        d.right.clone(),
+                        masked(d.left.as_deref(), secret),
+                        masked(d.right.as_deref(), secret),
                     )
                 });
             }
@@ -270,5 +271,57 @@ impl PairSet {
     /// Orders the pairs by cluster (stable), as the bootstrap needs.
     pub fn group_by_cluster(&mut self) {
         self.pairs.sort_by_key(|p| p.cluster);
+    }
+}
+
+/// Whether a difference's field (`/user/token`, `header:set-cookie`) is one secrets live under
+/// (the names capture redacts, [`shadowtap_core::secrets`]): its values are not shown in the
+/// reports. Replayed responses come from the shadow's own services, whose tokens are secrets
+/// too.
+fn holds_secret(field: &str) -> bool {
+    use shadowtap_core::secrets::Names;
+    use std::sync::OnceLock;
+    static NAMES: OnceLock<(Names, Names)> = OnceLock::new();
+    let (headers, keys) = NAMES.get_or_init(|| (Names::headers(&[]), Names::json_keys(&[])));
+    match field.strip_prefix("header:") {
+        Some(h) => headers.matches(h),
+        None => field
+            .rsplit('/')
+            .find(|s| !s.is_empty() && *s != "*")
+            .is_some_and(|last| keys.matches(last)),
+    }
+}
+
+/// An example value as the reports show it: a secret's value is masked (an `hmac:` token,
+/// already redacted at capture, is kept: it is equal for equal secrets and reveals nothing).
+fn masked(value: Option<&str>, secret: bool) -> Option<String> {
+    value.map(|v| {
+        if secret && !v.trim_matches('"').starts_with("hmac:") {
+            "‹redacted›".to_owned()
+        } else {
+            v.to_owned()
+        }
+    })
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn examples_of_secret_fields_are_masked() {
+        assert!(holds_secret("/session/access_token"));
+        assert!(holds_secret("/users/*/password"));
+        assert!(holds_secret("header:set-cookie"));
+        assert!(!holds_secret("/user/name") && !holds_secret("header:content-type"));
+        assert_eq!(
+            masked(Some("\"s3cr3t\""), true).as_deref(),
+            Some("‹redacted›")
+        );
+        assert_eq!(
+            masked(Some("\"hmac:ab12\""), true).as_deref(),
+            Some("\"hmac:ab12\"")
+        );
+        assert_eq!(masked(Some("gold"), false).as_deref(), Some("gold"));
     }
 }

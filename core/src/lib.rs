@@ -5,7 +5,8 @@
 //! ([`schema`]), stable identifiers ([`id`]) and the rolling
 //! Parquet writer every stage writes through ([`sink`]), reading recordings back ([`read`]), the
 //! `replays` table ([`replays`]), and the selection both capture and
-//! replay apply: match criteria ([`criteria`]) and deterministic sampling ([`sampling`]).
+//! replay apply: match criteria ([`criteria`]) and deterministic sampling ([`sampling`]), and
+//! the names secrets live under ([`secrets`]).
 //!
 //! ```
 //! use shadowtap_core::schema::{exchanges_schema, EXCHANGES_SCHEMA_VERSION};
@@ -21,6 +22,7 @@ pub mod read;
 pub mod replays;
 pub mod sampling;
 pub mod schema;
+pub mod secrets;
 pub mod sink;
 pub mod splitmix;
 pub mod units;

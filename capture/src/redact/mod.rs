@@ -35,125 +35,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use shadowtap_core::exchange::{Exchange, Header};
 
-/// Header names always redacted.
-pub const DEFAULT_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-    "x-access-token",
-    "x-refresh-token",
-    "x-id-token",
-    "x-amz-security-token",
-    "x-csrf-token",
-    "x-xsrf-token",
-    "x-goog-api-key",
-    "private-token",
-    "x-vault-token",
-    "x-session-token",
-];
-
-/// A header whose name holds one of these is redacted too (`X-Upstream-Token`,
-/// `X-Client-Secret`, `X-Session-Id`).
-pub const HEADER_NAME_PARTS: &[&str] = &[
-    "token",
-    "secret",
-    "passw",
-    "apikey",
-    "credential",
-    "session",
-    "cookie",
-];
-
-/// Query, fragment, form and multipart parameter names always redacted.
-pub const DEFAULT_PARAMS: &[&str] = &[
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "api_key",
-    "apikey",
-    "key",
-    "password",
-    "passwd",
-    "secret",
-    "client_secret",
-    "signature",
-    "sig",
-    "code",
-    "X-Amz-Signature",
-    "X-Amz-Credential",
-    "X-Amz-Security-Token",
-];
-
-/// A parameter whose name holds one of these is redacted too (`oauth_token`,
-/// `user_password`, `X-Goog-Signature`).
-pub const PARAM_NAME_PARTS: &[&str] = &[
-    "token",
-    "secret",
-    "passw",
-    "apikey",
-    "credential",
-    "signature",
-];
-
-/// JSON object keys always redacted (narrower than parameters: `key` and `code` are ordinary
-/// response fields, and `prompt_tokens` a count worth diffing).
-pub const DEFAULT_JSON_KEYS: &[&str] = &[
-    "password",
-    "passwd",
-    "secret",
-    "client_secret",
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "auth_token",
-    "session_token",
-    "api_key",
-    "apikey",
-    "private_key",
-];
-
-/// A JSON key holding one of these is redacted too (`newPassword`, `aws_secret_access_key`).
-pub const JSON_KEY_PARTS: &[&str] = &["passw", "secret", "credential"];
-
-/// Headers whose values are URLs: their query and fragment parameters are redacted.
-pub const URL_HEADERS: &[&str] = &["location", "content-location", "referer"];
-
-/// `name` lower-cased, `-` and `_` dropped: the form every comparison uses.
-fn normalise(name: &str) -> String {
-    name.chars()
-        .filter(|c| *c != '-' && *c != '_')
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
-}
-
-/// A set of names: exact (normalised) names, and parts a name may hold.
-#[derive(Debug, Clone)]
-struct Names {
-    exact: Vec<String>,
-    parts: &'static [&'static str],
-}
-
-impl Names {
-    fn new(defaults: &[&str], extra: &[String], parts: &'static [&'static str]) -> Self {
-        let mut exact: Vec<String> = defaults.iter().map(|n| normalise(n)).collect();
-        exact.extend(extra.iter().map(|n| normalise(n)));
-        exact.sort_unstable();
-        exact.dedup();
-        Names { exact, parts }
-    }
-
-    fn matches(&self, name: &str) -> bool {
-        let n = normalise(name);
-        !n.is_empty()
-            && (self.exact.binary_search(&n).is_ok() || self.parts.iter().any(|p| n.contains(p)))
-    }
-}
+use shadowtap_core::secrets::{normalise, Names};
+pub use shadowtap_core::secrets::{
+    DEFAULT_HEADERS, DEFAULT_JSON_KEYS, DEFAULT_PARAMS, HEADER_NAME_PARTS, JSON_KEY_PARTS,
+    PARAM_NAME_PARTS, URL_HEADERS,
+};
 
 /// How a capture redacts, before its key is known.
 #[derive(Debug, Clone)]
@@ -193,9 +79,9 @@ impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
         f.debug_struct("Redactor")
-            .field("headers", &self.headers.exact)
-            .field("params", &self.params.exact)
-            .field("json_keys", &self.json_keys.exact)
+            .field("headers", &self.headers.exact())
+            .field("params", &self.params.exact())
+            .field("json_keys", &self.json_keys.exact())
             .finish()
     }
 }
@@ -208,9 +94,9 @@ impl Redactor {
             <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes keys of any length");
         Redactor {
             mac,
-            headers: Names::new(DEFAULT_HEADERS, names, HEADER_NAME_PARTS),
-            params: Names::new(DEFAULT_PARAMS, names, PARAM_NAME_PARTS),
-            json_keys: Names::new(DEFAULT_JSON_KEYS, names, JSON_KEY_PARTS),
+            headers: Names::headers(names),
+            params: Names::params(names),
+            json_keys: Names::json_keys(names),
         }
     }
 
