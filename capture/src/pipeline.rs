@@ -588,6 +588,7 @@ impl<'a> Run<'a> {
         summary.flags = written.flags;
         summary.flags.decode_error = written.decode_errors;
         summary.lost_to_caps.flows_evicted_by_cap = summary.reassembly.flows_evicted_by_cap;
+        summary.lost_to_caps.flows_cut_by_memory = summary.reassembly.flows_cut_by_memory;
         summary.lost_to_caps.gaps_forced_by_buffer_cap =
             summary.reassembly.gaps_forced_by_buffer_cap;
         summary.lost_to_caps.ip_fragments_dropped = self.frag_dropped;

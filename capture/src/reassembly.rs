@@ -30,6 +30,38 @@ pub struct ReassemblyConfig {
     pub idle_timeout_us: i64,
     /// HTTP parser limits.
     pub parser: ParserLimits,
+    /// Bytes every open flow together may hold (out-of-order segments, parser buffers,
+    /// messages and bodies being read, exchanges waiting for their response). Past it the
+    /// flows holding most are closed first, their exchanges written flagged `incomplete`
+    /// (counted as `flows_cut_by_memory`). Checked every [`ReassemblyConfig::memory_check`]
+    /// bytes of payload, so the table may pass it by that much at most.
+    pub max_memory: u64,
+}
+
+impl ReassemblyConfig {
+    /// Payload bytes between two checks of the memory budget: a sixteenth of it (at least
+    /// 256 KiB), so a check (a walk over the flows) costs little per byte.
+    pub fn memory_check(&self) -> u64 {
+        (self.max_memory / 16).max(256 << 10)
+    }
+}
+
+/// A quarter of the machine's memory (`MemTotal`), or 2 GiB where that cannot be read.
+pub fn default_max_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let kib: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kib * 1024 / 4)
+        })
+        .unwrap_or(2 << 30)
 }
 
 impl Default for ReassemblyConfig {
@@ -39,6 +71,7 @@ impl Default for ReassemblyConfig {
             max_buffered_per_direction: 8 << 20,
             idle_timeout_us: 300_000_000,
             parser: ParserLimits::default(),
+            max_memory: default_max_memory(),
         }
     }
 }
@@ -58,6 +91,9 @@ pub struct ReassemblyStats {
     pub retransmitted_segments: u64,
     /// Segments that arrived ahead of a hole and waited.
     pub out_of_order_segments: u64,
+    /// Flows closed early because the open flows together held more than `--max-memory`
+    /// (the largest first; their open exchanges are written `incomplete`).
+    pub flows_cut_by_memory: u64,
     /// Holes never filled (bytes lost before capture).
     pub gaps: u64,
     /// Bytes in those holes.
@@ -163,6 +199,8 @@ pub struct FlowTable {
     out: Vec<Exchange>,
     last_sweep_us: i64,
     now_us: i64,
+    /// Payload bytes since the memory budget was last checked.
+    since_memory_check: u64,
 }
 
 impl FlowTable {
@@ -177,6 +215,7 @@ impl FlowTable {
             out: Vec::new(),
             last_sweep_us: i64::MIN,
             now_us: i64::MIN,
+            since_memory_check: 0,
         }
     }
 
@@ -291,7 +330,14 @@ impl FlowTable {
             self.stats.flows += 1;
             self.stats.peak_flows = self.stats.peak_flows.max(self.flows.len() as u64);
         }
-        let flow = self.flows.get_mut(&key).expect("inserted above");
+        self.since_memory_check += seg.payload.len() as u64;
+        if self.since_memory_check >= self.config.memory_check() {
+            self.since_memory_check = 0;
+            self.cut_to_memory_budget();
+        }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return; // this segment's flow was the one cut
+        };
         let _ = flow.endpoints;
         flow.last_us = flow.last_us.max(ts_us);
         flow.payload_bytes += seg.payload.len() as u64;
@@ -554,6 +600,34 @@ impl FlowTable {
         for f in flows {
             self.stats.flows_idle_closed += 1;
             self.close_flow(f, false);
+        }
+    }
+
+    /// When the open flows hold more than the budget, closes the flows holding most until they
+    /// hold at most seven eighths of it.
+    fn cut_to_memory_budget(&mut self) {
+        let held = |f: &Flow| {
+            (f.streams[0].pending_bytes + f.streams[1].pending_bytes + f.conn.buffered_bytes())
+                as u64
+        };
+        let total: u64 = self.flows.values().map(held).sum();
+        if total <= self.config.max_memory {
+            return;
+        }
+        let mut by_size: Vec<(u64, FlowKey)> =
+            self.flows.iter().map(|(k, f)| (held(f), *k)).collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        let target = self.config.max_memory / 8 * 7;
+        let mut left = total;
+        for (bytes, k) in by_size {
+            if left <= target {
+                break;
+            }
+            if let Some(f) = self.flows.remove(&k) {
+                self.stats.flows_cut_by_memory += 1;
+                left -= bytes;
+                self.close_flow(f, false);
+            }
         }
     }
 

@@ -41,6 +41,9 @@ pub struct FlagCounts {
 pub struct CapLosses {
     /// Flows closed early because the flow table was full (their open exchanges are incomplete).
     pub flows_evicted_by_cap: u64,
+    /// Flows closed early, the largest first, because the open flows held more than
+    /// `--max-memory` (their open exchanges are incomplete).
+    pub flows_cut_by_memory: u64,
     /// Holes skipped early because a direction's out-of-order buffer was full.
     pub gaps_forced_by_buffer_cap: u64,
     /// Fragmented IP packets dropped (table full, timeout, inconsistent fragments).
@@ -143,8 +146,8 @@ impl CaptureSummary {
             f.no_response, f.incomplete, f.gap, f.parse_error, f.truncated, f.decode_error
         ));
         s.push_str(&format!(
-            "caps         {} flows evicted, {} gaps forced, {} IP fragments dropped, {} unanswered overflow, {} bodies truncated\n",
-            c.flows_evicted_by_cap, c.gaps_forced_by_buffer_cap, c.ip_fragments_dropped, c.unanswered_overflow, c.bodies_truncated
+            "caps         {} flows evicted, {} flows cut by --max-memory, {} gaps forced, {} IP fragments dropped, {} unanswered overflow, {} bodies truncated\n",
+            c.flows_evicted_by_cap, c.flows_cut_by_memory, c.gaps_forced_by_buffer_cap, c.ip_fragments_dropped, c.unanswered_overflow, c.bodies_truncated
         ));
         if self.snaplen_truncated_packets > 0 {
             s.push_str(&format!(

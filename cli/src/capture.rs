@@ -196,6 +196,14 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_size)]
     max_flow_buffer: u64,
 
+    /// Bytes all open flows together may hold (out-of-order segments, messages and bodies
+    /// being read, requests waiting for their response). Past it the flows holding most are
+    /// closed first and their exchanges written flagged incomplete (counted in the summary).
+    /// Default: a quarter of the machine's memory. The writer queues add up to 64 MiB per
+    /// writer thread and the sampling buffer 96 MiB on top.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_memory: Option<u64>,
+
     /// Close flows idle for this many seconds of capture time.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     idle_timeout: u64,
@@ -361,6 +369,9 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             max_body: args.max_body,
             ..ParserLimits::default()
         },
+        max_memory: args
+            .max_memory
+            .unwrap_or_else(shadowtap_capture::reassembly::default_max_memory),
     };
     let result = match &args.interface {
         None => capture_files(&opts),
