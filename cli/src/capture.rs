@@ -148,13 +148,16 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "FILE")]
     geo_file: Option<PathBuf>,
 
-    /// Also redact this header, and JSON body fields of this name (Authorization,
-    /// Proxy-Authorization, Cookie and Set-Cookie always are). Repeatable.
+    /// Also redact headers, query and form parameters, multipart fields and JSON keys of this
+    /// name (case and `-`/`_` ignored). Credential headers (Authorization, Cookie, Set-Cookie,
+    /// X-Api-Key, …), parameters (access_token, code, api_key, X-Amz-Signature, …) and JSON
+    /// keys (password, token, …) always are: see docs/schema.md. Repeatable.
     #[arg(long, value_name = "NAME")]
     redact: Vec<String>,
 
     /// Key for the redaction HMAC, read from this file, so that several captures redact alike.
-    /// Without it (or SHADOWTAP_REDACT_KEY) each run uses a random key.
+    /// Without it (or SHADOWTAP_REDACT_KEY) each run draws a random key from the OS, and does
+    /// not start if it cannot.
     #[arg(long, value_name = "FILE", env = "SHADOWTAP_REDACT_KEY_FILE")]
     redact_key_file: Option<PathBuf>,
 
