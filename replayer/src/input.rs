@@ -150,18 +150,25 @@ impl SenderInput {
         self.flush_skipped();
         self.batch.push(Item::Exchange(pass, ex));
         let batch = take(&mut self.batch);
-        match self.try_hand(batch) {
-            Ok(()) => Ok(true),
-            Err((mut back, closed)) => {
-                let Some(Item::Exchange(_, ex)) = back.pop() else {
-                    unreachable!("the exchange just pushed is last");
-                };
+        let (mut back, closed) = match self.try_hand(batch) {
+            Ok(()) => return Ok(true),
+            Err(refused) => refused,
+        };
+        // The exchange just pushed is the batch's last item: it goes back to the caller, the
+        // counts before it wait for the next hand-over.
+        match back.pop() {
+            Some(Item::Exchange(_, ex)) => {
                 self.batch = back;
                 Err(if closed {
                     Rejected::Closed(ex)
                 } else {
                     Rejected::Full(ex)
                 })
+            }
+            other => {
+                back.extend(other);
+                self.batch = back;
+                Ok(false)
             }
         }
     }
