@@ -36,16 +36,7 @@ pub fn session() -> SessionContext {
 /// Half the machine's memory (`MemTotal` in `/proc/meminfo`), or `None` where that cannot be
 /// read.
 pub fn default_memory_limit() -> Option<usize> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: usize = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024 / 2)
+    usize::try_from(shadowtap_core::units::machine_memory()? / 2).ok()
 }
 
 /// A session with the UDFs registered whose queries hold at most `limit` bytes in memory:

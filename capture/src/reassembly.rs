@@ -48,20 +48,7 @@ impl ReassemblyConfig {
 
 /// A quarter of the machine's memory (`MemTotal`), or 2 GiB where that cannot be read.
 pub fn default_max_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            let kib: u64 = info
-                .lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kib * 1024 / 4)
-        })
-        .unwrap_or(2 << 30)
+    shadowtap_core::units::machine_memory().map_or(2 << 30, |m| m / 4)
 }
 
 impl Default for ReassemblyConfig {

@@ -189,34 +189,33 @@ impl SenderInput {
 
     /// Hands over the partial batch, waiting for room.
     pub async fn flush(&mut self) -> Result<(), Closed> {
-        self.flush_skipped();
-        if self.batch.is_empty() {
-            return Ok(());
+        match self.hand_without_waiting()? {
+            None => Ok(()),
+            Some((i, batch)) => self.txs[i].send(batch).await.map_err(|_| Closed),
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        let batch = match self.try_hand(batch) {
-            Ok(()) => return Ok(()),
-            Err((_, true)) => return Err(Closed),
-            Err((b, false)) => b,
-        };
-        let i = self.next_turn();
-        self.txs[i].send(batch).await.map_err(|_| Closed)
     }
 
     /// [`SenderInput::flush`] for a source on a thread of its own.
     pub fn flush_blocking(&mut self) -> Result<(), Closed> {
+        match self.hand_without_waiting()? {
+            None => Ok(()),
+            Some((i, batch)) => self.txs[i].blocking_send(batch).map_err(|_| Closed),
+        }
+    }
+
+    /// Hands the partial batch to a sending thread with room; when every queue is full, the
+    /// batch comes back with the queue whose turn it is, to wait on.
+    fn hand_without_waiting(&mut self) -> Result<Option<(usize, Vec<Item>)>, Closed> {
         self.flush_skipped();
         if self.batch.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        let batch = match self.try_hand(batch) {
-            Ok(()) => return Ok(()),
-            Err((_, true)) => return Err(Closed),
-            Err((b, false)) => b,
-        };
-        let i = self.next_turn();
-        self.txs[i].blocking_send(batch).map_err(|_| Closed)
+        match self.try_hand(batch) {
+            Ok(()) => Ok(None),
+            Err((_, true)) => Err(Closed),
+            Err((b, false)) => Ok(Some((self.next_turn(), b))),
+        }
     }
 
     /// Hands over the last batch and closes the input: the sending threads end once they
