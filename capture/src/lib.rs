@@ -20,6 +20,7 @@ pub mod connection;
 pub mod decode;
 pub mod error;
 pub mod live;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod prepare;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shadowtap_core::exchange::Exchange;
@@ -21,6 +21,7 @@ use crate::criteria::MatchCriteria;
 use crate::decode::{Decoded, Decoder};
 use crate::error::CaptureError;
 use crate::live::{LiveOptions, LiveSource};
+use crate::memory::{InFlight, MemoryPlan};
 use crate::metrics::{serve_metrics, StatsRecord};
 use crate::prepare::{Prepare, Prepared};
 use crate::reassembly::{FlowTable, ReassemblyConfig};
@@ -49,8 +50,12 @@ pub struct CaptureOptions {
     pub redaction_note: String,
     /// Sampling.
     pub sampler: Sampler,
-    /// Reassembly and parser limits.
+    /// Reassembly and parser limits. Its `max_memory` is replaced by the flows' share of
+    /// [`CaptureOptions::max_memory`].
     pub reassembly: ReassemblyConfig,
+    /// The capture's byte budget (`--max-memory`), split by [`MemoryPlan::split`] between the
+    /// flows being reassembled and the exchanges on their way to disk.
+    pub max_memory: u64,
     /// Roll output files at this size.
     pub max_file_bytes: u64,
     /// Also roll files that have been open this long (live captures make complete files
@@ -84,6 +89,7 @@ impl CaptureOptions {
                 by: SampleBy::Exchange,
             },
             reassembly: ReassemblyConfig::default(),
+            max_memory: crate::reassembly::default_max_memory(),
             max_file_bytes: 256 << 20,
             rotate_every: None,
             partition_by_hour: false,
@@ -94,13 +100,11 @@ impl CaptureOptions {
     }
 }
 
-/// Exchanges per batch sent to the writer, and the body bytes that close a batch early.
+/// Exchanges per batch sent to the writer (the plan's `batch_bytes` close it early).
 const BATCH_ROWS: usize = 4096;
-/// Live capture: exchanges held for busy writers before the packet loop waits for them, and
-/// their body bytes (whichever bound comes first).
+/// Live capture: exchanges held for busy writers before the packet loop waits for them (or
+/// the plan's `held_bytes` of bodies, whichever bound comes first).
 const MAX_HELD_ROWS: usize = 64 * 1024;
-const MAX_HELD_BYTES: usize = 96 << 20;
-const BATCH_BYTES: usize = 32 << 20;
 
 /// Runs an offline capture. Input errors after some packets were read are reported in the
 /// summary (and the good data kept); the call fails only when nothing could be read at all,
@@ -341,7 +345,9 @@ struct Run<'a> {
     table: FlowTable,
     batch: Batch,
     summary: CaptureSummary,
-    senders: Vec<mpsc::SyncSender<Vec<Exchange>>>,
+    senders: Vec<mpsc::SyncSender<(Vec<Exchange>, usize)>>,
+    /// Bytes handed to the writers and not yet written.
+    in_flight: Arc<InFlight>,
     writers: Vec<std::thread::JoinHandle<Result<Written, CaptureError>>>,
     next_writer: usize,
     send_failed: bool,
@@ -354,6 +360,8 @@ struct Run<'a> {
     held: std::collections::VecDeque<(Vec<Exchange>, usize)>,
     held_rows: usize,
     held_bytes: usize,
+    /// How the byte budget is spent.
+    plan: MemoryPlan,
 }
 
 impl<'a> Run<'a> {
@@ -369,6 +377,8 @@ impl<'a> Run<'a> {
         // writer threads, each with its own file series. Batches go round-robin, so which rows
         // land in which file is the same on every run.
         let writers_n = opts.writers.max(1);
+        let plan = MemoryPlan::split(opts.max_memory, writers_n);
+        let in_flight = Arc::new(InFlight::new(plan.in_flight_bytes));
         let max_body = opts.reassembly.parser.max_body;
         // One key for every writer thread, drawn before anything is read.
         let redactor = opts
@@ -390,16 +400,22 @@ impl<'a> Run<'a> {
                 series: 0,
                 files: Vec::new(),
                 rows: 0,
+                row_group_bytes: plan.row_group_bytes,
             };
             std::fs::create_dir_all(&opts.out_dir).map_err(|source| CaptureError::Io {
                 path: opts.out_dir.clone(),
                 source,
             })?;
-            let (tx, rx) = mpsc::sync_channel::<Vec<Exchange>>(2);
+            let (tx, rx) = mpsc::sync_channel::<(Vec<Exchange>, usize)>(2);
             let redactor = redactor.clone();
+            let gate = in_flight.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shadowtap-writer-{w}"))
-                .spawn(move || write_exchanges(rx, sink, Prepare::new(max_body, redactor)))
+                .spawn(move || {
+                    let done = write_exchanges(rx, sink, Prepare::new(max_body, redactor), &gate);
+                    gate.writer_stopped();
+                    done
+                })
                 .map_err(|source| CaptureError::Io {
                     path: opts.out_dir.clone(),
                     source,
@@ -409,10 +425,21 @@ impl<'a> Run<'a> {
         }
         Ok(Run {
             opts,
-            table: FlowTable::new(opts.reassembly.clone(), ""),
-            batch: Batch::default(),
+            table: FlowTable::new(
+                ReassemblyConfig {
+                    max_memory: plan.reassembly,
+                    ..opts.reassembly.clone()
+                },
+                "",
+            ),
+            batch: Batch {
+                rows: Vec::new(),
+                bytes: 0,
+                limit: plan.batch_bytes,
+            },
             summary,
             senders,
+            in_flight,
             writers,
             next_writer: 0,
             send_failed: false,
@@ -423,6 +450,7 @@ impl<'a> Run<'a> {
             held: std::collections::VecDeque::new(),
             held_rows: 0,
             held_bytes: 0,
+            plan,
         })
     }
 
@@ -492,9 +520,7 @@ impl<'a> Run<'a> {
         }
         if self.shedder.is_none() {
             // Offline: block, and keep the round-robin order so files are the same every run.
-            let n = self.senders.len();
-            self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
-            self.next_writer += 1;
+            self.send_waiting(rows, bytes);
             return;
         }
         // Live: never stall the packet loop on a writer that is busy (closing a file, a slow
@@ -505,39 +531,58 @@ impl<'a> Run<'a> {
         self.held_bytes += bytes;
         self.held.push_back((rows, bytes));
         self.hand_over_held();
-        while (self.held_rows > MAX_HELD_ROWS || self.held_bytes > MAX_HELD_BYTES)
+        while (self.held_rows > MAX_HELD_ROWS || self.held_bytes > self.plan.held_bytes)
             && !self.send_failed
         {
             let (rows, bytes) = self.held.pop_front().expect("rows held");
             self.held_rows -= rows.len();
             self.held_bytes -= bytes;
-            let n = self.senders.len();
-            self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
-            self.next_writer += 1;
+            self.send_waiting(rows, bytes);
         }
+    }
+
+    /// Hands a batch to the next writer in turn, waiting for room in the in-flight bytes and
+    /// in its queue.
+    fn send_waiting(&mut self, rows: Vec<Exchange>, bytes: usize) {
+        self.in_flight.acquire(bytes);
+        let n = self.senders.len();
+        if self.senders[self.next_writer % n]
+            .send((rows, bytes))
+            .is_err()
+        {
+            self.in_flight.release(bytes);
+            self.send_failed = true;
+        }
+        self.next_writer += 1;
     }
 
     /// Gives held batches to any writer with room, without waiting.
     fn hand_over_held(&mut self) {
         let n = self.senders.len();
         'next: while let Some((mut rows, bytes)) = self.held.pop_front() {
+            if !self.in_flight.try_acquire(bytes) {
+                self.held.push_front((rows, bytes));
+                return;
+            }
             let len = rows.len();
             for _ in 0..n {
                 let w = self.next_writer % n;
                 self.next_writer += 1;
-                match self.senders[w].try_send(rows) {
+                match self.senders[w].try_send((rows, bytes)) {
                     Ok(()) => {
                         self.held_rows -= len;
                         self.held_bytes -= bytes;
                         continue 'next;
                     }
-                    Err(mpsc::TrySendError::Full(back)) => rows = back,
+                    Err(mpsc::TrySendError::Full((back, _))) => rows = back,
                     Err(mpsc::TrySendError::Disconnected(_)) => {
+                        self.in_flight.release(bytes);
                         self.send_failed = true;
                         return;
                     }
                 }
             }
+            self.in_flight.release(bytes);
             self.held.push_front((rows, bytes));
             return;
         }
@@ -546,7 +591,7 @@ impl<'a> Run<'a> {
     /// How full the held backlog is, 0.0 to 1.0 (pressure for the shedder).
     fn held_fill(&self) -> f64 {
         (self.held_rows as f64 / MAX_HELD_ROWS as f64)
-            .max(self.held_bytes as f64 / MAX_HELD_BYTES as f64)
+            .max(self.held_bytes as f64 / self.plan.held_bytes as f64)
     }
 
     fn add_fragment_stats(&mut self, decoder: &Decoder) {
@@ -560,13 +605,11 @@ impl<'a> Run<'a> {
         self.table.finish();
         self.take_exchanges();
         self.flush_batch();
-        while let Some((rows, _)) = self.held.pop_front() {
+        while let Some((rows, bytes)) = self.held.pop_front() {
             if self.send_failed {
                 break;
             }
-            let n = self.senders.len();
-            self.send_failed = self.senders[self.next_writer % n].send(rows).is_err();
-            self.next_writer += 1;
+            self.send_waiting(rows, bytes);
         }
         self.held_rows = 0;
         self.held_bytes = 0;
@@ -585,6 +628,9 @@ impl<'a> Run<'a> {
         summary.ip_fragments_reassembled = self.frag_reassembled;
         summary.reassembly = self.table.stats();
         summary.exchanges_written = written.rows;
+        summary.max_memory = self.opts.max_memory;
+        // After the writers joined: the peak covers the whole run.
+        summary.peak_resident_bytes = shadowtap_core::units::peak_resident_memory();
         summary.flags = written.flags;
         summary.flags.decode_error = written.decode_errors;
         summary.lost_to_caps.flows_evicted_by_cap = summary.reassembly.flows_evicted_by_cap;
@@ -614,10 +660,11 @@ fn write_summary(dir: &Path, summary: &CaptureSummary) -> Result<(), CaptureErro
     std::fs::rename(&tmp, &path).map_err(|source| CaptureError::Io { path, source })
 }
 
-#[derive(Default)]
 struct Batch {
     rows: Vec<Exchange>,
     bytes: usize,
+    /// Body bytes that close the batch.
+    limit: usize,
 }
 
 impl Batch {
@@ -640,7 +687,7 @@ impl Batch {
         }
         self.bytes += ex.request_body.raw.len() + ex.response_body.raw.len() + 512;
         self.rows.push(ex);
-        self.rows.len() >= BATCH_ROWS || self.bytes >= BATCH_BYTES
+        self.rows.len() >= BATCH_ROWS || self.bytes >= self.limit
     }
     /// The rows and their approximate size in bytes.
     fn take(&mut self) -> (Vec<Exchange>, usize) {
@@ -686,6 +733,8 @@ struct ExchangeSinks {
     series: u32,
     files: Vec<PathBuf>,
     rows: u64,
+    /// A row group is flushed once it holds this much.
+    row_group_bytes: usize,
 }
 
 impl ExchangeSinks {
@@ -700,6 +749,7 @@ impl ExchangeSinks {
     }
 
     fn write(&mut self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
+        // Consumed: each partition's exchanges are dropped once converted.
         let mut groups: BTreeMap<PathBuf, Vec<Exchange>> = BTreeMap::new();
         for ex in rows {
             groups.entry(self.partition(&ex)).or_default().push(ex);
@@ -714,11 +764,15 @@ impl ExchangeSinks {
                         max_row_group_rows: 16_384,
                     },
                     exchanges_schema(),
-                )?;
+                )?
+                .with_row_group_bytes(self.row_group_bytes);
                 self.series += 1;
                 self.open.insert(part.clone(), (sink, Instant::now()));
             }
             let batch = exchanges_to_batch(&rows)?;
+            // The Arrow arrays hold the bodies now: free the exchanges before encoding, so a
+            // writer holds two copies of a batch at most, not three.
+            drop(rows);
             self.open
                 .get_mut(&part)
                 .expect("inserted above")
@@ -757,12 +811,13 @@ impl ExchangeSinks {
 }
 
 fn write_exchanges(
-    rx: mpsc::Receiver<Vec<Exchange>>,
+    rx: mpsc::Receiver<(Vec<Exchange>, usize)>,
     mut sink: ExchangeSinks,
     mut prepare: Prepare,
+    in_flight: &InFlight,
 ) -> Result<Written, CaptureError> {
     loop {
-        let mut rows = match rx.recv_timeout(Duration::from_millis(500)) {
+        let (mut rows, bytes) = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(rows) => rows,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 sink.rotate()?;
@@ -773,7 +828,9 @@ fn write_exchanges(
         for ex in &mut rows {
             prepare.exchange(ex);
         }
-        sink.write(rows)?;
+        let written = sink.write(rows);
+        in_flight.release(bytes);
+        written?;
     }
     let (rows, files) = sink.finish()?;
     let Prepared {

@@ -33,13 +33,13 @@ pub struct ReassemblyConfig {
     /// Bytes every open flow together may hold (out-of-order segments, parser buffers,
     /// messages and bodies being read, exchanges waiting for their response). Past it the
     /// flows holding most are closed first, their exchanges written flagged `incomplete`
-    /// (counted as `flows_cut_by_memory`). Checked every [`ReassemblyConfig::memory_check`]
-    /// bytes of payload, so the table may pass it by that much at most.
+    /// (counted as `flows_cut_by_memory`). Checked each time the flows have grown by
+    /// [`ReassemblyConfig::memory_check`] bytes, so the table may pass it by that much at most.
     pub max_memory: u64,
 }
 
 impl ReassemblyConfig {
-    /// Payload bytes between two checks of the memory budget: a sixteenth of it (at least
+    /// Bytes the flows may grow by between two checks of the memory budget: a sixteenth of it (at least
     /// 256 KiB), so a check (a walk over the flows) costs little per byte.
     pub fn memory_check(&self) -> u64 {
         (self.max_memory / 16).max(256 << 10)
@@ -142,6 +142,15 @@ struct Flow {
     payload_bytes: u64,
 }
 
+impl Flow {
+    /// Bytes the flow holds: out-of-order segments, parser buffers, messages being read and
+    /// requests waiting for their response (by allocated capacity).
+    fn held_bytes(&self) -> u64 {
+        (self.streams[0].pending_bytes + self.streams[1].pending_bytes + self.conn.buffered_bytes())
+            as u64
+    }
+}
+
 /// A flow, the same for both directions: the lower endpoint first.
 pub(crate) type FlowKey = (IpAddr, u16, IpAddr, u16);
 
@@ -225,13 +234,7 @@ impl FlowTable {
     /// parser buffers and exchanges not yet complete. Walks every flow: call it for periodic
     /// statistics, not per packet.
     pub fn buffered_bytes(&self) -> u64 {
-        self.flows
-            .values()
-            .map(|f| {
-                (f.streams[0].pending_bytes + f.streams[1].pending_bytes + f.conn.buffered_bytes())
-                    as u64
-            })
-            .sum()
+        self.flows.values().map(Flow::held_bytes).sum()
     }
 
     /// Whether the segment belongs to a flow the table tracks now.
@@ -317,15 +320,8 @@ impl FlowTable {
             self.stats.flows += 1;
             self.stats.peak_flows = self.stats.peak_flows.max(self.flows.len() as u64);
         }
-        self.since_memory_check += seg.payload.len() as u64;
-        if self.since_memory_check >= self.config.memory_check() {
-            self.since_memory_check = 0;
-            self.cut_to_memory_budget();
-        }
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return; // this segment's flow was the one cut
-        };
-        let _ = flow.endpoints;
+        let flow = self.flows.get_mut(&key).expect("present or inserted above");
+        let held_before = flow.held_bytes();
         flow.last_us = flow.last_us.max(ts_us);
         flow.payload_bytes += seg.payload.len() as u64;
         let done = Self::segment_into(flow, dir, ts_us, seg, &self.config, &mut self.stats);
@@ -350,6 +346,13 @@ impl FlowTable {
             self.close_flow(flow, true);
         } else {
             self.out.extend(flow.conn.take_exchanges());
+            // What the flow grew by, allocations included (a body grown by doubling jumps):
+            // the budget is checked once the flows together may have grown by a check interval.
+            self.since_memory_check += flow.held_bytes().saturating_sub(held_before);
+            if self.since_memory_check >= self.config.memory_check() {
+                self.since_memory_check = 0;
+                self.cut_to_memory_budget();
+            }
         }
     }
 
@@ -593,10 +596,7 @@ impl FlowTable {
     /// When the open flows hold more than the budget, closes the flows holding most until they
     /// hold at most seven eighths of it.
     fn cut_to_memory_budget(&mut self) {
-        let held = |f: &Flow| {
-            (f.streams[0].pending_bytes + f.streams[1].pending_bytes + f.conn.buffered_bytes())
-                as u64
-        };
+        let held = Flow::held_bytes;
         let total: u64 = self.flows.values().map(held).sum();
         if total <= self.config.max_memory {
             return;

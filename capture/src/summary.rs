@@ -104,6 +104,11 @@ pub struct CaptureSummary {
     pub live: Option<crate::live::LiveStats>,
     /// Whole flows left out because the pipeline fell behind (live capture only).
     pub load_shed: Option<crate::shedding::ShedStats>,
+    /// The budget the run was given (`--max-memory`), in bytes.
+    pub max_memory: u64,
+    /// The most memory the process had resident by the end of the run (the kernel's `VmHWM`),
+    /// in bytes; `None` where it cannot be read.
+    pub peak_resident_bytes: Option<u64>,
 }
 
 impl CaptureSummary {

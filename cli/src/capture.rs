@@ -199,11 +199,12 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_size)]
     max_flow_buffer: u64,
 
-    /// Bytes all open flows together may hold (out-of-order segments, messages and bodies
-    /// being read, requests waiting for their response). Past it the flows holding most are
-    /// closed first and their exchanges written flagged incomplete (counted in the summary).
-    /// Default: a quarter of the machine's memory. The writer queues add up to 64 MiB per
-    /// writer thread and the sampling buffer 96 MiB on top.
+    /// The capture's memory budget. Half of it bounds what all open flows together hold
+    /// (out-of-order segments, messages and bodies being read, requests waiting for their
+    /// response): past it the flows holding most are closed first and their exchanges written
+    /// flagged incomplete (counted as flows_cut_by_memory in the summary). The other half sizes
+    /// the batches on their way to the Parquet writers. Default: a quarter of the machine's
+    /// memory.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     max_memory: Option<u64>,
 
@@ -372,10 +373,11 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             max_body: args.max_body,
             ..ParserLimits::default()
         },
-        max_memory: args
-            .max_memory
-            .unwrap_or_else(shadowtap_capture::reassembly::default_max_memory),
+        ..ReassemblyConfig::default()
     };
+    if let Some(bytes) = args.max_memory {
+        opts.max_memory = bytes;
+    }
     let result = match &args.interface {
         None => capture_files(&opts),
         Some(iface) => {

@@ -3,6 +3,7 @@
 mod canary;
 mod capture_cli;
 mod live_cli;
+mod memory_budget;
 mod notebook;
 mod replay_cli;
 mod verdict_scenarios;

@@ -34,7 +34,8 @@ pub enum SinkError {
     },
 }
 
-/// A row group is closed once its encoded size in memory passes this.
+/// A row group is closed once its encoded size in memory passes this, unless
+/// [`ParquetSink::with_row_group_bytes`] says otherwise.
 const MAX_ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// Settings of a [`ParquetSink`].
@@ -80,6 +81,7 @@ pub struct ParquetSink {
     next_index: u32,
     finished: Vec<PathBuf>,
     rows: u64,
+    max_row_group_bytes: usize,
 }
 
 impl ParquetSink {
@@ -151,7 +153,15 @@ impl ParquetSink {
             next_index: 0,
             finished: Vec::new(),
             rows: 0,
+            max_row_group_bytes: MAX_ROW_GROUP_BYTES,
         })
+    }
+
+    /// Flushes a row group once its encoded size in memory passes `bytes` (default 64 MiB):
+    /// what a writer holds besides the batch it is given.
+    pub fn with_row_group_bytes(mut self, bytes: usize) -> Self {
+        self.max_row_group_bytes = bytes.max(1);
+        self
     }
 
     /// Appends a batch, rolling to a new file when the current one is full.
@@ -175,7 +185,7 @@ impl ParquetSink {
         self.rows += batch.num_rows() as u64;
         // A row group is held in memory until it is flushed: bound it by bytes, not only rows
         // (bodies make rows large).
-        if file.writer.in_progress_size() > MAX_ROW_GROUP_BYTES {
+        if file.writer.in_progress_size() > self.max_row_group_bytes {
             file.writer.flush().map_err(|source| SinkError::Parquet {
                 path: file.tmp.clone(),
                 source,

@@ -57,6 +57,21 @@ pub fn machine_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The most memory this process has had resident (`VmHWM` in `/proc/self/status`), in bytes;
+/// `None` where it cannot be read. Summaries report it so a memory budget can be checked.
+pub fn peak_resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +84,14 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5 parsecs").is_err() && parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn peak_resident_memory_grows_with_what_is_touched() {
+        let before = peak_resident_memory().expect("Linux has /proc/self/status");
+        let block = vec![1u8; 64 << 20];
+        std::hint::black_box(&block);
+        let after = peak_resident_memory().unwrap();
+        assert!(after >= before.max(64 << 20), "{before} -> {after}");
     }
 }

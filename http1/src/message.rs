@@ -98,7 +98,8 @@ impl Message {
             .chain(&self.trailers)
             .map(|h| h.name.len() + h.value.len())
             .sum();
-        self.body.len() + lines + self.uri.len()
+        // Capacity, not length: a body grown by doubling holds up to twice what it read.
+        self.body.capacity() + lines + self.uri.len()
     }
 }
 

@@ -98,7 +98,7 @@ const MAX_LINE: usize = 8 << 10;
 impl MessageParser {
     /// Bytes this parser holds: unconsumed input plus the body of the message being read.
     pub fn buffered_bytes(&self) -> usize {
-        self.buf.len() + self.current.as_ref().map_or(0, Message::held_bytes)
+        self.buf.capacity() + self.current.as_ref().map_or(0, Message::held_bytes)
     }
 
     /// A parser whose first byte is at stream offset `offset`; `mid_stream` when the capture
