@@ -15,6 +15,7 @@ use crate::judge::judge;
 use crate::measure::measure;
 use crate::pairs::{
     load_recorded, pair_replays, replayed_ids, runs_and_targets, PairTargets, PairingInput,
+    RecordedLimits,
 };
 use crate::policy::Policy;
 use crate::verdict::{EndpointSummary, Verdict, VERDICT_SCHEMA_VERSION};
@@ -37,6 +38,8 @@ pub struct AnalyzeOptions {
     pub out: PathBuf,
     /// Marginal counts as no-go for the exit code.
     pub fail_on_marginal: bool,
+    /// How many recorded responses (and bytes of them) the `recorded` comparison holds.
+    pub recorded: RecordedLimits,
 }
 
 /// The recording a replay run read, from its `replay-<run>.summary.json`, when it still exists.
@@ -112,7 +115,7 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         Some(c) => Some(load_recorded(
             c,
             &replayed_ids(&opts.replay, &run)?,
-            200_000,
+            opts.recorded,
         )?),
         None => None,
     };

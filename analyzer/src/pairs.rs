@@ -283,26 +283,122 @@ pub fn replayed_ids(replay_dir: &Path, run: &str) -> Result<HashSet<String>, Ana
     Ok(ids)
 }
 
+/// Bounds on the recorded responses [`load_recorded`] holds.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedLimits {
+    /// Responses at most.
+    pub rows: usize,
+    /// Bytes of their bodies (decoded where decoded) and headers at most.
+    pub bytes: u64,
+}
+
+impl Default for RecordedLimits {
+    /// 200,000 responses and an eighth of the machine's memory (1 GiB where it is unknown).
+    fn default() -> Self {
+        RecordedLimits {
+            rows: 200_000,
+            bytes: shadowtap_core::units::machine_memory().map_or(1 << 30, |m| m / 8),
+        }
+    }
+}
+
+/// What one recorded response costs to hold, besides its body: id, status, headers.
+const RESPONSE_OVERHEAD: u64 = 256;
+
 /// Recorded production responses, keyed by exchange id, for the `recorded` comparison: only
 /// those of `replayed` exchanges (a sampled replay reads a sample of the recording's
-/// responses, not all of them), at most `cap`, chosen by a hash of the id so the choice is
-/// stable.
+/// responses, not all of them), within `limits` (count and bytes), chosen by a hash of the id
+/// so the choice is stable. Two streaming passes over the recording: the first reads each
+/// replayed response's size (a batch at a time, nothing kept but the size), which sets how many
+/// hash buckets fit the limits; the second keeps the responses in those buckets.
 pub fn load_recorded(
     capture_dir: &Path,
     replayed: &HashSet<String>,
-    cap: usize,
+    limits: RecordedLimits,
 ) -> Result<HashMap<String, Response>, AnalyzeError> {
     let files = parquet_files(capture_dir, "exchanges");
-    let total = replayed.len() as u64;
-    let keep_bp = if total as usize <= cap {
-        10_000
-    } else {
-        ((cap as f64 / total as f64) * 10_000.0) as u32
-    };
+    let mut sizes: Vec<(u32, u64)> = Vec::new();
+    for_each_recorded(&files, replayed, |id, b, i| {
+        let (_, _, raw, dec) = recorded_columns(b);
+        let dec = dec.as_binary::<i32>();
+        let body = if dec.is_valid(i) {
+            dec.value_length(i)
+        } else {
+            raw.as_binary::<i32>().value_length(i)
+        };
+        sizes.push((
+            shadowtap_core::id::sample_bucket(id.as_bytes()),
+            body as u64 + RESPONSE_OVERHEAD,
+        ));
+    })?;
+    let keep_bp = buckets_within(sizes, limits);
     let mut out = HashMap::new();
+    for_each_recorded(&files, replayed, |id, b, i| {
+        if shadowtap_core::id::sample_bucket(id.as_bytes()) >= keep_bp {
+            return;
+        }
+        let (status, h, raw, dec) = recorded_columns(b);
+        out.insert(
+            id.to_owned(),
+            Response {
+                status: Some(status.value(i).clamp(0, 999) as u16),
+                headers: headers_at(h, i),
+                body: body_at(raw, dec, i),
+            },
+        );
+    })?;
+    Ok(out)
+}
+
+/// The hash buckets (of 10,000) kept: the most whose responses fit `limits`, lowest first.
+fn buckets_within(mut sizes: Vec<(u32, u64)>, limits: RecordedLimits) -> u32 {
+    sizes.sort_unstable();
+    let (mut rows, mut bytes) = (0usize, 0u64);
+    let mut i = 0;
+    while i < sizes.len() {
+        let bucket = sizes[i].0;
+        let (mut n, mut b) = (0usize, 0u64);
+        while i < sizes.len() && sizes[i].0 == bucket {
+            n += 1;
+            b += sizes[i].1;
+            i += 1;
+        }
+        if rows + n > limits.rows || bytes + b > limits.bytes {
+            return bucket;
+        }
+        rows += n;
+        bytes += b;
+    }
+    10_000
+}
+
+type RecordedCols<'a> = (
+    &'a arrow::array::PrimitiveArray<Int32Type>,
+    &'a ArrayRef,
+    &'a ArrayRef,
+    &'a ArrayRef,
+);
+
+fn recorded_columns(b: &RecordBatch) -> RecordedCols<'_> {
+    let col = |n: &str| b.column_by_name(n).expect("projected");
+    (
+        col("status").as_primitive::<Int32Type>(),
+        col("response_headers"),
+        col("response_body"),
+        col("response_body_decoded"),
+    )
+}
+
+/// Calls `f(id, batch, row)` for every recorded response (a row with a status) of a
+/// `replayed` exchange, a batch at a time.
+fn for_each_recorded(
+    files: &[PathBuf],
+    replayed: &HashSet<String>,
+    mut f: impl FnMut(&str, &RecordBatch, usize),
+) -> Result<(), AnalyzeError> {
     for p in files {
         let reader = open_projected(
-            &p,
+            p,
             "exchanges",
             &[
                 "exchange_id",
@@ -319,42 +415,16 @@ pub fn load_recorded(
                 .expect("projected")
                 .as_string::<i32>()
                 .clone();
-            let status = b
-                .column_by_name("status")
-                .expect("projected")
-                .as_primitive::<Int32Type>()
-                .clone();
-            let (h, raw, dec) = (
-                b.column_by_name("response_headers")
-                    .expect("projected")
-                    .clone(),
-                b.column_by_name("response_body")
-                    .expect("projected")
-                    .clone(),
-                b.column_by_name("response_body_decoded")
-                    .expect("projected")
-                    .clone(),
-            );
+            let status = recorded_columns(&b).0.clone();
             for i in 0..b.num_rows() {
                 let id = ids.value(i);
-                if status.is_null(i)
-                    || !replayed.contains(id)
-                    || shadowtap_core::id::sample_bucket(id.as_bytes()) >= keep_bp
-                {
-                    continue;
+                if !status.is_null(i) && replayed.contains(id) {
+                    f(id, &b, i);
                 }
-                out.insert(
-                    id.to_owned(),
-                    Response {
-                        status: Some(status.value(i).clamp(0, 999) as u16),
-                        headers: headers_at(&h, i),
-                        body: body_at(&raw, &dec, i),
-                    },
-                );
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One replayed row, as grouped.

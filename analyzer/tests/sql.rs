@@ -180,6 +180,7 @@ fn options(dir: &Path) -> AnalyzeOptions {
         policy: Policy::default(),
         out: dir.join("out"),
         fail_on_marginal: false,
+        recorded: Default::default(),
     }
 }
 
@@ -422,4 +423,53 @@ fn queries_run_under_the_memory_limit_and_spill() {
         assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 200_000);
     });
     assert!(shadowtap_analyzer::tables::default_memory_limit().is_some_and(|m| m > 0));
+}
+
+/// The recorded responses held for the `recorded` comparison are those of the replayed
+/// exchanges only, within the byte limit, chosen by the id's hash (the same choice every run),
+/// and what is kept is the response as recorded.
+#[test]
+fn recorded_responses_are_only_the_replayed_ones_within_the_byte_limit() {
+    use shadowtap_analyzer::pairs::{load_recorded, RecordedLimits};
+    let dir = tempfile::tempdir().unwrap();
+    write_exchanges(&dir.path().join("cap"), 400);
+    // Every other exchange was replayed.
+    let replayed: std::collections::HashSet<String> =
+        (0..400).step_by(2).map(|i| format!("ex{i:04}")).collect();
+    let all = load_recorded(
+        &dir.path().join("cap"),
+        &replayed,
+        RecordedLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(all.len(), 200, "only the replayed exchanges' responses");
+    assert!(all.keys().all(|k| replayed.contains(k)));
+    let ex = &all["ex0010"];
+    assert_eq!(ex.status, Some(200));
+    assert_eq!(ex.body, br#"{"user":{"id":10,"name":"n10"},"seq":30}"#);
+    // Each response costs its body plus 256 bytes: 10 KiB holds about 35 of them.
+    let limits = RecordedLimits {
+        rows: 200_000,
+        bytes: 10 << 10,
+    };
+    let some = load_recorded(&dir.path().join("cap"), &replayed, limits).unwrap();
+    let held: u64 = some.values().map(|r| r.body.len() as u64 + 256).sum();
+    assert!(held <= 10 << 10, "{held} bytes held");
+    assert!((20..=40).contains(&some.len()), "{} kept", some.len());
+    assert!(some.keys().all(|k| all.contains_key(k)));
+    let again = load_recorded(&dir.path().join("cap"), &replayed, limits).unwrap();
+    let mut a: Vec<_> = some.keys().collect();
+    let mut b: Vec<_> = again.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same responses every run");
+    // A row limit works the same way.
+    let ten = RecordedLimits {
+        rows: 10,
+        bytes: u64::MAX,
+    };
+    let n = load_recorded(&dir.path().join("cap"), &replayed, ten)
+        .unwrap()
+        .len();
+    assert!((1..=10).contains(&n), "{n} kept under a 10-row limit");
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use shadowtap_analyzer::analyze::write_reports;
+use shadowtap_analyzer::pairs::RecordedLimits;
 use shadowtap_analyzer::tables::{
     default_memory_limit, register_all, run_sql, session_with_memory,
 };
@@ -219,6 +220,13 @@ pub struct JudgeArgs {
     #[arg(long)]
     fail_on_marginal: bool,
 
+    /// Memory for the recorded production responses compared with the baseline (`512M`,
+    /// `2G`): the responses of the replayed exchanges are read in two streaming passes and
+    /// as many as fit are kept, chosen by a hash of the exchange id (at most 200,000).
+    /// Default: an eighth of the machine's memory.
+    #[arg(long, value_name = "BYTES", value_parser = shadowtap_core::units::parse_size)]
+    max_recorded_memory: Option<u64>,
+
     /// Print verdict.json on stdout.
     #[arg(long)]
     json: bool,
@@ -302,6 +310,12 @@ fn judge(
         policy,
         out: out.clone(),
         fail_on_marginal: j.fail_on_marginal,
+        recorded: RecordedLimits {
+            bytes: j
+                .max_recorded_memory
+                .unwrap_or_else(|| RecordedLimits::default().bytes),
+            ..RecordedLimits::default()
+        },
     };
     let rt = runtime()?;
     let result = rt.block_on(analyze(&opts));
