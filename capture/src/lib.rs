@@ -25,11 +25,12 @@ pub mod metrics;
 pub mod pipeline;
 pub mod prepare;
 pub mod reassembly;
-pub mod redact;
 pub mod shedding;
 pub mod source;
 pub mod summary;
 
 pub use error::CaptureError;
+/// Redaction lives in `shadowtap-core`, shared with the proxy's recordings.
+pub use shadowtap_core::redact;
 /// Match criteria and sampling live in `shadowtap-core`, shared with the replayer.
 pub use shadowtap_core::{criteria, sampling};

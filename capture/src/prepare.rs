@@ -200,4 +200,40 @@ pub(crate) mod tests {
         assert_eq!(counts.decode_errors, 1);
         assert_eq!((counts.flags.incomplete, counts.flags.truncated), (1, 1));
     }
+
+    #[test]
+    fn apply_covers_the_target_trailers_and_says_what_was_withheld() {
+        let r = Redactor::new(b"k".to_vec(), &["X-Internal".into()]);
+        let mut ex = exchange(
+            vec![Header {
+                name: "Content-Type".into(),
+                value: "application/json".into(),
+            }],
+            br#"{"token":"#.to_vec(),
+            true,
+        );
+        ex.uri = "/login?api_key=K1&next=/home".into();
+        ex.query = Some("api_key=K1&next=/home".into());
+        ex.request_trailers = vec![Header {
+            name: "X-Checksum-Token".into(),
+            value: "T1".into(),
+        }];
+        r.apply(&mut ex);
+        assert!(
+            !ex.uri.contains("K1") && ex.uri.contains("next=/home"),
+            "{}",
+            ex.uri
+        );
+        assert!(!ex.query.as_deref().unwrap().contains("K1"));
+        assert!(ex.request_trailers[0].value.starts_with("hmac:"));
+        assert!(ex.response_body.withheld);
+        assert!(
+            ex.error_detail
+                .as_deref()
+                .unwrap()
+                .contains("response body withheld: it does not parse as JSON"),
+            "{:?}",
+            ex.error_detail
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //! Parquet writer every stage writes through ([`sink`]), reading recordings back ([`read`]), the
 //! `replays` table ([`replays`]), and the selection both capture and
 //! replay apply: match criteria ([`criteria`]) and deterministic sampling ([`sampling`]), and
-//! the names secrets live under ([`secrets`]).
+//! the names secrets live under ([`secrets`]) and the keyed redaction of them ([`redact`]),
+//! which capture and the proxy apply before anything is written.
 //!
 //! ```
 //! use shadowtap_core::schema::{exchanges_schema, EXCHANGES_SCHEMA_VERSION};
@@ -19,6 +20,7 @@ pub mod criteria;
 pub mod exchange;
 pub mod id;
 pub mod read;
+pub mod redact;
 pub mod replays;
 pub mod sampling;
 pub mod schema;

@@ -31,12 +31,12 @@ mod body;
 #[cfg(test)]
 mod tests;
 
+use crate::exchange::{Exchange, Header};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use shadowtap_core::exchange::{Exchange, Header};
 
-use shadowtap_core::secrets::{normalise, Names};
-pub use shadowtap_core::secrets::{
+use crate::secrets::{normalise, Names};
+pub use crate::secrets::{
     DEFAULT_HEADERS, DEFAULT_JSON_KEYS, DEFAULT_PARAMS, HEADER_NAME_PARTS, JSON_KEY_PARTS,
     PARAM_NAME_PARTS, URL_HEADERS,
 };

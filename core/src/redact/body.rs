@@ -2,7 +2,7 @@
 //! named fields but cannot be read whole withheld (fail closed; see the module docs of
 //! [`super`]).
 
-use shadowtap_core::exchange::{Body, Header};
+use crate::exchange::{Body, Header};
 
 use super::Redactor;
 
