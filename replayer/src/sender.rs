@@ -51,7 +51,7 @@ use crate::script::ScriptHook;
 use crate::send::{dispatch, routes, total, Counters, Dispatched, Shared, MAX_SENDERS};
 use crate::summary::ReplaySummary;
 use crate::target::Target;
-use crate::writer::{write_rows, yield_to_sending, RowOut, Spare, Written};
+use crate::writer::{write_rows, yield_to_sending, RowHooks, RowOut, Spare, Written};
 
 /// Batches each sending thread's queue holds by default (a batch is up to
 /// [`crate::BATCH`] exchanges from [`SenderInput::push`], one from [`SenderInput::try_push`]).
@@ -106,7 +106,18 @@ pub struct SenderOptions {
     pub max_file_bytes: u64,
     /// Batches each sending thread's queue holds ([`QUEUE_BATCHES`]; at least 1).
     pub queue_batches: usize,
+    /// Added to the file names (`replays-<run>-<tag>-*.parquet`), so several senders (one per
+    /// shadow pool of the proxy) write one run into one directory.
+    pub file_tag: Option<String>,
+    /// Redacts each row before it is written (the proxy's recordings: the same key as the
+    /// `exchanges` rows, so equal values stay equal across tables).
+    pub redactor: Option<shadowtap_core::redact::Redactor>,
+    /// Sees each row, as answered and before redaction, on the writer thread (live statistics).
+    pub on_row: Option<RowObserver>,
 }
+
+/// A function the writer thread calls with each row.
+pub type RowObserver = Arc<dyn Fn(&ReplayRecord) + Send + Sync>;
 
 impl SenderOptions {
     /// Defaults: 1x speed, 32 in flight, idempotent methods only, 30 s timeout.
@@ -144,6 +155,9 @@ impl SenderOptions {
             },
             max_file_bytes: 256 << 20,
             queue_batches: QUEUE_BATCHES,
+            file_tag: None,
+            redactor: None,
+            on_row: None,
         }
     }
 
@@ -235,7 +249,10 @@ impl Sender {
         let sink = ParquetSink::new(
             SinkOptions {
                 dir: opts.out.clone(),
-                prefix: format!("replays-{run_id}"),
+                prefix: match &opts.file_tag {
+                    Some(tag) => format!("replays-{run_id}-{tag}"),
+                    None => format!("replays-{run_id}"),
+                },
                 max_file_bytes: opts.max_file_bytes,
                 max_row_group_rows: 64 * 1024,
             },
@@ -245,13 +262,17 @@ impl Sender {
         let spare = Arc::new(Spare::default());
         let writer = {
             let (spare, targets) = (spare.clone(), opts.targets.clone());
+            let hooks = RowHooks {
+                observer: opts.on_row.take(),
+                redactor: opts.redactor.take(),
+            };
             std::thread::Builder::new()
                 .name("replay-writer".into())
                 .spawn(move || {
                     if senders == 1 {
                         yield_to_sending();
                     }
-                    write_rows(row_rx, &spare, sink, &targets)
+                    write_rows(row_rx, &spare, sink, &targets, hooks)
                 })
                 .map_err(io_err)?
         };

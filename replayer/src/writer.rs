@@ -40,11 +40,21 @@ pub(crate) struct Written {
     pub(crate) targets: BTreeMap<String, TargetSummary>,
 }
 
+/// What happens to each row on the writer thread before it is written.
+#[derive(Default)]
+pub(crate) struct RowHooks {
+    /// Sees the row as answered (live statistics).
+    pub observer: Option<crate::sender::RowObserver>,
+    /// Redacts it.
+    pub redactor: Option<shadowtap_core::redact::Redactor>,
+}
+
 pub(crate) fn write_rows(
     mut rx: mpsc::Receiver<Vec<ReplayRecord>>,
     spare: &Spare,
     mut sink: ParquetSink,
     targets: &[Target],
+    rows_to: RowHooks,
 ) -> Result<Written, ReplayError> {
     let mut per: BTreeMap<String, (TargetSummary, LatencyHistogram)> = targets
         .iter()
@@ -78,7 +88,13 @@ pub(crate) fn write_rows(
             Ok(())
         };
     while let Some(mut received) = rx.blocking_recv() {
-        for r in received.drain(..) {
+        for mut r in received.drain(..) {
+            if let Some(observe) = &rows_to.observer {
+                observe(&r);
+            }
+            if let Some(redactor) = &rows_to.redactor {
+                redactor.apply_replay(&mut r);
+            }
             // Every row's target is one of `targets` (no allocation per row to look it up).
             let (t, totals) = match per.get_mut(&*r.target) {
                 Some(entry) => entry,

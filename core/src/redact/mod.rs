@@ -154,6 +154,57 @@ impl Redactor {
         }
     }
 
+    /// Redacts a `replays` row the same way (headers, URL, query, both bodies), so rows of
+    /// responses a proxy or replay recorded compare equal-for-equal with the redacted
+    /// recording. A body that cannot be redacted whole is emptied (its length is kept in
+    /// `response_body_len`); what was withheld is returned, for the caller to count.
+    pub fn apply_replay(&self, row: &mut crate::replays::ReplayRecord) -> Vec<&'static str> {
+        for h in row
+            .request_headers
+            .iter_mut()
+            .chain(row.response_headers.iter_mut())
+        {
+            self.header(h);
+        }
+        if let Some(url) = self.url(&row.url) {
+            row.url = url;
+        }
+        if let Some(q) = row.query.as_deref().and_then(|q| self.params_in(q, '&')) {
+            row.query = Some(q.into());
+        }
+        let mut withheld = Vec::new();
+        let mut request = crate::exchange::Body {
+            len: row.request_body.len() as u64,
+            raw: std::mem::take(&mut row.request_body),
+            ..Default::default()
+        };
+        if self.body(&mut request, &row.request_headers).is_err() || request.withheld {
+            withheld.push("request body");
+        }
+        row.request_body = if request.withheld {
+            Vec::new()
+        } else {
+            request.raw
+        };
+        let mut response = crate::exchange::Body {
+            raw: std::mem::take(&mut row.response_body),
+            decoded: row.response_body_decoded.take(),
+            len: row.response_body_len,
+            truncated: row.response_body_truncated,
+            ..Default::default()
+        };
+        if self.body(&mut response, &row.response_headers).is_err() || response.withheld {
+            withheld.push("response body");
+        }
+        row.response_body = if response.withheld {
+            Vec::new()
+        } else {
+            response.raw
+        };
+        row.response_body_decoded = response.decoded;
+        withheld
+    }
+
     fn header(&self, h: &mut Header) {
         if !self.headers.matches(&h.name) {
             if URL_HEADERS.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {

@@ -285,3 +285,66 @@ fn a_random_key_comes_from_the_os() {
     assert!(Redaction::Off.resolve().unwrap().is_none());
     assert!(Redaction::RandomKey(vec![]).resolve().unwrap().is_some());
 }
+
+#[test]
+fn a_replays_row_is_redacted_like_the_recording() {
+    let r = redactor();
+    let mut row = crate::replays::ReplayRecord {
+        run_id: "r".into(),
+        exchange_id: "e".into(),
+        pass: 0,
+        target: "production".into(),
+        target_url: "http://127.0.0.1:1".into(),
+        recorded_start_us: 1,
+        sent_at_us: Some(2),
+        method: "POST".into(),
+        url: "http://127.0.0.1:1/login?api_key=K1&next=/home".into(),
+        path: "/login".into(),
+        query: Some("api_key=K1&next=/home".into()),
+        request_headers: vec![
+            h("Authorization", "Bearer S1"),
+            h("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        request_body: b"user=ann&password=P1".to_vec(),
+        status: Some(200),
+        response_version: Some("HTTP/1.1".into()),
+        response_headers: vec![
+            h("Content-Type", "application/json"),
+            h("Set-Cookie", "sid=C1"),
+        ],
+        response_body: br#"{"token":"T1","name":"ann"}"#.to_vec(),
+        response_body_decoded: None,
+        response_body_len: 27,
+        response_body_truncated: false,
+        connect_us: None,
+        ttfb_us: Some(1),
+        total_us: Some(2),
+        error_kind: None,
+        error_message: None,
+        send_position: None,
+    };
+    let mut same = row.clone();
+    assert!(r.apply_replay(&mut row).is_empty());
+    let all = format!(
+        "{} {:?} {:?} {:?} {} {}",
+        row.url,
+        row.query,
+        row.request_headers,
+        row.response_headers,
+        text(&row.request_body),
+        text(&row.response_body)
+    );
+    for secret in ["K1", "S1", "P1", "C1", "T1"] {
+        assert!(!all.contains(secret), "{secret} in {all}");
+    }
+    assert!(all.contains("next=/home") && all.contains("ann"));
+    r.apply_replay(&mut same);
+    assert_eq!(row.response_body, same.response_body, "equal stays equal");
+    // A JSON body cut short cannot be redacted whole: emptied, its length kept.
+    let mut cut = row.clone();
+    cut.response_body = br#"{"token":"T2","na"#.to_vec();
+    cut.response_body_len = 40;
+    cut.response_body_truncated = true;
+    assert_eq!(r.apply_replay(&mut cut), vec!["response body"]);
+    assert!(cut.response_body.is_empty() && cut.response_body_len == 40);
+}
