@@ -4,8 +4,7 @@
 //!
 //! Order matters: redaction sees the decoded body (a JSON field inside a gzip body is found).
 
-use shadowtap_core::exchange::{Body, Exchange, Header};
-use shadowtap_http1::decode_body;
+use shadowtap_core::exchange::Exchange;
 
 use crate::redact::Redactor;
 use crate::summary::FlagCounts;
@@ -40,10 +39,8 @@ impl Prepare {
 
     /// Decodes, redacts and counts one exchange.
     pub fn exchange(&mut self, ex: &mut Exchange) {
-        let req_enc = content_encoding(&ex.request_headers);
-        decode_content(&mut ex.request_body, req_enc.as_deref(), self.max_body);
-        let resp_enc = content_encoding(&ex.response_headers);
-        decode_content(&mut ex.response_body, resp_enc.as_deref(), self.max_body);
+        ex.request_body.decode(&ex.request_headers, self.max_body);
+        ex.response_body.decode(&ex.response_headers, self.max_body);
         // Counted before redaction, which notes a withheld coded body in the same field.
         let undecodable =
             ex.request_body.decode_error.is_some() || ex.response_body.decode_error.is_some();
@@ -76,31 +73,6 @@ impl Prepare {
     /// The counts so far.
     pub fn counts(self) -> Prepared {
         self.counts
-    }
-}
-
-/// Every `Content-Encoding` value, joined in order.
-fn content_encoding(headers: &[Header]) -> Option<String> {
-    let values: Vec<&str> = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
-        .map(|h| h.value.as_str())
-        .collect();
-    (!values.is_empty()).then(|| values.join(","))
-}
-
-fn decode_content(body: &mut Body, encoding: Option<&str>, cap: u64) {
-    let Some(enc) = encoding else { return };
-    if body.raw.is_empty() {
-        return;
-    }
-    if body.truncated || (body.raw.len() as u64) < body.len {
-        body.decode_error = Some("body incomplete (truncated or bytes lost); not decoded".into());
-        return;
-    }
-    match decode_body(enc, &body.raw, cap) {
-        Ok(decoded) => body.decoded = decoded,
-        Err(e) => body.decode_error = Some(e.to_string()),
     }
 }
 

@@ -10,6 +10,7 @@ mod capture;
 mod config;
 mod demo;
 mod inspect;
+mod proxy;
 mod replay;
 
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ enum Command {
     DemoService(demo::DemoArgs),
     /// Print the first exchanges in a directory and counts by status and host.
     Inspect(inspect::InspectArgs),
+    /// Forward live traffic to production, mirror a share to shadow pools, split a canary, record both.
+    Proxy(Box<proxy::ProxyArgs>),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::analyze_cmd(*args),
         Command::Gate(args) => analyze::gate(*args),
         Command::DemoService(args) => demo::run(args),
+        Command::Proxy(args) => proxy::run(*args),
     };
     match result {
         Ok(code) => code,

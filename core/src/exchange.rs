@@ -24,6 +24,31 @@ pub struct Body {
     pub withheld: bool,
 }
 
+impl Body {
+    /// Undoes the `Content-Encoding` of `headers` (every value, in order) into
+    /// [`Body::decoded`], decoding at most `cap` bytes; a body cut short is not decoded, and a
+    /// failure is noted in [`Body::decode_error`].
+    pub fn decode(&mut self, headers: &[Header], cap: u64) {
+        let values: Vec<&str> = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
+            .map(|h| h.value.as_str())
+            .collect();
+        if values.is_empty() || self.raw.is_empty() {
+            return;
+        }
+        if self.truncated || (self.raw.len() as u64) < self.len {
+            self.decode_error =
+                Some("body incomplete (truncated or bytes lost); not decoded".into());
+            return;
+        }
+        match shadowtap_http1::decode_body(&values.join(","), &self.raw, cap) {
+            Ok(decoded) => self.decoded = decoded,
+            Err(e) => self.decode_error = Some(e.to_string()),
+        }
+    }
+}
+
 /// Flags that say what is missing or uncertain about an exchange.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExchangeFlags {

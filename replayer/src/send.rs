@@ -92,7 +92,11 @@ impl Shared {
             marker: self.marker.clone(),
             preserve_host: self.preserve_host,
             max_body: self.max_body,
-            rows: RowOut::new(self.rows.tx.clone(), self.rows.spare.clone()),
+            rows: RowOut::new(
+                self.rows.tx.clone(),
+                self.rows.spare.clone(),
+                self.rows.observer.clone(),
+            ),
             counters,
         }
     }

@@ -112,7 +112,8 @@ pub struct SenderOptions {
     /// Redacts each row before it is written (the proxy's recordings: the same key as the
     /// `exchanges` rows, so equal values stay equal across tables).
     pub redactor: Option<shadowtap_core::redact::Redactor>,
-    /// Sees each row, as answered and before redaction, on the writer thread (live statistics).
+    /// Sees each row as it is answered, before redaction, on the sending thread: keep it
+    /// cheap (live statistics).
     pub on_row: Option<RowObserver>,
 }
 
@@ -263,7 +264,6 @@ impl Sender {
         let writer = {
             let (spare, targets) = (spare.clone(), opts.targets.clone());
             let hooks = RowHooks {
-                observer: opts.on_row.take(),
                 redactor: opts.redactor.take(),
             };
             std::thread::Builder::new()
@@ -285,7 +285,7 @@ impl Sender {
             marker: opts.marker_header.clone(),
             preserve_host: opts.preserve_host,
             max_body: opts.client.max_body,
-            rows: RowOut::new(row_tx, spare),
+            rows: RowOut::new(row_tx, spare, opts.on_row.take()),
             counters: counters[0].clone(),
         });
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..senders)

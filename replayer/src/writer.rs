@@ -43,8 +43,6 @@ pub(crate) struct Written {
 /// What happens to each row on the writer thread before it is written.
 #[derive(Default)]
 pub(crate) struct RowHooks {
-    /// Sees the row as answered (live statistics).
-    pub observer: Option<crate::sender::RowObserver>,
     /// Redacts it.
     pub redactor: Option<shadowtap_core::redact::Redactor>,
 }
@@ -89,9 +87,6 @@ pub(crate) fn write_rows(
         };
     while let Some(mut received) = rx.blocking_recv() {
         for mut r in received.drain(..) {
-            if let Some(observe) = &rows_to.observer {
-                observe(&r);
-            }
             if let Some(redactor) = &rows_to.redactor {
                 redactor.apply_replay(&mut r);
             }
@@ -175,20 +170,30 @@ pub(crate) struct RowOut {
     pub(crate) pending: std::sync::Mutex<Vec<ReplayRecord>>,
     pub(crate) tx: mpsc::Sender<Vec<ReplayRecord>>,
     pub(crate) spare: Arc<Spare>,
+    /// Sees each row as it is answered (live statistics).
+    pub(crate) observer: Option<crate::sender::RowObserver>,
 }
 
 impl RowOut {
     pub(crate) const BATCH: usize = 256;
 
-    pub(crate) fn new(tx: mpsc::Sender<Vec<ReplayRecord>>, spare: Arc<Spare>) -> Self {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Vec<ReplayRecord>>,
+        spare: Arc<Spare>,
+        observer: Option<crate::sender::RowObserver>,
+    ) -> Self {
         RowOut {
             pending: std::sync::Mutex::new(Vec::with_capacity(Self::BATCH)),
             tx,
             spare,
+            observer,
         }
     }
 
     pub(crate) async fn push(&self, row: ReplayRecord) {
+        if let Some(observe) = &self.observer {
+            observe(&row);
+        }
         let full = {
             let mut p = self
                 .pending

@@ -1,0 +1,789 @@
+//! The data plane: accepts client connections (HTTP/1.1 and h2c, keep-alive), forwards each
+//! request to a production member (or, in the split, a canary member) streamed in both
+//! directions through body tees, answers with that response and nothing else, and hands the
+//! copies and the recording their parts ([`crate::assembly`]). `Upgrade` requests (WebSocket)
+//! are passed through as a byte tunnel, never mirrored.
+//!
+//! Shutdown ([`Running::shutdown`], SIGTERM in the binary): the listener closes, connections
+//! finish the requests in flight (bounded by `limits.shutdown_grace_s`), the shadows send or
+//! count what is queued, the recording is closed; nothing recorded is lost.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use shadowtap_core::replays::ErrorKind;
+use shadowtap_core::{Body, Exchange, ExchangeFlags, Header};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::assembly::{Assembly, Sinks};
+use crate::config::ProxyConfig;
+use crate::error::ProxyError;
+use crate::mirror::Shadows;
+use crate::record::Recorder;
+use crate::route::{decide, Routing};
+use crate::stats::PoolStats;
+use crate::tee::{Budget, Kept, Tee};
+use crate::upstream::Member;
+
+/// The body sent upstream: the client's, teed, or none.
+type UpBody = Either<Tee<Incoming>, Empty<Bytes>>;
+/// The body sent to the client: production's, teed, or one the proxy wrote (an error).
+pub type DownBody = Either<Tee<Incoming>, Full<Bytes>>;
+
+/// What the request path and the admin API share.
+pub struct State {
+    /// The routing every new request uses; replaced whole on a change.
+    pub routing: RwLock<Arc<Routing>>,
+    /// The run id of the recording.
+    pub run_id: String,
+    /// Where finished requests go.
+    pub sinks: Arc<Sinks>,
+    /// Production's statistics.
+    pub production: Arc<PoolStats>,
+    /// The canary's.
+    pub canary: Arc<PoolStats>,
+    /// Mirrored bodies being collected.
+    pub budget: Arc<Budget>,
+    /// Config changes applied (the audit log's lines, newest last, at most 100).
+    pub changes: std::sync::Mutex<Vec<serde_json::Value>>,
+    client: Client<HttpConnector, UpBody>,
+    seq: AtomicU64,
+    conn_seq: AtomicU64,
+    local: SocketAddr,
+    audit: Option<PathBuf>,
+}
+
+impl State {
+    /// The routing in force.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies `new` to new requests (requests in flight finish on the old routing); the new
+    /// version. Refused when it does not check, or changes what needs a restart.
+    pub fn apply(&self, new: ProxyConfig, source: &str) -> Result<u64, ProxyError> {
+        new.check()?;
+        guard_targets(&new)?;
+        let current = self.routing();
+        if let Some(field) = current.config.restart_needed(&new) {
+            return Err(ProxyError::config(
+                field,
+                "cannot change while the proxy runs; restart it with the new value".into(),
+            ));
+        }
+        let version = current.version + 1;
+        let routing = Arc::new(Routing::compile(&new, version)?);
+        *self.routing.write().unwrap_or_else(|p| p.into_inner()) = routing;
+        let entry = serde_json::json!({
+            "version": version,
+            "at": crate::summary::now_rfc3339(),
+            "source": source,
+            "config": new,
+        });
+        tracing::info!(version, source, "configuration applied");
+        eprintln!("shadowtap proxy: configuration version {version} applied ({source})");
+        if let Some(path) = &self.audit {
+            use std::io::Write as _;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{entry}");
+            }
+        }
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        changes.push(entry);
+        if changes.len() > 100 {
+            changes.remove(0);
+        }
+        Ok(version)
+    }
+}
+
+/// Refuses shadows and canaries that are production members (by host name whatever the port,
+/// or by address and port), unless `allow_targets` names them.
+pub fn guard_targets(config: &ProxyConfig) -> Result<(), ProxyError> {
+    let production: Vec<(String, u16)> = config
+        .production
+        .iter()
+        .filter_map(|u| Member::parse(u).ok())
+        .map(|m| m.host_port())
+        .collect();
+    let allowed = |h: &str| {
+        config
+            .allow_targets
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(h))
+    };
+    let is_ip = |h: &str| h.parse::<std::net::IpAddr>().is_ok();
+    let check = |pool: &str, url: &str| -> Result<(), ProxyError> {
+        let Ok(m) = Member::parse(url) else {
+            return Ok(());
+        };
+        let (host, port) = m.host_port();
+        if allowed(&host) {
+            return Ok(());
+        }
+        for (ph, pp) in &production {
+            let why = if !is_ip(&host) && host == *ph {
+                Some(format!("the same host name as production member {ph}"))
+            } else if host == *ph && port == *pp {
+                Some(format!(
+                    "the same address and port as production member {ph}:{pp}"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(ProxyError::TargetIsProduction {
+                    pool: pool.to_owned(),
+                    url: url.to_owned(),
+                    host: host.clone(),
+                    why,
+                });
+            }
+        }
+        Ok(())
+    };
+    for s in &config.shadows {
+        check(&format!("shadow {}", s.name), &s.url)?;
+    }
+    Ok(())
+}
+
+/// The hop-by-hop headers of RFC 9110 section 7.6.1, and those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(n);
+    }
+}
+
+fn headers_of(map: &HeaderMap) -> Vec<Header> {
+    map.iter()
+        .map(|(n, v)| Header {
+            name: n.as_str().into(),
+            value: String::from_utf8_lossy(v.as_bytes()).as_ref().into(),
+        })
+        .collect()
+}
+
+fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn local_response(status: StatusCode, text: &str) -> Response<DownBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!("{text}\n")))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Finishes an assembly abandoned by the handler (a client gone before the response).
+struct Abandon(Option<Arc<Assembly>>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.abandoned();
+        }
+    }
+}
+
+/// The request head as an exchange (no bodies yet).
+fn head_exchange(
+    state: &State,
+    req: &Request<Incoming>,
+    client: SocketAddr,
+    conn_id: &str,
+    conn_seq: u32,
+    seq: u64,
+) -> Exchange {
+    let uri = req.uri();
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.to_string()));
+    Exchange {
+        exchange_id: shadowtap_core::id::stable_id(&[state.run_id.as_bytes(), &seq.to_le_bytes()]),
+        connection_id: conn_id.into(),
+        connection_seq: conn_seq,
+        source: "proxy".into(),
+        request_start_us: now_us(),
+        request_end_us: None,
+        response_start_us: None,
+        response_end_us: None,
+        client_ip: client.ip(),
+        client_port: client.port(),
+        server_ip: state.local.ip(),
+        server_port: state.local.port(),
+        method: req.method().as_str().into(),
+        uri: path_and_query.into(),
+        host: host.map(Into::into),
+        path: uri.path().into(),
+        query: uri.query().map(Into::into),
+        http_version: version_str(req.version()).into(),
+        request_headers: headers_of(req.headers()),
+        request_trailers: Vec::new(),
+        request_body: Body::default(),
+        status: None,
+        reason: None,
+        response_version: None,
+        interim_statuses: Vec::new(),
+        response_headers: Vec::new(),
+        response_trailers: Vec::new(),
+        response_body: Body::default(),
+        flags: ExchangeFlags::default(),
+        error_detail: None,
+    }
+}
+
+fn forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+    let ip = client.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    let node = if client.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip
+    };
+    let mut fwd = format!("for={node};proto=http");
+    if let Some(h) = host {
+        fwd.push_str(&format!(";host=\"{h}\""));
+    }
+    let value = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {fwd}"),
+        None => fwd,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("forwarded", v);
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn error_kind(e: &hyper_util::client::legacy::Error) -> ErrorKind {
+    let text = format!("{e:?}").to_ascii_lowercase();
+    if e.is_connect() {
+        if text.contains("refused") {
+            ErrorKind::Refused
+        } else if text.contains("timed out") || text.contains("timeout") {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Connect
+        }
+    } else if text.contains("reset") || text.contains("closed") || text.contains("incomplete") {
+        ErrorKind::Reset
+    } else {
+        ErrorKind::Protocol
+    }
+}
+
+/// A WebSocket or other upgrade: the head to production, the response back, then the two
+/// connections joined byte for byte. Never mirrored, never recorded.
+async fn tunnel(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<DownBody> {
+    let routing = state.routing();
+    let lease = routing.production.pick(None);
+    let member = lease.member().clone();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Ok(uri) = member.uri_for(&pq) else {
+        return local_response(StatusCode::BAD_REQUEST, "bad request target");
+    };
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    parts.uri = uri;
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    forwarded_headers(&mut parts.headers, client, host.as_deref());
+    let up = Request::from_parts(parts, Either::Right(Empty::new()));
+    let limit = Duration::from_secs_f64(routing.config.limits.upstream_timeout_s);
+    let mut resp = match tokio::time::timeout(limit, state.client.request(up)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            if e.is_connect() {
+                member.eject(Duration::from_secs_f64(routing.config.limits.eject_s));
+            }
+            return local_response(StatusCode::BAD_GATEWAY, "production did not answer");
+        }
+        Err(_) => return local_response(StatusCode::GATEWAY_TIMEOUT, "production timed out"),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (parts, body) = resp.into_parts();
+        let body = Tee::new(body, 0, None, Box::new(|_| {}));
+        return Response::from_parts(parts, Either::Left(body));
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let _lease = lease;
+        if let (Ok(a), Ok(b)) = (client_upgrade.await, upstream_upgrade.await) {
+            let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
+}
+
+/// One request.
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+    conn_id: Arc<str>,
+    conn_seq: u32,
+) -> Result<Response<DownBody>, Infallible> {
+    if is_upgrade(&req) {
+        return Ok(tunnel(state, req, client).await);
+    }
+    let routing = state.routing();
+    let seq = state.seq.fetch_add(1, Ordering::Relaxed);
+    let head = head_exchange(&state, &req, client, &conn_id, conn_seq, seq);
+    let decision = decide(
+        &routing,
+        &head,
+        shadowtap_core::splitmix::SplitMix(seq ^ 0x5eed).next_u64(),
+    );
+    let (pool, stats) = match (&routing.canary, decision.canary) {
+        (Some(c), true) => (c.pool.clone(), state.canary.clone()),
+        _ => (routing.production.clone(), state.production.clone()),
+    };
+    for &i in &decision.mirrors {
+        if let Some(s) = state.sinks.shadows.get(i) {
+            s.counters.chosen.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let host = head.host.as_ref().map(|h| h.to_string());
+    let recording = state.sinks.recorder.is_some();
+    let keep = if decision.mirrors.is_empty() {
+        0
+    } else {
+        state.sinks.mirror_max_body.saturating_add(1)
+    }
+    .max(if recording {
+        state.sinks.record_max_body
+    } else {
+        0
+    });
+    let assembly = Assembly::new(
+        state.sinks.clone(),
+        stats,
+        pool.name.as_str().into(),
+        head,
+        decision.mirrors.clone(),
+    );
+    let mut abandon = Abandon(Some(assembly.clone()));
+    let limits = &routing.config.limits;
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(http::header::HOST) {
+        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            parts.headers.insert(http::header::HOST, h);
+        }
+    }
+    forwarded_headers(&mut parts.headers, client, host.as_deref());
+    let sent_headers = headers_of(&parts.headers);
+    // A body-less request can be tried again at another member when the first refuses.
+    let mut body = if body.is_end_stream() {
+        assembly.request_done(Kept {
+            chunks: Vec::new(),
+            len: 0,
+            complete: true,
+            over_cap: false,
+            over_budget: false,
+            trailers: None,
+            reservation: None,
+        });
+        None
+    } else {
+        let a = assembly.clone();
+        Some(Tee::new(
+            body,
+            keep,
+            Some(state.budget.clone()),
+            Box::new(move |k| a.request_done(k)),
+        ))
+    };
+    let retryable = body.is_none();
+    let mut skip: Option<Arc<Member>> = None;
+    let timeout = Duration::from_secs_f64(limits.upstream_timeout_s);
+    for attempt in 0..2 {
+        let lease = pool.pick(skip.as_ref());
+        let member = lease.member().clone();
+        let Ok(uri) = member.uri_for(&pq) else {
+            assembly.failed(ErrorKind::Other, "bad request target".into());
+            return Ok(local_response(
+                StatusCode::BAD_REQUEST,
+                "bad request target",
+            ));
+        };
+        assembly.sent(&member.url, uri.to_string(), sent_headers.clone());
+        let mut up = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(http::Version::HTTP_11)
+            .body(match body.take() {
+                Some(t) => Either::Left(t),
+                None => Either::Right(Empty::new()),
+            })
+            .expect("parts from a valid request");
+        *up.headers_mut() = parts.headers.clone();
+        match tokio::time::timeout(timeout, state.client.request(up)).await {
+            Ok(Ok(resp)) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                assembly.response_head(
+                    rparts.status.as_u16(),
+                    version_str(rparts.version),
+                    headers_of(&rparts.headers),
+                );
+                if let (Some(c), true) = (&routing.canary, decision.canary) {
+                    if let (Some(name), false) = (&c.pin_cookie, decision.pinned) {
+                        if let Ok(v) = HeaderValue::from_str(&format!(
+                            "{name}=1; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax"
+                        )) {
+                            rparts.headers.append(http::header::SET_COOKIE, v);
+                        }
+                    }
+                }
+                let a = assembly.clone();
+                let rec_cap = if recording {
+                    state.sinks.record_max_body
+                } else {
+                    0
+                };
+                let rbody = Tee::new(
+                    rbody,
+                    rec_cap,
+                    None,
+                    Box::new(move |k| {
+                        drop(lease);
+                        a.response_done(k)
+                    }),
+                );
+                abandon.0 = None;
+                return Ok(Response::from_parts(rparts, Either::Left(rbody)));
+            }
+            Ok(Err(e)) => {
+                let kind = error_kind(&e);
+                if e.is_connect() {
+                    member.eject(Duration::from_secs_f64(limits.eject_s));
+                    if retryable && attempt == 0 && pool.members.len() > 1 {
+                        skip = Some(member);
+                        continue;
+                    }
+                }
+                tracing::debug!("production {}: {e}", member.url);
+                abandon.0 = None;
+                assembly.failed(kind, format!("{}: {e}", member.url));
+                return Ok(local_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("{} did not answer", pool.name),
+                ));
+            }
+            Err(_) => {
+                abandon.0 = None;
+                assembly.failed(
+                    ErrorKind::Timeout,
+                    format!("{}: no response head within {timeout:?}", member.url),
+                );
+                return Ok(local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("{} did not answer in time", pool.name),
+                ));
+            }
+        }
+    }
+    abandon.0 = None;
+    assembly.failed(ErrorKind::Refused, "every member refused".into());
+    Ok(local_response(
+        StatusCode::BAD_GATEWAY,
+        "production did not answer",
+    ))
+}
+
+/// A running proxy.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin: Option<SocketAddr>,
+    /// Shared with the admin API (and SIGHUP reloads).
+    pub state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<crate::ProxySummary, ProxyError>>,
+}
+
+impl Running {
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for the proxy to end (after [`Running::shutdown`]); its summary.
+    pub async fn wait(self) -> Result<crate::ProxySummary, ProxyError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ProxyError::Record(format!("the proxy task failed: {e}"))),
+        }
+    }
+}
+
+/// Starts the proxy with `config`; `admin_token` guards the admin API (required with
+/// `config.admin`).
+pub async fn start(
+    config: ProxyConfig,
+    admin_token: Option<String>,
+) -> Result<Running, ProxyError> {
+    config.check()?;
+    guard_targets(&config)?;
+    if config.admin.is_some() && admin_token.as_deref().is_none_or(str::is_empty) {
+        return Err(ProxyError::config(
+            "--admin",
+            "the admin API needs a bearer token: --admin-token-file FILE or SHADOWTAP_ADMIN_TOKEN"
+                .into(),
+        ));
+    }
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| ProxyError::Listen {
+                what: "--listen",
+                addr: config.listen.clone(),
+                source,
+            })?;
+    let local = listener.local_addr().map_err(|source| ProxyError::Listen {
+        what: "--listen",
+        addr: config.listen.clone(),
+        source,
+    })?;
+    let run_id = shadowtap_core::id::new_run_id();
+    let redactor = shadowtap_core::redact::Redaction::RandomKey(config.redact.clone())
+        .resolve()
+        .map_err(|e| ProxyError::Record(format!("no redaction key from the OS: {e}")))?;
+    let recorder = match &config.record {
+        Some(dir) => Some(Arc::new(Recorder::start(
+            dir,
+            &run_id,
+            redactor.clone(),
+            config.limits.max_record_body,
+            config.limits.max_file_bytes,
+            config.limits.rotate_s.map(Duration::from_secs_f64),
+        )?)),
+        None => None,
+    };
+    let shadows = Shadows::start(
+        &config,
+        &run_id,
+        config.record.as_deref(),
+        redactor.as_ref(),
+    )
+    .await?;
+    let sinks = Arc::new(Sinks {
+        run_id: run_id.as_str().into(),
+        shadows: shadows.list.clone(),
+        recorder: recorder.clone(),
+        mirror_max_body: config.mirror.max_body,
+        record_max_body: config.limits.max_record_body,
+    });
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs_f64(
+        config.limits.connect_timeout_s,
+    )));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    let routing = Arc::new(Routing::compile(&config, 1)?);
+    let state = Arc::new(State {
+        routing: RwLock::new(routing),
+        run_id: run_id.clone(),
+        sinks,
+        production: Arc::default(),
+        canary: Arc::default(),
+        budget: Budget::new(config.limits.mirror_memory),
+        changes: std::sync::Mutex::new(Vec::new()),
+        client,
+        seq: AtomicU64::new(0),
+        conn_seq: AtomicU64::new(0),
+        local,
+        audit: config
+            .record
+            .as_ref()
+            .map(|d| d.join(format!("proxy-{run_id}.config.jsonl"))),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let admin = match (&config.admin, admin_token) {
+        (Some(addr), Some(token)) => {
+            Some(crate::admin::serve(addr, token, state.clone(), shutdown_rx.clone()).await?)
+        }
+        _ => None,
+    };
+    let grace = Duration::from_secs_f64(config.limits.shutdown_grace_s);
+    let task = tokio::spawn(serve(
+        listener,
+        state.clone(),
+        shadows,
+        recorder,
+        shutdown_rx,
+        grace,
+        config,
+    ));
+    Ok(Running {
+        addr: local,
+        admin,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shadows: Shadows,
+    recorder: Option<Arc<Recorder>>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    config: ProxyConfig,
+) -> Result<crate::ProxySummary, ProxyError> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a little rather than spin.
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let n = state.conn_seq.fetch_add(1, Ordering::Relaxed);
+                let conn_id: Arc<str> = shadowtap_core::id::stable_id(&[
+                    state.run_id.as_bytes(), b"conn", &n.to_le_bytes(),
+                ]).into();
+                let requests = Arc::new(AtomicU64::new(0));
+                let st = state.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let k = requests.fetch_add(1, Ordering::Relaxed) as u32;
+                    handle(st.clone(), req, peer, conn_id.clone(), k)
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok();
+    let shadow_summaries = shadows.close(grace).await;
+    let files = match &recorder {
+        Some(r) => r.close()?,
+        None => Vec::new(),
+    };
+    crate::summary::finish(&state, &config, drained, shadow_summaries, files)
+}
+
+/// Collects a body for tests and the admin API.
+pub async fn body_bytes<B: http_body::Body>(b: B) -> Option<Bytes> {
+    b.collect().await.ok().map(|c| c.to_bytes())
+}
