@@ -43,10 +43,13 @@ pub struct RecordCounts {
     pub dropped: AtomicU64,
 }
 
+/// The writer thread; the files it wrote.
+type WriterThread = std::thread::JoinHandle<Result<Vec<PathBuf>, ProxyError>>;
+
 /// The recording's handle on the request path.
 pub struct Recorder {
     tx: std::sync::RwLock<Option<mpsc::SyncSender<Record>>>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<Result<Vec<PathBuf>, ProxyError>>>>,
+    thread: std::sync::Mutex<Option<WriterThread>>,
     /// Its counts.
     pub counts: Arc<RecordCounts>,
 }

@@ -1,1 +1,7 @@
-//! Integration tests of the proxy.
+//! Integration tests of the proxy: real backends on loopback, real keep-alive clients, real
+//! Parquet read back and judged. One binary, one module per area.
+
+mod common;
+mod isolation;
+mod routing;
+mod secrets;

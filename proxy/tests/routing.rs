@@ -1,0 +1,474 @@
+//! Shares, criteria and stickiness measured through a running proxy; the canary split while
+//! its weight rises under load; the admin API; a mirrored run recorded and judged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use shadowtap_proxy::config::{CanaryConfig, KeySource};
+
+use crate::common::*;
+
+/// `n` GETs of `/item/{k}` from `tasks` keep-alive clients; the answers by index.
+async fn load(
+    addr: SocketAddr,
+    n: usize,
+    tasks: usize,
+    headers: fn(usize) -> Vec<(String, String)>,
+) -> Vec<Answer> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let next = next.clone();
+        handles.push(tokio::spawn(async move {
+            let c = client();
+            let mut out = Vec::new();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if k >= n {
+                    break;
+                }
+                let h = headers(k);
+                let h: Vec<(&str, &str)> =
+                    h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let a = get_url(&c, &format!("http://{addr}/item/{k}"), &h)
+                    .await
+                    .unwrap();
+                out.push((k, a));
+            }
+            out
+        }));
+    }
+    let mut all: Vec<(usize, Answer)> = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all.sort_by_key(|(k, _)| *k);
+    all.into_iter().map(|(_, a)| a).collect()
+}
+
+fn no_headers(_: usize) -> Vec<(String, String)> {
+    Vec::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_shares_hold_per_shadow_and_criteria_select() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let (sh, _) = backend(Behaviour::default()).await;
+    let mut cfg = config(prod);
+    let mut ten = shadow("ten", sh);
+    ten.percent = Some(10.0);
+    ten.queue = 10_000;
+    let mut half = shadow("half", sh);
+    half.percent = Some(50.0);
+    half.queue = 10_000;
+    let mut tagged = shadow("tagged", sh);
+    tagged.criteria = Some(shadowtap_proxy::config::Criteria {
+        match_header: vec!["X-Shadow-Test: true".into()],
+        ..Default::default()
+    });
+    tagged.queue = 10_000;
+    cfg.shadows = vec![ten, half, tagged];
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let n = 5000;
+    fn every_fifth_tagged(k: usize) -> Vec<(String, String)> {
+        if k.is_multiple_of(5) {
+            vec![("X-Shadow-Test".into(), "true".into())]
+        } else {
+            Vec::new()
+        }
+    }
+    let answers = load(running.addr, n, 8, every_fifth_tagged).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    let chosen = |i: usize| {
+        running.state.sinks.shadows[i]
+            .counters
+            .chosen
+            .load(Ordering::Relaxed)
+    };
+    let pct = |c: u64| c as f64 * 100.0 / n as f64;
+    assert!(
+        (8.0..=12.0).contains(&pct(chosen(0))),
+        "10%: {}",
+        pct(chosen(0))
+    );
+    assert!(
+        (48.0..=52.0).contains(&pct(chosen(1))),
+        "50%: {}",
+        pct(chosen(1))
+    );
+    assert_eq!(
+        chosen(2),
+        (n / 5) as u64,
+        "only the tagged requests, all of them"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_by_client_is_the_same_choice_for_every_request_of_a_client() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let (sh, seen) = backend(Behaviour::default()).await;
+    let mut cfg = config(prod);
+    cfg.mirror.percent = 50.0;
+    cfg.mirror.by = KeySource::Client;
+    let mut s = shadow("shadow", sh);
+    s.queue = 10_000;
+    cfg.shadows = vec![s];
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let clients = 40u8;
+    for c in 0..clients {
+        // Each client its own loopback address.
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(std::net::IpAddr::from([127, 0, 0, 10 + c])));
+        let http: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        for k in 0..10 {
+            let id = u32::from(c) * 1000 + k;
+            let a = get_url(&http, &format!("http://{}/item/{id}", running.addr), &[])
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200);
+        }
+    }
+    running.shutdown();
+    running.wait().await.unwrap();
+    let mut per_client: BTreeMap<u32, usize> = BTreeMap::new();
+    for (path, _) in seen.marked.lock().unwrap().iter() {
+        let id: u32 = path.trim_start_matches("/item/").parse().unwrap();
+        *per_client.entry(id / 1000).or_default() += 1;
+    }
+    assert!(
+        per_client.values().all(|&n| n == 10),
+        "all or none per client: {per_client:?}"
+    );
+    let mirrored = per_client.len();
+    assert!(
+        (8..=32).contains(&mirrored),
+        "{mirrored} of 40 clients mirrored at 50%"
+    );
+}
+
+fn user_header(k: usize) -> Vec<(String, String)> {
+    vec![("X-User".into(), format!("user-{}", k % 2000))]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_weight_holds_users_stay_and_rising_it_under_load_drops_nothing() {
+    let (prod, _) = backend(Behaviour {
+        label: "stable",
+        ..Default::default()
+    })
+    .await;
+    let (can, _) = backend(Behaviour {
+        label: "canary",
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = config(prod);
+    cfg.canary = Some(CanaryConfig {
+        name: "canary".into(),
+        urls: vec![format!("http://{can}")],
+        weight: 10.0,
+        sticky: KeySource::Header("X-User".into()),
+        pin_cookie: None,
+    });
+    let running = shadowtap_proxy::start(cfg.clone(), None).await.unwrap();
+    // The share: 5,000 distinct users.
+    fn distinct(k: usize) -> Vec<(String, String)> {
+        vec![("X-User".into(), format!("u{k}"))]
+    }
+    let answers = load(running.addr, 5000, 8, distinct).await;
+    let on_canary = answers
+        .iter()
+        .filter(|a| a.backend.as_deref() == Some("canary"))
+        .count();
+    let pct = on_canary as f64 * 100.0 / 5000.0;
+    assert!((8.0..=12.0).contains(&pct), "canary share at 10%: {pct}");
+    // Stickiness while the weight rises, with clients hammering the proxy throughout.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut hammer = Vec::new();
+    for t in 0..4 {
+        let (stop, errors, done, addr) = (stop.clone(), errors.clone(), done.clone(), running.addr);
+        hammer.push(tokio::spawn(async move {
+            let c = client();
+            let mut k = t;
+            while !stop.load(Ordering::Relaxed) {
+                match get_url(&c, &format!("http://{addr}/item/{k}"), &[]).await {
+                    Ok(a) if a.status == 200 => {}
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                k += 4;
+            }
+        }));
+    }
+    let mut previous: Option<BTreeSet<usize>> = None;
+    for weight in [5.0, 20.0, 50.0] {
+        let mut new = running.state.routing().config.clone();
+        new.canary.as_mut().unwrap().weight = weight;
+        running.state.apply(new, "test").unwrap();
+        let answers = load(running.addr, 4000, 4, user_header).await;
+        let mut canary_users = BTreeSet::new();
+        let mut by_user: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+        for (k, a) in answers.iter().enumerate() {
+            let label = a.backend.clone().unwrap_or_default();
+            if label == "canary" {
+                canary_users.insert(k % 2000);
+            }
+            by_user.entry(k % 2000).or_default().insert(label);
+        }
+        assert!(
+            by_user.values().all(|s| s.len() == 1),
+            "a user flipped between stable and canary at weight {weight}"
+        );
+        if let Some(p) = &previous {
+            assert!(
+                p.is_subset(&canary_users),
+                "raising the weight moved a user back to stable"
+            );
+        }
+        let share = canary_users.len() as f64 * 100.0 / 2000.0;
+        assert!(
+            (weight - 3.0..=weight + 3.0).contains(&share),
+            "weight {weight}: {share}"
+        );
+        previous = Some(canary_users);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hammer {
+        h.await.unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 100);
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "a request failed while the weight changed"
+    );
+    running.shutdown();
+    let summary = running.wait().await.unwrap();
+    assert_eq!(summary.config_version, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_its_token_and_applies_changes_atomically() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let (sh, _) = backend(Behaviour::default()).await;
+    let mut cfg = config(prod);
+    cfg.shadows = vec![shadow("candidate", sh)];
+    cfg.admin = Some("127.0.0.1:0".into());
+    assert!(
+        shadowtap_proxy::start(cfg.clone(), None).await.is_err(),
+        "an admin API without a token is refused"
+    );
+    let running = shadowtap_proxy::start(cfg.clone(), Some("s3cret-token".into()))
+        .await
+        .unwrap();
+    let admin = running.admin.unwrap();
+    let c = client();
+    for _ in 0..20 {
+        get_url(&c, &format!("http://{}/item/1", running.addr), &[])
+            .await
+            .unwrap();
+    }
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<String>| {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{admin}{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
+        let c = c.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    assert_eq!(call("GET", "/stats", None, None).await.0, 401);
+    assert_eq!(call("GET", "/stats", Some("wrong"), None).await.0, 401);
+    let (status, stats) = call("GET", "/stats", Some("s3cret-token"), None).await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["pools"]["production"]["total"], 20);
+    assert_eq!(
+        stats["pools"]["production"]["windows"]["10s"]["requests"],
+        20
+    );
+    assert_eq!(stats["mirror"]["candidate"]["chosen"], 20);
+    let (_, metrics) = call("GET", "/metrics", Some("s3cret-token"), None).await;
+    assert!(
+        metrics
+            .contains("shadowtap_proxy_requests_total{pool=\"production\",role=\"production\"} 20"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("reason=\"queue_full\""));
+    let (_, current) = call("GET", "/config", Some("s3cret-token"), None).await;
+    let current: serde_json::Value = serde_json::from_str(&current).unwrap();
+    assert_eq!(current["version"], 1);
+    let mut new = cfg.clone();
+    new.mirror.percent = 0.0;
+    let (status, answer) = call(
+        "PUT",
+        "/config",
+        Some("s3cret-token"),
+        Some(serde_json::to_string(&new).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"version\":2"));
+    for _ in 0..10 {
+        get_url(&c, &format!("http://{}/item/2", running.addr), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        running.state.sinks.shadows[0]
+            .counters
+            .chosen
+            .load(Ordering::Relaxed),
+        20,
+        "share 0 applies to new requests"
+    );
+    let mut moved = new.clone();
+    moved.listen = "127.0.0.1:1".into();
+    let (status, answer) = call(
+        "PUT",
+        "/config",
+        Some("s3cret-token"),
+        Some(serde_json::to_string(&moved).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.contains("listen"));
+    let (status, _) = call(
+        "PUT",
+        "/config",
+        Some("s3cret-token"),
+        Some("{not json".into()),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (_, changes) = call("GET", "/changes", Some("s3cret-token"), None).await;
+    assert!(changes.contains("\"source\":\"admin API\""));
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_is_production_is_refused() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let mut cfg = config(prod);
+    cfg.shadows = vec![shadow("candidate", prod)];
+    let e = shadowtap_proxy::start(cfg.clone(), None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("is production") && e.contains("--allow-target 127.0.0.1"),
+        "{e}"
+    );
+    // By name, whatever the port.
+    let mut named =
+        shadowtap_proxy::ProxyConfig::new("127.0.0.1:0", vec!["http://localhost:9".into()]);
+    named.shadows = vec![shadow("candidate", "127.0.0.1:1".parse().unwrap())];
+    named.shadows[0].url = "http://LocalHost:8080".into();
+    assert!(shadowtap_proxy::server::guard_targets(&named).is_err());
+    named.allow_targets = vec!["localhost".into()];
+    assert!(shadowtap_proxy::server::guard_targets(&named).is_ok());
+    cfg.allow_targets = vec!["127.0.0.1".into()];
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+/// A mirrored run recorded and judged by the analyzer: a shadow that changed a field is no-go,
+/// one that did not is go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_mirror_run_is_judged_right() {
+    let (prod, _) = backend(Behaviour {
+        label: "prod",
+        ..Default::default()
+    })
+    .await;
+    let (b2, _) = backend(Behaviour {
+        label: "b2",
+        ..Default::default()
+    })
+    .await;
+    let (same, _) = backend(Behaviour {
+        label: "same",
+        ..Default::default()
+    })
+    .await;
+    let (changed, _) = backend(Behaviour {
+        label: "changed",
+        price: Some(-1),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(prod);
+    cfg.record = Some(dir.path().join("rec"));
+    cfg.shadows = vec![
+        shadow("baseline2", b2),
+        shadow("same", same),
+        shadow("changed", changed),
+    ];
+    for s in &mut cfg.shadows {
+        s.queue = 1000;
+    }
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let answers = load(running.addr, 300, 4, no_headers).await;
+    assert!(answers
+        .iter()
+        .all(|a| a.status == 200 && a.backend.as_deref() == Some("prod")));
+    running.shutdown();
+    let summary = running.wait().await.unwrap();
+    assert_eq!(summary.recorded, 300);
+    for (name, s) in &summary.shadows {
+        assert_eq!(s.sender.as_ref().unwrap().targets[name].rows, 300, "{name}");
+    }
+    let rec = dir.path().join("rec");
+    for (candidate, want) in [
+        ("same", shadowtap_analyzer::Decision::Go),
+        ("changed", shadowtap_analyzer::Decision::NoGo),
+    ] {
+        let policy = shadowtap_analyzer::Policy {
+            baseline: "production".into(),
+            candidate: candidate.into(),
+            baseline2: "baseline2".into(),
+            ..Default::default()
+        };
+        let v = shadowtap_analyzer::analyze(&shadowtap_analyzer::AnalyzeOptions {
+            capture: Some(rec.clone()),
+            replay: rec.clone(),
+            run: None,
+            policy,
+            out: dir.path().join(format!("out-{candidate}")),
+            fail_on_marginal: false,
+            recorded: Default::default(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(v.verdict, want, "{candidate}: {:?}", v.reasons);
+    }
+    let _ = Duration::ZERO;
+}
