@@ -5,5 +5,6 @@ mod capture_cli;
 mod live_cli;
 mod memory_budget;
 mod notebook;
+mod proxy_cli;
 mod replay_cli;
 mod verdict_scenarios;
