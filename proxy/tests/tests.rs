@@ -3,5 +3,6 @@
 
 mod common;
 mod isolation;
+mod protocols;
 mod routing;
 mod secrets;
