@@ -149,6 +149,16 @@ pub struct ProxyArgs {
     /// File holding the admin API's bearer token (else SHADOWTAP_ADMIN_TOKEN).
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Terminate clients' TLS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) https:// members must chain to, instead of the system's roots.
+    /// Verification is never turned off.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
     /// A shadow host allowed although it is a production member's.
     #[arg(long, value_name = "HOST")]
     allow_target: Vec<String>,
@@ -286,6 +296,15 @@ fn config_of(args: &ProxyArgs) -> Result<ProxyConfig, String> {
         c.admin_token_file = args.admin_token_file.clone();
     }
     c.allow_targets.extend(args.allow_target.iter().cloned());
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        c.tls = Some(shadowtap_proxy::config::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    if args.upstream_ca.is_some() {
+        c.upstream_ca = args.upstream_ca.clone();
+    }
     if let Some(g) = args.shutdown_grace {
         c.limits.shutdown_grace_s = g;
     }

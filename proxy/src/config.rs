@@ -287,9 +287,26 @@ pub struct ProxyConfig {
     /// Hooks.
     #[serde(default)]
     pub hooks: Hooks,
+    /// Terminate clients' TLS with this certificate and key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// CA certificates (PEM) that `https://` members' certificates must chain to, instead of
+    /// the platform's roots.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
     /// Timeouts and bounds.
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// A certificate chain and its key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }
 
 fn percent_ok(field: &str, p: f64) -> Result<(), ProxyError> {
@@ -324,6 +341,8 @@ impl ProxyConfig {
             admin_token_file: None,
             allow_targets: Vec::new(),
             hooks: Hooks::default(),
+            tls: None,
+            upstream_ca: None,
             limits: Limits::default(),
         }
     }
@@ -445,6 +464,8 @@ impl ProxyConfig {
             Some("admin")
         } else if shadow_set(self) != shadow_set(new) {
             Some("shadows (names, URLs, concurrency, queue)")
+        } else if self.tls != new.tls || self.upstream_ca != new.upstream_ca {
+            Some("tls, upstream_ca")
         } else if self.hooks != new.hooks {
             Some("hooks")
         } else if self.redact != new.redact {

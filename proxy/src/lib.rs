@@ -23,6 +23,7 @@ pub mod server;
 pub mod stats;
 pub mod summary;
 pub mod tee;
+pub mod tls;
 pub mod upstream;
 
 pub use config::ProxyConfig;

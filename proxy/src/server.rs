@@ -59,7 +59,7 @@ pub struct State {
     pub budget: Arc<Budget>,
     /// Config changes applied (the audit log's lines, newest last, at most 100).
     pub changes: std::sync::Mutex<Vec<serde_json::Value>>,
-    client: Client<HttpConnector, UpBody>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>,
     seq: AtomicU64,
     conn_seq: AtomicU64,
     local: SocketAddr,
@@ -288,7 +288,8 @@ fn head_exchange(
     }
 }
 
-fn forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+fn forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>, tls: bool) {
+    let proto = if tls { "https" } else { "http" };
     let ip = client.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -298,14 +299,14 @@ fn forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, host: Option<&
         headers.insert("x-forwarded-for", v);
     }
     if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     let node = if client.is_ipv6() {
         format!("\"[{ip}]\"")
     } else {
         ip
     };
-    let mut fwd = format!("for={node};proto=http");
+    let mut fwd = format!("for={node};proto={proto}");
     if let Some(h) = host {
         fwd.push_str(&format!(";host=\"{h}\""));
     }
@@ -354,6 +355,7 @@ async fn tunnel(
     state: Arc<State>,
     mut req: Request<Incoming>,
     client: SocketAddr,
+    tls: bool,
 ) -> Response<DownBody> {
     let routing = state.routing();
     let lease = routing.production.pick(None);
@@ -374,7 +376,7 @@ async fn tunnel(
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned);
-    forwarded_headers(&mut parts.headers, client, host.as_deref());
+    forwarded_headers(&mut parts.headers, client, host.as_deref(), tls);
     let up = Request::from_parts(parts, Either::Right(Empty::new()));
     let limit = Duration::from_secs_f64(routing.config.limits.upstream_timeout_s);
     let mut resp = match tokio::time::timeout(limit, state.client.request(up)).await {
@@ -411,9 +413,10 @@ async fn handle(
     client: SocketAddr,
     conn_id: Arc<str>,
     conn_seq: u32,
+    tls: bool,
 ) -> Result<Response<DownBody>, Infallible> {
     if is_upgrade(&req) {
-        return Ok(tunnel(state, req, client).await);
+        return Ok(tunnel(state, req, client, tls).await);
     }
     let routing = state.routing();
     let seq = state.seq.fetch_add(1, Ordering::Relaxed);
@@ -465,7 +468,7 @@ async fn handle(
             parts.headers.insert(http::header::HOST, h);
         }
     }
-    forwarded_headers(&mut parts.headers, client, host.as_deref());
+    forwarded_headers(&mut parts.headers, client, host.as_deref(), tls);
     let sent_headers = headers_of(&parts.headers);
     // A body-less request can be tried again at another member when the first refuses.
     let mut body = if body.is_end_stream() {
@@ -672,9 +675,19 @@ pub async fn start(
     });
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
+    connector.enforce_http(false);
     connector.set_connect_timeout(Some(Duration::from_secs_f64(
         config.limits.connect_timeout_s,
     )));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::upstream(config.upstream_ca.as_deref())?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    let acceptor = match &config.tls {
+        Some(t) => Some(crate::tls::acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_timer(TokioTimer::new())
@@ -707,6 +720,7 @@ pub async fn start(
     let grace = Duration::from_secs_f64(config.limits.shutdown_grace_s);
     let task = tokio::spawn(serve(
         listener,
+        acceptor,
         state.clone(),
         shadows,
         recorder,
@@ -725,6 +739,7 @@ pub async fn start(
 
 async fn serve(
     listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<State>,
     shadows: Shadows,
     recorder: Option<Arc<Recorder>>,
@@ -758,14 +773,30 @@ async fn serve(
                 ]).into();
                 let requests = Arc::new(AtomicU64::new(0));
                 let st = state.clone();
+                let tls = acceptor.is_some();
                 let service = hyper::service::service_fn(move |req| {
                     let k = requests.fetch_add(1, Ordering::Relaxed) as u32;
-                    handle(st.clone(), req, peer, conn_id.clone(), k)
+                    handle(st.clone(), req, peer, conn_id.clone(), k, tls)
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    match acceptor {
+                        None => {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            );
+                            // A failed or stalled handshake: nothing was asked.
+                            let Ok(Ok(tls)) = handshake.await else { return };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                    }
                 });
             }
             _ = stop.changed() => break,

@@ -26,7 +26,9 @@ async fn h2c_clients_get_the_same_answer() {
     let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(HttpConnector::new());
-    let direct = get_url(&client(), &format!("http://{prod}/item/5"), &[]).await.unwrap();
+    let direct = get_url(&client(), &format!("http://{prod}/item/5"), &[])
+        .await
+        .unwrap();
     for _ in 0..5 {
         let resp = h2
             .request(
@@ -43,7 +45,11 @@ async fn h2c_clients_get_the_same_answer() {
     }
     running.shutdown();
     running.wait().await.unwrap();
-    assert_eq!(seen.requests.load(Ordering::Relaxed), 5, "h2 requests are mirrored too");
+    assert_eq!(
+        seen.requests.load(Ordering::Relaxed),
+        5,
+        "h2 requests are mirrored too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +97,11 @@ async fn an_upgrade_is_tunnelled_to_production_and_not_mirrored() {
         assert_eq!(c.read(&mut b).await.unwrap(), 1, "closed before the 101");
         head.push(b[0]);
     }
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     for msg in [&b"ping"[..], b"a longer message through the tunnel"] {
         c.write_all(msg).await.unwrap();
         let mut got = vec![0u8; msg.len()];
@@ -101,5 +111,99 @@ async fn an_upgrade_is_tunnelled_to_production_and_not_mirrored() {
     drop(c);
     running.shutdown();
     running.wait().await.unwrap();
-    assert_eq!(seen.requests.load(Ordering::Relaxed), 0, "an upgrade is never mirrored");
+    assert_eq!(
+        seen.requests.load(Ordering::Relaxed),
+        0,
+        "an upgrade is never mirrored"
+    );
+}
+
+/// A self-signed certificate for `localhost`, written as PEM files; (cert, key) paths.
+fn localhost_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use base64::Engine as _;
+    let pem = |label: &str, der: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, pem("CERTIFICATE", cert.cert.der())).unwrap();
+    std::fs::write(&k, pem("PRIVATE KEY", &cert.key_pair.serialize_der())).unwrap();
+    (c, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_terminated_and_https_members_are_verified() {
+    let (prod, _) = backend(Behaviour {
+        label: "prod",
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = localhost_cert(dir.path());
+    // The front: terminates TLS in front of the plaintext backend.
+    let mut front = config(prod);
+    front.tls = Some(shadowtap_proxy::config::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    });
+    let front = shadowtap_proxy::start(front, None).await.unwrap();
+    let https_url = format!("https://localhost:{}", front.addr.port());
+    // A client that trusts the certificate reaches the backend through it.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let resp = c
+        .request(
+            http::Request::get(format!("{https_url}/item/3"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("item-3"));
+    // A proxy whose production member is https: verified against the CA file given ...
+    let mut verified = shadowtap_proxy::ProxyConfig::new("127.0.0.1:0", vec![https_url.clone()]);
+    verified.upstream_ca = Some(cert.clone());
+    let verified = shadowtap_proxy::start(verified, None).await.unwrap();
+    let a = get_url(&client(), &format!("http://{}/item/4", verified.addr), &[])
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.backend.as_deref()), (200, Some("prod")));
+    // ... and refused with the system's roots, which do not know a self-signed certificate.
+    let strict = shadowtap_proxy::ProxyConfig::new("127.0.0.1:0", vec![https_url]);
+    let strict = shadowtap_proxy::start(strict, None).await.unwrap();
+    let a = get_url(&client(), &format!("http://{}/item/4", strict.addr), &[])
+        .await
+        .unwrap();
+    assert_eq!(a.status, 502, "an unverifiable member is never trusted");
+    for r in [strict, verified, front] {
+        r.shutdown();
+        r.wait().await.unwrap();
+    }
 }

@@ -1,0 +1,73 @@
+//! TLS on both sides: terminating clients' TLS with a certificate and key (PEM; ALPN `h2` and
+//! `http/1.1`), and verifying `https://` members' certificates, with the platform's roots by
+//! default or the CA file given (`upstream_ca`). Verification is never turned off. rustls
+//! with the `ring` provider (no cmake, no OpenSSL).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::ProxyError;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, ProxyError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ProxyError::config(field, format!("{}: {e}", path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ProxyError::config(field, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ProxyError::config(
+            field,
+            format!("{}: no PEM certificate in it", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// The acceptor for clients' TLS.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, ProxyError> {
+    let chain = certs(cert, "--tls-cert")?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ProxyError::config("--tls-key", format!("{}: {e}", key.display())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::config("--tls-cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            ProxyError::config("--tls-key", format!("does not match the certificate: {e}"))
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The client configuration for `https://` members: the platform's roots, or `ca`'s.
+pub fn upstream(ca: Option<&Path>) -> Result<rustls::ClientConfig, ProxyError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::config("upstream TLS", e.to_string()))?;
+    let config = match ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(path, "--upstream-ca")? {
+                roots.add(c).map_err(|e| {
+                    ProxyError::config("--upstream-ca", format!("{}: {e}", path.display()))
+                })?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            use rustls_platform_verifier::BuilderVerifierExt as _;
+            builder
+                .with_platform_verifier()
+                .map_err(|e| ProxyError::config("upstream TLS", e.to_string()))?
+                .with_no_client_auth()
+        }
+    };
+    Ok(config)
+}
