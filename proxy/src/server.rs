@@ -719,14 +719,16 @@ pub async fn start(
     };
     let grace = Duration::from_secs_f64(config.limits.shutdown_grace_s);
     let task = tokio::spawn(serve(
-        listener,
-        acceptor,
+        Serving {
+            listener,
+            acceptor,
+            shadows,
+            recorder,
+            grace,
+            config,
+        },
         state.clone(),
-        shadows,
-        recorder,
         shutdown_rx,
-        grace,
-        config,
     ));
     Ok(Running {
         addr: local,
@@ -737,16 +739,29 @@ pub async fn start(
     })
 }
 
-async fn serve(
+/// What the accept loop runs with, and closes at the end.
+struct Serving {
     listener: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    state: Arc<State>,
     shadows: Shadows,
     recorder: Option<Arc<Recorder>>,
-    mut stop: watch::Receiver<bool>,
     grace: Duration,
     config: ProxyConfig,
+}
+
+async fn serve(
+    serving: Serving,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<crate::ProxySummary, ProxyError> {
+    let Serving {
+        listener,
+        acceptor,
+        shadows,
+        recorder,
+        grace,
+        config,
+    } = serving;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
