@@ -219,15 +219,10 @@ fn config_of(args: &ProxyArgs) -> Result<ProxyConfig, String> {
         crit.geo_file = args.geo_file.clone();
     }
     for (name, urls) in &args.shadow {
-        if urls.len() > 1 {
-            return Err(format!(
-                "--shadow {name}: one URL per shadow pool (several members are not supported yet)"
-            ));
-        }
         c.shadows.retain(|s| &s.name != name);
         c.shadows.push(ShadowConfig {
             name: name.clone(),
-            url: urls[0].clone(),
+            urls: urls.clone(),
             percent: None,
             by: None,
             criteria: None,

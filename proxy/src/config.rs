@@ -148,8 +148,8 @@ impl Default for MirrorConfig {
 pub struct ShadowConfig {
     /// Name in the `replays` table's `target` column.
     pub name: String,
-    /// The pool's URL (one member).
-    pub url: String,
+    /// The pool's members; copies go to them in turn.
+    pub urls: Vec<String>,
     /// Its share (default: `mirror.percent`).
     #[serde(default)]
     pub percent: Option<f64>,
@@ -386,8 +386,16 @@ impl ProxyConfig {
                     format!("the name {:?} is used twice (production is taken)", s.name),
                 ));
             }
-            crate::upstream::Member::parse(&s.url)
-                .map_err(|m| ProxyError::config("shadow", format!("{}: {m}", s.name)))?;
+            if s.urls.is_empty() {
+                return Err(ProxyError::config(
+                    "shadow",
+                    format!("{}: give the pool's URLs", s.name),
+                ));
+            }
+            for u in &s.urls {
+                crate::upstream::Member::parse(u)
+                    .map_err(|m| ProxyError::config("shadow", format!("{}: {m}", s.name)))?;
+            }
             if let Some(p) = s.percent {
                 percent_ok("mirror-for", p)?;
             }
@@ -453,7 +461,7 @@ impl ProxyConfig {
         let shadow_set = |c: &ProxyConfig| {
             c.shadows
                 .iter()
-                .map(|s| (s.name.clone(), s.url.clone(), s.concurrency, s.queue))
+                .map(|s| (s.name.clone(), s.urls.clone(), s.concurrency, s.queue))
                 .collect::<Vec<_>>()
         };
         if self.listen != new.listen {
@@ -522,7 +530,7 @@ mod tests {
         let mut c = ProxyConfig::new("127.0.0.1:0", vec!["http://127.0.0.1:1".into()]);
         c.shadows.push(ShadowConfig {
             name: "production".into(),
-            url: "http://127.0.0.1:2".into(),
+            urls: vec!["http://127.0.0.1:2".into()],
             percent: None,
             by: None,
             criteria: None,

@@ -5,7 +5,7 @@
 //! queued, within the shutdown grace; past it, what is still queued is counted as not sent.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +27,9 @@ use crate::stats::{DropReason, MirrorCounters, Outcome, PoolStats};
 pub struct Shadow {
     /// Its name.
     pub name: String,
-    input: Mutex<Option<SenderInput>>,
+    /// One sender's input per member.
+    inputs: Vec<Mutex<Option<SenderInput>>>,
+    next: AtomicUsize,
     /// Copies chosen, sent, dropped.
     pub counters: MirrorCounters,
     /// Its responses, live.
@@ -35,23 +37,35 @@ pub struct Shadow {
 }
 
 impl Shadow {
-    /// Offers a copy; never waits.
-    pub fn offer(&self, ex: Box<Exchange>) {
-        let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(input) = input.as_mut() else {
-            self.counters.drop_copy(DropReason::Closed);
-            return;
-        };
-        match input.try_push(0, ex) {
-            Ok(true) => {
-                self.counters.sent.fetch_add(1, Ordering::Relaxed);
+    /// Offers a copy to the members in turn, the next one when a member's queue is full;
+    /// never waits.
+    pub fn offer(&self, mut ex: Box<Exchange>) {
+        let n = self.inputs.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut why = DropReason::Closed;
+        for k in 0..n {
+            let mut input = self.inputs[(start + k) % n]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let Some(input) = input.as_mut() else {
+                continue;
+            };
+            match input.try_push(0, ex) {
+                Ok(true) => {
+                    self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // Left out by the sender's own selection: it takes every method the proxy
+                // mirrors, so only a method routing never chooses.
+                Ok(false) => return self.counters.drop_copy(DropReason::Closed),
+                Err(Rejected::Full(back)) => {
+                    why = DropReason::QueueFull;
+                    ex = back;
+                }
+                Err(Rejected::Closed(back)) => ex = back,
             }
-            // Left out by the sender's own selection: it takes every method the proxy mirrors,
-            // so only a method outside that list, which routing never chooses.
-            Ok(false) => self.counters.drop_copy(DropReason::Closed),
-            Err(Rejected::Full(_)) => self.counters.drop_copy(DropReason::QueueFull),
-            Err(Rejected::Closed(_)) => self.counters.drop_copy(DropReason::Closed),
         }
+        self.counters.drop_copy(why);
     }
 }
 
@@ -59,7 +73,8 @@ impl Shadow {
 pub struct Shadows {
     /// In the configuration's order.
     pub list: Vec<Arc<Shadow>>,
-    senders: Vec<Sender>,
+    /// Each shadow's senders, one per member.
+    senders: Vec<Vec<Sender>>,
     stop: watch::Sender<bool>,
     /// Where rows go when the proxy does not record (removed at the end).
     scratch: Option<PathBuf>,
@@ -89,8 +104,8 @@ fn hooks(config: &ProxyConfig) -> Result<(Option<Rules>, Option<ScriptHook>), Pr
 }
 
 impl Shadows {
-    /// Starts a sender per shadow; their rows go to `record` (or a scratch directory removed
-    /// at the end).
+    /// Starts a sender per shadow member; their rows go to `record` (or a scratch directory
+    /// removed at the end).
     pub async fn start(
         config: &ProxyConfig,
         run_id: &str,
@@ -102,53 +117,68 @@ impl Shadows {
             (None, false) => Some(std::env::temp_dir().join(format!("shadowtap-proxy-{run_id}"))),
             _ => None,
         };
-        let out = record.map(Path::to_path_buf).or_else(|| scratch.clone());
+        let out = record
+            .map(Path::to_path_buf)
+            .or_else(|| scratch.clone())
+            .unwrap_or_default();
         let mut list = Vec::new();
         let mut senders = Vec::new();
         for s in &config.shadows {
             let stats = Arc::new(PoolStats::default());
-            let target = Target {
-                name: s.name.clone(),
-                url: reqwest::Url::parse(&s.url)
-                    .map_err(|e| ProxyError::config("shadow", format!("{}: {e}", s.url)))?,
-            };
-            let mut opts = SenderOptions::new(out.clone().unwrap_or_default(), vec![target]);
-            let (rules, script) = hooks(config)?;
-            opts.rules = rules;
-            opts.script = script;
-            opts.middleware = config.hooks.middleware.clone();
-            opts.allow_methods = config
-                .mirror
-                .allow_methods
-                .iter()
-                .map(|m| m.to_ascii_uppercase())
-                .collect();
-            opts.pacing = Pacing::Max;
-            opts.concurrency = s.concurrency;
-            opts.senders = 1;
-            opts.queue_batches = s.queue;
-            opts.client.timeout = Duration::from_secs_f64(config.limits.shadow_timeout_s);
-            opts.client.connect_timeout = Duration::from_secs_f64(config.limits.connect_timeout_s);
-            opts.client.pool_size = s.concurrency;
-            opts.client.max_body = config.limits.max_record_body;
-            opts.marker_header = Some(config.mirror.marker_header.clone());
-            opts.run_id = Some(run_id.to_owned());
-            opts.progress = ProgressMode::Off;
-            opts.max_file_bytes = config.limits.max_file_bytes;
-            opts.file_tag = Some(s.name.clone());
-            opts.redactor = redactor.cloned();
-            let observed = stats.clone();
-            opts.on_row = Some(Arc::new(move |row| {
-                observed.record(match row.status {
-                    Some(st) => Outcome::Status(st, row.total_us.unwrap_or(0).max(0) as u64),
-                    None => Outcome::TransportError,
+            let mut inputs = Vec::new();
+            let mut pool = Vec::new();
+            for (k, url) in s.urls.iter().enumerate() {
+                let target = Target {
+                    name: s.name.clone(),
+                    url: reqwest::Url::parse(url)
+                        .map_err(|e| ProxyError::config("shadow", format!("{url}: {e}")))?,
+                };
+                let mut opts = SenderOptions::new(out.clone(), vec![target]);
+                let (rules, script) = hooks(config)?;
+                opts.rules = rules;
+                opts.script = script;
+                opts.middleware = config.hooks.middleware.clone();
+                opts.allow_methods = config
+                    .mirror
+                    .allow_methods
+                    .iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect();
+                opts.pacing = Pacing::Max;
+                opts.concurrency = s.concurrency;
+                opts.senders = 1;
+                opts.queue_batches = s.queue;
+                opts.client.timeout = Duration::from_secs_f64(config.limits.shadow_timeout_s);
+                opts.client.connect_timeout =
+                    Duration::from_secs_f64(config.limits.connect_timeout_s);
+                opts.client.pool_size = s.concurrency;
+                opts.client.max_body = config.limits.max_record_body;
+                opts.marker_header = Some(config.mirror.marker_header.clone());
+                opts.run_id = Some(run_id.to_owned());
+                opts.progress = ProgressMode::Off;
+                opts.max_file_bytes = config.limits.max_file_bytes;
+                opts.file_tag = Some(if s.urls.len() > 1 {
+                    format!("{}-{k}", s.name)
+                } else {
+                    s.name.clone()
                 });
-            }));
-            let (sender, input) = Sender::start(opts, stop_rx.clone(), None).await?;
-            senders.push(sender);
+                opts.redactor = redactor.cloned();
+                let observed = stats.clone();
+                opts.on_row = Some(Arc::new(move |row| {
+                    observed.record(match row.status {
+                        Some(st) => Outcome::Status(st, row.total_us.unwrap_or(0).max(0) as u64),
+                        None => Outcome::TransportError,
+                    });
+                }));
+                let (sender, input) = Sender::start(opts, stop_rx.clone(), None).await?;
+                pool.push(sender);
+                inputs.push(Mutex::new(Some(input)));
+            }
+            senders.push(pool);
             list.push(Arc::new(Shadow {
                 name: s.name.clone(),
-                input: Mutex::new(Some(input)),
+                inputs,
+                next: AtomicUsize::new(0),
                 counters: MirrorCounters::default(),
                 stats,
             }));
@@ -162,13 +192,15 @@ impl Shadows {
     }
 
     /// Closes every input, lets the senders send what is queued for up to `grace`, then stops
-    /// them (what is still queued is counted as not sent); their summaries.
+    /// them (what is still queued is counted as not sent); each pool's summary.
     pub async fn close(self, grace: Duration) -> Vec<(String, Result<ReplaySummary, ProxyError>)> {
         for s in &self.list {
-            let input = s.input.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(input) = input {
-                // Hands over the last batch; a full queue waits, bounded by the grace below.
-                let _ = tokio::time::timeout(grace, input.close()).await;
+            for slot in &s.inputs {
+                let input = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(input) = input {
+                    // Hands over the last batch; a full queue waits, bounded by the grace.
+                    let _ = tokio::time::timeout(grace, input.close()).await;
+                }
             }
         }
         let stop = self.stop;
@@ -177,16 +209,48 @@ impl Shadows {
             let _ = stop.send(true);
         });
         let mut out = Vec::new();
-        for (s, sender) in self.list.iter().zip(self.senders) {
-            out.push((
-                s.name.clone(),
-                sender.finish().await.map_err(ProxyError::from),
-            ));
+        for (s, pool) in self.list.iter().zip(self.senders) {
+            let mut merged: Option<ReplaySummary> = None;
+            let mut failed = None;
+            for sender in pool {
+                match sender.finish().await {
+                    Ok(sum) => match merged.as_mut() {
+                        None => merged = Some(sum),
+                        Some(m) => merge(m, sum),
+                    },
+                    Err(e) => failed = Some(ProxyError::from(e)),
+                }
+            }
+            let result = match (failed, merged) {
+                (Some(e), _) => Err(e),
+                (None, Some(m)) => Ok(m),
+                (None, None) => Err(ProxyError::Record(format!("{}: no sender", s.name))),
+            };
+            out.push((s.name.clone(), result));
         }
         timer.abort();
         if let Some(dir) = &self.scratch {
             let _ = std::fs::remove_dir_all(dir);
         }
         out
+    }
+}
+
+/// Adds a member's counts to its pool's.
+fn merge(into: &mut ReplaySummary, other: ReplaySummary) {
+    into.exchanges_read += other.exchanges_read;
+    into.selected += other.selected;
+    into.queued_at_stop += other.queued_at_stop;
+    into.rows_written += other.rows_written;
+    for (name, t) in other.targets {
+        let e = into.targets.entry(name).or_default();
+        e.rows += t.rows;
+        e.sent += t.sent;
+        for (k, v) in t.responses {
+            *e.responses.entry(k).or_default() += v;
+        }
+        for (k, v) in t.errors {
+            *e.errors.entry(k).or_default() += v;
+        }
     }
 }

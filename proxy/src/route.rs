@@ -261,7 +261,7 @@ mod tests {
         for name in ["a", "b"] {
             c.shadows.push(ShadowConfig {
                 name: name.into(),
-                url: "http://127.0.0.1:2".into(),
+                urls: vec!["http://127.0.0.1:2".into()],
                 percent: None,
                 by: None,
                 criteria: None,

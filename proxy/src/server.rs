@@ -163,7 +163,9 @@ pub fn guard_targets(config: &ProxyConfig) -> Result<(), ProxyError> {
         Ok(())
     };
     for s in &config.shadows {
-        check(&format!("shadow {}", s.name), &s.url)?;
+        for u in &s.urls {
+            check(&format!("shadow {}", s.name), u)?;
+        }
     }
     Ok(())
 }

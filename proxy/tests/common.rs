@@ -202,7 +202,7 @@ pub fn config(production: SocketAddr) -> ProxyConfig {
 pub fn shadow(name: &str, addr: SocketAddr) -> ShadowConfig {
     ShadowConfig {
         name: name.into(),
-        url: format!("http://{addr}"),
+        urls: vec![format!("http://{addr}")],
         percent: None,
         by: None,
         criteria: None,

@@ -389,7 +389,7 @@ async fn a_shadow_that_is_production_is_refused() {
     let mut named =
         shadowtap_proxy::ProxyConfig::new("127.0.0.1:0", vec!["http://localhost:9".into()]);
     named.shadows = vec![shadow("candidate", "127.0.0.1:1".parse().unwrap())];
-    named.shadows[0].url = "http://LocalHost:8080".into();
+    named.shadows[0].urls = vec!["http://LocalHost:8080".into()];
     assert!(shadowtap_proxy::server::guard_targets(&named).is_err());
     named.allow_targets = vec!["localhost".into()];
     assert!(shadowtap_proxy::server::guard_targets(&named).is_ok());
@@ -471,4 +471,32 @@ async fn a_recorded_mirror_run_is_judged_right() {
         assert_eq!(v.verdict, want, "{candidate}: {:?}", v.reasons);
     }
     let _ = Duration::ZERO;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_pool_of_two_members_shares_the_copies_under_one_name() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let (m1, seen1) = backend(Behaviour::default()).await;
+    let (m2, seen2) = backend(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(prod);
+    cfg.record = Some(dir.path().to_path_buf());
+    let mut pool = shadow("candidate", m1);
+    pool.urls.push(format!("http://{m2}"));
+    cfg.shadows = vec![pool];
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let c = client();
+    for k in 0..100 {
+        get_url(&c, &format!("http://{}/item/{k}", running.addr), &[]).await.unwrap();
+    }
+    running.shutdown();
+    let summary = running.wait().await.unwrap();
+    let (a, b) = (
+        seen1.requests.load(Ordering::Relaxed),
+        seen2.requests.load(Ordering::Relaxed),
+    );
+    assert_eq!(a + b, 100);
+    assert!((40..=60).contains(&a), "{a} and {b}");
+    let sender = summary.shadows["candidate"].sender.as_ref().unwrap();
+    assert_eq!(sender.targets["candidate"].rows, 100);
 }
