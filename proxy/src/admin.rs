@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
-use crate::server::State;
+use crate::state::State;
 use crate::stats::{DropReason, PoolStats};
 
 #[derive(Clone)]

@@ -63,16 +63,7 @@ impl<'de> Deserialize<'de> for KeySource {
     }
 }
 
-/// How production members share the requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// In turn.
-    #[default]
-    RoundRobin,
-    /// The member with the fewest requests in flight.
-    LeastInFlight,
-}
+pub use crate::upstream::Balance;
 
 /// Which requests a shadow receives, by content (the same meaning as capture's and replay's
 /// `--match-*` flags).

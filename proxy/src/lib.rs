@@ -20,6 +20,7 @@ pub mod mirror;
 pub mod record;
 pub mod route;
 pub mod server;
+pub mod state;
 pub mod stats;
 pub mod summary;
 pub mod tee;

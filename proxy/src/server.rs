@@ -10,7 +10,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -34,141 +33,12 @@ use crate::error::ProxyError;
 use crate::mirror::Shadows;
 use crate::record::Recorder;
 use crate::route::{decide, Routing};
-use crate::stats::PoolStats;
+pub use crate::state::{guard_targets, State};
 use crate::tee::{Budget, Kept, Tee};
 use crate::upstream::Member;
 
-/// The body sent upstream: the client's, teed, or none.
-type UpBody = Either<Tee<Incoming>, Empty<Bytes>>;
 /// The body sent to the client: production's, teed, or one the proxy wrote (an error).
 pub type DownBody = Either<Tee<Incoming>, Full<Bytes>>;
-
-/// What the request path and the admin API share.
-pub struct State {
-    /// The routing every new request uses; replaced whole on a change.
-    pub routing: RwLock<Arc<Routing>>,
-    /// The run id of the recording.
-    pub run_id: String,
-    /// Where finished requests go.
-    pub sinks: Arc<Sinks>,
-    /// Production's statistics.
-    pub production: Arc<PoolStats>,
-    /// The canary's.
-    pub canary: Arc<PoolStats>,
-    /// Mirrored bodies being collected.
-    pub budget: Arc<Budget>,
-    /// Config changes applied (the audit log's lines, newest last, at most 100).
-    pub changes: std::sync::Mutex<Vec<serde_json::Value>>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>,
-    seq: AtomicU64,
-    conn_seq: AtomicU64,
-    local: SocketAddr,
-    audit: Option<PathBuf>,
-}
-
-impl State {
-    /// The routing in force.
-    pub fn routing(&self) -> Arc<Routing> {
-        self.routing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Applies `new` to new requests (requests in flight finish on the old routing); the new
-    /// version. Refused when it does not check, or changes what needs a restart.
-    pub fn apply(&self, new: ProxyConfig, source: &str) -> Result<u64, ProxyError> {
-        new.check()?;
-        guard_targets(&new)?;
-        let current = self.routing();
-        if let Some(field) = current.config.restart_needed(&new) {
-            return Err(ProxyError::config(
-                field,
-                "cannot change while the proxy runs; restart it with the new value".into(),
-            ));
-        }
-        let version = current.version + 1;
-        let routing = Arc::new(Routing::compile(&new, version)?);
-        *self.routing.write().unwrap_or_else(|p| p.into_inner()) = routing;
-        let entry = serde_json::json!({
-            "version": version,
-            "at": crate::summary::now_rfc3339(),
-            "source": source,
-            "config": new,
-        });
-        tracing::info!(version, source, "configuration applied");
-        eprintln!("shadowtap proxy: configuration version {version} applied ({source})");
-        if let Some(path) = &self.audit {
-            use std::io::Write as _;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = writeln!(f, "{entry}");
-            }
-        }
-        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
-        changes.push(entry);
-        if changes.len() > 100 {
-            changes.remove(0);
-        }
-        Ok(version)
-    }
-}
-
-/// Refuses shadows and canaries that are production members (by host name whatever the port,
-/// or by address and port), unless `allow_targets` names them.
-pub fn guard_targets(config: &ProxyConfig) -> Result<(), ProxyError> {
-    let production: Vec<(String, u16)> = config
-        .production
-        .iter()
-        .filter_map(|u| Member::parse(u).ok())
-        .map(|m| m.host_port())
-        .collect();
-    let allowed = |h: &str| {
-        config
-            .allow_targets
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(h))
-    };
-    let is_ip = |h: &str| h.parse::<std::net::IpAddr>().is_ok();
-    let check = |pool: &str, url: &str| -> Result<(), ProxyError> {
-        let Ok(m) = Member::parse(url) else {
-            return Ok(());
-        };
-        let (host, port) = m.host_port();
-        if allowed(&host) {
-            return Ok(());
-        }
-        for (ph, pp) in &production {
-            let why = if !is_ip(&host) && host == *ph {
-                Some(format!("the same host name as production member {ph}"))
-            } else if host == *ph && port == *pp {
-                Some(format!(
-                    "the same address and port as production member {ph}:{pp}"
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Err(ProxyError::TargetIsProduction {
-                    pool: pool.to_owned(),
-                    url: url.to_owned(),
-                    host: host.clone(),
-                    why,
-                });
-            }
-        }
-        Ok(())
-    };
-    for s in &config.shadows {
-        for u in &s.urls {
-            check(&format!("shadow {}", s.name), u)?;
-        }
-    }
-    Ok(())
-}
 
 /// The hop-by-hop headers of RFC 9110 section 7.6.1, and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

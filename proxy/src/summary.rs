@@ -11,7 +11,7 @@ use shadowtap_replayer::ReplaySummary;
 
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
-use crate::server::State;
+use crate::state::State;
 
 /// A shadow's part of the summary.
 #[derive(Debug, Serialize)]
@@ -80,21 +80,6 @@ impl ProxySummary {
         }
         s
     }
-}
-
-/// `2026-12-01T10:15:00Z`.
-pub(crate) fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (y, m, d) = shadowtap_core::id::civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
 }
 
 pub(crate) fn finish(

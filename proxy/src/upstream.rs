@@ -8,7 +8,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::uri::{Authority, Scheme};
 
-use crate::config::Balance;
+use serde::{Deserialize, Serialize};
+
+/// How production members share the requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The member with the fewest requests in flight.
+    LeastInFlight,
+}
 
 /// One member of a pool.
 #[derive(Debug)]

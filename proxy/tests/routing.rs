@@ -487,7 +487,9 @@ async fn a_shadow_pool_of_two_members_shares_the_copies_under_one_name() {
     let running = shadowtap_proxy::start(cfg, None).await.unwrap();
     let c = client();
     for k in 0..100 {
-        get_url(&c, &format!("http://{}/item/{k}", running.addr), &[]).await.unwrap();
+        get_url(&c, &format!("http://{}/item/{k}", running.addr), &[])
+            .await
+            .unwrap();
     }
     running.shutdown();
     let summary = running.wait().await.unwrap();

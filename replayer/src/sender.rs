@@ -117,8 +117,7 @@ pub struct SenderOptions {
     pub on_row: Option<RowObserver>,
 }
 
-/// A function the writer thread calls with each row.
-pub type RowObserver = Arc<dyn Fn(&ReplayRecord) + Send + Sync>;
+pub use crate::writer::RowObserver;
 
 impl SenderOptions {
     /// Defaults: 1x speed, 32 in flight, idempotent methods only, 30 s timeout.

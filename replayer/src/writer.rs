@@ -40,6 +40,9 @@ pub(crate) struct Written {
     pub(crate) targets: BTreeMap<String, TargetSummary>,
 }
 
+/// A function called with each row as it is answered (the proxy's live statistics).
+pub type RowObserver = Arc<dyn Fn(&ReplayRecord) + Send + Sync>;
+
 /// What happens to each row on the writer thread before it is written.
 #[derive(Default)]
 pub(crate) struct RowHooks {
@@ -171,7 +174,7 @@ pub(crate) struct RowOut {
     pub(crate) tx: mpsc::Sender<Vec<ReplayRecord>>,
     pub(crate) spare: Arc<Spare>,
     /// Sees each row as it is answered (live statistics).
-    pub(crate) observer: Option<crate::sender::RowObserver>,
+    pub(crate) observer: Option<RowObserver>,
 }
 
 impl RowOut {
@@ -180,7 +183,7 @@ impl RowOut {
     pub(crate) fn new(
         tx: mpsc::Sender<Vec<ReplayRecord>>,
         spare: Arc<Spare>,
-        observer: Option<crate::sender::RowObserver>,
+        observer: Option<RowObserver>,
     ) -> Self {
         RowOut {
             pending: std::sync::Mutex::new(Vec::with_capacity(Self::BATCH)),
