@@ -22,7 +22,7 @@ for t in "${targets[@]}"; do
   cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=4096 > "$log" 2>&1
   rc=$?
   set -e
-  runs=$(grep -Eo '#[0-9]+' "$log" | tail -1 | tr -d '#')
+  runs=$( (grep -Eo '#[0-9]+' "$log" || true) | tail -1 | tr -d '#')
   if [ "$rc" -eq 0 ]; then
     echo "$t: ${secs}s, ${runs:-0} runs, no crash"
   else
