@@ -343,6 +343,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .thread_name("proxy")
         .build()?;
     runtime.block_on(async move {
+        // Before anything is announced: a SIGHUP right after the "listening" line reloads
+        // instead of killing the process.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let running = match shadowtap_proxy::start(config.clone(), token).await {
             Ok(r) => r,
             Err(e) => {
@@ -361,8 +365,6 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 running.addr, running.state.run_id
             ),
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = term.recv() => break,

@@ -189,3 +189,57 @@ fn a_mirrored_run_ends_on_sigterm_recorded_and_judged() {
     );
     assert!(text.contains("/total"), "{text}");
 }
+
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_one_is_refused() {
+    let prod = service(&["--label", "prod"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    let write = |percent: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"127.0.0.1:0\"\nproduction = [\"{}\"]\n[mirror]\npercent = {percent}\n",
+                prod.url
+            ),
+        )
+        .unwrap()
+    };
+    write("0.0");
+    let mut child = bin()
+        .args(["proxy", "--config", file.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let hup = |pid: u32| {
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+    };
+    write("50.0");
+    hup(child.id());
+    line.clear();
+    err.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("configuration version 2 applied (SIGHUP)"),
+        "{line}"
+    );
+    write("500.0");
+    hup(child.id());
+    line.clear();
+    err.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("not applied") && line.contains("500"),
+        "{line}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}");
+}

@@ -219,3 +219,43 @@ async fn shutdown_finishes_the_requests_in_flight_and_records_them() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_files_appear_complete_while_the_proxy_runs() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(prod);
+    cfg.record = Some(dir.path().to_path_buf());
+    cfg.limits.rotate_s = Some(0.3);
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let c = client();
+    for k in 0..20 {
+        get_url(&c, &format!("http://{}/item/{k}", running.addr), &[])
+            .await
+            .unwrap();
+    }
+    let listed = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("exchanges-") && n.ends_with(".parquet"))
+            .collect()
+    };
+    let started = Instant::now();
+    while listed().is_empty() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let files = listed();
+    assert!(!files.is_empty(), "no complete file while running");
+    // Complete: it reads back with every row so far.
+    let f = std::fs::File::open(dir.path().join(&files[0])).unwrap();
+    let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(rows, 20);
+    running.shutdown();
+    assert_eq!(running.wait().await.unwrap().recorded, 20);
+}

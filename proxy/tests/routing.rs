@@ -502,3 +502,66 @@ async fn a_shadow_pool_of_two_members_shares_the_copies_under_one_name() {
     let sender = summary.shadows["candidate"].sender.as_ref().unwrap();
     assert_eq!(sender.targets["candidate"].rows, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replayer_hooks_change_the_copies_not_production() {
+    let (prod, prod_seen) = backend(Behaviour::default()).await;
+    let (sh, seen) = backend(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[request]]\npath = { from = \"^/item/(.*)\", to = \"/item/9$1\" }\n",
+    )
+    .unwrap();
+    let mut cfg = config(prod);
+    cfg.shadows = vec![shadow("candidate", sh)];
+    cfg.hooks.rules = Some(rules);
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let c = client();
+    for k in 0..5 {
+        let a = get_url(&c, &format!("http://{}/item/{k}", running.addr), &[])
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&a.body).contains(&format!("\"n\":{k},")));
+    }
+    running.shutdown();
+    running.wait().await.unwrap();
+    let paths: Vec<String> = seen
+        .marked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert_eq!(paths.len(), 5);
+    assert!(paths.iter().all(|p| p.starts_with("/item/9")), "{paths:?}");
+    assert!(
+        seen.marked
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, marker)| marker.is_some()),
+        "every copy carries the marker header"
+    );
+    let prod_paths: Vec<String> = prod_seen
+        .marked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert!(
+        prod_paths.iter().all(|p| !p.starts_with("/item/9")),
+        "{prod_paths:?}"
+    );
+    assert!(
+        prod_seen
+            .marked
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, m)| m.is_none()),
+        "production gets no marker"
+    );
+}
