@@ -143,3 +143,24 @@ print(f"  direct            p50 {float(d50):.3f} ms  p99 {float(d99):.3f} ms  ({
 print(f"  shadowtap mirror  p50 {float(m50):.3f} ms  p99 {float(m99):.3f} ms  ({mn} requests)")
 print(f"  added p99: {float(m99) - float(d99):+.3f} ms (target < 1 ms)")
 PY
+
+# The canary weight raised every second under wrk load: no socket error, no non-2xx.
+token="bench-$(date +%s)"
+st_canary=$(free_port); admin=$(free_port)
+SHADOWTAP_ADMIN_TOKEN="$token" start_proxy "$st_canary" --canary "canary=http://127.0.0.1:$shadow" \
+  --canary-weight 5 --sticky header:X-User --admin "127.0.0.1:$admin"
+wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$st_canary/api/users/1" > "$d/wrk-canary.out" 2>&1 &
+wrk_pid=$!
+changes=0
+for w in 5 10 15 20 25 30 35 40 45 50; do
+  sleep "$(python3 -c "print($secs / 11)")"
+  cfg=$(curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/config" \
+    | python3 -c "import json,sys; c=json.load(sys.stdin)['config']; c['canary']['weight']=$w; print(json.dumps(c))")
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "Authorization: Bearer $token" \
+    --data "$cfg" "http://127.0.0.1:$admin/config")
+  [ "$code" = 200 ] && changes=$((changes + 1))
+done
+wait "$wrk_pid"
+echo "canary weight 5% -> 50% in $changes changes under wrk load: $(awk '/Requests\/sec/ {print $2}' "$d/wrk-canary.out") req/s;" \
+  "$(grep -E 'Socket errors|Non-2xx' "$d/wrk-canary.out" | tr '\n' ' ' || true)" \
+  "$(grep -qE 'Socket errors|Non-2xx' "$d/wrk-canary.out" || echo '0 socket errors, 0 non-2xx')"

@@ -36,13 +36,16 @@ pub struct StatsRecord {
     pub flows_shed: u64,
     /// Share of new flows admitted now (100 unless the pipeline is behind).
     pub new_flows_kept_percent: f64,
+    /// Flows closed early because the open flows held more than their share of
+    /// `--max-memory` (their exchanges written flagged incomplete).
+    pub flows_cut_by_memory: u64,
 }
 
 impl StatsRecord {
     /// One line for stderr.
     pub fn line(&self) -> String {
         format!(
-            "stats: {:.0}s {} packets, {} received / {} kernel-dropped / {} if-dropped / {} queue-dropped ({} ms queue-waited), {} exchanges ({} kept), {} open flows, {} bytes buffered, {} flows shed (keeping {:.0}% of new flows)",
+            "stats: {:.0}s {} packets, {} received / {} kernel-dropped / {} if-dropped / {} queue-dropped ({} ms queue-waited), {} exchanges ({} kept), {} open flows, {} bytes buffered, {} flows cut by --max-memory, {} flows shed (keeping {:.0}% of new flows)",
             self.elapsed_s,
             self.packets,
             self.pcap.received,
@@ -54,6 +57,7 @@ impl StatsRecord {
             self.exchanges_kept,
             self.open_flows,
             self.bytes_buffered,
+            self.flows_cut_by_memory,
             self.flows_shed,
             self.new_flows_kept_percent
         )
@@ -104,6 +108,12 @@ impl StatsRecord {
             self.pcap.queue_dropped,
         );
         metric("shadowtap_queue_waited_ms_total", "counter", "Milliseconds the packet reader waited for a full queue (the kernel buffer held the traffic).", self.pcap.queue_waited_ms);
+        metric(
+            "shadowtap_flows_cut_by_memory_total",
+            "counter",
+            "Flows closed early because open flows held more than their share of --max-memory.",
+            self.flows_cut_by_memory,
+        );
         metric(
             "shadowtap_exchanges_total",
             "counter",

@@ -288,6 +288,7 @@ pub fn capture_live(
                         - run.summary.exchanges_sampled_out,
                     open_flows: run.table.open_flows() as u64,
                     bytes_buffered: run.table.buffered_bytes(),
+                    flows_cut_by_memory: run.table.stats().flows_cut_by_memory,
                     flows_shed: run.shedder.as_ref().map_or(0, |s| s.stats().flows),
                     new_flows_kept_percent: run
                         .shedder
