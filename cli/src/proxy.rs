@@ -149,12 +149,14 @@ pub struct ProxyArgs {
     /// File holding the admin API's bearer token (else SHADOWTAP_ADMIN_TOKEN).
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
-    /// Terminate clients' TLS with this certificate chain (PEM; with --tls-key).
+    /// Terminate clients' TLS with this certificate chain (PEM), with the --tls-key given in the
+    /// same position. Repeat the pair for several names: the one valid for the name the client
+    /// asks for (SNI) is used, else the first.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
+    tls_cert: Vec<PathBuf>,
+    /// The private key (PEM) of the --tls-cert in the same position.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    tls_key: Vec<PathBuf>,
     /// CA certificates (PEM) https:// members must chain to, instead of the system's roots.
     /// Verification is never turned off.
     #[arg(long, value_name = "FILE")]
@@ -291,11 +293,19 @@ fn config_of(args: &ProxyArgs) -> Result<ProxyConfig, String> {
         c.admin_token_file = args.admin_token_file.clone();
     }
     c.allow_targets.extend(args.allow_target.iter().cloned());
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        c.tls = Some(shadowtap_proxy::config::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        });
+    if args.tls_cert.len() != args.tls_key.len() {
+        return Err("give one --tls-key per --tls-cert, in the same order".into());
+    }
+    if !args.tls_cert.is_empty() {
+        c.tls = args
+            .tls_cert
+            .iter()
+            .zip(&args.tls_key)
+            .map(|(cert, key)| shadowtap_proxy::config::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .collect();
     }
     if args.upstream_ca.is_some() {
         c.upstream_ca = args.upstream_ca.clone();

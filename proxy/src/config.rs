@@ -278,9 +278,10 @@ pub struct ProxyConfig {
     /// Hooks.
     #[serde(default)]
     pub hooks: Hooks,
-    /// Terminate clients' TLS with this certificate and key.
+    /// Terminate clients' TLS with these certificates and keys (chosen by SNI; the first when
+    /// none matches).
     #[serde(default)]
-    pub tls: Option<TlsFiles>,
+    pub tls: Vec<TlsFiles>,
     /// CA certificates (PEM) that `https://` members' certificates must chain to, instead of
     /// the platform's roots.
     #[serde(default)]
@@ -332,7 +333,7 @@ impl ProxyConfig {
             admin_token_file: None,
             allow_targets: Vec::new(),
             hooks: Hooks::default(),
-            tls: None,
+            tls: Vec::new(),
             upstream_ca: None,
             limits: Limits::default(),
         }

@@ -556,9 +556,15 @@ pub async fn start(
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-    let acceptor = match &config.tls {
-        Some(t) => Some(crate::tls::acceptor(&t.cert, &t.key)?),
-        None => None,
+    let acceptor = if config.tls.is_empty() {
+        None
+    } else {
+        let pairs: Vec<(&std::path::Path, &std::path::Path)> = config
+            .tls
+            .iter()
+            .map(|t| (t.cert.as_path(), t.key.as_path()))
+            .collect();
+        Some(crate::tls::acceptor(&pairs)?)
     };
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))

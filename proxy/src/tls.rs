@@ -1,5 +1,5 @@
-//! TLS on both sides: terminating clients' TLS with a certificate and key (PEM; ALPN `h2` and
-//! `http/1.1`), and verifying `https://` members' certificates, with the platform's roots by
+//! TLS on both sides: terminating clients' TLS with certificates and keys (PEM; the one for
+//! the name the client asks for, by SNI; ALPN `h2` and `http/1.1`), and verifying `https://` members' certificates, with the platform's roots by
 //! default or the CA file given (`upstream_ca`). Verification is never turned off. rustls
 //! with the `ring` provider (no cmake, no OpenSSL).
 
@@ -29,19 +29,64 @@ fn certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, Proxy
     Ok(certs)
 }
 
-/// The acceptor for clients' TLS.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, ProxyError> {
-    let chain = certs(cert, "--tls-cert")?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ProxyError::config("--tls-key", format!("{}: {e}", key.display())))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+/// Picks the certificate for a handshake by the name the client asked for (SNI): the first
+/// whose leaf is valid for it, else the first one.
+#[derive(Debug)]
+struct BySni {
+    keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let wanted = hello
+            .server_name()
+            .and_then(|n| rustls::pki_types::ServerName::try_from(n.to_owned()).ok());
+        if let Some(name) = wanted {
+            for k in &self.keys {
+                let valid = k.end_entity_cert().ok().is_some_and(|leaf| {
+                    webpki::EndEntityCert::try_from(leaf)
+                        .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+                });
+                if valid {
+                    return Some(k.clone());
+                }
+            }
+        }
+        self.keys.first().cloned()
+    }
+}
+
+/// The acceptor for clients' TLS: one certificate and key per pair, chosen by SNI.
+pub fn acceptor(pairs: &[(&Path, &Path)]) -> Result<tokio_rustls::TlsAcceptor, ProxyError> {
+    let provider = provider();
+    let mut keys = Vec::new();
+    for (cert, key) in pairs {
+        let chain = certs(cert, "--tls-cert")?;
+        let key_der = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| ProxyError::config("--tls-key", format!("{}: {e}", key.display())))?;
+        let certified =
+            rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
+                ProxyError::config(
+                    "--tls-key",
+                    format!("{} does not go with {}: {e}", key.display(), cert.display()),
+                )
+            })?;
+        keys.push(Arc::new(certified));
+    }
+    if keys.is_empty() {
+        return Err(ProxyError::config(
+            "--tls-cert",
+            "no certificate given".into(),
+        ));
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ProxyError::config("--tls-cert", e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            ProxyError::config("--tls-key", format!("does not match the certificate: {e}"))
-        })?;
+        .with_cert_resolver(Arc::new(BySni { keys }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

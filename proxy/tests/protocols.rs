@@ -120,6 +120,11 @@ async fn an_upgrade_is_tunnelled_to_production_and_not_mirrored() {
 
 /// A self-signed certificate for `localhost`, written as PEM files; (cert, key) paths.
 fn localhost_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    named_cert(dir, "localhost")
+}
+
+/// A self-signed certificate for `name`, written as PEM files; (cert, key) paths.
+fn named_cert(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     use base64::Engine as _;
     let pem = |label: &str, der: &[u8]| {
         let b64 = base64::engine::general_purpose::STANDARD.encode(der);
@@ -133,8 +138,11 @@ fn localhost_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Path
             lines.join("\n")
         )
     };
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let cert = rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
     std::fs::write(&c, pem("CERTIFICATE", cert.cert.der())).unwrap();
     std::fs::write(&k, pem("PRIVATE KEY", &cert.key_pair.serialize_der())).unwrap();
     (c, k)
@@ -151,10 +159,10 @@ async fn tls_is_terminated_and_https_members_are_verified() {
     let (cert, key) = localhost_cert(dir.path());
     // The front: terminates TLS in front of the plaintext backend.
     let mut front = config(prod);
-    front.tls = Some(shadowtap_proxy::config::TlsFiles {
+    front.tls = vec![shadowtap_proxy::config::TlsFiles {
         cert: cert.clone(),
         key: key.clone(),
-    });
+    }];
     let front = shadowtap_proxy::start(front, None).await.unwrap();
     let https_url = format!("https://localhost:{}", front.addr.port());
     // A client that trusts the certificate reaches the backend through it.
@@ -206,4 +214,58 @@ async fn tls_is_terminated_and_https_members_are_verified() {
         r.shutdown();
         r.wait().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_for_the_name_asked() {
+    use rustls::pki_types::pem::PemObject as _;
+    let (prod, _) = backend(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, k1) = named_cert(dir.path(), "localhost");
+    let (c2, k2) = named_cert(dir.path(), "alt.test");
+    let mut cfg = config(prod);
+    cfg.tls = vec![
+        shadowtap_proxy::config::TlsFiles {
+            cert: c1.clone(),
+            key: k1,
+        },
+        shadowtap_proxy::config::TlsFiles {
+            cert: c2.clone(),
+            key: k2,
+        },
+    ];
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for f in [&c1, &c2] {
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(f).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let connect = |name: &'static str| {
+        let tls = tls.clone();
+        let addr = running.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let server = rustls::pki_types::ServerName::try_from(name).unwrap();
+            tokio_rustls::TlsConnector::from(tls)
+                .connect(server, tcp)
+                .await
+        }
+    };
+    // Each name gets its own certificate (the handshake verifies it against the name) ...
+    assert!(connect("localhost").await.is_ok());
+    assert!(connect("alt.test").await.is_ok());
+    // ... and a name with none gets the first, which does not verify for it.
+    assert!(connect("other.test").await.is_err());
+    running.shutdown();
+    running.wait().await.unwrap();
 }
