@@ -210,6 +210,8 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// Also roll recording files this often (seconds).
     pub rotate_s: Option<f64>,
+    /// Client connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -224,6 +226,7 @@ impl Default for Limits {
             mirror_memory: 256 << 20,
             max_file_bytes: 256 << 20,
             rotate_s: Some(60.0),
+            max_connections: 10_000,
         }
     }
 }
@@ -474,6 +477,23 @@ impl ProxyConfig {
             Some("mirror.marker_header")
         } else if self.canary.as_ref().map(|c| &c.name) != new.canary.as_ref().map(|c| &c.name) {
             Some("canary.name")
+        } else if self.mirror.max_body != new.mirror.max_body {
+            Some("mirror.max_body")
+        } else if (
+            self.limits.max_connections,
+            self.limits.mirror_memory,
+            self.limits.max_record_body,
+            self.limits.max_file_bytes,
+        ) != (
+            new.limits.max_connections,
+            new.limits.mirror_memory,
+            new.limits.max_record_body,
+            new.limits.max_file_bytes,
+        ) || self.limits.rotate_s != new.limits.rotate_s
+            || self.limits.shadow_timeout_s != new.limits.shadow_timeout_s
+            || self.limits.connect_timeout_s != new.limits.connect_timeout_s
+        {
+            Some("limits (connections, memory, body caps, files, shadow timeout)")
         } else {
             None
         }

@@ -647,7 +647,18 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        config.limits.max_connections.max(1),
+    ));
     loop {
+        // At most `max_connections` at once: past it, new ones wait in the kernel's backlog.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -674,6 +685,7 @@ async fn serve(
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match acceptor {
                         None => {
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
