@@ -492,8 +492,9 @@ impl ProxyConfig {
         ) || self.limits.rotate_s != new.limits.rotate_s
             || self.limits.shadow_timeout_s != new.limits.shadow_timeout_s
             || self.limits.connect_timeout_s != new.limits.connect_timeout_s
+            || self.limits.shutdown_grace_s != new.limits.shutdown_grace_s
         {
-            Some("limits (connections, memory, body caps, files, shadow timeout)")
+            Some("limits (all but upstream_timeout_s and eject_s)")
         } else {
             None
         }
