@@ -1,0 +1,437 @@
+//! Traffic shifting in the testing phase, as pure functions: the next weight of the new version
+//! from the current one, the target and the last window's measurements, by algorithm; and the
+//! monitor's [`tick`], which turns a window into a decision (shift, hold, roll back, promote)
+//! with its reason and numbers.
+//!
+//! `seed` is the design documents' formula, exactly:
+//! ```text
+//! if errorRate > errorRateThreshold or latency > latencyThreshold: hold
+//! increment = min(0.01 * (target - current), 0.1)        (fractions of all traffic)
+//! ```
+//! It closes 1% of the remaining gap per interval, so it is slow: 99% of the way takes
+//! ln(0.01)/ln(0.99) ≈ 458 intervals (7.6 h at one-minute intervals), and it never lands on the
+//! target, so the weight snaps to it once the gap is under one basis point; [`seed_eta`] says
+//! how many intervals are left. `linear` adds `step` points per interval, `exponential` doubles
+//! from `step`, `metric` scales `step` by the headroom left under both thresholds.
+
+use serde::{Deserialize, Serialize};
+
+/// How the weight grows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "snake_case")]
+pub enum Algorithm {
+    /// The design documents' formula.
+    Seed,
+    /// `step` percentage points per interval.
+    Linear {
+        /// Points per interval (default 10).
+        step: f64,
+    },
+    /// Doubling from `step`.
+    Exponential {
+        /// The first step.
+        step: f64,
+    },
+    /// `step` scaled by the headroom under the thresholds.
+    Metric {
+        /// The step at full headroom.
+        step: f64,
+    },
+}
+
+/// One interval's measurements of the new version.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// (5xx + transport errors) / requests.
+    pub error_rate: f64,
+    /// Latency at the policy's percentile, ms.
+    pub latency_ms: f64,
+    /// Requests in the window.
+    pub request_count: u64,
+}
+
+/// The limits a window is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Error rate above which the shift holds.
+    pub error_rate: f64,
+    /// Latency (ms) above which the shift holds.
+    pub latency_ms: f64,
+}
+
+impl Thresholds {
+    /// Whether `w` breaches either limit.
+    pub fn breached_by(&self, w: &Window) -> bool {
+        w.error_rate > self.error_rate || w.latency_ms > self.latency_ms
+    }
+}
+
+/// The design documents' formula, verbatim, on fractions of traffic (0–1).
+pub fn seed_formula(
+    current: f64,
+    target: f64,
+    error_rate: f64,
+    latency: f64,
+    error_rate_threshold: f64,
+    latency_threshold: f64,
+) -> f64 {
+    if error_rate > error_rate_threshold || latency > latency_threshold {
+        return current;
+    }
+    let increment = (0.01 * (target - current)).min(0.1);
+    current + increment
+}
+
+/// One basis point of traffic, in percent: the weight's unit.
+pub const UNIT: f64 = 0.01;
+
+/// The next weight (percent) from `current` toward `target` after a window that did not breach;
+/// `k` is the number of steps taken so far (for `exponential`).
+pub fn next_weight(
+    alg: Algorithm,
+    current: f64,
+    target: f64,
+    w: &Window,
+    t: &Thresholds,
+    k: u32,
+) -> f64 {
+    if current >= target {
+        return current;
+    }
+    let next = match alg {
+        Algorithm::Seed => {
+            let f = seed_formula(
+                current / 100.0,
+                target / 100.0,
+                w.error_rate,
+                w.latency_ms,
+                t.error_rate,
+                t.latency_ms,
+            ) * 100.0;
+            // It never lands on the target: snap once under a basis point away.
+            if target - f < UNIT {
+                target
+            } else {
+                f
+            }
+        }
+        Algorithm::Linear { step } => current + step.max(UNIT),
+        Algorithm::Exponential { step } => {
+            let s = step.max(UNIT) * 2f64.powi(k.min(30) as i32);
+            current + s
+        }
+        Algorithm::Metric { step } => {
+            let headroom = (1.0 - w.error_rate / t.error_rate.max(f64::MIN_POSITIVE))
+                .min(1.0 - w.latency_ms / t.latency_ms.max(f64::MIN_POSITIVE))
+                .clamp(0.0, 1.0);
+            current + step.max(UNIT) * headroom
+        }
+    };
+    next.min(target)
+}
+
+/// Intervals the seed formula needs from `current` to `target` (percent) with no breach, the
+/// snap included; `None` when already there.
+pub fn seed_eta(current: f64, target: f64) -> Option<u64> {
+    if current >= target {
+        return None;
+    }
+    // The gap shrinks by 1% per interval: gap_n = gap_0 * 0.99^n; done once under a unit.
+    let gap = target - current;
+    if gap < UNIT {
+        return Some(1);
+    }
+    Some(((UNIT / gap).ln() / 0.99f64.ln()).ceil() as u64 + 1)
+}
+
+/// What the monitor does with the testing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// How the weight grows.
+    pub algorithm: Algorithm,
+    /// Where it stops (percent).
+    pub target: f64,
+    /// Breach limits: over them the shift holds; `failure_limit` in a row rolls back.
+    pub thresholds: Thresholds,
+    /// Critical limits: one window over them rolls back at once.
+    pub critical: Thresholds,
+    /// Consecutive breaching windows that roll back.
+    pub failure_limit: u32,
+    /// Fewer requests than this in a window: no judgement, hold.
+    pub min_requests: u64,
+    /// Consecutive windows without enough data before an alert.
+    pub silent_limit: u32,
+}
+
+/// What the monitor remembers between windows (stored with the rollout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Consecutive breaching windows.
+    pub breaches: u32,
+    /// Consecutive windows with too little traffic.
+    pub silent: u32,
+    /// Steps taken.
+    pub steps: u32,
+}
+
+/// The monitor's decision on one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// Move the weight to `to`.
+    Shift {
+        /// The new weight.
+        to: f64,
+    },
+    /// Keep the weight; `alert` when the hold should be told.
+    Hold {
+        /// Why.
+        why: String,
+        /// Tell someone.
+        alert: bool,
+    },
+    /// Back to stable now.
+    Rollback {
+        /// Why, with the numbers.
+        why: String,
+    },
+    /// The target is reached on a good window.
+    Promote,
+}
+
+/// One monitor step for a rollout in testing at `current` percent.
+pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decision, Progress) {
+    let mut next = progress;
+    let numbers = format!(
+        "error rate {:.4} (threshold {}, critical {}), latency {:.1} ms (threshold {}, critical {}), {} requests",
+        w.error_rate,
+        p.thresholds.error_rate,
+        p.critical.error_rate,
+        w.latency_ms,
+        p.thresholds.latency_ms,
+        p.critical.latency_ms,
+        w.request_count
+    );
+    if w.request_count < p.min_requests {
+        next.silent += 1;
+        let alert =
+            next.silent >= p.silent_limit.max(1) && next.silent % p.silent_limit.max(1) == 0;
+        return (
+            Decision::Hold {
+                why: format!(
+                    "too little traffic to judge: {} requests (at least {}); {} such windows in a row",
+                    w.request_count, p.min_requests, next.silent
+                ),
+                alert,
+            },
+            next,
+        );
+    }
+    next.silent = 0;
+    // A critical breach rolls back at once, whatever the count.
+    if p.critical.breached_by(w) {
+        return (
+            Decision::Rollback {
+                why: format!("critical breach: {numbers}"),
+            },
+            next,
+        );
+    }
+    if p.thresholds.breached_by(w) {
+        next.breaches += 1;
+        if next.breaches >= p.failure_limit.max(1) {
+            return (
+                Decision::Rollback {
+                    why: format!("{} breaching windows in a row: {numbers}", next.breaches),
+                },
+                next,
+            );
+        }
+        return (
+            Decision::Hold {
+                why: format!("breach {} of {}: {numbers}", next.breaches, p.failure_limit),
+                alert: true,
+            },
+            next,
+        );
+    }
+    next.breaches = 0;
+    if current >= p.target {
+        return (Decision::Promote, next);
+    }
+    let to = next_weight(
+        p.algorithm,
+        current,
+        p.target,
+        w,
+        &p.thresholds,
+        progress.steps,
+    );
+    next.steps += 1;
+    (Decision::Shift { to }, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OK: Window = Window {
+        error_rate: 0.0,
+        latency_ms: 10.0,
+        request_count: 1000,
+    };
+    const T: Thresholds = Thresholds {
+        error_rate: 0.02,
+        latency_ms: 250.0,
+    };
+
+    #[test]
+    fn the_seed_formula_on_known_values() {
+        // 0 → 0.5: +0.005; hold on a breach; the 10% cap never binds (0.01 × gap ≤ 0.01).
+        assert!((seed_formula(0.0, 0.5, 0.0, 10.0, 0.02, 250.0) - 0.005).abs() < 1e-15);
+        assert!((seed_formula(0.1, 0.5, 0.0, 10.0, 0.02, 250.0) - 0.104).abs() < 1e-15);
+        assert_eq!(seed_formula(0.1, 0.5, 0.03, 10.0, 0.02, 250.0), 0.1);
+        assert_eq!(seed_formula(0.1, 0.5, 0.0, 300.0, 0.02, 250.0), 0.1);
+        assert!((seed_formula(0.0, 1.0, 0.0, 0.0, 1.0, 1.0) - 0.01).abs() < 1e-15);
+        // In percent through next_weight: 0% → 50% gives 0.5 points.
+        let w = next_weight(Algorithm::Seed, 0.0, 50.0, &OK, &T, 0);
+        assert!((w - 0.5).abs() < 1e-9, "{w}");
+    }
+
+    #[test]
+    fn the_seed_is_slow_and_its_eta_says_how_slow() {
+        // 99% of the way: ≈ 458 intervals.
+        let mut w = 0.0;
+        let mut n = 0;
+        while w < 49.5 {
+            w = next_weight(Algorithm::Seed, w, 50.0, &OK, &T, n);
+            n += 1;
+        }
+        assert!((455..=461).contains(&n), "{n}");
+        let eta = seed_eta(0.0, 50.0).unwrap();
+        let mut w = 0.0;
+        let mut steps = 0;
+        while w < 50.0 {
+            w = next_weight(Algorithm::Seed, w, 50.0, &OK, &T, steps);
+            steps += 1;
+        }
+        assert!(eta.abs_diff(steps as u64) <= 1, "eta {eta}, took {steps}");
+    }
+
+    #[test]
+    fn linear_exponential_and_metric_steps() {
+        assert_eq!(
+            next_weight(Algorithm::Linear { step: 10.0 }, 20.0, 50.0, &OK, &T, 2),
+            30.0
+        );
+        assert_eq!(
+            next_weight(Algorithm::Linear { step: 10.0 }, 45.0, 50.0, &OK, &T, 2),
+            50.0
+        );
+        let e = |k| next_weight(Algorithm::Exponential { step: 1.0 }, 0.0, 100.0, &OK, &T, k);
+        assert_eq!((e(0), e(1), e(2), e(3)), (1.0, 2.0, 4.0, 8.0));
+        let half = Window {
+            error_rate: 0.01,
+            latency_ms: 10.0,
+            request_count: 1000,
+        };
+        assert_eq!(
+            next_weight(Algorithm::Metric { step: 10.0 }, 0.0, 100.0, &half, &T, 0),
+            5.0
+        );
+    }
+
+    fn policy(alg: Algorithm) -> Policy {
+        Policy {
+            algorithm: alg,
+            target: 50.0,
+            thresholds: T,
+            critical: Thresholds {
+                error_rate: 0.1,
+                latency_ms: 1000.0,
+            },
+            failure_limit: 3,
+            min_requests: 100,
+            silent_limit: 5,
+        }
+    }
+
+    #[test]
+    fn no_data_holds_and_alerts_after_the_silent_limit() {
+        let p = policy(Algorithm::Linear { step: 10.0 });
+        let quiet = Window {
+            request_count: 3,
+            ..OK
+        };
+        let mut pr = Progress::default();
+        for i in 1..=5 {
+            let (d, next) = tick(&p, 10.0, pr, &quiet);
+            pr = next;
+            match d {
+                Decision::Hold { alert, .. } => assert_eq!(alert, i == 5),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    fn algorithm() -> impl Strategy<Value = Algorithm> {
+        prop_oneof![
+            Just(Algorithm::Seed),
+            (0.5f64..30.0).prop_map(|step| Algorithm::Linear { step }),
+            (0.5f64..10.0).prop_map(|step| Algorithm::Exponential { step }),
+            (0.5f64..30.0).prop_map(|step| Algorithm::Metric { step }),
+        ]
+    }
+
+    fn window() -> impl Strategy<Value = Window> {
+        (0.0f64..0.3, 0.0f64..2000.0, 0u64..5000).prop_map(|(e, l, n)| Window {
+            error_rate: e,
+            latency_ms: l,
+            request_count: n,
+        })
+    }
+
+    proptest! {
+        /// Over any run of windows: the weight never rises on a breaching or silent window,
+        /// never passes the target, never rises more than the algorithm's step allows; a
+        /// critical breach rolls back on that very window.
+        #[test]
+        fn the_monitor_never_advances_on_a_breach_and_rolls_back_on_a_critical_one(
+            alg in algorithm(),
+            windows in proptest::collection::vec(window(), 1..80),
+        ) {
+            let p = policy(alg);
+            let (mut weight, mut pr) = (1.0f64, Progress::default());
+            for w in windows {
+                let (d, next) = tick(&p, weight, pr, &w);
+                let breach = p.thresholds.breached_by(&w) && w.request_count >= p.min_requests;
+                match d {
+                    Decision::Shift { to } => {
+                        prop_assert!(!breach && w.request_count >= p.min_requests);
+                        prop_assert!(to >= weight && to <= p.target + 1e-9);
+                        let max_step = match alg {
+                            Algorithm::Seed => 10.0,
+                            Algorithm::Linear { step } | Algorithm::Metric { step } => step.max(UNIT),
+                            Algorithm::Exponential { step } => step.max(UNIT) * 2f64.powi(pr.steps.min(30) as i32),
+                        };
+                        prop_assert!(to - weight <= max_step + 1e-9, "{} -> {}", weight, to);
+                        weight = to;
+                    }
+                    Decision::Rollback { .. } => {
+                        prop_assert!(breach || p.critical.breached_by(&w));
+                        weight = 0.0;
+                        pr = Progress::default();
+                        continue;
+                    }
+                    Decision::Hold { .. } | Decision::Promote => {}
+                }
+                if w.request_count >= p.min_requests && p.critical.breached_by(&w) {
+                    prop_assert!(false, "a critical breach must roll back at once");
+                }
+                pr = next;
+                if weight == 0.0 { weight = 1.0; }
+            }
+        }
+    }
+}
