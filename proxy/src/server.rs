@@ -117,6 +117,7 @@ fn head_exchange(
     conn_id: &str,
     conn_seq: u32,
     seq: u64,
+    full: bool,
 ) -> Exchange {
     let uri = req.uri();
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -127,7 +128,12 @@ fn head_exchange(
         .map(str::to_owned)
         .or_else(|| uri.authority().map(|a| a.to_string()));
     Exchange {
-        exchange_id: shadowtap_core::id::stable_id(&[state.run_id.as_bytes(), &seq.to_le_bytes()]),
+        // Ids and headers only when a copy, the recording or the routing reads them.
+        exchange_id: if full {
+            shadowtap_core::id::stable_id(&[state.run_id.as_bytes(), &seq.to_le_bytes()])
+        } else {
+            String::new()
+        },
         connection_id: conn_id.into(),
         connection_seq: conn_seq,
         source: "proxy".into(),
@@ -145,7 +151,11 @@ fn head_exchange(
         path: uri.path().into(),
         query: uri.query().map(Into::into),
         http_version: version_str(req.version()).into(),
-        request_headers: headers_of(req.headers()),
+        request_headers: if full {
+            headers_of(req.headers())
+        } else {
+            Vec::new()
+        },
         request_trailers: Vec::new(),
         request_body: Body::default(),
         status: None,
@@ -292,7 +302,9 @@ async fn handle(
     }
     let routing = state.routing();
     let seq = state.seq.fetch_add(1, Ordering::Relaxed);
-    let head = head_exchange(&state, &req, client, &conn_id, conn_seq, seq);
+    let full =
+        !routing.shadows.is_empty() || routing.canary.is_some() || state.sinks.recorder.is_some();
+    let head = head_exchange(&state, &req, client, &conn_id, conn_seq, seq, full);
     let decision = decide(
         &routing,
         &head,
@@ -341,7 +353,11 @@ async fn handle(
         }
     }
     forwarded_headers(&mut parts.headers, client, host.as_deref(), tls);
-    let sent_headers = headers_of(&parts.headers);
+    let sent_headers = if recording {
+        headers_of(&parts.headers)
+    } else {
+        Vec::new()
+    };
     // A body-less request can be tried again at another member when the first refuses.
     let mut body = if body.is_end_stream() {
         assembly.request_done(Kept {
@@ -376,7 +392,10 @@ async fn handle(
                 "bad request target",
             ));
         };
-        assembly.sent(&member.url, uri.to_string(), sent_headers.clone());
+        if recording {
+            assembly.sent(&member.url, uri.to_string(), sent_headers.clone());
+        }
+        let last_try = attempt == 1 || !retryable || pool.members.len() < 2;
         let mut up = Request::builder()
             .method(parts.method.clone())
             .uri(uri)
@@ -386,7 +405,11 @@ async fn handle(
                 None => Either::Right(Empty::new()),
             })
             .expect("parts from a valid request");
-        *up.headers_mut() = parts.headers.clone();
+        *up.headers_mut() = if last_try {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         match tokio::time::timeout(timeout, state.client.request(up)).await {
             Ok(Ok(resp)) => {
                 let (mut rparts, rbody) = resp.into_parts();
