@@ -113,6 +113,7 @@ impl Shadows {
         redactor: Option<&Redactor>,
     ) -> Result<Shadows, ProxyError> {
         let (stop, stop_rx) = watch::channel(false);
+        // Without a recording the shadows' rows are counted and observed, not written.
         let scratch = match (record, config.shadows.is_empty()) {
             (None, false) => Some(std::env::temp_dir().join(format!("shadowtap-proxy-{run_id}"))),
             _ => None,
@@ -163,6 +164,7 @@ impl Shadows {
                     s.name.clone()
                 });
                 opts.redactor = redactor.cloned();
+                opts.keep_rows = record.is_some();
                 let observed = stats.clone();
                 opts.on_row = Some(Arc::new(move |row| {
                     observed.record(match row.status {

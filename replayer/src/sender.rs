@@ -115,6 +115,9 @@ pub struct SenderOptions {
     /// Sees each row as it is answered, before redaction, on the sending thread: keep it
     /// cheap (live statistics).
     pub on_row: Option<RowObserver>,
+    /// Write the rows (true unless set): false counts them in the summary and writes no file
+    /// (the proxy's shadows when it does not record).
+    pub keep_rows: bool,
 }
 
 pub use crate::writer::RowObserver;
@@ -158,6 +161,7 @@ impl SenderOptions {
             file_tag: None,
             redactor: None,
             on_row: None,
+            keep_rows: true,
         }
     }
 
@@ -246,18 +250,22 @@ impl Sender {
             source,
         };
         std::fs::create_dir_all(&opts.out).map_err(io_err)?;
-        let sink = ParquetSink::new(
-            SinkOptions {
-                dir: opts.out.clone(),
-                prefix: match &opts.file_tag {
-                    Some(tag) => format!("replays-{run_id}-{tag}"),
-                    None => format!("replays-{run_id}"),
+        let sink = if !opts.keep_rows {
+            None
+        } else {
+            Some(ParquetSink::new(
+                SinkOptions {
+                    dir: opts.out.clone(),
+                    prefix: match &opts.file_tag {
+                        Some(tag) => format!("replays-{run_id}-{tag}"),
+                        None => format!("replays-{run_id}"),
+                    },
+                    max_file_bytes: opts.max_file_bytes,
+                    max_row_group_rows: 64 * 1024,
                 },
-                max_file_bytes: opts.max_file_bytes,
-                max_row_group_rows: 64 * 1024,
-            },
-            replays_schema(),
-        )?;
+                replays_schema(),
+            )?)
+        };
         let (row_tx, row_rx) = mpsc::channel::<Vec<ReplayRecord>>(8);
         let spare = Arc::new(Spare::default());
         let writer = {

@@ -53,7 +53,7 @@ pub(crate) struct RowHooks {
 pub(crate) fn write_rows(
     mut rx: mpsc::Receiver<Vec<ReplayRecord>>,
     spare: &Spare,
-    mut sink: ParquetSink,
+    mut sink: Option<ParquetSink>,
     targets: &[Target],
     rows_to: RowHooks,
 ) -> Result<Written, ReplayError> {
@@ -75,19 +75,25 @@ pub(crate) fn write_rows(
     let mut batch = Vec::with_capacity(512);
     let mut bytes = 0usize;
     let mut rows = 0u64;
-    let flush =
-        |batch: &mut Vec<ReplayRecord>, sink: &mut ParquetSink| -> Result<(), ReplayError> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let b = replays_to_batch(batch).map_err(|e| ReplayError::Io {
-                path: PathBuf::new(),
-                source: std::io::Error::other(e),
-            })?;
-            sink.write(&b)?;
+    let flush = |batch: &mut Vec<ReplayRecord>,
+                 sink: &mut Option<ParquetSink>|
+     -> Result<(), ReplayError> {
+        let Some(sink) = sink.as_mut() else {
+            // Counted, not kept (a proxy that does not record).
             batch.clear();
-            Ok(())
+            return Ok(());
         };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let b = replays_to_batch(batch).map_err(|e| ReplayError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        })?;
+        sink.write(&b)?;
+        batch.clear();
+        Ok(())
+    };
     while let Some(mut received) = rx.blocking_recv() {
         for mut r in received.drain(..) {
             if let Some(redactor) = &rows_to.redactor {
@@ -125,7 +131,10 @@ pub(crate) fn write_rows(
         spare.put(received);
     }
     flush(&mut batch, &mut sink)?;
-    let files = sink.finish()?;
+    let files = match sink {
+        Some(sink) => sink.finish()?,
+        None => Vec::new(),
+    };
     let targets = per
         .into_iter()
         .map(|(name, (mut t, totals))| {
