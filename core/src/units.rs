@@ -42,13 +42,12 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
-/// The machine's memory (`MemTotal` in `/proc/meminfo`), in bytes; `None` where it cannot be
-/// read. Memory limits that default to a share of the machine start here.
-pub fn machine_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = info
+/// A `Key:   123 kB` line of a `/proc` file, in bytes.
+fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let kib: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -57,19 +56,16 @@ pub fn machine_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The machine's memory (`MemTotal` in `/proc/meminfo`), in bytes; `None` where it cannot be
+/// read. Memory limits that default to a share of the machine start here.
+pub fn machine_memory() -> Option<u64> {
+    proc_kib("/proc/meminfo", "MemTotal:")
+}
+
 /// The most memory this process has had resident (`VmHWM` in `/proc/self/status`), in bytes;
 /// `None` where it cannot be read. Summaries report it so a memory budget can be checked.
 pub fn peak_resident_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    proc_kib("/proc/self/status", "VmHWM:")
 }
 
 #[cfg(test)]
