@@ -80,7 +80,7 @@ impl Prepare {
 pub(crate) mod tests {
     use std::io::Write;
 
-    use shadowtap_core::exchange::ExchangeFlags;
+    use shadowtap_core::exchange::{Body, ExchangeFlags, Header};
 
     use super::*;
 

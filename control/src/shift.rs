@@ -214,8 +214,8 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
     );
     if w.request_count < p.min_requests {
         next.silent += 1;
-        let alert =
-            next.silent >= p.silent_limit.max(1) && next.silent % p.silent_limit.max(1) == 0;
+        let alert = next.silent >= p.silent_limit.max(1)
+            && next.silent.is_multiple_of(p.silent_limit.max(1));
         return (
             Decision::Hold {
                 why: format!(
