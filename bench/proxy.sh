@@ -66,7 +66,7 @@ cleanup() {
 trap cleanup EXIT
 start_proxy() { # start_proxy PORT EXTRA...: shadowtap proxy in front of the backend
   local p="$1"; shift
-  "$bin/shadowtap" proxy --quiet --listen "127.0.0.1:$p" --production "http://127.0.0.1:$backend" "$@" \
+  "$bin/shadowtap" proxy --quiet --workers 1 --listen "127.0.0.1:$p" --production "http://127.0.0.1:$backend" "$@" \
     > "$d/proxy-$p.log" 2>&1 &
   pids+=("$!")
   for _ in $(seq 50); do grep -q listening "$d/proxy-$p.log" 2>/dev/null && return 0; sleep 0.1; done
@@ -93,7 +93,7 @@ run() { # run NAME PORT
   errs=$(awk '/Socket errors|Non-2xx/ {print}' "$d/wrk.out" | tr '\n' ' ')
   echo "$1|$rps|$p50|$p99|$errs" >> "$results"
 }
-echo "wrk -t1 -c$conns -d${secs}s, keep-alive, 1 KiB responses; nginx 1 worker; shadowtap $(git rev-parse --short HEAD)"
+echo "wrk -t1 -c$conns -d${secs}s, keep-alive, 1 KiB responses; nginx 1 worker; shadowtap --workers 1, $(git rev-parse --short HEAD)"
 run "direct" "$backend"
 run "nginx reverse proxy" "$nginx_proxy"
 run "nginx mirror" "$nginx_mirror"

@@ -167,6 +167,11 @@ pub struct ProxyArgs {
     /// Seconds requests in flight get to finish at shutdown (default 30).
     #[arg(long, value_name = "SECONDS")]
     shutdown_grace: Option<f64>,
+    /// Threads serving requests (and the shadows' sending), default one per core. On a machine
+    /// the proxy shares with its backends or load, fewer threads keep the tail latency lower
+    /// (bench/proxy.sh runs 1, as nginx's `worker_processes 1` beside it).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Configuration file (TOML); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -348,10 +353,16 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let token = admin_token(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("proxy")
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("proxy");
+    if let Some(n) = args.workers {
+        if n == 0 {
+            eprintln!("shadowtap: error: --workers must be at least 1");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.build()?;
     runtime.block_on(async move {
         // Before anything is announced: a SIGHUP right after the "listening" line reloads
         // instead of killing the process.
