@@ -167,7 +167,8 @@ pub struct ProxyArgs {
     /// Seconds requests in flight get to finish at shutdown (default 30).
     #[arg(long, value_name = "SECONDS")]
     shutdown_grace: Option<f64>,
-    /// Threads serving requests (and the shadows' sending), default one per core. On a machine
+    /// Threads serving requests, default one per core (the copies to shadows are sent from one
+    /// thread of their own). On a machine
     /// the proxy shares with its backends or load, fewer threads keep the tail latency lower
     /// (bench/proxy.sh runs 1, as nginx's `worker_processes 1` beside it).
     #[arg(long, value_name = "N")]

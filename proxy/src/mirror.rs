@@ -78,6 +78,9 @@ pub struct Shadows {
     stop: watch::Sender<bool>,
     /// Where rows go when the proxy does not record (removed at the end).
     scratch: Option<PathBuf>,
+    /// The copies are sent from a thread of their own, so the OS, not the production path's
+    /// cooperative scheduler, shares the CPU between them.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// Loads the replayer hooks the configuration names.
@@ -124,6 +127,18 @@ impl Shadows {
             .unwrap_or_default();
         let mut list = Vec::new();
         let mut senders = Vec::new();
+        let runtime = if config.shadows.is_empty() {
+            None
+        } else {
+            Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("proxy-shadows")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| ProxyError::Record(format!("the shadows' runtime: {e}")))?,
+            )
+        };
         for s in &config.shadows {
             let stats = Arc::new(PoolStats::default());
             let mut inputs = Vec::new();
@@ -172,7 +187,13 @@ impl Shadows {
                         None => Outcome::TransportError,
                     });
                 }));
-                let (sender, input) = Sender::start(opts, stop_rx.clone(), None).await?;
+                let started = runtime
+                    .as_ref()
+                    .expect("built when there are shadows")
+                    .spawn(Sender::start(opts, stop_rx.clone(), None));
+                let (sender, input) = started.await.map_err(|e| {
+                    ProxyError::Record(format!("starting shadow {}: {e}", s.name))
+                })??;
                 pool.push(sender);
                 inputs.push(Mutex::new(Some(input)));
             }
@@ -190,6 +211,7 @@ impl Shadows {
             senders,
             stop,
             scratch,
+            runtime,
         })
     }
 
@@ -215,7 +237,16 @@ impl Shadows {
             let mut merged: Option<ReplaySummary> = None;
             let mut failed = None;
             for sender in pool {
-                match sender.finish().await {
+                let finished = match &self.runtime {
+                    Some(rt) => rt.spawn(sender.finish()).await.unwrap_or_else(|e| {
+                        Err(shadowtap_replayer::ReplayError::Io {
+                            path: PathBuf::new(),
+                            source: std::io::Error::other(e.to_string()),
+                        })
+                    }),
+                    None => sender.finish().await,
+                };
+                match finished {
                     Ok(sum) => match merged.as_mut() {
                         None => merged = Some(sum),
                         Some(m) => merge(m, sum),
@@ -233,6 +264,9 @@ impl Shadows {
         timer.abort();
         if let Some(dir) = &self.scratch {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(rt) = self.runtime {
+            rt.shutdown_background();
         }
         out
     }
