@@ -565,3 +565,56 @@ async fn the_replayer_hooks_change_the_copies_not_production() {
         "production gets no marker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_member_is_passed_over_and_a_pinned_user_stays_on_the_canary() {
+    let (good, seen) = backend(Behaviour {
+        label: "good",
+        ..Default::default()
+    })
+    .await;
+    let dead = closed_port();
+    let mut cfg = shadowtap_proxy::ProxyConfig::new(
+        "127.0.0.1:0",
+        vec![format!("http://{dead}"), format!("http://{good}")],
+    );
+    cfg.limits.shutdown_grace_s = 5.0;
+    let (can, _) = backend(Behaviour {
+        label: "canary",
+        ..Default::default()
+    })
+    .await;
+    cfg.canary = Some(CanaryConfig {
+        name: "canary".into(),
+        urls: vec![format!("http://{can}")],
+        weight: 0.01,
+        sticky: KeySource::Header("X-User".into()),
+        pin_cookie: Some("pin".into()),
+    });
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let c = client();
+    // A body-less request that met the refusing member is tried at the other: every one is
+    // answered, and the refusing member is left out afterwards.
+    for k in 0..20 {
+        let a = get_url(
+            &c,
+            &format!("http://{}/item/{k}", running.addr),
+            &[("X-User", "u")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.status, 200);
+    }
+    assert_eq!(seen.requests.load(Ordering::Relaxed), 20);
+    // The pin cookie keeps a user on the canary whatever its bucket.
+    let a = get_url(
+        &c,
+        &format!("http://{}/item/1", running.addr),
+        &[("X-User", "u"), ("Cookie", "pin=1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.backend.as_deref(), Some("canary"));
+    running.shutdown();
+    running.wait().await.unwrap();
+}
