@@ -138,16 +138,20 @@ PY
 for which in direct mirror; do
   rate=$(python3 -c "print(int(float(open('$results.$which').read()) / 2))")
   direct_line=$(paced direct "http://127.0.0.1:$backend" "$rate")
+  nginx_line=$(paced nginx "http://127.0.0.1:$nginx_proxy" "$rate")
+  plain_line=$(paced plain "http://127.0.0.1:$st_plain" "$rate")
   mirror_line=$(paced mirror "http://127.0.0.1:$st_mirror" "$rate")
-  python3 - "$rate" "$which" "$direct_line" "$mirror_line" "$secs" <<'PY'
+  python3 - "$rate" "$which" "$secs" "$direct_line" "$nginx_line" "$plain_line" "$mirror_line" <<'PY'
 import sys
-rate, which, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[5])
-(_, d50, d99, dn), (_, m50, m99, mn) = (l.split("|") for l in sys.argv[3:5])
+rate, which, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+rows = [l.split("|") for l in sys.argv[4:8]]
 what = "half the direct maximum" if which == "direct" else "half shadowtap's mirroring maximum"
 print(f"open loop at {rate:,} req/s ({what}), shadowtap replay as the client:")
-print(f"  direct            p50 {float(d50):.3f} ms  p99 {float(d99):.3f} ms  ({int(dn) / secs:,.0f} req/s achieved)")
-print(f"  shadowtap mirror  p50 {float(m50):.3f} ms  p99 {float(m99):.3f} ms  ({int(mn) / secs:,.0f} req/s achieved)")
-print(f"  added p99: {float(m99) - float(d99):+.3f} ms (target < 1 ms)")
+d99 = float(rows[0][2])
+for (name, p50, p99, n), label in zip(rows, ["direct", "nginx reverse proxy", "shadowtap, no mirroring", "shadowtap, mirroring 100%"]):
+    added = "" if label == "direct" else f"  added p99 {float(p99) - d99:+.3f} ms"
+    print(f"  {label:26} p50 {float(p50):.3f} ms  p99 {float(p99):.3f} ms  ({int(n) / secs:,.0f} req/s achieved){added}")
+print("  (target: shadowtap's added p99 < 1 ms)")
 PY
 done
 
