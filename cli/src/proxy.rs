@@ -354,13 +354,17 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let token = admin_token(&config)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.workers == Some(0) {
+        eprintln!("shadowtap: error: --workers must be at least 1");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    // One worker: a current-thread runtime (no work-stealing machinery on the request path).
+    let mut runtime = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all().thread_name("proxy");
-    if let Some(n) = args.workers {
-        if n == 0 {
-            eprintln!("shadowtap: error: --workers must be at least 1");
-            return Ok(ExitCode::from(EXIT_USAGE));
-        }
+    if let Some(n) = args.workers.filter(|n| *n > 1) {
         runtime.worker_threads(n);
     }
     let runtime = runtime.build()?;
