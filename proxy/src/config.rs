@@ -203,8 +203,8 @@ pub struct Limits {
     pub shadow_timeout_s: f64,
     /// Body bytes kept per message in the recording.
     pub max_record_body: u64,
-    /// Bytes of mirrored bodies being collected at once, over all requests; past it copies
-    /// are dropped and counted.
+    /// Bytes of bodies kept at once for the copies and the recording, over all requests; past
+    /// it copies are dropped (counted as `memory`) and recorded bodies cut (flagged truncated).
     pub mirror_memory: u64,
     /// Roll recording files at this size.
     pub max_file_bytes: u64,

@@ -434,10 +434,12 @@ async fn handle(
                 } else {
                     0
                 };
+                // The recording's copy of the response counts against the same byte budget
+                // as the request copies: past it the recorded body is cut (flagged truncated).
                 let rbody = Tee::new(
                     rbody,
                     rec_cap,
-                    None,
+                    recording.then(|| state.budget.clone()),
                     Box::new(move |k| {
                         drop(lease);
                         a.response_done(k)
