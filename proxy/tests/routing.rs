@@ -618,3 +618,39 @@ async fn a_refusing_member_is_passed_over_and_a_pinned_user_stays_on_the_canary(
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn geo_criteria_pick_the_shadow_by_the_client_country() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let (here, seen_here) = backend(Behaviour::default()).await;
+    let (elsewhere, seen_elsewhere) = backend(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let geo = dir.path().join("geo.txt");
+    std::fs::write(&geo, "127.0.0.0/8 ZZ\n10.0.0.0/8 US\n").unwrap();
+    let mut cfg = config(prod);
+    let criteria = |cc: &str| shadowtap_proxy::config::Criteria {
+        match_geo: vec![cc.into()],
+        geo_file: Some(geo.clone()),
+        ..Default::default()
+    };
+    let mut a = shadow("loopback-country", here);
+    a.criteria = Some(criteria("ZZ"));
+    let mut b = shadow("us", elsewhere);
+    b.criteria = Some(criteria("US"));
+    cfg.shadows = vec![a, b];
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let c = client();
+    for k in 0..10 {
+        get_url(&c, &format!("http://{}/item/{k}", running.addr), &[])
+            .await
+            .unwrap();
+    }
+    running.shutdown();
+    running.wait().await.unwrap();
+    assert_eq!(
+        seen_here.requests.load(Ordering::Relaxed),
+        10,
+        "127.0.0.1 is ZZ here"
+    );
+    assert_eq!(seen_elsewhere.requests.load(Ordering::Relaxed), 0);
+}
