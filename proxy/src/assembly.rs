@@ -139,25 +139,28 @@ impl Assembly {
             } else {
                 None
             };
-            let mut copy = None;
-            for i in mirrors {
-                let Some(shadow) = self.sinks.shadows.get(i) else {
-                    continue;
-                };
-                if let Some(why) = reason {
-                    shadow.counters.drop_copy(why);
-                    continue;
-                }
-                let ex = copy.get_or_insert_with(|| {
+            let shadows: Vec<&Arc<Shadow>> = mirrors
+                .iter()
+                .filter_map(|&i| self.sinks.shadows.get(i))
+                .collect();
+            match reason {
+                Some(why) => shadows.iter().for_each(|s| s.counters.drop_copy(why)),
+                None => {
+                    // One copy of the body; each shadow but the last gets a clone of it.
                     let mut ex = p.head.clone();
                     ex.request_body = Body {
                         raw: kept.bytes(),
                         len: kept.len,
                         ..Body::default()
                     };
-                    ex
-                });
-                shadow.offer(Box::new(ex.clone()));
+                    let ex = Box::new(ex);
+                    if let Some((last, others)) = shadows.split_last() {
+                        for s in others {
+                            s.offer(ex.clone());
+                        }
+                        last.offer(ex);
+                    }
+                }
             }
         }
         p.request = Some(kept);
