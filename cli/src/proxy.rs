@@ -398,7 +398,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 _ = hup.recv() => {
                     match config_of(&args) {
                         Ok(new) => {
-                            if let Err(e) = running.state.apply(new, "SIGHUP") {
+                            if let Err(e) = running.state.apply(new, "SIGHUP").await {
                                 eprintln!("shadowtap proxy: SIGHUP: configuration not applied: {e}");
                             }
                         }

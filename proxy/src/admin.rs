@@ -68,7 +68,7 @@ async fn put_config(AxState(admin): AxState<Admin>, body: axum::body::Bytes) -> 
                 .into_response()
         }
     };
-    match admin.state.apply(new, "admin API") {
+    match admin.state.apply(new, "admin API").await {
         Ok(version) => Json(serde_json::json!({ "version": version })).into_response(),
         Err(e @ ProxyError::Config { .. }) if e.to_string().contains("restart") => {
             (StatusCode::CONFLICT, format!("{e}\n")).into_response()
@@ -98,7 +98,7 @@ fn pools(state: &State) -> Vec<(String, &'static str, Arc<PoolStats>)> {
     if let Some(c) = &r.canary {
         out.push((c.pool.name.clone(), "canary", state.canary.clone()));
     }
-    for s in &state.sinks.shadows {
+    for s in &r.sinks {
         out.push((s.name.clone(), "shadow", s.stats.clone()));
     }
     out
@@ -116,8 +116,8 @@ pub fn stats_json(state: &State) -> serde_json::Value {
         })
         .collect();
     let mirror: serde_json::Map<String, serde_json::Value> = state
+        .routing()
         .sinks
-        .shadows
         .iter()
         .map(|s| (s.name.clone(), s.counters.json()))
         .collect();
@@ -189,7 +189,7 @@ pub fn metrics_text(state: &State) -> String {
         }
     }
     let _ = writeln!(out, "# TYPE shadowtap_proxy_mirror_copies_total counter");
-    for s in &state.sinks.shadows {
+    for s in &state.routing().sinks {
         let _ = writeln!(
             out,
             "shadowtap_proxy_mirror_copies_total{{shadow=\"{}\",result=\"sent\"}} {}",

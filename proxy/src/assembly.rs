@@ -21,8 +21,6 @@ use crate::tee::Kept;
 pub struct Sinks {
     /// The run id of every row.
     pub run_id: Arc<str>,
-    /// The shadows copies may go to.
-    pub shadows: Vec<Arc<Shadow>>,
     /// The recording, when on.
     pub recorder: Option<Arc<Recorder>>,
     /// Bodies over this are not mirrored.
@@ -47,7 +45,7 @@ enum Response {
 
 struct Parts {
     head: Exchange,
-    mirrors: Vec<usize>,
+    mirrors: Vec<Arc<Shadow>>,
     request: Option<Kept>,
     response: Option<Response>,
     done: bool,
@@ -92,7 +90,7 @@ impl Assembly {
         stats: Arc<PoolStats>,
         pool: Arc<str>,
         head: Exchange,
-        mirrors: Vec<usize>,
+        mirrors: Vec<Arc<Shadow>>,
     ) -> Arc<Assembly> {
         Arc::new(Assembly {
             sinks,
@@ -139,10 +137,7 @@ impl Assembly {
             } else {
                 None
             };
-            let shadows: Vec<&Arc<Shadow>> = mirrors
-                .iter()
-                .filter_map(|&i| self.sinks.shadows.get(i))
-                .collect();
+            let shadows = mirrors;
             match reason {
                 Some(why) => shadows.iter().for_each(|s| s.counters.drop_copy(why)),
                 None => {

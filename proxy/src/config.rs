@@ -453,20 +453,12 @@ impl ProxyConfig {
 
     /// The first field a running proxy cannot change to `new`'s value, when there is one.
     pub fn restart_needed(&self, new: &ProxyConfig) -> Option<&'static str> {
-        let shadow_set = |c: &ProxyConfig| {
-            c.shadows
-                .iter()
-                .map(|s| (s.name.clone(), s.urls.clone(), s.concurrency, s.queue))
-                .collect::<Vec<_>>()
-        };
         if self.listen != new.listen {
             Some("listen")
         } else if self.record != new.record {
             Some("record")
         } else if self.admin != new.admin || self.admin_token_file != new.admin_token_file {
             Some("admin")
-        } else if shadow_set(self) != shadow_set(new) {
-            Some("shadows (names, URLs, concurrency, queue)")
         } else if self.tls != new.tls || self.upstream_ca != new.upstream_ca {
             Some("tls, upstream_ca")
         } else if self.hooks != new.hooks {
@@ -560,7 +552,8 @@ mod tests {
         b.mirror.percent = 5.0;
         b.canary.as_mut().unwrap().weight = 50.0;
         b.production.push("http://127.0.0.1:9".into());
-        assert_eq!(a.restart_needed(&b), None);
+        b.shadows[0].urls = vec!["http://127.0.0.1:10".into()];
+        assert_eq!(a.restart_needed(&b), None, "shadows start anew");
         b.listen = "127.0.0.1:1".into();
         assert_eq!(a.restart_needed(&b), Some("listen"));
     }

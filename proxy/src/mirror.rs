@@ -36,6 +36,15 @@ pub struct Shadow {
     pub stats: Arc<PoolStats>,
 }
 
+impl std::fmt::Debug for Shadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shadow").field("name", &self.name).finish()
+    }
+}
+
+/// A shadow pool's end: its name, its mirror counters, its senders' summary.
+pub type Closed = (String, serde_json::Value, Result<ReplaySummary, ProxyError>);
+
 impl Shadow {
     /// Offers a copy to the members in turn, the next one when a member's queue is full;
     /// never waits.
@@ -108,17 +117,22 @@ fn hooks(config: &ProxyConfig) -> Result<(Option<Rules>, Option<ScriptHook>), Pr
 
 impl Shadows {
     /// Starts a sender per shadow member; their rows go to `record` (or a scratch directory
-    /// removed at the end).
+    /// removed at the end). `generation` counts the shadow sets started by this proxy (a
+    /// configuration change that changes the shadows starts a new set): after the first, it
+    /// is part of the files' names so no two sets write the same file.
     pub async fn start(
         config: &ProxyConfig,
         run_id: &str,
         record: Option<&Path>,
         redactor: Option<&Redactor>,
+        generation: u32,
     ) -> Result<Shadows, ProxyError> {
         let (stop, stop_rx) = watch::channel(false);
         // Without a recording the shadows' rows are counted and observed, not written.
         let scratch = match (record, config.shadows.is_empty()) {
-            (None, false) => Some(std::env::temp_dir().join(format!("shadowtap-proxy-{run_id}"))),
+            (None, false) => {
+                Some(std::env::temp_dir().join(format!("shadowtap-proxy-{run_id}-{generation}")))
+            }
             _ => None,
         };
         let out = record
@@ -173,10 +187,15 @@ impl Shadows {
                 opts.run_id = Some(run_id.to_owned());
                 opts.progress = ProgressMode::Off;
                 opts.max_file_bytes = config.limits.max_file_bytes;
-                opts.file_tag = Some(if s.urls.len() > 1 {
-                    format!("{}-{k}", s.name)
+                let set = if generation > 0 {
+                    format!("-g{generation}")
                 } else {
-                    s.name.clone()
+                    String::new()
+                };
+                opts.file_tag = Some(if s.urls.len() > 1 {
+                    format!("{}{set}-{k}", s.name)
+                } else {
+                    format!("{}{set}", s.name)
                 });
                 opts.redactor = redactor.cloned();
                 opts.keep_rows = record.is_some();
@@ -217,7 +236,7 @@ impl Shadows {
 
     /// Closes every input, lets the senders send what is queued for up to `grace`, then stops
     /// them (what is still queued is counted as not sent); each pool's summary.
-    pub async fn close(self, grace: Duration) -> Vec<(String, Result<ReplaySummary, ProxyError>)> {
+    pub async fn close(self, grace: Duration) -> Vec<Closed> {
         for s in &self.list {
             for slot in &s.inputs {
                 let input = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -259,7 +278,7 @@ impl Shadows {
                 (None, Some(m)) => Ok(m),
                 (None, None) => Err(ProxyError::Record(format!("{}: no sender", s.name))),
             };
-            out.push((s.name.clone(), result));
+            out.push((s.name.clone(), s.counters.json(), result));
         }
         timer.abort();
         if let Some(dir) = &self.scratch {

@@ -58,6 +58,8 @@ pub struct Routing {
     pub mirror_methods: Vec<String>,
     /// What it was compiled from.
     pub config: ProxyConfig,
+    /// The shadows' senders, in `shadows`' order (attached by the proxy's state once started).
+    pub sinks: Vec<Arc<crate::mirror::Shadow>>,
 }
 
 impl Routing {
@@ -109,6 +111,7 @@ impl Routing {
                 .map(|m| m.to_ascii_uppercase())
                 .collect(),
             config: config.clone(),
+            sinks: Vec::new(),
         })
     }
 }

@@ -314,10 +314,13 @@ async fn handle(
         (Some(c), true) => (c.pool.clone(), state.canary.clone()),
         _ => (routing.production.clone(), state.production.clone()),
     };
-    for &i in &decision.mirrors {
-        if let Some(s) = state.sinks.shadows.get(i) {
-            s.counters.chosen.fetch_add(1, Ordering::Relaxed);
-        }
+    let mirrors: Vec<Arc<crate::mirror::Shadow>> = decision
+        .mirrors
+        .iter()
+        .filter_map(|&i| routing.sinks.get(i).cloned())
+        .collect();
+    for s in &mirrors {
+        s.counters.chosen.fetch_add(1, Ordering::Relaxed);
     }
     let host = head.host.as_ref().map(|h| h.to_string());
     let recording = state.sinks.recorder.is_some();
@@ -336,7 +339,7 @@ async fn handle(
         stats,
         pool.name.as_str().into(),
         head,
-        decision.mirrors.clone(),
+        mirrors,
     );
     let mut abandon = Abandon(Some(assembly.clone()));
     let limits = &routing.config.limits;
@@ -561,11 +564,11 @@ pub async fn start(
         &run_id,
         config.record.as_deref(),
         redactor.as_ref(),
+        0,
     )
     .await?;
     let sinks = Arc::new(Sinks {
         run_id: run_id.as_str().into(),
-        shadows: shadows.list.clone(),
         recorder: recorder.clone(),
         mirror_max_body: config.mirror.max_body,
         record_max_body: config.limits.max_record_body,
@@ -595,7 +598,9 @@ pub async fn start(
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_timer(TokioTimer::new())
         .build(connector);
-    let routing = Arc::new(Routing::compile(&config, 1)?);
+    let mut routing = Routing::compile(&config, 1)?;
+    routing.sinks = shadows.list.clone();
+    let routing = Arc::new(routing);
     let state = Arc::new(State {
         routing: RwLock::new(routing),
         run_id: run_id.clone(),
@@ -612,6 +617,12 @@ pub async fn start(
             .record
             .as_ref()
             .map(|d| d.join(format!("proxy-{run_id}.config.jsonl"))),
+        shadow_sets: tokio::sync::Mutex::new(crate::state::ShadowSets {
+            current: Some(shadows),
+            ..Default::default()
+        }),
+        record_dir: config.record.clone(),
+        redactor,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let admin = match (&config.admin, admin_token) {
@@ -625,7 +636,6 @@ pub async fn start(
         Serving {
             listener,
             acceptor,
-            shadows,
             recorder,
             grace,
             config,
@@ -646,7 +656,6 @@ pub async fn start(
 struct Serving {
     listener: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    shadows: Shadows,
     recorder: Option<Arc<Recorder>>,
     grace: Duration,
     config: ProxyConfig,
@@ -660,7 +669,6 @@ async fn serve(
     let Serving {
         listener,
         acceptor,
-        shadows,
         recorder,
         grace,
         config,
@@ -736,7 +744,7 @@ async fn serve(
     let drained = tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_ok();
-    let shadow_summaries = shadows.close(grace).await;
+    let shadow_summaries = state.close_shadows(grace).await;
     let files = match &recorder {
         Some(r) => r.close()?,
         None => Vec::new(),

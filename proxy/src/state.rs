@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
@@ -16,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use crate::assembly::Sinks;
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
+use crate::mirror::{Closed, Shadows};
 use crate::route::Routing;
 use crate::stats::PoolStats;
 use crate::tee::{Budget, Tee};
@@ -60,6 +62,28 @@ pub struct State {
     pub(crate) conn_seq: AtomicU64,
     pub(crate) local: SocketAddr,
     pub(crate) audit: Option<PathBuf>,
+    /// The shadow senders in force and the sets being closed; held across a change, so
+    /// changes apply one at a time.
+    pub(crate) shadow_sets: tokio::sync::Mutex<ShadowSets>,
+    pub(crate) record_dir: Option<PathBuf>,
+    pub(crate) redactor: Option<shadowtap_core::redact::Redactor>,
+}
+
+/// The shadow senders: the set in force and those replaced by a change, still sending what
+/// they hold.
+#[derive(Default)]
+pub(crate) struct ShadowSets {
+    pub(crate) current: Option<Shadows>,
+    pub(crate) retired: Vec<tokio::task::JoinHandle<Vec<Closed>>>,
+    pub(crate) generation: u32,
+}
+
+/// The shadows' identity: a change to any of it starts a new set of senders.
+fn shadow_set(c: &ProxyConfig) -> Vec<(String, Vec<String>, usize, usize)> {
+    c.shadows
+        .iter()
+        .map(|s| (s.name.clone(), s.urls.clone(), s.concurrency, s.queue))
+        .collect()
 }
 
 impl State {
@@ -72,10 +96,13 @@ impl State {
     }
 
     /// Applies `new` to new requests (requests in flight finish on the old routing); the new
-    /// version. Refused when it does not check, or changes what needs a restart.
-    pub fn apply(&self, new: ProxyConfig, source: &str) -> Result<u64, ProxyError> {
+    /// version. Refused when it does not check, or changes what needs a restart. A change to
+    /// the shadows (names, members, concurrency, queue) starts their new senders first; the
+    /// old ones then send what they hold, within the shutdown grace, in the background.
+    pub async fn apply(&self, new: ProxyConfig, source: &str) -> Result<u64, ProxyError> {
         new.check()?;
         guard_targets(&new)?;
+        let mut sets = self.shadow_sets.lock().await;
         let current = self.routing();
         if let Some(field) = current.config.restart_needed(&new) {
             return Err(ProxyError::config(
@@ -84,8 +111,29 @@ impl State {
             ));
         }
         let version = current.version + 1;
-        let routing = Arc::new(Routing::compile(&new, version)?);
-        *self.routing.write().unwrap_or_else(|p| p.into_inner()) = routing;
+        let mut routing = Routing::compile(&new, version)?;
+        let replaced = if shadow_set(&current.config) != shadow_set(&new) {
+            let started = Shadows::start(
+                &new,
+                &self.run_id,
+                self.record_dir.as_deref(),
+                self.redactor.as_ref(),
+                sets.generation + 1,
+            )
+            .await?;
+            sets.generation += 1;
+            routing.sinks = started.list.clone();
+            sets.current.replace(started)
+        } else {
+            routing.sinks = current.sinks.clone();
+            None
+        };
+        *self.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routing);
+        if let Some(old) = replaced {
+            let grace = Duration::from_secs_f64(new.limits.shutdown_grace_s);
+            sets.retired.push(tokio::spawn(old.close(grace)));
+        }
+        drop(sets);
         let entry = serde_json::json!({
             "version": version,
             "at": now_rfc3339(),
@@ -110,6 +158,21 @@ impl State {
             changes.remove(0);
         }
         Ok(version)
+    }
+
+    /// Closes every shadow set (the one in force, then those a change replaced); their ends.
+    pub(crate) async fn close_shadows(&self, grace: Duration) -> Vec<Closed> {
+        let mut sets = self.shadow_sets.lock().await;
+        let mut out = match sets.current.take() {
+            Some(s) => s.close(grace).await,
+            None => Vec::new(),
+        };
+        for handle in sets.retired.drain(..) {
+            if let Ok(closed) = handle.await {
+                out.extend(closed);
+            }
+        }
+        out
     }
 }
 

@@ -86,33 +86,32 @@ pub(crate) fn finish(
     state: &State,
     config: &ProxyConfig,
     drained: bool,
-    shadows: Vec<(String, Result<ReplaySummary, ProxyError>)>,
+    shadows: Vec<crate::mirror::Closed>,
     files: Vec<PathBuf>,
 ) -> Result<ProxySummary, ProxyError> {
-    let counters: BTreeMap<&str, serde_json::Value> = state
-        .sinks
-        .shadows
-        .iter()
-        .map(|s| (s.name.as_str(), s.counters.json()))
-        .collect();
-    let shadows = shadows
-        .into_iter()
-        .map(|(name, r)| {
-            let mirror = counters.get(name.as_str()).cloned().unwrap_or_default();
-            let (sender, error) = match r {
-                Ok(s) => (Some(s), None),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            (
-                name,
-                ShadowSummary {
-                    mirror,
-                    sender,
-                    error,
-                },
-            )
-        })
-        .collect();
+    let mut out: BTreeMap<String, ShadowSummary> = BTreeMap::new();
+    for (name, mirror, r) in shadows {
+        let (sender, error) = match r {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        // A set replaced by a configuration change keeps its own entry.
+        let mut key = name.clone();
+        let mut k = 1;
+        while out.contains_key(&key) {
+            k += 1;
+            key = format!("{name} (set {k})");
+        }
+        out.insert(
+            key,
+            ShadowSummary {
+                mirror,
+                sender,
+                error,
+            },
+        );
+    }
+    let shadows = out;
     let (recorded, recording_dropped) = state.sinks.recorder.as_ref().map_or((0, 0), |r| {
         (
             r.counts.written.load(Ordering::Relaxed),

@@ -78,7 +78,8 @@ async fn production_answers_unchanged_and_never_waits_whatever_the_shadow_does()
             worst < Duration::from_millis(1000),
             "{cell}: a production request took {worst:?}"
         );
-        let counters = &running.state.sinks.shadows[0].counters;
+        let shadow0 = running.state.routing().sinks[0].clone();
+        let counters = &shadow0.counters;
         assert_eq!(counters.chosen.load(Ordering::Relaxed), 120, "{cell}");
         let sent = counters.sent.load(Ordering::Relaxed);
         let full = counters.dropped(DropReason::QueueFull);
@@ -135,7 +136,8 @@ async fn an_8_mib_upload_is_streamed_to_production_and_mirrored_whole_or_counted
             first < sent_all,
             "production's first body byte must arrive before the client finished sending"
         );
-        let counters = &running.state.sinks.shadows[0].counters;
+        let shadow0 = running.state.routing().sinks[0].clone();
+        let counters = &shadow0.counters;
         let over = counters.dropped(DropReason::BodyOverCap);
         assert_eq!(
             over,
@@ -174,7 +176,8 @@ async fn a_body_over_the_mirror_cap_is_counted_not_sent() {
             .unwrap();
         assert_eq!(c.request(req).await.unwrap().status(), 200);
     }
-    let counters = &running.state.sinks.shadows[0].counters;
+    let shadow0 = running.state.routing().sinks[0].clone();
+    let counters = &shadow0.counters;
     assert_eq!(counters.dropped(DropReason::BodyOverCap), 1);
     running.shutdown();
     running.wait().await.unwrap();

@@ -88,7 +88,7 @@ async fn mirror_shares_hold_per_shadow_and_criteria_select() {
     let answers = load(running.addr, n, 8, every_fifth_tagged).await;
     assert!(answers.iter().all(|a| a.status == 200));
     let chosen = |i: usize| {
-        running.state.sinks.shadows[i]
+        running.state.routing().sinks[i]
             .counters
             .chosen
             .load(Ordering::Relaxed)
@@ -219,7 +219,7 @@ async fn the_canary_weight_holds_users_stay_and_rising_it_under_load_drops_nothi
     for weight in [5.0, 20.0, 50.0] {
         let mut new = running.state.routing().config.clone();
         new.canary.as_mut().unwrap().weight = weight;
-        running.state.apply(new, "test").unwrap();
+        running.state.apply(new, "test").await.unwrap();
         let answers = load(running.addr, 4000, 4, user_header).await;
         let mut canary_users = BTreeSet::new();
         let mut by_user: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
@@ -339,7 +339,7 @@ async fn the_admin_api_needs_its_token_and_applies_changes_atomically() {
             .unwrap();
     }
     assert_eq!(
-        running.state.sinks.shadows[0]
+        running.state.routing().sinks[0]
             .counters
             .chosen
             .load(Ordering::Relaxed),
@@ -501,6 +501,49 @@ async fn a_shadow_pool_of_two_members_shares_the_copies_under_one_name() {
     assert!((40..=60).contains(&a), "{a} and {b}");
     let sender = summary.shadows["candidate"].sender.as_ref().unwrap();
     assert_eq!(sender.targets["candidate"].rows, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_pool_changed_at_runtime_gets_the_copies_and_the_old_one_sends_what_it_had() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let (old, seen_old) = backend(Behaviour::default()).await;
+    let (new_member, seen_new) = backend(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(prod);
+    cfg.record = Some(dir.path().to_path_buf());
+    cfg.shadows = vec![shadow("candidate", old)];
+    let running = shadowtap_proxy::start(cfg.clone(), None).await.unwrap();
+    let c = client();
+    for k in 0..30 {
+        get_url(&c, &format!("http://{}/item/{k}", running.addr), &[])
+            .await
+            .unwrap();
+    }
+    let mut changed = cfg.clone();
+    changed.shadows = vec![shadow("candidate", new_member)];
+    assert_eq!(running.state.apply(changed, "test").await.unwrap(), 2);
+    for k in 30..70 {
+        get_url(&c, &format!("http://{}/item/{k}", running.addr), &[])
+            .await
+            .unwrap();
+    }
+    running.shutdown();
+    let summary = running.wait().await.unwrap();
+    assert_eq!(seen_old.requests.load(Ordering::Relaxed), 30);
+    assert_eq!(seen_new.requests.load(Ordering::Relaxed), 40);
+    let rows: u64 = summary
+        .shadows
+        .values()
+        .map(|s| s.sender.as_ref().unwrap().targets["candidate"].rows)
+        .sum();
+    assert_eq!(rows, 70, "{:?}", summary.shadows.keys());
+    // Each set wrote its own files: 70 replays rows for the shadow, none overwritten.
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("replays-") && n.contains("candidate"))
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
