@@ -1,0 +1,165 @@
+//! Alert delivery from the store's outbox. A change writes its alerts in its own transaction
+//! (one row per sink); this loop sends what is due, marks it delivered on a 2xx, and otherwise
+//! retries with exponential backoff (1 s doubling, at most 5 minutes). A restart resumes from
+//! the outbox, so an alert is neither lost nor sent again once delivered; the delivery id
+//! (`X-Shadowtap-Delivery`, the transition's id) is the same on every try, so a receiver that
+//! saw a try whose answer was lost can drop the repeat.
+//!
+//! The generic webhook gets the alert as JSON, signed: `X-Shadowtap-Signature:
+//! sha256=<hex HMAC-SHA256 of the body with the configured secret>`. The Slack-compatible one
+//! gets `{"text": …}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::watch;
+
+use crate::plane::{now, Plane};
+use crate::store::Pending;
+
+/// The signature header's value for `body`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// Seconds to wait after `attempts` failed tries.
+pub fn backoff(attempts: u32) -> f64 {
+    2f64.powi(attempts.min(9) as i32).min(300.0)
+}
+
+async fn send(
+    client: &reqwest::Client,
+    plane: &Plane,
+    secret: &[u8],
+    p: &Pending,
+) -> Result<(), String> {
+    let (url, body, signed) = match p.sink.as_str() {
+        "webhook" => (
+            plane.config.alerts.webhook_url.clone(),
+            serde_json::to_vec(&p.alert).expect("alert serialises"),
+            true,
+        ),
+        "slack" => (
+            plane.config.alerts.slack_url.clone(),
+            serde_json::to_vec(&serde_json::json!({ "text": p.alert.text }))
+                .expect("json serialises"),
+            false,
+        ),
+        other => return Err(format!("unknown sink {other}")),
+    };
+    let Some(url) = url else {
+        return Err(format!("no {} URL configured any more", p.sink));
+    };
+    let mut req = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-shadowtap-delivery", &p.alert.id)
+        .header("x-shadowtap-attempt", (p.attempts + 1).to_string());
+    if signed {
+        req = req.header("x-shadowtap-signature", signature(secret, &body));
+    }
+    let resp = req.body(body).send().await.map_err(|e| {
+        // The URL may hold a token: name the error's kind only.
+        if e.is_timeout() {
+            "timed out".to_owned()
+        } else if e.is_connect() {
+            "could not connect".to_owned()
+        } else {
+            "request failed".to_owned()
+        }
+    })?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("answered {}", resp.status().as_u16()))
+    }
+}
+
+/// Sends due alerts until `stop`.
+pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
+    if plane.sinks.is_empty() {
+        return;
+    }
+    let secret = match &plane.config.alerts.webhook_secret_file {
+        Some(f) => match std::fs::read(f) {
+            Ok(s) => s.trim_ascii().to_vec(),
+            Err(e) => {
+                eprintln!(
+                    "shadowtap serve: alerts: {}: {e}; webhooks are not sent",
+                    f.display()
+                );
+                return;
+            }
+        },
+        None => Vec::new(),
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shadowtap serve: alerts: no HTTP client: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => return,
+        }
+        let due = match plane.store.call(|s| s.due(now(), 50)).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("shadowtap serve: alerts: {e}");
+                continue;
+            }
+        };
+        for p in due {
+            let result = send(&client, &plane, &secret, &p).await;
+            let (id, sink) = (p.alert.id.clone(), p.sink.clone());
+            let written = match result {
+                Ok(()) => plane.store.call(move |s| s.delivered(&id, &sink, now())).await,
+                Err(why) => {
+                    tracing::warn!(id = p.alert.id, sink = p.sink, "alert not delivered: {why}");
+                    let next = now() + backoff(p.attempts);
+                    plane
+                        .store
+                        .call(move |s| s.failed(&id, &sink, next, &why))
+                        .await
+                }
+            };
+            if let Err(e) = written {
+                eprintln!("shadowtap serve: alerts: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_rfc_4231s_hmac() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_stops_at_five_minutes() {
+        assert_eq!(backoff(0), 1.0);
+        assert_eq!(backoff(3), 8.0);
+        assert_eq!(backoff(20), 300.0);
+    }
+}

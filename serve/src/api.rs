@@ -1,0 +1,370 @@
+//! The control API (axum): the load balancers' state, the moves (`shadow`, `testing`, `live`,
+//! `rollback`, `pause`, `resume`, `remove`), their metrics and history, Prometheus `/metrics`,
+//! `/healthz` and `/openapi.json`. Every route but `/healthz` needs `Authorization: Bearer
+//! <token>`; the token's name is the actor in the history. Errors are JSON: `{"error": …}`, and
+//! a refused move (409) adds the current `state` and the `allowed` moves.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State as AxState};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use shadowtap_control::shift::{seed_eta, Algorithm};
+
+use crate::deployment::{ActError, Action, Deployment, TestingSpec};
+use crate::plane::{ChangeError, Plane};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    /// The control plane.
+    pub plane: Arc<Plane>,
+    /// `(name, token)`.
+    pub tokens: Arc<Vec<(String, String)>>,
+}
+
+/// The token's name, for the history.
+#[derive(Clone)]
+struct Actor(String);
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    // Compares every byte whatever the first difference.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(AxState(api): AxState<Api>, mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(given) = given else {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
+    };
+    let mut actor = None;
+    for (name, token) in api.tokens.iter() {
+        if equal(given.as_bytes(), token.as_bytes()) {
+            actor = Some(name.clone());
+        }
+    }
+    match actor {
+        Some(a) => {
+            req.extensions_mut().insert(Actor(a));
+            next.run(req).await
+        }
+        None => error(StatusCode::UNAUTHORIZED, "the bearer token is not valid"),
+    }
+}
+
+fn change_error(e: ChangeError) -> Response {
+    match e {
+        ChangeError::NotFound(id) => error(StatusCode::NOT_FOUND, format!("no load balancer {id:?}")),
+        ChangeError::Act(ActError::Refused(r)) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": r.to_string(),
+                "state": r.current,
+                "allowed": r.allowed,
+            })),
+        )
+            .into_response(),
+        ChangeError::Act(ActError::Invalid(m)) => error(StatusCode::BAD_REQUEST, m),
+        ChangeError::Act(ActError::Stale(m)) => error(StatusCode::CONFLICT, m),
+        ChangeError::Serve(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A deployment as the API shows it.
+pub fn view(plane: &Plane, d: &Deployment) -> serde_json::Value {
+    let spec = d.testing.as_ref();
+    let interval_s = spec.map_or(plane.defaults.interval_s, |t| t.interval_s(&plane.defaults));
+    let policy = spec.and_then(|t| t.policy(&plane.defaults).ok());
+    let eta = match (spec, policy.map(|p| p.algorithm)) {
+        (Some(t), Some(Algorithm::Seed)) => seed_eta(d.rollout.traffic_percentage, t.target_traffic_percentage)
+            .map(|n| serde_json::json!({ "intervals": n, "seconds": n as f64 * interval_s })),
+        _ => None,
+    };
+    serde_json::json!({
+        "id": d.id,
+        "state": d.rollout.state.as_str(),
+        "stablePool": d.stable_pool,
+        "candidatePool": d.candidate_pool,
+        "shadowPool": d.shadow_pool,
+        "trafficPercentage": d.rollout.traffic_percentage,
+        "mirrorPercentage": d.rollout.mirror_percentage,
+        "mirrorCriteria": d.mirror_criteria,
+        "thresholds": policy.map(|p| serde_json::json!({
+            "errorRate": p.thresholds.error_rate,
+            "latency": p.thresholds.latency_ms,
+            "latencyPercentile": spec.map(|t| t.latency_percentile),
+            "criticalErrorRate": p.critical.error_rate,
+            "criticalLatency": p.critical.latency_ms,
+            "maxErrorRateIncrease": spec.and_then(|t| t.max_error_rate_increase),
+            "maxLatencyRatio": spec.and_then(|t| t.max_latency_ratio),
+            "failureLimit": p.failure_limit,
+            "minRequests": p.min_requests,
+        })),
+        "algorithm": spec.map(|t| t.algorithm.clone()),
+        "targetTrafficPercentage": spec.map(|t| t.target_traffic_percentage),
+        "interval": interval_s,
+        "eta": eta,
+        "version": d.rollout.version,
+        "updatedAt": d.updated_at,
+        "lastJudgement": d.last_judgement,
+    })
+}
+
+async fn list(AxState(api): AxState<Api>) -> Response {
+    let mut out = Vec::new();
+    for id in api.plane.balancers.keys() {
+        match api.plane.get(id).await {
+            Ok(d) => out.push(view(&api.plane, &d)),
+            Err(e) => return change_error(e),
+        }
+    }
+    Json(out).into_response()
+}
+
+async fn one(AxState(api): AxState<Api>, Path(id): Path<String>) -> Response {
+    match api.plane.get(&id).await {
+        Ok(d) => Json(view(&api.plane, &d)).into_response(),
+        Err(e) => change_error(e),
+    }
+}
+
+async fn history(AxState(api): AxState<Api>, Path(id): Path<String>) -> Response {
+    match api.plane.history(&id).await {
+        Ok(h) => Json(h).into_response(),
+        Err(e) => change_error(e),
+    }
+}
+
+fn pool_json(w: &shadowtap_proxy::stats::Window) -> serde_json::Value {
+    serde_json::json!({
+        "errorRate": w.error_rate,
+        "latency": {"p50": w.p50_ms, "p90": w.p90_ms, "p99": w.p99_ms},
+        "requestCount": w.requests,
+    })
+}
+
+async fn metrics_of(AxState(api): AxState<Api>, Path(id): Path<String>) -> Response {
+    let d = match api.plane.get(&id).await {
+        Ok(d) => d,
+        Err(e) => return change_error(e),
+    };
+    let v = view(&api.plane, &d);
+    let secs = v["interval"].as_f64().unwrap_or(30.0).ceil().max(1.0) as u64;
+    let windows = api.plane.windows(&id, secs).unwrap_or_default();
+    let pools: serde_json::Map<String, serde_json::Value> = windows
+        .iter()
+        .map(|(k, w)| ((*k).to_owned(), pool_json(w)))
+        .collect();
+    Json(serde_json::json!({
+        "window": format!("{secs}s"),
+        "pools": pools,
+        "thresholds": v["thresholds"],
+        "trafficPercentage": d.rollout.traffic_percentage,
+        "mirrorPercentage": d.rollout.mirror_percentage,
+        "lastJudgement": d.last_judgement,
+    }))
+    .into_response()
+}
+
+/// `POST …/shadow`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ShadowBody {
+    shadow_pool: Vec<String>,
+    mirror_percentage: f64,
+    #[serde(default)]
+    mirror_criteria: Option<Vec<String>>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The other moves.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, Response> {
+    let text = if body.iter().all(u8::is_ascii_whitespace) && empty_ok {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(text).map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body: {e}")))
+}
+
+async fn act_route(
+    api: &Api,
+    id: &str,
+    actor: &str,
+    action: Action,
+    reason: Option<String>,
+) -> Response {
+    match api.plane.change(id, action, actor, reason.as_deref()).await {
+        Ok((d, _)) => Json(view(&api.plane, &d)).into_response(),
+        Err(e) => change_error(e),
+    }
+}
+
+async fn shadow(
+    AxState(api): AxState<Api>,
+    Path(id): Path<String>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    body: axum::body::Bytes,
+) -> Response {
+    let b: ShadowBody = match parse(&body, false) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let action = Action::Shadow {
+        pool: b.shadow_pool,
+        mirror_percentage: b.mirror_percentage,
+        criteria: b.mirror_criteria.unwrap_or_else(|| vec!["random".into()]),
+    };
+    act_route(&api, &id, &actor, action, b.reason).await
+}
+
+async fn testing(
+    AxState(api): AxState<Api>,
+    Path(id): Path<String>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+    body: axum::body::Bytes,
+) -> Response {
+    let spec: TestingSpec = match parse(&body, false) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let reason = spec.reason.clone();
+    act_route(&api, &id, &actor, Action::Testing(Box::new(spec)), reason).await
+}
+
+async fn simple(
+    api: Api,
+    id: String,
+    actor: String,
+    body: axum::body::Bytes,
+    action: Action,
+) -> Response {
+    let b: ReasonBody = match parse(&body, true) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    act_route(&api, &id, &actor, action, b.reason).await
+}
+
+macro_rules! simple_route {
+    ($name:ident, $action:expr) => {
+        async fn $name(
+            AxState(api): AxState<Api>,
+            Path(id): Path<String>,
+            axum::Extension(Actor(actor)): axum::Extension<Actor>,
+            body: axum::body::Bytes,
+        ) -> Response {
+            simple(api, id, actor, body, $action).await
+        }
+    };
+}
+
+simple_route!(live, Action::Live);
+simple_route!(rollback, Action::Rollback);
+simple_route!(pause, Action::Pause);
+simple_route!(resume, Action::Resume);
+simple_route!(remove, Action::Remove);
+
+const STATES: [&str; 8] = [
+    "stable", "shadow", "testing", "paused", "live", "degraded", "removing", "removed",
+];
+
+async fn prometheus(AxState(api): AxState<Api>) -> Response {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP shadowtap_lb_state 1 for the load balancer's current state.");
+    let _ = writeln!(out, "# TYPE shadowtap_lb_state gauge");
+    let mut rest = String::new();
+    for id in api.plane.balancers.keys() {
+        let Ok(d) = api.plane.get(id).await else {
+            continue;
+        };
+        for s in STATES {
+            let _ = writeln!(
+                out,
+                "shadowtap_lb_state{{lb=\"{id}\",state=\"{s}\"}} {}",
+                u8::from(d.rollout.state.as_str() == s)
+            );
+        }
+        let v = view(&api.plane, &d);
+        let _ = writeln!(rest, "shadowtap_lb_traffic_percentage{{lb=\"{id}\"}} {}", d.rollout.traffic_percentage);
+        let _ = writeln!(rest, "shadowtap_lb_mirror_percentage{{lb=\"{id}\"}} {}", d.rollout.mirror_percentage);
+        let _ = writeln!(rest, "shadowtap_lb_version{{lb=\"{id}\"}} {}", d.rollout.version);
+        if let Some(t) = v["thresholds"].as_object() {
+            for (k, name) in [("errorRate", "error_rate"), ("latency", "latency_ms"), ("criticalErrorRate", "critical_error_rate"), ("criticalLatency", "critical_latency_ms")] {
+                if let Some(x) = t.get(k).and_then(serde_json::Value::as_f64) {
+                    let _ = writeln!(rest, "shadowtap_lb_threshold{{lb=\"{id}\",limit=\"{name}\"}} {x}");
+                }
+            }
+        }
+        let secs = v["interval"].as_f64().unwrap_or(30.0).ceil().max(1.0) as u64;
+        for (pool, w) in api.plane.windows(id, secs).unwrap_or_default() {
+            let _ = writeln!(rest, "shadowtap_lb_pool_requests{{lb=\"{id}\",pool=\"{pool}\"}} {}", w.requests);
+            let _ = writeln!(rest, "shadowtap_lb_pool_error_rate{{lb=\"{id}\",pool=\"{pool}\"}} {}", w.error_rate);
+            for (q, x) in [("0.5", w.p50_ms), ("0.9", w.p90_ms), ("0.99", w.p99_ms)] {
+                if let Some(x) = x {
+                    let _ = writeln!(rest, "shadowtap_lb_pool_latency_ms{{lb=\"{id}\",pool=\"{pool}\",quantile=\"{q}\"}} {x}");
+                }
+            }
+        }
+    }
+    out.push_str("# TYPE shadowtap_lb_traffic_percentage gauge\n");
+    out.push_str(&rest);
+    if let Ok(n) = api.plane.store.call(|s| s.undelivered()).await {
+        let _ = writeln!(out, "# TYPE shadowtap_alerts_undelivered gauge\nshadowtap_alerts_undelivered {n}");
+    }
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+/// The router.
+pub fn router(api: Api) -> Router {
+    let guarded = Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(prometheus))
+        .route("/loadbalancer", get(list))
+        .route("/loadbalancer/{id}", get(one))
+        .route("/loadbalancer/{id}/metrics", get(metrics_of))
+        .route("/loadbalancer/{id}/history", get(history))
+        .route("/loadbalancer/{id}/shadow", post(shadow))
+        .route("/loadbalancer/{id}/testing", post(testing))
+        .route("/loadbalancer/{id}/live", post(live))
+        .route("/loadbalancer/{id}/rollback", post(rollback))
+        .route("/loadbalancer/{id}/pause", post(pause))
+        .route("/loadbalancer/{id}/resume", post(resume))
+        .route("/loadbalancer/{id}/remove", post(remove))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .merge(guarded)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /openapi.json") })
+        .with_state(api)
+}

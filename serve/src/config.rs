@@ -1,0 +1,306 @@
+//! `shadowtap serve`'s configuration file: the load balancers (each a proxy in this process),
+//! the API, the store, the monitor's defaults and the alerts. [`ServeConfig::sample`] is the
+//! commented file `--print-sample-config` prints; every key in it is read here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServeError;
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The control API.
+    pub api: ApiConfig,
+    /// Where the state is kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The monitor's defaults.
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    /// Where alerts go.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// The load balancers.
+    #[serde(rename = "loadbalancer", default)]
+    pub loadbalancers: Vec<LoadBalancerConfig>,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `host:port`.
+    pub listen: String,
+    /// One token per line: `name token` (the name is the actor in the history) or a bare
+    /// token (named `api`). Relative to the config file.
+    pub token_file: PathBuf,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (relative to the config file) or `postgres://…`; default
+    /// `sqlite://shadowtap.db` beside the config.
+    pub url: Option<String>,
+}
+
+/// `[monitor]`: defaults a `testing` call may override.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// How often each load balancer is judged (`30s`, `500ms`, `2m`).
+    pub interval: String,
+    /// Fewer requests than this on the new version in a window: hold, no judgement.
+    pub min_requests: u64,
+    /// Windows in a row without enough traffic before an alert.
+    pub silent_limit: u32,
+    /// Breaching windows in a row that roll back.
+    pub failure_limit: u32,
+    /// How long a pool being removed keeps its in-flight requests before it is removed.
+    pub drain: String,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            interval: "30s".into(),
+            min_requests: 20,
+            silent_limit: 5,
+            failure_limit: 3,
+            drain: "10s".into(),
+        }
+    }
+}
+
+/// `[alerts]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Generic JSON webhook: POSTed, signed with `X-Shadowtap-Signature: sha256=<hex HMAC>`.
+    pub webhook_url: Option<String>,
+    /// The HMAC key's file (relative to the config file).
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Slack-compatible incoming webhook (`{"text": …}`).
+    pub slack_url: Option<String>,
+}
+
+/// One `[[loadbalancer]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerConfig {
+    /// Its id in the API.
+    pub id: String,
+    /// Where its proxy listens.
+    pub listen: String,
+    /// The stable pool's members at first start (the store's value wins afterwards).
+    pub production: Vec<String>,
+    /// Record exchanges and replays here (optional).
+    #[serde(default)]
+    pub record: Option<PathBuf>,
+    /// Hosts allowed as shadows although they are production's.
+    #[serde(default)]
+    pub allow_targets: Vec<String>,
+    /// CIDR → country CSV for `geo:` mirror criteria.
+    #[serde(default)]
+    pub geo_file: Option<PathBuf>,
+    /// What keeps a user on the same side of the canary split: `client` (the default),
+    /// `request`, `header:NAME` or `cookie:NAME`.
+    #[serde(default = "client")]
+    pub sticky: String,
+}
+
+fn client() -> String {
+    "client".into()
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 7.0 {
+        return Err(format!("{s:?} must be over 0 and at most a week"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ServeConfig {
+    /// Reads and checks the file; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<ServeConfig, ServeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServeError::Config {
+            field: "--config".into(),
+            why: format!("{}: {e}", path.display()),
+        })?;
+        let mut c: ServeConfig = toml::from_str(&text).map_err(|e| ServeError::Config {
+            field: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rel(&mut c.api.token_file);
+        if let Some(f) = c.alerts.webhook_secret_file.as_mut() {
+            rel(f);
+        }
+        for lb in &mut c.loadbalancers {
+            if let Some(r) = lb.record.as_mut() {
+                rel(r);
+            }
+            if let Some(g) = lb.geo_file.as_mut() {
+                rel(g);
+            }
+        }
+        c.store.url = Some(match c.store.url.take() {
+            None => format!("sqlite://{}", base.join("shadowtap.db").display()),
+            Some(u) => match u.strip_prefix("sqlite://") {
+                Some(p) if Path::new(p).is_relative() => {
+                    format!("sqlite://{}", base.join(p).display())
+                }
+                _ => u,
+            },
+        });
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Checks what the types cannot.
+    pub fn check(&self) -> Result<(), ServeError> {
+        let bad = |field: &str, why: String| ServeError::Config {
+            field: field.into(),
+            why,
+        };
+        parse_duration(&self.monitor.interval).map_err(|w| bad("monitor.interval", w))?;
+        parse_duration(&self.monitor.drain).map_err(|w| bad("monitor.drain", w))?;
+        if self.loadbalancers.is_empty() {
+            return Err(bad(
+                "loadbalancer",
+                "at least one [[loadbalancer]] is needed".into(),
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for lb in &self.loadbalancers {
+            if lb.id.is_empty()
+                || !lb
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad(
+                    "loadbalancer.id",
+                    format!("{:?}: letters, digits, - and _ only", lb.id),
+                ));
+            }
+            if !ids.insert(lb.id.as_str()) {
+                return Err(bad("loadbalancer.id", format!("{:?} is used twice", lb.id)));
+            }
+            lb.sticky
+                .parse::<shadowtap_proxy::config::KeySource>()
+                .map_err(|w| bad("loadbalancer.sticky", w))?;
+            if lb.production.is_empty() {
+                return Err(bad(
+                    "loadbalancer.production",
+                    format!("{}: at least one member", lb.id),
+                ));
+            }
+        }
+        if self.alerts.webhook_url.is_some() && self.alerts.webhook_secret_file.is_none() {
+            return Err(bad(
+                "alerts.webhook_secret_file",
+                "a webhook needs a secret to sign with".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The monitor's interval.
+    pub fn interval(&self) -> Duration {
+        parse_duration(&self.monitor.interval).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// How long a removed pool drains.
+    pub fn drain(&self) -> Duration {
+        parse_duration(&self.monitor.drain).unwrap_or(Duration::from_secs(10))
+    }
+
+    /// The commented sample `--print-sample-config` prints.
+    pub fn sample() -> &'static str {
+        include_str!("sample.toml")
+    }
+}
+
+/// The API's tokens: `(name, token)`.
+pub fn read_tokens(path: &Path) -> Result<Vec<(String, String)>, ServeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ServeError::Config {
+        field: "api.token_file".into(),
+        why: format!("{}: {e}", path.display()),
+    })?;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, token) = match line.split_once(char::is_whitespace) {
+            Some((n, t)) => (n.trim().to_owned(), t.trim().to_owned()),
+            None => ("api".to_owned(), line.to_owned()),
+        };
+        if token.len() < 16 {
+            return Err(ServeError::Config {
+                field: "api.token_file".into(),
+                why: format!("the token named {name:?} is shorter than 16 characters"),
+            });
+        }
+        out.push((name, token));
+    }
+    if out.is_empty() {
+        return Err(ServeError::Config {
+            field: "api.token_file".into(),
+            why: format!("{} holds no token", path.display()),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn the_sample_parses_and_checks() {
+        let c: ServeConfig = toml::from_str(ServeConfig::sample()).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.loadbalancers[0].id, "checkout");
+        assert_eq!(c.interval(), Duration::from_secs(30));
+    }
+}

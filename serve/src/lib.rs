@@ -1,0 +1,87 @@
+//! `shadowtap serve`: the control plane in one process. It runs the proxy of every load
+//! balancer in its config ([`plane`]), keeps the truth in a store ([`store`]: SQLite by default,
+//! or PostgreSQL), serves the control API ([`api`]), and runs the background [`monitor`], which
+//! shifts traffic, holds, rolls back and promotes, and the [`alerts`] outbox's delivery. Every
+//! change, from the API or the monitor, goes through [`deployment::act`], a pure function over
+//! the pure state machine and shift algorithms of `shadowtap-control`.
+
+pub mod alerts;
+pub mod api;
+pub mod config;
+pub mod deployment;
+pub mod error;
+pub mod monitor;
+pub mod plane;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::ServeConfig;
+pub use error::ServeError;
+use tokio::sync::watch;
+
+/// A running control plane.
+pub struct Server {
+    /// The plane (load balancers, store).
+    pub plane: Arc<Plane>,
+    /// Where the API listens.
+    pub api: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub use plane::Plane;
+
+impl Server {
+    /// Starts everything `config` names.
+    pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
+        let tokens = config::read_tokens(&config.api.token_file)?;
+        let listener = tokio::net::TcpListener::bind(&config.api.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                what: "api.listen",
+                addr: config.api.listen.clone(),
+                source,
+            })?;
+        let api_addr = listener.local_addr().map_err(|source| ServeError::Listen {
+            what: "api.listen",
+            addr: config.api.listen.clone(),
+            source,
+        })?;
+        let plane = Plane::start(config).await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let router = api::router(api::Api {
+            plane: plane.clone(),
+            tokens: Arc::new(tokens),
+        });
+        let mut api_stop = stop_rx.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = api_stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                eprintln!("shadowtap serve: the API stopped: {e}");
+            }
+        })];
+        tasks.push(tokio::spawn(monitor::run(plane.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(alerts::run(plane.clone(), stop_rx)));
+        Ok(Server {
+            plane,
+            api: api_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops the API, the monitor and the alerts, then the proxies (which finish the requests
+    /// in flight). Nothing stored is lost: every change was committed before it was applied.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        self.plane.shutdown().await;
+    }
+}

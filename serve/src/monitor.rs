@@ -1,0 +1,271 @@
+//! The background monitor: every interval, for each load balancer, it reads its proxy's windows
+//! and turns them into a change through [`Plane::change`], as the actor `monitor`:
+//! - **shadow**: the shadow pool against production on the same window: a shadow failing
+//!   critically (error rate at least `SHADOW_CRITICAL`) stops mirroring (a rollback, with the
+//!   numbers as its reason); a deviation (error rate over production's by more than 5 points,
+//!   or p99 over twice production's plus 50 ms) raises an alert on its first window;
+//! - **testing** (and paused, which only rolls back): the candidate's window against the
+//!   policy's thresholds (tightened by the relative ones on the stable pool's window), through
+//!   the pure [`shadowtap_control::shift::tick`]: shift, hold (never on no data), roll back, or
+//!   promote at the target;
+//! - **live**: after the drain, the old stable pool is removed; a breach before that degrades
+//!   (half the traffic back to the old pool); **degraded** recovers on a good window and rolls
+//!   back on a critical one or after `failureLimit`;
+//! - **removing**: removed once the drain has passed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shadowtap_control::machine::State;
+use shadowtap_control::shift::{tick, Decision, Progress, Window};
+use shadowtap_proxy::stats::Window as ProxyWindow;
+use tokio::sync::watch;
+
+use crate::deployment::{effective_thresholds, Action, Deployment};
+use crate::plane::{now, ChangeError, Plane};
+
+/// A shadow with at least this error rate (and enough copies) stops being mirrored to.
+pub const SHADOW_CRITICAL: f64 = 0.5;
+
+/// The monitor's actor name in the history.
+pub const ACTOR: &str = "monitor";
+
+fn window(w: &ProxyWindow, percentile: u8) -> Window {
+    let latency = match percentile {
+        50 => w.p50_ms,
+        90 => w.p90_ms,
+        _ => w.p99_ms,
+    };
+    Window {
+        error_rate: w.error_rate,
+        latency_ms: latency.unwrap_or(0.0),
+        request_count: w.requests,
+    }
+}
+
+fn numbers(
+    windows: &BTreeMap<&'static str, ProxyWindow>,
+    d: &Deployment,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let pools: serde_json::Map<String, serde_json::Value> = windows
+        .iter()
+        .map(|(k, w)| {
+            (
+                (*k).to_owned(),
+                serde_json::json!({
+                    "errorRate": w.error_rate,
+                    "latency": {"p50": w.p50_ms, "p90": w.p90_ms, "p99": w.p99_ms},
+                    "requestCount": w.requests,
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "pools": pools,
+        "trafficPercentage": d.rollout.traffic_percentage,
+        "mirrorPercentage": d.rollout.mirror_percentage,
+        "limits": extra,
+    })
+}
+
+/// Judges load balancer `id` once.
+pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
+    let d = plane.get(id).await?;
+    let defaults = plane.defaults;
+    let interval_s = d
+        .testing
+        .as_ref()
+        .map_or(defaults.interval_s, |t| t.interval_s(&defaults));
+    let secs = interval_s.ceil().max(1.0) as u64;
+    let Some(windows) = plane.windows(id, secs) else {
+        return Ok(());
+    };
+    let empty = ProxyWindow::default();
+    let get = |k: &str| windows.get(k).unwrap_or(&empty);
+    let since = now() - d.entered_at;
+    let action = match d.rollout.state {
+        State::Testing | State::Paused | State::Degraded | State::Live => {
+            let Some(spec) = d.testing.clone() else {
+                return Ok(());
+            };
+            let mut policy = spec
+                .policy(&defaults)
+                .map_err(crate::deployment::ActError::Invalid)?;
+            let stable = window(get("stable"), spec.latency_percentile);
+            let cand = window(get("candidate"), spec.latency_percentile);
+            policy.thresholds = effective_thresholds(&spec, &policy, &stable);
+            let limits = serde_json::json!({
+                "errorRate": policy.thresholds.error_rate,
+                "latency": policy.thresholds.latency_ms,
+                "latencyPercentile": spec.latency_percentile,
+                "criticalErrorRate": policy.critical.error_rate,
+                "criticalLatency": policy.critical.latency_ms,
+                "minRequests": policy.min_requests,
+            });
+            let metrics = numbers(&windows, &d, limits);
+            match d.rollout.state {
+                State::Testing | State::Paused => {
+                    let (decision, progress) =
+                        tick(&policy, d.rollout.traffic_percentage, d.progress, &cand);
+                    if d.rollout.state == State::Paused
+                        && matches!(decision, Decision::Shift { .. } | Decision::Promote)
+                    {
+                        return Ok(());
+                    }
+                    Action::Judged {
+                        decision,
+                        progress,
+                        metrics,
+                    }
+                }
+                State::Live if since >= plane.drain.as_secs_f64() => {
+                    let r = "the old stable pool is drained after the promotion";
+                    return plane
+                        .change(id, Action::Remove, ACTOR, Some(r))
+                        .await
+                        .map(|_| ());
+                }
+                State::Live => {
+                    if cand.request_count >= policy.min_requests
+                        && policy.thresholds.breached_by(&cand)
+                    {
+                        Action::Degrade { to: 50.0, metrics }
+                    } else {
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    // Degraded.
+                    if cand.request_count < policy.min_requests {
+                        return Ok(());
+                    }
+                    let breaches = d.progress.breaches + 1;
+                    if policy.critical.breached_by(&cand)
+                        || (policy.thresholds.breached_by(&cand)
+                            && breaches >= policy.failure_limit.max(1))
+                    {
+                        let why = format!(
+                            "degraded and still breaching: error rate {:.4}, latency {:.1} ms",
+                            cand.error_rate, cand.latency_ms
+                        );
+                        return plane
+                            .change(id, Action::Rollback, ACTOR, Some(&why))
+                            .await
+                            .map(|_| ());
+                    }
+                    if policy.thresholds.breached_by(&cand) {
+                        Action::Note {
+                            decision: "hold".into(),
+                            why: format!("degraded: breach {breaches}"),
+                            alert: None,
+                            progress: Progress {
+                                breaches,
+                                ..d.progress
+                            },
+                            metrics,
+                        }
+                    } else {
+                        Action::Recover { metrics }
+                    }
+                }
+            }
+        }
+        State::Shadow => {
+            let prod = get("stable");
+            let Some(sh) = windows.get("shadow") else {
+                return Ok(());
+            };
+            let metrics = numbers(&windows, &d, serde_json::json!({"critical": SHADOW_CRITICAL}));
+            if sh.requests < defaults.min_requests {
+                return Ok(());
+            }
+            if sh.error_rate >= SHADOW_CRITICAL {
+                let why = format!(
+                    "the shadow fails: error rate {:.4} on {} copies (production {:.4}); mirroring stopped",
+                    sh.error_rate, sh.requests, prod.error_rate
+                );
+                return plane
+                    .change(id, Action::Rollback, ACTOR, Some(&why))
+                    .await
+                    .map(|_| ());
+            }
+            let slower = match (sh.p99_ms, prod.p99_ms) {
+                (Some(s), Some(p)) => s > 2.0 * p + 50.0,
+                _ => false,
+            };
+            let deviates = sh.error_rate > prod.error_rate + 0.05 || slower;
+            match (deviates, d.progress.breaches) {
+                (true, n) => Action::Note {
+                    decision: "deviation".into(),
+                    why: format!(
+                        "the shadow deviates from production: error rate {:.4} vs {:.4}, p99 {:?} vs {:?} ms",
+                        sh.error_rate, prod.error_rate, sh.p99_ms, prod.p99_ms
+                    ),
+                    // Once per run of deviating windows.
+                    alert: (n == 0).then(|| "deviation".to_owned()),
+                    progress: Progress {
+                        breaches: n + 1,
+                        ..d.progress
+                    },
+                    metrics,
+                },
+                (false, 0) => return Ok(()),
+                (false, _) => Action::Note {
+                    decision: "ok".into(),
+                    why: "the shadow agrees with production again".into(),
+                    alert: None,
+                    progress: Progress::default(),
+                    metrics,
+                },
+            }
+        }
+        State::Removing if since >= plane.drain.as_secs_f64() => Action::Removed,
+        _ => return Ok(()),
+    };
+    plane.change(id, action, ACTOR, None).await.map(|_| ())
+}
+
+/// Runs the monitor until `stop`.
+pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
+    let mut last: BTreeMap<String, f64> = plane
+        .balancers
+        .keys()
+        .map(|k| (k.clone(), now()))
+        .collect();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return,
+        }
+        for id in plane.balancers.keys() {
+            let Ok(d) = plane.get(id).await else { continue };
+            let interval = d
+                .testing
+                .as_ref()
+                .map_or(plane.defaults.interval_s, |t| t.interval_s(&plane.defaults));
+            let due = match d.rollout.state {
+                // Drains are checked often; judgements once per interval.
+                State::Removing => true,
+                State::Live => now() - d.entered_at >= plane.drain.as_secs_f64()
+                    || now() - last[id] >= interval,
+                _ => now() - last[id] >= interval,
+            };
+            if !due {
+                continue;
+            }
+            if !matches!(d.rollout.state, State::Removing) {
+                last.insert(id.clone(), now());
+            }
+            match judge(&plane, id).await {
+                Ok(()) | Err(ChangeError::Act(crate::deployment::ActError::Stale(_))) => {}
+                Err(ChangeError::Act(crate::deployment::ActError::Refused(r))) => {
+                    // An API call moved the deployment between the read and the change.
+                    tracing::debug!(id, "monitor: {r}");
+                }
+                Err(e) => eprintln!("shadowtap serve: monitor: {id}: {e}"),
+            }
+        }
+    }
+}

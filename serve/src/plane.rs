@@ -1,0 +1,231 @@
+//! The control plane in one process: a proxy per load balancer, the store, and the one path every
+//! change takes ([`Plane::change`]): under the load balancer's lock, load the deployment, compute
+//! the change ([`crate::deployment::act`]), check the proxy configuration it implies, commit it
+//! with the version check (retrying on a conflict), then apply it to the proxy. The API and the
+//! monitor both call it, so their decisions cannot interleave badly. At start the stored
+//! deployments are applied to the proxies as they are: after a `kill -9`, weights and mirror
+//! shares resume from the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shadowtap_proxy::stats::Window as ProxyWindow;
+
+use crate::config::{LoadBalancerConfig, ServeConfig};
+use crate::deployment::{
+    act, proxy_config, ActError, Action, Defaults, Deployment, HistoryEntry, SHADOW,
+};
+use crate::error::ServeError;
+use crate::store::{Committed, Store};
+
+/// Unix seconds now.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One load balancer: its configuration, its proxy, the lock its changes take.
+pub struct Balancer {
+    /// From the config file.
+    pub config: LoadBalancerConfig,
+    /// Its proxy's shared state (routing, statistics).
+    pub state: Arc<shadowtap_proxy::state::State>,
+    /// Where its proxy listens.
+    pub addr: std::net::SocketAddr,
+    running: std::sync::Mutex<Option<shadowtap_proxy::Running>>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// Why a change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// No such load balancer.
+    #[error("no load balancer {0:?}")]
+    NotFound(String),
+    /// Refused or invalid.
+    #[error(transparent)]
+    Act(#[from] ActError),
+    /// The store or the proxy failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// The control plane.
+pub struct Plane {
+    /// The store.
+    pub store: Store,
+    /// By id.
+    pub balancers: BTreeMap<String, Balancer>,
+    /// The monitor's defaults.
+    pub defaults: Defaults,
+    /// How long a removed pool drains.
+    pub drain: Duration,
+    /// The outbox's sinks (`webhook`, `slack`).
+    pub sinks: Vec<&'static str>,
+    /// The configuration.
+    pub config: ServeConfig,
+}
+
+impl Plane {
+    /// Opens the store, loads (or creates) every deployment and starts its proxy with the
+    /// stored routing.
+    pub async fn start(config: ServeConfig) -> Result<Arc<Plane>, ServeError> {
+        let url = config
+            .store
+            .url
+            .clone()
+            .unwrap_or_else(|| "sqlite://shadowtap.db".into());
+        let store = tokio::task::spawn_blocking(move || Store::open(&url))
+            .await
+            .map_err(|e| ServeError::Store(e.to_string()))??;
+        let defaults = Defaults {
+            interval_s: config.interval().as_secs_f64(),
+            min_requests: config.monitor.min_requests,
+            silent_limit: config.monitor.silent_limit,
+            failure_limit: config.monitor.failure_limit,
+        };
+        let mut balancers = BTreeMap::new();
+        for lb in &config.loadbalancers {
+            let fresh = Deployment::new(lb, now());
+            let d = store.call(move |s| s.create(&fresh)).await?;
+            let proxy = shadowtap_proxy::start(proxy_config(lb, &d), None)
+                .await
+                .map_err(|source| ServeError::Proxy {
+                    id: lb.id.clone(),
+                    source,
+                })?;
+            tracing::info!(id = lb.id, state = d.rollout.state.as_str(), "load balancer started");
+            balancers.insert(
+                lb.id.clone(),
+                Balancer {
+                    config: lb.clone(),
+                    state: proxy.state.clone(),
+                    addr: proxy.addr,
+                    running: std::sync::Mutex::new(Some(proxy)),
+                    lock: tokio::sync::Mutex::new(()),
+                },
+            );
+        }
+        let mut sinks = Vec::new();
+        if config.alerts.webhook_url.is_some() {
+            sinks.push("webhook");
+        }
+        if config.alerts.slack_url.is_some() {
+            sinks.push("slack");
+        }
+        Ok(Arc::new(Plane {
+            store,
+            balancers,
+            defaults,
+            drain: config.drain(),
+            sinks,
+            config,
+        }))
+    }
+
+    /// A deployment as stored.
+    pub async fn get(&self, id: &str) -> Result<Deployment, ChangeError> {
+        if !self.balancers.contains_key(id) {
+            return Err(ChangeError::NotFound(id.into()));
+        }
+        let key = id.to_owned();
+        self.store
+            .call(move |s| s.load(&key))
+            .await?
+            .ok_or_else(|| ChangeError::NotFound(id.into()))
+    }
+
+    /// A load balancer's history.
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ChangeError> {
+        if !self.balancers.contains_key(id) {
+            return Err(ChangeError::NotFound(id.into()));
+        }
+        let key = id.to_owned();
+        Ok(self.store.call(move |s| s.history(&key)).await?)
+    }
+
+    /// Applies `action` to load balancer `id`: see the module docs.
+    pub async fn change(
+        &self,
+        id: &str,
+        action: Action,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<(Deployment, Vec<HistoryEntry>), ChangeError> {
+        let lb = self
+            .balancers
+            .get(id)
+            .ok_or_else(|| ChangeError::NotFound(id.into()))?;
+        let _held = lb.lock.lock().await;
+        for _ in 0..50 {
+            let current = self.get(id).await?;
+            let at = now();
+            let outcome = act(&current, &action, actor, reason, at)?;
+            let config = proxy_config(&lb.config, &outcome.deployment);
+            config
+                .check()
+                .and_then(|()| shadowtap_proxy::state::guard_targets(&config))
+                .map_err(|e| ActError::Invalid(e.to_string()))?;
+            let expected = current.rollout.version;
+            let sinks = self.sinks.clone();
+            let o = outcome.clone();
+            let committed = self
+                .store
+                .call(move |s| s.commit(expected, &o, &sinks, at))
+                .await?;
+            if committed == Committed::Conflict {
+                continue;
+            }
+            for a in &outcome.alerts {
+                if a.kind != "shift" {
+                    eprintln!("shadowtap serve: alert {}: {}", a.id, a.text);
+                }
+            }
+            if let Err(source) = lb.state.apply(config, actor).await {
+                // The store holds the change; the proxy is re-applied from it at the next
+                // change or start. Say so loudly.
+                tracing::error!(id, "the proxy refused the stored change: {source}");
+                return Err(ChangeError::Serve(ServeError::Proxy {
+                    id: id.into(),
+                    source,
+                }));
+            }
+            return Ok((outcome.deployment, outcome.history));
+        }
+        Err(ChangeError::Serve(ServeError::Store(format!(
+            "{id}: 50 version conflicts in a row; try again"
+        ))))
+    }
+
+    /// Pool windows over the last `seconds`: stable, candidate, shadow.
+    pub fn windows(&self, id: &str, seconds: u64) -> Option<BTreeMap<&'static str, ProxyWindow>> {
+        let lb = self.balancers.get(id)?;
+        let st = &lb.state;
+        let mut out = BTreeMap::new();
+        out.insert("stable", st.production.window(seconds));
+        out.insert("candidate", st.canary.window(seconds));
+        if let Some(s) = st.routing().sinks.iter().find(|s| s.name == SHADOW) {
+            out.insert("shadow", s.stats.window(seconds));
+        }
+        Some(out)
+    }
+
+    /// Stops every proxy and waits for them to finish their requests in flight.
+    pub async fn shutdown(&self) {
+        let running: Vec<shadowtap_proxy::Running> = self
+            .balancers
+            .values()
+            .filter_map(|lb| lb.running.lock().unwrap_or_else(|p| p.into_inner()).take())
+            .collect();
+        for r in &running {
+            r.shutdown();
+        }
+        for r in running {
+            if let Err(e) = r.wait().await {
+                eprintln!("shadowtap serve: a proxy ended with an error: {e}");
+            }
+        }
+    }
+}

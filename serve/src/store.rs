@@ -1,0 +1,467 @@
+//! The store: the truth about every load balancer's deployment, its history and the alerts'
+//! outbox, in SQLite (the embedded default, WAL mode) or PostgreSQL. One set of SQL statements
+//! runs on both. A change is one transaction: the deployment's row is updated only if its
+//! version is still the one the change was computed from (so two writers never both win), and
+//! the history rows and the outbox rows of that change are written with it or not at all.
+//!
+//! The drivers are synchronous; callers run them on tokio's blocking pool
+//! ([`Store::call`]), one statement stream per connection at a time.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::deployment::{Alert, Deployment, HistoryEntry, Outcome};
+use crate::error::ServeError;
+
+/// A parameter.
+#[derive(Debug, Clone)]
+enum P {
+    T(String),
+    I(i64),
+    F(f64),
+    NullF,
+}
+
+/// A column's kind, to read it.
+#[derive(Debug, Clone, Copy)]
+enum K {
+    T,
+    I,
+}
+
+/// A value read.
+#[derive(Debug, Clone)]
+enum V {
+    T(String),
+    I(i64),
+}
+
+impl V {
+    fn text(&self) -> String {
+        match self {
+            V::T(s) => s.clone(),
+            _ => String::new(),
+        }
+    }
+    fn int(&self) -> i64 {
+        match self {
+            V::I(i) => *i,
+            _ => 0,
+        }
+    }
+}
+
+enum Backend {
+    Sqlite(rusqlite::Connection),
+    Postgres(postgres::Client),
+}
+
+/// A connection in a transaction, or not.
+struct Conn<'a> {
+    b: &'a mut Backend,
+}
+
+impl Conn<'_> {
+    fn exec(&mut self, sql: &str, params: &[P]) -> Result<u64, ServeError> {
+        match self.b {
+            Backend::Sqlite(c) => {
+                let sql = sql.replace('$', "?");
+                let vals = params.iter().map(sqlite_value);
+                Ok(c.execute(&sql, rusqlite::params_from_iter(vals))? as u64)
+            }
+            Backend::Postgres(c) => {
+                let owned = pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    owned.iter().map(|b| b.as_ref()).collect();
+                Ok(c.execute(sql, &refs)?)
+            }
+        }
+    }
+
+    fn query(&mut self, sql: &str, params: &[P], kinds: &[K]) -> Result<Vec<Vec<V>>, ServeError> {
+        match self.b {
+            Backend::Sqlite(c) => {
+                let sql = sql.replace('$', "?");
+                let mut st = c.prepare(&sql)?;
+                let vals = params.iter().map(sqlite_value);
+                let rows = st.query_map(rusqlite::params_from_iter(vals), |r| {
+                    kinds
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| {
+                            Ok(match k {
+                                K::T => V::T(r.get(i)?),
+                                K::I => V::I(r.get(i)?),
+                            })
+                        })
+                        .collect::<Result<Vec<V>, rusqlite::Error>>()
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            }
+            Backend::Postgres(c) => {
+                let owned = pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    owned.iter().map(|b| b.as_ref()).collect();
+                let rows = c.query(sql, &refs)?;
+                rows.iter()
+                    .map(|r| {
+                        kinds
+                            .iter()
+                            .enumerate()
+                            .map(|(i, k)| {
+                                Ok(match k {
+                                    K::T => V::T(r.try_get(i)?),
+                                    K::I => V::I(r.try_get(i)?),
+                                })
+                            })
+                            .collect::<Result<Vec<V>, postgres::Error>>()
+                            .map_err(ServeError::from)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), ServeError> {
+        match self.b {
+            Backend::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
+            Backend::Postgres(c) => c.batch_execute("BEGIN")?,
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), ServeError> {
+        match self.b {
+            Backend::Sqlite(c) => c.execute_batch("COMMIT")?,
+            Backend::Postgres(c) => c.batch_execute("COMMIT")?,
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        let _ = match self.b {
+            Backend::Sqlite(c) => c.execute_batch("ROLLBACK").map_err(ServeError::from),
+            Backend::Postgres(c) => c.batch_execute("ROLLBACK").map_err(ServeError::from),
+        };
+    }
+}
+
+fn sqlite_value(p: &P) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match p {
+        P::T(s) => Value::Text(s.clone()),
+        P::I(i) => Value::Integer(*i),
+        P::F(f) => Value::Real(*f),
+        P::NullF => Value::Null,
+    }
+}
+
+fn pg_params(params: &[P]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn postgres::types::ToSql + Sync> {
+            match p {
+                P::T(s) => Box::new(s.clone()),
+                P::I(i) => Box::new(*i),
+                P::F(f) => Box::new(*f),
+                P::NullF => Box::new(None::<f64>),
+            }
+        })
+        .collect()
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS deployments (id TEXT PRIMARY KEY, version BIGINT NOT NULL, doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS history (transition_id TEXT PRIMARY KEY, lb TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS history_lb ON history (lb, version)",
+    "CREATE TABLE IF NOT EXISTS outbox (id TEXT NOT NULL, sink TEXT NOT NULL, lb TEXT NOT NULL, doc TEXT NOT NULL, attempts BIGINT NOT NULL, next_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION, last_error TEXT NOT NULL, PRIMARY KEY (id, sink))",
+];
+
+/// An alert waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The alert.
+    pub alert: Alert,
+    /// `webhook` or `slack`.
+    pub sink: String,
+    /// Tries so far.
+    pub attempts: u32,
+}
+
+/// The store, shared.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Mutex<Backend>>,
+    /// `sqlite` or `postgres`.
+    pub kind: &'static str,
+}
+
+/// Whether a commit took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Written.
+    Yes,
+    /// The version moved on meanwhile: recompute and retry.
+    Conflict,
+}
+
+impl Store {
+    /// Opens `url` (`sqlite://PATH` or `postgres://…`) and creates the tables. Blocking.
+    pub fn open(url: &str) -> Result<Store, ServeError> {
+        let (backend, kind) = if let Some(path) = url.strip_prefix("sqlite://") {
+            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| ServeError::Store(format!("{}: {e}", dir.display())))?;
+            }
+            let c = rusqlite::Connection::open(path)
+                .map_err(|e| ServeError::Store(format!("{path}: {e}")))?;
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            c.pragma_update(None, "synchronous", "FULL")?;
+            c.busy_timeout(std::time::Duration::from_secs(10))?;
+            (Backend::Sqlite(c), "sqlite")
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let c = postgres::Client::connect(url, postgres::NoTls)
+                .map_err(|e| ServeError::Store(format!("{}: {e}", redact_url(url))))?;
+            (Backend::Postgres(c), "postgres")
+        } else {
+            return Err(ServeError::Config {
+                field: "store.url".into(),
+                why: format!(
+                    "{}: expected sqlite://PATH or postgres://…",
+                    redact_url(url)
+                ),
+            });
+        };
+        let store = Store {
+            inner: Arc::new(Mutex::new(backend)),
+            kind,
+        };
+        store.with(|c| {
+            for s in SCHEMA {
+                c.exec(s, &[])?;
+            }
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Conn<'_>) -> Result<T, ServeError>) -> Result<T, ServeError> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = Conn { b: &mut g };
+        f(&mut c)
+    }
+
+    fn transaction<T>(
+        &self,
+        f: impl FnOnce(&mut Conn<'_>) -> Result<T, ServeError>,
+    ) -> Result<T, ServeError> {
+        self.with(|c| {
+            c.begin()?;
+            match f(c) {
+                Ok(v) => {
+                    c.commit()?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    c.rollback();
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// Runs `f` on the blocking pool.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ServeError> + Send + 'static,
+    ) -> Result<T, ServeError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| ServeError::Store(format!("the store's task: {e}")))?
+    }
+
+    /// A deployment.
+    pub fn load(&self, id: &str) -> Result<Option<Deployment>, ServeError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT doc FROM deployments WHERE id = $1",
+                &[P::T(id.into())],
+                &[K::T],
+            )
+        })?;
+        rows.first()
+            .map(|r| {
+                serde_json::from_str(&r[0].text())
+                    .map_err(|e| ServeError::Store(format!("deployment {id}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Stores `d` unless the load balancer has a deployment already; the stored one.
+    pub fn create(&self, d: &Deployment) -> Result<Deployment, ServeError> {
+        let doc = serde_json::to_string(d).expect("deployment serialises");
+        self.transaction(|c| {
+            c.exec(
+                "INSERT INTO deployments (id, version, doc) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+                &[P::T(d.id.clone()), P::I(d.rollout.version as i64), P::T(doc)],
+            )
+        })?;
+        self.load(&d.id)?
+            .ok_or_else(|| ServeError::Store(format!("deployment {} vanished", d.id)))
+    }
+
+    /// Writes `o` if the stored version is still `expected`: the deployment, its history rows
+    /// and its alerts (one outbox row per sink), in one transaction.
+    pub fn commit(
+        &self,
+        expected: u64,
+        o: &Outcome,
+        sinks: &[&str],
+        now: f64,
+    ) -> Result<Committed, ServeError> {
+        let d = &o.deployment;
+        let doc = serde_json::to_string(d).expect("deployment serialises");
+        self.transaction(|c| {
+            let n = c.exec(
+                "UPDATE deployments SET version = $1, doc = $2 WHERE id = $3 AND version = $4",
+                &[
+                    P::I(d.rollout.version as i64),
+                    P::T(doc),
+                    P::T(d.id.clone()),
+                    P::I(expected as i64),
+                ],
+            )?;
+            if n == 0 {
+                return Ok(Committed::Conflict);
+            }
+            for h in &o.history {
+                c.exec(
+                    "INSERT INTO history (transition_id, lb, version, doc) VALUES ($1, $2, $3, $4)",
+                    &[
+                        P::T(h.transition_id.clone()),
+                        P::T(d.id.clone()),
+                        P::I(h.version as i64),
+                        P::T(serde_json::to_string(h).expect("history serialises")),
+                    ],
+                )?;
+            }
+            for a in &o.alerts {
+                for sink in sinks {
+                    c.exec(
+                        "INSERT INTO outbox (id, sink, lb, doc, attempts, next_at, delivered_at, last_error) VALUES ($1, $2, $3, $4, 0, $5, $6, '')",
+                        &[
+                            P::T(a.id.clone()),
+                            P::T((*sink).into()),
+                            P::T(d.id.clone()),
+                            P::T(serde_json::to_string(a).expect("alert serialises")),
+                            P::F(now),
+                            P::NullF,
+                        ],
+                    )?;
+                }
+            }
+            Ok(Committed::Yes)
+        })
+    }
+
+    /// A load balancer's history, oldest first.
+    pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ServeError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT doc FROM history WHERE lb = $1 ORDER BY version",
+                &[P::T(id.into())],
+                &[K::T],
+            )
+        })?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(&r[0].text())
+                    .map_err(|e| ServeError::Store(format!("history of {id}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Alerts due for a try at `now`, oldest first.
+    pub fn due(&self, now: f64, limit: i64) -> Result<Vec<Pending>, ServeError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT doc, sink, attempts FROM outbox WHERE delivered_at IS NULL AND next_at <= $1 ORDER BY next_at, id LIMIT $2",
+                &[P::F(now), P::I(limit)],
+                &[K::T, K::T, K::I],
+            )
+        })?;
+        rows.iter()
+            .map(|r| {
+                Ok(Pending {
+                    alert: serde_json::from_str(&r[0].text())
+                        .map_err(|e| ServeError::Store(format!("outbox: {e}")))?,
+                    sink: r[1].text(),
+                    attempts: r[2].int() as u32,
+                })
+            })
+            .collect()
+    }
+
+    /// Alerts not yet delivered.
+    pub fn undelivered(&self) -> Result<u64, ServeError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+                &[],
+                &[K::I],
+            )
+        })?;
+        Ok(rows.first().map_or(0, |r| r[0].int() as u64))
+    }
+
+    /// Marks a delivery done.
+    pub fn delivered(&self, id: &str, sink: &str, now: f64) -> Result<(), ServeError> {
+        self.with(|c| {
+            c.exec(
+                "UPDATE outbox SET delivered_at = $1, attempts = attempts + 1 WHERE id = $2 AND sink = $3",
+                &[P::F(now), P::T(id.into()), P::T(sink.into())],
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// Records a failed try; the next one at `next_at`.
+    pub fn failed(&self, id: &str, sink: &str, next_at: f64, why: &str) -> Result<(), ServeError> {
+        self.with(|c| {
+            c.exec(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3 AND sink = $4",
+                &[P::F(next_at), P::T(why.into()), P::T(id.into()), P::T(sink.into())],
+            )
+        })
+        .map(|_| ())
+    }
+}
+
+/// A store URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+    }
+}
