@@ -99,6 +99,7 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
         },
         None => Vec::new(),
     };
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(5))
@@ -126,7 +127,12 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
             let result = send(&client, &plane, &secret, &p).await;
             let (id, sink) = (p.alert.id.clone(), p.sink.clone());
             let written = match result {
-                Ok(()) => plane.store.call(move |s| s.delivered(&id, &sink, now())).await,
+                Ok(()) => {
+                    plane
+                        .store
+                        .call(move |s| s.delivered(&id, &sink, now()))
+                        .await
+                }
                 Err(why) => {
                     tracing::warn!(id = p.alert.id, sink = p.sink, "alert not delivered: {why}");
                     let next = now() + backoff(p.attempts);

@@ -68,7 +68,9 @@ async fn auth(AxState(api): AxState<Api>, mut req: Request, next: Next) -> Respo
 
 fn change_error(e: ChangeError) -> Response {
     match e {
-        ChangeError::NotFound(id) => error(StatusCode::NOT_FOUND, format!("no load balancer {id:?}")),
+        ChangeError::NotFound(id) => {
+            error(StatusCode::NOT_FOUND, format!("no load balancer {id:?}"))
+        }
         ChangeError::Act(ActError::Refused(r)) => (
             StatusCode::CONFLICT,
             Json(serde_json::json!({
@@ -90,8 +92,10 @@ pub fn view(plane: &Plane, d: &Deployment) -> serde_json::Value {
     let interval_s = spec.map_or(plane.defaults.interval_s, |t| t.interval_s(&plane.defaults));
     let policy = spec.and_then(|t| t.policy(&plane.defaults).ok());
     let eta = match (spec, policy.map(|p| p.algorithm)) {
-        (Some(t), Some(Algorithm::Seed)) => seed_eta(d.rollout.traffic_percentage, t.target_traffic_percentage)
-            .map(|n| serde_json::json!({ "intervals": n, "seconds": n as f64 * interval_s })),
+        (Some(t), Some(Algorithm::Seed)) => {
+            seed_eta(d.rollout.traffic_percentage, t.target_traffic_percentage)
+                .map(|n| serde_json::json!({ "intervals": n, "seconds": n as f64 * interval_s }))
+        }
         _ => None,
     };
     serde_json::json!({
@@ -206,7 +210,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<
     } else {
         body
     };
-    serde_json::from_slice(text).map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body: {e}")))
+    serde_json::from_slice(text)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body: {e}")))
 }
 
 async fn act_route(
@@ -293,7 +298,10 @@ const STATES: [&str; 8] = [
 
 async fn prometheus(AxState(api): AxState<Api>) -> Response {
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP shadowtap_lb_state 1 for the load balancer's current state.");
+    let _ = writeln!(
+        out,
+        "# HELP shadowtap_lb_state 1 for the load balancer's current state."
+    );
     let _ = writeln!(out, "# TYPE shadowtap_lb_state gauge");
     let mut rest = String::new();
     for id in api.plane.balancers.keys() {
@@ -308,20 +316,48 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
             );
         }
         let v = view(&api.plane, &d);
-        let _ = writeln!(rest, "shadowtap_lb_traffic_percentage{{lb=\"{id}\"}} {}", d.rollout.traffic_percentage);
-        let _ = writeln!(rest, "shadowtap_lb_mirror_percentage{{lb=\"{id}\"}} {}", d.rollout.mirror_percentage);
-        let _ = writeln!(rest, "shadowtap_lb_version{{lb=\"{id}\"}} {}", d.rollout.version);
+        let _ = writeln!(
+            rest,
+            "shadowtap_lb_traffic_percentage{{lb=\"{id}\"}} {}",
+            d.rollout.traffic_percentage
+        );
+        let _ = writeln!(
+            rest,
+            "shadowtap_lb_mirror_percentage{{lb=\"{id}\"}} {}",
+            d.rollout.mirror_percentage
+        );
+        let _ = writeln!(
+            rest,
+            "shadowtap_lb_version{{lb=\"{id}\"}} {}",
+            d.rollout.version
+        );
         if let Some(t) = v["thresholds"].as_object() {
-            for (k, name) in [("errorRate", "error_rate"), ("latency", "latency_ms"), ("criticalErrorRate", "critical_error_rate"), ("criticalLatency", "critical_latency_ms")] {
+            for (k, name) in [
+                ("errorRate", "error_rate"),
+                ("latency", "latency_ms"),
+                ("criticalErrorRate", "critical_error_rate"),
+                ("criticalLatency", "critical_latency_ms"),
+            ] {
                 if let Some(x) = t.get(k).and_then(serde_json::Value::as_f64) {
-                    let _ = writeln!(rest, "shadowtap_lb_threshold{{lb=\"{id}\",limit=\"{name}\"}} {x}");
+                    let _ = writeln!(
+                        rest,
+                        "shadowtap_lb_threshold{{lb=\"{id}\",limit=\"{name}\"}} {x}"
+                    );
                 }
             }
         }
         let secs = v["interval"].as_f64().unwrap_or(30.0).ceil().max(1.0) as u64;
         for (pool, w) in api.plane.windows(id, secs).unwrap_or_default() {
-            let _ = writeln!(rest, "shadowtap_lb_pool_requests{{lb=\"{id}\",pool=\"{pool}\"}} {}", w.requests);
-            let _ = writeln!(rest, "shadowtap_lb_pool_error_rate{{lb=\"{id}\",pool=\"{pool}\"}} {}", w.error_rate);
+            let _ = writeln!(
+                rest,
+                "shadowtap_lb_pool_requests{{lb=\"{id}\",pool=\"{pool}\"}} {}",
+                w.requests
+            );
+            let _ = writeln!(
+                rest,
+                "shadowtap_lb_pool_error_rate{{lb=\"{id}\",pool=\"{pool}\"}} {}",
+                w.error_rate
+            );
             for (q, x) in [("0.5", w.p50_ms), ("0.9", w.p90_ms), ("0.99", w.p99_ms)] {
                 if let Some(x) = x {
                     let _ = writeln!(rest, "shadowtap_lb_pool_latency_ms{{lb=\"{id}\",pool=\"{pool}\",quantile=\"{q}\"}} {x}");
@@ -332,9 +368,16 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
     out.push_str("# TYPE shadowtap_lb_traffic_percentage gauge\n");
     out.push_str(&rest);
     if let Ok(n) = api.plane.store.call(|s| s.undelivered()).await {
-        let _ = writeln!(out, "# TYPE shadowtap_alerts_undelivered gauge\nshadowtap_alerts_undelivered {n}");
+        let _ = writeln!(
+            out,
+            "# TYPE shadowtap_alerts_undelivered gauge\nshadowtap_alerts_undelivered {n}"
+        );
     }
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {
@@ -363,7 +406,10 @@ pub fn router(api: Api) -> Router {
         .route("/loadbalancer/{id}/remove", post(remove))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
         .merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /openapi.json") })
         .with_state(api)

@@ -484,8 +484,7 @@ pub fn act(
                 }
                 None => {
                     return Err(ActError::Invalid(
-                        "candidatePool: needed when testing does not follow a shadow phase"
-                            .into(),
+                        "candidatePool: needed when testing does not follow a shadow phase".into(),
                     ))
                 }
             };
@@ -588,7 +587,10 @@ pub fn act(
                             } else {
                                 "breach".into()
                             },
-                            text: format!("{}: holding at {:.2}%: {why}", d.id, d.rollout.traffic_percentage),
+                            text: format!(
+                                "{}: holding at {:.2}%: {why}",
+                                d.id, d.rollout.traffic_percentage
+                            ),
                             transition: None,
                         }]
                     } else {

@@ -177,7 +177,11 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
             let Some(sh) = windows.get("shadow") else {
                 return Ok(());
             };
-            let metrics = numbers(&windows, &d, serde_json::json!({"critical": SHADOW_CRITICAL}));
+            let metrics = numbers(
+                &windows,
+                &d,
+                serde_json::json!({"critical": SHADOW_CRITICAL}),
+            );
             if sh.requests < defaults.min_requests {
                 return Ok(());
             }
@@ -229,11 +233,8 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
 
 /// Runs the monitor until `stop`.
 pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
-    let mut last: BTreeMap<String, f64> = plane
-        .balancers
-        .keys()
-        .map(|k| (k.clone(), now()))
-        .collect();
+    let mut last: BTreeMap<String, f64> =
+        plane.balancers.keys().map(|k| (k.clone(), now())).collect();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -248,8 +249,10 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
             let due = match d.rollout.state {
                 // Drains are checked often; judgements once per interval.
                 State::Removing => true,
-                State::Live => now() - d.entered_at >= plane.drain.as_secs_f64()
-                    || now() - last[id] >= interval,
+                State::Live => {
+                    now() - d.entered_at >= plane.drain.as_secs_f64()
+                        || now() - last[id] >= interval
+                }
                 _ => now() - last[id] >= interval,
             };
             if !due {

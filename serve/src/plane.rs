@@ -96,7 +96,11 @@ impl Plane {
                     id: lb.id.clone(),
                     source,
                 })?;
-            tracing::info!(id = lb.id, state = d.rollout.state.as_str(), "load balancer started");
+            tracing::info!(
+                id = lb.id,
+                state = d.rollout.state.as_str(),
+                "load balancer started"
+            );
             balancers.insert(
                 lb.id.clone(),
                 Balancer {

@@ -209,7 +209,10 @@ impl Store {
     /// Opens `url` (`sqlite://PATH` or `postgres://…`) and creates the tables. Blocking.
     pub fn open(url: &str) -> Result<Store, ServeError> {
         let (backend, kind) = if let Some(path) = url.strip_prefix("sqlite://") {
-            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| ServeError::Store(format!("{}: {e}", dir.display())))?;
             }
@@ -245,7 +248,10 @@ impl Store {
         Ok(store)
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Conn<'_>) -> Result<T, ServeError>) -> Result<T, ServeError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Conn<'_>) -> Result<T, ServeError>,
+    ) -> Result<T, ServeError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut c = Conn { b: &mut g };
         f(&mut c)

@@ -54,7 +54,10 @@ fn shadow_then_testing_then_a_rollback_and_the_proxy_config_of_each() {
     let c = proxy_config(&lb(), &d);
     assert_eq!(c.canary.as_ref().unwrap().urls, ["http://127.0.0.1:9002"]);
     assert_eq!(c.canary.as_ref().unwrap().weight, 1.0);
-    assert!(c.shadows.is_empty(), "the candidate is not mirrored to as well");
+    assert!(
+        c.shadows.is_empty(),
+        "the candidate is not mirrored to as well"
+    );
     let o = act(&d, &Action::Rollback, "ops", Some("bad"), 1.0e9).unwrap();
     assert_eq!(o.history[0].reason, "bad");
     assert_eq!(o.history[0].actor, "ops");
@@ -108,14 +111,20 @@ fn refusals_and_bad_values() {
             mirror_percentage: 5.0,
             criteria,
         };
-        assert!(matches!(act(&d, &a, "t", None, 0.0), Err(ActError::Invalid(_))));
+        assert!(matches!(
+            act(&d, &a, "t", None, 0.0),
+            Err(ActError::Invalid(_))
+        ));
     }
     let a = Action::Shadow {
         pool: vec!["not a url".into()],
         mirror_percentage: 5.0,
         criteria: vec![],
     };
-    assert!(matches!(act(&d, &a, "t", None, 0.0), Err(ActError::Invalid(_))));
+    assert!(matches!(
+        act(&d, &a, "t", None, 0.0),
+        Err(ActError::Invalid(_))
+    ));
     // A new version arriving mid-rollout is refused, not a silent restart.
     let d = go(&d, shadow("http://127.0.0.1:9002")).deployment;
     assert!(matches!(

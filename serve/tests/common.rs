@@ -1,0 +1,212 @@
+//! Real parts for the control plane's tests: backends with switches (5xx, latency) that count
+//! what they get, a webhook receiver, and a `serve` config in a temporary directory.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{any, post};
+use axum::Router;
+use shadowtap_serve::config::{LoadBalancerConfig, ServeConfig};
+
+/// A backend's switches and counters.
+#[derive(Default)]
+pub struct Backend {
+    /// Answer 503.
+    pub failing: AtomicBool,
+    /// Wait this many ms first.
+    pub delay_ms: AtomicU64,
+    /// Requests from users (no mirror marker).
+    pub real: AtomicU64,
+    /// Mirrored copies (with the marker).
+    pub mirrored: AtomicU64,
+}
+
+async fn answer(
+    State(b): State<Arc<Backend>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if headers.contains_key("x-shadowtap-replay") {
+        b.mirrored.fetch_add(1, Ordering::Relaxed);
+    } else {
+        b.real.fetch_add(1, Ordering::Relaxed);
+    }
+    let delay = b.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = if b.failing.load(Ordering::Relaxed) {
+        503
+    } else {
+        200
+    };
+    axum::response::Response::builder()
+        .status(status)
+        .body(axum::body::Body::from("{\"ok\":true}"))
+        .unwrap()
+}
+
+/// Starts a backend; its URL and switches.
+pub async fn backend() -> (String, Arc<Backend>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let b = Arc::new(Backend::default());
+    let app = Router::new().fallback(any(answer)).with_state(b.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}"), b)
+}
+
+/// What a webhook receiver got: (delivery id, signature, body).
+pub type Received = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+async fn receive(
+    State(r): State<Received>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> &'static str {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let sig = h("x-shadowtap-signature");
+    assert_eq!(
+        sig,
+        shadowtap_serve::alerts::signature(WEBHOOK_SECRET.as_bytes(), &body),
+        "the signature is the body's HMAC"
+    );
+    r.lock().unwrap().push((h("x-shadowtap-delivery"), sig, v));
+    "ok"
+}
+
+/// The webhook's secret in the test configs.
+pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
+/// The API token in the test configs (named `ops`).
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// Starts a webhook receiver; its URL and what it got.
+pub async fn receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}/hook"), got)
+}
+
+/// A config with one load balancer `web` over `production`, in `dir`; the store `store`
+/// (default SQLite in `dir`); alerts to `webhook`.
+pub fn config(
+    dir: &std::path::Path,
+    production: &str,
+    store: Option<String>,
+    webhook: Option<&str>,
+) -> ServeConfig {
+    std::fs::write(dir.join("api.tokens"), format!("ops {TOKEN}\n")).unwrap();
+    std::fs::write(dir.join("webhook.secret"), WEBHOOK_SECRET).unwrap();
+    let text = format!(
+        r#"
+[api]
+listen = "127.0.0.1:0"
+token_file = "api.tokens"
+[store]
+url = "{}"
+[monitor]
+interval = "1s"
+min_requests = 5
+silent_limit = 3
+failure_limit = 2
+drain = "1s"
+[alerts]
+{}
+[[loadbalancer]]
+id = "web"
+listen = "127.0.0.1:0"
+production = ["{production}"]
+sticky = "request"
+"#,
+        store.unwrap_or_else(|| "sqlite://state.db".into()),
+        webhook
+            .map(|w| format!("webhook_url = \"{w}\"\nwebhook_secret_file = \"webhook.secret\""))
+            .unwrap_or_default()
+    );
+    let path = dir.join("shadowtap.toml");
+    std::fs::write(&path, text).unwrap();
+    let c = ServeConfig::load(&path).unwrap();
+    let _: &LoadBalancerConfig = &c.loadbalancers[0];
+    c
+}
+
+/// Sends `n` GETs to `addr` from 4 tasks, bounded by a 20 s total; statuses seen.
+pub async fn traffic(addr: SocketAddr, n: usize, headers: &[(&str, &str)]) -> Vec<u16> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (client, next, headers) = (client.clone(), next.clone(), headers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if k >= n {
+                    break;
+                }
+                let mut req = client.get(format!("http://{addr}/item/{k}"));
+                for (a, b) in &headers {
+                    req = req.header(a, b);
+                }
+                out.push(req.send().await.map_or(0, |r| r.status().as_u16()));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    all
+}
+
+/// The API client: (status, JSON).
+pub async fn call(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let c = reqwest::Client::new();
+    let mut req = c
+        .request(method.parse().unwrap(), format!("http://{api}{path}"))
+        .bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let v = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, v)
+}

@@ -1,0 +1,258 @@
+//! End to end on loopback: `serve` (API over HTTP, the monitor, the proxy, SQLite, alerts to a
+//! webhook receiver) with a stable and a canary backend and a traffic generator. Shadow →
+//! testing → the canary fails → rolled back within two intervals, all traffic back on stable
+//! (counted at the backends); and a healthy canary promoted to live while the old pool goes
+//! removing → removed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shadowtap_serve::Server;
+
+use crate::common::*;
+
+/// Requests at a steady pace until stopped (at most 60 s, at most 20,000 requests).
+fn steady(addr: SocketAddr) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<u16>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        while !s.load(Ordering::Relaxed)
+            && out.len() < 20_000
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            let st = c
+                .get(format!("http://{addr}/item/{}", out.len()))
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16());
+            out.push(st);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        out
+    });
+    (stop, task)
+}
+
+async fn wait_for(
+    api: SocketAddr,
+    states: &[&str],
+    within: Duration,
+) -> (serde_json::Value, Duration) {
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = call(api, "GET", "/loadbalancer/web", None).await;
+        if states.iter().any(|s| v["state"] == *s) {
+            return (v, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < within,
+            "still {} after {within:?}: {v}",
+            v["state"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_then_testing_then_a_failing_canary_is_rolled_back_within_two_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, stable) = backend().await;
+    let (canary_url, canary) = backend().await;
+    let (hook, received) = receiver().await;
+    let server = Server::start(config(dir.path(), &stable_url, None, Some(&hook)))
+        .await
+        .unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+
+    // Shadow: half the requests are copied to the canary; users are answered by stable.
+    let (s, v) = call(
+        api,
+        "POST",
+        "/loadbalancer/web/shadow",
+        Some(serde_json::json!({
+            "shadowPool": [canary_url], "mirrorPercentage": 50, "mirrorCriteria": ["random"]
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let statuses = traffic(proxy, 200, &[]).await;
+    assert!(statuses.iter().all(|&s| s == 200));
+    assert_eq!(stable.real.load(Ordering::Relaxed), 200);
+    assert_eq!(
+        canary.real.load(Ordering::Relaxed),
+        0,
+        "no user is answered by the shadow"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while canary.mirrored.load(Ordering::Relaxed) < 60 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mirrored = canary.mirrored.load(Ordering::Relaxed);
+    assert!(
+        (60..=140).contains(&mirrored),
+        "50% of 200 mirrored: {mirrored}"
+    );
+
+    // Testing: real traffic to the canary, shifted every 1 s interval.
+    let (s, v) = call(
+        api,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(serde_json::json!({
+            "targetTrafficPercentage": 100, "errorRateThreshold": 0.05, "latencyThreshold": 500,
+            "algorithm": "linear", "stepPercentage": 10, "initialPercentage": 20, "interval": "1s"
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (stop, load) = steady(proxy);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, v) = call(api, "GET", "/loadbalancer/web", None).await;
+    assert_eq!(v["state"], "testing", "{v}");
+    assert!(
+        v["trafficPercentage"].as_f64().unwrap() > 20.0,
+        "shifted: {v}"
+    );
+    assert!(canary.real.load(Ordering::Relaxed) > 0);
+
+    // The canary starts failing: rolled back within two intervals.
+    canary.failing.store(true, Ordering::Relaxed);
+    let (v, took) = wait_for(api, &["removing", "removed"], Duration::from_secs(6)).await;
+    assert!(
+        took <= Duration::from_millis(2600),
+        "rolled back after {took:?}"
+    );
+    assert_eq!(v["trafficPercentage"], 0.0);
+    assert_eq!(v["mirrorPercentage"], 0.0);
+    // Let requests in flight end, then everything is on stable.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = canary.real.load(Ordering::Relaxed) + canary.mirrored.load(Ordering::Relaxed);
+    let statuses = traffic(proxy, 100, &[]).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let after = canary.real.load(Ordering::Relaxed) + canary.mirrored.load(Ordering::Relaxed);
+    assert_eq!(
+        before, after,
+        "nothing reaches the canary after the rollback"
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    wait_for(api, &["removed"], Duration::from_secs(5)).await;
+
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let h = h.as_array().unwrap().clone();
+    let rollback = h
+        .iter()
+        .find(|r| r["event"] == "rollback")
+        .expect("a rollback row");
+    assert_eq!(rollback["actor"], "monitor");
+    assert_eq!(rollback["from"], "testing");
+    assert!(
+        rollback["reason"].as_str().unwrap().contains("error rate"),
+        "{rollback}"
+    );
+    let rate = rollback["metrics"]["pools"]["candidate"]["errorRate"]
+        .as_f64()
+        .unwrap();
+    assert!(rate > 0.05, "{rollback}");
+    assert!(h
+        .iter()
+        .any(|r| r["event"] == "shift" && r["actor"] == "monitor"));
+    assert_eq!(h.last().unwrap()["to"], "removed");
+
+    // Every transition reached the webhook, once, signed (the receiver checks signatures).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = received.lock().unwrap().len();
+        if n >= h.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    let mut ids: Vec<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no alert twice");
+    for row in &h {
+        let id = row["transitionId"].as_str().unwrap();
+        assert!(ids.contains(&id), "alert for {id} missing; got {ids:?}");
+    }
+    assert!(got.iter().any(|(_, _, v)| v["kind"] == "rollback"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_reaches_live_and_the_old_pool_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, stable) = backend().await;
+    let (canary_url, canary) = backend().await;
+    let server = Server::start(config(dir.path(), &stable_url, None, None))
+        .await
+        .unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    let (stop, load) = steady(proxy);
+    let (s, v) = call(api, "POST", "/loadbalancer/web/testing", Some(serde_json::json!({
+        "candidatePool": [canary_url], "targetTrafficPercentage": 100,
+        "errorRateThreshold": 0.05, "latencyThreshold": 500,
+        "algorithm": "exponential", "stepPercentage": 20, "initialPercentage": 20, "interval": "1s"
+    }))).await;
+    assert_eq!(s, 200, "{v}");
+    let (v, _) = wait_for(api, &["removed"], Duration::from_secs(20)).await;
+    assert_eq!(v["stablePool"], serde_json::json!([canary_url]));
+    stop.store(true, Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|&s| s == 200), "no user saw an error");
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let path: Vec<String> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["event"].as_str().unwrap(),
+                r["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(path.first().unwrap(), "testing:testing");
+    let tail: Vec<&str> = path
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        ["live:live", "remove:removing", "removed:removed"],
+        "{path:?}"
+    );
+    // The weights rose 20 → 40 → 80 → 100 (doubling steps, capped at the target).
+    let weights: Vec<f64> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"] == "shift")
+        .map(|r| r["trafficPercentage"].as_f64().unwrap())
+        .collect();
+    assert_eq!(weights, [40.0, 80.0, 100.0], "{path:?}");
+    // Everything now goes to the new version.
+    let s_before = stable.real.load(Ordering::Relaxed);
+    let c_before = canary.real.load(Ordering::Relaxed);
+    traffic(proxy, 50, &[]).await;
+    assert_eq!(stable.real.load(Ordering::Relaxed), s_before);
+    assert_eq!(canary.real.load(Ordering::Relaxed), c_before + 50);
+    server.shutdown().await;
+}
