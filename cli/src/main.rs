@@ -12,6 +12,7 @@ mod demo;
 mod inspect;
 mod proxy;
 mod replay;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -72,6 +73,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Forward live traffic to production, mirror a share to shadow pools, split a canary, record both.
     Proxy(Box<proxy::ProxyArgs>),
+    /// The control plane: proxies, store, API, monitor, alerts (shadow → testing → live, rollback).
+    Serve(serve::ServeArgs),
+    /// A client of `shadowtap serve`'s API.
+    Ctl(serve::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,6 +122,8 @@ fn main() -> ExitCode {
         Command::Gate(args) => analyze::gate(*args),
         Command::DemoService(args) => demo::run(args),
         Command::Proxy(args) => proxy::run(*args),
+        Command::Serve(args) => serve::run(args),
+        Command::Ctl(args) => serve::ctl(args),
     };
     match result {
         Ok(code) => code,

@@ -7,4 +7,5 @@ mod memory_budget;
 mod notebook;
 mod proxy_cli;
 mod replay_cli;
+mod serve_cli;
 mod verdict_scenarios;

@@ -204,14 +204,13 @@ struct ReasonBody {
     reason: Option<String>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, String> {
     let text = if body.iter().all(u8::is_ascii_whitespace) && empty_ok {
         &b"{}"[..]
     } else {
         body
     };
-    serde_json::from_slice(text)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body: {e}")))
+    serde_json::from_slice(text).map_err(|e| format!("the body: {e}"))
 }
 
 async fn act_route(
@@ -235,7 +234,7 @@ async fn shadow(
 ) -> Response {
     let b: ShadowBody = match parse(&body, false) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let action = Action::Shadow {
         pool: b.shadow_pool,
@@ -253,7 +252,7 @@ async fn testing(
 ) -> Response {
     let spec: TestingSpec = match parse(&body, false) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let reason = spec.reason.clone();
     act_route(&api, &id, &actor, Action::Testing(Box::new(spec)), reason).await
@@ -268,7 +267,7 @@ async fn simple(
 ) -> Response {
     let b: ReasonBody = match parse(&body, true) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     act_route(&api, &id, &actor, action, b.reason).await
 }

@@ -20,7 +20,7 @@ pub enum ServeError {
         /// Which.
         id: String,
         /// The proxy's error.
-        source: shadowtap_proxy::ProxyError,
+        source: Box<shadowtap_proxy::ProxyError>,
     },
     /// Binding a socket.
     #[error("{what} {addr}: {source}")]

@@ -94,7 +94,7 @@ impl Plane {
                 .await
                 .map_err(|source| ServeError::Proxy {
                     id: lb.id.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             tracing::info!(
                 id = lb.id,
@@ -193,7 +193,7 @@ impl Plane {
                 tracing::error!(id, "the proxy refused the stored change: {source}");
                 return Err(ChangeError::Serve(ServeError::Proxy {
                     id: id.into(),
-                    source,
+                    source: Box::new(source),
                 }));
             }
             return Ok((outcome.deployment, outcome.history));

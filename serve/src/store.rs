@@ -53,7 +53,25 @@ impl V {
 
 enum Backend {
     Sqlite(rusqlite::Connection),
-    Postgres(postgres::Client),
+    Postgres(Pg),
+}
+
+/// The PostgreSQL client. Its drop runs a runtime of its own (the `postgres` crate's), which
+/// panics on a thread that drives async tasks: it is dropped on a thread of its own.
+struct Pg(Option<postgres::Client>);
+
+impl Pg {
+    fn client(&mut self) -> &mut postgres::Client {
+        self.0.as_mut().expect("only taken on drop")
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            let _ = std::thread::spawn(move || drop(c)).join();
+        }
+    }
 }
 
 /// A connection in a transaction, or not.
@@ -70,6 +88,7 @@ impl Conn<'_> {
                 Ok(c.execute(&sql, rusqlite::params_from_iter(vals))? as u64)
             }
             Backend::Postgres(c) => {
+                let c = c.client();
                 let owned = pg_params(params);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     owned.iter().map(|b| b.as_ref()).collect();
@@ -99,6 +118,7 @@ impl Conn<'_> {
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             }
             Backend::Postgres(c) => {
+                let c = c.client();
                 let owned = pg_params(params);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     owned.iter().map(|b| b.as_ref()).collect();
@@ -125,7 +145,7 @@ impl Conn<'_> {
     fn begin(&mut self) -> Result<(), ServeError> {
         match self.b {
             Backend::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
-            Backend::Postgres(c) => c.batch_execute("BEGIN")?,
+            Backend::Postgres(c) => c.client().batch_execute("BEGIN")?,
         }
         Ok(())
     }
@@ -133,7 +153,7 @@ impl Conn<'_> {
     fn commit(&mut self) -> Result<(), ServeError> {
         match self.b {
             Backend::Sqlite(c) => c.execute_batch("COMMIT")?,
-            Backend::Postgres(c) => c.batch_execute("COMMIT")?,
+            Backend::Postgres(c) => c.client().batch_execute("COMMIT")?,
         }
         Ok(())
     }
@@ -141,7 +161,10 @@ impl Conn<'_> {
     fn rollback(&mut self) {
         let _ = match self.b {
             Backend::Sqlite(c) => c.execute_batch("ROLLBACK").map_err(ServeError::from),
-            Backend::Postgres(c) => c.batch_execute("ROLLBACK").map_err(ServeError::from),
+            Backend::Postgres(c) => c
+                .client()
+                .batch_execute("ROLLBACK")
+                .map_err(ServeError::from),
         };
     }
 }
@@ -225,7 +248,7 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let c = postgres::Client::connect(url, postgres::NoTls)
                 .map_err(|e| ServeError::Store(format!("{}: {e}", redact_url(url))))?;
-            (Backend::Postgres(c), "postgres")
+            (Backend::Postgres(Pg(Some(c))), "postgres")
         } else {
             return Err(ServeError::Config {
                 field: "store.url".into(),

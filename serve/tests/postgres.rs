@@ -1,1 +1,228 @@
+//! The store on a real PostgreSQL server started by the test (and on SQLite, the same checks):
+//! two connections computing a change from the same version, only one commits; the history
+//! and the outbox rows are written with the change or not at all; a plane over PostgreSQL runs
+//! a rollout.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use shadowtap_serve::config::LoadBalancerConfig;
+use shadowtap_serve::deployment::{act, Action, Deployment};
+use shadowtap_serve::plane::Plane;
+use shadowtap_serve::store::{Committed, Store};
+
+use crate::common::*;
+
+/// A PostgreSQL server in a temporary directory, stopped on drop.
+pub struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+    as_user: bool,
+    /// `postgres://shadowtap@127.0.0.1:PORT/postgres`.
+    pub url: String,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.retain(|b| b.join("initdb").exists());
+    found.sort();
+    found.pop().expect(
+        "PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb): scripts/test.sh installs the postgresql package",
+    )
+}
+
+impl Postgres {
+    fn run(&self, program: &str, args: &[&str]) {
+        let exe = self.bin.join(program);
+        let status = if self.as_user {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+        } else {
+            Command::new(&exe).args(args).stdout(Stdio::null()).status()
+        }
+        .unwrap();
+        assert!(status.success(), "{program} {args:?}: {status}");
+    }
+
+    /// Starts one on a free port.
+    pub fn start() -> Postgres {
+        let bin = pg_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let root = is_root();
+        if root {
+            let st = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let data = dir.path().join("data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Postgres {
+            bin,
+            data: data.clone(),
+            as_user: root,
+            url: format!("postgres://shadowtap@127.0.0.1:{port}/postgres"),
+            _dir: dir,
+        };
+        let d = data.to_str().unwrap();
+        pg.run(
+            "initdb",
+            &["-D", d, "-A", "trust", "-U", "shadowtap", "--no-sync"],
+        );
+        let sock = data.parent().unwrap().to_str().unwrap().to_owned();
+        let opts = format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off");
+        let log = data.parent().unwrap().join("log");
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                d,
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        pg
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let d = self.data.to_str().unwrap().to_owned();
+        self.run("pg_ctl", &["-D", &d, "-m", "immediate", "stop"]);
+    }
+}
+
+fn lb() -> LoadBalancerConfig {
+    LoadBalancerConfig {
+        id: "web".into(),
+        listen: "127.0.0.1:0".into(),
+        production: vec!["http://127.0.0.1:9001".into()],
+        record: None,
+        allow_targets: Vec::new(),
+        geo_file: None,
+        sticky: "request".into(),
+    }
+}
+
+/// Two connections race from the same version: one commits, the other is told to retry, and
+/// the loser's history and outbox rows are not written.
+fn only_one_writer_wins(url: &str) {
+    let a = Store::open(url).unwrap();
+    let b = Store::open(url).unwrap();
+    let d = a.create(&Deployment::new(&lb(), 1.0e9)).unwrap();
+    assert_eq!(
+        b.create(&Deployment::new(&lb(), 2.0e9)).unwrap(),
+        d,
+        "created once"
+    );
+    let shadow = |port: u16| Action::Shadow {
+        pool: vec![format!("http://127.0.0.1:{port}")],
+        mirror_percentage: 5.0,
+        criteria: vec!["random".into()],
+    };
+    let oa = act(&d, &shadow(9002), "a", None, 1.0e9).unwrap();
+    let ob = act(&d, &shadow(9003), "b", None, 1.0e9).unwrap();
+    assert_eq!(
+        a.commit(d.rollout.version, &oa, &["webhook"], 1.0e9)
+            .unwrap(),
+        Committed::Yes
+    );
+    assert_eq!(
+        b.commit(d.rollout.version, &ob, &["webhook"], 1.0e9)
+            .unwrap(),
+        Committed::Conflict
+    );
+    let stored = b.load("web").unwrap().unwrap();
+    assert_eq!(stored.shadow_pool, ["http://127.0.0.1:9002"]);
+    let h = b.history("web").unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].actor, "a");
+    let due = b.due(2.0e9, 10).unwrap();
+    assert_eq!(due.len(), 1, "one alert, the winner's");
+    b.failed(&due[0].alert.id, "webhook", 3.0e9, "answered 500")
+        .unwrap();
+    assert!(a.due(2.0e9, 10).unwrap().is_empty(), "retried later");
+    assert_eq!(a.due(3.0e9, 10).unwrap()[0].attempts, 1);
+    a.delivered(&due[0].alert.id, "webhook", 3.0e9).unwrap();
+    assert_eq!(a.undelivered().unwrap(), 0);
+}
+
+#[test]
+fn postgres_store_version_checks_and_outbox() {
+    let pg = Postgres::start();
+    only_one_writer_wins(&pg.url);
+}
+
+#[test]
+fn sqlite_store_version_checks_and_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    only_one_writer_wins(&format!("sqlite://{}", dir.path().join("s.db").display()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plane_over_postgres_runs_a_rollout_and_remembers_it() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (prod, _) = backend().await;
+    let (canary, _) = backend().await;
+    let c = config(dir.path(), &prod, Some(pg.url.clone()), None);
+    let plane = Plane::start(c.clone()).await.unwrap();
+    assert_eq!(plane.store.kind, "postgres");
+    plane
+        .change(
+            "web",
+            Action::Shadow {
+                pool: vec![canary.clone()],
+                mirror_percentage: 10.0,
+                criteria: vec!["random".into()],
+            },
+            "ops",
+            None,
+        )
+        .await
+        .unwrap();
+    plane
+        .change("web", Action::Rollback, "ops", Some("changed my mind"))
+        .await
+        .unwrap();
+    plane.shutdown().await;
+    drop(plane);
+    // A second start reads the state back from PostgreSQL.
+    let plane = Plane::start(c).await.unwrap();
+    let d = plane.get("web").await.unwrap();
+    assert_eq!(d.rollout.state.as_str(), "removing");
+    let h = plane.history("web").await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[1].reason, "changed my mind");
+    plane.shutdown().await;
+    let _: &Path = dir.path();
+}

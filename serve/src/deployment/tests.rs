@@ -204,21 +204,18 @@ proptest! {
         let mut d = Deployment::new(&lb(), 1.0e9);
         let mut rows = 0usize;
         for a in &actions {
-            match act(&d, a, "p", None, 1.0e9) {
-                Ok(o) => {
-                    prop_assert_eq!(o.deployment.rollout.version, d.rollout.version + 1);
-                    let changed = o.deployment.rollout.state != d.rollout.state
-                        || o.deployment.rollout.traffic_percentage != d.rollout.traffic_percentage
-                        || o.deployment.rollout.mirror_percentage != d.rollout.mirror_percentage;
-                    let is_note = matches!(a, Action::Judged { decision: Decision::Hold { .. }, .. });
-                    prop_assert_eq!(o.history.len(), usize::from(!is_note));
-                    if changed { prop_assert_eq!(o.history.len(), 1); }
-                    rows += o.history.len();
-                    let c = proxy_config(&lb(), &o.deployment);
-                    prop_assert!(c.check().is_ok(), "{:?}", c.check());
-                    d = o.deployment;
-                }
-                Err(_) => {}
+            if let Ok(o) = act(&d, a, "p", None, 1.0e9) {
+                prop_assert_eq!(o.deployment.rollout.version, d.rollout.version + 1);
+                let changed = o.deployment.rollout.state != d.rollout.state
+                    || o.deployment.rollout.traffic_percentage != d.rollout.traffic_percentage
+                    || o.deployment.rollout.mirror_percentage != d.rollout.mirror_percentage;
+                let is_note = matches!(a, Action::Judged { decision: Decision::Hold { .. }, .. });
+                prop_assert_eq!(o.history.len(), usize::from(!is_note));
+                if changed { prop_assert_eq!(o.history.len(), 1); }
+                rows += o.history.len();
+                let c = proxy_config(&lb(), &o.deployment);
+                prop_assert!(c.check().is_ok(), "{:?}", c.check());
+                d = o.deployment;
             }
         }
         prop_assert!(rows as u64 <= d.rollout.version);

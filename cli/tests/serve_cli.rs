@@ -1,0 +1,325 @@
+//! `shadowtap serve` and `shadowtap ctl` as an operator runs them: help and the sample config,
+//! then a shift killed with SIGKILL mid-way and restarted: the state and the weight resume from
+//! the store, the shift goes on, and every alert reaches a webhook receiver exactly once.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::canary::service;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shadowtap"))
+}
+
+const TOKEN: &str = "ops-token-0123456789abcdef";
+
+#[test]
+fn help_and_the_sample_config() {
+    let o = bin().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "--config",
+        "--store",
+        "--print-sample-config",
+        "shadow",
+        "kill -9",
+    ] {
+        assert!(help.contains(want), "serve --help lacks {want:?}");
+    }
+    let o = bin().args(["ctl", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for want in ["rollback", "testing", "history", "409"] {
+        assert!(help.contains(want), "ctl --help lacks {want:?}");
+    }
+    let o = bin()
+        .args(["serve", "--print-sample-config"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for key in [
+        "[api]",
+        "token_file",
+        "[store]",
+        "[monitor]",
+        "interval",
+        "min_requests",
+        "silent_limit",
+        "failure_limit",
+        "drain",
+        "[alerts]",
+        "webhook_url",
+        "slack_url",
+        "[[loadbalancer]]",
+        "production",
+        "sticky",
+    ] {
+        assert!(text.contains(key), "the sample lacks {key}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shadowtap.toml"), &o.stdout).unwrap();
+    // The sample's token file does not exist here: a clear error, not a panic.
+    let o = bin()
+        .args([
+            "serve",
+            "--config",
+            dir.path().join("shadowtap.toml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("api.tokens"));
+    let o = bin()
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A webhook receiver: the delivery ids it got, in order.
+fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let (mut id, mut len) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("x-shadowtap-delivery:") {
+                    id = v.trim().to_owned();
+                }
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            g.lock().unwrap().push(id);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (url, got)
+}
+
+/// A `serve` child, killed on drop (a failed assertion leaves no process behind).
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(config: &Path) -> Serve {
+    let mut child = bin()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut r = BufReader::new(child.stderr.take().unwrap());
+    let t0 = Instant::now();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "serve ended before listening"
+        );
+        if line.contains("API on") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30));
+    }
+    // Keep draining stderr so the child never blocks on it.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = r.read_to_string(&mut sink);
+    });
+    Serve(child)
+}
+
+fn ctl(api: u16, dir: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let o = bin()
+        .args([
+            "ctl",
+            "--api",
+            &format!("http://127.0.0.1:{api}"),
+            "--token-file",
+        ])
+        .arg(dir.join("api.tokens"))
+        .args(args)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code().unwrap_or(-1), v)
+}
+
+/// GETs to the proxy at a steady pace until stopped (at most 60 s).
+fn traffic(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let (mut n, t0) = (0, Instant::now());
+        while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ =
+                    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink);
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        n
+    })
+}
+
+fn weight(v: &serde_json::Value) -> f64 {
+    v["trafficPercentage"].as_f64().unwrap_or(-1.0)
+}
+
+#[test]
+fn a_shift_killed_mid_way_resumes_from_the_store_and_no_alert_is_lost_or_repeated() {
+    let stable = service(&[]);
+    let canary = service(&[]);
+    let (hook, received) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let (api, lb) = (free_port(), free_port());
+    std::fs::write(dir.path().join("api.tokens"), format!("ops {TOKEN}\n")).unwrap();
+    std::fs::write(dir.path().join("hook.secret"), "s3cret").unwrap();
+    let config = dir.path().join("shadowtap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[api]
+listen = "127.0.0.1:{api}"
+token_file = "api.tokens"
+[monitor]
+interval = "1s"
+min_requests = 3
+drain = "1s"
+[alerts]
+webhook_url = "{hook}"
+webhook_secret_file = "hook.secret"
+[[loadbalancer]]
+id = "web"
+listen = "127.0.0.1:{lb}"
+production = ["{}"]
+sticky = "request"
+"#,
+            stable.url
+        ),
+    )
+    .unwrap();
+    let mut serve = start(&config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..3).map(|_| traffic(lb, stop.clone())).collect();
+    let (code, v) = ctl(
+        api,
+        dir.path(),
+        &[
+            "testing",
+            "web",
+            "--candidate",
+            &canary.url,
+            "--algorithm",
+            "linear",
+            "--step",
+            "5",
+            "--initial",
+            "5",
+            "--interval",
+            "1s",
+            "--error-rate",
+            "0.5",
+            "--latency",
+            "5000",
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(weight(&v), 5.0);
+    std::thread::sleep(Duration::from_millis(3500));
+    let (_, before) = ctl(api, dir.path(), &["get", "web"]);
+    assert!(weight(&before) >= 10.0, "the shift moved: {before}");
+    serve.0.kill().unwrap(); // SIGKILL
+    serve.0.wait().unwrap();
+    let mut serve = start(&config);
+    let (_, after) = ctl(api, dir.path(), &["get", "web"]);
+    assert_eq!(after["state"], "testing", "{after}");
+    let w = weight(&after);
+    assert!(
+        w >= weight(&before) && w <= weight(&before) + 5.0,
+        "resumed at {w}, was {}",
+        weight(&before)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, later) = ctl(api, dir.path(), &["get", "web"]);
+    assert!(
+        weight(&later) > w,
+        "the shift goes on after the restart: {later}"
+    );
+    // A refused move exits 3 and names the allowed ones.
+    let (code, v) = ctl(api, dir.path(), &["resume", "web"]);
+    assert_eq!(code, 3, "{v}");
+    assert!(v["allowed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m == "rollback"));
+    let (code, _) = ctl(api, dir.path(), &["rollback", "web", "--reason", "enough"]);
+    assert_eq!(code, 0);
+    let t0 = Instant::now();
+    while ctl(api, dir.path(), &["get", "web"]).1["state"] != "removed" {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent: usize = load.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(sent > 50, "{sent}");
+    let (_, history) = ctl(api, dir.path(), &["history", "web"]);
+    let ids: Vec<String> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["transitionId"].as_str().unwrap().to_owned())
+        .collect();
+    let t0 = Instant::now();
+    while received.lock().unwrap().len() < ids.len() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM: a graceful end.
+    let _ = Command::new("kill").arg(serve.0.id().to_string()).status();
+    let status = serve.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let got = received.lock().unwrap().clone();
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), got.len(), "an alert was repeated: {got:?}");
+    for id in &ids {
+        assert!(got.contains(id), "alert {id} lost: got {got:?}");
+    }
+}
