@@ -166,6 +166,9 @@ enum Ctl {
         /// The pool taking real traffic (default: the shadow pool).
         #[arg(long = "candidate")]
         candidate: Vec<String>,
+        /// Do not gate steps with the statistical comparison against the stable pool.
+        #[arg(long)]
+        no_judge: bool,
         #[arg(long)]
         reason: Option<String>,
     },
@@ -252,6 +255,7 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
             interval,
             initial,
             candidate,
+            no_judge,
             reason,
         } => {
             let mut b = serde_json::json!({
@@ -270,6 +274,9 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
             }
             if !candidate.is_empty() {
                 o.insert("candidatePool".into(), candidate.into());
+            }
+            if no_judge {
+                o.insert("judge".into(), false.into());
             }
             if let Some(r) = reason {
                 o.insert("reason".into(), r.into());

@@ -26,6 +26,8 @@
 use serde::{Deserialize, Serialize};
 use shadowtap_stats::{fisher_greater, sign_test_greater, wilcoxon_greater};
 
+use crate::shift::{Decision, Policy, Progress};
+
 /// The gate's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GateConfig {
@@ -35,6 +37,9 @@ pub struct GateConfig {
     pub latency_tolerance: f64,
     /// An error rate higher by less than this is not a regression, however significant.
     pub min_error_increase: f64,
+    /// Latency higher by less than this (ms: the 90th percentiles' difference unpaired, the
+    /// median paired difference paired) is not a regression, however significant.
+    pub min_latency_increase_ms: f64,
     /// Fewer units than this on either side: not enough to conclude.
     pub min_units: u64,
 }
@@ -45,6 +50,7 @@ impl Default for GateConfig {
             alpha: 0.05,
             latency_tolerance: 0.1,
             min_error_increase: 0.002,
+            min_latency_increase_ms: 5.0,
             min_units: 20,
         }
     }
@@ -97,6 +103,52 @@ pub enum Gate {
     },
 }
 
+/// Folds the gate's answer on a window into the monitor's decision on it
+/// ([`crate::shift::tick`]'s, from `before` to `after`): a failed gate turns a shift or a
+/// promotion into a breach — held with an alert, and rolled back once `failure_limit`
+/// windows in a row breach. Holds and rollbacks stand as they are.
+pub fn fold(
+    policy: &Policy,
+    before: Progress,
+    decision: Decision,
+    after: Progress,
+    gate: &Gate,
+) -> (Decision, Progress) {
+    let Gate::Fail { why } = gate else {
+        return (decision, after);
+    };
+    if !matches!(decision, Decision::Shift { .. } | Decision::Promote) {
+        return (decision, after);
+    }
+    let next = Progress {
+        breaches: before.breaches + 1,
+        steps: before.steps,
+        ..after
+    };
+    if next.breaches >= policy.failure_limit.max(1) {
+        (
+            Decision::Rollback {
+                why: format!(
+                    "{} windows in a row significantly worse than the stable pool: {why}",
+                    next.breaches
+                ),
+            },
+            next,
+        )
+    } else {
+        (
+            Decision::Hold {
+                why: format!(
+                    "significantly worse than the stable pool (breach {} of {}): {why}",
+                    next.breaches, policy.failure_limit
+                ),
+                alert: true,
+            },
+            next,
+        )
+    }
+}
+
 /// The level of look `k` (1-based) of a rollout tested at `alpha` overall.
 pub fn look_alpha(alpha: f64, k: u32) -> f64 {
     let k = f64::from(k.max(1));
@@ -138,10 +190,19 @@ pub fn paired(pairs: &[PairOutcome], c: &GateConfig, k: u32) -> Gate {
         })
         .collect();
     let rank = wilcoxon_greater(&d, (1.0 + c.latency_tolerance).ln());
-    if (d.len() as u64) >= c.min_units && rank.p_greater < level {
+    let mut ms: Vec<f64> = pairs
+        .iter()
+        .filter_map(|p| Some(p.shadow_ms? - p.production_ms?))
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let median_ms = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
+    if (d.len() as u64) >= c.min_units
+        && rank.p_greater < level
+        && median_ms >= c.min_latency_increase_ms
+    {
         return Gate::Fail {
             why: format!(
-                "the shadow is more than {:.0}% slower than production on the same requests ({} pairs): signed-rank p = {:.2e} < {level:.2e}",
+                "the shadow is more than {:.0}% slower than production on the same requests ({} pairs, median +{median_ms:.1} ms): signed-rank p = {:.2e} < {level:.2e}",
                 c.latency_tolerance * 100.0,
                 d.len(),
                 rank.p_greater
@@ -222,7 +283,11 @@ pub fn unpaired(candidate: &Sample, stable: &Sample, c: &GateConfig, k: u32) -> 
         if n_c >= c.min_units && n_s >= c.min_units {
             p_slow = fisher_greater(x, n_c, y, n_s);
             let (share_c, share_s) = (x as f64 / n_c as f64, y as f64 / n_s as f64);
-            if p_slow < level {
+            let p90 = |v: &[u64]| {
+                pooled_p90_bucket(v, &[]).map_or(0.0, |k| growth.powf(k as f64 + 0.5) / 1000.0)
+            };
+            let increase_ms = p90(&candidate.latency) - p90(&stable.latency);
+            if p_slow < level && increase_ms >= c.min_latency_increase_ms {
                 return Gate::Fail {
                     why: format!(
                         "even allowing {:.0}% slower, {:.1}% of the candidate's requests are in the window's slowest tenth against {:.1}% of the stable pool's: Fisher p = {p_slow:.2e} < {level:.2e}",

@@ -172,6 +172,9 @@ pub struct Progress {
     pub silent: u32,
     /// Steps taken.
     pub steps: u32,
+    /// Windows the statistical gate has judged (its looks; each spends part of its alpha).
+    #[serde(default)]
+    pub looks: u32,
 }
 
 /// The monitor's decision on one window.

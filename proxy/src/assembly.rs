@@ -46,6 +46,8 @@ enum Response {
 struct Parts {
     head: Exchange,
     mirrors: Vec<Arc<Shadow>>,
+    /// The shadows a copy was offered to (their pairs get production's outcome).
+    offered: Vec<Arc<Shadow>>,
     request: Option<Kept>,
     response: Option<Response>,
     done: bool,
@@ -101,6 +103,7 @@ impl Assembly {
             parts: Mutex::new(Parts {
                 head,
                 mirrors,
+                offered: Vec::new(),
                 request: None,
                 response: None,
                 done: false,
@@ -149,6 +152,7 @@ impl Assembly {
                         ..Body::default()
                     };
                     let ex = Box::new(ex);
+                    p.offered = shadows.clone();
                     if let Some((last, others)) = shadows.split_last() {
                         for s in others {
                             s.offer(ex.clone());
@@ -222,6 +226,7 @@ impl Assembly {
             head,
             request,
             response,
+            offered,
             ..
         } = &mut *p;
         let outcome = match response {
@@ -229,6 +234,9 @@ impl Assembly {
             _ => Outcome::TransportError,
         };
         self.stats.record(outcome);
+        for s in std::mem::take(offered) {
+            s.pairs.production(&head.exchange_id, outcome);
+        }
         let Some(recorder) = &self.sinks.recorder else {
             return;
         };

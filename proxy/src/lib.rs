@@ -17,6 +17,7 @@ pub mod assembly;
 pub mod config;
 pub mod error;
 pub mod mirror;
+pub mod pairs;
 pub mod record;
 pub mod route;
 pub mod server;

@@ -34,6 +34,8 @@ pub struct Shadow {
     pub counters: MirrorCounters,
     /// Its responses, live.
     pub stats: Arc<PoolStats>,
+    /// Its answers joined with production's, request by request.
+    pub pairs: Arc<crate::pairs::Pairs>,
 }
 
 impl std::fmt::Debug for Shadow {
@@ -155,6 +157,7 @@ impl Shadows {
         };
         for s in &config.shadows {
             let stats = Arc::new(PoolStats::default());
+            let pairs = Arc::new(crate::pairs::Pairs::default());
             let mut inputs = Vec::new();
             let mut pool = Vec::new();
             for (k, url) in s.urls.iter().enumerate() {
@@ -200,11 +203,14 @@ impl Shadows {
                 opts.redactor = redactor.cloned();
                 opts.keep_rows = record.is_some();
                 let observed = stats.clone();
+                let paired = pairs.clone();
                 opts.on_row = Some(Arc::new(move |row| {
-                    observed.record(match row.status {
+                    let outcome = match row.status {
                         Some(st) => Outcome::Status(st, row.total_us.unwrap_or(0).max(0) as u64),
                         None => Outcome::TransportError,
-                    });
+                    };
+                    observed.record(outcome);
+                    paired.shadow(&row.exchange_id, outcome);
                 }));
                 let started = runtime
                     .as_ref()
@@ -223,6 +229,7 @@ impl Shadows {
                 next: AtomicUsize::new(0),
                 counters: MirrorCounters::default(),
                 stats,
+                pairs,
             }));
         }
         Ok(Shadows {

@@ -491,6 +491,21 @@ async fn a_shadow_pool_of_two_members_shares_the_copies_under_one_name() {
             .await
             .unwrap();
     }
+    // Each request's two answers are joined, production's and the shadow's.
+    let shadow = running.state.routing().sinks[0].clone();
+    let t0 = std::time::Instant::now();
+    while shadow.pairs.window(60).len() < 100 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pairs = shadow.pairs.window(60);
+    assert_eq!(pairs.len(), 100);
+    assert!(pairs.iter().all(|p| matches!(
+        (p.production, p.shadow),
+        (
+            shadowtap_proxy::stats::Outcome::Status(200, _),
+            shadowtap_proxy::stats::Outcome::Status(200, _)
+        )
+    )));
     running.shutdown();
     let summary = running.wait().await.unwrap();
     let (a, b) = (

@@ -117,6 +117,13 @@ pub fn view(plane: &Plane, d: &Deployment) -> serde_json::Value {
             "maxLatencyRatio": spec.and_then(|t| t.max_latency_ratio),
             "failureLimit": p.failure_limit,
             "minRequests": p.min_requests,
+            "judge": spec.and_then(|t| t.gate(p.min_requests)).map(|g| serde_json::json!({
+                "alpha": g.alpha,
+                "latencyTolerance": g.latency_tolerance,
+                "minErrorIncrease": g.min_error_increase,
+                "minLatencyIncreaseMs": g.min_latency_increase_ms,
+                "minUnits": g.min_units,
+            })),
         })),
         "algorithm": spec.map(|t| t.algorithm.clone()),
         "targetTrafficPercentage": spec.map(|t| t.target_traffic_percentage),

@@ -62,6 +62,16 @@ pub struct TestingSpec {
     /// same window times this.
     #[serde(default)]
     pub max_latency_ratio: Option<f64>,
+    /// Gate each step with the statistical comparison against the stable pool on the same
+    /// window (`shadowtap_control::gate`; default on).
+    #[serde(default)]
+    pub judge: Option<bool>,
+    /// The gate's false-alarm rate over the whole rollout (default 0.05).
+    #[serde(default)]
+    pub judge_alpha: Option<f64>,
+    /// Slower than this fraction is a latency regression for the gate (default 0.1).
+    #[serde(default)]
+    pub latency_tolerance: Option<f64>,
     /// The pool that takes the real traffic (default: the shadow pool).
     #[serde(default)]
     pub candidate_pool: Option<Vec<String>>,
@@ -211,7 +221,31 @@ impl TestingSpec {
         if let Some(p) = &self.candidate_pool {
             check_pool("candidatePool", p)?;
         }
+        if let Some(a) = self.judge_alpha {
+            if !(a > 0.0 && a < 0.5) {
+                return Err(format!("judgeAlpha {a}: over 0, under 0.5"));
+            }
+        }
+        if let Some(t) = self.latency_tolerance {
+            if !(0.0..=10.0).contains(&t) {
+                return Err(format!("latencyTolerance {t}: 0 to 10 (0.1 is 10% slower)"));
+            }
+        }
         self.algorithm().map(|_| ())
+    }
+
+    /// The statistical gate's settings, when it is on.
+    pub fn gate(&self, min_units: u64) -> Option<shadowtap_control::gate::GateConfig> {
+        if self.judge == Some(false) {
+            return None;
+        }
+        let d = shadowtap_control::gate::GateConfig::default();
+        Some(shadowtap_control::gate::GateConfig {
+            alpha: self.judge_alpha.unwrap_or(d.alpha),
+            latency_tolerance: self.latency_tolerance.unwrap_or(d.latency_tolerance),
+            min_units: min_units.max(d.min_units),
+            ..d
+        })
     }
 }
 

@@ -1,13 +1,16 @@
 //! The background monitor: every interval, for each load balancer, it reads its proxy's windows
 //! and turns them into a change through [`Plane::change`], as the actor `monitor`:
-//! - **shadow**: the shadow pool against production on the same window: a shadow failing
-//!   critically (error rate at least `SHADOW_CRITICAL`) stops mirroring (a rollback, with the
-//!   numbers as its reason); a deviation (error rate over production's by more than 5 points,
-//!   or p99 over twice production's plus 50 ms) raises an alert on its first window;
+//! - **shadow**: the shadow pool against production: a shadow failing critically (error rate
+//!   at least `SHADOW_CRITICAL` on the window) stops mirroring (a rollback, with the numbers as
+//!   its reason); the paired gate ([`shadowtap_control::gate::paired`], on the mirrored pairs:
+//!   the same requests answered by both) finding it significantly worse raises a deviation
+//!   alert on the first such window;
 //! - **testing** (and paused, which only rolls back): the candidate's window against the
 //!   policy's thresholds (tightened by the relative ones on the stable pool's window), through
 //!   the pure [`shadowtap_control::shift::tick`]: shift, hold (never on no data), roll back, or
-//!   promote at the target;
+//!   promote at the target; a shift or a promotion must also pass the unpaired gate against
+//!   the stable pool on the same window ([`shadowtap_control::gate::unpaired`], unless the
+//!   policy says `"judge": false`): a significant regression is a breach;
 //! - **live**: after the drain, the old stable pool is removed; a breach before that degrades
 //!   (half the traffic back to the old pool); **degraded** recovers on a good window and rolls
 //!   back on a critical one or after `failureLimit`;
@@ -17,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shadowtap_control::gate::{self, Gate, GateConfig};
 use shadowtap_control::machine::State;
 use shadowtap_control::shift::{tick, Decision, Progress, Window};
 use shadowtap_proxy::stats::Window as ProxyWindow;
@@ -96,6 +100,11 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
             let stable = window(get("stable"), spec.latency_percentile);
             let cand = window(get("candidate"), spec.latency_percentile);
             policy.thresholds = effective_thresholds(&spec, &policy, &stable);
+            // With the gate on, a window it cannot judge is a window with too little data:
+            // never advance on it.
+            if let Some(g) = spec.gate(policy.min_requests) {
+                policy.min_requests = g.min_units;
+            }
             let limits = serde_json::json!({
                 "errorRate": policy.thresholds.error_rate,
                 "latency": policy.thresholds.latency_ms,
@@ -107,8 +116,22 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
             let metrics = numbers(&windows, &d, limits);
             match d.rollout.state {
                 State::Testing | State::Paused => {
-                    let (decision, progress) =
+                    let (decision, mut progress) =
                         tick(&policy, d.rollout.traffic_percentage, d.progress, &cand);
+                    let mut metrics = metrics;
+                    let judged = matches!(decision, Decision::Shift { .. } | Decision::Promote);
+                    let (decision, progress) = match (spec.gate(policy.min_requests), judged) {
+                        (Some(config), true) => {
+                            let (c, s) = plane.samples(id, secs).unwrap_or_default();
+                            let g = gate::unpaired(&c, &s, &config, d.progress.looks + 1);
+                            if !matches!(g, Gate::NotEnough { .. }) {
+                                progress.looks += 1;
+                            }
+                            metrics["gate"] = serde_json::to_value(&g).unwrap_or_default();
+                            gate::fold(&policy, d.progress, decision, progress, &g)
+                        }
+                        _ => (decision, progress),
+                    };
                     if d.rollout.state == State::Paused
                         && matches!(decision, Decision::Shift { .. } | Decision::Promote)
                     {
@@ -195,32 +218,54 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                     .await
                     .map(|_| ());
             }
-            let slower = match (sh.p99_ms, prod.p99_ms) {
-                (Some(s), Some(p)) => s > 2.0 * p + 50.0,
-                _ => false,
+            // The same requests answered by both: the paired gate.
+            let config = GateConfig {
+                min_units: defaults.min_requests.max(GateConfig::default().min_units),
+                ..GateConfig::default()
             };
-            let deviates = sh.error_rate > prod.error_rate + 0.05 || slower;
-            match (deviates, d.progress.breaches) {
-                (true, n) => Action::Note {
+            let g = gate::paired(&plane.pairs(id, secs), &config, d.progress.looks + 1);
+            let looks = d.progress.looks + u32::from(!matches!(g, Gate::NotEnough { .. }));
+            let mut metrics = metrics;
+            metrics["gate"] = serde_json::to_value(&g).unwrap_or_default();
+            match (g, d.progress.breaches) {
+                (Gate::Fail { why }, n) => Action::Note {
                     decision: "deviation".into(),
                     why: format!(
-                        "the shadow deviates from production: error rate {:.4} vs {:.4}, p99 {:?} vs {:?} ms",
-                        sh.error_rate, prod.error_rate, sh.p99_ms, prod.p99_ms
+                        "the shadow deviates from production on the mirrored pairs: {why}"
                     ),
                     // Once per run of deviating windows.
                     alert: (n == 0).then(|| "deviation".to_owned()),
                     progress: Progress {
                         breaches: n + 1,
+                        looks,
                         ..d.progress
                     },
                     metrics,
                 },
-                (false, 0) => return Ok(()),
-                (false, _) => Action::Note {
+                (_, 0) => {
+                    if looks == d.progress.looks {
+                        return Ok(());
+                    }
+                    // Only the looks moved: stored so the alpha spent survives a restart.
+                    Action::Note {
+                        decision: "ok".into(),
+                        why: "the shadow agrees with production on the mirrored pairs".into(),
+                        alert: None,
+                        progress: Progress {
+                            looks,
+                            ..d.progress
+                        },
+                        metrics,
+                    }
+                }
+                (_, _) => Action::Note {
                     decision: "ok".into(),
                     why: "the shadow agrees with production again".into(),
                     alert: None,
-                    progress: Progress::default(),
+                    progress: Progress {
+                        looks,
+                        ..Progress::default()
+                    },
                     metrics,
                 },
             }
@@ -261,7 +306,16 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
             if !matches!(d.rollout.state, State::Removing) {
                 last.insert(id.clone(), now());
             }
-            match judge(&plane, id).await {
+            // A judgement runs as a task of its own: a bug in one never stops the monitor.
+            let (p, key) = (plane.clone(), id.clone());
+            let judged = match tokio::spawn(async move { judge(&p, &key).await }).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("shadowtap serve: monitor: {id}: the judgement failed: {e}");
+                    continue;
+                }
+            };
+            match judged {
                 Ok(()) | Err(ChangeError::Act(crate::deployment::ActError::Stale(_))) => {}
                 Err(ChangeError::Act(crate::deployment::ActError::Refused(r))) => {
                     // An API call moved the deployment between the read and the change.

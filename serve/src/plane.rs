@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use shadowtap_control::gate::{PairOutcome, Sample};
 use shadowtap_proxy::stats::Window as ProxyWindow;
 
 use crate::config::{LoadBalancerConfig, ServeConfig};
@@ -203,17 +204,64 @@ impl Plane {
         ))))
     }
 
-    /// Pool windows over the last `seconds`: stable, candidate, shadow.
+    /// Pool windows over the last `seconds` whole seconds (the current, partial one left out):
+    /// stable, candidate, shadow.
     pub fn windows(&self, id: &str, seconds: u64) -> Option<BTreeMap<&'static str, ProxyWindow>> {
         let lb = self.balancers.get(id)?;
         let st = &lb.state;
         let mut out = BTreeMap::new();
-        out.insert("stable", st.production.window(seconds));
-        out.insert("candidate", st.canary.window(seconds));
+        out.insert("stable", st.production.complete_window(seconds));
+        out.insert("candidate", st.canary.complete_window(seconds));
         if let Some(s) = st.routing().sinks.iter().find(|s| s.name == SHADOW) {
-            out.insert("shadow", s.stats.window(seconds));
+            out.insert("shadow", s.stats.complete_window(seconds));
         }
         Some(out)
+    }
+
+    /// The candidate's and the stable pool's samples over the last `seconds`, for the gate.
+    pub fn samples(&self, id: &str, seconds: u64) -> Option<(Sample, Sample)> {
+        let lb = self.balancers.get(id)?;
+        let sample = |s: &shadowtap_proxy::stats::PoolStats| {
+            let w = s.complete_window(seconds);
+            Sample {
+                requests: w.requests,
+                errors: w.status_5xx + w.transport_errors,
+                latency: s.histogram(seconds),
+                bucket_growth: shadowtap_proxy::stats::GROWTH,
+            }
+        };
+        Some((sample(&lb.state.canary), sample(&lb.state.production)))
+    }
+
+    /// The shadow pool's mirrored pairs over the last `seconds`.
+    pub fn pairs(&self, id: &str, seconds: u64) -> Vec<PairOutcome> {
+        use shadowtap_proxy::stats::Outcome;
+        let Some(lb) = self.balancers.get(id) else {
+            return Vec::new();
+        };
+        let routing = lb.state.routing();
+        let Some(shadow) = routing.sinks.iter().find(|s| s.name == SHADOW) else {
+            return Vec::new();
+        };
+        let split = |o: Outcome| match o {
+            Outcome::Status(st, us) => (st >= 500, Some(us as f64 / 1000.0)),
+            Outcome::TransportError => (true, None),
+        };
+        shadow
+            .pairs
+            .complete_window(seconds)
+            .into_iter()
+            .map(|p| {
+                let (pe, pm) = split(p.production);
+                let (se, sm) = split(p.shadow);
+                PairOutcome {
+                    production_error: pe,
+                    shadow_error: se,
+                    production_ms: pm,
+                    shadow_ms: sm,
+                }
+            })
+            .collect()
     }
 
     /// Stops every proxy and waits for them to finish their requests in flight.

@@ -18,6 +18,8 @@ pub struct Backend {
     pub failing: AtomicBool,
     /// Wait this many ms first.
     pub delay_ms: AtomicU64,
+    /// Answer 503 to one request in this many (0: never).
+    pub fail_one_in: AtomicU64,
     /// Requests from users (no mirror marker).
     pub real: AtomicU64,
     /// Mirrored copies (with the marker).
@@ -28,16 +30,17 @@ async fn answer(
     State(b): State<Arc<Backend>>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
-    if headers.contains_key("x-shadowtap-replay") {
-        b.mirrored.fetch_add(1, Ordering::Relaxed);
+    let n = if headers.contains_key("x-shadowtap-replay") {
+        b.mirrored.fetch_add(1, Ordering::Relaxed)
     } else {
-        b.real.fetch_add(1, Ordering::Relaxed);
-    }
+        b.real.fetch_add(1, Ordering::Relaxed)
+    };
+    let one_in = b.fail_one_in.load(Ordering::Relaxed);
     let delay = b.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let status = if b.failing.load(Ordering::Relaxed) {
+    let status = if b.failing.load(Ordering::Relaxed) || (one_in > 0 && n % one_in == 0) {
         503
     } else {
         200

@@ -171,8 +171,14 @@ async fn shadow_then_testing_then_a_failing_canary_is_rolled_back_within_two_int
     // Every transition reached the webhook, once, signed (the receiver checks signatures).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let n = received.lock().unwrap().len();
-        if n >= h.len() || Instant::now() > deadline {
+        let all = {
+            let got = received.lock().unwrap();
+            h.iter().all(|r| {
+                got.iter()
+                    .any(|(id, _, _)| r["transitionId"] == id.as_str())
+            })
+        };
+        if all || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -254,5 +260,118 @@ async fn a_healthy_canary_reaches_live_and_the_old_pool_is_removed() {
     traffic(proxy, 50, &[]).await;
     assert_eq!(stable.real.load(Ordering::Relaxed), s_before);
     assert_eq!(canary.real.load(Ordering::Relaxed), c_before + 50);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regression_under_the_thresholds_is_caught_by_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, _stable) = backend().await;
+    let (canary_url, canary) = backend().await;
+    // One request in four fails: 25%, under the 30% threshold, far over the stable 0%.
+    canary.fail_one_in.store(4, Ordering::Relaxed);
+    let server = Server::start(config(dir.path(), &stable_url, None, None))
+        .await
+        .unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    let (stop, load) = steady(proxy);
+    let (s, v) = call(
+        api,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(serde_json::json!({
+            "candidatePool": [canary_url], "targetTrafficPercentage": 100,
+            "errorRateThreshold": 0.3, "criticalErrorRate": 0.9, "latencyThreshold": 2000,
+            "algorithm": "linear", "stepPercentage": 5, "initialPercentage": 50, "interval": "1s"
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (v, _) = wait_for(api, &["removing", "removed"], Duration::from_secs(12)).await;
+    assert_eq!(v["trafficPercentage"], 0.0);
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let rollback = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "rollback")
+        .expect("rolled back")
+        .clone();
+    assert_eq!(rollback["actor"], "monitor");
+    let why = rollback["reason"].as_str().unwrap();
+    assert!(
+        why.contains("significantly worse") && why.contains("Fisher"),
+        "{why}"
+    );
+    assert_eq!(rollback["metrics"]["gate"]["gate"], "fail", "{rollback}");
+    // The weight never rose: every window failed the gate.
+    assert!(
+        !h.as_array().unwrap().iter().any(|r| r["event"] == "shift"),
+        "{h}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_slower_on_the_same_requests_raises_one_deviation_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, _) = backend().await;
+    let (shadow_url, shadow) = backend().await;
+    shadow.delay_ms.store(30, Ordering::Relaxed);
+    let (hook, received) = receiver().await;
+    let server = Server::start(config(dir.path(), &stable_url, None, Some(&hook)))
+        .await
+        .unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    let (s, v) = call(
+        api,
+        "POST",
+        "/loadbalancer/web/shadow",
+        Some(serde_json::json!({
+            "shadowPool": [shadow_url], "mirrorPercentage": 100
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (stop, load) = steady(proxy);
+    let t0 = Instant::now();
+    let v = loop {
+        let (_, v) = call(api, "GET", "/loadbalancer/web", None).await;
+        if v["lastJudgement"]["decision"] == "deviation" {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no deviation found: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        v["state"], "shadow",
+        "a deviation alerts, it does not stop the shadow"
+    );
+    assert!(
+        v["lastJudgement"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("mirrored pairs"),
+        "{v}"
+    );
+    // Two more windows: still deviating, no second alert.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deviations = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, a)| a["kind"] == "deviation")
+        .count();
+    assert_eq!(deviations, 1);
     server.shutdown().await;
 }

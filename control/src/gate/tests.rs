@@ -83,6 +83,9 @@ fn real_regressions_are_caught() {
     // A slowdown within the tolerance (5% < 10%) is not a regression.
     let within = unpaired_alarms(4, 200, 10, (0.01, 52.5), 300);
     eprintln!("unpaired: errors {errors}, 40% slower {slower}, 5% slower {within}");
+    // 40% slower, but 0.2 ms: significant, not a regression anyone would stop a rollout for.
+    let tiny = unpaired_alarms(10, 100, 10, (0.01, 0.7), 300);
+    assert!(tiny <= 0.05, "sub-millisecond: {tiny}");
     assert!(within <= 0.05, "{within}");
 }
 
@@ -148,4 +151,33 @@ fn the_paired_gate_is_calibrated_and_has_power() {
     let errs = paired_alarms(9, 200, 5, 0.06, 1.0);
     eprintln!("paired: A/A {aa}, 5% slower {small}, 30% slower {slow}, 6% errors {errs}");
     assert!(errs >= 0.95, "6% errors: {errs}");
+}
+
+#[test]
+fn a_failed_gate_holds_a_shift_and_rolls_back_after_the_failure_limit() {
+    use crate::shift::{Algorithm, Thresholds};
+    let t = Thresholds {
+        error_rate: 0.05,
+        latency_ms: 500.0,
+    };
+    let policy = Policy {
+        algorithm: Algorithm::Linear { step: 10.0 },
+        target: 100.0,
+        thresholds: t,
+        critical: t,
+        failure_limit: 2,
+        min_requests: 10,
+        silent_limit: 3,
+    };
+    let fail = Gate::Fail { why: "x".into() };
+    let before = Progress::default();
+    let after = Progress { steps: 1, ..before };
+    let (d, p) = fold(&policy, before, Decision::Shift { to: 20.0 }, after, &fail);
+    assert!(matches!(d, Decision::Hold { alert: true, .. }), "{d:?}");
+    assert_eq!((p.breaches, p.steps), (1, 0));
+    let (d, _) = fold(&policy, p, Decision::Promote, p, &fail);
+    assert!(matches!(d, Decision::Rollback { .. }), "{d:?}");
+    let pass = Gate::Pass { why: String::new() };
+    let (d, _) = fold(&policy, before, Decision::Shift { to: 20.0 }, after, &pass);
+    assert_eq!(d, Decision::Shift { to: 20.0 });
 }
