@@ -117,6 +117,8 @@ pub fn view(plane: &Plane, d: &Deployment) -> serde_json::Value {
             "maxLatencyRatio": spec.and_then(|t| t.max_latency_ratio),
             "failureLimit": p.failure_limit,
             "minRequests": p.min_requests,
+            "cpuThreshold": spec.and_then(|t| t.cpu_threshold),
+            "memoryThreshold": spec.and_then(|t| t.memory_threshold),
             "judge": spec.and_then(|t| t.gate(p.min_requests)).map(|g| serde_json::json!({
                 "alpha": g.alpha,
                 "latencyTolerance": g.latency_tolerance,
@@ -180,9 +182,11 @@ async fn metrics_of(AxState(api): AxState<Api>, Path(id): Path<String>) -> Respo
         .iter()
         .map(|(k, w)| ((*k).to_owned(), pool_json(w)))
         .collect();
+    let resources = api.plane.resources(&id);
     Json(serde_json::json!({
         "window": format!("{secs}s"),
         "pools": pools,
+        "resources": resources,
         "thresholds": v["thresholds"],
         "trafficPercentage": d.rollout.traffic_percentage,
         "mirrorPercentage": d.rollout.mirror_percentage,
@@ -199,6 +203,8 @@ struct ShadowBody {
     mirror_percentage: f64,
     #[serde(default)]
     mirror_criteria: Option<Vec<String>>,
+    #[serde(default)]
+    metrics_urls: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     reason: Option<String>,
 }
@@ -247,6 +253,7 @@ async fn shadow(
         pool: b.shadow_pool,
         mirror_percentage: b.mirror_percentage,
         criteria: b.mirror_criteria.unwrap_or_else(|| vec!["random".into()]),
+        metrics_urls: b.metrics_urls.unwrap_or_default(),
     };
     act_route(&api, &id, &actor, action, b.reason).await
 }
@@ -368,6 +375,23 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
                 if let Some(x) = x {
                     let _ = writeln!(rest, "shadowtap_lb_pool_latency_ms{{lb=\"{id}\",pool=\"{pool}\",quantile=\"{q}\"}} {x}");
                 }
+            }
+        }
+    }
+    for id in api.plane.balancers.keys() {
+        let res = api.plane.resources(id);
+        for (pool, u) in res.as_object().into_iter().flatten() {
+            if let Some(c) = u["cpuCores"].as_f64() {
+                let _ = writeln!(
+                    rest,
+                    "shadowtap_lb_pool_cpu_cores{{lb=\"{id}\",pool=\"{pool}\"}} {c}"
+                );
+            }
+            if let Some(m) = u["memoryBytes"].as_f64() {
+                let _ = writeln!(
+                    rest,
+                    "shadowtap_lb_pool_memory_bytes{{lb=\"{id}\",pool=\"{pool}\"}} {m}"
+                );
             }
         }
     }

@@ -112,6 +112,10 @@ pub struct LoadBalancerConfig {
     /// `request`, `header:NAME` or `cookie:NAME`.
     #[serde(default = "client")]
     pub sticky: String,
+    /// Member URL → its Prometheus endpoint (the service's own `/metrics` or node_exporter's),
+    /// for the pools' CPU and memory.
+    #[serde(default)]
+    pub metrics_urls: std::collections::BTreeMap<String, String>,
 }
 
 fn client() -> String {

@@ -72,6 +72,15 @@ pub struct TestingSpec {
     /// Slower than this fraction is a latency regression for the gate (default 0.1).
     #[serde(default)]
     pub latency_tolerance: Option<f64>,
+    /// CPU (cores busy, the candidate pool's busiest member) over which a window breaches.
+    #[serde(default)]
+    pub cpu_threshold: Option<f64>,
+    /// Memory (bytes in use, the busiest member) over which a window breaches.
+    #[serde(default)]
+    pub memory_threshold: Option<f64>,
+    /// Member URL → its Prometheus endpoint, for the members given here.
+    #[serde(default)]
+    pub metrics_urls: Option<std::collections::BTreeMap<String, String>>,
     /// The pool that takes the real traffic (default: the shadow pool).
     #[serde(default)]
     pub candidate_pool: Option<Vec<String>>,
@@ -221,6 +230,19 @@ impl TestingSpec {
         if let Some(p) = &self.candidate_pool {
             check_pool("candidatePool", p)?;
         }
+        for (name, v) in [
+            ("cpuThreshold", self.cpu_threshold),
+            ("memoryThreshold", self.memory_threshold),
+        ] {
+            if let Some(v) = v {
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(format!("{name} {v}: over 0"));
+                }
+            }
+        }
+        if let Some(m) = &self.metrics_urls {
+            check_metrics_urls(m)?;
+        }
         if let Some(a) = self.judge_alpha {
             if !(a > 0.0 && a < 0.5) {
                 return Err(format!("judgeAlpha {a}: over 0, under 0.5"));
@@ -247,6 +269,15 @@ impl TestingSpec {
             ..d
         })
     }
+}
+
+/// Metrics endpoints must be `http://` or `https://` URLs.
+pub fn check_metrics_urls(m: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    for (member, url) in m {
+        shadowtap_proxy::upstream::Member::parse(url)
+            .map_err(|e| format!("metricsUrls: {member}: {url}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Members must be `http://` or `https://` URLs with a host.
@@ -300,6 +331,9 @@ pub struct Deployment {
     pub entered_at: f64,
     /// The last monitor judgement.
     pub last_judgement: Option<Judgement>,
+    /// Member URL → Prometheus endpoint, for members given through the API.
+    #[serde(default)]
+    pub metrics_urls: std::collections::BTreeMap<String, String>,
 }
 
 impl Deployment {
@@ -317,6 +351,7 @@ impl Deployment {
             updated_at: rfc3339(now),
             entered_at: now,
             last_judgement: None,
+            metrics_urls: Default::default(),
         }
     }
 }
@@ -332,6 +367,8 @@ pub enum Action {
         mirror_percentage: f64,
         /// Which requests.
         criteria: Vec<String>,
+        /// Member URL → Prometheus endpoint.
+        metrics_urls: std::collections::BTreeMap<String, String>,
     },
     /// `POST …/testing`.
     Testing(Box<TestingSpec>),
@@ -487,8 +524,11 @@ pub fn act(
             pool,
             mirror_percentage,
             criteria,
+            metrics_urls,
         } => {
             check_pool("shadowPool", pool).map_err(ActError::Invalid)?;
+            check_metrics_urls(metrics_urls).map_err(ActError::Invalid)?;
+            next.metrics_urls.extend(metrics_urls.clone());
             if !(0.0..=100.0).contains(mirror_percentage) {
                 return Err(ActError::Invalid(format!(
                     "mirrorPercentage {mirror_percentage}: 0 to 100"
@@ -523,6 +563,9 @@ pub fn act(
                 }
             };
             next.candidate_pool = pool;
+            if let Some(m) = &spec.metrics_urls {
+                next.metrics_urls.extend(m.clone());
+            }
             next.testing = Some((**spec).clone());
             next.progress = Progress::default();
             if why.is_empty() {

@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod error;
 pub mod monitor;
 pub mod plane;
+pub mod resources;
 pub mod store;
 
 use std::net::SocketAddr;

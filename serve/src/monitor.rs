@@ -74,6 +74,29 @@ fn numbers(
     })
 }
 
+/// The candidate's resource use over the policy's limits, when it is.
+fn resource_breach(
+    spec: &crate::deployment::TestingSpec,
+    usage: Option<crate::resources::Usage>,
+) -> Option<String> {
+    let u = usage?;
+    if let (Some(limit), Some(v)) = (spec.cpu_threshold, u.cpu_cores) {
+        if v > limit {
+            return Some(format!(
+                "the candidate pool uses {v:.2} CPU cores (cpuThreshold {limit})"
+            ));
+        }
+    }
+    if let (Some(limit), Some(v)) = (spec.memory_threshold, u.memory_bytes) {
+        if v > limit {
+            return Some(format!(
+                "the candidate pool uses {v:.0} bytes of memory (memoryThreshold {limit})"
+            ));
+        }
+    }
+    None
+}
+
 /// Judges load balancer `id` once.
 pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
     let d = plane.get(id).await?;
@@ -131,6 +154,17 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                             gate::fold(&policy, d.progress, decision, progress, &g)
                         }
                         _ => (decision, progress),
+                    };
+                    // The candidate pool's resources against their limits: a breach like the
+                    // others.
+                    let usage = plane.pool_usage(id, "candidate");
+                    metrics["resources"] = serde_json::to_value(usage).unwrap_or_default();
+                    let over = resource_breach(&spec, usage);
+                    let (decision, progress) = match over {
+                        Some(why) => {
+                            gate::fold(&policy, d.progress, decision, progress, &Gate::Fail { why })
+                        }
+                        None => (decision, progress),
                     };
                     if d.rollout.state == State::Paused
                         && matches!(decision, Decision::Shift { .. } | Decision::Promote)
@@ -305,6 +339,7 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
             }
             if !matches!(d.rollout.state, State::Removing) {
                 last.insert(id.clone(), now());
+                plane.scrape(&d).await;
             }
             // A judgement runs as a task of its own: a bug in one never stops the monitor.
             let (p, key) = (plane.clone(), id.clone());

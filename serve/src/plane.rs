@@ -18,6 +18,7 @@ use crate::deployment::{
     act, proxy_config, ActError, Action, Defaults, Deployment, HistoryEntry, SHADOW,
 };
 use crate::error::ServeError;
+use crate::resources::Usage;
 use crate::store::{Committed, Store};
 
 /// Unix seconds now.
@@ -67,6 +68,21 @@ pub struct Plane {
     pub sinks: Vec<&'static str>,
     /// The configuration.
     pub config: ServeConfig,
+    /// Reads the members' Prometheus endpoints.
+    scraper: Option<crate::resources::Scraper>,
+    /// The last resource figures: load balancer → pool → (the pool's, each member's).
+    usage: std::sync::Mutex<BTreeMap<String, BTreeMap<&'static str, PoolUsage>>>,
+}
+
+/// A pool's resource use and its members'.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolUsage {
+    /// The busiest member's figures.
+    #[serde(flatten)]
+    pub pool: Usage,
+    /// Each member's, or why it could not be read.
+    pub members: BTreeMap<String, Result<Usage, String>>,
 }
 
 impl Plane {
@@ -127,6 +143,8 @@ impl Plane {
             drain: config.drain(),
             sinks,
             config,
+            scraper: crate::resources::Scraper::new(),
+            usage: std::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -216,6 +234,63 @@ impl Plane {
             out.insert("shadow", s.stats.complete_window(seconds));
         }
         Some(out)
+    }
+
+    /// Reads the Prometheus endpoints of `d`'s members (stable, candidate, shadow) that have
+    /// one, and keeps the figures.
+    pub async fn scrape(&self, d: &Deployment) {
+        let (Some(scraper), Some(lb)) = (&self.scraper, self.balancers.get(&d.id)) else {
+            return;
+        };
+        let url_of = |m: &String| {
+            d.metrics_urls
+                .get(m)
+                .or_else(|| lb.config.metrics_urls.get(m))
+                .cloned()
+        };
+        let mut out = BTreeMap::new();
+        for (name, pool) in [
+            ("stable", &d.stable_pool),
+            ("candidate", &d.candidate_pool),
+            ("shadow", &d.shadow_pool),
+        ] {
+            let mut members = BTreeMap::new();
+            for m in pool {
+                if let Some(url) = url_of(m) {
+                    members.insert(m.clone(), scraper.scrape(&url, now()).await);
+                }
+            }
+            if members.is_empty() {
+                continue;
+            }
+            let ok: Vec<Usage> = members
+                .values()
+                .filter_map(|r| r.as_ref().ok().copied())
+                .collect();
+            out.insert(
+                name,
+                PoolUsage {
+                    pool: crate::resources::pool(&ok),
+                    members,
+                },
+            );
+        }
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d.id.clone(), out);
+    }
+
+    /// The pools' last resource figures (JSON), for the API.
+    pub fn resources(&self, id: &str) -> serde_json::Value {
+        let u = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_value(u.get(id).cloned().unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// A pool's last resource figures.
+    pub fn pool_usage(&self, id: &str, pool: &str) -> Option<Usage> {
+        let u = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        u.get(id).and_then(|p| p.get(pool)).map(|p| p.pool)
     }
 
     /// The candidate's and the stable pool's samples over the last `seconds`, for the gate.

@@ -375,3 +375,83 @@ async fn a_shadow_slower_on_the_same_requests_raises_one_deviation_alert() {
     assert_eq!(deviations, 1);
     server.shutdown().await;
 }
+
+/// A Prometheus endpoint whose resident memory the test sets; CPU seconds grow 0.5 a second.
+async fn metrics_endpoint(memory: Arc<std::sync::atomic::AtomicU64>) -> String {
+    let started = Instant::now();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let memory = memory.clone();
+            async move {
+                format!(
+                    "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\nprocess_resident_memory_bytes {}\n",
+                    started.elapsed().as_secs_f64() * 0.5,
+                    memory.load(Ordering::Relaxed)
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_over_its_memory_limit_is_held_then_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, _) = backend().await;
+    let (canary_url, _) = backend().await;
+    let memory = Arc::new(std::sync::atomic::AtomicU64::new(100 << 20));
+    let metrics = metrics_endpoint(memory.clone()).await;
+    let server = Server::start(config(dir.path(), &stable_url, None, None))
+        .await
+        .unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    let (stop, load) = steady(proxy);
+    let (s, v) = call(
+        api,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(serde_json::json!({
+            "candidatePool": [canary_url], "targetTrafficPercentage": 100,
+            "errorRateThreshold": 0.05, "latencyThreshold": 500, "memoryThreshold": 1.0e9,
+            "metricsUrls": {canary_url.clone(): metrics},
+            "algorithm": "linear", "stepPercentage": 5, "initialPercentage": 50, "interval": "1s"
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // Within its limit: it shifts, and the figures are shown.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, m) = call(api, "GET", "/loadbalancer/web/metrics", None).await;
+    let used = m["resources"]["candidate"]["memoryBytes"].as_f64();
+    assert_eq!(used, Some((100u64 << 20) as f64), "{m}");
+    let cores = m["resources"]["candidate"]["cpuCores"].as_f64().unwrap();
+    assert!((0.3..0.7).contains(&cores), "{m}");
+    let (_, v) = call(api, "GET", "/loadbalancer/web", None).await;
+    assert!(v["trafficPercentage"].as_f64().unwrap() > 50.0, "{v}");
+    // Over it: held, then rolled back (failureLimit 2), the reason naming the memory.
+    memory.store(2 << 30, Ordering::Relaxed);
+    wait_for(api, &["removing", "removed"], Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let rollback = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "rollback")
+        .unwrap()
+        .clone();
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .unwrap()
+            .contains("memoryThreshold"),
+        "{rollback}"
+    );
+    server.shutdown().await;
+}

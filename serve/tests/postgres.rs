@@ -130,6 +130,7 @@ fn lb() -> LoadBalancerConfig {
         allow_targets: Vec::new(),
         geo_file: None,
         sticky: "request".into(),
+        metrics_urls: Default::default(),
     }
 }
 
@@ -148,6 +149,7 @@ fn only_one_writer_wins(url: &str) {
         pool: vec![format!("http://127.0.0.1:{port}")],
         mirror_percentage: 5.0,
         criteria: vec!["random".into()],
+        metrics_urls: Default::default(),
     };
     let oa = act(&d, &shadow(9002), "a", None, 1.0e9).unwrap();
     let ob = act(&d, &shadow(9003), "b", None, 1.0e9).unwrap();
@@ -204,6 +206,7 @@ async fn a_plane_over_postgres_runs_a_rollout_and_remembers_it() {
                 pool: vec![canary.clone()],
                 mirror_percentage: 10.0,
                 criteria: vec!["random".into()],
+                metrics_urls: Default::default(),
             },
             "ops",
             None,

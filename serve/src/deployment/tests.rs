@@ -10,6 +10,7 @@ fn lb() -> LoadBalancerConfig {
         allow_targets: Vec::new(),
         geo_file: None,
         sticky: "request".into(),
+        metrics_urls: Default::default(),
     }
 }
 
@@ -26,6 +27,7 @@ fn shadow(pool: &str) -> Action {
         pool: vec![pool.into()],
         mirror_percentage: 5.0,
         criteria: vec!["header:X-Shadow-Test=true".into()],
+        metrics_urls: Default::default(),
     }
 }
 
@@ -110,6 +112,7 @@ fn refusals_and_bad_values() {
             pool: vec!["http://127.0.0.1:9002".into()],
             mirror_percentage: 5.0,
             criteria,
+            metrics_urls: Default::default(),
         };
         assert!(matches!(
             act(&d, &a, "t", None, 0.0),
@@ -120,6 +123,7 @@ fn refusals_and_bad_values() {
         pool: vec!["not a url".into()],
         mirror_percentage: 5.0,
         criteria: vec![],
+        metrics_urls: Default::default(),
     };
     assert!(matches!(
         act(&d, &a, "t", None, 0.0),
