@@ -164,7 +164,7 @@ pub fn allowed(state: State) -> &'static [&'static str] {
         State::Shadow => &["shadow", "testing", "rollback", "remove"],
         State::Testing => &["shift", "pause", "live", "rollback", "remove"],
         State::Paused => &["resume", "live", "rollback", "remove"],
-        State::Live => &["degrade", "remove"],
+        State::Live => &["degrade", "rollback", "remove"],
         State::Degraded => &["shift", "recover", "rollback", "remove"],
         State::Removing => &["removed"],
     }

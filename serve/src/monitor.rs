@@ -11,9 +11,9 @@
 //!   promote at the target; a shift or a promotion must also pass the unpaired gate against
 //!   the stable pool on the same window ([`shadowtap_control::gate::unpaired`], unless the
 //!   policy says `"judge": false`): a significant regression is a breach;
-//! - **live**: after the drain, the old stable pool is removed; a breach before that degrades
-//!   (half the traffic back to the old pool); **degraded** recovers on a good window and rolls
-//!   back on a critical one or after `failureLimit`;
+//! - **live**: after the drain, the old stable pool is removed; before that, a critical breach
+//!   rolls back and a breach degrades (half the traffic back to the old pool); **degraded**
+//!   recovers on a good window and rolls back on a critical one or after `failureLimit`;
 //! - **removing**: removed once the drain has passed.
 
 use std::collections::BTreeMap;
@@ -185,9 +185,20 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                         .map(|_| ());
                 }
                 State::Live => {
-                    if cand.request_count >= policy.min_requests
-                        && policy.thresholds.breached_by(&cand)
-                    {
+                    if cand.request_count < policy.min_requests {
+                        return Ok(());
+                    }
+                    if policy.critical.breached_by(&cand) {
+                        let why = format!(
+                            "critical breach while live: error rate {:.4}, latency {:.1} ms",
+                            cand.error_rate, cand.latency_ms
+                        );
+                        return plane
+                            .change(id, Action::Rollback, ACTOR, Some(&why))
+                            .await
+                            .map(|_| ());
+                    }
+                    if policy.thresholds.breached_by(&cand) {
                         Action::Degrade { to: 50.0, metrics }
                     } else {
                         return Ok(());

@@ -95,11 +95,29 @@ pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
 /// The API token in the test configs (named `ops`).
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// Starts a webhook receiver; its URL and what it got.
+async fn receive_slack(
+    State(r): State<Received>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> &'static str {
+    let id = headers
+        .get("x-shadowtap-delivery")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    r.lock().unwrap().push((id, "slack".into(), v));
+    "ok"
+}
+
+/// Starts a webhook receiver (`/hook`: the signed JSON webhook, signatures checked; `/slack`:
+/// the Slack-compatible one, recorded with the signature `slack`); its `/hook` URL and what it
+/// got.
 pub async fn receiver() -> (String, Received) {
     let got: Received = Arc::default();
     let app = Router::new()
         .route("/hook", post(receive))
+        .route("/slack", post(receive_slack))
         .with_state(got.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
@@ -142,7 +160,10 @@ sticky = "request"
 "#,
         store.unwrap_or_else(|| "sqlite://state.db".into()),
         webhook
-            .map(|w| format!("webhook_url = \"{w}\"\nwebhook_secret_file = \"webhook.secret\""))
+            .map(|w| format!(
+                "webhook_url = \"{w}\"\nwebhook_secret_file = \"webhook.secret\"\nslack_url = \"{}\"",
+                w.replace("/hook", "/slack")
+            ))
             .unwrap_or_default()
     );
     let path = dir.join("shadowtap.toml");

@@ -183,7 +183,8 @@ async fn shadow_then_testing_then_a_failing_canary_is_rolled_back_within_two_int
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got = received.lock().unwrap().clone();
+    let all = received.lock().unwrap().clone();
+    let (slack, got): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, sig, _)| sig == "slack");
     let mut ids: Vec<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
     ids.sort_unstable();
     let n = ids.len();
@@ -194,6 +195,29 @@ async fn shadow_then_testing_then_a_failing_canary_is_rolled_back_within_two_int
         assert!(ids.contains(&id), "alert for {id} missing; got {ids:?}");
     }
     assert!(got.iter().any(|(_, _, v)| v["kind"] == "rollback"));
+    // The Slack-compatible webhook got the same alerts as one line of text each.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut slack = slack;
+    while !slack
+        .iter()
+        .any(|(_, _, v)| v["text"].as_str().is_some_and(|t| t.contains("rollback")))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        slack = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s, _)| s == "slack")
+            .cloned()
+            .collect();
+    }
+    let text = slack
+        .iter()
+        .filter_map(|(_, _, v)| v["text"].as_str())
+        .find(|t| t.contains("rollback"))
+        .unwrap_or_else(|| panic!("no rollback on Slack: {slack:?}"));
+    assert!(text.contains("testing → removing"), "{text}");
     server.shutdown().await;
 }
 
@@ -370,7 +394,7 @@ async fn a_shadow_slower_on_the_same_requests_raises_one_deviation_alert() {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, _, a)| a["kind"] == "deviation")
+        .filter(|(_, sig, a)| sig != "slack" && a["kind"] == "deviation")
         .count();
     assert_eq!(deviations, 1);
     server.shutdown().await;
@@ -453,5 +477,79 @@ async fn a_candidate_over_its_memory_limit_is_held_then_rolled_back() {
             .contains("memoryThreshold"),
         "{rollback}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_version_that_breaches_is_degraded_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, stable) = backend().await;
+    let (canary_url, canary) = backend().await;
+    let mut c = config(dir.path(), &stable_url, None, None);
+    // A long drain keeps the old pool while live.
+    c.monitor.drain = "30s".into();
+    let server = Server::start(c).await.unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    let (stop, load) = steady(proxy);
+    let (s, v) = call(
+        api,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(serde_json::json!({
+            "candidatePool": [canary_url], "targetTrafficPercentage": 100,
+            "errorRateThreshold": 0.05, "criticalErrorRate": 0.9, "latencyThreshold": 500,
+            "algorithm": "linear", "stepPercentage": 50, "initialPercentage": 50, "interval": "1s"
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    wait_for(api, &["live"], Duration::from_secs(8)).await;
+    // One request in five fails: over the 5% threshold, under the critical 90%.
+    canary.fail_one_in.store(5, Ordering::Relaxed);
+    let (v, _) = wait_for(api, &["degraded"], Duration::from_secs(6)).await;
+    assert_eq!(v["trafficPercentage"], 50.0, "{v}");
+    let before = stable.real.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        stable.real.load(Ordering::Relaxed) > before,
+        "the old pool takes traffic back"
+    );
+    canary.fail_one_in.store(0, Ordering::Relaxed);
+    let (v, _) = wait_for(api, &["live"], Duration::from_secs(6)).await;
+    assert_eq!(v["trafficPercentage"], 100.0);
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let events: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    let degrade = events
+        .iter()
+        .position(|e| *e == "degrade")
+        .expect("degrade recorded");
+    assert!(events[degrade..].contains(&"recover"), "{events:?}");
+    let row = &h.as_array().unwrap()[degrade];
+    assert_eq!(row["actor"], "monitor");
+    assert!(
+        row["metrics"]["pools"]["candidate"]["errorRate"]
+            .as_f64()
+            .unwrap()
+            > 0.05
+    );
+    // A rollback while live (the old pool still drains) puts everything back on it.
+    let (s, v) = call(
+        api,
+        "POST",
+        "/loadbalancer/web/rollback",
+        Some(serde_json::json!({"reason": "test"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "removing");
+    assert_eq!(v["trafficPercentage"], 0.0);
     server.shutdown().await;
 }
