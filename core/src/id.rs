@@ -37,6 +37,21 @@ pub fn new_run_id() -> String {
     )
 }
 
+/// `2026-12-01T10:15:00.250Z` from Unix seconds (UTC, milliseconds).
+pub fn rfc3339_millis(unix_secs: f64) -> String {
+    let ms = (unix_secs * 1000.0).floor() as i64;
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

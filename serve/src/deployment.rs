@@ -495,17 +495,7 @@ pub enum ActError {
 
 /// `2026-12-01T10:15:00.250Z` from Unix seconds.
 pub fn rfc3339(now: f64) -> String {
-    let ms = (now * 1000.0).floor() as i64;
-    let secs = ms.div_euclid(1000);
-    let (y, m, d) = shadowtap_core::id::civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        ms.rem_euclid(1000)
-    )
+    shadowtap_core::id::rfc3339_millis(now)
 }
 
 /// Applies `action` by `actor` to `d` at `now`.

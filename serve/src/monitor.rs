@@ -97,6 +97,18 @@ fn resource_breach(
     None
 }
 
+/// Rolls `id` back as the monitor, `what` and the window's numbers as the reason.
+async fn roll_back(plane: &Plane, id: &str, what: &str, w: &Window) -> Result<(), ChangeError> {
+    let why = format!(
+        "{what}: error rate {:.4}, latency {:.1} ms, {} requests",
+        w.error_rate, w.latency_ms, w.request_count
+    );
+    plane
+        .change(id, Action::Rollback, ACTOR, Some(&why))
+        .await
+        .map(|_| ())
+}
+
 /// Judges load balancer `id` once.
 pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
     let d = plane.get(id).await?;
@@ -189,14 +201,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                         return Ok(());
                     }
                     if policy.critical.breached_by(&cand) {
-                        let why = format!(
-                            "critical breach while live: error rate {:.4}, latency {:.1} ms",
-                            cand.error_rate, cand.latency_ms
-                        );
-                        return plane
-                            .change(id, Action::Rollback, ACTOR, Some(&why))
-                            .await
-                            .map(|_| ());
+                        return roll_back(plane, id, "critical breach while live", &cand).await;
                     }
                     if policy.thresholds.breached_by(&cand) {
                         Action::Degrade { to: 50.0, metrics }
@@ -214,14 +219,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                         || (policy.thresholds.breached_by(&cand)
                             && breaches >= policy.failure_limit.max(1))
                     {
-                        let why = format!(
-                            "degraded and still breaching: error rate {:.4}, latency {:.1} ms",
-                            cand.error_rate, cand.latency_ms
-                        );
-                        return plane
-                            .change(id, Action::Rollback, ACTOR, Some(&why))
-                            .await
-                            .map(|_| ());
+                        return roll_back(plane, id, "degraded and still breaching", &cand).await;
                     }
                     if policy.thresholds.breached_by(&cand) {
                         Action::Note {
