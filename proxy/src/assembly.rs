@@ -152,7 +152,11 @@ impl Assembly {
                         ..Body::default()
                     };
                     let ex = Box::new(ex);
-                    p.offered = shadows.clone();
+                    p.offered = shadows
+                        .iter()
+                        .filter(|s| s.pairs.is_some())
+                        .cloned()
+                        .collect();
                     if let Some((last, others)) = shadows.split_last() {
                         for s in others {
                             s.offer(ex.clone());
@@ -235,7 +239,9 @@ impl Assembly {
         };
         self.stats.record(outcome);
         for s in std::mem::take(offered) {
-            s.pairs.production(&head.exchange_id, outcome);
+            if let Some(pairs) = &s.pairs {
+                pairs.production(&head.exchange_id, outcome);
+            }
         }
         let Some(recorder) = &self.sinks.recorder else {
             return;

@@ -115,6 +115,9 @@ pub struct MirrorConfig {
     pub max_body: u64,
     /// Header every copy carries (value: the run id).
     pub marker_header: String,
+    /// Join each copy's answer with production's, request by request, for a live paired
+    /// comparison (`shadowtap serve` turns it on; off, nothing is kept).
+    pub pair_outcomes: bool,
 }
 
 impl Default for MirrorConfig {
@@ -129,6 +132,7 @@ impl Default for MirrorConfig {
                 .collect(),
             max_body: 16 << 20,
             marker_header: shadowtap_replayer::DEFAULT_MARKER.to_owned(),
+            pair_outcomes: false,
         }
     }
 }

@@ -34,8 +34,8 @@ pub struct Shadow {
     pub counters: MirrorCounters,
     /// Its responses, live.
     pub stats: Arc<PoolStats>,
-    /// Its answers joined with production's, request by request.
-    pub pairs: Arc<crate::pairs::Pairs>,
+    /// Its answers joined with production's, request by request (with `mirror.pair_outcomes`).
+    pub pairs: Option<Arc<crate::pairs::Pairs>>,
 }
 
 impl std::fmt::Debug for Shadow {
@@ -157,7 +157,10 @@ impl Shadows {
         };
         for s in &config.shadows {
             let stats = Arc::new(PoolStats::default());
-            let pairs = Arc::new(crate::pairs::Pairs::default());
+            let pairs = config
+                .mirror
+                .pair_outcomes
+                .then(|| Arc::new(crate::pairs::Pairs::default()));
             let mut inputs = Vec::new();
             let mut pool = Vec::new();
             for (k, url) in s.urls.iter().enumerate() {
@@ -210,7 +213,9 @@ impl Shadows {
                         None => Outcome::TransportError,
                     };
                     observed.record(outcome);
-                    paired.shadow(&row.exchange_id, outcome);
+                    if let Some(p) = &paired {
+                        p.shadow(&row.exchange_id, outcome);
+                    }
                 }));
                 let started = runtime
                     .as_ref()

@@ -79,11 +79,16 @@ pub(crate) struct ShadowSets {
 }
 
 /// The shadows' identity: a change to any of it starts a new set of senders.
-fn shadow_set(c: &ProxyConfig) -> Vec<(String, Vec<String>, usize, usize)> {
-    c.shadows
+/// Each shadow's name, members, concurrency and queue; whether outcomes are paired.
+type ShadowSet = (Vec<(String, Vec<String>, usize, usize)>, bool);
+
+fn shadow_set(c: &ProxyConfig) -> ShadowSet {
+    let set = c
+        .shadows
         .iter()
         .map(|s| (s.name.clone(), s.urls.clone(), s.concurrency, s.queue))
-        .collect()
+        .collect();
+    (set, c.mirror.pair_outcomes)
 }
 
 impl State {

@@ -484,6 +484,7 @@ async fn a_shadow_pool_of_two_members_shares_the_copies_under_one_name() {
     let mut pool = shadow("candidate", m1);
     pool.urls.push(format!("http://{m2}"));
     cfg.shadows = vec![pool];
+    cfg.mirror.pair_outcomes = true;
     let running = shadowtap_proxy::start(cfg, None).await.unwrap();
     let c = client();
     for k in 0..100 {
@@ -492,12 +493,12 @@ async fn a_shadow_pool_of_two_members_shares_the_copies_under_one_name() {
             .unwrap();
     }
     // Each request's two answers are joined, production's and the shadow's.
-    let shadow = running.state.routing().sinks[0].clone();
+    let shadow = running.state.routing().sinks[0].pairs.clone().unwrap();
     let t0 = std::time::Instant::now();
-    while shadow.pairs.window(60).len() < 100 && t0.elapsed() < Duration::from_secs(10) {
+    while shadow.window(60).len() < 100 && t0.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pairs = shadow.pairs.window(60);
+    let pairs = shadow.window(60);
     assert_eq!(pairs.len(), 100);
     assert!(pairs.iter().all(|p| matches!(
         (p.production, p.shadow),

@@ -794,6 +794,8 @@ pub fn proxy_config(lb: &LoadBalancerConfig, d: &Deployment) -> ProxyConfig {
     let mut c = ProxyConfig::new(lb.listen.clone(), d.stable_pool.clone());
     c.record = lb.record.clone();
     c.allow_targets = lb.allow_targets.clone();
+    // The shadow phase's gate compares the same requests' answers.
+    c.mirror.pair_outcomes = true;
     let state = d.rollout.state;
     let weight = match state {
         State::Testing | State::Paused | State::Live | State::Degraded | State::Removing => {

@@ -315,15 +315,19 @@ impl Plane {
             return Vec::new();
         };
         let routing = lb.state.routing();
-        let Some(shadow) = routing.sinks.iter().find(|s| s.name == SHADOW) else {
+        let Some(pairs) = routing
+            .sinks
+            .iter()
+            .find(|s| s.name == SHADOW)
+            .and_then(|s| s.pairs.clone())
+        else {
             return Vec::new();
         };
         let split = |o: Outcome| match o {
             Outcome::Status(st, us) => (st >= 500, Some(us as f64 / 1000.0)),
             Outcome::TransportError => (true, None),
         };
-        shadow
-            .pairs
+        pairs
             .complete_window(seconds)
             .into_iter()
             .map(|p| {
