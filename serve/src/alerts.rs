@@ -116,6 +116,10 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = stop.changed() => return,
         }
+        // Alerts go out once: from the instance running the monitor.
+        if !plane.is_leader() {
+            continue;
+        }
         let due = match plane.store.call(|s| s.due(now(), 50)).await {
             Ok(d) => d,
             Err(e) => {

@@ -63,6 +63,9 @@ pub struct MonitorConfig {
     pub failure_limit: u32,
     /// How long a pool being removed keeps its in-flight requests before it is removed.
     pub drain: String,
+    /// The monitor's lease (several instances on one store: one runs the monitor; another
+    /// takes over within this after it dies).
+    pub lease: String,
 }
 
 impl Default for MonitorConfig {
@@ -73,6 +76,7 @@ impl Default for MonitorConfig {
             silent_limit: 5,
             failure_limit: 3,
             drain: "10s".into(),
+            lease: "5s".into(),
         }
     }
 }
@@ -196,6 +200,7 @@ impl ServeConfig {
         };
         parse_duration(&self.monitor.interval).map_err(|w| bad("monitor.interval", w))?;
         parse_duration(&self.monitor.drain).map_err(|w| bad("monitor.drain", w))?;
+        parse_duration(&self.monitor.lease).map_err(|w| bad("monitor.lease", w))?;
         if self.loadbalancers.is_empty() {
             return Err(bad(
                 "loadbalancer",
@@ -240,6 +245,11 @@ impl ServeConfig {
     /// The monitor's interval.
     pub fn interval(&self) -> Duration {
         parse_duration(&self.monitor.interval).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// The monitor's lease.
+    pub fn lease(&self) -> Duration {
+        parse_duration(&self.monitor.lease).unwrap_or(Duration::from_secs(5))
     }
 
     /// How long a removed pool drains.

@@ -51,7 +51,11 @@ impl Server {
             addr: config.api.listen.clone(),
             source,
         })?;
-        let plane = Plane::start(config).await?;
+        // The instance's name: its host and API address (two instances cannot share both).
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let plane = Plane::start_as(config, format!("{host}/{api_addr}")).await?;
         let (stop, stop_rx) = watch::channel(false);
         let router = api::router(api::Api {
             plane: plane.clone(),
@@ -83,6 +87,8 @@ impl Server {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
+        // Another instance takes the monitor over at once.
+        self.plane.resign().await;
         self.plane.shutdown().await;
     }
 }

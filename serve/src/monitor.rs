@@ -104,7 +104,7 @@ async fn roll_back(plane: &Plane, id: &str, what: &str, w: &Window) -> Result<()
         w.error_rate, w.latency_ms, w.request_count
     );
     plane
-        .change(id, Action::Rollback, ACTOR, Some(&why))
+        .change_monitor(id, Action::Rollback, Some(&why))
         .await
         .map(|_| ())
 }
@@ -192,7 +192,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                 State::Live if since >= plane.drain.as_secs_f64() => {
                     let r = "the old stable pool is drained after the promotion";
                     return plane
-                        .change(id, Action::Remove, ACTOR, Some(r))
+                        .change_monitor(id, Action::Remove, Some(r))
                         .await
                         .map(|_| ());
                 }
@@ -257,7 +257,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                     sh.error_rate, sh.requests, prod.error_rate
                 );
                 return plane
-                    .change(id, Action::Rollback, ACTOR, Some(&why))
+                    .change_monitor(id, Action::Rollback, Some(&why))
                     .await
                     .map(|_| ());
             }
@@ -316,17 +316,41 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
         State::Removing if since >= plane.drain.as_secs_f64() => Action::Removed,
         _ => return Ok(()),
     };
-    plane.change(id, action, ACTOR, None).await.map(|_| ())
+    plane.change_monitor(id, action, None).await.map(|_| ())
 }
 
-/// Runs the monitor until `stop`.
+/// Runs the monitor until `stop`: leadership (the store's lease), following the store, and the
+/// judgements while this instance leads.
 pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
     let mut last: BTreeMap<String, f64> =
         plane.balancers.keys().map(|k| (k.clone(), now())).collect();
+    let ttl = plane.lease.as_secs_f64();
+    let (mut renewed, mut followed) = (0.0, 0.0);
+    let mut leader = plane.lead(ttl).await;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = stop.changed() => return,
+        }
+        // Every instance applies what the store says (another instance's changes) within a
+        // second; only the lease holder judges.
+        if now() - followed >= 1.0 {
+            followed = now();
+            plane.follow().await;
+        }
+        if now() - renewed >= ttl / 3.0 {
+            renewed = now();
+            let was = leader;
+            leader = plane.lead(ttl).await;
+            if leader && !was {
+                // A new leader starts each interval afresh.
+                for v in last.values_mut() {
+                    *v = now();
+                }
+            }
+        }
+        if !leader {
+            continue;
         }
         for id in plane.balancers.keys() {
             let Ok(d) = plane.get(id).await else { continue };

@@ -19,7 +19,10 @@ use crate::deployment::{
 };
 use crate::error::ServeError;
 use crate::resources::Usage;
-use crate::store::{Committed, Store};
+use crate::store::{Committed, Fence, Store};
+
+/// The monitor's lease's name.
+pub const LEASE: &str = "monitor";
 
 /// Unix seconds now.
 pub fn now() -> f64 {
@@ -38,6 +41,8 @@ pub struct Balancer {
     pub addr: std::net::SocketAddr,
     running: std::sync::Mutex<Option<shadowtap_proxy::Running>>,
     lock: tokio::sync::Mutex<()>,
+    /// The deployment version its proxy runs.
+    applied: std::sync::atomic::AtomicU64,
 }
 
 /// Why a change failed.
@@ -64,6 +69,8 @@ pub struct Plane {
     pub defaults: Defaults,
     /// How long a removed pool drains.
     pub drain: Duration,
+    /// The monitor's lease.
+    pub lease: Duration,
     /// The outbox's sinks (`webhook`, `slack`).
     pub sinks: Vec<&'static str>,
     /// The configuration.
@@ -72,6 +79,10 @@ pub struct Plane {
     scraper: Option<crate::resources::Scraper>,
     /// The last resource figures: load balancer → pool → (the pool's, each member's).
     usage: std::sync::Mutex<BTreeMap<String, BTreeMap<&'static str, PoolUsage>>>,
+    /// This instance's id (the lease holder's name).
+    pub instance: String,
+    /// The monitor's lease, while this instance holds it.
+    fence: std::sync::Mutex<Option<Fence>>,
 }
 
 /// A pool's resource use and its members'.
@@ -87,8 +98,20 @@ pub struct PoolUsage {
 
 impl Plane {
     /// Opens the store, loads (or creates) every deployment and starts its proxy with the
-    /// stored routing.
+    /// stored routing; a random instance id.
     pub async fn start(config: ServeConfig) -> Result<Arc<Plane>, ServeError> {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            shadowtap_core::id::new_run_id()
+        );
+        Plane::start_as(config, id).await
+    }
+
+    /// [`Plane::start`] as instance `instance`: the holder name of the monitor's lease. An
+    /// instance restarted under the same name (after `kill -9`) takes its lease back at once
+    /// instead of waiting for it to run out.
+    pub async fn start_as(config: ServeConfig, instance: String) -> Result<Arc<Plane>, ServeError> {
         let url = config
             .store
             .url
@@ -126,6 +149,7 @@ impl Plane {
                     addr: proxy.addr,
                     running: std::sync::Mutex::new(Some(proxy)),
                     lock: tokio::sync::Mutex::new(()),
+                    applied: std::sync::atomic::AtomicU64::new(d.rollout.version),
                 },
             );
         }
@@ -141,10 +165,13 @@ impl Plane {
             balancers,
             defaults,
             drain: config.drain(),
+            lease: config.lease(),
             sinks,
             config,
             scraper: crate::resources::Scraper::new(),
             usage: std::sync::Mutex::new(BTreeMap::new()),
+            instance,
+            fence: std::sync::Mutex::new(None),
         }))
     }
 
@@ -169,6 +196,86 @@ impl Plane {
         Ok(self.store.call(move |s| s.history(&key)).await?)
     }
 
+    /// The monitor's lease, when this instance holds it.
+    pub fn fence(&self) -> Option<Fence> {
+        self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether this instance runs the monitor and sends the alerts.
+    pub fn is_leader(&self) -> bool {
+        self.fence().is_some()
+    }
+
+    /// Takes or renews the monitor's lease for `ttl` seconds; whether this instance holds it.
+    pub async fn lead(&self, ttl: f64) -> bool {
+        let me = self.instance.clone();
+        let got = self
+            .store
+            .call(move |s| s.lease(LEASE, &me, now(), ttl))
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("shadowtap serve: the monitor's lease: {e}");
+                None
+            });
+        let mut f = self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        if got.is_some() != f.is_some() {
+            match &got {
+                Some(l) => eprintln!(
+                    "shadowtap serve: this instance runs the monitor (epoch {})",
+                    l.epoch
+                ),
+                None => eprintln!("shadowtap serve: another instance runs the monitor"),
+            }
+        }
+        *f = got;
+        f.is_some()
+    }
+
+    /// Gives the lease up (graceful stop).
+    pub async fn resign(&self) {
+        let taken = self.fence.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(f) = taken {
+            let _ = self.store.call(move |s| s.release(&f)).await;
+        }
+    }
+
+    /// Applies the stored deployment to every proxy whose version is behind it (a change
+    /// another instance made); each such load balancer's id.
+    pub async fn follow(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, lb) in &self.balancers {
+            let Ok(d) = self.get(id).await else { continue };
+            if d.rollout.version == lb.applied.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            let _held = lb.lock.lock().await;
+            let Ok(d) = self.get(id).await else { continue };
+            match lb.state.apply(proxy_config(&lb.config, &d), "store").await {
+                Ok(_) => {
+                    lb.applied
+                        .store(d.rollout.version, std::sync::atomic::Ordering::Relaxed);
+                    out.push(id.clone());
+                }
+                Err(e) => eprintln!("shadowtap serve: {id}: the stored state does not apply: {e}"),
+            }
+        }
+        out
+    }
+
+    /// A change decided by the monitor: written only while this instance holds the lease.
+    pub async fn change_monitor(
+        &self,
+        id: &str,
+        action: Action,
+        reason: Option<&str>,
+    ) -> Result<(Deployment, Vec<HistoryEntry>), ChangeError> {
+        let Some(fence) = self.fence() else {
+            return Err(ActError::Stale("this instance does not run the monitor".into()).into());
+        };
+        self.change_fenced(id, action, crate::monitor::ACTOR, reason, Some(fence))
+            .await
+    }
+
     /// Applies `action` to load balancer `id`: see the module docs.
     pub async fn change(
         &self,
@@ -176,6 +283,17 @@ impl Plane {
         action: Action,
         actor: &str,
         reason: Option<&str>,
+    ) -> Result<(Deployment, Vec<HistoryEntry>), ChangeError> {
+        self.change_fenced(id, action, actor, reason, None).await
+    }
+
+    async fn change_fenced(
+        &self,
+        id: &str,
+        action: Action,
+        actor: &str,
+        reason: Option<&str>,
+        fence: Option<Fence>,
     ) -> Result<(Deployment, Vec<HistoryEntry>), ChangeError> {
         let lb = self
             .balancers
@@ -194,18 +312,25 @@ impl Plane {
             let expected = current.rollout.version;
             let sinks = self.sinks.clone();
             let o = outcome.clone();
+            let f = fence.clone();
             let committed = self
                 .store
-                .call(move |s| s.commit(expected, &o, &sinks, at))
+                .call(move |s| s.commit(expected, &o, &sinks, at, f.as_ref()))
                 .await?;
-            if committed == Committed::Conflict {
-                continue;
+            match committed {
+                Committed::Conflict => continue,
+                Committed::Fenced => {
+                    *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    return Err(ActError::Stale("the monitor's lease was lost".into()).into());
+                }
+                Committed::Yes => {}
             }
             for a in &outcome.alerts {
                 if a.kind != "shift" {
                     eprintln!("shadowtap serve: alert {}: {}", a.id, a.text);
                 }
             }
+            let version = outcome.deployment.rollout.version;
             if let Err(source) = lb.state.apply(config, actor).await {
                 // The store holds the change; the proxy is re-applied from it at the next
                 // change or start. Say so loudly.
@@ -215,6 +340,8 @@ impl Plane {
                     source: Box::new(source),
                 }));
             }
+            lb.applied
+                .store(version, std::sync::atomic::Ordering::Relaxed);
             return Ok((outcome.deployment, outcome.history));
         }
         Err(ChangeError::Serve(ServeError::Store(format!(

@@ -197,6 +197,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS deployments (id TEXT PRIMARY KEY, version BIGINT NOT NULL, doc TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS history (transition_id TEXT PRIMARY KEY, lb TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS history_lb ON history (lb, version)",
+    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, expires_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS outbox (id TEXT NOT NULL, sink TEXT NOT NULL, lb TEXT NOT NULL, doc TEXT NOT NULL, attempts BIGINT NOT NULL, next_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION, last_error TEXT NOT NULL, PRIMARY KEY (id, sink))",
 ];
 
@@ -226,6 +227,24 @@ pub enum Committed {
     Yes,
     /// The version moved on meanwhile: recompute and retry.
     Conflict,
+    /// The lease the change was computed under is gone: nothing was written.
+    Fenced,
+}
+
+/// A lease held: who holds it and its epoch (raised by every new holder). A change made under
+/// a lease carries it, and is written only while the lease is still this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease's name.
+    pub name: String,
+    /// Its holder (an instance id).
+    pub holder: String,
+    /// Its epoch.
+    pub epoch: i64,
+}
+
+fn ms(t: f64) -> i64 {
+    (t * 1000.0) as i64
 }
 
 impl Store {
@@ -340,18 +359,98 @@ impl Store {
             .ok_or_else(|| ServeError::Store(format!("deployment {} vanished", d.id)))
     }
 
-    /// Writes `o` if the stored version is still `expected`: the deployment, its history rows
-    /// and its alerts (one outbox row per sink), in one transaction.
+    /// Takes or renews the lease `name` for `holder` until `now + ttl` seconds: its fence when
+    /// held, `None` when another holder's lease is still running. A lease that ran out goes to
+    /// the first to ask, with the next epoch.
+    pub fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: f64,
+        ttl: f64,
+    ) -> Result<Option<Fence>, ServeError> {
+        let fence = |epoch| Fence {
+            name: name.into(),
+            holder: holder.into(),
+            epoch,
+        };
+        self.transaction(|c| {
+            let n = c.exec(
+                "INSERT INTO leases (name, holder, epoch, expires_ms) VALUES ($1, $2, 1, $3) ON CONFLICT (name) DO NOTHING",
+                &[P::T(name.into()), P::T(holder.into()), P::I(ms(now + ttl))],
+            )?;
+            if n == 1 {
+                return Ok(Some(fence(1)));
+            }
+            let rows = c.query(
+                "SELECT holder, epoch, expires_ms FROM leases WHERE name = $1",
+                &[P::T(name.into())],
+                &[K::T, K::I, K::I],
+            )?;
+            let Some(r) = rows.first() else {
+                return Ok(None);
+            };
+            let (who, epoch, expires) = (r[0].text(), r[1].int(), r[2].int());
+            if who == holder && expires > ms(now) {
+                c.exec(
+                    "UPDATE leases SET expires_ms = $1 WHERE name = $2 AND holder = $3 AND epoch = $4",
+                    &[P::I(ms(now + ttl)), P::T(name.into()), P::T(holder.into()), P::I(epoch)],
+                )?;
+                return Ok(Some(fence(epoch)));
+            }
+            if expires <= ms(now) {
+                let n = c.exec(
+                    "UPDATE leases SET holder = $1, epoch = $2, expires_ms = $3 WHERE name = $4 AND epoch = $5",
+                    &[
+                        P::T(holder.into()),
+                        P::I(epoch + 1),
+                        P::I(ms(now + ttl)),
+                        P::T(name.into()),
+                        P::I(epoch),
+                    ],
+                )?;
+                return Ok((n == 1).then(|| fence(epoch + 1)));
+            }
+            Ok(None)
+        })
+    }
+
+    /// Gives the lease up (a graceful stop), so another instance takes it at once.
+    pub fn release(&self, f: &Fence) -> Result<(), ServeError> {
+        self.with(|c| {
+            c.exec(
+                "UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2 AND epoch = $3",
+                &[P::T(f.name.clone()), P::T(f.holder.clone()), P::I(f.epoch)],
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// Writes `o` if the stored version is still `expected` (and, with a `fence`, while that
+    /// lease is still held and running): the deployment, its history rows and its alerts (one
+    /// outbox row per sink), in one transaction.
     pub fn commit(
         &self,
         expected: u64,
         o: &Outcome,
         sinks: &[&str],
         now: f64,
+        fence: Option<&Fence>,
     ) -> Result<Committed, ServeError> {
         let d = &o.deployment;
         let doc = serde_json::to_string(d).expect("deployment serialises");
         self.transaction(|c| {
+            if let Some(f) = fence {
+                // Touching the lease row locks it (PostgreSQL) until the commit: a takeover
+                // waits for this change, or this change sees the takeover.
+                let held = c.exec(
+                    "UPDATE leases SET holder = holder WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_ms > $4",
+                    &[P::T(f.name.clone()), P::T(f.holder.clone()), P::I(f.epoch), P::I(ms(now))],
+                )?;
+                if held == 0 {
+                    return Ok(Committed::Fenced);
+                }
+            }
             let n = c.exec(
                 "UPDATE deployments SET version = $1, doc = $2 WHERE id = $3 AND version = $4",
                 &[

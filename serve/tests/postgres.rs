@@ -154,12 +154,12 @@ fn only_one_writer_wins(url: &str) {
     let oa = act(&d, &shadow(9002), "a", None, 1.0e9).unwrap();
     let ob = act(&d, &shadow(9003), "b", None, 1.0e9).unwrap();
     assert_eq!(
-        a.commit(d.rollout.version, &oa, &["webhook"], 1.0e9)
+        a.commit(d.rollout.version, &oa, &["webhook"], 1.0e9, None)
             .unwrap(),
         Committed::Yes
     );
     assert_eq!(
-        b.commit(d.rollout.version, &ob, &["webhook"], 1.0e9)
+        b.commit(d.rollout.version, &ob, &["webhook"], 1.0e9, None)
             .unwrap(),
         Committed::Conflict
     );
@@ -176,6 +176,55 @@ fn only_one_writer_wins(url: &str) {
     assert_eq!(a.due(3.0e9, 10).unwrap()[0].attempts, 1);
     a.delivered(&due[0].alert.id, "webhook", 3.0e9).unwrap();
     assert_eq!(a.undelivered().unwrap(), 0);
+
+    // The monitor's lease: one holder at a time; a holder whose lease ran out is fenced.
+    let t = 5.0e9;
+    let fa = a
+        .lease("monitor", "a", t, 5.0)
+        .unwrap()
+        .expect("a takes the free lease");
+    assert_eq!(fa.epoch, 1);
+    assert_eq!(
+        b.lease("monitor", "b", t + 1.0, 5.0).unwrap(),
+        None,
+        "a holds it"
+    );
+    assert_eq!(
+        a.lease("monitor", "a", t + 2.0, 5.0).unwrap(),
+        Some(fa.clone()),
+        "renewed"
+    );
+    // a stops renewing (killed): b takes over once it runs out, with the next epoch.
+    assert_eq!(b.lease("monitor", "b", t + 6.0, 5.0).unwrap(), None);
+    let fb = b
+        .lease("monitor", "b", t + 7.5, 5.0)
+        .unwrap()
+        .expect("b takes over");
+    assert_eq!(fb.epoch, 2);
+    let current = b.load("web").unwrap().unwrap();
+    let late = act(&current, &Action::Rollback, "monitor", None, t + 8.0).unwrap();
+    assert_eq!(
+        a.commit(current.rollout.version, &late, &[], t + 8.0, Some(&fa))
+            .unwrap(),
+        Committed::Fenced,
+        "the deposed leader cannot write"
+    );
+    assert_eq!(
+        b.load("web").unwrap().unwrap(),
+        current,
+        "nothing was written"
+    );
+    assert_eq!(
+        b.commit(current.rollout.version, &late, &[], t + 8.0, Some(&fb))
+            .unwrap(),
+        Committed::Yes
+    );
+    b.release(&fb).unwrap();
+    let fa2 = a
+        .lease("monitor", "a", t + 9.0, 5.0)
+        .unwrap()
+        .expect("released: free at once");
+    assert_eq!(fa2.epoch, 3);
 }
 
 #[test]
@@ -228,4 +277,111 @@ async fn a_plane_over_postgres_runs_a_rollout_and_remembers_it() {
     assert_eq!(h[1].reason, "changed my mind");
     plane.shutdown().await;
     let _: &Path = dir.path();
+}
+
+fn weight(s: &shadowtap_serve::Server) -> f64 {
+    s.plane.balancers["web"]
+        .state
+        .routing()
+        .config
+        .canary
+        .as_ref()
+        .map_or(-1.0, |c| c.weight)
+}
+
+/// Two `serve` instances on one PostgreSQL: a change through either reaches both proxies within
+/// a second or so; one instance runs the monitor; when it stops, the other takes over and the
+/// shift goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_follow_the_store_and_hand_the_monitor_over() {
+    use std::time::{Duration, Instant};
+    let pg = Postgres::start();
+    let (prod, _) = backend().await;
+    let (canary, _) = backend().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca = config(da.path(), &prod, Some(pg.url.clone()), None);
+    ca.monitor.lease = "2s".into();
+    let mut cb = config(db.path(), &prod, Some(pg.url.clone()), None);
+    cb.monitor.lease = "2s".into();
+    let a = shadowtap_serve::Server::start(ca).await.unwrap();
+    let t0 = Instant::now();
+    while !a.plane.is_leader() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "a never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = shadowtap_serve::Server::start(cb).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.plane.is_leader(), "one leader");
+    // A change through the follower: both proxies run it.
+    let (s, v) = call(
+        b.api,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(serde_json::json!({
+            "candidatePool": [canary], "targetTrafficPercentage": 100, "errorRateThreshold": 0.5,
+            "latencyThreshold": 5000, "algorithm": "linear", "stepPercentage": 10,
+            "initialPercentage": 10, "interval": "1s", "minRequests": 1, "judge": false
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let t0 = Instant::now();
+    while weight(&a) != 10.0 {
+        assert!(
+            t0.elapsed() < Duration::from_millis(2500),
+            "a did not follow: {}",
+            weight(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(weight(&b), 10.0);
+    // Traffic through both proxies; the leader (a) shifts, b follows.
+    let (pa, pb) = (a.plane.balancers["web"].addr, b.plane.balancers["web"].addr);
+    let load = tokio::spawn(async move {
+        for _ in 0..30 {
+            traffic(pa, 20, &[]).await;
+            traffic(pb, 20, &[]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let t0 = Instant::now();
+    while weight(&b) < 20.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no shift reached b: {}",
+            weight(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The leader stops: b takes the monitor over and the shift goes on.
+    a.shutdown().await;
+    let t0 = Instant::now();
+    while !b.plane.is_leader() {
+        assert!(t0.elapsed() < Duration::from_secs(4), "b never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at_takeover = weight(&b);
+    let t0 = Instant::now();
+    while weight(&b) <= at_takeover {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the shift stopped at {at_takeover}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    load.await.unwrap();
+    // One history, a chain: no transition lost or written twice across the hand-over.
+    let (_, h) = call(b.api, "GET", "/loadbalancer/web/history", None).await;
+    let h = h.as_array().unwrap();
+    for pair in h.windows(2) {
+        assert!(
+            pair[0]["version"].as_u64() < pair[1]["version"].as_u64(),
+            "{pair:?}"
+        );
+        assert_eq!(
+            pair[0]["trafficPercentage"], pair[1]["trafficFrom"],
+            "{pair:?}"
+        );
+    }
+    b.shutdown().await;
 }
