@@ -36,7 +36,7 @@ pub struct TestingSpec {
     /// The monitor's interval for this rollout (default: the config's).
     #[serde(default)]
     pub interval: Option<String>,
-    /// The weight testing starts at (default 1).
+    /// The weight testing starts at (default: the first step; 1 for seed).
     #[serde(default)]
     pub initial_percentage: Option<f64>,
     /// Breaching windows in a row that roll back (default: the config's).
@@ -153,6 +153,18 @@ impl TestingSpec {
             min_requests: self.min_requests.unwrap_or(d.min_requests),
             silent_limit: self.silent_limit.unwrap_or(d.silent_limit),
         })
+    }
+
+    /// The weight testing starts at: `initialPercentage`, else the first step (`stepPercentage`,
+    /// 10 by default) for linear, exponential and metric, and 1 for seed; never past the target.
+    pub fn initial(&self) -> f64 {
+        let first = match self.algorithm.as_str() {
+            "seed" => 1.0,
+            _ => self.step_percentage.unwrap_or(10.0),
+        };
+        self.initial_percentage
+            .unwrap_or(first)
+            .min(self.target_traffic_percentage)
     }
 
     /// The interval, seconds.
@@ -562,7 +574,7 @@ pub fn act(
                 why = spec.reason.clone().unwrap_or_default();
             }
             Event::Testing {
-                initial_percentage: spec.initial_percentage.unwrap_or(1.0),
+                initial_percentage: spec.initial(),
             }
         }
         Action::Live => Event::Live,

@@ -52,10 +52,13 @@ fn shadow_then_testing_then_a_rollback_and_the_proxy_config_of_each() {
     let o = go(&o.deployment, Action::Testing(Box::new(spec())));
     let d = o.deployment;
     assert_eq!(d.rollout.state, State::Testing);
-    assert_eq!(d.rollout.traffic_percentage, 1.0);
+    assert_eq!(
+        d.rollout.traffic_percentage, 10.0,
+        "linear starts at its first step"
+    );
     let c = proxy_config(&lb(), &d);
     assert_eq!(c.canary.as_ref().unwrap().urls, ["http://127.0.0.1:9002"]);
-    assert_eq!(c.canary.as_ref().unwrap().weight, 1.0);
+    assert_eq!(c.canary.as_ref().unwrap().weight, 10.0);
     assert!(
         c.shadows.is_empty(),
         "the candidate is not mirrored to as well"
