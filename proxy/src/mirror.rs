@@ -94,6 +94,17 @@ pub struct Shadows {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// Lowers the calling thread's CPU priority (nice 10): when the CPU is short, the shadows'
+/// threads yield it to production's. A shadow starved of CPU fills its queue and its copies are
+/// dropped and counted, as when it is slow; production's latency does not pay for it.
+fn yield_to_production() {
+    #[cfg(target_os = "linux")]
+    {
+        // A thread id as the "process" of setpriority(2) is that thread alone on Linux.
+        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+    }
+}
+
 /// Loads the replayer hooks the configuration names.
 fn hooks(config: &ProxyConfig) -> Result<(Option<Rules>, Option<ScriptHook>), ProxyError> {
     let rules = match &config.hooks.rules {
@@ -150,6 +161,7 @@ impl Shadows {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
                     .thread_name("proxy-shadows")
+                    .on_thread_start(yield_to_production)
                     .enable_all()
                     .build()
                     .map_err(|e| ProxyError::Record(format!("the shadows' runtime: {e}")))?,

@@ -262,3 +262,37 @@ async fn recording_files_appear_complete_while_the_proxy_runs() {
     running.shutdown();
     assert_eq!(running.wait().await.unwrap().recorded, 20);
 }
+
+/// The nice value of each of this process's threads named `name`.
+fn nice_of_threads(name: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis; nice is field 19 of stat(5).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        out.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadows_threads_yield_the_cpu_to_production() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let (sh, _) = backend(Behaviour::default()).await;
+    let mut cfg = config(prod);
+    cfg.shadows = vec![shadow("candidate", sh)];
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let c = client();
+    get_url(&c, &format!("http://{}/item/1", running.addr), &[])
+        .await
+        .unwrap();
+    let nice = nice_of_threads("proxy-shadows");
+    assert!(!nice.is_empty(), "no proxy-shadows thread");
+    assert!(nice.iter().all(|&n| n >= 10), "{nice:?}");
+    running.shutdown();
+    running.wait().await.unwrap();
+}
