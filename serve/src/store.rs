@@ -56,13 +56,36 @@ enum Backend {
     Postgres(Pg),
 }
 
-/// The PostgreSQL client. Its drop runs a runtime of its own (the `postgres` crate's), which
-/// panics on a thread that drives async tasks: it is dropped on a thread of its own.
-struct Pg(Option<postgres::Client>);
+/// The PostgreSQL client, and the URL to connect again with when the server closed the
+/// connection (a restart, a failover). Its drop runs a runtime of its own (the `postgres`
+/// crate's), which panics on a thread that drives async tasks: it is dropped on a thread of
+/// its own.
+struct Pg(Option<postgres::Client>, String);
+
+/// Statements that take longer fail (the API and the monitor never hang on the store).
+const PG_SETUP: &str = "SET statement_timeout = '10s'; SET lock_timeout = '10s'";
+
+fn pg_connect(url: &str) -> Result<postgres::Client, ServeError> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)
+        .map_err(|e| ServeError::Store(format!("{}: {e}", redact_url(url))))?;
+    c.batch_execute(PG_SETUP)?;
+    Ok(c)
+}
 
 impl Pg {
     fn client(&mut self) -> &mut postgres::Client {
         self.0.as_mut().expect("only taken on drop")
+    }
+
+    /// Connects again if the server closed the connection.
+    fn reconnect_if_closed(&mut self) -> Result<(), ServeError> {
+        if self.0.as_ref().is_some_and(postgres::Client::is_closed) {
+            let fresh = pg_connect(&self.1)?;
+            if let Some(old) = self.0.replace(fresh) {
+                let _ = std::thread::spawn(move || drop(old)).join();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -265,9 +288,8 @@ impl Store {
             c.busy_timeout(std::time::Duration::from_secs(10))?;
             (Backend::Sqlite(c), "sqlite")
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let c = postgres::Client::connect(url, postgres::NoTls)
-                .map_err(|e| ServeError::Store(format!("{}: {e}", redact_url(url))))?;
-            (Backend::Postgres(Pg(Some(c))), "postgres")
+            let c = pg_connect(url)?;
+            (Backend::Postgres(Pg(Some(c), url.to_owned())), "postgres")
         } else {
             return Err(ServeError::Config {
                 field: "store.url".into(),
@@ -295,6 +317,9 @@ impl Store {
         f: impl FnOnce(&mut Conn<'_>) -> Result<T, ServeError>,
     ) -> Result<T, ServeError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Backend::Postgres(pg) = &mut *g {
+            pg.reconnect_if_closed()?;
+        }
         let mut c = Conn { b: &mut g };
         f(&mut c)
     }

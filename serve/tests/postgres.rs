@@ -106,6 +106,14 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Stops the server (fast: connections are closed) and starts it again on the same port.
+    pub fn restart(&self) {
+        let d = self.data.to_str().unwrap().to_owned();
+        self.run("pg_ctl", &["-D", &d, "-m", "fast", "-w", "restart"]);
+    }
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -231,6 +239,17 @@ fn only_one_writer_wins(url: &str) {
 fn postgres_store_version_checks_and_outbox() {
     let pg = Postgres::start();
     only_one_writer_wins(&pg.url);
+}
+
+#[test]
+fn the_store_connects_again_after_postgres_restarts() {
+    let pg = Postgres::start();
+    let store = Store::open(&pg.url).unwrap();
+    store.create(&Deployment::new(&lb(), 1.0e9)).unwrap();
+    pg.restart();
+    // The first statement may meet the closed connection; the next one connects again.
+    let _ = store.load("web");
+    assert!(store.load("web").unwrap().is_some());
 }
 
 #[test]
