@@ -52,8 +52,8 @@ impl V {
 }
 
 enum Backend {
-    Sqlite(rusqlite::Connection),
-    Postgres(Pg),
+    Sqlite(Box<rusqlite::Connection>),
+    Postgres(Box<Pg>),
 }
 
 /// The PostgreSQL client, and the URL to connect again with when the server closed the
@@ -286,10 +286,10 @@ impl Store {
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
             c.busy_timeout(std::time::Duration::from_secs(10))?;
-            (Backend::Sqlite(c), "sqlite")
+            (Backend::Sqlite(Box::new(c)), "sqlite")
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let c = pg_connect(url)?;
-            (Backend::Postgres(Pg(Some(c), url.to_owned())), "postgres")
+            (Backend::Postgres(Box::new(Pg(Some(c), url.to_owned()))), "postgres")
         } else {
             return Err(ServeError::Config {
                 field: "store.url".into(),
