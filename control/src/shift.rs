@@ -274,6 +274,17 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
     (Decision::Shift { to }, next)
 }
 
+/// Caps a shift's increase at `max_step` points (the traffic a transition may move at once,
+/// so the new version is not overwhelmed); other decisions stand.
+pub fn cap_step(decision: Decision, current: f64, max_step: Option<f64>) -> Decision {
+    match (decision, max_step) {
+        (Decision::Shift { to }, Some(m)) if m > 0.0 && to - current > m => {
+            Decision::Shift { to: current + m }
+        }
+        (d, _) => d,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +299,26 @@ mod tests {
         error_rate: 0.02,
         latency_ms: 250.0,
     };
+
+    #[test]
+    fn a_step_is_capped() {
+        assert_eq!(
+            cap_step(Decision::Shift { to: 80.0 }, 40.0, Some(25.0)),
+            Decision::Shift { to: 65.0 }
+        );
+        assert_eq!(
+            cap_step(Decision::Shift { to: 50.0 }, 40.0, Some(25.0)),
+            Decision::Shift { to: 50.0 }
+        );
+        assert_eq!(
+            cap_step(Decision::Promote, 40.0, Some(1.0)),
+            Decision::Promote
+        );
+        assert_eq!(
+            cap_step(Decision::Shift { to: 80.0 }, 40.0, None),
+            Decision::Shift { to: 80.0 }
+        );
+    }
 
     #[test]
     fn the_seed_formula_on_known_values() {

@@ -36,6 +36,10 @@ pub struct TestingSpec {
     /// The monitor's interval for this rollout (default: the config's).
     #[serde(default)]
     pub interval: Option<String>,
+    /// At most this many points per interval, whatever the algorithm says (default: no cap;
+    /// the seed formula caps itself at 10).
+    #[serde(default)]
+    pub max_step_percentage: Option<f64>,
     /// The weight testing starts at (default: the first step; 1 for seed).
     #[serde(default)]
     pub initial_percentage: Option<f64>,
@@ -254,6 +258,11 @@ impl TestingSpec {
         }
         if let Some(m) = &self.metrics_urls {
             check_metrics_urls(m)?;
+        }
+        if let Some(m) = self.max_step_percentage {
+            if !(m > 0.0 && m <= 100.0) {
+                return Err(format!("maxStepPercentage {m}: over 0, at most 100"));
+            }
         }
         if let Some(a) = self.judge_alpha {
             if !(a > 0.0 && a < 0.5) {

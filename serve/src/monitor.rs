@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use shadowtap_control::gate::{self, Gate, GateConfig};
 use shadowtap_control::machine::State;
-use shadowtap_control::shift::{tick, Decision, Progress, Window};
+use shadowtap_control::shift::{self, tick, Decision, Progress, Window};
 use shadowtap_proxy::stats::Window as ProxyWindow;
 use tokio::sync::watch;
 
@@ -178,6 +178,11 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                         }
                         None => (decision, progress),
                     };
+                    let decision = shift::cap_step(
+                        decision,
+                        d.rollout.traffic_percentage,
+                        spec.max_step_percentage,
+                    );
                     if d.rollout.state == State::Paused
                         && matches!(decision, Decision::Shift { .. } | Decision::Promote)
                     {

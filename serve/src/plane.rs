@@ -303,7 +303,27 @@ impl Plane {
         for _ in 0..50 {
             let current = self.get(id).await?;
             let at = now();
-            let outcome = act(&current, &action, actor, reason, at)?;
+            let mut outcome = act(&current, &action, actor, reason, at)?;
+            // Every transition keeps the windows it was made on, an operator's too.
+            if outcome.history.iter().any(|h| h.metrics.is_null()) {
+                let interval = current
+                    .testing
+                    .as_ref()
+                    .map_or(self.defaults.interval_s, |t| t.interval_s(&self.defaults));
+                let snapshot = self.snapshot(id, interval.ceil().max(1.0) as u64);
+                for h in &mut outcome.history {
+                    if h.metrics.is_null() {
+                        h.metrics = snapshot.clone();
+                    }
+                }
+                for a in &mut outcome.alerts {
+                    if let Some(t) = a.transition.as_mut() {
+                        if t.metrics.is_null() {
+                            t.metrics = snapshot.clone();
+                        }
+                    }
+                }
+            }
             let config = proxy_config(&lb.config, &outcome.deployment);
             config
                 .check()
@@ -347,6 +367,27 @@ impl Plane {
         Err(ChangeError::Serve(ServeError::Store(format!(
             "{id}: 50 version conflicts in a row; try again"
         ))))
+    }
+
+    /// The pools' figures over the last `seconds` (errorRate, latency, requestCount), as the
+    /// history keeps them.
+    pub fn snapshot(&self, id: &str, seconds: u64) -> serde_json::Value {
+        let pools: serde_json::Map<String, serde_json::Value> = self
+            .windows(id, seconds)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, w)| {
+                (
+                    k.to_owned(),
+                    serde_json::json!({
+                        "errorRate": w.error_rate,
+                        "latency": {"p50": w.p50_ms, "p90": w.p90_ms, "p99": w.p99_ms},
+                        "requestCount": w.requests,
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "pools": pools, "window": format!("{seconds}s") })
     }
 
     /// Pool windows over the last `seconds` whole seconds (the current, partial one left out):

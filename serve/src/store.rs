@@ -289,7 +289,10 @@ impl Store {
             (Backend::Sqlite(Box::new(c)), "sqlite")
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let c = pg_connect(url)?;
-            (Backend::Postgres(Box::new(Pg(Some(c), url.to_owned()))), "postgres")
+            (
+                Backend::Postgres(Box::new(Pg(Some(c), url.to_owned()))),
+                "postgres",
+            )
         } else {
             return Err(ServeError::Config {
                 field: "store.url".into(),

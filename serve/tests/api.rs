@@ -162,6 +162,12 @@ async fn auth_validation_and_refusals() {
     assert_eq!(h[2]["event"], "pause");
     assert_eq!(h[2]["reason"], "lunch");
     assert_eq!(h[2]["actor"], "ops");
+    // An operator's transition keeps the windows it was made on too.
+    assert!(
+        h[2]["metrics"]["pools"]["stable"]["requestCount"].is_u64(),
+        "{}",
+        h[2]
+    );
     let (_, m) = send(&app, "GET", "/metrics", Some(TOKEN), "").await;
     let m = m.as_str().unwrap().to_owned();
     assert!(
