@@ -7,7 +7,8 @@
 //!
 //! The generic webhook gets the alert as JSON, signed: `X-Shadowtap-Signature:
 //! sha256=<hex HMAC-SHA256 of the body with the configured secret>`. The Slack-compatible one
-//! gets `{"text": …}`.
+//! gets `{"text": …}`. Delivered alerts are kept a week in the outbox, then forgotten (the
+//! history keeps every transition).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +112,7 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
+    let mut pruned = 0.0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -119,6 +121,10 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
         // Alerts go out once: from the instance running the monitor.
         if !plane.is_leader() {
             continue;
+        }
+        if now() - pruned > 3600.0 {
+            pruned = now();
+            let _ = plane.store.call(|s| s.prune(now() - 7.0 * 86_400.0)).await;
         }
         let due = match plane.store.call(|s| s.due(now(), 50)).await {
             Ok(d) => d,

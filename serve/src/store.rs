@@ -571,6 +571,17 @@ impl Store {
         Ok(rows.first().map_or(0, |r| r[0].int() as u64))
     }
 
+    /// Forgets alerts delivered before `before` (the outbox does not grow without bound; the
+    /// history keeps every transition).
+    pub fn prune(&self, before: f64) -> Result<u64, ServeError> {
+        self.with(|c| {
+            c.exec(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1",
+                &[P::F(before)],
+            )
+        })
+    }
+
     /// Marks a delivery done.
     pub fn delivered(&self, id: &str, sink: &str, now: f64) -> Result<(), ServeError> {
         self.with(|c| {

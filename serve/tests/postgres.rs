@@ -184,6 +184,8 @@ fn only_one_writer_wins(url: &str) {
     assert_eq!(a.due(3.0e9, 10).unwrap()[0].attempts, 1);
     a.delivered(&due[0].alert.id, "webhook", 3.0e9).unwrap();
     assert_eq!(a.undelivered().unwrap(), 0);
+    assert_eq!(a.prune(2.0e9).unwrap(), 0, "delivered after the cut: kept");
+    assert_eq!(a.prune(4.0e9).unwrap(), 1);
 
     // The monitor's lease: one holder at a time; a holder whose lease ran out is fenced.
     let t = 5.0e9;
