@@ -332,9 +332,20 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
     let ttl = plane.lease.as_secs_f64();
     let (mut renewed, mut followed) = (0.0, 0.0);
     let mut leader = plane.lead(ttl).await;
+    let mut changes = plane.changes.lock().await.take();
     loop {
+        let notified = async {
+            match changes.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            Some(_) = notified => {
+                // Another instance committed a change: apply it now rather than at the poll.
+                plane.follow().await;
+            }
             _ = stop.changed() => return,
         }
         // Every instance applies what the store says (another instance's changes) within a

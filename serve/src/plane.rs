@@ -83,6 +83,8 @@ pub struct Plane {
     pub instance: String,
     /// The monitor's lease, while this instance holds it.
     fence: std::sync::Mutex<Option<Fence>>,
+    /// Load balancers other instances changed (PostgreSQL's NOTIFY), for the monitor loop.
+    pub changes: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
 }
 
 /// A pool's resource use and its members'.
@@ -117,6 +119,7 @@ impl Plane {
             .url
             .clone()
             .unwrap_or_else(|| "sqlite://shadowtap.db".into());
+        let changes = Store::listen(&url);
         let store = tokio::task::spawn_blocking(move || Store::open(&url))
             .await
             .map_err(|e| ServeError::Store(e.to_string()))??;
@@ -172,6 +175,7 @@ impl Plane {
             usage: std::sync::Mutex::new(BTreeMap::new()),
             instance,
             fence: std::sync::Mutex::new(None),
+            changes: tokio::sync::Mutex::new(changes),
         }))
     }
 

@@ -517,8 +517,52 @@ impl Store {
                     )?;
                 }
             }
+            if self.kind == "postgres" {
+                // Delivered to the other instances when (and only if) this commits.
+                c.query(
+                    "SELECT pg_notify('shadowtap_changes', $1)::TEXT",
+                    &[P::T(d.id.clone())],
+                    &[K::T],
+                )?;
+            }
             Ok(Committed::Yes)
         })
+    }
+
+    /// On PostgreSQL, the ids of load balancers other instances change, as they commit
+    /// (LISTEN/NOTIFY on a connection of its own, on a thread of its own); `None` on SQLite.
+    /// Best effort: a missed notification is caught by the once-a-second poll.
+    pub fn listen(url: &str) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let url = url.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("store-listen".into())
+            .spawn(move || {
+                while !tx.is_closed() {
+                    let Ok(mut c) = pg_connect(&url) else {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        continue;
+                    };
+                    if c.batch_execute("LISTEN shadowtap_changes").is_err() {
+                        continue;
+                    }
+                    while !tx.is_closed() && !c.is_closed() {
+                        let mut n = c.notifications();
+                        let mut it = n.timeout_iter(std::time::Duration::from_secs(1));
+                        match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
+                            Ok(Some(note)) => {
+                                let _ = tx.try_send(note.payload().to_owned());
+                            }
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+            });
+        spawned.ok().map(|_| rx)
     }
 
     /// A load balancer's history, oldest first.

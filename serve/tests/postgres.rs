@@ -243,6 +243,42 @@ fn postgres_store_version_checks_and_outbox() {
     only_one_writer_wins(&pg.url);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_is_notified_to_the_listeners() {
+    let pg = Postgres::start();
+    let mut rx = Store::listen(&pg.url).expect("PostgreSQL listens");
+    assert!(Store::listen("sqlite:///tmp/x.db").is_none());
+    let url = pg.url.clone();
+    // The listener connects on its own thread: give it a moment, then commit from another.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || {
+        let s = Store::open(&url).unwrap();
+        let d = s.create(&Deployment::new(&lb(), 1.0e9)).unwrap();
+        let o = act(&d, &Action::Pause, "x", None, 1.0e9);
+        assert!(o.is_err(), "paused from stable is refused");
+        let o = act(
+            &d,
+            &Action::Shadow {
+                pool: vec!["http://127.0.0.1:9002".into()],
+                mirror_percentage: 5.0,
+                criteria: vec![],
+                metrics_urls: Default::default(),
+            },
+            "x",
+            None,
+            1.0e9,
+        )
+        .unwrap();
+        assert_eq!(s.commit(0, &o, &[], 1.0e9, None).unwrap(), Committed::Yes);
+    })
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(3), rx.recv())
+        .await
+        .expect("notified within 3 s");
+    assert_eq!(got.as_deref(), Some("web"));
+}
+
 #[test]
 fn the_store_connects_again_after_postgres_restarts() {
     let pg = Postgres::start();
