@@ -120,13 +120,23 @@ pub struct CtlArgs {
 #[derive(Debug, Subcommand)]
 enum Ctl {
     /// Every load balancer, or one.
-    Get { id: Option<String> },
+    Get {
+        /// The load balancer's id (all of them without it).
+        id: Option<String>,
+    },
     /// A load balancer's history.
-    History { id: String },
+    History {
+        /// The load balancer's id.
+        id: String,
+    },
     /// A load balancer's pool windows.
-    Metrics { id: String },
+    Metrics {
+        /// The load balancer's id.
+        id: String,
+    },
     /// Mirror a share of traffic to a new version.
     Shadow {
+        /// The load balancer's id.
         id: String,
         /// A member of the new version's pool (repeat for more).
         #[arg(long = "pool", required = true)]
@@ -137,11 +147,13 @@ enum Ctl {
         /// random, header:NAME=VALUE, cookie:NAME=VALUE, geo:CC, useragent:REGEX, path:REGEX.
         #[arg(long = "criteria")]
         criteria: Vec<String>,
+        /// Why (kept in the history).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Send a share of real traffic to the new version; the monitor shifts it.
     Testing {
+        /// The load balancer's id.
         id: String,
         /// Where the shift stops, percent.
         #[arg(long, default_value_t = 100.0)]
@@ -152,15 +164,20 @@ enum Ctl {
         /// Latency (ms at --percentile) over which a window breaches.
         #[arg(long)]
         latency: f64,
+        /// The latency percentile judged: 50, 90 or 99.
         #[arg(long, default_value_t = 99)]
         percentile: u8,
         /// seed, linear, exponential or metric.
         #[arg(long, default_value = "linear")]
         algorithm: String,
+        /// Points per interval (linear), the first step (exponential), the step at full headroom
+        /// (metric); default 10.
         #[arg(long)]
         step: Option<f64>,
+        /// How often the monitor judges and shifts (`30s`, `2m`; default: the config's).
         #[arg(long)]
         interval: Option<String>,
+        /// The weight to start at (default: the first step; 1 for seed).
         #[arg(long)]
         initial: Option<f64>,
         /// The pool taking real traffic (default: the shadow pool).
@@ -169,36 +186,47 @@ enum Ctl {
         /// Do not gate steps with the statistical comparison against the stable pool.
         #[arg(long)]
         no_judge: bool,
+        /// Why (kept in the history).
         #[arg(long)]
         reason: Option<String>,
     },
     /// All traffic to the new version.
     Live {
+        /// The load balancer's id.
         id: String,
+        /// Why (kept in the history).
         #[arg(long)]
         reason: Option<String>,
     },
     /// All traffic back to the stable pool at once.
     Rollback {
+        /// The load balancer's id.
         id: String,
+        /// Why (kept in the history).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Hold the shift.
     Pause {
+        /// The load balancer's id.
         id: String,
+        /// Why (kept in the history).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Resume the shift.
     Resume {
+        /// The load balancer's id.
         id: String,
+        /// Why (kept in the history).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Take the new version out.
     Remove {
+        /// The load balancer's id.
         id: String,
+        /// Why (kept in the history).
         #[arg(long)]
         reason: Option<String>,
     },
@@ -309,10 +337,13 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{}: the API did not answer", args.api))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(text)),
-            Err(_) => println!("{text}"),
-        }
+        let shown = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or(text),
+            Err(_) => text,
+        };
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), "{shown}");
         Ok(match status {
             200..=299 => ExitCode::SUCCESS,
             409 => ExitCode::from(3),

@@ -106,7 +106,9 @@ pub enum Gate {
 /// Folds the gate's answer on a window into the monitor's decision on it
 /// ([`crate::shift::tick`]'s, from `before` to `after`): a failed gate turns a shift or a
 /// promotion into a breach — held with an alert, and rolled back once `failure_limit`
-/// windows in a row breach. Holds and rollbacks stand as they are.
+/// windows in a row breach; a gate with too little data to compare turns it into a hold (a
+/// silent window, alerting every `silent_limit`) — a promotion stands, since every shift to
+/// the target passed. Holds and rollbacks stand as they are.
 pub fn fold(
     policy: &Policy,
     before: Progress,
@@ -114,12 +116,37 @@ pub fn fold(
     after: Progress,
     gate: &Gate,
 ) -> (Decision, Progress) {
-    let Gate::Fail { why } = gate else {
-        return (decision, after);
-    };
     if !matches!(decision, Decision::Shift { .. } | Decision::Promote) {
         return (decision, after);
     }
+    let why = match gate {
+        Gate::Pass { .. } => return (decision, after),
+        Gate::Fail { why } => why,
+        // At the target the stable pool may have no traffic left (at 100% it has none): the
+        // shifts that led there each passed the gate, so the promotion stands.
+        Gate::NotEnough { .. } if matches!(decision, Decision::Promote) => {
+            return (decision, after)
+        }
+        Gate::NotEnough { why } => {
+            // The comparison has nothing to compare: never advance on no data.
+            let next = Progress {
+                silent: before.silent + 1,
+                steps: before.steps,
+                ..after
+            };
+            let limit = policy.silent_limit.max(1);
+            return (
+                Decision::Hold {
+                    why: format!(
+                        "too little traffic to compare with the stable pool: {why}; {} such windows in a row",
+                        next.silent
+                    ),
+                    alert: next.silent.is_multiple_of(limit),
+                },
+                next,
+            );
+        }
+    };
     let next = Progress {
         breaches: before.breaches + 1,
         steps: before.steps,

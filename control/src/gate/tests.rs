@@ -177,6 +177,18 @@ fn a_failed_gate_holds_a_shift_and_rolls_back_after_the_failure_limit() {
     assert_eq!((p.breaches, p.steps), (1, 0));
     let (d, _) = fold(&policy, p, Decision::Promote, p, &fail);
     assert!(matches!(d, Decision::Rollback { .. }), "{d:?}");
+    let none = Gate::NotEnough {
+        why: "0 stable requests".into(),
+    };
+    let (d, p) = fold(&policy, before, Decision::Shift { to: 20.0 }, after, &none);
+    assert!(matches!(d, Decision::Hold { alert: false, .. }), "{d:?}");
+    assert_eq!((p.silent, p.steps), (1, 0));
+    let (d, _) = fold(&policy, before, Decision::Promote, after, &none);
+    assert_eq!(
+        d,
+        Decision::Promote,
+        "at 100% the stable pool has no traffic to compare"
+    );
     let pass = Gate::Pass { why: String::new() };
     let (d, _) = fold(&policy, before, Decision::Shift { to: 20.0 }, after, &pass);
     assert_eq!(d, Decision::Shift { to: 20.0 });
