@@ -33,7 +33,7 @@ use crate::plane::{now, ChangeError, Plane};
 pub const SHADOW_CRITICAL: f64 = 0.5;
 
 /// The monitor's actor name in the history.
-pub const ACTOR: &str = "monitor";
+pub use crate::plane::MONITOR as ACTOR;
 
 fn window(w: &ProxyWindow, percentile: u8) -> Window {
     let latency = match percentile {

@@ -24,6 +24,9 @@ use crate::store::{Committed, Fence, Store};
 /// The monitor's lease's name.
 pub const LEASE: &str = "monitor";
 
+/// The monitor's actor name in the history.
+pub const MONITOR: &str = "monitor";
+
 /// Unix seconds now.
 pub fn now() -> f64 {
     SystemTime::now()
@@ -276,7 +279,7 @@ impl Plane {
         let Some(fence) = self.fence() else {
             return Err(ActError::Stale("this instance does not run the monitor".into()).into());
         };
-        self.change_fenced(id, action, crate::monitor::ACTOR, reason, Some(fence))
+        self.change_fenced(id, action, MONITOR, reason, Some(fence))
             .await
     }
 
