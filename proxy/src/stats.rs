@@ -99,6 +99,42 @@ pub struct Window {
     pub p99_ms: Option<f64>,
 }
 
+impl Window {
+    /// A window from its counts (requests, 5xx, transport errors) and latency histogram (the
+    /// buckets of [`PoolStats::histogram`]).
+    pub fn of(counts: [u64; 3], hist: &[u64]) -> Window {
+        let [requests, status_5xx, transport_errors] = counts;
+        let mut w = Window {
+            requests,
+            status_5xx,
+            transport_errors,
+            ..Window::default()
+        };
+        if w.requests > 0 {
+            w.error_rate = (w.status_5xx + w.transport_errors) as f64 / w.requests as f64;
+        }
+        let n: u64 = hist.iter().sum();
+        let quantile = |q: f64| -> Option<f64> {
+            if n == 0 {
+                return None;
+            }
+            let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+            let mut seen = 0;
+            for (k, c) in hist.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return Some(bucket_value(k).round() / 1000.0);
+                }
+            }
+            None
+        };
+        w.p50_ms = quantile(0.5);
+        w.p90_ms = quantile(0.9);
+        w.p99_ms = quantile(0.99);
+        w
+    }
+}
+
 impl PoolStats {
     /// Counts one request's end.
     pub fn record(&self, outcome: Outcome) {
@@ -138,42 +174,34 @@ impl PoolStats {
     }
 
     fn window_at(&self, now: u64, seconds: u64) -> Window {
+        let (counts, hist) = self.sum_at(now, seconds);
+        Window::of(counts, &hist)
+    }
+
+    /// Requests, 5xx and transport errors of the seconds in `(now - seconds, now]`, and their
+    /// latency histogram.
+    fn sum_at(&self, now: u64, seconds: u64) -> ([u64; 3], Vec<u64>) {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let mut w = Window::default();
+        let mut counts = [0u64; 3];
         let mut hist = vec![0u64; BUCKETS];
         for s in slots.iter() {
             if s.second + seconds > now && s.second <= now {
-                w.requests += s.requests;
-                w.status_5xx += s.status_5xx;
-                w.transport_errors += s.transport_errors;
+                counts[0] += s.requests;
+                counts[1] += s.status_5xx;
+                counts[2] += s.transport_errors;
                 for (h, c) in hist.iter_mut().zip(&s.latency) {
                     *h += u64::from(*c);
                 }
             }
         }
-        drop(slots);
-        if w.requests > 0 {
-            w.error_rate = (w.status_5xx + w.transport_errors) as f64 / w.requests as f64;
-        }
-        let n: u64 = hist.iter().sum();
-        let quantile = |q: f64| -> Option<f64> {
-            if n == 0 {
-                return None;
-            }
-            let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
-            let mut seen = 0;
-            for (k, c) in hist.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    return Some(bucket_value(k).round() / 1000.0);
-                }
-            }
-            None
-        };
-        w.p50_ms = quantile(0.5);
-        w.p90_ms = quantile(0.9);
-        w.p99_ms = quantile(0.99);
-        w
+        (counts, hist)
+    }
+
+    /// One whole second's figures (Unix second `second`): requests, errors (5xx and
+    /// transport), the latency histogram; for publishing to other instances.
+    pub fn second(&self, second: u64) -> (u64, u64, Vec<u64>) {
+        let ([requests, s5xx, transport], hist) = self.sum_at(second, 1);
+        (requests, s5xx + transport, hist)
     }
 
     /// The figures of the last `seconds` whole seconds, the current (partial) one left out:
@@ -185,17 +213,7 @@ impl PoolStats {
     /// The latency histogram of the last `seconds` whole seconds, the current one left out
     /// (bucket k: [1.05^k, 1.05^(k+1)) µs), for comparing two pools on the same buckets.
     pub fn histogram(&self, seconds: u64) -> Vec<u64> {
-        let now = now_s().saturating_sub(1);
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let mut hist = vec![0u64; BUCKETS];
-        for s in slots.iter() {
-            if s.second + seconds > now && s.second <= now {
-                for (h, c) in hist.iter_mut().zip(&s.latency) {
-                    *h += u64::from(*c);
-                }
-            }
-        }
-        hist
+        self.sum_at(now_s().saturating_sub(1), seconds).1
     }
 
     /// The three windows.

@@ -177,7 +177,7 @@ async fn metrics_of(AxState(api): AxState<Api>, Path(id): Path<String>) -> Respo
     };
     let v = view(&api.plane, &d);
     let secs = v["interval"].as_f64().unwrap_or(30.0).ceil().max(1.0) as u64;
-    let windows = api.plane.windows(&id, secs).unwrap_or_default();
+    let windows = api.plane.windows(&id, secs).await.unwrap_or_default();
     let pools: serde_json::Map<String, serde_json::Value> = windows
         .iter()
         .map(|(k, w)| ((*k).to_owned(), pool_json(w)))
@@ -360,7 +360,7 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
             }
         }
         let secs = v["interval"].as_f64().unwrap_or(30.0).ceil().max(1.0) as u64;
-        for (pool, w) in api.plane.windows(id, secs).unwrap_or_default() {
+        for (pool, w) in api.plane.windows(id, secs).await.unwrap_or_default() {
             let _ = writeln!(
                 rest,
                 "shadowtap_lb_pool_requests{{lb=\"{id}\",pool=\"{pool}\"}} {}",

@@ -118,7 +118,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
         .as_ref()
         .map_or(defaults.interval_s, |t| t.interval_s(&defaults));
     let secs = interval_s.ceil().max(1.0) as u64;
-    let Some(windows) = plane.windows(id, secs) else {
+    let Some(windows) = plane.windows(id, secs).await else {
         return Ok(());
     };
     let empty = ProxyWindow::default();
@@ -157,7 +157,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                     let judged = matches!(decision, Decision::Shift { .. } | Decision::Promote);
                     let (decision, progress) = match (spec.gate(policy.min_requests), judged) {
                         (Some(config), true) => {
-                            let (c, s) = plane.samples(id, secs).unwrap_or_default();
+                            let (c, s) = plane.samples(id, secs).await.unwrap_or_default();
                             let g = gate::unpaired(&c, &s, &config, d.progress.looks + 1);
                             if !matches!(g, Gate::NotEnough { .. }) {
                                 progress.looks += 1;
@@ -353,6 +353,7 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
         if now() - followed >= 1.0 {
             followed = now();
             plane.follow().await;
+            plane.publish().await;
         }
         if now() - renewed >= ttl / 3.0 {
             renewed = now();

@@ -86,6 +86,8 @@ pub struct Plane {
     pub instance: String,
     /// The monitor's lease, while this instance holds it.
     fence: std::sync::Mutex<Option<Fence>>,
+    /// Whether other instances publish figures, by load balancer (when checked, the answer).
+    peers: std::sync::Mutex<BTreeMap<String, (f64, bool)>>,
     /// Load balancers other instances changed (PostgreSQL's NOTIFY), for the monitor loop.
     pub changes: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
 }
@@ -179,6 +181,7 @@ impl Plane {
             instance,
             fence: std::sync::Mutex::new(None),
             changes: tokio::sync::Mutex::new(changes),
+            peers: std::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -317,7 +320,7 @@ impl Plane {
                     .testing
                     .as_ref()
                     .map_or(self.defaults.interval_s, |t| t.interval_s(&self.defaults));
-                let snapshot = self.snapshot(id, interval.ceil().max(1.0) as u64);
+                let snapshot = self.snapshot(id, interval.ceil().max(1.0) as u64).await;
                 for h in &mut outcome.history {
                     if h.metrics.is_null() {
                         h.metrics = snapshot.clone();
@@ -378,9 +381,10 @@ impl Plane {
 
     /// The pools' figures over the last `seconds` (errorRate, latency, requestCount), as the
     /// history keeps them.
-    pub fn snapshot(&self, id: &str, seconds: u64) -> serde_json::Value {
+    pub async fn snapshot(&self, id: &str, seconds: u64) -> serde_json::Value {
         let pools: serde_json::Map<String, serde_json::Value> = self
             .windows(id, seconds)
+            .await
             .unwrap_or_default()
             .into_iter()
             .map(|(k, w)| {
@@ -399,16 +403,119 @@ impl Plane {
 
     /// Pool windows over the last `seconds` whole seconds (the current, partial one left out):
     /// stable, candidate, shadow.
-    pub fn windows(&self, id: &str, seconds: u64) -> Option<BTreeMap<&'static str, ProxyWindow>> {
+    pub async fn windows(
+        &self,
+        id: &str,
+        seconds: u64,
+    ) -> Option<BTreeMap<&'static str, ProxyWindow>> {
         let lb = self.balancers.get(id)?;
-        let st = &lb.state;
         let mut out = BTreeMap::new();
-        out.insert("stable", st.production.complete_window(seconds));
-        out.insert("candidate", st.canary.complete_window(seconds));
-        if let Some(s) = st.routing().sinks.iter().find(|s| s.name == SHADOW) {
+        for pool in ["stable", "candidate"] {
+            let (counts, hist) = self.figures(id, pool, seconds).await?;
+            out.insert(pool, ProxyWindow::of(counts, &hist));
+        }
+        if let Some(s) = lb.state.routing().sinks.iter().find(|s| s.name == SHADOW) {
             out.insert("shadow", s.stats.complete_window(seconds));
         }
         Some(out)
+    }
+
+    /// A pool's (`stable` or `candidate`) counts — requests, 5xx, transport errors — and
+    /// latency histogram over the last `seconds` whole seconds: this instance's proxy alone,
+    /// or, when other instances publish to the same store, every instance's summed (lagging a
+    /// second more, so their last second has arrived).
+    pub async fn figures(
+        &self,
+        id: &str,
+        pool: &'static str,
+        seconds: u64,
+    ) -> Option<([u64; 3], Vec<u64>)> {
+        let lb = self.balancers.get(id)?;
+        let stats = match pool {
+            "stable" => &lb.state.production,
+            _ => &lb.state.canary,
+        };
+        if self.has_peers(id).await {
+            let (lbid, now_s) = (id.to_owned(), now() as i64);
+            let (from, to) = (now_s - 1 - seconds as i64, now_s - 2);
+            let buckets = stats.histogram(1).len();
+            if let Ok((requests, errors, hist, _)) = self
+                .store
+                .call(move |s| s.combined(&lbid, pool, from, to, buckets))
+                .await
+            {
+                return Some(([requests, errors, 0], hist));
+            }
+        }
+        let w = stats.complete_window(seconds);
+        Some((
+            [w.requests, w.status_5xx, w.transport_errors],
+            stats.histogram(seconds),
+        ))
+    }
+
+    /// Whether other instances published figures of `id` in the last 30 s (checked every
+    /// 5 s). Only on PostgreSQL: one SQLite file is one instance's.
+    async fn has_peers(&self, id: &str) -> bool {
+        if self.store.kind != "postgres" {
+            return false;
+        }
+        let cached = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied();
+        if let Some((at, yes)) = cached {
+            if now() - at < 5.0 {
+                return yes;
+            }
+        }
+        let (lbid, me, since) = (id.to_owned(), self.instance.clone(), now() as i64 - 30);
+        let yes = self
+            .store
+            .call(move |s| s.peers(&lbid, &me, since))
+            .await
+            .is_ok_and(|n| n > 0);
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), (now(), yes));
+        yes
+    }
+
+    /// Publishes this instance's last whole seconds of every pool (PostgreSQL only), so the
+    /// leader judges the traffic of every instance; forgets figures older than ten minutes.
+    pub async fn publish(&self) {
+        if self.store.kind != "postgres" {
+            return;
+        }
+        let now_s = now() as i64;
+        let mut rows = Vec::new();
+        for (id, lb) in &self.balancers {
+            for (pool, stats) in [
+                ("stable", &lb.state.production),
+                ("candidate", &lb.state.canary),
+            ] {
+                for second in now_s - 3..now_s {
+                    let (r, e, h) = stats.second(second as u64);
+                    rows.push((id.clone(), pool, second, r, e, h));
+                }
+            }
+        }
+        let me = self.instance.clone();
+        let done = self
+            .store
+            .call(move |s| {
+                for (id, pool, second, r, e, h) in rows {
+                    s.publish(&me, &id, pool, second, r, e, &h)?;
+                }
+                s.prune_seconds(now_s - 600).map(|_| ())
+            })
+            .await;
+        if let Err(e) = done {
+            eprintln!("shadowtap serve: publishing this instance's figures: {e}");
+        }
     }
 
     /// Reads the Prometheus endpoints of `d`'s members (stable, candidate, shadow) that have
@@ -469,18 +576,16 @@ impl Plane {
     }
 
     /// The candidate's and the stable pool's samples over the last `seconds`, for the gate.
-    pub fn samples(&self, id: &str, seconds: u64) -> Option<(Sample, Sample)> {
-        let lb = self.balancers.get(id)?;
-        let sample = |s: &shadowtap_proxy::stats::PoolStats| {
-            let w = s.complete_window(seconds);
-            Sample {
-                requests: w.requests,
-                errors: w.status_5xx + w.transport_errors,
-                latency: s.histogram(seconds),
-                bucket_growth: shadowtap_proxy::stats::GROWTH,
-            }
+    pub async fn samples(&self, id: &str, seconds: u64) -> Option<(Sample, Sample)> {
+        let sample = |(counts, latency): ([u64; 3], Vec<u64>)| Sample {
+            requests: counts[0],
+            errors: counts[1] + counts[2],
+            latency,
+            bucket_growth: shadowtap_proxy::stats::GROWTH,
         };
-        Some((sample(&lb.state.canary), sample(&lb.state.production)))
+        let c = self.figures(id, "candidate", seconds).await?;
+        let s = self.figures(id, "stable", seconds).await?;
+        Some((sample(c), sample(s)))
     }
 
     /// The shadow pool's mirrored pairs over the last `seconds`.

@@ -221,6 +221,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS history (transition_id TEXT PRIMARY KEY, lb TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS history_lb ON history (lb, version)",
     "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, expires_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pool_seconds (instance TEXT NOT NULL, lb TEXT NOT NULL, pool TEXT NOT NULL, second BIGINT NOT NULL, requests BIGINT NOT NULL, errors BIGINT NOT NULL, hist TEXT NOT NULL, PRIMARY KEY (instance, lb, pool, second))",
     "CREATE TABLE IF NOT EXISTS outbox (id TEXT NOT NULL, sink TEXT NOT NULL, lb TEXT NOT NULL, doc TEXT NOT NULL, attempts BIGINT NOT NULL, next_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION, last_error TEXT NOT NULL, PRIMARY KEY (id, sink))",
 ];
 
@@ -613,6 +614,98 @@ impl Store {
             )
         })?;
         Ok(rows.first().map_or(0, |r| r[0].int() as u64))
+    }
+
+    /// Publishes one instance's figures of one pool for one whole second (idempotent: the same
+    /// second again replaces them). `hist` is the latency histogram.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish(
+        &self,
+        instance: &str,
+        lb: &str,
+        pool: &str,
+        second: i64,
+        requests: u64,
+        errors: u64,
+        hist: &[u64],
+    ) -> Result<(), ServeError> {
+        let sparse: Vec<(usize, u64)> = hist
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(k, c)| (k, *c))
+            .collect();
+        let hist = serde_json::to_string(&sparse).expect("pairs serialise");
+        self.with(|c| {
+            c.exec(
+                "INSERT INTO pool_seconds (instance, lb, pool, second, requests, errors, hist) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (instance, lb, pool, second) DO UPDATE SET requests = excluded.requests, errors = excluded.errors, hist = excluded.hist",
+                &[
+                    P::T(instance.into()),
+                    P::T(lb.into()),
+                    P::T(pool.into()),
+                    P::I(second),
+                    P::I(requests as i64),
+                    P::I(errors as i64),
+                    P::T(hist),
+                ],
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// A pool's figures summed over every instance for the seconds `from..=to`: requests,
+    /// errors, histogram (`buckets` long), and how many instances published.
+    pub fn combined(
+        &self,
+        lb: &str,
+        pool: &str,
+        from: i64,
+        to: i64,
+        buckets: usize,
+    ) -> Result<(u64, u64, Vec<u64>, usize), ServeError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT instance, requests, errors, hist FROM pool_seconds WHERE lb = $1 AND pool = $2 AND second >= $3 AND second <= $4",
+                &[P::T(lb.into()), P::T(pool.into()), P::I(from), P::I(to)],
+                &[K::T, K::I, K::I, K::T],
+            )
+        })?;
+        let (mut requests, mut errors, mut hist) = (0u64, 0u64, vec![0u64; buckets]);
+        let mut instances = std::collections::BTreeSet::new();
+        for r in &rows {
+            instances.insert(r[0].text());
+            requests += r[1].int().max(0) as u64;
+            errors += r[2].int().max(0) as u64;
+            let sparse: Vec<(usize, u64)> = serde_json::from_str(&r[3].text()).unwrap_or_default();
+            for (k, n) in sparse {
+                if let Some(h) = hist.get_mut(k) {
+                    *h += n;
+                }
+            }
+        }
+        Ok((requests, errors, hist, instances.len()))
+    }
+
+    /// Instances other than `me` that published figures of `lb` since `since`.
+    pub fn peers(&self, lb: &str, me: &str, since: i64) -> Result<u64, ServeError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT COUNT(DISTINCT instance) FROM pool_seconds WHERE lb = $1 AND instance <> $2 AND second >= $3",
+                &[P::T(lb.into()), P::T(me.into()), P::I(since)],
+                &[K::I],
+            )
+        })?;
+        Ok(rows.first().map_or(0, |r| r[0].int().max(0) as u64))
+    }
+
+    /// Forgets published figures older than `before` (Unix seconds).
+    pub fn prune_seconds(&self, before: i64) -> Result<u64, ServeError> {
+        self.with(|c| {
+            c.exec(
+                "DELETE FROM pool_seconds WHERE second < $1",
+                &[P::I(before)],
+            )
+        })
     }
 
     /// Forgets alerts delivered before `before` (the outbox does not grow without bound; the

@@ -442,3 +442,69 @@ async fn two_instances_on_one_postgres_follow_the_store_and_hand_the_monitor_ove
     }
     b.shutdown().await;
 }
+
+/// The leader judges every instance's traffic: with all of it going through the follower's
+/// proxy, the leader (whose own proxy sees nothing) still shifts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_judges_the_traffic_of_every_instance() {
+    use std::time::{Duration, Instant};
+    let pg = Postgres::start();
+    let (prod, _) = backend().await;
+    let (canary, _) = backend().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shadowtap_serve::Server::start(config(da.path(), &prod, Some(pg.url.clone()), None))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    while !a.plane.is_leader() {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = shadowtap_serve::Server::start(config(db.path(), &prod, Some(pg.url.clone()), None))
+        .await
+        .unwrap();
+    let pb = b.plane.balancers["web"].addr;
+    let load = tokio::spawn(async move {
+        for _ in 0..60 {
+            traffic(pb, 30, &[]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (s, v) = call(
+        a.api,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(serde_json::json!({
+            "candidatePool": [canary], "targetTrafficPercentage": 100, "errorRateThreshold": 0.5,
+            "latencyThreshold": 5000, "algorithm": "linear", "stepPercentage": 10,
+            "initialPercentage": 50, "interval": "1s"
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = call(a.api, "GET", "/loadbalancer/web", None).await;
+        if v["trafficPercentage"].as_f64().unwrap() > 50.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the leader never shifted: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, m) = call(a.api, "GET", "/loadbalancer/web/metrics", None).await;
+    assert!(
+        m["pools"]["candidate"]["requestCount"].as_u64().unwrap() > 0,
+        "the leader's window holds the follower's traffic: {m}"
+    );
+    assert_eq!(
+        a.plane.balancers["web"].state.production.total(),
+        0,
+        "a's proxy saw none"
+    );
+    load.abort();
+    b.shutdown().await;
+    a.shutdown().await;
+}
