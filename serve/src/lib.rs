@@ -80,6 +80,20 @@ impl Server {
         })
     }
 
+    /// Stops as `kill -9` would, as far as the store can tell: the monitor, the alerts and the
+    /// API are aborted mid-work and the lease is left to run out; then the proxies stop. For
+    /// tests of the hand-over.
+    #[doc(hidden)]
+    pub async fn crash(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.plane.shutdown().await;
+    }
+
     /// Stops the API, the monitor and the alerts, then the proxies (which finish the requests
     /// in flight). Nothing stored is lost: every change was committed before it was applied.
     pub async fn shutdown(self) {

@@ -508,3 +508,106 @@ async fn the_leader_judges_the_traffic_of_every_instance() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// The leader dies without a word (its tasks aborted, its lease left to run out): the other
+/// instance takes over within the lease, the shift goes on, and every transition's alert
+/// reached the webhook exactly once across the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost_or_repeated() {
+    use std::time::{Duration, Instant};
+    let pg = Postgres::start();
+    let (prod, _) = backend().await;
+    let (canary, _) = backend().await;
+    let (hook, received) = receiver().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca = config(da.path(), &prod, Some(pg.url.clone()), Some(&hook));
+    ca.monitor.lease = "2s".into();
+    let mut cb = config(db.path(), &prod, Some(pg.url.clone()), Some(&hook));
+    cb.monitor.lease = "2s".into();
+    let a = shadowtap_serve::Server::start(ca).await.unwrap();
+    let t0 = Instant::now();
+    while !a.plane.is_leader() {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = shadowtap_serve::Server::start(cb).await.unwrap();
+    let pb = b.plane.balancers["web"].addr;
+    let load = tokio::spawn(async move {
+        for _ in 0..100 {
+            traffic(pb, 20, &[]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (s, v) = call(
+        b.api,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(serde_json::json!({
+            "candidatePool": [canary], "targetTrafficPercentage": 100, "errorRateThreshold": 0.5,
+            "latencyThreshold": 5000, "algorithm": "linear", "stepPercentage": 5,
+            "initialPercentage": 50, "interval": "1s", "judge": false
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let t0 = Instant::now();
+    while weight(&b) < 60.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "no shift: {}",
+            weight(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.crash().await;
+    let died = Instant::now();
+    while !b.plane.is_leader() {
+        assert!(
+            died.elapsed() < Duration::from_secs(4),
+            "b did not take over within the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at_takeover = weight(&b);
+    while weight(&b) <= at_takeover {
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "the shift stopped at {at_takeover}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, h) = call(b.api, "GET", "/loadbalancer/web/history", None).await;
+    let ids: Vec<String> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["transitionId"].as_str().unwrap().to_owned())
+        .collect();
+    let t0 = Instant::now();
+    loop {
+        let got = received.lock().unwrap().clone();
+        let signed: Vec<&String> = got
+            .iter()
+            .filter(|(_, s, _)| s != "slack")
+            .map(|(id, _, _)| id)
+            .collect();
+        if ids.iter().all(|id| signed.contains(&id)) {
+            let mut unique = signed.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                signed.len(),
+                "an alert was sent twice: {signed:?}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "alerts missing: {ids:?} vs {signed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.abort();
+    b.shutdown().await;
+}
