@@ -234,3 +234,22 @@ pub async fn call(
     let v = resp.json().await.unwrap_or(serde_json::Value::Null);
     (status, v)
 }
+
+/// POSTs `body` to `path` and asserts a 200; the answer.
+pub async fn post_ok(api: SocketAddr, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let (status, v) = call(api, "POST", path, Some(body)).await;
+    assert_eq!(status, 200, "POST {path}: {v}");
+    v
+}
+
+/// Waits (at most 5 s) until `server` holds the monitor's lease.
+pub async fn wait_leader(server: &shadowtap_serve::Server) {
+    let t0 = std::time::Instant::now();
+    while !server.plane.is_leader() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "never took the monitor's lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

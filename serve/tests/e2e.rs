@@ -74,16 +74,14 @@ async fn shadow_then_testing_then_a_failing_canary_is_rolled_back_within_two_int
     let proxy = server.plane.balancers["web"].addr;
 
     // Shadow: half the requests are copied to the canary; users are answered by stable.
-    let (s, v) = call(
+    post_ok(
         api,
-        "POST",
         "/loadbalancer/web/shadow",
-        Some(serde_json::json!({
+        serde_json::json!({
             "shadowPool": [canary_url], "mirrorPercentage": 50, "mirrorCriteria": ["random"]
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     let statuses = traffic(proxy, 200, &[]).await;
     assert!(statuses.iter().all(|&s| s == 200));
     assert_eq!(stable.real.load(Ordering::Relaxed), 200);
@@ -103,17 +101,15 @@ async fn shadow_then_testing_then_a_failing_canary_is_rolled_back_within_two_int
     );
 
     // Testing: real traffic to the canary, shifted every 1 s interval.
-    let (s, v) = call(
+    post_ok(
         api,
-        "POST",
         "/loadbalancer/web/testing",
-        Some(serde_json::json!({
+        serde_json::json!({
             "targetTrafficPercentage": 100, "errorRateThreshold": 0.05, "latencyThreshold": 500,
             "algorithm": "linear", "stepPercentage": 10, "initialPercentage": 20, "interval": "1s"
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     let (stop, load) = steady(proxy);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, v) = call(api, "GET", "/loadbalancer/web", None).await;
@@ -232,12 +228,11 @@ async fn a_healthy_canary_reaches_live_and_the_old_pool_is_removed() {
     let api = server.api;
     let proxy = server.plane.balancers["web"].addr;
     let (stop, load) = steady(proxy);
-    let (s, v) = call(api, "POST", "/loadbalancer/web/testing", Some(serde_json::json!({
+    post_ok(api, "/loadbalancer/web/testing", serde_json::json!({
         "candidatePool": [canary_url], "targetTrafficPercentage": 100,
         "errorRateThreshold": 0.05, "latencyThreshold": 500,
         "algorithm": "exponential", "stepPercentage": 20, "initialPercentage": 20, "interval": "1s"
-    }))).await;
-    assert_eq!(s, 200, "{v}");
+    })).await;
     let (v, _) = wait_for(api, &["removed"], Duration::from_secs(20)).await;
     assert_eq!(v["stablePool"], serde_json::json!([canary_url]));
     stop.store(true, Ordering::Relaxed);
@@ -300,18 +295,16 @@ async fn a_regression_under_the_thresholds_is_caught_by_the_gate() {
     let api = server.api;
     let proxy = server.plane.balancers["web"].addr;
     let (stop, load) = steady(proxy);
-    let (s, v) = call(
+    post_ok(
         api,
-        "POST",
         "/loadbalancer/web/testing",
-        Some(serde_json::json!({
+        serde_json::json!({
             "candidatePool": [canary_url], "targetTrafficPercentage": 100,
             "errorRateThreshold": 0.3, "criticalErrorRate": 0.9, "latencyThreshold": 2000,
             "algorithm": "linear", "stepPercentage": 5, "initialPercentage": 50, "interval": "1s"
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     let (v, _) = wait_for(api, &["removing", "removed"], Duration::from_secs(12)).await;
     assert_eq!(v["trafficPercentage"], 0.0);
     stop.store(true, Ordering::Relaxed);
@@ -351,16 +344,14 @@ async fn a_shadow_slower_on_the_same_requests_raises_one_deviation_alert() {
         .unwrap();
     let api = server.api;
     let proxy = server.plane.balancers["web"].addr;
-    let (s, v) = call(
+    post_ok(
         api,
-        "POST",
         "/loadbalancer/web/shadow",
-        Some(serde_json::json!({
+        serde_json::json!({
             "shadowPool": [shadow_url], "mirrorPercentage": 100
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     let (stop, load) = steady(proxy);
     let t0 = Instant::now();
     let v = loop {
@@ -435,19 +426,17 @@ async fn a_candidate_over_its_memory_limit_is_held_then_rolled_back() {
     let api = server.api;
     let proxy = server.plane.balancers["web"].addr;
     let (stop, load) = steady(proxy);
-    let (s, v) = call(
+    post_ok(
         api,
-        "POST",
         "/loadbalancer/web/testing",
-        Some(serde_json::json!({
+        serde_json::json!({
             "candidatePool": [canary_url], "targetTrafficPercentage": 100,
             "errorRateThreshold": 0.05, "latencyThreshold": 500, "memoryThreshold": 1.0e9,
             "metricsUrls": {canary_url.clone(): metrics},
             "algorithm": "linear", "stepPercentage": 5, "initialPercentage": 50, "interval": "1s"
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     // Within its limit: it shifts, and the figures are shown.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, m) = call(api, "GET", "/loadbalancer/web/metrics", None).await;
@@ -492,18 +481,16 @@ async fn a_live_version_that_breaches_is_degraded_then_recovers() {
     let api = server.api;
     let proxy = server.plane.balancers["web"].addr;
     let (stop, load) = steady(proxy);
-    let (s, v) = call(
+    post_ok(
         api,
-        "POST",
         "/loadbalancer/web/testing",
-        Some(serde_json::json!({
+        serde_json::json!({
             "candidatePool": [canary_url], "targetTrafficPercentage": 100,
             "errorRateThreshold": 0.05, "criticalErrorRate": 0.9, "latencyThreshold": 500,
             "algorithm": "linear", "stepPercentage": 50, "initialPercentage": 50, "interval": "1s"
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     wait_for(api, &["live"], Duration::from_secs(8)).await;
     // One request in five fails: over the 5% threshold, under the critical 90%.
     canary.fail_one_in.store(5, Ordering::Relaxed);
@@ -541,14 +528,12 @@ async fn a_live_version_that_breaches_is_degraded_then_recovers() {
             > 0.05
     );
     // A rollback while live (the old pool still drains) puts everything back on it.
-    let (s, v) = call(
+    let v = post_ok(
         api,
-        "POST",
         "/loadbalancer/web/rollback",
-        Some(serde_json::json!({"reason": "test"})),
+        serde_json::json!({"reason": "test"}),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "removing");
     assert_eq!(v["trafficPercentage"], 0.0);
     server.shutdown().await;

@@ -361,27 +361,21 @@ async fn two_instances_on_one_postgres_follow_the_store_and_hand_the_monitor_ove
     let mut cb = config(db.path(), &prod, Some(pg.url.clone()), None);
     cb.monitor.lease = "2s".into();
     let a = shadowtap_serve::Server::start(ca).await.unwrap();
-    let t0 = Instant::now();
-    while !a.plane.is_leader() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "a never led");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_leader(&a).await;
     let b = shadowtap_serve::Server::start(cb).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!b.plane.is_leader(), "one leader");
     // A change through the follower: both proxies run it.
-    let (s, v) = call(
+    post_ok(
         b.api,
-        "POST",
         "/loadbalancer/web/testing",
-        Some(serde_json::json!({
+        serde_json::json!({
             "candidatePool": [canary], "targetTrafficPercentage": 100, "errorRateThreshold": 0.5,
             "latencyThreshold": 5000, "algorithm": "linear", "stepPercentage": 10,
             "initialPercentage": 10, "interval": "1s", "minRequests": 1, "judge": false
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     let t0 = Instant::now();
     while weight(&a) != 10.0 {
         assert!(
@@ -455,11 +449,7 @@ async fn the_leader_judges_the_traffic_of_every_instance() {
     let a = shadowtap_serve::Server::start(config(da.path(), &prod, Some(pg.url.clone()), None))
         .await
         .unwrap();
-    let t0 = Instant::now();
-    while !a.plane.is_leader() {
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_leader(&a).await;
     let b = shadowtap_serve::Server::start(config(db.path(), &prod, Some(pg.url.clone()), None))
         .await
         .unwrap();
@@ -470,18 +460,16 @@ async fn the_leader_judges_the_traffic_of_every_instance() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let (s, v) = call(
+    post_ok(
         a.api,
-        "POST",
         "/loadbalancer/web/testing",
-        Some(serde_json::json!({
+        serde_json::json!({
             "candidatePool": [canary], "targetTrafficPercentage": 100, "errorRateThreshold": 0.5,
             "latencyThreshold": 5000, "algorithm": "linear", "stepPercentage": 10,
             "initialPercentage": 50, "interval": "1s"
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     let t0 = Instant::now();
     loop {
         let (_, v) = call(a.api, "GET", "/loadbalancer/web", None).await;
@@ -525,11 +513,7 @@ async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost_or
     let mut cb = config(db.path(), &prod, Some(pg.url.clone()), Some(&hook));
     cb.monitor.lease = "2s".into();
     let a = shadowtap_serve::Server::start(ca).await.unwrap();
-    let t0 = Instant::now();
-    while !a.plane.is_leader() {
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_leader(&a).await;
     let b = shadowtap_serve::Server::start(cb).await.unwrap();
     let pb = b.plane.balancers["web"].addr;
     let load = tokio::spawn(async move {
@@ -538,18 +522,16 @@ async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost_or
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let (s, v) = call(
+    post_ok(
         b.api,
-        "POST",
         "/loadbalancer/web/testing",
-        Some(serde_json::json!({
+        serde_json::json!({
             "candidatePool": [canary], "targetTrafficPercentage": 100, "errorRateThreshold": 0.5,
             "latencyThreshold": 5000, "algorithm": "linear", "stepPercentage": 5,
             "initialPercentage": 50, "interval": "1s", "judge": false
-        })),
+        }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     let t0 = Instant::now();
     while weight(&b) < 60.0 {
         assert!(
