@@ -1,6 +1,7 @@
 //! `shadowtap serve` and `shadowtap ctl` as an operator runs them: help and the sample config,
 //! then a shift killed with SIGKILL mid-way and restarted: the state and the weight resume from
-//! the store, the shift goes on, and every alert reaches a webhook receiver exactly once.
+//! the store, the shift goes on, and every alert reaches a webhook receiver exactly once; and
+//! two processes on one PostgreSQL, the leader killed with SIGKILL mid-shift.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -325,4 +326,130 @@ sticky = "request"
     for id in &ids {
         assert!(got.contains(id), "alert {id} lost: got {got:?}");
     }
+}
+
+/// A config for one of several instances: its own API and proxy ports, the shared store.
+fn instance_config(dir: &Path, store: &str, hook: &str, production: &str) -> (u16, u16) {
+    let (api, lb) = (free_port(), free_port());
+    std::fs::write(dir.join("api.tokens"), format!("ops {TOKEN}\n")).unwrap();
+    std::fs::write(dir.join("hook.secret"), "s3cret").unwrap();
+    std::fs::write(
+        dir.join("shadowtap.toml"),
+        format!(
+            r#"
+[api]
+listen = "127.0.0.1:{api}"
+token_file = "api.tokens"
+[store]
+url = "{store}"
+[monitor]
+interval = "1s"
+min_requests = 3
+drain = "1s"
+lease = "2s"
+[alerts]
+webhook_url = "{hook}"
+webhook_secret_file = "hook.secret"
+[[loadbalancer]]
+id = "web"
+listen = "127.0.0.1:{lb}"
+production = ["{production}"]
+sticky = "request"
+"#
+        ),
+    )
+    .unwrap();
+    (api, lb)
+}
+
+#[test]
+fn two_processes_on_one_postgres_the_leader_killed_mid_shift() {
+    let pg = crate::pg::Postgres::start();
+    let stable = service(&[]);
+    let canary = service(&[]);
+    let (hook, received) = receiver();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (api_a, lb_a) = instance_config(da.path(), &pg.url, &hook, &stable.url);
+    let (api_b, lb_b) = instance_config(db.path(), &pg.url, &hook, &stable.url);
+    let mut a = start(&da.path().join("shadowtap.toml"));
+    // a takes the lease first; then b.
+    std::thread::sleep(Duration::from_millis(500));
+    let _b = start(&db.path().join("shadowtap.toml"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = [lb_a, lb_b, lb_a, lb_b]
+        .into_iter()
+        .map(|port| traffic(port, stop.clone()))
+        .collect();
+    let (code, v) = ctl(
+        api_b,
+        db.path(),
+        &[
+            "testing",
+            "web",
+            "--candidate",
+            &canary.url,
+            "--algorithm",
+            "linear",
+            "--step",
+            "5",
+            "--initial",
+            "20",
+            "--interval",
+            "1s",
+            "--error-rate",
+            "0.5",
+            "--latency",
+            "5000",
+            "--no-judge",
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, before) = ctl(api_b, db.path(), &["get", "web"]);
+    assert!(weight(&before) > 20.0, "the leader shifts: {before}");
+    a.0.kill().unwrap(); // SIGKILL the leader
+    a.0.wait().unwrap();
+    let killed = Instant::now();
+    let (_, at_kill) = ctl(api_b, db.path(), &["get", "web"]);
+    // Within the lease (2 s) and an interval, b takes over and the shift goes on.
+    loop {
+        let (_, v) = ctl(api_b, db.path(), &["get", "web"]);
+        if weight(&v) > weight(&at_kill) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(8),
+            "the shift stopped: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _) = ctl(api_b, db.path(), &["rollback", "web", "--reason", "done"]);
+    assert_eq!(code, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let (_, history) = ctl(api_b, db.path(), &["history", "web"]);
+    let ids: Vec<String> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["transitionId"].as_str().unwrap().to_owned())
+        .collect();
+    let t0 = Instant::now();
+    while !ids.iter().all(|id| received.lock().unwrap().contains(id))
+        && t0.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = received.lock().unwrap().clone();
+    for id in &ids {
+        assert!(got.contains(id), "alert {id} lost: {got:?}");
+    }
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), got.len(), "an alert was sent twice: {got:?}");
+    let _ = api_a;
 }

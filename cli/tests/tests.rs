@@ -5,6 +5,8 @@ mod capture_cli;
 mod live_cli;
 mod memory_budget;
 mod notebook;
+#[path = "../../serve/tests/pg.rs"]
+mod pg;
 mod proxy_cli;
 mod replay_cli;
 mod serve_cli;

@@ -4,4 +4,5 @@
 mod api;
 mod common;
 mod e2e;
+mod pg;
 mod postgres;
