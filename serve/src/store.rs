@@ -216,14 +216,30 @@ fn pg_params(params: &[P]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
         .collect()
 }
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS deployments (id TEXT PRIMARY KEY, version BIGINT NOT NULL, doc TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS history (transition_id TEXT PRIMARY KEY, lb TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS history_lb ON history (lb, version)",
-    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, expires_ms BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS pool_seconds (instance TEXT NOT NULL, lb TEXT NOT NULL, pool TEXT NOT NULL, second BIGINT NOT NULL, requests BIGINT NOT NULL, errors BIGINT NOT NULL, hist TEXT NOT NULL, PRIMARY KEY (instance, lb, pool, second))",
-    "CREATE TABLE IF NOT EXISTS outbox (id TEXT NOT NULL, sink TEXT NOT NULL, lb TEXT NOT NULL, doc TEXT NOT NULL, attempts BIGINT NOT NULL, next_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION, last_error TEXT NOT NULL, PRIMARY KEY (id, sink))",
+/// The schema's migrations, in order: each runs once, in a transaction, recorded in
+/// `schema_migrations`; a store created by an older shadowtap is brought up to date at start,
+/// and one newer than this binary is refused. Only ever append.
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS deployments (id TEXT PRIMARY KEY, version BIGINT NOT NULL, doc TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS history (transition_id TEXT PRIMARY KEY, lb TEXT NOT NULL, version BIGINT NOT NULL, doc TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS history_lb ON history (lb, version)",
+            "CREATE TABLE IF NOT EXISTS outbox (id TEXT NOT NULL, sink TEXT NOT NULL, lb TEXT NOT NULL, doc TEXT NOT NULL, attempts BIGINT NOT NULL, next_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION, last_error TEXT NOT NULL, PRIMARY KEY (id, sink))",
+        ],
+    ),
+    (
+        2,
+        &[
+            "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, expires_ms BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS pool_seconds (instance TEXT NOT NULL, lb TEXT NOT NULL, pool TEXT NOT NULL, second BIGINT NOT NULL, requests BIGINT NOT NULL, errors BIGINT NOT NULL, hist TEXT NOT NULL, PRIMARY KEY (instance, lb, pool, second))",
+        ],
+    ),
 ];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// An alert waiting in the outbox.
 #[derive(Debug, Clone)]
@@ -307,12 +323,7 @@ impl Store {
             inner: Arc::new(Mutex::new(backend)),
             kind,
         };
-        store.with(|c| {
-            for s in SCHEMA {
-                c.exec(s, &[])?;
-            }
-            Ok(())
-        })?;
+        store.migrate()?;
         Ok(store)
     }
 
@@ -345,6 +356,62 @@ impl Store {
                 }
             }
         })
+    }
+
+    /// Applies the migrations the store lacks, one transaction each; several instances starting
+    /// at once take turns (SQLite's write lock, PostgreSQL's advisory lock).
+    fn migrate(&self) -> Result<(), ServeError> {
+        self.with(|c| {
+            c.exec(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+                &[],
+            )
+        })?;
+        let postgres = self.kind == "postgres";
+        for (version, statements) in MIGRATIONS {
+            self.transaction(|c| {
+                if postgres {
+                    c.query("SELECT pg_advisory_xact_lock(7274)::TEXT", &[], &[K::T])?;
+                }
+                let done = c.query(
+                    "SELECT version FROM schema_migrations WHERE version = $1",
+                    &[P::I(*version)],
+                    &[K::I],
+                )?;
+                if !done.is_empty() {
+                    return Ok(());
+                }
+                for s in *statements {
+                    c.exec(s, &[])?;
+                }
+                c.exec(
+                    "INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)",
+                    &[
+                        P::I(*version),
+                        P::I(ms(std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64()))),
+                    ],
+                )?;
+                Ok(())
+            })?;
+        }
+        let newest =
+            self.with(|c| c.query("SELECT MAX(version) FROM schema_migrations", &[], &[K::I]))?;
+        let newest = newest.first().map_or(0, |r| r[0].int());
+        if newest > SCHEMA_VERSION {
+            return Err(ServeError::Store(format!(
+                "the store's schema is version {newest}, newer than this shadowtap's {SCHEMA_VERSION}: upgrade shadowtap"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The store's schema version.
+    pub fn schema_version(&self) -> Result<i64, ServeError> {
+        let rows =
+            self.with(|c| c.query("SELECT MAX(version) FROM schema_migrations", &[], &[K::I]))?;
+        Ok(rows.first().map_or(0, |r| r[0].int()))
     }
 
     /// Runs `f` on the blocking pool.

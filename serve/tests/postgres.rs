@@ -32,6 +32,10 @@ fn lb() -> LoadBalancerConfig {
 fn only_one_writer_wins(url: &str) {
     let a = Store::open(url).unwrap();
     let b = Store::open(url).unwrap();
+    assert_eq!(
+        a.schema_version().unwrap(),
+        shadowtap_serve::store::SCHEMA_VERSION
+    );
     let d = a.create(&Deployment::new(&lb(), 1.0e9)).unwrap();
     assert_eq!(
         b.create(&Deployment::new(&lb(), 2.0e9)).unwrap(),
@@ -179,6 +183,27 @@ fn the_store_connects_again_after_postgres_restarts() {
 fn sqlite_store_version_checks_and_outbox() {
     let dir = tempfile::tempdir().unwrap();
     only_one_writer_wins(&format!("sqlite://{}", dir.path().join("s.db").display()));
+}
+
+#[test]
+fn a_store_newer_than_the_binary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let url = format!("sqlite://{}", path.display());
+    Store::open(&url).unwrap();
+    Store::open(&url).unwrap(); // migrations run once: opening again is a no-op
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(
+        "INSERT INTO schema_migrations (version, applied_ms) VALUES (99, 0)",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let err = Store::open(&url).err().expect("refused").to_string();
+    assert!(
+        err.contains("version 99") && err.contains("upgrade"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
