@@ -63,6 +63,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let server = match shadowtap_serve::Server::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -83,9 +84,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             server.plane.store.kind,
             lbs.join(", ")
         );
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hup.recv() => eprintln!(
+                    "shadowtap serve: SIGHUP ignored: the config is read at start (restart to change it); rollouts change through the API"
+                ),
+            }
         }
         eprintln!("shadowtap serve: shutting down");
         server.shutdown().await;

@@ -283,6 +283,12 @@ sticky = "request"
         weight(&later) > w,
         "the shift goes on after the restart: {later}"
     );
+    // SIGHUP does not end it.
+    let _ = Command::new("kill")
+        .args(["-HUP", &serve.0.id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(serve.0.try_wait().unwrap().is_none(), "SIGHUP ended serve");
     // A refused move exits 3 and names the allowed ones.
     let (code, v) = ctl(api, dir.path(), &["resume", "web"]);
     assert_eq!(code, 3, "{v}");
@@ -372,9 +378,18 @@ fn two_processes_on_one_postgres_the_leader_killed_mid_shift() {
     let (api_a, lb_a) = instance_config(da.path(), &pg.url, &hook, &stable.url);
     let (api_b, lb_b) = instance_config(db.path(), &pg.url, &hook, &stable.url);
     let mut a = start(&da.path().join("shadowtap.toml"));
-    // a takes the lease first; then b.
-    std::thread::sleep(Duration::from_millis(500));
+    // a takes the lease first; then b starts.
+    let t0 = Instant::now();
+    while !runs_monitor(api_a) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a never took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _b = start(&db.path().join("shadowtap.toml"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!runs_monitor(api_b), "one leader");
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = [lb_a, lb_b, lb_a, lb_b]
         .into_iter()
@@ -404,13 +419,29 @@ fn two_processes_on_one_postgres_the_leader_killed_mid_shift() {
         ],
     );
     assert_eq!(code, 0, "{v}");
-    std::thread::sleep(Duration::from_millis(2500));
-    let (_, before) = ctl(api_b, db.path(), &["get", "web"]);
-    assert!(weight(&before) > 20.0, "the leader shifts: {before}");
+    let t0 = Instant::now();
+    loop {
+        let (_, before) = ctl(api_b, db.path(), &["get", "web"]);
+        if weight(&before) > 20.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the leader never shifted: {before}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     a.0.kill().unwrap(); // SIGKILL the leader
     a.0.wait().unwrap();
     let killed = Instant::now();
     let (_, at_kill) = ctl(api_b, db.path(), &["get", "web"]);
+    while !runs_monitor(api_b) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "b never took over"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Within the lease (2 s) and an interval, b takes over and the shift goes on.
     loop {
         let (_, v) = ctl(api_b, db.path(), &["get", "web"]);
@@ -451,5 +482,16 @@ fn two_processes_on_one_postgres_the_leader_killed_mid_shift() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), got.len(), "an alert was sent twice: {got:?}");
-    let _ = api_a;
+}
+
+/// Whether the instance whose API is on `port` runs the monitor (`GET /healthz`, no token).
+fn runs_monitor(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.contains("\"monitor\":true")
 }

@@ -410,6 +410,12 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
         .into_response()
 }
 
+/// `{"ok": true, "monitor": bool}`: whether this instance runs the monitor (no token; no
+/// names or addresses).
+async fn healthz(AxState(api): AxState<Api>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true, "monitor": api.plane.is_leader() }))
+}
+
 async fn openapi() -> Response {
     (
         [(http::header::CONTENT_TYPE, "application/json")],
@@ -436,10 +442,7 @@ pub fn router(api: Api) -> Router {
         .route("/loadbalancer/{id}/remove", post(remove))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"ok": true})) }),
-        )
+        .route("/healthz", get(healthz))
         .merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /openapi.json") })
         .with_state(api)
