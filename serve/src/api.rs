@@ -162,14 +162,6 @@ async fn history(AxState(api): AxState<Api>, Path(id): Path<String>) -> Response
     }
 }
 
-fn pool_json(w: &shadowtap_proxy::stats::Window) -> serde_json::Value {
-    serde_json::json!({
-        "errorRate": w.error_rate,
-        "latency": {"p50": w.p50_ms, "p90": w.p90_ms, "p99": w.p99_ms},
-        "requestCount": w.requests,
-    })
-}
-
 async fn metrics_of(AxState(api): AxState<Api>, Path(id): Path<String>) -> Response {
     let d = match api.plane.get(&id).await {
         Ok(d) => d,
@@ -178,10 +170,7 @@ async fn metrics_of(AxState(api): AxState<Api>, Path(id): Path<String>) -> Respo
     let v = view(&api.plane, &d);
     let secs = v["interval"].as_f64().unwrap_or(30.0).ceil().max(1.0) as u64;
     let windows = api.plane.windows(&id, secs).await.unwrap_or_default();
-    let pools: serde_json::Map<String, serde_json::Value> = windows
-        .iter()
-        .map(|(k, w)| ((*k).to_owned(), pool_json(w)))
-        .collect();
+    let pools = crate::plane::pools_json(&windows);
     let resources = api.plane.resources(&id);
     Json(serde_json::json!({
         "window": format!("{secs}s"),

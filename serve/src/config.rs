@@ -126,6 +126,22 @@ fn client() -> String {
     "client".into()
 }
 
+impl LoadBalancerConfig {
+    /// A load balancer with only the required keys (the others at their defaults).
+    pub fn new(id: &str, listen: &str, production: Vec<String>) -> Self {
+        LoadBalancerConfig {
+            id: id.into(),
+            listen: listen.into(),
+            production,
+            record: None,
+            allow_targets: Vec::new(),
+            geo_file: None,
+            sticky: client(),
+            metrics_urls: Default::default(),
+        }
+    }
+}
+
 /// `30s`, `500ms`, `2m`, `1h`, or a number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();

@@ -824,7 +824,8 @@ pub fn proxy_config(lb: &LoadBalancerConfig, d: &Deployment) -> ProxyConfig {
         }
         _ => 0.0,
     };
-    let candidate = if d.candidate_pool.is_empty() || weight <= 0.0 && state == State::Removed {
+    // No new version (or it is gone): a weight-0 canary over the stable members.
+    let candidate = if d.candidate_pool.is_empty() {
         d.stable_pool.clone()
     } else {
         d.candidate_pool.clone()

@@ -53,21 +53,8 @@ fn numbers(
     d: &Deployment,
     extra: serde_json::Value,
 ) -> serde_json::Value {
-    let pools: serde_json::Map<String, serde_json::Value> = windows
-        .iter()
-        .map(|(k, w)| {
-            (
-                (*k).to_owned(),
-                serde_json::json!({
-                    "errorRate": w.error_rate,
-                    "latency": {"p50": w.p50_ms, "p90": w.p90_ms, "p99": w.p99_ms},
-                    "requestCount": w.requests,
-                }),
-            )
-        })
-        .collect();
     serde_json::json!({
-        "pools": pools,
+        "pools": crate::plane::pools_json(windows),
         "trafficPercentage": d.rollout.traffic_percentage,
         "mirrorPercentage": d.rollout.mirror_percentage,
         "limits": extra,

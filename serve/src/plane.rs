@@ -27,6 +27,25 @@ pub const LEASE: &str = "monitor";
 /// The monitor's actor name in the history.
 pub const MONITOR: &str = "monitor";
 
+/// Pool windows as the API, the history and the alerts show them: per pool `errorRate`,
+/// `latency` `{p50, p90, p99}` (ms) and `requestCount`.
+pub fn pools_json(windows: &BTreeMap<&'static str, ProxyWindow>) -> serde_json::Value {
+    windows
+        .iter()
+        .map(|(k, w)| {
+            (
+                (*k).to_owned(),
+                serde_json::json!({
+                    "errorRate": w.error_rate,
+                    "latency": {"p50": w.p50_ms, "p90": w.p90_ms, "p99": w.p99_ms},
+                    "requestCount": w.requests,
+                }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// Unix seconds now.
 pub fn now() -> f64 {
     SystemTime::now()
@@ -382,23 +401,8 @@ impl Plane {
     /// The pools' figures over the last `seconds` (errorRate, latency, requestCount), as the
     /// history keeps them.
     pub async fn snapshot(&self, id: &str, seconds: u64) -> serde_json::Value {
-        let pools: serde_json::Map<String, serde_json::Value> = self
-            .windows(id, seconds)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, w)| {
-                (
-                    k.to_owned(),
-                    serde_json::json!({
-                        "errorRate": w.error_rate,
-                        "latency": {"p50": w.p50_ms, "p90": w.p90_ms, "p99": w.p99_ms},
-                        "requestCount": w.requests,
-                    }),
-                )
-            })
-            .collect();
-        serde_json::json!({ "pools": pools, "window": format!("{seconds}s") })
+        let windows = self.windows(id, seconds).await.unwrap_or_default();
+        serde_json::json!({ "pools": pools_json(&windows), "window": format!("{seconds}s") })
     }
 
     /// Pool windows over the last `seconds` whole seconds (the current, partial one left out):

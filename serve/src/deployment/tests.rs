@@ -3,14 +3,8 @@ use proptest::prelude::*;
 
 fn lb() -> LoadBalancerConfig {
     LoadBalancerConfig {
-        id: "web".into(),
-        listen: "127.0.0.1:0".into(),
-        production: vec!["http://127.0.0.1:9001".into()],
-        record: None,
-        allow_targets: Vec::new(),
-        geo_file: None,
         sticky: "request".into(),
-        metrics_urls: Default::default(),
+        ..LoadBalancerConfig::new("web", "127.0.0.1:0", vec!["http://127.0.0.1:9001".into()])
     }
 }
 
