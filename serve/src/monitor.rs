@@ -318,6 +318,8 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
         plane.balancers.keys().map(|k| (k.clone(), now())).collect();
     let ttl = plane.lease.as_secs_f64();
     let (mut renewed, mut followed) = (0.0, 0.0);
+    // Each load balancer's state, state change time and interval, from the last read.
+    let mut known: BTreeMap<String, (State, f64, f64)> = BTreeMap::new();
     let mut leader = plane.lead(ttl).await;
     let mut changes = plane.changes.lock().await.take();
     loop {
@@ -335,12 +337,23 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.changed() => return,
         }
-        // Every instance applies what the store says (another instance's changes) within a
-        // second; only the lease holder judges.
+        // Once a second every instance reads the deployments (one read serves both): it
+        // applies what another instance changed, and the monitor plans its judgements on them.
         if now() - followed >= 1.0 {
             followed = now();
-            plane.follow().await;
+            let stored = plane.deployments().await;
+            plane.follow_from(&stored).await;
             plane.publish().await;
+            known = stored
+                .into_iter()
+                .map(|d| {
+                    let interval = d
+                        .testing
+                        .as_ref()
+                        .map_or(plane.defaults.interval_s, |t| t.interval_s(&plane.defaults));
+                    (d.id.clone(), (d.rollout.state, d.entered_at, interval))
+                })
+                .collect();
         }
         if now() - renewed >= ttl / 3.0 {
             renewed = now();
@@ -356,24 +369,20 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
         if !leader {
             continue;
         }
-        for id in plane.balancers.keys() {
-            let Ok(d) = plane.get(id).await else { continue };
-            let interval = d
-                .testing
-                .as_ref()
-                .map_or(plane.defaults.interval_s, |t| t.interval_s(&plane.defaults));
-            let due = match d.rollout.state {
+        for (id, &(state, entered_at, interval)) in &known {
+            let due = match state {
                 // Drains are checked often; judgements once per interval.
                 State::Removing => true,
                 State::Live => {
-                    now() - d.entered_at >= plane.drain.as_secs_f64()
-                        || now() - last[id] >= interval
+                    now() - entered_at >= plane.drain.as_secs_f64() || now() - last[id] >= interval
                 }
                 _ => now() - last[id] >= interval,
             };
             if !due {
                 continue;
             }
+            // Judging reads the deployment afresh; the plan above may be a second old.
+            let Ok(d) = plane.get(id).await else { continue };
             if !matches!(d.rollout.state, State::Removing) {
                 last.insert(id.clone(), now());
                 plane.scrape(&d).await;

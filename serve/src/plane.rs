@@ -268,24 +268,49 @@ impl Plane {
         }
     }
 
+    /// Every load balancer's stored deployment.
+    pub async fn deployments(&self) -> Vec<Deployment> {
+        let mut out = Vec::new();
+        for id in self.balancers.keys() {
+            if let Ok(d) = self.get(id).await {
+                out.push(d);
+            }
+        }
+        out
+    }
+
     /// Applies the stored deployment to every proxy whose version is behind it (a change
     /// another instance made); each such load balancer's id.
     pub async fn follow(&self) -> Vec<String> {
+        let stored = self.deployments().await;
+        self.follow_from(&stored).await
+    }
+
+    /// [`Plane::follow`] with the deployments already read.
+    pub async fn follow_from(&self, stored: &[Deployment]) -> Vec<String> {
         let mut out = Vec::new();
-        for (id, lb) in &self.balancers {
-            let Ok(d) = self.get(id).await else { continue };
+        for d in stored {
+            let Some(lb) = self.balancers.get(&d.id) else {
+                continue;
+            };
             if d.rollout.version == lb.applied.load(std::sync::atomic::Ordering::Relaxed) {
                 continue;
             }
             let _held = lb.lock.lock().await;
-            let Ok(d) = self.get(id).await else { continue };
+            // Read again under the lock: a change of this instance's may have landed.
+            let Ok(d) = self.get(&d.id).await else {
+                continue;
+            };
             match lb.state.apply(proxy_config(&lb.config, &d), "store").await {
                 Ok(_) => {
                     lb.applied
                         .store(d.rollout.version, std::sync::atomic::Ordering::Relaxed);
-                    out.push(id.clone());
+                    out.push(d.id.clone());
                 }
-                Err(e) => eprintln!("shadowtap serve: {id}: the stored state does not apply: {e}"),
+                Err(e) => eprintln!(
+                    "shadowtap serve: {}: the stored state does not apply: {e}",
+                    d.id
+                ),
             }
         }
         out
