@@ -142,28 +142,14 @@ impl LoadBalancerConfig {
     }
 }
 
-/// `30s`, `500ms`, `2m`, `1h`, or a number of seconds.
+/// `30s`, `500ms`, `2m`, `1h`, or a number of seconds (the project's one duration syntax,
+/// `shadowtap_core::units::parse_duration`), at most a week.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 7.0 {
-        return Err(format!("{s:?} must be over 0 and at most a week"));
+    let d = shadowtap_core::units::parse_duration(s)?;
+    if d > Duration::from_secs(7 * 86_400) {
+        return Err(format!("{s:?} is over a week"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 impl ServeConfig {
