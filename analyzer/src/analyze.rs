@@ -201,6 +201,12 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
 
 /// Writes `verdict.json`, `report.md`, `junit.xml` and `report.html` into `out`.
 pub fn write_reports(v: &mut Verdict, out: &Path) -> Result<(), AnalyzeError> {
+    write_reports_as(v, out, out)
+}
+
+/// [`write_reports`] into `out`, naming the files in `outputs` under `shown` (the object
+/// storage prefix `out` is uploaded to).
+pub fn write_reports_as(v: &mut Verdict, out: &Path, shown: &Path) -> Result<(), AnalyzeError> {
     let files = [
         ("report.md", crate::report::markdown(v)),
         ("junit.xml", crate::report::junit(v)),
@@ -212,10 +218,10 @@ pub fn write_reports(v: &mut Verdict, out: &Path) -> Result<(), AnalyzeError> {
             path: path.clone(),
             source,
         })?;
-        v.outputs.push(path);
+        v.outputs.push(shown.join(name));
     }
     let path = out.join("verdict.json");
-    v.outputs.push(path.clone());
+    v.outputs.push(shown.join("verdict.json"));
     let text = serde_json::to_string_pretty(v).map_err(|e| AnalyzeError::Io {
         path: path.clone(),
         source: std::io::Error::other(e),

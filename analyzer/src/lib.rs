@@ -12,6 +12,7 @@ pub mod diff;
 pub mod error;
 pub mod judge;
 pub mod measure;
+pub mod objects;
 pub mod pairs;
 pub mod policy;
 pub mod report;

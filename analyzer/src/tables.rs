@@ -47,7 +47,8 @@ pub fn session_with_memory(limit: Option<usize>) -> SessionContext {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let mut runtime = RuntimeEnvBuilder::new();
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(crate::objects::StorageRegistry::new()));
     if let Some(limit) = limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
         // What each sort keeps back for merging its spill files (10 MiB by default) must fit
@@ -104,38 +105,107 @@ pub async fn register(
     }
     let abs = std::fs::canonicalize(dir)
         .map_err(|e| AnalyzeError::Input(format!("{}: {e}", dir.display())))?;
-    // Hive partitions only when every file sits in them (DataFusion skips files outside them).
-    let partitioned = files.iter().all(|f| {
-        let rel = f
-            .strip_prefix(dir)
-            .unwrap_or(f)
-            .to_string_lossy()
-            .into_owned();
-        let parts: Vec<&str> = rel.split('/').collect();
-        parts.len() == 3 && parts[0].starts_with("date=") && parts[1].starts_with("hour=")
-    });
-    let mut options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let rels: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(dir).unwrap_or(f).to_string_lossy().into_owned())
+        .collect();
+    let partitioned = hive_partitioned(rels.iter().map(String::as_str));
     // The directory as a URL and the file pattern apart: a directory name holding glob
     // characters (`[`, `*`, `?`) is a name, not a pattern.
     let dir_url = url::Url::from_directory_path(&abs).map_err(|()| {
         AnalyzeError::Input(format!("{}: not an absolute directory path", abs.display()))
     })?;
-    let glob = if partitioned {
+    if partitioned {
         // A partitioned table is its directory (DataFusion does not combine globs with
         // partitions): every Parquet file in it must belong to the table.
         let mut all = Vec::new();
         files_of_ext(dir, &mut all);
-        if let Some(stranger) = all.iter().find(|f| {
-            !f.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{table}-")))
-        }) {
-            return Err(AnalyzeError::Input(format!(
-                "{}: the partitioned `{table}` table shares its directory with {}; keep each table in its own directory",
-                dir.display(),
-                stranger.display()
-            )));
-        }
+        let names: Vec<String> = all.iter().map(|f| f.display().to_string()).collect();
+        check_alone(table, &dir.display().to_string(), &names)?;
+    }
+    register_url(ctx, table, dir_url, partitioned).await?;
+    Ok(files.len())
+}
+
+/// Every Parquet file of a partitioned table's directory must be the table's.
+fn check_alone(table: &str, dir: &str, parquet_files: &[String]) -> Result<(), AnalyzeError> {
+    let prefix = format!("{table}-");
+    if let Some(stranger) = parquet_files
+        .iter()
+        .find(|f| !f.rsplit('/').next().unwrap_or(f).starts_with(&prefix))
+    {
+        return Err(AnalyzeError::Input(format!(
+            "{dir}: the partitioned `{table}` table shares its directory with {stranger}; keep each table in its own directory"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether every one of the table's files (paths relative to its directory) sits in Hive
+/// partitions `date=…/hour=…/` (DataFusion skips files outside them).
+fn hive_partitioned<'a>(rels: impl IntoIterator<Item = &'a str>) -> bool {
+    rels.into_iter().all(|rel| {
+        let parts: Vec<&str> = rel.split('/').collect();
+        parts.len() == 3 && parts[0].starts_with("date=") && parts[1].starts_with("hour=")
+    })
+}
+
+/// Registers `table` over the `table-*.parquet` objects under an object-storage prefix (read
+/// in place: nothing is downloaded); returns how many objects. Zero registers nothing.
+pub async fn register_remote(
+    ctx: &SessionContext,
+    table: &str,
+    remote: &shadowtap_storage::Remote,
+) -> Result<usize, AnalyzeError> {
+    let objects = remote
+        .list()
+        .await
+        .map_err(|e| AnalyzeError::Input(e.to_string()))?;
+    let parquet: Vec<String> = objects
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .filter(|rel| rel.ends_with(".parquet") && !rel.split('/').any(|p| p.starts_with('.')))
+        .collect();
+    let prefix = format!("{table}-");
+    let files: Vec<&str> = parquet
+        .iter()
+        .map(String::as_str)
+        .filter(|rel| rel.rsplit('/').next().unwrap_or(rel).starts_with(&prefix))
+        .collect();
+    if files.is_empty() {
+        return Ok(0);
+    }
+    let partitioned = hive_partitioned(files.iter().copied());
+    if partitioned {
+        check_alone(table, remote.url().as_str(), &parquet)?;
+    }
+    register_url(ctx, table, remote.url().clone(), partitioned).await?;
+    Ok(files.len())
+}
+
+/// Registers `table` under `dir` (a local directory or an object-storage prefix).
+pub async fn register_location(
+    ctx: &SessionContext,
+    table: &str,
+    dir: &shadowtap_storage::Location,
+) -> Result<usize, AnalyzeError> {
+    match dir {
+        shadowtap_storage::Location::Local(p) => register(ctx, table, p).await,
+        shadowtap_storage::Location::Remote(r) => register_remote(ctx, table, r).await,
+    }
+}
+
+/// The listing table over `table-*.parquet` under `dir_url` (or, partitioned, every file
+/// under it with `date` and `hour` columns).
+async fn register_url(
+    ctx: &SessionContext,
+    table: &str,
+    dir_url: url::Url,
+    partitioned: bool,
+) -> Result<(), AnalyzeError> {
+    let mut options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let glob = if partitioned {
         options = options.with_table_partition_cols(vec![
             ("date".into(), DataType::Utf8),
             ("hour".into(), DataType::Utf8),
@@ -158,7 +228,7 @@ pub async fn register(
         .with_schema(schema);
     ctx.register_table(table, Arc::new(ListingTable::try_new(config).map_err(sql)?))
         .map_err(sql)?;
-    Ok(files.len())
+    Ok(())
 }
 
 /// Registers every shadowtap table found under `dirs`; returns the names registered.
@@ -166,13 +236,26 @@ pub async fn register_all(
     ctx: &SessionContext,
     dirs: &[PathBuf],
 ) -> Result<Vec<String>, AnalyzeError> {
+    let dirs: Vec<shadowtap_storage::Location> = dirs
+        .iter()
+        .map(|d| shadowtap_storage::Location::Local(d.clone()))
+        .collect();
+    register_all_locations(ctx, &dirs).await
+}
+
+/// Registers every shadowtap table found under `dirs` (local directories or object-storage
+/// prefixes); returns the names registered.
+pub async fn register_all_locations(
+    ctx: &SessionContext,
+    dirs: &[shadowtap_storage::Location],
+) -> Result<Vec<String>, AnalyzeError> {
     let mut found = Vec::new();
     for table in TABLES {
         for d in dirs {
             if ctx.table_exist(*table).unwrap_or(false) {
                 break;
             }
-            if register(ctx, table, d).await? > 0 {
+            if register_location(ctx, table, d).await? > 0 {
                 found.push((*table).to_owned());
             }
         }

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use shadowtap_analyzer::analyze::write_reports;
+use shadowtap_analyzer::analyze::write_reports_as;
 use shadowtap_analyzer::pairs::RecordedLimits;
 use shadowtap_analyzer::tables::{
-    default_memory_limit, register_all, run_sql, session_with_memory,
+    default_memory_limit, register_all_locations, run_sql, session_with_memory,
 };
 use shadowtap_analyzer::{analyze, AnalyzeError, AnalyzeOptions, Policy};
 
@@ -30,9 +30,10 @@ pub const EXIT_USAGE: u8 = 64;
     shadowtap query --data data/ --data results/      (no SQL: an interactive prompt; end statements with ;)\n\n\
     Exit status: 0 on success, 64 for bad flags or input, 65 for SQL errors.")]
 pub struct QueryArgs {
-    /// A directory holding shadowtap output (repeat for capture, replay and analyze outputs).
-    #[arg(long, value_name = "DIR", required = true)]
-    data: Vec<PathBuf>,
+    /// A directory holding shadowtap output (repeat for capture, replay and analyze outputs),
+    /// or an object-storage prefix (`s3://bucket/prefix`), read in place.
+    #[arg(long, value_name = "DIR|URL", required = true)]
+    data: Vec<String>,
 
     /// The SQL to run; without it, an interactive prompt reads statements from stdin.
     sql: Option<String>,
@@ -140,14 +141,24 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
         let ctx = session_with_memory(args.max_memory.or_else(default_memory_limit));
-        let found = match register_all(&ctx, &args.data).await {
+        let mut dirs = Vec::new();
+        for d in &args.data {
+            match shadowtap_storage::Location::parse(d) {
+                Ok(l) => dirs.push(l),
+                Err(e) => {
+                    eprintln!("shadowtap: error: --data: {e}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            }
+        }
+        let found = match register_all_locations(&ctx, &dirs).await {
             Ok(f) => f,
             Err(e) => return Ok(fail(&e)),
         };
         if found.is_empty() {
             eprintln!(
                 "shadowtap: error: no shadowtap tables (exchanges-*, replays-*, diffs-*.parquet) under {}",
-                args.data.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                args.data.join(", ")
             );
             return Ok(ExitCode::from(EXIT_USAGE));
         }
@@ -271,17 +282,19 @@ impl JudgeArgs {
 pub struct AnalyzeArgs {
     /// Capture output: the recorded production responses are the noise source without a second
     /// baseline, and the health guards compare the baseline's answers with them. Default: the
-    /// recording named in the replay's summary, when it still exists.
-    #[arg(long, value_name = "DIR")]
-    capture: Option<PathBuf>,
+    /// recording named in the replay's summary, when it still exists. An object-storage
+    /// prefix is fetched into the local cache.
+    #[arg(long, value_name = "DIR|URL")]
+    capture: Option<String>,
 
-    /// Replay output.
-    #[arg(long, value_name = "DIR")]
-    replay: PathBuf,
+    /// Replay output (a directory, or an object-storage prefix fetched into the local cache).
+    #[arg(long, value_name = "DIR|URL")]
+    replay: String,
 
-    /// Output directory.
-    #[arg(short, long, value_name = "DIR")]
-    out: PathBuf,
+    /// Output directory, or an object-storage prefix (the reports and the `diffs` table are
+    /// uploaded when complete; old `diffs` objects there are replaced).
+    #[arg(short, long, value_name = "DIR|URL")]
+    out: String,
 
     /// The replay run to judge when --replay holds several (their ids are in the
     /// `replay-<run>.summary.json` files and the `run_id` column).
@@ -293,22 +306,38 @@ pub struct AnalyzeArgs {
 }
 
 fn judge(
-    capture: Option<PathBuf>,
-    replay: PathBuf,
+    capture: Option<&str>,
+    replay: &str,
     run: Option<String>,
-    out: PathBuf,
+    out: &str,
     j: &JudgeArgs,
 ) -> anyhow::Result<ExitCode> {
     let policy = match j.policy() {
         Ok(p) => p,
         Err(e) => return Ok(fail(&e)),
     };
+    let usage = |flag: &str, e: anyhow::Error| {
+        eprintln!("shadowtap: error: {flag}: {e:#}");
+        Ok(ExitCode::from(EXIT_USAGE))
+    };
+    let capture = match capture.map(crate::location::input).transpose() {
+        Ok(c) => c,
+        Err(e) => return usage("--capture", e),
+    };
+    let replay = match crate::location::input(replay) {
+        Ok(r) => r,
+        Err(e) => return usage("--replay", e),
+    };
+    let output = match crate::location::Output::open(out, false) {
+        Ok(o) => o,
+        Err(e) => return usage("--out", e),
+    };
     let opts = AnalyzeOptions {
         capture,
         replay,
         run,
         policy,
-        out: out.clone(),
+        out: output.dir(),
         fail_on_marginal: j.fail_on_marginal,
         recorded: RecordedLimits {
             bytes: j
@@ -323,8 +352,21 @@ fn judge(
         Ok(v) => v,
         Err(e) => return Ok(fail(&e)),
     };
-    if let Err(e) = write_reports(&mut v, &out) {
+    // Paths as the user named the output (object URLs for a prefix).
+    v.outputs = v.outputs.iter().map(|p| output.shown(p)).collect();
+    if let Err(e) = write_reports_as(&mut v, &output.dir(), &output.shown_dir()) {
         return Ok(fail(&e));
+    }
+    // As on disk, the output holds this analysis's diffs only.
+    let finished = output
+        .delete_remote_where(|rel| {
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            name.starts_with("diffs-") && name.ends_with(".parquet")
+        })
+        .and_then(|()| output.finish());
+    if let Err(e) = finished {
+        eprintln!("shadowtap: error: {e:#}");
+        return Ok(ExitCode::from(74));
     }
     if j.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -358,7 +400,13 @@ fn judge(
 
 /// Runs `shadowtap analyze`.
 pub fn analyze_cmd(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    judge(args.capture, args.replay, args.run, args.out, &args.judge)
+    judge(
+        args.capture.as_deref(),
+        &args.replay,
+        args.run,
+        &args.out,
+        &args.judge,
+    )
 }
 
 /// Flags of `shadowtap gate`.
@@ -372,9 +420,9 @@ pub fn analyze_cmd(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     Exit status: 0 go, 1 no-go, 2 marginal (1 with --fail-on-marginal), 3 inconclusive, 64 bad\n\
     flags or input.")]
 pub struct GateArgs {
-    /// Capture output (the recording to replay).
-    #[arg(long, value_name = "DIR")]
-    capture: PathBuf,
+    /// Capture output (the recording to replay): a directory or an object-storage prefix.
+    #[arg(long, value_name = "DIR|URL")]
+    capture: String,
 
     /// Baseline URL (the current version).
     #[arg(long, value_name = "URL")]
@@ -388,9 +436,10 @@ pub struct GateArgs {
     #[arg(long, value_name = "URL")]
     baseline2_url: Option<String>,
 
-    /// Output directory (replays in `replay/`, reports at the top).
-    #[arg(short, long, value_name = "DIR")]
-    out: PathBuf,
+    /// Output directory (replays in `replay/`, reports at the top), or an object-storage
+    /// prefix.
+    #[arg(short, long, value_name = "DIR|URL")]
+    out: String,
 
     /// Replay this share of the recording.
     #[arg(long, value_name = "PERCENT")]
@@ -420,7 +469,12 @@ pub struct GateArgs {
 /// this binary so each keeps its own flags, signals and exit codes.
 pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
     let me = std::env::current_exe()?;
-    let replay_dir = args.out.join("replay");
+    let remote = shadowtap_storage::is_remote(&args.out);
+    let replay_dir = if remote {
+        format!("{}/replay", args.out.trim_end_matches('/'))
+    } else {
+        PathBuf::from(&args.out).join("replay").display().to_string()
+    };
     let base_name = args
         .judge
         .baseline
@@ -464,7 +518,13 @@ pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
         .arg(&args.timeout)
         .arg("--progress-interval")
         .arg("30s");
-    let _ = std::fs::remove_dir_all(&replay_dir);
+    // The replay directory holds this gate's run only.
+    if remote {
+        let old = shadowtap_storage::Remote::parse(&replay_dir)?;
+        shadowtap_storage::block_on(old.delete_where(|_| true))?;
+    } else {
+        let _ = std::fs::remove_dir_all(&replay_dir);
+    }
     let st = cmd.status()?;
     if !st.success() {
         let code = st.code().unwrap_or(1);
@@ -472,7 +532,13 @@ pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(if code == 2 { EXIT_USAGE } else { 70 }));
     }
     std::thread::sleep(Duration::from_millis(10));
-    judge(Some(args.capture), replay_dir, None, args.out, &args.judge)
+    judge(
+        Some(&args.capture),
+        &replay_dir,
+        None,
+        &args.out,
+        &args.judge,
+    )
 }
 
 /// A byte count (`2G`, `512M`) as a memory limit.

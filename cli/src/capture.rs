@@ -103,9 +103,11 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "N")]
     max_exchanges: Option<u64>,
 
-    /// Directory for the Parquet files and the summary (created if missing).
-    #[arg(short, long, value_name = "DIR", env = "SHADOWTAP_OUT", required_unless_present_any = ["list_interfaces", "print_sample_config"])]
-    out: Option<PathBuf>,
+    /// Directory for the Parquet files and the summary (created if missing), or an
+    /// object-storage prefix (`s3://bucket/prefix`, `gs://…`, `az://…`): each file is uploaded
+    /// once complete, then removed locally.
+    #[arg(short, long, value_name = "DIR|URL", env = "SHADOWTAP_OUT", required_unless_present_any = ["list_interfaces", "print_sample_config"])]
+    out: Option<String>,
 
     /// BPF filter expression applied while reading, e.g. 'tcp port 80 or tcp port 8080'.
     #[arg(short, long, value_name = "EXPR")]
@@ -255,10 +257,18 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         print!("{}", config::SAMPLE);
         return Ok(ExitCode::SUCCESS);
     }
-    let out = args
+    let out_arg = args
         .out
         .clone()
         .expect("clap requires --out unless --list-interfaces");
+    let output = match crate::location::Output::open(&out_arg, true) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("shadowtap: error: --out: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let out = output.dir();
     let cfg = match &args.config {
         Some(path) => match CaptureConfig::load(path) {
             Ok(c) => c,
@@ -411,10 +421,16 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             })
         }
     };
+    // What was written goes up on failure too (a local run would have left it on disk).
+    let uploaded = output.finish();
     let summary = match result {
         Ok(s) => s,
         Err(e) => return failure(e),
     };
+    if let Err(e) = uploaded {
+        eprintln!("shadowtap: error: {e:#}");
+        return Ok(ExitCode::from(1));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

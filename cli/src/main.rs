@@ -10,6 +10,7 @@ mod capture;
 mod config;
 mod demo;
 mod inspect;
+mod location;
 mod proxy;
 mod replay;
 mod serve;

@@ -137,9 +137,10 @@ pub struct ProxyArgs {
     /// Request bodies over this are not mirrored (counted). Default 16M.
     #[arg(long, value_name = "BYTES", value_parser = shadowtap_core::units::parse_size)]
     max_mirror_body: Option<u64>,
-    /// Record production's exchanges and every response here (Parquet).
-    #[arg(long, value_name = "DIR")]
-    record: Option<PathBuf>,
+    /// Record production's exchanges and every response here (Parquet): a directory, or an
+    /// object-storage prefix (`s3://bucket/prefix`; each file is uploaded once complete).
+    #[arg(long, value_name = "DIR|URL")]
+    record: Option<String>,
     /// Secret names redacted in the recording besides the defaults (repeat).
     #[arg(long, value_name = "NAME")]
     redact: Vec<String>,
@@ -288,8 +289,8 @@ fn config_of(args: &ProxyArgs) -> Result<ProxyConfig, String> {
     if let Some(b) = args.max_mirror_body {
         c.mirror.max_body = b;
     }
-    if args.record.is_some() {
-        c.record = args.record.clone();
+    if let Some(r) = &args.record {
+        c.record = Some(PathBuf::from(r));
     }
     c.redact.extend(args.redact.iter().cloned());
     if args.admin.is_some() {
@@ -339,12 +340,43 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         print!("{}", ProxyConfig::sample());
         return Ok(ExitCode::SUCCESS);
     }
-    let config = match config_of(&args) {
+    let mut config = match config_of(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shadowtap: error: {e}");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
+    };
+    // A recording on object storage is written through a staging directory.
+    let record_url = config
+        .record
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|r| shadowtap_storage::is_remote(r));
+    let recording = match &record_url {
+        Some(url) => match crate::location::Output::open(url, true) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("shadowtap: error: record: {e:#}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        },
+        None => None,
+    };
+    if let Some(o) = &recording {
+        config.record = Some(o.dir());
+    }
+    let staging = recording.as_ref().map(crate::location::Output::dir);
+    let staged = move |mut c: ProxyConfig| -> Result<ProxyConfig, String> {
+        let url = c.record.as_ref().map(|p| p.to_string_lossy().into_owned());
+        match (&url, &staging) {
+            (Some(u), Some(dir)) if Some(u) == record_url.as_ref() => c.record = Some(dir.clone()),
+            (Some(u), _) if shadowtap_storage::is_remote(u) => {
+                return Err(format!("record = {u}: a new object-storage prefix needs a restart"))
+            }
+            _ => {}
+        }
+        Ok(c)
     };
     if let Err(e) = config
         .check()
@@ -396,7 +428,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = hup.recv() => {
-                    match config_of(&args) {
+                    match config_of(&args).and_then(&staged) {
                         Ok(new) => {
                             if let Err(e) = running.state.apply(new, "SIGHUP").await {
                                 eprintln!("shadowtap proxy: SIGHUP: configuration not applied: {e}");
@@ -409,10 +441,14 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("shadowtap proxy: shutting down");
         running.shutdown();
-        let summary = running.wait().await?;
+        let summary = running.wait().await;
+        // The recording's last files go up once the proxy has closed them.
+        let uploaded = recording.map_or(Ok(()), crate::location::Output::finish);
+        let summary = summary?;
         if !args.quiet {
             eprint!("{}", summary.render());
         }
+        uploaded?;
         Ok(ExitCode::SUCCESS)
     })
 }

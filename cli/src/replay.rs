@@ -41,18 +41,20 @@ use shadowtap_replayer::{ProgressMode, DEFAULT_MARKER};
     Exit status: 0 when the replay ran (errors from targets are rows, see the summary), 1 when\n\
     the results could not be written, 2 on bad flags or input.")]
 pub struct ReplayArgs {
-    /// Directory of the recording (`shadowtap capture --out`); Hive partitions are found.
-    #[arg(long, value_name = "DIR")]
-    from: PathBuf,
+    /// Directory of the recording (`shadowtap capture --out`); Hive partitions are found. An
+    /// object-storage prefix (`s3://bucket/prefix`) is fetched into the local cache first.
+    #[arg(long, value_name = "DIR|URL")]
+    from: String,
 
     /// A target as NAME=URL (repeat for each: baseline, candidate, …). A path in the URL is
     /// prefixed to every request path.
     #[arg(long = "target", value_name = "NAME=URL", required = true)]
     targets: Vec<Target>,
 
-    /// Output directory for the `replays` Parquet files and the summary.
-    #[arg(short, long, value_name = "DIR")]
-    out: PathBuf,
+    /// Output directory for the `replays` Parquet files and the summary, or an object-storage
+    /// prefix (each file is uploaded once complete).
+    #[arg(short, long, value_name = "DIR|URL")]
+    out: String,
 
     /// Replay this share of the recorded exchanges (`5%`), chosen deterministically.
     #[arg(long, value_name = "PERCENT")]
@@ -212,7 +214,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
-    let mut opts = ReplayOptions::new(args.from.clone(), args.out.clone(), args.targets.clone());
+    let from = match crate::location::input(&args.from) {
+        Ok(d) => d,
+        Err(e) => return usage(format!("--from: {e:#}")),
+    };
+    let output = match crate::location::Output::open(&args.out, true) {
+        Ok(o) => o,
+        Err(e) => return usage(format!("--out: {e:#}")),
+    };
+    let mut opts = ReplayOptions::new(from, output.dir(), args.targets.clone());
     opts.send.criteria = criteria;
     opts.send.sampler = Sampler {
         percent: args.sample.unwrap_or(Percent::ALL),
@@ -308,6 +318,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         replay(opts, stop_rx).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // What was written goes up on failure too (a local run would have left it on disk).
+    if let Err(e) = output.finish() {
+        eprintln!("shadowtap: error: {e:#}");
+        return Ok(ExitCode::from(1));
+    }
     match result {
         Ok(summary) => {
             if args.json {
