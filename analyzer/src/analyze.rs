@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::engine::Engine;
 use crate::error::AnalyzeError;
 use crate::judge::judge;
 use crate::measure::measure;
@@ -40,6 +41,8 @@ pub struct AnalyzeOptions {
     pub fail_on_marginal: bool,
     /// How many recorded responses (and bytes of them) the `recorded` comparison holds.
     pub recorded: RecordedLimits,
+    /// How the replays are read: the files in `replay`, or SQL (a Ballista cluster).
+    pub engine: Engine,
 }
 
 /// The recording a replay run read, from its `replay-<run>.summary.json`, when it still exists.
@@ -54,14 +57,19 @@ fn recording_of(replay: &Path, run: &str) -> Option<PathBuf> {
 pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
     let p = &opts.policy;
     p.check().map_err(AnalyzeError::Input)?;
-    if !opts.replay.is_dir() {
+    let sql = match &opts.engine {
+        Engine::Sql(ctx) => Some(ctx),
+        Engine::Files => None,
+    };
+    if sql.is_none() && !opts.replay.is_dir() {
         return Err(AnalyzeError::Input(format!(
             "{}: no such directory (the --out directory of `shadowtap replay`)",
             opts.replay.display()
         )));
     }
     // Foreign or other-version files are input errors here, never panics or SQL puzzles later.
-    if crate::pairs::check_files(&opts.replay, "replays")? == 0 {
+    // (With SQL the engine reads them: the pairing checks every column's type.)
+    if sql.is_none() && crate::pairs::check_files(&opts.replay, "replays")? == 0 {
         return Err(AnalyzeError::Input(format!(
             "{}: no replays-*.parquet files (is this the --out directory of `shadowtap replay`?)",
             opts.replay.display()
@@ -72,7 +80,10 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
             return Err(AnalyzeError::Input(format!("{}: no exchanges-*.parquet files (is this the --out directory of `shadowtap capture`?)", c.display())));
         }
     }
-    let (runs, targets) = runs_and_targets(&opts.replay)?;
+    let (runs, targets) = match sql {
+        Some(ctx) => Engine::runs_and_targets(ctx).await?,
+        None => runs_and_targets(&opts.replay)?,
+    };
     let run = match (&opts.run, runs.len()) {
         (Some(r), _) if runs.contains(r) => r.clone(),
         (Some(r), _) => {
@@ -112,11 +123,13 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         .clone()
         .or_else(|| recording_of(&opts.replay, &run));
     let recorded = match &capture {
-        Some(c) => Some(load_recorded(
-            c,
-            &replayed_ids(&opts.replay, &run)?,
-            opts.recorded,
-        )?),
+        Some(c) => {
+            let ids = match sql {
+                Some(ctx) => Engine::replayed_ids(ctx, &run).await?,
+                None => replayed_ids(&opts.replay, &run)?,
+            };
+            Some(load_recorded(c, &ids, opts.recorded)?)
+        }
         None => None,
     };
     let analysis_id = shadowtap_core::id::new_run_id();
@@ -125,7 +138,7 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         let _ = std::fs::remove_file(old);
     }
     let diff_opts = p.diff_options();
-    let (set, diff_rows) = pair_replays(&PairingInput {
+    let input = PairingInput {
         replay_dir: &opts.replay,
         run: &run,
         targets: PairTargets {
@@ -137,7 +150,11 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         opts: &diff_opts,
         out: &opts.out,
         analysis_id: &analysis_id,
-    })?;
+    };
+    let (set, diff_rows) = match sql {
+        Some(ctx) => Engine::pair(ctx, &input).await?,
+        None => pair_replays(&input)?,
+    };
     let m = measure(&set, p);
     let mut j = judge(&m, p);
     if set.incomplete > 0 {

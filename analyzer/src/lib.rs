@@ -9,6 +9,7 @@
 
 pub mod analyze;
 pub mod diff;
+pub mod engine;
 pub mod error;
 pub mod judge;
 pub mod measure;
@@ -23,6 +24,7 @@ pub mod units;
 pub mod verdict;
 
 pub use analyze::{analyze, AnalyzeOptions};
+pub use engine::Engine;
 pub use error::AnalyzeError;
 pub use policy::Policy;
 pub use verdict::{Decision, Verdict};

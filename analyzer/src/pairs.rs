@@ -615,9 +615,59 @@ pub struct PairingInput<'a> {
     pub analysis_id: &'a str,
 }
 
+/// The `replays` columns the pairing reads (and `send_position` where the files have it).
+pub const PAIRING_COLUMNS: &[&str] = &[
+    "run_id",
+    "exchange_id",
+    "pass",
+    "target",
+    "method",
+    "path",
+    "status",
+    "error_kind",
+    "total_us",
+    "response_headers",
+    "response_body",
+    "response_body_decoded",
+];
+
+/// The replays files under the input's directory, batch by batch, projected on
+/// [`PAIRING_COLUMNS`].
+fn file_batches<'a>(
+    replay_dir: &'a Path,
+) -> impl Iterator<Item = Result<RecordBatch, AnalyzeError>> + 'a {
+    parquet_files(replay_dir, "replays")
+        .into_iter()
+        .flat_map(move |p| {
+            // `send_position` is in version 2 files only.
+            let mut want: Vec<&str> = PAIRING_COLUMNS.to_vec();
+            if has_column(&p, "send_position") {
+                want.push("send_position");
+            }
+            let batches: Box<dyn Iterator<Item = Result<RecordBatch, AnalyzeError>>> =
+                match open_projected(&p, "replays", &want) {
+                    Ok(r) => Box::new(r.map(move |b| {
+                        b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))
+                    })),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                };
+            batches
+        })
+}
+
 /// Streams the replays of one run, pairs every request's rows across targets, diffs each pair
 /// (writing the `diffs` table) and returns the pairs and the number of diff rows written.
 pub fn pair_replays(input: &PairingInput<'_>) -> Result<(PairSet, u64), AnalyzeError> {
+    pair_batches(input, file_batches(input.replay_dir))
+}
+
+/// [`pair_replays`] over batches from elsewhere (a SQL engine): [`PAIRING_COLUMNS`] with the
+/// types of the `replays` schema, `send_position` optional; rows of other runs and targets
+/// are skipped here too.
+pub fn pair_batches(
+    input: &PairingInput<'_>,
+    batches: impl Iterator<Item = Result<RecordBatch, AnalyzeError>>,
+) -> Result<(PairSet, u64), AnalyzeError> {
     let out = input.out;
     let sink = ParquetSink::new(
         SinkOptions {
@@ -661,29 +711,29 @@ pub fn pair_replays(input: &PairingInput<'_>) -> Result<(PairSet, u64), AnalyzeE
     .flatten()
     .collect();
     let mut pending: HashMap<(String, i32), HashMap<String, Replayed>> = HashMap::new();
-    let cols = [
-        "run_id",
-        "exchange_id",
-        "pass",
-        "target",
-        "method",
-        "path",
-        "status",
-        "error_kind",
-        "total_us",
-        "response_headers",
-        "response_body",
-        "response_body_decoded",
-    ];
-    for p in parquet_files(input.replay_dir, "replays") {
-        // `send_position` is in version 2 files only.
-        let has_position = has_column(&p, "send_position");
-        let mut want: Vec<&str> = cols.to_vec();
-        if has_position {
-            want.push("send_position");
-        }
-        for b in open_projected(&p, "replays", &want)? {
-            let b = b.map_err(|e| AnalyzeError::Input(format!("{}: {e}", p.display())))?;
+    for b in batches {
+        {
+            let b = b?;
+            // Typed reads below: a column of another type is an error, never a panic.
+            let schema = shadowtap_core::replays::replays_schema();
+            for c in PAIRING_COLUMNS.iter().chain(&["send_position"]) {
+                let want = schema.field_with_name(c).map(|f| f.data_type().clone());
+                match (b.column_by_name(c), want) {
+                    (Some(col), Ok(want)) if col.data_type() != &want => {
+                        return Err(AnalyzeError::Input(format!(
+                            "replays column `{c}` is {}, not {want}",
+                            col.data_type()
+                        )))
+                    }
+                    (None, _) if *c != "send_position" => {
+                        return Err(AnalyzeError::Input(format!(
+                            "the replays rows have no column `{c}`"
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+            let has_position = b.column_by_name("send_position").is_some();
             let col = |n: &str| b.column_by_name(n).expect("projected").clone();
             let (runs, ids, passes, tgts, methods, paths, kinds) = (
                 col("run_id"),

@@ -20,7 +20,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionConfig;
+pub use datafusion::prelude::SessionContext;
 
 use crate::error::AnalyzeError;
 use crate::template::path_template;
@@ -47,8 +48,7 @@ pub fn session_with_memory(limit: Option<usize>) -> SessionContext {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let mut runtime = RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(crate::objects::StorageRegistry::new()));
+    let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(object_store_registry());
     if let Some(limit) = limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
         // What each sort keeps back for merging its spill files (10 MiB by default) must fit
@@ -63,10 +63,26 @@ pub fn session_with_memory(limit: Option<usize>) -> SessionContext {
             SessionContext::new_with_config(config)
         }
     };
-    for kind in [Helper::PathTemplate, Helper::Header, Helper::JsonGet] {
-        ctx.register_udf(ScalarUDF::from(HelperUdf::new(kind)));
+    for udf in helper_functions() {
+        ctx.register_udf(udf);
     }
     ctx
+}
+
+/// shadowtap's SQL functions (`path_template`, `header`, `json_get`): what a session, a
+/// Ballista scheduler and its executors register.
+pub fn helper_functions() -> Vec<ScalarUDF> {
+    [Helper::PathTemplate, Helper::Header, Helper::JsonGet]
+        .into_iter()
+        .map(|kind| ScalarUDF::from(HelperUdf::new(kind)))
+        .collect()
+}
+
+/// The object-store registry every session uses (local files, and object storage opened on
+/// demand).
+pub fn object_store_registry() -> Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry>
+{
+    Arc::new(crate::objects::StorageRegistry::new())
 }
 
 fn files_of_ext(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -86,12 +102,32 @@ fn files_of_ext(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// How a table names its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Listing {
+    /// The directory and a `table-*.parquet` pattern, listed when a query runs.
+    #[default]
+    Pattern,
+    /// Every file by name, listed now: what a Ballista cluster needs (a plan sent to it keeps
+    /// a table's paths but not its pattern).
+    Files,
+}
+
 /// Registers `table` over the `table-*.parquet` files under `dir`; returns how many files.
 /// Zero files registers nothing.
 pub async fn register(
     ctx: &SessionContext,
     table: &str,
     dir: &Path,
+) -> Result<usize, AnalyzeError> {
+    register_local(ctx, table, dir, Listing::Pattern).await
+}
+
+async fn register_local(
+    ctx: &SessionContext,
+    table: &str,
+    dir: &Path,
+    listing: Listing,
 ) -> Result<usize, AnalyzeError> {
     if !dir.is_dir() {
         return Err(AnalyzeError::Input(format!(
@@ -107,7 +143,12 @@ pub async fn register(
         .map_err(|e| AnalyzeError::Input(format!("{}: {e}", dir.display())))?;
     let rels: Vec<String> = files
         .iter()
-        .map(|f| f.strip_prefix(dir).unwrap_or(f).to_string_lossy().into_owned())
+        .map(|f| {
+            f.strip_prefix(dir)
+                .unwrap_or(f)
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let partitioned = hive_partitioned(rels.iter().map(String::as_str));
     // The directory as a URL and the file pattern apart: a directory name holding glob
@@ -123,7 +164,17 @@ pub async fn register(
         let names: Vec<String> = all.iter().map(|f| f.display().to_string()).collect();
         check_alone(table, &dir.display().to_string(), &names)?;
     }
-    register_url(ctx, table, dir_url, partitioned).await?;
+    let paths = match listing {
+        Listing::Files if !partitioned => Some(
+            files
+                .iter()
+                .filter_map(|f| std::fs::canonicalize(f).ok())
+                .filter_map(|f| url::Url::from_file_path(f).ok())
+                .collect(),
+        ),
+        _ => None,
+    };
+    register_url(ctx, table, dir_url, partitioned, paths).await?;
     Ok(files.len())
 }
 
@@ -156,6 +207,7 @@ pub async fn register_remote(
     ctx: &SessionContext,
     table: &str,
     remote: &shadowtap_storage::Remote,
+    listing: Listing,
 ) -> Result<usize, AnalyzeError> {
     let objects = remote
         .list()
@@ -179,7 +231,16 @@ pub async fn register_remote(
     if partitioned {
         check_alone(table, remote.url().as_str(), &parquet)?;
     }
-    register_url(ctx, table, remote.url().clone(), partitioned).await?;
+    let paths = match listing {
+        Listing::Files if !partitioned => Some(
+            files
+                .iter()
+                .filter_map(|rel| url::Url::parse(&remote.url_of(rel)).ok())
+                .collect(),
+        ),
+        _ => None,
+    };
+    register_url(ctx, table, remote.url().clone(), partitioned, paths).await?;
     Ok(files.len())
 }
 
@@ -188,10 +249,11 @@ pub async fn register_location(
     ctx: &SessionContext,
     table: &str,
     dir: &shadowtap_storage::Location,
+    listing: Listing,
 ) -> Result<usize, AnalyzeError> {
     match dir {
-        shadowtap_storage::Location::Local(p) => register(ctx, table, p).await,
-        shadowtap_storage::Location::Remote(r) => register_remote(ctx, table, r).await,
+        shadowtap_storage::Location::Local(p) => register_local(ctx, table, p, listing).await,
+        shadowtap_storage::Location::Remote(r) => register_remote(ctx, table, r, listing).await,
     }
 }
 
@@ -202,6 +264,7 @@ async fn register_url(
     table: &str,
     dir_url: url::Url,
     partitioned: bool,
+    files: Option<Vec<url::Url>>,
 ) -> Result<(), AnalyzeError> {
     let mut options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
@@ -223,7 +286,15 @@ async fn register_url(
         .infer_schema(&ctx.state(), &url)
         .await
         .map_err(sql)?;
-    let config = ListingTableConfig::new(url)
+    let paths = match files {
+        Some(files) => files
+            .into_iter()
+            .map(|f| ListingTableUrl::try_new(f, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql)?,
+        None => vec![url],
+    };
+    let config = ListingTableConfig::new_with_multi_paths(paths)
         .with_listing_options(options)
         .with_schema(schema);
     ctx.register_table(table, Arc::new(ListingTable::try_new(config).map_err(sql)?))
@@ -240,7 +311,7 @@ pub async fn register_all(
         .iter()
         .map(|d| shadowtap_storage::Location::Local(d.clone()))
         .collect();
-    register_all_locations(ctx, &dirs).await
+    register_all_locations(ctx, &dirs, Listing::Pattern).await
 }
 
 /// Registers every shadowtap table found under `dirs` (local directories or object-storage
@@ -248,6 +319,7 @@ pub async fn register_all(
 pub async fn register_all_locations(
     ctx: &SessionContext,
     dirs: &[shadowtap_storage::Location],
+    listing: Listing,
 ) -> Result<Vec<String>, AnalyzeError> {
     let mut found = Vec::new();
     for table in TABLES {
@@ -255,7 +327,7 @@ pub async fn register_all_locations(
             if ctx.table_exist(*table).unwrap_or(false) {
                 break;
             }
-            if register_location(ctx, table, d).await? > 0 {
+            if register_location(ctx, table, d, listing).await? > 0 {
                 found.push((*table).to_owned());
             }
         }

@@ -180,6 +180,7 @@ fn options(dir: &Path) -> AnalyzeOptions {
         policy: Policy::default(),
         out: dir.join("out"),
         fail_on_marginal: false,
+        engine: Default::default(),
         recorded: Default::default(),
     }
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use shadowtap_analyzer::analyze::write_reports_as;
 use shadowtap_analyzer::pairs::RecordedLimits;
 use shadowtap_analyzer::tables::{
-    default_memory_limit, register_all_locations, run_sql, session_with_memory,
+    default_memory_limit, register_all_locations, run_sql, session_with_memory, Listing,
 };
 use shadowtap_analyzer::{analyze, AnalyzeError, AnalyzeOptions, Policy};
 
@@ -50,6 +50,54 @@ pub struct QueryArgs {
     /// to temporary files. Default: half the machine's memory.
     #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
     max_memory: Option<usize>,
+
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Where SQL runs.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// `local`: in this process; `ballista`: on the Ballista cluster at --scheduler
+    /// (`shadowtap cluster`), whose executors read the data (local paths must exist on them
+    /// too; s3:// prefixes are read with their credentials).
+    #[arg(long, value_enum, value_name = "ENGINE", default_value = "local")]
+    engine: Engine,
+
+    /// The Ballista scheduler, for --engine ballista.
+    #[arg(long, value_name = "df://HOST:PORT", env = "SHADOWTAP_SCHEDULER")]
+    scheduler: Option<String>,
+}
+
+/// SQL engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Apache DataFusion in this process.
+    Local,
+    /// An Apache DataFusion Ballista cluster.
+    Ballista,
+}
+
+impl EngineArgs {
+    /// The session queries run in, and how its tables must name their files.
+    async fn session(
+        &self,
+        max_memory: Option<usize>,
+    ) -> Result<(shadowtap_analyzer::tables::SessionContext, Listing), AnalyzeError> {
+        match (self.engine, &self.scheduler) {
+            (Engine::Local, _) => Ok((
+                session_with_memory(max_memory.or_else(default_memory_limit)),
+                Listing::Pattern,
+            )),
+            (Engine::Ballista, None) => Err(AnalyzeError::Input(
+                "--engine ballista needs --scheduler df://HOST:PORT".into(),
+            )),
+            (Engine::Ballista, Some(s)) => shadowtap_cluster::remote_session(s)
+                .await
+                .map(|ctx| (ctx, Listing::Files))
+                .map_err(|e| AnalyzeError::Input(e.to_string())),
+        }
+    }
 }
 
 /// Output formats.
@@ -140,7 +188,10 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let ctx = session_with_memory(args.max_memory.or_else(default_memory_limit));
+        let (ctx, listing) = match args.engine.session(args.max_memory).await {
+            Ok(s) => s,
+            Err(e) => return Ok(fail(&e)),
+        };
         let mut dirs = Vec::new();
         for d in &args.data {
             match shadowtap_storage::Location::parse(d) {
@@ -151,7 +202,7 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        let found = match register_all_locations(&ctx, &dirs).await {
+        let found = match register_all_locations(&ctx, &dirs, listing).await {
             Ok(f) => f,
             Err(e) => return Ok(fail(&e)),
         };
@@ -303,6 +354,11 @@ pub struct AnalyzeArgs {
 
     #[command(flatten)]
     judge: JudgeArgs,
+
+    /// With --engine ballista the cluster reads the replays where they are (a local path its
+    /// executors see, or an s3:// prefix read in place) and streams the rows to pair here.
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 fn judge(
@@ -311,6 +367,7 @@ fn judge(
     run: Option<String>,
     out: &str,
     j: &JudgeArgs,
+    engine: Option<&EngineArgs>,
 ) -> anyhow::Result<ExitCode> {
     let policy = match j.policy() {
         Ok(p) => p,
@@ -324,9 +381,28 @@ fn judge(
         Ok(c) => c,
         Err(e) => return usage("--capture", e),
     };
-    let replay = match crate::location::input(replay) {
-        Ok(r) => r,
-        Err(e) => return usage("--replay", e),
+    let rt = runtime()?;
+    let ballista = engine.filter(|e| e.engine == Engine::Ballista);
+    let (replay, engine) = match ballista {
+        // The cluster reads the replays in place.
+        Some(e) => {
+            let location = match shadowtap_storage::Location::parse(replay) {
+                Ok(l) => l,
+                Err(err) => return usage("--replay", err.into()),
+            };
+            let sql = rt.block_on(async {
+                let (ctx, listing) = e.session(None).await?;
+                shadowtap_analyzer::Engine::sql(ctx, &location, listing).await
+            });
+            match sql {
+                Ok(s) => (PathBuf::from(replay), s),
+                Err(err) => return Ok(fail(&err)),
+            }
+        }
+        None => match crate::location::input(replay) {
+            Ok(r) => (r, shadowtap_analyzer::Engine::Files),
+            Err(e) => return usage("--replay", e),
+        },
     };
     let output = match crate::location::Output::open(out, false) {
         Ok(o) => o,
@@ -345,8 +421,8 @@ fn judge(
                 .unwrap_or_else(|| RecordedLimits::default().bytes),
             ..RecordedLimits::default()
         },
+        engine,
     };
-    let rt = runtime()?;
     let result = rt.block_on(analyze(&opts));
     let mut v = match result {
         Ok(v) => v,
@@ -406,6 +482,7 @@ pub fn analyze_cmd(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         args.run,
         &args.out,
         &args.judge,
+        Some(&args.engine),
     )
 }
 
@@ -473,7 +550,10 @@ pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
     let replay_dir = if remote {
         format!("{}/replay", args.out.trim_end_matches('/'))
     } else {
-        PathBuf::from(&args.out).join("replay").display().to_string()
+        PathBuf::from(&args.out)
+            .join("replay")
+            .display()
+            .to_string()
     };
     let base_name = args
         .judge
@@ -538,6 +618,7 @@ pub fn gate(args: GateArgs) -> anyhow::Result<ExitCode> {
         None,
         &args.out,
         &args.judge,
+        None,
     )
 }
 

@@ -22,7 +22,11 @@ fn cache_dir(url: &url::Url) -> PathBuf {
         .join("objects")
         .join(url.scheme())
         .join(url.host_str().unwrap_or("_"));
-    for part in url.path().split('/').filter(|p| !p.is_empty() && *p != "..") {
+    for part in url
+        .path()
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "..")
+    {
         dir.push(part);
     }
     dir
@@ -127,6 +131,10 @@ mod tests {
     fn the_cache_mirrors_the_url() {
         let u = url::Url::parse("s3://bucket/runs/../x/").unwrap();
         let d = cache_dir(&u);
-        assert!(d.ends_with("shadowtap/objects/s3/bucket/x"), "{}", d.display());
+        assert!(
+            d.ends_with("shadowtap/objects/s3/bucket/x"),
+            "{}",
+            d.display()
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 mod analyze;
 mod capture;
+mod cluster;
 mod config;
 mod demo;
 mod inspect;
@@ -78,6 +79,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// A client of `shadowtap serve`'s API.
     Ctl(serve::CtlArgs),
+    /// A Ballista scheduler or executor with shadowtap's SQL functions, for --engine ballista.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(*args),
         Command::Serve(args) => serve::run(args),
         Command::Ctl(args) => serve::ctl(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(code) => code,

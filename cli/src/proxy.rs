@@ -372,7 +372,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         match (&url, &staging) {
             (Some(u), Some(dir)) if Some(u) == record_url.as_ref() => c.record = Some(dir.clone()),
             (Some(u), _) if shadowtap_storage::is_remote(u) => {
-                return Err(format!("record = {u}: a new object-storage prefix needs a restart"))
+                return Err(format!(
+                    "record = {u}: a new object-storage prefix needs a restart"
+                ))
             }
             _ => {}
         }

@@ -26,7 +26,10 @@ fn run(s3: &S3, tmp: &Path, args: &[&str]) -> Output {
 
 fn ok(o: Output, what: &str) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success() || o.status.code() == Some(0), "{what}: {err}");
+    assert!(
+        o.status.success() || o.status.code() == Some(0),
+        "{what}: {err}"
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -67,8 +70,22 @@ fn capture_replay_analyze_on_s3_equal_the_same_run_on_disk() {
     let ver = dir.path().join("ver");
     let replay = |from: &str, out: &str| {
         let args = [
-            "replay", "--quiet", "--from", from, "--out", out, "--rate", "max", "--timeout", "5s",
-            "--run-id", "r1", "--target", &targets[0], "--target", &targets[1],
+            "replay",
+            "--quiet",
+            "--from",
+            from,
+            "--out",
+            out,
+            "--rate",
+            "max",
+            "--timeout",
+            "5s",
+            "--run-id",
+            "r1",
+            "--target",
+            &targets[0],
+            "--target",
+            &targets[1],
         ];
         ok(run(&s3, &tmp, &args), "replay");
     };
@@ -77,8 +94,13 @@ fn capture_replay_analyze_on_s3_equal_the_same_run_on_disk() {
         &s3,
         &tmp,
         &[
-            "analyze", "--capture", cap.to_str().unwrap(), "--replay", rep.to_str().unwrap(),
-            "--out", ver.to_str().unwrap(),
+            "analyze",
+            "--capture",
+            cap.to_str().unwrap(),
+            "--replay",
+            rep.to_str().unwrap(),
+            "--out",
+            ver.to_str().unwrap(),
         ],
     )
     .status
@@ -86,7 +108,18 @@ fn capture_replay_analyze_on_s3_equal_the_same_run_on_disk() {
 
     // The same on s3://.
     ok(
-        run(&s3, &tmp, &["capture", "--quiet", "--read", pcap.to_str().unwrap(), "--out", "s3://rec/cap"]),
+        run(
+            &s3,
+            &tmp,
+            &[
+                "capture",
+                "--quiet",
+                "--read",
+                pcap.to_str().unwrap(),
+                "--out",
+                "s3://rec/cap",
+            ],
+        ),
         "capture to s3",
     );
     replay("s3://rec/cap", "s3://rec/rep/");
@@ -94,29 +127,57 @@ fn capture_replay_analyze_on_s3_equal_the_same_run_on_disk() {
         &s3,
         &tmp,
         &[
-            "analyze", "--capture", "s3://rec/cap", "--replay", "s3://rec/rep", "--out",
-            "s3://rec/ver", "--json",
+            "analyze",
+            "--capture",
+            "s3://rec/cap",
+            "--replay",
+            "s3://rec/rep",
+            "--out",
+            "s3://rec/ver",
+            "--json",
         ],
     );
-    assert_eq!(remote.status.code(), local_code, "{}", String::from_utf8_lossy(&remote.stderr));
+    assert_eq!(
+        remote.status.code(),
+        local_code,
+        "{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
     assert_eq!(local_code, Some(1), "a 30% error candidate is no-go");
     let stderr = String::from_utf8_lossy(&remote.stderr);
-    assert!(stderr.contains("wrote        s3://rec/ver/verdict.json"), "{stderr}");
+    assert!(
+        stderr.contains("wrote        s3://rec/ver/verdict.json"),
+        "{stderr}"
+    );
 
     // What landed: complete files only, under the names a local run gives them.
     let keys = s3.keys("rec", "");
     for k in &keys {
-        assert!(!k.split('/').any(|p| p.starts_with('.')), "a hidden object: {k}");
+        assert!(
+            !k.split('/').any(|p| p.starts_with('.')),
+            "a hidden object: {k}"
+        );
     }
     let under = |p: &str| keys.iter().filter(|k| k.starts_with(p)).count();
     assert!(under("cap/exchanges-") >= 1, "{keys:?}");
-    assert!(keys.iter().any(|k| k.starts_with("cap/capture-") && k.ends_with(".summary.json")), "{keys:?}");
-    assert!(keys.contains(&"rep/replay-r1.summary.json".to_owned()), "{keys:?}");
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("cap/capture-") && k.ends_with(".summary.json")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"rep/replay-r1.summary.json".to_owned()),
+        "{keys:?}"
+    );
     for f in ["verdict.json", "report.md", "junit.xml", "report.html"] {
         assert!(keys.contains(&format!("ver/{f}")), "{f}: {keys:?}");
     }
     assert!(under("ver/diffs-") >= 1, "{keys:?}");
-    assert!(staging_dirs(&tmp).is_empty(), "staging left: {:?}", staging_dirs(&tmp));
+    assert!(
+        staging_dirs(&tmp).is_empty(),
+        "staging left: {:?}",
+        staging_dirs(&tmp)
+    );
 
     // The same rows, read in place by `query --data s3://…` and from disk.
     let sql = "SELECT exchange_id, method, uri, status, latency_us, length(response_body) AS body FROM exchanges ORDER BY exchange_id";
@@ -161,9 +222,22 @@ fn capture_replay_analyze_on_s3_equal_the_same_run_on_disk() {
     let second = run(
         &s3,
         &tmp,
-        &["analyze", "--capture", "s3://rec/cap", "--replay", "s3://rec/rep", "--out", "s3://rec/ver"],
+        &[
+            "analyze",
+            "--capture",
+            "s3://rec/cap",
+            "--replay",
+            "s3://rec/rep",
+            "--out",
+            "s3://rec/ver",
+        ],
     );
-    assert_eq!(second.status.code(), Some(1), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(
+        second.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     let after = s3.keys("rec", "ver/diffs-");
     assert_eq!(before.len(), after.len(), "{before:?} {after:?}");
     assert_ne!(before, after, "the old diffs are gone");
@@ -179,7 +253,10 @@ fn an_interrupted_upload_leaves_no_visible_object() {
     let s3 = S3::start();
     s3.bucket("rec");
     let store = moto_store(&s3, "rec");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let key = object_store::path::Path::from("cap/exchanges-x-00001.parquet");
         let mut upload = store.put_multipart(&key).await.unwrap();
@@ -188,8 +265,15 @@ fn an_interrupted_upload_leaves_no_visible_object() {
         }
         // The process dies here: the upload is never completed.
         drop(upload);
-        assert!(store.head(&key).await.is_err(), "a partial upload is visible");
-        assert!(s3.keys("rec", "cap/").is_empty(), "{:?}", s3.keys("rec", "cap/"));
+        assert!(
+            store.head(&key).await.is_err(),
+            "a partial upload is visible"
+        );
+        assert!(
+            s3.keys("rec", "cap/").is_empty(),
+            "{:?}",
+            s3.keys("rec", "cap/")
+        );
     });
     // And through shadowtap: a capture whose destination refuses the upload keeps its files
     // and says where.
@@ -198,7 +282,14 @@ fn an_interrupted_upload_leaves_no_visible_object() {
     let o = run(
         &s3,
         dir.path(),
-        &["capture", "--quiet", "--read", pcap.to_str().unwrap(), "--out", "s3://no-such-bucket/cap"],
+        &[
+            "capture",
+            "--quiet",
+            "--read",
+            pcap.to_str().unwrap(),
+            "--out",
+            "s3://no-such-bucket/cap",
+        ],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -209,7 +300,9 @@ fn an_interrupted_upload_leaves_no_visible_object() {
         .unwrap_or_else(|| panic!("where the files are kept: {err}"));
     let files: Vec<_> = std::fs::read_dir(&kept).unwrap().flatten().collect();
     assert!(
-        files.iter().any(|f| f.file_name().to_string_lossy().starts_with("exchanges-")),
+        files
+            .iter()
+            .any(|f| f.file_name().to_string_lossy().starts_with("exchanges-")),
         "{kept}"
     );
     assert!(s3.keys("rec", "").is_empty());
@@ -232,7 +325,10 @@ fn profile_files_give_credentials_region_and_endpoint() {
     .unwrap();
     std::fs::write(
         home.join(".aws/config"),
-        format!("[profile ci]\nregion = us-east-1\nendpoint_url = {}\n", s3.endpoint),
+        format!(
+            "[profile ci]\nregion = us-east-1\nendpoint_url = {}\n",
+            s3.endpoint
+        ),
     )
     .unwrap();
     let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/demo/api.pcap");
@@ -250,11 +346,30 @@ fn profile_files_give_credentials_region_and_endpoint() {
             .output()
             .unwrap()
     };
-    let o = with_profile(&["capture", "--quiet", "--read", pcap.to_str().unwrap(), "--out", "s3://rec/p"]);
+    let o = with_profile(&[
+        "capture",
+        "--quiet",
+        "--read",
+        pcap.to_str().unwrap(),
+        "--out",
+        "s3://rec/p",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = with_profile(&["query", "--data", "s3://rec/p", "--format", "csv", "SELECT count(*) AS n FROM exchanges"]);
+    let o = with_profile(&[
+        "query",
+        "--data",
+        "s3://rec/p",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM exchanges",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let n: u64 = String::from_utf8_lossy(&o.stdout).lines().nth(1).unwrap().parse().unwrap();
+    let n: u64 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(n > 100, "{n}");
     assert!(!s3.keys("rec", "p/exchanges-").is_empty());
 }
@@ -287,16 +402,25 @@ fn live_publishing_uploads_complete_files_only_and_frees_the_disk() {
     let part_dir = dir.join("date=2026-12-01").join("hour=20");
     std::fs::create_dir_all(&part_dir).unwrap();
     // 20 MiB of varied bytes: three parts.
-    let body: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let body: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let writing = part_dir.join(".exchanges-r-00001.parquet.inprogress");
     std::fs::write(&writing, &body).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    assert!(s3.keys("rec", "live/").is_empty(), "an unfinished file went up: {:?}", s3.keys("rec", "live/"));
+    assert!(
+        s3.keys("rec", "live/").is_empty(),
+        "an unfinished file went up: {:?}",
+        s3.keys("rec", "live/")
+    );
     let done = part_dir.join("exchanges-r-00001.parquet");
     std::fs::rename(&writing, &done).unwrap();
     let start = std::time::Instant::now();
     while done.exists() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "not uploaded");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "not uploaded"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let key = "live/date=2026-12-01/hour=20/exchanges-r-00001.parquet";
@@ -305,10 +429,22 @@ fn live_publishing_uploads_complete_files_only_and_frees_the_disk() {
     let urls = publisher.finish().unwrap();
     assert_eq!(urls.len(), 2, "{urls:?}");
     assert!(!dir.exists(), "the staging directory is removed");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let got = rt.block_on(async {
-        store.get(&object_store::path::Path::from(key)).await.unwrap().bytes().await.unwrap()
+        store
+            .get(&object_store::path::Path::from(key))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
     });
     assert_eq!(got.len(), body.len());
-    assert!(got.as_ref() == body.as_slice(), "the object differs from the file");
+    assert!(
+        got.as_ref() == body.as_slice(),
+        "the object differs from the file"
+    );
 }

@@ -46,10 +46,16 @@ impl S3 {
         };
         let start = Instant::now();
         loop {
-            if s3.request("GET", "/", "").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            if s3
+                .request("GET", "/", "")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
                 return s3;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "moto_server did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -72,14 +78,20 @@ impl S3 {
 
     /// Creates a bucket.
     pub fn bucket(&self, name: &str) {
-        let r = self.request("PUT", &format!("/{name}"), "").expect("moto answers");
+        let r = self
+            .request("PUT", &format!("/{name}"), "")
+            .expect("moto answers");
         assert!(r.starts_with("HTTP/1.1 200"), "creating bucket {name}: {r}");
     }
 
     /// The keys under `prefix` in `bucket`, sorted.
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let r = self
-            .request("GET", &format!("/{bucket}?list-type=2&prefix={prefix}&max-keys=1000"), "")
+            .request(
+                "GET",
+                &format!("/{bucket}?list-type=2&prefix={prefix}&max-keys=1000"),
+                "",
+            )
             .expect("moto answers");
         let mut keys: Vec<String> = r
             .split("<Key>")

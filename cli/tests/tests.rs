@@ -2,6 +2,7 @@
 
 mod canary;
 mod capture_cli;
+mod cluster_cli;
 mod live_cli;
 mod memory_budget;
 mod notebook;

@@ -464,6 +464,7 @@ async fn a_recorded_mirror_run_is_judged_right() {
             policy,
             out: dir.path().join(format!("out-{candidate}")),
             fail_on_marginal: false,
+            engine: Default::default(),
             recorded: Default::default(),
         })
         .await

@@ -149,11 +149,7 @@ impl Remote {
             .into_iter()
             .filter_map(|m| {
                 let rel: Vec<_> = m.location.prefix_match(&self.prefix)?.collect();
-                let rel = rel
-                    .iter()
-                    .map(|p| p.as_ref())
-                    .collect::<Vec<_>>()
-                    .join("/");
+                let rel = rel.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/");
                 (!rel.is_empty()).then_some((rel, m.size))
             })
             .collect();
@@ -188,7 +184,9 @@ impl Remote {
                 continue;
             }
             let parent = dest.parent().unwrap_or(dir);
-            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io(parent))?;
             let part = parent.join(format!(
                 ".{}.part",
                 dest.file_name().unwrap_or_default().to_string_lossy()
@@ -267,10 +265,7 @@ impl Remote {
 
     /// Deletes the objects under the prefix whose relative path `doomed` selects; returns how
     /// many.
-    pub async fn delete_where(
-        &self,
-        doomed: impl Fn(&str) -> bool,
-    ) -> Result<usize, StorageError> {
+    pub async fn delete_where(&self, doomed: impl Fn(&str) -> bool) -> Result<usize, StorageError> {
         let mut n = 0;
         for (rel, _) in self.list().await? {
             if doomed(&rel) {
@@ -337,11 +332,15 @@ pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>, StorageError> {
             }
             // An endpoint the user gave as http:// (a local MinIO, moto, a proxy) is meant.
             let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
-            if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+            if endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"))
+            {
                 b = b.with_allow_http(true);
             }
             if b.get_config_value(&AmazonS3ConfigKey::Region).is_none()
-                && b.get_config_value(&AmazonS3ConfigKey::DefaultRegion).is_none()
+                && b.get_config_value(&AmazonS3ConfigKey::DefaultRegion)
+                    .is_none()
             {
                 b = b.with_region("us-east-1");
             }
@@ -377,8 +376,12 @@ mod tests {
         assert!(is_remote("GS://b"));
         assert!(!is_remote("/tmp/out"));
         assert!(!is_remote("file:///tmp/out"));
-        assert!(matches!(Location::parse("out").unwrap(), Location::Local(p) if p == Path::new("out")));
-        assert!(matches!(Location::parse("file:///x/y").unwrap(), Location::Local(p) if p == Path::new("/x/y")));
+        assert!(
+            matches!(Location::parse("out").unwrap(), Location::Local(p) if p == Path::new("out"))
+        );
+        assert!(
+            matches!(Location::parse("file:///x/y").unwrap(), Location::Local(p) if p == Path::new("/x/y"))
+        );
         let e = Location::parse("ftp://host/x").unwrap_err().to_string();
         assert!(e.contains("ftp://"), "{e}");
         let e = Location::parse("s3:///nobucket").unwrap_err().to_string();
@@ -390,7 +393,10 @@ mod tests {
         let r = Remote::parse("s3://bucket/runs/2026").unwrap();
         assert_eq!(r.url().as_str(), "s3://bucket/runs/2026/");
         assert_eq!(r.bucket_url().as_str(), "s3://bucket/");
-        assert_eq!(r.key("date=x/hour=1/f.parquet").as_ref(), "runs/2026/date=x/hour=1/f.parquet");
+        assert_eq!(
+            r.key("date=x/hour=1/f.parquet").as_ref(),
+            "runs/2026/date=x/hour=1/f.parquet"
+        );
         assert_eq!(r.url_of("f"), "s3://bucket/runs/2026/f");
         let root = Remote::parse("s3://bucket").unwrap();
         assert_eq!(root.key("f").as_ref(), "f");

@@ -102,7 +102,10 @@ impl Publisher {
                     let files = complete_files(&dir, true);
                     if !files.is_empty() {
                         match push(&remote, &dir, &files) {
-                            Ok(urls) => uploaded.lock().unwrap_or_else(|p| p.into_inner()).extend(urls),
+                            Ok(urls) => uploaded
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .extend(urls),
                             Err(e) => {
                                 // Retried on the next pass and at the end, which reports it.
                                 tracing::warn!("upload failed (retrying): {e}");
@@ -157,7 +160,8 @@ impl Publisher {
         };
         match result {
             Ok(urls) => {
-                let mut all = std::mem::take(&mut *self.uploaded.lock().unwrap_or_else(|p| p.into_inner()));
+                let mut all =
+                    std::mem::take(&mut *self.uploaded.lock().unwrap_or_else(|p| p.into_inner()));
                 all.extend(urls);
                 Ok(all)
             }
