@@ -132,6 +132,11 @@ impl Pairs {
         self.window_at(now_s().saturating_sub(1), seconds)
     }
 
+    /// The pairs completed during the Unix second `second`.
+    pub fn second(&self, second: u64) -> Vec<Pair> {
+        self.window_at(second, 1)
+    }
+
     fn window_at(&self, now: u64, seconds: u64) -> Vec<Pair> {
         let b = self.book.lock().unwrap_or_else(|p| p.into_inner());
         b.pairs

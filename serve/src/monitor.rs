@@ -258,7 +258,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                 min_units: defaults.min_requests.max(GateConfig::default().min_units),
                 ..GateConfig::default()
             };
-            let g = gate::paired(&plane.pairs(id, secs), &config, d.progress.looks + 1);
+            let g = gate::paired(&plane.pairs(id, secs).await, &config, d.progress.looks + 1);
             let looks = d.progress.looks + u32::from(!matches!(g, Gate::NotEnough { .. }));
             let mut metrics = metrics;
             metrics["gate"] = serde_json::to_value(&g).unwrap_or_default();

@@ -443,13 +443,16 @@ impl Plane {
             let (counts, hist) = self.figures(id, pool, seconds).await?;
             out.insert(pool, ProxyWindow::of(counts, &hist));
         }
-        if let Some(s) = lb.state.routing().sinks.iter().find(|s| s.name == SHADOW) {
-            out.insert("shadow", s.stats.complete_window(seconds));
+        let shadowing = lb.state.routing().sinks.iter().any(|s| s.name == SHADOW);
+        if shadowing {
+            if let Some((counts, hist)) = self.figures(id, "shadow", seconds).await {
+                out.insert("shadow", ProxyWindow::of(counts, &hist));
+            }
         }
         Some(out)
     }
 
-    /// A pool's (`stable` or `candidate`) counts — requests, 5xx, transport errors — and
+    /// A pool's (`stable`, `candidate` or `shadow`) counts — requests, 5xx, transport errors — and
     /// latency histogram over the last `seconds` whole seconds: this instance's proxy alone,
     /// or, when other instances publish to the same store, every instance's summed (lagging a
     /// second more, so their last second has arrived).
@@ -459,11 +462,7 @@ impl Plane {
         pool: &'static str,
         seconds: u64,
     ) -> Option<([u64; 3], Vec<u64>)> {
-        let lb = self.balancers.get(id)?;
-        let stats = match pool {
-            "stable" => &lb.state.production,
-            _ => &lb.state.canary,
-        };
+        let stats = self.pool_stats(id, pool)?;
         if self.has_peers(id).await {
             let (lbid, now_s) = (id.to_owned(), now() as i64);
             let (from, to) = (now_s - 1 - seconds as i64, now_s - 2);
@@ -481,6 +480,23 @@ impl Plane {
             [w.requests, w.status_5xx, w.transport_errors],
             stats.histogram(seconds),
         ))
+    }
+
+    /// The live figures of a pool of `id` in this instance's proxy: `stable`, `candidate`, or
+    /// `shadow` (while mirroring).
+    fn pool_stats(&self, id: &str, pool: &str) -> Option<Arc<shadowtap_proxy::stats::PoolStats>> {
+        let lb = self.balancers.get(id)?;
+        match pool {
+            "stable" => Some(lb.state.production.clone()),
+            "candidate" => Some(lb.state.canary.clone()),
+            _ => lb
+                .state
+                .routing()
+                .sinks
+                .iter()
+                .find(|s| s.name == SHADOW)
+                .map(|s| s.stats.clone()),
+        }
     }
 
     /// Whether other instances published figures of `id` in the last 30 s (checked every
@@ -521,14 +537,28 @@ impl Plane {
         }
         let now_s = now() as i64;
         let mut rows = Vec::new();
-        for (id, lb) in &self.balancers {
-            for (pool, stats) in [
-                ("stable", &lb.state.production),
-                ("candidate", &lb.state.canary),
-            ] {
+        for id in self.balancers.keys() {
+            for pool in ["stable", "candidate", "shadow"] {
+                let Some(stats) = self.pool_stats(id, pool) else {
+                    continue;
+                };
                 for second in now_s - 3..now_s {
                     let (r, e, h) = stats.second(second as u64);
                     rows.push((id.clone(), pool, second, r, e, h));
+                }
+            }
+        }
+        // Mirrored pairs are final once their second is over.
+        let mut pair_rows = Vec::new();
+        for id in self.balancers.keys() {
+            if let Some(book) = self.pairs_book(id) {
+                for second in now_s - 2..now_s {
+                    let pairs: Vec<PairOutcome> = book
+                        .second(second as u64)
+                        .into_iter()
+                        .map(pair_outcome)
+                        .collect();
+                    pair_rows.push((id.clone(), second, pairs));
                 }
             }
         }
@@ -538,6 +568,9 @@ impl Plane {
             .call(move |s| {
                 for (id, pool, second, r, e, h) in rows {
                     s.publish(&me, &id, pool, second, r, e, &h)?;
+                }
+                for (id, second, pairs) in pair_rows {
+                    s.publish_pairs(&me, &id, second, &pairs)?;
                 }
                 s.prune_seconds(now_s - 600).map(|_| ())
             })
@@ -617,38 +650,38 @@ impl Plane {
         Some((sample(c), sample(s)))
     }
 
-    /// The shadow pool's mirrored pairs over the last `seconds`.
-    pub fn pairs(&self, id: &str, seconds: u64) -> Vec<PairOutcome> {
-        use shadowtap_proxy::stats::Outcome;
-        let Some(lb) = self.balancers.get(id) else {
-            return Vec::new();
-        };
+    /// The shadow pool's pairs book of `id`, when it keeps one.
+    fn pairs_book(&self, id: &str) -> Option<Arc<shadowtap_proxy::pairs::Pairs>> {
+        let lb = self.balancers.get(id)?;
         let routing = lb.state.routing();
-        let Some(pairs) = routing
+        routing
             .sinks
             .iter()
             .find(|s| s.name == SHADOW)
             .and_then(|s| s.pairs.clone())
-        else {
+    }
+
+    /// The shadow pool's mirrored pairs over the last `seconds` whole seconds: of every
+    /// instance when others publish theirs (PostgreSQL), else this one's.
+    pub async fn pairs(&self, id: &str, seconds: u64) -> Vec<PairOutcome> {
+        if self.has_peers(id).await {
+            let (lbid, now_s) = (id.to_owned(), now() as i64);
+            let (from, to) = (now_s - 1 - seconds as i64, now_s - 2);
+            if let Ok(all) = self
+                .store
+                .call(move |s| s.combined_pairs(&lbid, from, to))
+                .await
+            {
+                return all;
+            }
+        }
+        let Some(pairs) = self.pairs_book(id) else {
             return Vec::new();
-        };
-        let split = |o: Outcome| match o {
-            Outcome::Status(st, us) => (st >= 500, Some(us as f64 / 1000.0)),
-            Outcome::TransportError => (true, None),
         };
         pairs
             .complete_window(seconds)
             .into_iter()
-            .map(|p| {
-                let (pe, pm) = split(p.production);
-                let (se, sm) = split(p.shadow);
-                PairOutcome {
-                    production_error: pe,
-                    shadow_error: se,
-                    production_ms: pm,
-                    shadow_ms: sm,
-                }
-            })
+            .map(pair_outcome)
             .collect()
     }
 
@@ -667,5 +700,22 @@ impl Plane {
                 eprintln!("shadowtap serve: a proxy ended with an error: {e}");
             }
         }
+    }
+}
+
+/// A proxy's pair as the gate reads it.
+fn pair_outcome(p: shadowtap_proxy::pairs::Pair) -> PairOutcome {
+    use shadowtap_proxy::stats::Outcome;
+    let split = |o: Outcome| match o {
+        Outcome::Status(st, us) => (st >= 500, Some(us as f64 / 1000.0)),
+        Outcome::TransportError => (true, None),
+    };
+    let (pe, pm) = split(p.production);
+    let (se, sm) = split(p.shadow);
+    PairOutcome {
+        production_error: pe,
+        shadow_error: se,
+        production_ms: pm,
+        shadow_ms: sm,
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::deployment::{Alert, Deployment, HistoryEntry, Outcome};
 use crate::error::ServeError;
+use shadowtap_control::gate::PairOutcome;
 
 /// A parameter.
 #[derive(Debug, Clone)]
@@ -236,10 +237,19 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS pool_seconds (instance TEXT NOT NULL, lb TEXT NOT NULL, pool TEXT NOT NULL, second BIGINT NOT NULL, requests BIGINT NOT NULL, errors BIGINT NOT NULL, hist TEXT NOT NULL, PRIMARY KEY (instance, lb, pool, second))",
         ],
     ),
+    (
+        3,
+        &[
+            // The mirrored pairs each instance completed in a second: [production error,
+            // shadow error, production ms, shadow ms] per pair, so the shadow gate judges the
+            // pairs of every instance.
+            "CREATE TABLE IF NOT EXISTS pair_seconds (instance TEXT NOT NULL, lb TEXT NOT NULL, second BIGINT NOT NULL, pairs TEXT NOT NULL, PRIMARY KEY (instance, lb, second))",
+        ],
+    ),
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// An alert waiting in the outbox.
 #[derive(Debug, Clone)]
@@ -753,6 +763,64 @@ impl Store {
         Ok((requests, errors, hist, instances.len()))
     }
 
+    /// Publishes the mirrored pairs this instance completed in `second`.
+    pub fn publish_pairs(
+        &self,
+        instance: &str,
+        lb: &str,
+        second: i64,
+        pairs: &[PairOutcome],
+    ) -> Result<(), ServeError> {
+        let bit = |b: bool| u8::from(b);
+        let rows: Vec<(u8, u8, Option<f64>, Option<f64>)> = pairs
+            .iter()
+            .map(|p| {
+                (
+                    bit(p.production_error),
+                    bit(p.shadow_error),
+                    p.production_ms,
+                    p.shadow_ms,
+                )
+            })
+            .collect();
+        let text = serde_json::to_string(&rows).expect("pairs serialise");
+        self.with(|c| {
+            c.exec(
+                "INSERT INTO pair_seconds (instance, lb, second, pairs) VALUES ($1, $2, $3, $4) ON CONFLICT (instance, lb, second) DO UPDATE SET pairs = excluded.pairs",
+                &[P::T(instance.into()), P::T(lb.into()), P::I(second), P::T(text)],
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// The mirrored pairs every instance completed in the seconds `from..=to`.
+    pub fn combined_pairs(
+        &self,
+        lb: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<PairOutcome>, ServeError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT pairs FROM pair_seconds WHERE lb = $1 AND second >= $2 AND second <= $3",
+                &[P::T(lb.into()), P::I(from), P::I(to)],
+                &[K::T],
+            )
+        })?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let pairs: Vec<(u8, u8, Option<f64>, Option<f64>)> =
+                serde_json::from_str(&r[0].text()).unwrap_or_default();
+            out.extend(pairs.into_iter().map(|(pe, se, pm, sm)| PairOutcome {
+                production_error: pe != 0,
+                shadow_error: se != 0,
+                production_ms: pm,
+                shadow_ms: sm,
+            }));
+        }
+        Ok(out)
+    }
+
     /// Instances other than `me` that published figures of `lb` since `since`.
     pub fn peers(&self, lb: &str, me: &str, since: i64) -> Result<u64, ServeError> {
         let rows = self.with(|c| {
@@ -767,12 +835,19 @@ impl Store {
 
     /// Forgets published figures older than `before` (Unix seconds).
     pub fn prune_seconds(&self, before: i64) -> Result<u64, ServeError> {
-        self.with(|c| {
+        let pools = self.with(|c| {
             c.exec(
                 "DELETE FROM pool_seconds WHERE second < $1",
                 &[P::I(before)],
             )
-        })
+        })?;
+        let pairs = self.with(|c| {
+            c.exec(
+                "DELETE FROM pair_seconds WHERE second < $1",
+                &[P::I(before)],
+            )
+        })?;
+        Ok(pools + pairs)
     }
 
     /// Forgets alerts delivered before `before` (the outbox does not grow without bound; the

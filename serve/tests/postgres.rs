@@ -401,6 +401,67 @@ async fn the_leader_judges_the_traffic_of_every_instance() {
     a.shutdown().await;
 }
 
+/// The shadow gate judges the mirrored pairs of every instance: every request goes through
+/// the follower's proxy, the shadow answers 30 ms late, and the leader (whose own proxy
+/// mirrors nothing) finds the deviation on the pairs the follower published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_judges_the_mirrored_pairs_of_every_instance() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let pg = Postgres::start();
+    let (prod, _) = backend().await;
+    let (shadow_url, shadow) = backend().await;
+    shadow.delay_ms.store(30, Ordering::Relaxed);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shadowtap_serve::Server::start(config(da.path(), &prod, Some(pg.url.clone()), None))
+        .await
+        .unwrap();
+    wait_leader(&a).await;
+    let b = shadowtap_serve::Server::start(config(db.path(), &prod, Some(pg.url.clone()), None))
+        .await
+        .unwrap();
+    post_ok(
+        a.api,
+        "/loadbalancer/web/shadow",
+        serde_json::json!({"shadowPool": [shadow_url], "mirrorPercentage": 100}),
+    )
+    .await;
+    let pb = b.plane.balancers["web"].addr;
+    let load = tokio::spawn(async move {
+        for _ in 0..100 {
+            traffic(pb, 20, &[]).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let t0 = Instant::now();
+    let v = loop {
+        let (_, v) = call(a.api, "GET", "/loadbalancer/web", None).await;
+        if v["lastJudgement"]["decision"] == "deviation" {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the leader found no deviation: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        v["lastJudgement"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("mirrored pairs"),
+        "{v}"
+    );
+    assert_eq!(
+        a.plane.balancers["web"].state.production.total(),
+        0,
+        "a's proxy saw none"
+    );
+    load.abort();
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
 /// The leader dies without a word (its tasks aborted, its lease left to run out): the other
 /// instance takes over within the lease, the shift goes on, and every transition's alert
 /// reached the webhook exactly once across the two.
