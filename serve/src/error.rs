@@ -34,14 +34,8 @@ pub enum ServeError {
     },
 }
 
-impl From<rusqlite::Error> for ServeError {
-    fn from(e: rusqlite::Error) -> Self {
-        ServeError::Store(e.to_string())
-    }
-}
-
-impl From<postgres::Error> for ServeError {
-    fn from(e: postgres::Error) -> Self {
+impl From<sqlx::Error> for ServeError {
+    fn from(e: sqlx::Error) -> Self {
         ServeError::Store(e.to_string())
     }
 }

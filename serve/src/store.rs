@@ -4,8 +4,9 @@
 //! version is still the one the change was computed from (so two writers never both win), and
 //! the history rows and the outbox rows of that change are written with it or not at all.
 //!
-//! The drivers are synchronous; callers run them on tokio's blocking pool
-//! ([`Store::call`]), one statement stream per connection at a time.
+//! The driver is `sqlx` (SQLite bundled, PostgreSQL), behind a synchronous interface
+//! ([`sql`]); callers run the store on tokio's blocking pool ([`Store::call`]), one statement
+//! stream per connection at a time. The migrations are embedded (`MIGRATIONS`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -14,89 +15,9 @@ use crate::deployment::{Alert, Deployment, HistoryEntry, Outcome};
 use crate::error::ServeError;
 use shadowtap_control::gate::PairOutcome;
 
-/// A parameter.
-#[derive(Debug, Clone)]
-enum P {
-    T(String),
-    I(i64),
-    F(f64),
-    NullF,
-}
+mod sql;
 
-/// A column's kind, to read it.
-#[derive(Debug, Clone, Copy)]
-enum K {
-    T,
-    I,
-}
-
-/// A value read.
-#[derive(Debug, Clone)]
-enum V {
-    T(String),
-    I(i64),
-}
-
-impl V {
-    fn text(&self) -> String {
-        match self {
-            V::T(s) => s.clone(),
-            _ => String::new(),
-        }
-    }
-    fn int(&self) -> i64 {
-        match self {
-            V::I(i) => *i,
-            _ => 0,
-        }
-    }
-}
-
-enum Backend {
-    Sqlite(Box<rusqlite::Connection>),
-    Postgres(Box<Pg>),
-}
-
-/// The PostgreSQL client, and the URL to connect again with when the server closed the
-/// connection (a restart, a failover). Its drop runs a runtime of its own (the `postgres`
-/// crate's), which panics on a thread that drives async tasks: it is dropped on a thread of
-/// its own.
-struct Pg(Option<postgres::Client>, String);
-
-/// Statements that take longer fail (the API and the monitor never hang on the store).
-const PG_SETUP: &str = "SET statement_timeout = '10s'; SET lock_timeout = '10s'";
-
-fn pg_connect(url: &str) -> Result<postgres::Client, ServeError> {
-    let mut c = postgres::Client::connect(url, postgres::NoTls)
-        .map_err(|e| ServeError::Store(format!("{}: {e}", redact_url(url))))?;
-    c.batch_execute(PG_SETUP)?;
-    Ok(c)
-}
-
-impl Pg {
-    fn client(&mut self) -> &mut postgres::Client {
-        self.0.as_mut().expect("only taken on drop")
-    }
-
-    /// Connects again if the server closed the connection.
-    fn reconnect_if_closed(&mut self) -> Result<(), ServeError> {
-        if self.0.as_ref().is_some_and(postgres::Client::is_closed) {
-            let fresh = pg_connect(&self.1)?;
-            if let Some(old) = self.0.replace(fresh) {
-                let _ = std::thread::spawn(move || drop(old)).join();
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
-            let _ = std::thread::spawn(move || drop(c)).join();
-        }
-    }
-}
+use sql::{Backend, K, P, V};
 
 /// A connection in a transaction, or not.
 struct Conn<'a> {
@@ -104,117 +25,31 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    fn exec(&mut self, sql: &str, params: &[P]) -> Result<u64, ServeError> {
-        match self.b {
-            Backend::Sqlite(c) => {
-                let sql = sql.replace('$', "?");
-                let vals = params.iter().map(sqlite_value);
-                Ok(c.execute(&sql, rusqlite::params_from_iter(vals))? as u64)
-            }
-            Backend::Postgres(c) => {
-                let c = c.client();
-                let owned = pg_params(params);
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    owned.iter().map(|b| b.as_ref()).collect();
-                Ok(c.execute(sql, &refs)?)
-            }
-        }
+    fn exec(&mut self, sql: &'static str, params: &[P]) -> Result<u64, ServeError> {
+        self.b.exec(sql, params)
     }
 
-    fn query(&mut self, sql: &str, params: &[P], kinds: &[K]) -> Result<Vec<Vec<V>>, ServeError> {
-        match self.b {
-            Backend::Sqlite(c) => {
-                let sql = sql.replace('$', "?");
-                let mut st = c.prepare(&sql)?;
-                let vals = params.iter().map(sqlite_value);
-                let rows = st.query_map(rusqlite::params_from_iter(vals), |r| {
-                    kinds
-                        .iter()
-                        .enumerate()
-                        .map(|(i, k)| {
-                            Ok(match k {
-                                K::T => V::T(r.get(i)?),
-                                K::I => V::I(r.get(i)?),
-                            })
-                        })
-                        .collect::<Result<Vec<V>, rusqlite::Error>>()
-                })?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            }
-            Backend::Postgres(c) => {
-                let c = c.client();
-                let owned = pg_params(params);
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    owned.iter().map(|b| b.as_ref()).collect();
-                let rows = c.query(sql, &refs)?;
-                rows.iter()
-                    .map(|r| {
-                        kinds
-                            .iter()
-                            .enumerate()
-                            .map(|(i, k)| {
-                                Ok(match k {
-                                    K::T => V::T(r.try_get(i)?),
-                                    K::I => V::I(r.try_get(i)?),
-                                })
-                            })
-                            .collect::<Result<Vec<V>, postgres::Error>>()
-                            .map_err(ServeError::from)
-                    })
-                    .collect()
-            }
-        }
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[P],
+        kinds: &[K],
+    ) -> Result<Vec<Vec<V>>, ServeError> {
+        self.b.query(sql, params, kinds)
     }
 
     fn begin(&mut self) -> Result<(), ServeError> {
-        match self.b {
-            Backend::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
-            Backend::Postgres(c) => c.client().batch_execute("BEGIN")?,
-        }
-        Ok(())
+        let begin = self.b.begin_sql();
+        self.b.batch(begin)
     }
 
     fn commit(&mut self) -> Result<(), ServeError> {
-        match self.b {
-            Backend::Sqlite(c) => c.execute_batch("COMMIT")?,
-            Backend::Postgres(c) => c.client().batch_execute("COMMIT")?,
-        }
-        Ok(())
+        self.b.batch("COMMIT")
     }
 
     fn rollback(&mut self) {
-        let _ = match self.b {
-            Backend::Sqlite(c) => c.execute_batch("ROLLBACK").map_err(ServeError::from),
-            Backend::Postgres(c) => c
-                .client()
-                .batch_execute("ROLLBACK")
-                .map_err(ServeError::from),
-        };
+        let _ = self.b.batch("ROLLBACK");
     }
-}
-
-fn sqlite_value(p: &P) -> rusqlite::types::Value {
-    use rusqlite::types::Value;
-    match p {
-        P::T(s) => Value::Text(s.clone()),
-        P::I(i) => Value::Integer(*i),
-        P::F(f) => Value::Real(*f),
-        P::NullF => Value::Null,
-    }
-}
-
-fn pg_params(params: &[P]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
-    params
-        .iter()
-        .map(|p| -> Box<dyn postgres::types::ToSql + Sync> {
-            match p {
-                P::T(s) => Box::new(s.clone()),
-                P::I(i) => Box::new(*i),
-                P::F(f) => Box::new(*f),
-                P::NullF => Box::new(None::<f64>),
-            }
-        })
-        .collect()
 }
 
 /// The schema's migrations, in order: each runs once, in a transaction, recorded in
@@ -308,18 +143,9 @@ impl Store {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| ServeError::Store(format!("{}: {e}", dir.display())))?;
             }
-            let c = rusqlite::Connection::open(path)
-                .map_err(|e| ServeError::Store(format!("{path}: {e}")))?;
-            c.pragma_update(None, "journal_mode", "WAL")?;
-            c.pragma_update(None, "synchronous", "FULL")?;
-            c.busy_timeout(std::time::Duration::from_secs(10))?;
-            (Backend::Sqlite(Box::new(c)), "sqlite")
+            (Backend::sqlite(path)?, "sqlite")
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let c = pg_connect(url)?;
-            (
-                Backend::Postgres(Box::new(Pg(Some(c), url.to_owned()))),
-                "postgres",
-            )
+            (Backend::postgres(url)?, "postgres")
         } else {
             return Err(ServeError::Config {
                 field: "store.url".into(),
@@ -342,9 +168,7 @@ impl Store {
         f: impl FnOnce(&mut Conn<'_>) -> Result<T, ServeError>,
     ) -> Result<T, ServeError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Backend::Postgres(pg) = &mut *g {
-            pg.reconnect_if_closed()?;
-        }
+        g.reconnect_if_closed()?;
         let mut c = Conn { b: &mut g };
         f(&mut c)
     }
@@ -619,26 +443,37 @@ impl Store {
         let spawned = std::thread::Builder::new()
             .name("store-listen".into())
             .spawn(move || {
-                while !tx.is_closed() {
-                    let Ok(mut c) = pg_connect(&url) else {
-                        std::thread::sleep(std::time::Duration::from_secs(1));
-                        continue;
-                    };
-                    if c.batch_execute("LISTEN shadowtap_changes").is_err() {
-                        continue;
-                    }
-                    while !tx.is_closed() && !c.is_closed() {
-                        let mut n = c.notifications();
-                        let mut it = n.timeout_iter(std::time::Duration::from_secs(1));
-                        match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
-                            Ok(Some(note)) => {
-                                let _ = tx.try_send(note.payload().to_owned());
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    let pause = std::time::Duration::from_secs(1);
+                    while !tx.is_closed() {
+                        let mut l = match sqlx::postgres::PgListener::connect(&url).await {
+                            Ok(l) => l,
+                            Err(_) => {
+                                tokio::time::sleep(pause).await;
+                                continue;
                             }
-                            Ok(None) => {}
-                            Err(_) => break,
+                        };
+                        if l.listen("shadowtap_changes").await.is_err() {
+                            tokio::time::sleep(pause).await;
+                            continue;
+                        }
+                        while !tx.is_closed() {
+                            match tokio::time::timeout(pause, l.recv()).await {
+                                Ok(Ok(note)) => {
+                                    let _ = tx.try_send(note.payload().to_owned());
+                                }
+                                Ok(Err(_)) => break,
+                                Err(_) => {}
+                            }
                         }
                     }
-                }
+                });
             });
         spawned.ok().map(|_| rx)
     }

@@ -186,13 +186,19 @@ fn a_store_newer_than_the_binary_is_refused() {
     let url = format!("sqlite://{}", path.display());
     Store::open(&url).unwrap();
     Store::open(&url).unwrap(); // migrations run once: opening again is a no-op
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute(
-        "INSERT INTO schema_migrations (version, applied_ms) VALUES (99, 0)",
-        [],
-    )
-    .unwrap();
-    drop(c);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("INSERT INTO schema_migrations (version, applied_ms) VALUES (99, 0)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    });
     let err = Store::open(&url).err().expect("refused").to_string();
     assert!(
         err.contains("version 99") && err.contains("upgrade"),
