@@ -241,6 +241,44 @@ fn capture_replay_analyze_on_s3_equal_the_same_run_on_disk() {
     let after = s3.keys("rec", "ver/diffs-");
     assert_eq!(before.len(), after.len(), "{before:?} {after:?}");
     assert_ne!(before, after, "the old diffs are gone");
+
+    // `gate` from and to the bucket: replays under OUT/replay, the reports at the top.
+    let burl = b.url.clone();
+    let curl = c.url.clone();
+    let gate = run(
+        &s3,
+        &tmp,
+        &[
+            "gate",
+            "--capture",
+            "s3://rec/cap",
+            "--baseline-url",
+            &burl,
+            "--candidate-url",
+            &curl,
+            "--rate",
+            "max",
+            "--out",
+            "s3://rec/gate",
+        ],
+    );
+    assert_eq!(
+        gate.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&gate.stderr)
+    );
+    let keys = s3.keys("rec", "gate/");
+    assert!(keys.contains(&"gate/verdict.json".to_owned()), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with("gate/replay/replays-")),
+        "{keys:?}"
+    );
+    assert!(
+        staging_dirs(&tmp).is_empty(),
+        "staging left: {:?}",
+        staging_dirs(&tmp)
+    );
 }
 
 /// An upload that never completes (the process died, the network went) leaves no object: a
@@ -446,5 +484,80 @@ fn live_publishing_uploads_complete_files_only_and_frees_the_disk() {
     assert!(
         got.as_ref() == body.as_slice(),
         "the object differs from the file"
+    );
+}
+
+/// `proxy --record s3://…`: the recording goes up while the proxy runs and its last files at
+/// SIGTERM; `query` reads it in place.
+#[test]
+#[ignore = "needs moto_server: scripts/test.sh installs it and runs this test"]
+fn the_proxy_records_to_s3() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let s3 = S3::start();
+    s3.bucket("rec");
+    let dir = tempfile::tempdir().unwrap();
+    let prod = service(&[]);
+    let shadow = service(&[]);
+    let mut child = bin()
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--production",
+            &prod.url,
+        ])
+        .args(["--shadow", &format!("candidate={}", shadow.url)])
+        .args(["--record", "s3://rec/live/"])
+        .envs(s3.env())
+        .env("TMPDIR", dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let port: u16 = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the proxy ended");
+        if let Some(p) = line
+            .split("listening on 127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+        {
+            break p;
+        }
+    };
+    for i in 0..40 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET /api/users/{i} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("objects written to s3://rec/live/"), "{rest}");
+    let keys = s3.keys("rec", "live/");
+    assert!(keys.iter().any(|k| k.contains("exchanges-")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("replays-")), "{keys:?}");
+    let n = query(
+        &s3,
+        dir.path(),
+        "s3://rec/live",
+        "SELECT count(*) AS n FROM exchanges",
+    );
+    assert_eq!(n.lines().nth(1), Some("40"), "{n}");
+    assert!(
+        staging_dirs(dir.path()).is_empty(),
+        "staging left: {:?}",
+        staging_dirs(dir.path())
     );
 }
