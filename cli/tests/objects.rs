@@ -242,6 +242,39 @@ fn capture_replay_analyze_on_s3_equal_the_same_run_on_disk() {
     assert_eq!(before.len(), after.len(), "{before:?} {after:?}");
     assert_ne!(before, after, "the old diffs are gone");
 
+    // Hive partitions: the same keys as on disk, the same `date` and `hour` columns.
+    let part = dir.path().join("part");
+    for out in [part.to_str().unwrap(), "s3://rec/part"] {
+        ok(
+            run(
+                &s3,
+                &tmp,
+                &[
+                    "capture",
+                    "--quiet",
+                    "--read",
+                    pcap.to_str().unwrap(),
+                    "--partition-by",
+                    "hour",
+                    "--out",
+                    out,
+                ],
+            ),
+            "partitioned capture",
+        );
+    }
+    let keys = s3.keys("rec", "part/");
+    assert!(
+        keys.iter().any(|k| k.starts_with("part/date=")
+            && k.contains("/hour=")
+            && k.contains("/exchanges-")),
+        "{keys:?}"
+    );
+    let sql = "SELECT date, hour, count(*) AS n FROM exchanges GROUP BY 1, 2 ORDER BY 1, 2";
+    let l = query(&s3, &tmp, part.to_str().unwrap(), sql);
+    assert!(l.lines().count() > 1, "{l}");
+    assert_eq!(l, query(&s3, &tmp, "s3://rec/part", sql));
+
     // `gate` from and to the bucket: replays under OUT/replay, the reports at the top.
     let burl = b.url.clone();
     let curl = c.url.clone();
