@@ -422,6 +422,10 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         }
     };
     // What was written goes up on failure too (a local run would have left it on disk).
+    let result = result.map(|mut s| {
+        s.files = s.files.iter().map(|f| output.shown(f)).collect();
+        s
+    });
     let uploaded = output.finish();
     let summary = match result {
         Ok(s) => s,

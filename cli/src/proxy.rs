@@ -443,7 +443,12 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("shadowtap proxy: shutting down");
         running.shutdown();
-        let summary = running.wait().await;
+        let summary = running.wait().await.map(|mut s| {
+            if let Some(o) = &recording {
+                s.files = s.files.iter().map(|f| o.shown(f)).collect();
+            }
+            s
+        });
         // The recording's last files go up once the proxy has closed them.
         let uploaded = recording.map_or(Ok(()), crate::location::Output::finish);
         let summary = summary?;

@@ -319,6 +319,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     // What was written goes up on failure too (a local run would have left it on disk).
+    let result = result.map(|mut s| {
+        s.files = s.files.iter().map(|f| output.shown(f)).collect();
+        s
+    });
     if let Err(e) = output.finish() {
         eprintln!("shadowtap: error: {e:#}");
         return Ok(ExitCode::from(1));
