@@ -173,7 +173,8 @@ pub struct ExecutorOptions {
     pub work_dir: Option<String>,
 }
 
-/// Runs an executor until the process ends (SIGTERM stops it gracefully).
+/// Runs an executor until SIGTERM or Ctrl-C (Ballista's own handling: it tells the scheduler
+/// and stops).
 pub async fn run_executor(opts: &ExecutorOptions) -> Result<(), ClusterError> {
     use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
     let (host, port) = opts.scheduler.rsplit_once(':').ok_or_else(|| {
@@ -206,6 +207,10 @@ pub async fn run_executor(opts: &ExecutorOptions) -> Result<(), ClusterError> {
         work_dir: opts.work_dir.clone(),
         print_thread_info: false,
         executor_heartbeat_interval_seconds: 5,
+        // Shuffle files of finished jobs go after an hour (Ballista keeps them a week and
+        // never cleans by default).
+        job_data_ttl_seconds: 3600,
+        job_data_clean_up_interval_seconds: 600,
         override_function_registry: Some(Arc::new(registry)),
         override_config_producer: Some(Arc::new(config)),
         override_runtime_producer: Some(Arc::new(|_: &SessionConfig| {
