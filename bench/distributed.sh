@@ -18,7 +18,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 source scripts/deps.sh
 install_deps libpcap-dev
 cargo build --release --locked -p shadowtap-cli >&2
-cargo build --release --locked -p shadowtap-analyzer --example gen_pairs >&2
+# With the binary's package selected too, so the example shares its dependency features (built
+# alone, the analyzer would rebuild DataFusion with other features).
+cargo build --release --locked -p shadowtap-cli -p shadowtap-analyzer --example gen_pairs >&2
 bin="$CARGO_TARGET_DIR/release"
 data="bench/out/pairs-$n"
 [ -d "$data/replay" ] || "$bin/examples/gen_pairs" "$data" "$n" >&2
