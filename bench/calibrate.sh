@@ -8,5 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 export SHADOWTAP_CALIBRATION_SEEDS="${1:-200}"
-cargo test --locked -p shadowtap-analyzer --test tests calibration -- --nocapture 2>&1 |
+# The whole workspace is selected (the filter keeps the calibration test) so the build shares the
+# test command's dependency features; the analyzer alone would rebuild DataFusion.
+cargo test --workspace --locked --test tests calibration -- --nocapture 2>&1 |
   grep -E '^\||: [0-9.]+ s$|^test result'
