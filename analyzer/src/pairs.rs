@@ -156,19 +156,7 @@ pub fn parquet_files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 /// column types the analyzer reads; returns how many there are.
 pub fn check_files(dir: &Path, table: &str) -> Result<usize, AnalyzeError> {
     let cols: &[&str] = match table {
-        "replays" => &[
-            "exchange_id",
-            "pass",
-            "target",
-            "method",
-            "path",
-            "status",
-            "error_kind",
-            "total_us",
-            "response_headers",
-            "response_body",
-            "response_body_decoded",
-        ],
+        "replays" => PAIRING_COLUMNS,
         _ => &[
             "exchange_id",
             "status",

@@ -347,6 +347,27 @@ async fn two_instances_on_one_postgres_follow_the_store_and_hand_the_monitor_ove
     b.shutdown().await;
 }
 
+/// Two instances on `pg` in front of `prod`: `a` the leader (waited for), `b` the follower;
+/// and their directories (kept while they run).
+async fn leader_and_follower(
+    pg: &Postgres,
+    prod: &str,
+) -> (
+    shadowtap_serve::Server,
+    shadowtap_serve::Server,
+    [tempfile::TempDir; 2],
+) {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shadowtap_serve::Server::start(config(da.path(), prod, Some(pg.url.clone()), None))
+        .await
+        .unwrap();
+    wait_leader(&a).await;
+    let b = shadowtap_serve::Server::start(config(db.path(), prod, Some(pg.url.clone()), None))
+        .await
+        .unwrap();
+    (a, b, [da, db])
+}
+
 /// The leader judges every instance's traffic: with all of it going through the follower's
 /// proxy, the leader (whose own proxy sees nothing) still shifts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,14 +376,7 @@ async fn the_leader_judges_the_traffic_of_every_instance() {
     let pg = Postgres::start();
     let (prod, _) = backend().await;
     let (canary, _) = backend().await;
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = shadowtap_serve::Server::start(config(da.path(), &prod, Some(pg.url.clone()), None))
-        .await
-        .unwrap();
-    wait_leader(&a).await;
-    let b = shadowtap_serve::Server::start(config(db.path(), &prod, Some(pg.url.clone()), None))
-        .await
-        .unwrap();
+    let (a, b, _dirs) = leader_and_follower(&pg, &prod).await;
     let pb = b.plane.balancers["web"].addr;
     let load = tokio::spawn(async move {
         for _ in 0..60 {
@@ -418,14 +432,7 @@ async fn the_leader_judges_the_mirrored_pairs_of_every_instance() {
     let (prod, _) = backend().await;
     let (shadow_url, shadow) = backend().await;
     shadow.delay_ms.store(30, Ordering::Relaxed);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = shadowtap_serve::Server::start(config(da.path(), &prod, Some(pg.url.clone()), None))
-        .await
-        .unwrap();
-    wait_leader(&a).await;
-    let b = shadowtap_serve::Server::start(config(db.path(), &prod, Some(pg.url.clone()), None))
-        .await
-        .unwrap();
+    let (a, b, _dirs) = leader_and_follower(&pg, &prod).await;
     post_ok(
         a.api,
         "/loadbalancer/web/shadow",

@@ -49,18 +49,22 @@ pub enum StorageError {
 }
 
 /// Runs `fut` to completion on a runtime of its own, on a thread of its own, so it can be
-/// called from synchronous code and from inside another runtime alike.
-pub fn block_on<F>(fut: F) -> F::Output
+/// called from synchronous code and from inside another runtime alike; an operation's own
+/// error is flattened into the result.
+pub fn block_on<T, F>(fut: F) -> Result<T, StorageError>
 where
-    F: std::future::Future + Send,
-    F::Output: Send,
+    F: std::future::Future<Output = Result<T, StorageError>> + Send,
+    T: Send,
 {
     std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("a current-thread runtime builds")
+                .map_err(|source| StorageError::Io {
+                    path: std::path::PathBuf::from("(a runtime for object storage)"),
+                    source,
+                })?
                 .block_on(fut)
         })
         .join()
