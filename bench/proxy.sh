@@ -5,10 +5,10 @@
 #   shadowtap mirroring 100% to the same shadow; then the slow-shadow cell (a shadow taking
 #   200 ms per response) for nginx `mirror` and for shadowtap.
 # Prints throughput, p50 and p99 of each and the latency added over direct; then, open loop at
-# half the direct maximum rate (`shadowtap replay --rate`, the same client for both), the p99
-# of direct and of shadowtap mirroring, and the difference.
+# half the direct maximum rate and at a rate every configuration can serve (the same paced
+# client for all, ROUNDS interleaved rounds), the p99 of each and what it adds over direct.
 #
-#   bash bench/proxy.sh [SECONDS] [CONNECTIONS]     (defaults: 10 s, 32)
+#   [ROUNDS=3] bash bench/proxy.sh [SECONDS] [CONNECTIONS]     (defaults: 10 s, 32)
 #
 # Targets (issue 19): shadowtap mirroring >= nginx mirroring's throughput; added p99 < 1 ms at
 # half the direct maximum rate; production p99 with a slow shadow within noise of a healthy
@@ -20,6 +20,8 @@ secs="${1:-10}"
 conns="${2:-32}"
 source bench/common.sh
 bench_setup 20 nginx-light wrk
+cargo build --release --locked -p shadowtap-http1 --features client --example open_loop >&2
+open_loop="$bin/examples/open_loop"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 bench_nginx_dir
@@ -72,8 +74,9 @@ start_proxy() { # start_proxy PORT EXTRA...: shadowtap proxy in front of the bac
   for _ in $(seq 50); do grep -q listening "$d/proxy-$p.log" 2>/dev/null && return 0; sleep 0.1; done
   cat "$d/proxy-$p.log" >&2; return 1
 }
-st_plain=$(free_port); start_proxy "$st_plain"
+st_plain=$(free_port); start_proxy "$st_plain"; plain_pid="${pids[-1]}"
 st_mirror=$(free_port); start_proxy "$st_mirror" --shadow "shadow=http://127.0.0.1:$shadow" --mirror 100
+mirror_pid="${pids[-1]}"
 st_slow=$(free_port); start_proxy "$st_slow" --shadow "shadow=http://127.0.0.1:$slow" --mirror 100
 sleep 1
 
@@ -120,38 +123,73 @@ open(sys.argv[1] + ".direct", "w").write(str(by["direct"][0]))
 open(sys.argv[1] + ".mirror", "w").write(str(by["shadowtap, mirroring 100%"][0]))
 PY
 
-# Open loop: the same paced client against direct and shadowtap mirroring, at half the direct
-# maximum (the issue's point) and at half shadowtap's own mirroring maximum (where it is not
-# saturated on this machine, whose two cores also run wrk's peer, nginx and the shadow).
-"$bin/shadowtap" capture --read "$pcap" --out "$d/rec" --quiet >/dev/null 2>&1
-paced() { # paced NAME URL RATE
-  rm -rf "$d/paced-$1"
-  "$bin/shadowtap" replay --from "$d/rec" --target "t=$2" --rate "${3}/s" --loop \
-    --duration "${secs}s" --concurrency "$conns" --quiet --out "$d/paced-$1" --allow-target 127.0.0.1 >/dev/null 2>&1 || true
-  python3 - "$d/paced-$1" "$1" <<'PY'
-import glob, json, sys
-s = json.load(open(glob.glob(sys.argv[1] + "/replay-*.summary.json")[0]))
-t = s["targets"]["t"]
-print(f"{sys.argv[2]}|{t['p50_ms']}|{t['p99_ms']}|{t.get('rows', 0)}")
-PY
+# Open loop: the same paced client against direct, nginx and shadowtap, at half the direct
+# maximum (the issue's point) and at half shadowtap's own mirroring maximum (a rate every
+# configuration can serve on this machine, whose cores also run the client, nginx and the
+# shadow). The client is `open_loop` (http1/examples): one thread, CONNS keep-alive
+# connections on fixed schedules, no recording; "service" latency runs from the request's
+# write, "scheduled" from when it was due (queueing included: no coordinated omission).
+# ROUNDS rounds, the configurations interleaved in each, so a noisy moment of a shared machine
+# falls on all of them; the medians over the rounds are compared.
+rounds="${ROUNDS:-3}"
+nginx_worker=$(pgrep -P "$(cat "$d/nginx.pid")" | head -1)
+ticks() { # CPU clock ticks used so far by the processes given (all their threads)
+  local n=0 p
+  for p in "$@"; do n=$((n + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$n"
 }
+paced() { # paced URL RATE PID... -> "p50 p99 scheduled-p99 achieved failed answered ticks-of-PIDs ticks-of-nginx"
+  local url="$1" rate="$2" out a b na nb; shift 2
+  a=$(ticks "$@"); na=$(ticks "$nginx_worker")
+  # open_loop exits 1 when a request failed: its line still counts them.
+  out=$("$open_loop" "$url/api/users/1" "$rate" "$secs" "$conns" 2>/dev/null || true)
+  b=$(ticks "$@"); nb=$(ticks "$nginx_worker")
+  python3 -c 'import json,sys
+try:
+    d=json.loads(sys.argv[1]); s=d["service"]
+    print(s["p50_ms"], s["p99_ms"], d["scheduled"]["p99_ms"], d["rate"], d["failed"], d["answered"], sys.argv[2], sys.argv[3])
+except Exception:
+    print("nan nan nan 0 1 0 0 0")' "$out" "$((b - a))" "$((nb - na))"
+}
+names=("direct" "nginx reverse proxy" "shadowtap, no mirroring" "shadowtap, mirroring 100%")
+urls=("http://127.0.0.1:$backend" "http://127.0.0.1:$nginx_proxy" "http://127.0.0.1:$st_plain" "http://127.0.0.1:$st_mirror")
+own=("" "" "$plain_pid" "$mirror_pid")
+hz=$(getconf CLK_TCK)
 for which in direct mirror; do
   rate=$(python3 -c "print(int(float(open('$results.$which').read()) / 2))")
-  direct_line=$(paced direct "http://127.0.0.1:$backend" "$rate")
-  nginx_line=$(paced nginx "http://127.0.0.1:$nginx_proxy" "$rate")
-  plain_line=$(paced plain "http://127.0.0.1:$st_plain" "$rate")
-  mirror_line=$(paced mirror "http://127.0.0.1:$st_mirror" "$rate")
-  python3 - "$rate" "$which" "$secs" "$direct_line" "$nginx_line" "$plain_line" "$mirror_line" <<'PY'
-import sys
-rate, which, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-rows = [l.split("|") for l in sys.argv[4:8]]
+  : > "$d/open"
+  for round in $(seq "$rounds"); do
+    for k in "${!names[@]}"; do
+      # shellcheck disable=SC2086 # no pid for direct and nginx: their CPU is nginx's
+      echo "$k $(paced "${urls[$k]}" "$rate" ${own[$k]})" >> "$d/open"
+    done
+  done
+  python3 - "$d/open" "$rate" "$which" "$rounds" "$hz" "${names[@]}" <<'PY'
+import statistics, sys
+path, rate, which, rounds, hz, names = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
+runs = {}
+for line in open(path):
+    k, p50, p99, sched, achieved, failed, answered, own, nginx = line.split()
+    runs.setdefault(int(k), []).append((float(p50), float(p99), float(sched), float(achieved), int(failed),
+                                       int(answered), int(own), int(nginx)))
 what = "half the direct maximum" if which == "direct" else "half shadowtap's mirroring maximum"
-print(f"open loop at {rate:,} req/s ({what}), shadowtap replay as the client:")
-d99 = float(rows[0][2])
-for (name, p50, p99, n), label in zip(rows, ["direct", "nginx reverse proxy", "shadowtap, no mirroring", "shadowtap, mirroring 100%"]):
-    added = "" if label == "direct" else f"  added p99 {float(p99) - d99:+.3f} ms"
-    print(f"  {label:26} p50 {float(p50):.3f} ms  p99 {float(p99):.3f} ms  ({int(n) / secs:,.0f} req/s achieved){added}")
+print(f"open loop at {rate:,} req/s ({what}), open_loop client, median of {rounds} interleaved rounds:")
+med = lambda k, i: statistics.median(r[i] for r in runs[k])
+d99, ds = med(0, 1), med(0, 2)
+for k, name in enumerate(names):
+    p99s = [r[1] for r in runs[k]]
+    failed = sum(r[4] for r in runs[k])
+    added = "" if k == 0 else f"  added p99 {med(k, 1) - d99:+.3f} ms (scheduled {med(k, 2) - ds:+.3f})"
+    print(f"  {name:26} p50 {med(k, 0):.3f}  p99 {med(k, 1):.3f} [{min(p99s):.3f}-{max(p99s):.3f}]"
+          f"  scheduled p99 {med(k, 2):.3f} ms  {med(k, 3):,.0f} req/s{added}"
+          + (f"  {failed} failed" if failed else ""))
 print("  (target: shadowtap's added p99 < 1 ms)")
+# CPU per request: the proxy's own process for shadowtap (its shadow thread included); for
+# nginx, whose proxy shares its worker with the backend, the worker's time over direct's.
+per = lambda k, i: sum(r[i] for r in runs[k]) / hz * 1e6 / max(1, sum(r[5] for r in runs[k]))
+backend = per(0, 7)
+print(f"  CPU per request (us): backend nginx {backend:.1f}; proxy: nginx {per(1, 7) - backend:.1f}, "
+      f"shadowtap {per(2, 6):.1f}, shadowtap mirroring {per(3, 6):.1f} (+ the shadow nginx's {per(3, 7) - backend:.1f})")
 PY
 done
 
