@@ -32,30 +32,50 @@ nginx_mirror=$(free_port)
 nginx_slow=$(free_port)
 slow=$(free_port)
 body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+# The servers (backend, shadow) in one nginx; the nginx proxies in another, so that every
+# proxy compared, nginx or shadowtap, is a process of its own in front of its backend, as in
+# any deployment (an nginx proxying to a server block of its own worker skips the cross-process
+# wake-up every other proxy pays on each hop).
 cat > "$d/site.conf" <<CONF
 access_log off;
 keepalive_requests 1000000;
-upstream backend { server 127.0.0.1:$backend; keepalive 64; }
-upstream shadow { server 127.0.0.1:$shadow; keepalive 64; }
-upstream slow { server 127.0.0.1:$slow; keepalive 64; }
 server { listen 127.0.0.1:$backend; location / { return 200 "$body"; } }
 server { listen 127.0.0.1:$shadow; location / { return 200 "$body"; } }
-server {
-  listen 127.0.0.1:$nginx_proxy;
-  location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-}
-server {
-  listen 127.0.0.1:$nginx_mirror;
-  location / { mirror /mirror; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  location = /mirror { internal; proxy_pass http://shadow\$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
-}
-server {
-  listen 127.0.0.1:$nginx_slow;
-  location / { mirror /mirror; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  location = /mirror { internal; proxy_pass http://slow\$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
-}
 CONF
 bench_nginx_start
+px="$d/px"
+mkdir -p "$px"
+cat > "$px/nginx.conf" <<CONF
+worker_processes 1;
+user root;
+pid $px/nginx.pid;
+error_log $px/error.log;
+events { worker_connections 1024; }
+http {
+  client_body_temp_path $px/b; proxy_temp_path $px/p; fastcgi_temp_path $px/f; uwsgi_temp_path $px/u; scgi_temp_path $px/s;
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$backend; keepalive 64; }
+  upstream shadow { server 127.0.0.1:$shadow; keepalive 64; }
+  upstream slow { server 127.0.0.1:$slow; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_proxy;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
+    listen 127.0.0.1:$nginx_mirror;
+    location / { mirror /mirror; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location = /mirror { internal; proxy_pass http://shadow\$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
+    listen 127.0.0.1:$nginx_slow;
+    location / { mirror /mirror; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location = /mirror { internal; proxy_pass http://slow\$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+nginx -p "$px" -c "$px/nginx.conf"
+sleep 0.5
 # The slow shadow: 200 ms per response on every path.
 "$bin/shadowtap" demo-service --listen "127.0.0.1:$slow" --slow-ms 200 --slow-path / > "$d/slow.out" 2>&1 &
 slow_pid=$!
@@ -63,6 +83,7 @@ pids=("$slow_pid")
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$d/nginx.pid" ] && kill "$(cat "$d/nginx.pid")" 2>/dev/null
+  [ -f "$d/px/nginx.pid" ] && kill "$(cat "$d/px/nginx.pid")" 2>/dev/null
   rm -rf "$d"
 }
 trap cleanup EXIT
@@ -96,7 +117,7 @@ run() { # run NAME PORT
   errs=$(awk '/Socket errors|Non-2xx/ {print}' "$d/wrk.out" | tr '\n' ' ')
   echo "$1|$rps|$p50|$p99|$errs" >> "$results"
 }
-echo "wrk -t1 -c$conns -d${secs}s, keep-alive, 1 KiB responses; nginx 1 worker; shadowtap --workers 1, $(git rev-parse --short HEAD)"
+echo "wrk -t1 -c$conns -d${secs}s, keep-alive, 1 KiB responses; nginx: servers and proxies in two instances of 1 worker each; shadowtap --workers 1, $(git rev-parse --short HEAD)"
 run "direct" "$backend"
 run "nginx reverse proxy" "$nginx_proxy"
 run "nginx mirror" "$nginx_mirror"
@@ -133,6 +154,7 @@ PY
 # falls on all of them; the medians over the rounds are compared.
 rounds="${ROUNDS:-3}"
 nginx_worker=$(pgrep -P "$(cat "$d/nginx.pid")" | head -1)
+proxy_worker=$(pgrep -P "$(cat "$px/nginx.pid")" | head -1)
 ticks() { # CPU clock ticks used so far by the processes given (all their threads)
   local n=0 p
   for p in "$@"; do n=$((n + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
@@ -153,14 +175,14 @@ except Exception:
 }
 names=("direct" "nginx reverse proxy" "shadowtap, no mirroring" "shadowtap, mirroring 100%")
 urls=("http://127.0.0.1:$backend" "http://127.0.0.1:$nginx_proxy" "http://127.0.0.1:$st_plain" "http://127.0.0.1:$st_mirror")
-own=("" "" "$plain_pid" "$mirror_pid")
+own=("" "$proxy_worker" "$plain_pid" "$mirror_pid")
 hz=$(getconf CLK_TCK)
 for which in direct mirror; do
   rate=$(python3 -c "print(int(float(open('$results.$which').read()) / 2))")
   : > "$d/open"
   for round in $(seq "$rounds"); do
     for k in "${!names[@]}"; do
-      # shellcheck disable=SC2086 # no pid for direct and nginx: their CPU is nginx's
+      # shellcheck disable=SC2086 # no proxy for direct
       echo "$k $(paced "${urls[$k]}" "$rate" ${own[$k]})" >> "$d/open"
     done
   done
@@ -184,11 +206,11 @@ for k, name in enumerate(names):
           f"  scheduled p99 {med(k, 2):.3f} ms  {med(k, 3):,.0f} req/s{added}"
           + (f"  {failed} failed" if failed else ""))
 print("  (target: shadowtap's added p99 < 1 ms)")
-# CPU per request: the proxy's own process for shadowtap (its shadow thread included); for
-# nginx, whose proxy shares its worker with the backend, the worker's time over direct's.
+# CPU per request: each proxy's own process (shadowtap's shadow thread included); the
+# servers' nginx: its time per request direct, and over that while mirroring (the shadow).
 per = lambda k, i: sum(r[i] for r in runs[k]) / hz * 1e6 / max(1, sum(r[5] for r in runs[k]))
 backend = per(0, 7)
-print(f"  CPU per request (us): backend nginx {backend:.1f}; proxy: nginx {per(1, 7) - backend:.1f}, "
+print(f"  CPU per request (us): backend nginx {backend:.1f}; proxy: nginx {per(1, 6):.1f}, "
       f"shadowtap {per(2, 6):.1f}, shadowtap mirroring {per(3, 6):.1f} (+ the shadow nginx's {per(3, 7) - backend:.1f})")
 PY
 done

@@ -109,8 +109,12 @@ async fn connection(args: &Args, k: usize, start: Instant) -> Tally {
             Ok(answer) if answer.response.status < 500 => {
                 let now = Instant::now();
                 tally.service.push(micros(now - sent));
-                tally.sent_at.push(micros(sent.saturating_duration_since(start)));
-                tally.scheduled.push(micros(now.saturating_duration_since(due)));
+                tally
+                    .sent_at
+                    .push(micros(sent.saturating_duration_since(start)));
+                tally
+                    .scheduled
+                    .push(micros(now.saturating_duration_since(due)));
                 if answer.reusable {
                     conn = Some(c);
                 }
@@ -193,10 +197,15 @@ fn main() {
         .iter()
         .filter_map(|t| t.last)
         .max()
-        .map_or(1.0, |l| l.saturating_duration_since(start).as_secs_f64().max(1e-3));
+        .map_or(1.0, |l| {
+            l.saturating_duration_since(start).as_secs_f64().max(1e-3)
+        });
     let failed: u64 = tallies.iter().map(|t| t.failed).sum();
     let error = tallies.iter().find_map(|t| t.first_error.clone());
-    let service: Vec<u32> = tallies.iter().flat_map(|t| t.service.iter().copied()).collect();
+    let service: Vec<u32> = tallies
+        .iter()
+        .flat_map(|t| t.service.iter().copied())
+        .collect();
     let scheduled: Vec<u32> = tallies
         .iter()
         .flat_map(|t| t.scheduled.iter().copied())
