@@ -218,11 +218,19 @@ fn a_ballista_cluster_gives_the_local_engines_rows_and_verdict() {
     assert_eq!(essence(&local), essence(&on_s3));
     assert!(start.elapsed() < Duration::from_secs(300));
 
-    // Both executors ran tasks (each writes its tasks' output under its work dir).
-    for w in &work {
-        let jobs = std::fs::read_dir(w).unwrap().count();
-        assert!(jobs > 0, "{} ran nothing", w.display());
-    }
+    // The cluster ran the statements (each executor writes its tasks' output under its work
+    // dir), not the client. How the scheduler spreads tasks over the two executors is its
+    // choice: one of them running every task was seen once (session 15), so it is reported,
+    // not asserted.
+    let jobs: Vec<usize> = work
+        .iter()
+        .map(|w| std::fs::read_dir(w).unwrap().count())
+        .collect();
+    eprintln!("job directories per executor: {jobs:?}");
+    assert!(
+        jobs.iter().sum::<usize>() > 0,
+        "no executor ran anything: {work:?}"
+    );
 }
 
 #[test]
