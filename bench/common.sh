@@ -20,25 +20,27 @@ bench_setup() {
 
 # A one-worker nginx on loopback, in two steps: bench_nginx_dir makes a temporary directory
 # and picks a free port (sets d and port; nginx is stopped and the directory removed on exit);
-# the caller writes its `http { }` directives to "$d/site.conf"; bench_nginx_start starts it.
+# the caller writes its `http { }` directives to "$d/site.conf"; bench_nginx_start starts it
+# (given another directory with a site.conf, a second instance there).
 bench_nginx_dir() {
   d=$(mktemp -d)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   trap '[ -f "$d/nginx.pid" ] && kill "$(cat "$d/nginx.pid")" 2>/dev/null; rm -rf "$d"' EXIT
 }
-bench_nginx_start() {
-  cat > "$d/nginx.conf" <<CONF
+bench_nginx_start() { # bench_nginx_start [DIR]: the nginx of DIR/site.conf (default "$d")
+  local dir="${1:-$d}"
+  cat > "$dir/nginx.conf" <<CONF
 worker_processes 1;
 user root;
-pid $d/nginx.pid;
-error_log $d/error.log;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
 events { worker_connections 1024; }
 http {
-  client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
-  include $d/site.conf;
+  client_body_temp_path $dir/b; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f; uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
+  include $dir/site.conf;
 }
 CONF
-  nginx -p "$d" -c "$d/nginx.conf"
+  nginx -p "$dir" -c "$dir/nginx.conf"
   sleep 0.5
 }
 

@@ -45,37 +45,28 @@ CONF
 bench_nginx_start
 px="$d/px"
 mkdir -p "$px"
-cat > "$px/nginx.conf" <<CONF
-worker_processes 1;
-user root;
-pid $px/nginx.pid;
-error_log $px/error.log;
-events { worker_connections 1024; }
-http {
-  client_body_temp_path $px/b; proxy_temp_path $px/p; fastcgi_temp_path $px/f; uwsgi_temp_path $px/u; scgi_temp_path $px/s;
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$backend; keepalive 64; }
-  upstream shadow { server 127.0.0.1:$shadow; keepalive 64; }
-  upstream slow { server 127.0.0.1:$slow; keepalive 64; }
-  server {
-    listen 127.0.0.1:$nginx_proxy;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-  server {
-    listen 127.0.0.1:$nginx_mirror;
-    location / { mirror /mirror; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    location = /mirror { internal; proxy_pass http://shadow\$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-  server {
-    listen 127.0.0.1:$nginx_slow;
-    location / { mirror /mirror; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    location = /mirror { internal; proxy_pass http://slow\$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
+cat > "$px/site.conf" <<CONF
+access_log off;
+keepalive_requests 1000000;
+upstream backend { server 127.0.0.1:$backend; keepalive 64; }
+upstream shadow { server 127.0.0.1:$shadow; keepalive 64; }
+upstream slow { server 127.0.0.1:$slow; keepalive 64; }
+server {
+  listen 127.0.0.1:$nginx_proxy;
+  location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+}
+server {
+  listen 127.0.0.1:$nginx_mirror;
+  location / { mirror /mirror; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  location = /mirror { internal; proxy_pass http://shadow\$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
+}
+server {
+  listen 127.0.0.1:$nginx_slow;
+  location / { mirror /mirror; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  location = /mirror { internal; proxy_pass http://slow\$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
 }
 CONF
-nginx -p "$px" -c "$px/nginx.conf"
-sleep 0.5
+bench_nginx_start "$px"
 # The slow shadow: 200 ms per response on every path.
 "$bin/shadowtap" demo-service --listen "127.0.0.1:$slow" --slow-ms 200 --slow-path / > "$d/slow.out" 2>&1 &
 slow_pid=$!
