@@ -118,6 +118,15 @@ fn essence(v: &serde_json::Value) -> serde_json::Value {
         .unwrap()
         .iter()
         .map(|c| {
+            // A latency check's events are requests past a threshold taken from an approximate
+            // percentile (a t-digest, merged from partial digests on the cluster): a request at
+            // the threshold can count on one engine and not the other (seen once, session 15).
+            // Its result and sizes must still agree.
+            let events = if c["metric"] == "latency" {
+                serde_json::Value::Null
+            } else {
+                c["candidate"]["events"].clone()
+            };
             format!(
                 "{} {} {} n={} {} events={}",
                 c["metric"],
@@ -125,7 +134,7 @@ fn essence(v: &serde_json::Value) -> serde_json::Value {
                 c["result"],
                 c["candidate"]["n"],
                 c["baseline"]["n"],
-                c["candidate"]["events"]
+                events
             )
         })
         .collect();
