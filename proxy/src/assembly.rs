@@ -70,6 +70,22 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// A header map as the record's list (names lowercase, values lossy UTF-8).
+pub(crate) fn headers_of(map: &http::HeaderMap) -> Vec<Header> {
+    map.iter()
+        .map(|(n, v)| Header {
+            name: n.as_str().into(),
+            value: String::from_utf8_lossy(v.as_bytes()).as_ref().into(),
+        })
+        .collect()
+}
+
+fn trailers_of(kept: Option<&Kept>) -> Vec<Header> {
+    kept.and_then(|k| k.trailers.as_ref())
+        .map(headers_of)
+        .unwrap_or_default()
+}
+
 fn body_of(kept: Option<&Kept>, cap: u64) -> Body {
     let Some(k) = kept else {
         return Body::default();
@@ -146,6 +162,7 @@ impl Assembly {
                 None => {
                     // One copy of the body; each shadow but the last gets a clone of it.
                     let mut ex = p.head.clone();
+                    ex.request_trailers = trailers_of(Some(&kept));
                     ex.request_body = Body {
                         raw: kept.bytes(),
                         len: kept.len,
@@ -249,6 +266,7 @@ impl Assembly {
         let cap = self.sinks.record_max_body;
         let mut ex = head.clone();
         ex.request_body = body_of(request.as_ref(), cap);
+        ex.request_trailers = trailers_of(request.as_ref());
         ex.flags.incomplete = !request.as_ref().is_some_and(|k| k.complete);
         let (member, url, sent_headers) = self
             .upstream
@@ -293,6 +311,7 @@ impl Assembly {
             }) => {
                 let b = body_of(body.as_ref(), cap);
                 ex.flags.incomplete |= !body.as_ref().is_some_and(|k| k.complete);
+                ex.response_trailers = trailers_of(body.as_ref());
                 ex.status = Some(status);
                 ex.reason = http::StatusCode::from_u16(status)
                     .ok()

@@ -23,11 +23,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use shadowtap_core::replays::ErrorKind;
-use shadowtap_core::{Body, Exchange, ExchangeFlags, Header};
+use shadowtap_core::{Body, Exchange, ExchangeFlags};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::assembly::{Assembly, Sinks};
+use crate::assembly::{headers_of, Assembly, Sinks};
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::mirror::Shadows;
@@ -42,6 +42,14 @@ pub type DownBody = Either<Tee<Incoming>, Full<Bytes>>;
 
 /// The hop-by-hop headers of RFC 9110 section 7.6.1, and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // `TE: trailers` says the sender takes trailers: kept (alone), so that production's
+    // trailers come back (the `Trailer` field, end to end, names them).
+    let trailers = headers
+        .get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -57,21 +65,49 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         "keep-alive",
         "proxy-connection",
         "te",
-        "trailer",
         "transfer-encoding",
         "upgrade",
     ] {
         headers.remove(n);
     }
+    if trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
-fn headers_of(map: &HeaderMap) -> Vec<Header> {
-    map.iter()
-        .map(|(n, v)| Header {
-            name: n.as_str().into(),
-            value: String::from_utf8_lossy(v.as_bytes()).as_ref().into(),
-        })
-        .collect()
+/// RFC 9112 section 3.2: exactly one valid `Host` (none only in HTTP/1.0), and an
+/// absolute-form target's authority replaces it. What fails is answered 400 by the caller:
+/// production, the copies, the recording and the canary's sticky key all read this one host.
+fn settle_host(req: &mut Request<Incoming>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let first = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(a) = req.uri().authority() {
+        let v = HeaderValue::from_str(a.as_str()).map_err(|_| "bad request target")?;
+        req.headers_mut().insert(http::header::HOST, v);
+        return Ok(());
+    }
+    match first {
+        Some(v) => {
+            let valid = v.is_empty()
+                || v.to_str()
+                    .ok()
+                    .filter(|h| !h.contains('@'))
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                    .is_some();
+            if valid {
+                Ok(())
+            } else {
+                Err("bad Host header")
+            }
+        }
+        None if req.version() == http::Version::HTTP_11 => {
+            Err("an HTTP/1.1 request needs a Host header")
+        }
+        None => Ok(()),
+    }
 }
 
 fn version_str(v: http::Version) -> &'static str {
@@ -189,7 +225,7 @@ fn forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, host: Option<&
         ip
     };
     let mut fwd = format!("for={node};proto={proto}");
-    if let Some(h) = host {
+    if let Some(h) = host.filter(|h| !h.is_empty()) {
         fwd.push_str(&format!(";host=\"{h}\""));
     }
     let value = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
@@ -291,12 +327,25 @@ async fn tunnel(
 /// One request.
 async fn handle(
     state: Arc<State>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     client: SocketAddr,
     conn_id: Arc<str>,
     conn_seq: u32,
     tls: bool,
 ) -> Result<Response<DownBody>, Infallible> {
+    if req.method() == http::Method::CONNECT {
+        // A reverse proxy: no tunnels to wherever the client names.
+        let mut r = local_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(r);
+    }
+    if let Err(why) = settle_host(&mut req) {
+        let mut r = local_response(StatusCode::BAD_REQUEST, why);
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(r);
+    }
     if is_upgrade(&req) {
         return Ok(tunnel(state, req, client, tls).await);
     }
@@ -350,6 +399,14 @@ async fn handle(
         .map_or("/", |p| p.as_str())
         .to_owned();
     strip_hop_by_hop(&mut parts.headers);
+    if !body.is_end_stream() && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        // A body of no stated length goes on chunked, whatever the method: left to itself hyper's
+        // client sends such a body of a GET as none at all (it assumes GETs have none).
+        parts.headers.insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     if !parts.headers.contains_key(http::header::HOST) {
         if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             parts.headers.insert(http::header::HOST, h);

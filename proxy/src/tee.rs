@@ -168,6 +168,9 @@ where
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                // Trailers are a body's last frame: its end, whether or not the inner body
+                // says so before it is polled again (hyper's does not).
+                let last = frame.is_trailers();
                 if let Some(k) = this.kept.as_mut() {
                     if let Some(data) = frame.data_ref() {
                         let n = data.len() as u64;
@@ -205,7 +208,7 @@ where
                         k.trailers = Some(t.clone());
                     }
                 }
-                *this.at_end = this.inner.is_end_stream();
+                *this.at_end = last || this.inner.is_end_stream();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
@@ -310,5 +313,53 @@ mod tests {
         drop(tee);
         let kept = got.lock().unwrap().take().expect("on_end called on drop");
         assert!(!kept.complete);
+    }
+
+    /// Data, then trailers, and (like hyper's `Incoming`) no word of the end until polled again.
+    struct WithTrailers(u8);
+
+    impl Body for WithTrailers {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0 += 1;
+            Poll::Ready(match self.0 {
+                1 => Some(Ok(Frame::data(Bytes::from_static(b"abc")))),
+                2 => {
+                    let mut t = http::HeaderMap::new();
+                    t.insert("x-checksum", http::HeaderValue::from_static("1"));
+                    Some(Ok(Frame::trailers(t)))
+                }
+                _ => None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_body_dropped_after_its_trailers_is_whole_and_keeps_them() {
+        let got = Arc::new(Mutex::new(None));
+        let slot = got.clone();
+        let mut tee = Tee::new(
+            WithTrailers(0),
+            100,
+            None,
+            Box::new(move |k| *slot.lock().unwrap() = Some(k)),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(tee.frame().await.unwrap().unwrap().is_data());
+            assert!(tee.frame().await.unwrap().unwrap().is_trailers());
+        });
+        // The reader stops at the trailers and drops the body, as hyper's client does.
+        drop(tee);
+        let kept = got.lock().unwrap().take().expect("on_end called on drop");
+        assert!(kept.complete, "trailers end a body");
+        assert_eq!(kept.bytes(), b"abc");
+        assert_eq!(kept.trailers.unwrap()["x-checksum"], "1");
     }
 }

@@ -2,6 +2,7 @@
 //! Parquet read back and judged. One binary, one module per area.
 
 mod common;
+mod framing;
 mod isolation;
 mod protocols;
 mod routing;
