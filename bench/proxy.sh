@@ -151,7 +151,7 @@ ticks() { # CPU clock ticks used so far by the processes given (all their thread
   for p in "$@"; do n=$((n + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
   echo "$n"
 }
-paced() { # paced URL RATE PID... -> "p50 p99 scheduled-p99 achieved failed answered ticks-of-PIDs ticks-of-nginx"
+paced() { # paced URL RATE PID... -> "p50 p99 scheduled-p99 achieved failed answered ticks-of-PIDs ticks-of-nginx client-cpu-us"
   local url="$1" rate="$2" out a b na nb; shift 2
   a=$(ticks "$@"); na=$(ticks "$nginx_worker")
   # open_loop exits 1 when a request failed: its line still counts them.
@@ -160,9 +160,9 @@ paced() { # paced URL RATE PID... -> "p50 p99 scheduled-p99 achieved failed answ
   python3 -c 'import json,sys
 try:
     d=json.loads(sys.argv[1]); s=d["service"]
-    print(s["p50_ms"], s["p99_ms"], d["scheduled"]["p99_ms"], d["rate"], d["failed"], d["answered"], sys.argv[2], sys.argv[3])
+    print(s["p50_ms"], s["p99_ms"], d["scheduled"]["p99_ms"], d["rate"], d["failed"], d["answered"], sys.argv[2], sys.argv[3], d.get("cpu_us", 0))
 except Exception:
-    print("nan nan nan 0 1 0 0 0")' "$out" "$((b - a))" "$((nb - na))"
+    print("nan nan nan 0 1 0 0 0 0")' "$out" "$((b - a))" "$((nb - na))"
 }
 names=("direct" "nginx reverse proxy" "shadowtap, no mirroring" "shadowtap, mirroring 100%")
 urls=("http://127.0.0.1:$backend" "http://127.0.0.1:$nginx_proxy" "http://127.0.0.1:$st_plain" "http://127.0.0.1:$st_mirror")
@@ -182,9 +182,9 @@ import statistics, sys
 path, rate, which, rounds, hz, names = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
 runs = {}
 for line in open(path):
-    k, p50, p99, sched, achieved, failed, answered, own, nginx = line.split()
+    k, p50, p99, sched, achieved, failed, answered, own, nginx, client = line.split()
     runs.setdefault(int(k), []).append((float(p50), float(p99), float(sched), float(achieved), int(failed),
-                                       int(answered), int(own), int(nginx)))
+                                       int(answered), int(own), int(nginx), int(client)))
 what = "half the direct maximum" if which == "direct" else "half shadowtap's mirroring maximum"
 print(f"open loop at {rate:,} req/s ({what}), open_loop client, median of {rounds} interleaved rounds:")
 med = lambda k, i: statistics.median(r[i] for r in runs[k])
@@ -203,6 +203,17 @@ per = lambda k, i: sum(r[i] for r in runs[k]) / hz * 1e6 / max(1, sum(r[5] for r
 backend = per(0, 7)
 print(f"  CPU per request (us): backend nginx {backend:.1f}; proxy: nginx {per(1, 6):.1f}, "
       f"shadowtap {per(2, 6):.1f}, shadowtap mirroring {per(3, 6):.1f} (+ the shadow nginx's {per(3, 7) - backend:.1f})")
+# The machine's budget at this rate: its cores' time over the requests due each second. What
+# the client and the backend take of it is what is left for a proxy; a path whose total comes
+# near the budget queues, and its tail is queueing, whatever the proxy.
+cores = __import__("os").cpu_count() or 1
+budget = cores * 1e6 / rate
+client = lambda k: sum(r[8] for r in runs[k]) / max(1, sum(r[5] for r in runs[k]))
+left = budget - client(0) - backend
+print(f"  CPU budget at {rate:,} req/s on {cores} cores: {budget:.1f} us per request; the client takes "
+      f"{client(0):.1f}, the backend {backend:.1f}: {left:.1f} left for a proxy "
+      f"(nginx's path would use {100 * (client(1) + backend + per(1, 6)) / budget:.0f}% of the machine, "
+      f"shadowtap's {100 * (client(2) + backend + per(2, 6)) / budget:.0f}%)")
 PY
 done
 

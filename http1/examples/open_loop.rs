@@ -11,7 +11,8 @@
 //!   millisecond, so this one also holds up to 1 ms of the client's own timer slack.
 //!
 //! Prints one JSON line: requests answered, failed, the rate achieved (until the last answer),
-//! and p50 / p90 / p99 / p99.9 / max of both latencies in milliseconds. Exit 1 when a request
+//! p50 / p90 / p99 / p99.9 / max of both latencies in milliseconds, and the client's own CPU
+//! time (`cpu_us`, all its threads, from `/proc`; 0 where there is none). Exit 1 when a request
 //! failed. `OPEN_LOOP_TRACE=FILE` also writes each answered request's send time and latency.
 //!
 //!   open_loop http://127.0.0.1:8080/api/users/1 20000 10 32
@@ -225,8 +226,9 @@ fn main() {
         }
     }
     println!(
-        r#"{{"answered":{answered},"failed":{failed},"rate":{:.0},"service":{},"scheduled":{},"error":{}}}"#,
+        r#"{{"answered":{answered},"failed":{failed},"rate":{:.0},"cpu_us":{},"service":{},"scheduled":{},"error":{}}}"#,
         answered as f64 / secs,
+        own_cpu_us(),
         quantiles(service),
         quantiles(scheduled),
         error.map_or("null".into(), |e| format!("{e:?}"))
@@ -234,4 +236,18 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
+}
+
+/// This process's CPU time so far in microseconds: the sum of its threads' time on a CPU
+/// (`/proc/self/task/*/schedstat`, nanoseconds); 0 without `/proc`.
+fn own_cpu_us() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>()
+        / 1000
 }

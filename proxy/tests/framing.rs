@@ -157,7 +157,8 @@ async fn a_get_with_a_chunked_body_and_trailers_arrives_whole_everywhere() {
     let answer = exchange(
         running.addr,
         b"GET /search HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\n\
-          Connection: close\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\nx-digest: abc\r\n\r\n",
+          X-Hop: for the proxy\r\nConnection: close, X-Hop\r\n\r\n\
+          6\r\nhello \r\n5\r\nworld\r\n0\r\nx-digest: abc\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -176,6 +177,17 @@ async fn a_get_with_a_chunked_body_and_trailers_arrives_whole_everywhere() {
     let shadow_got = shadow_seen.lock().unwrap().clone();
     assert_eq!(shadow_got.len(), 1, "the copy was sent: {summary:?}");
     assert_eq!(shadow_got[0].body, b"hello world");
+    // A header the client's `Connection` names is the hop's, on neither path.
+    assert!(
+        prod_got[0].header("x-hop").is_empty(),
+        "{:?}",
+        prod_got[0].head
+    );
+    assert!(
+        shadow_got[0].header("x-hop").is_empty(),
+        "{:?}",
+        shadow_got[0].head
+    );
 
     let ex = recorded(dir.path());
     assert_eq!(ex.len(), 1);

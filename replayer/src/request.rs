@@ -70,7 +70,19 @@ impl OutgoingRequest {
         }
         let b = &mut ex.request_body;
         let mut headers: Vec<Header> = std::mem::take(&mut ex.request_headers);
-        headers.retain(|h| !is_hop_by_hop(&h.name));
+        // The names a `Connection` field lists are hop-by-hop too (RFC 9110 §7.6.1); the
+        // list is empty, and allocates nothing, for the usual `keep-alive` or `close`.
+        let listed: Vec<CompactString> = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("close") && !is_hop_by_hop(t))
+            .map(CompactString::from)
+            .collect();
+        headers.retain(|h| {
+            !is_hop_by_hop(&h.name) && !listed.iter().any(|n| n.eq_ignore_ascii_case(&h.name))
+        });
         let body = if b.truncated {
             return Err(Unreplayable(format!(
                 "the request body was longer than the capture's --max-body ({} bytes)",
