@@ -477,9 +477,9 @@ async fn the_leader_judges_the_mirrored_pairs_of_every_instance() {
 
 /// The leader dies without a word (its tasks aborted, its lease left to run out): the other
 /// instance takes over within the lease, the shift goes on, and every transition's alert
-/// reached the webhook exactly once across the two.
+/// reached the webhook across the two: at least once, a repeat only of one sent as it died.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost_or_repeated() {
+async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost() {
     use std::time::{Duration, Instant};
     let pg = Postgres::start();
     let (prod, _) = backend().await;
@@ -519,6 +519,8 @@ async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost_or
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // What the webhook had when the leader died: a repeat may only be of one of these.
+    let before_crash = received.lock().unwrap().len();
     a.crash().await;
     let died = Instant::now();
     while !b.plane.is_leader() {
@@ -552,14 +554,26 @@ async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost_or
             .map(|(id, _, _)| id)
             .collect();
         if ids.iter().all(|id| signed.contains(&id)) {
-            let mut unique = signed.clone();
-            unique.sort();
-            unique.dedup();
-            assert_eq!(
-                unique.len(),
-                signed.len(),
-                "an alert was sent twice: {signed:?}"
-            );
+            // At least once: the leader's tasks aborted between the webhook's 200 and the
+            // outbox's mark send that alert again from the new leader (same delivery id), so
+            // one repeat is allowed, of an alert first received before the crash.
+            let mut repeats = 0;
+            for (i, id) in signed.iter().enumerate() {
+                if let Some(first) = signed[..i].iter().position(|x| x == id) {
+                    repeats += 1;
+                    let first_at = got
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (_, s, _))| s != "slack")
+                        .nth(first)
+                        .map_or(usize::MAX, |(k, _)| k);
+                    assert!(
+                        first_at < before_crash,
+                        "alert {id} sent twice, not across the crash: {signed:?}"
+                    );
+                }
+            }
+            assert!(repeats <= 1, "alerts repeated {repeats} times: {signed:?}");
             break;
         }
         assert!(
