@@ -556,13 +556,12 @@ impl HttpConnection {
                             .find(|p| Some(p.index) == m.index)
                         {
                             p.response = Some(*m);
-                        } else if let Some(p) = self
-                            .pairing
-                            .pending
-                            .iter_mut()
-                            .find(|p| p.index == self.pairing.next_response)
+                        } else if let Some(p) = m
+                            .interim_of
+                            .and_then(|i| self.pairing.pending.iter_mut().find(|p| p.index == i))
                         {
-                            // An interim (1xx) response of the next unanswered request.
+                            // An interim (1xx) response of the request it was parsed for (by
+                            // now the final response may have been parsed too).
                             p.interim.push(m.status);
                         }
                     }
@@ -975,6 +974,35 @@ mod tests {
         assert_eq!((ex[0].path.as_str(), ex[0].status), ("/u", Some(201)));
         assert!(!ex[0].flags.no_response);
         assert_eq!(c.stats().orphan_responses, 0);
+    }
+
+    #[test]
+    fn an_interim_response_read_with_its_final_one_stays_with_its_request() {
+        // `100 Continue` and `200` in one segment (a server that sent the 100 late), and a
+        // second request waiting: the 100 is the first request's, the second gets none.
+        let mut c = conn_with_seqs();
+        let first = b"POST /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab";
+        c.on_data(0, first, 1, Some(5000));
+        let second = b"GET /next HTTP/1.1\r\n\r\n";
+        c.on_data(0, second, 2, Some(5000));
+        c.on_data(
+            1,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            3,
+            Some(1000 + (first.len() + second.len()) as u32),
+        );
+        c.on_data(1, b"HTTP/1.1 204 No Content\r\n\r\n", 4, None);
+        c.finish();
+        let ex = c.take_exchanges();
+        assert_eq!(ex.len(), 2);
+        assert_eq!(
+            (ex[0].status, ex[0].interim_statuses.clone()),
+            (Some(200), vec![100])
+        );
+        assert_eq!(
+            (ex[1].status, ex[1].interim_statuses.clone()),
+            (Some(204), vec![])
+        );
     }
 
     #[test]

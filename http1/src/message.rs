@@ -57,6 +57,9 @@ pub struct Message {
     pub end_us: i64,
     /// For requests: the index in the connection; for final responses: the request answered.
     pub index: Option<u64>,
+    /// For interim (1xx) responses: the request whose final response they precede. Set when
+    /// the head is parsed, so it holds when the final response was parsed in the same read.
+    pub interim_of: Option<u64>,
     /// Request method.
     pub method: CompactString,
     /// Request target.

@@ -552,6 +552,8 @@ impl MessageParser {
                         ResponseFraming::Request { index, method } => {
                             if head.status >= 200 || head.status == 101 {
                                 msg.index = Some(index);
+                            } else {
+                                msg.interim_of = Some(index);
                             }
                             method
                         }
