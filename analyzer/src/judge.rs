@@ -529,13 +529,22 @@ fn diff_checks(
 ) -> (Vec<FieldClass>, Vec<Check>, BTreeMap<String, u64>) {
     let mp = &p.metrics.diff_rate;
     let alpha = mp.alpha / 2.0;
-    let ps: Vec<f64> = m.fields.iter().map(|f| f.p).collect();
-    let mins: Vec<f64> = m.fields.iter().map(|f| f.min_p).collect();
+    // One family: every field on every endpoint, and every field over the whole service.
+    let tests: Vec<&crate::measure::FieldMeasure> =
+        m.fields.iter().chain(&m.service_fields).collect();
+    let ps: Vec<f64> = tests.iter().map(|f| f.p).collect();
+    let mins: Vec<f64> = tests.iter().map(|f| f.min_p).collect();
     let (adj, k) = tarone_bonferroni(&ps, &mins, alpha);
     let mut classes = Vec::new();
     let mut failing: BTreeMap<u32, Vec<(String, f64)>> = BTreeMap::new();
+    // Fields failing on some endpoint: the same field over the service adds nothing to them.
+    let mut failing_fields = std::collections::BTreeSet::new();
     let noise_name = noise_name(m.noise);
-    for (f, &a) in m.fields.iter().zip(&adj) {
+    for (f, &a) in tests.iter().zip(&adj) {
+        let service = f.endpoint == crate::measure::EVERY_ENDPOINT;
+        if service && failing_fields.contains(&f.field) {
+            continue;
+        }
         let rate = |x: u64| {
             if f.pairs == 0 {
                 0.0
@@ -547,7 +556,11 @@ fn diff_checks(
         let large = c - n > p.noise.absolute && c > n * (1.0 + p.noise.relative);
         let fail = a < alpha && large;
         let (name, kind) = &m.field_names[f.field as usize];
-        let ep = &m.endpoints[f.endpoint as usize].name;
+        let ep = if service {
+            &m.overall.name
+        } else {
+            &m.endpoints[f.endpoint as usize].name
+        };
         let reason = format!(
             "differs in {:.2}% of candidate pairs and {:.2}% of {noise_name} pairs ({} exchanges only in the candidate, {} only in noise); raw p = {}, adjusted p = {}{}",
             c * 100.0,
@@ -569,6 +582,12 @@ fn diff_checks(
                 .entry(f.endpoint)
                 .or_default()
                 .push((format!("{name} ({kind})"), a));
+            failing_fields.insert(f.field);
+        }
+        if service && !fail {
+            // The per-endpoint rows already say what is noise; a service-wide one is shown
+            // when it is what fails.
+            continue;
         }
         classes.push(FieldClass {
             endpoint: ep.clone(),
@@ -643,15 +662,23 @@ fn diff_checks(
             best,
             &format!(
                 "diff_rate/fields (alpha {alpha}, Tarone-Bonferroni over {k} of {} field tests)",
-                m.fields.len()
+                tests.len()
             ),
         ));
     }
-    // Overall: does the candidate differ at all more often than noise does?
+    // Overall: does the candidate differ at all more often than noise does, or does one field
+    // across the service?
     let o = &m.overall.differs;
-    let oa = o.p.min(1.0);
+    let service_fails = failing
+        .get(&crate::measure::EVERY_ENDPOINT)
+        .cloned()
+        .unwrap_or_default();
+    let oa = service_fails
+        .iter()
+        .map(|f| f.1)
+        .fold(o.p.min(1.0), f64::min);
     let large = large_increase(o, mp.max_increase, p.noise.relative);
-    let fail = oa < alpha && large;
+    let fail = (o.p < alpha && large) || !service_fails.is_empty();
     let enough = o.units >= p.samples.min_overall.max(1);
     let result = if fail {
         CheckResult::Fail
@@ -660,24 +687,39 @@ fn diff_checks(
     } else {
         CheckResult::Inconclusive
     };
-    let explanation = format!(
+    let mut explanation = format!(
         "{:.2}% of candidate pairs differ in some field vs {:.2}% of {noise_name} pairs ({} exchanges only in the candidate, {} only in noise); p = {}{}",
         o.candidate_rate() * 100.0,
         o.reference_rate() * 100.0,
         o.worse,
         o.better,
         fmt_p(o.p),
-        if fail { ": fails" } else { "" }
+        if o.p < alpha && large { ": fails" } else { "" }
     );
+    if !service_fails.is_empty() {
+        explanation.push_str(&format!(
+            "; fields differing beyond noise across the service: {}",
+            service_fails
+                .iter()
+                .map(|f| f.0.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     checks.push(diff_check(
         m,
         &m.overall,
         mp,
         result,
         explanation,
-        Vec::new(),
+        service_fails
+            .iter()
+            .map(|f| format!("overall {}", f.0))
+            .collect(),
         oa,
-        &format!("diff_rate/overall (alpha {alpha})"),
+        &format!(
+            "diff_rate/overall (alpha {alpha}; its fields in the Tarone-Bonferroni family above)"
+        ),
     ));
     (classes, checks, differing)
 }

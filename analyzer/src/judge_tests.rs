@@ -93,6 +93,7 @@ fn service(rare: RateMeasure) -> Measurements {
             vec![rate("baseline", 6020, 200, 180, 100, 80)],
         ),
         fields: Vec::new(),
+        service_fields: Vec::new(),
         field_names: Vec::new(),
         health: healthy(6020),
         positions: Vec::new(),
@@ -315,4 +316,46 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn a_field_changed_thinly_on_every_endpoint_fails_across_the_service() {
+    use crate::measure::{FieldMeasure, EVERY_ENDPOINT};
+    let field = |endpoint, pairs, worse| FieldMeasure {
+        endpoint,
+        field: 0,
+        pairs,
+        candidate: worse,
+        noise: 0,
+        worse,
+        better: 0,
+        p: sign_test_greater(worse, 0),
+        min_p: sign_test_min_p(worse),
+    };
+    let p = Policy::default();
+    let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
+    m.field_names = vec![("status".into(), "status".into())];
+    // 2% of every endpoint's 200 pairs answer another status: 4 each, nothing alone.
+    m.fields = (0..30).map(|e| field(e, 200, 4)).collect();
+    let j = judge(&m, &p);
+    assert_eq!(j.decision, Decision::Go, "{:?}", j.reasons);
+    // The same 120 pairs counted over the service are no accident.
+    m.service_fields = vec![field(EVERY_ENDPOINT, 6000, 120)];
+    let j = judge(&m, &p);
+    assert_eq!(j.decision, Decision::NoGo, "{:?}", j.reasons);
+    let overall = check(&j, "diff_rate", "overall");
+    assert_eq!(overall.result, CheckResult::Fail);
+    assert!(
+        overall
+            .explanation
+            .contains("across the service: status (status)"),
+        "{}",
+        overall.explanation
+    );
+    assert!(j
+        .fields
+        .iter()
+        .any(|f| f.endpoint == "overall" && f.field == "status" && !f.noise));
+    // No endpoint's own check fails for it.
+    assert_eq!(check(&j, "diff_rate", "GET /e0").result, CheckResult::Pass);
 }

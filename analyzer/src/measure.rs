@@ -107,6 +107,9 @@ pub struct LatencyMeasure {
     pub candidate_ms: [Option<f64>; 3],
 }
 
+/// The `endpoint` of a [`FieldMeasure`] taken over every endpoint.
+pub const EVERY_ENDPOINT: u32 = u32::MAX;
+
 /// One field (pattern and kind) on one endpoint: does the candidate differ from the baseline
 /// more often than the noise comparison does, on the same exchanges?
 #[derive(Debug, Clone)]
@@ -167,6 +170,10 @@ pub struct Measurements {
     pub overall: EndpointMeasure,
     /// Per field and endpoint.
     pub fields: Vec<FieldMeasure>,
+    /// Per field over every endpoint (`endpoint` is [`EVERY_ENDPOINT`]): a change spread thinly
+    /// over many endpoints (2% of all requests answered 404) is too rare on each to be seen
+    /// there, and plain across the service.
+    pub service_fields: Vec<FieldMeasure>,
     /// Field names and kinds.
     pub field_names: Vec<(String, String)>,
     /// Health guard inputs.
@@ -200,7 +207,8 @@ pub fn measure(set: &PairSet, policy: &Policy) -> Measurements {
         noise: set.noise,
         endpoints,
         overall,
-        fields: field_measures(set, &clusters),
+        fields: field_measures(set, &clusters, true),
+        service_fields: field_measures(set, &clusters, false),
         field_names: set
             .fields
             .iter()
@@ -425,7 +433,13 @@ fn latency_measure(
     }
 }
 
-fn field_measures(set: &PairSet, clusters: &[(usize, usize)]) -> Vec<FieldMeasure> {
+/// Per field and endpoint, or (`per_endpoint` false) per field over every endpoint. The unit
+/// is the exchange (a cluster of passes) either way.
+fn field_measures(
+    set: &PairSet,
+    clusters: &[(usize, usize)],
+    per_endpoint: bool,
+) -> Vec<FieldMeasure> {
     let with_noise = set.noise != NoiseSource::None;
     // (endpoint, field) -> measure under construction.
     let mut acc: HashMap<(u32, u32), FieldMeasure> = HashMap::new();
@@ -433,7 +447,11 @@ fn field_measures(set: &PairSet, clusters: &[(usize, usize)]) -> Vec<FieldMeasur
     let mut signs: HashMap<u32, i64> = HashMap::new();
     for &(a, b) in clusters {
         signs.clear();
-        let ep = set.pairs[a].endpoint;
+        let ep = if per_endpoint {
+            set.pairs[a].endpoint
+        } else {
+            EVERY_ENDPOINT
+        };
         for p in &set.pairs[a..b] {
             let empty = Vec::new();
             let (c, n) = match (&p.candidate_diff, &p.noise_diff) {

@@ -60,6 +60,15 @@ enum Regression {
     HtmlContent,
     /// One JSON field changes on one endpoint.
     FieldChanged,
+    /// One JSON field wrong in 10% of one endpoint's responses (a bug in a subset; at 5%,
+    /// 10 of 200, the evidence does not survive the correction over ~35 field tests).
+    RareFieldChanged,
+    /// One endpoint answers 404 (not a 5xx) to every request.
+    EndpointNotFound,
+    /// 2% of all requests answered 404 (not a 5xx).
+    NewClientErrors,
+    /// Every endpoint 30% slower.
+    SlowEverywhere,
 }
 
 fn normal(r: &mut SplitMix) -> f64 {
@@ -100,9 +109,15 @@ fn body(s: &Shape, ep: usize, i: usize, r: &mut SplitMix, candidate: bool, ts_ep
     } else {
         format!("n{i}")
     };
+    let cents =
+        if candidate && s.regression == Regression::RareFieldChanged && ep == 0 && i % 10 == 7 {
+            0
+        } else {
+            5
+        };
     Body {
         text: format!(
-            "{{\"id\":{i},\"endpoint\":{ep},\"name\":\"{name}\",\"price\":{}.5,\"trace\":{trace},\"ts\":{ts_epoch}}}",
+            "{{\"id\":{i},\"endpoint\":{ep},\"name\":\"{name}\",\"price\":{}.{cents},\"trace\":{trace},\"ts\":{ts_epoch}}}",
             i % 97
         ),
         ct: "application/json",
@@ -153,8 +168,12 @@ fn generate(s: &Shape, seed: u64) -> PairSet {
                     let jitter = (0.15 * normal(r)).exp();
                     let mut lat = base * offset * jitter * persist[who].0;
                     let mut err = fixed || persist[who].1 || r.unit() < s.random_errors;
+                    let mut not_found = false;
                     if cand {
                         match s.regression {
+                            Regression::EndpointNotFound if e == 0 => not_found = true,
+                            Regression::NewClientErrors if r.unit() < 0.02 => not_found = true,
+                            Regression::SlowEverywhere => lat *= 1.3,
                             Regression::SlowTail if r.unit() < 0.05 => lat += 1_000_000.0,
                             Regression::SlowEndpoint if e == 0 => lat *= 1.5,
                             Regression::NewErrors if r.unit() < 0.008 => err = true,
@@ -162,7 +181,12 @@ fn generate(s: &Shape, seed: u64) -> PairSet {
                             _ => {}
                         }
                     }
-                    Obs::answer(if err { 500 } else { 200 }, lat as i64)
+                    let status = match (err, not_found) {
+                        (true, _) => 500,
+                        (false, true) => 404,
+                        _ => 200,
+                    };
+                    Obs::answer(status, lat as i64)
                 };
                 let b = obs(1.0, false, 0, &mut r);
                 let c = obs(cand_offset, true, 1, &mut r);
@@ -336,6 +360,10 @@ fn regressions() -> Vec<Shape> {
             Regression::HtmlContent,
         ),
         with(0, Regression::FieldChanged),
+        with(0, Regression::RareFieldChanged),
+        with(0, Regression::EndpointNotFound),
+        with(0, Regression::NewClientErrors),
+        with(0, Regression::SlowEverywhere),
     ]
 }
 
