@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use shadowtap_proxy::config::ShadowConfig;
 use shadowtap_proxy::config::{CanaryConfig, KeySource};
 
 use crate::common::*;
@@ -528,7 +529,14 @@ async fn a_shadow_pool_changed_at_runtime_gets_the_copies_and_the_old_one_sends_
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(prod);
     cfg.record = Some(dir.path().to_path_buf());
-    cfg.shadows = vec![shadow("candidate", old)];
+    // Queues long enough for every copy of the test: a new sender that starts slowly on a
+    // loaded machine would otherwise drop copies (counted, by design) and the counts below
+    // would say nothing about the hand-over.
+    let roomy = |name: &str, addr| ShadowConfig {
+        queue: 128,
+        ..shadow(name, addr)
+    };
+    cfg.shadows = vec![roomy("candidate", old)];
     let running = shadowtap_proxy::start(cfg.clone(), None).await.unwrap();
     let c = client();
     for k in 0..30 {
@@ -537,7 +545,7 @@ async fn a_shadow_pool_changed_at_runtime_gets_the_copies_and_the_old_one_sends_
             .unwrap();
     }
     let mut changed = cfg.clone();
-    changed.shadows = vec![shadow("candidate", new_member)];
+    changed.shadows = vec![roomy("candidate", new_member)];
     assert_eq!(running.state.apply(changed, "test").await.unwrap(), 2);
     for k in 30..70 {
         get_url(&c, &format!("http://{}/item/{k}", running.addr), &[])
