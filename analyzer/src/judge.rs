@@ -643,14 +643,7 @@ fn diff_checks(
                 if enough { "" } else { "; too few to pass" }
             )
         } else {
-            format!(
-                "fields differing beyond noise: {}",
-                fails
-                    .iter()
-                    .map(|f| f.0.clone())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("fields differing beyond noise: {}", names(&fails))
         };
         checks.push(diff_check(
             m,
@@ -670,15 +663,15 @@ fn diff_checks(
     // across the service?
     let o = &m.overall.differs;
     let service_fails = failing
-        .get(&crate::measure::EVERY_ENDPOINT)
-        .cloned()
+        .remove(&crate::measure::EVERY_ENDPOINT)
         .unwrap_or_default();
     let oa = service_fails
         .iter()
         .map(|f| f.1)
         .fold(o.p.min(1.0), f64::min);
     let large = large_increase(o, mp.max_increase, p.noise.relative);
-    let fail = (o.p < alpha && large) || !service_fails.is_empty();
+    let any_field = o.p < alpha && large;
+    let fail = any_field || !service_fails.is_empty();
     let enough = o.units >= p.samples.min_overall.max(1);
     let result = if fail {
         CheckResult::Fail
@@ -694,16 +687,12 @@ fn diff_checks(
         o.worse,
         o.better,
         fmt_p(o.p),
-        if o.p < alpha && large { ": fails" } else { "" }
+        if any_field { ": fails" } else { "" }
     );
     if !service_fails.is_empty() {
         explanation.push_str(&format!(
             "; fields differing beyond noise across the service: {}",
-            service_fails
-                .iter()
-                .map(|f| f.0.clone())
-                .collect::<Vec<_>>()
-                .join(", ")
+            names(&service_fails)
         ));
     }
     checks.push(diff_check(
@@ -722,6 +711,15 @@ fn diff_checks(
         ),
     ));
     (classes, checks, differing)
+}
+
+/// The names of failing fields, comma-separated.
+fn names(fails: &[(String, f64)]) -> String {
+    fails
+        .iter()
+        .map(|f| f.0.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The noise comparison, as the reports name it.

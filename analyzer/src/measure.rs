@@ -200,6 +200,7 @@ pub fn measure(set: &PairSet, policy: &Policy) -> Measurements {
         .map(|(e, cs)| endpoint_measure(set, &set.endpoints[e], cs, &refs, policy, seed + e as u64))
         .collect();
     let overall = endpoint_measure(set, "overall", &clusters, &refs, policy, seed);
+    let (fields, service_fields) = field_measures(set, &clusters);
     Measurements {
         baseline: set.baseline.clone(),
         candidate: set.candidate.clone(),
@@ -207,8 +208,8 @@ pub fn measure(set: &PairSet, policy: &Policy) -> Measurements {
         noise: set.noise,
         endpoints,
         overall,
-        fields: field_measures(set, &clusters, true),
-        service_fields: field_measures(set, &clusters, false),
+        fields,
+        service_fields,
         field_names: set
             .fields
             .iter()
@@ -433,25 +434,21 @@ fn latency_measure(
     }
 }
 
-/// Per field and endpoint, or (`per_endpoint` false) per field over every endpoint. The unit
-/// is the exchange (a cluster of passes) either way.
+/// Per field and endpoint, and per field over every endpoint ([`EVERY_ENDPOINT`]), in one
+/// pass. The unit is the exchange (a cluster of passes) either way: a cluster belongs to one
+/// endpoint, so its sign on a field counts the same in both.
 fn field_measures(
     set: &PairSet,
     clusters: &[(usize, usize)],
-    per_endpoint: bool,
-) -> Vec<FieldMeasure> {
+) -> (Vec<FieldMeasure>, Vec<FieldMeasure>) {
     let with_noise = set.noise != NoiseSource::None;
-    // (endpoint, field) -> measure under construction.
+    // (endpoint or EVERY_ENDPOINT, field) -> measure under construction.
     let mut acc: HashMap<(u32, u32), FieldMeasure> = HashMap::new();
     let mut compared: HashMap<u32, u64> = HashMap::new();
     let mut signs: HashMap<u32, i64> = HashMap::new();
     for &(a, b) in clusters {
         signs.clear();
-        let ep = if per_endpoint {
-            set.pairs[a].endpoint
-        } else {
-            EVERY_ENDPOINT
-        };
+        let keys = [set.pairs[a].endpoint, EVERY_ENDPOINT];
         for p in &set.pairs[a..b] {
             let empty = Vec::new();
             let (c, n) = match (&p.candidate_diff, &p.noise_diff) {
@@ -459,29 +456,37 @@ fn field_measures(
                 (Some(c), None) if !with_noise => (c, &empty),
                 _ => continue,
             };
-            *compared.entry(ep).or_default() += 1;
+            for ep in keys {
+                *compared.entry(ep).or_default() += 1;
+                for &f in c {
+                    acc.entry((ep, f))
+                        .or_insert_with(|| new_field(ep, f))
+                        .candidate += 1;
+                }
+                for &f in n {
+                    acc.entry((ep, f)).or_insert_with(|| new_field(ep, f)).noise += 1;
+                }
+            }
             for &f in c {
                 *signs.entry(f).or_default() += 1;
-                let m = acc.entry((ep, f)).or_insert_with(|| new_field(ep, f));
-                m.candidate += 1;
             }
             for &f in n {
                 *signs.entry(f).or_default() -= 1;
-                let m = acc.entry((ep, f)).or_insert_with(|| new_field(ep, f));
-                m.noise += 1;
             }
         }
         for (&f, &s) in &signs {
-            if let Some(m) = acc.get_mut(&(ep, f)) {
-                match s.cmp(&0) {
-                    std::cmp::Ordering::Greater => m.worse += 1,
-                    std::cmp::Ordering::Less => m.better += 1,
-                    std::cmp::Ordering::Equal => {}
+            for ep in keys {
+                if let Some(m) = acc.get_mut(&(ep, f)) {
+                    match s.cmp(&0) {
+                        std::cmp::Ordering::Greater => m.worse += 1,
+                        std::cmp::Ordering::Less => m.better += 1,
+                        std::cmp::Ordering::Equal => {}
+                    }
                 }
             }
         }
     }
-    let mut out: Vec<FieldMeasure> = acc
+    let (mut service, mut per_endpoint): (Vec<FieldMeasure>, Vec<FieldMeasure>) = acc
         .into_values()
         .map(|mut m| {
             m.pairs = compared.get(&m.endpoint).copied().unwrap_or(0);
@@ -489,9 +494,10 @@ fn field_measures(
             m.min_p = sign_test_min_p(m.worse + m.better);
             m
         })
-        .collect();
-    out.sort_by_key(|m| (m.endpoint, m.field));
-    out
+        .partition(|m| m.endpoint == EVERY_ENDPOINT);
+    per_endpoint.sort_by_key(|m| (m.endpoint, m.field));
+    service.sort_by_key(|m| m.field);
+    (per_endpoint, service)
 }
 
 fn new_field(endpoint: u32, field: u32) -> FieldMeasure {

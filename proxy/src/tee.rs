@@ -239,8 +239,12 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    /// A body of these frames, each ready at once.
-    struct Frames(VecDeque<Bytes>);
+    /// A body of these frames, each ready at once; `tells_end`: whether it says it has ended
+    /// once the last is out (hyper's `Incoming` does not after trailers).
+    struct Frames {
+        frames: VecDeque<Frame<Bytes>>,
+        tells_end: bool,
+    }
 
     impl Body for Frames {
         type Data = Bytes;
@@ -249,30 +253,40 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+            Poll::Ready(self.frames.pop_front().map(Ok))
         }
         fn is_end_stream(&self) -> bool {
-            self.0.is_empty()
+            self.tells_end && self.frames.is_empty()
         }
     }
 
     fn body(chunks: &[&'static [u8]]) -> Frames {
-        Frames(chunks.iter().map(|c| Bytes::from_static(c)).collect())
+        Frames {
+            frames: chunks
+                .iter()
+                .map(|c| Frame::data(Bytes::from_static(c)))
+                .collect(),
+            tells_end: true,
+        }
+    }
+
+    /// An `on_end` that keeps what it is given, and where.
+    fn slot() -> (Arc<Mutex<Option<Kept>>>, OnEnd) {
+        let got = Arc::new(Mutex::new(None));
+        let keep = got.clone();
+        (got, Box::new(move |k| *keep.lock().unwrap() = Some(k)))
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
     }
 
     fn collect(cap: u64, budget: Option<Arc<Budget>>, chunks: &[&'static [u8]]) -> (Vec<u8>, Kept) {
-        let got = Arc::new(Mutex::new(None));
-        let slot = got.clone();
-        let tee = Tee::new(
-            body(chunks),
-            cap,
-            budget,
-            Box::new(move |k| *slot.lock().unwrap() = Some(k)),
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let passed = rt.block_on(async { tee.collect().await.unwrap().to_bytes() });
+        let (got, on_end) = slot();
+        let tee = Tee::new(body(chunks), cap, budget, on_end);
+        let passed = runtime().block_on(async { tee.collect().await.unwrap().to_bytes() });
         let kept = got.lock().unwrap().take().expect("on_end called");
         (passed.to_vec(), kept)
     }
@@ -302,56 +316,26 @@ mod tests {
 
     #[test]
     fn a_body_dropped_before_its_end_is_reported_incomplete() {
-        let got = Arc::new(Mutex::new(None));
-        let slot = got.clone();
-        let tee = Tee::new(
-            body(&[b"abc", b"def"]),
-            100,
-            None,
-            Box::new(move |k| *slot.lock().unwrap() = Some(k)),
-        );
-        drop(tee);
+        let (got, on_end) = slot();
+        drop(Tee::new(body(&[b"abc", b"def"]), 100, None, on_end));
         let kept = got.lock().unwrap().take().expect("on_end called on drop");
         assert!(!kept.complete);
     }
 
-    /// Data, then trailers, and (like hyper's `Incoming`) no word of the end until polled again.
-    struct WithTrailers(u8);
-
-    impl Body for WithTrailers {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            self.0 += 1;
-            Poll::Ready(match self.0 {
-                1 => Some(Ok(Frame::data(Bytes::from_static(b"abc")))),
-                2 => {
-                    let mut t = http::HeaderMap::new();
-                    t.insert("x-checksum", http::HeaderValue::from_static("1"));
-                    Some(Ok(Frame::trailers(t)))
-                }
-                _ => None,
-            })
-        }
-    }
-
     #[test]
     fn a_body_dropped_after_its_trailers_is_whole_and_keeps_them() {
-        let got = Arc::new(Mutex::new(None));
-        let slot = got.clone();
-        let mut tee = Tee::new(
-            WithTrailers(0),
-            100,
-            None,
-            Box::new(move |k| *slot.lock().unwrap() = Some(k)),
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("1"));
+        let frames = Frames {
+            frames: VecDeque::from([
+                Frame::data(Bytes::from_static(b"abc")),
+                Frame::trailers(trailers),
+            ]),
+            tells_end: false,
+        };
+        let (got, on_end) = slot();
+        let mut tee = Tee::new(frames, 100, None, on_end);
+        runtime().block_on(async {
             assert!(tee.frame().await.unwrap().unwrap().is_data());
             assert!(tee.frame().await.unwrap().unwrap().is_trailers());
         });
