@@ -333,18 +333,19 @@ async fn handle(
     conn_seq: u32,
     tls: bool,
 ) -> Result<Response<DownBody>, Infallible> {
+    // The proxy's own answers to what it does not forward; the connection closes after them.
+    let refuse = |status, why: &str| {
+        let mut r = local_response(status, why);
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        Ok(r)
+    };
     if req.method() == http::Method::CONNECT {
         // A reverse proxy: no tunnels to wherever the client names.
-        let mut r = local_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
-        r.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(r);
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
     }
     if let Err(why) = settle_host(&mut req) {
-        let mut r = local_response(StatusCode::BAD_REQUEST, why);
-        r.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(r);
+        return refuse(StatusCode::BAD_REQUEST, why);
     }
     if is_upgrade(&req) {
         return Ok(tunnel(state, req, client, tls).await);
