@@ -175,6 +175,53 @@ pub struct Progress {
     /// Windows the statistical gate has judged (its looks; each spends part of its alpha).
     #[serde(default)]
     pub looks: u32,
+    /// Requests of the run of windows in a row that each had too few to judge by rate (their
+    /// evidence adds up, see [`small_sample`]).
+    #[serde(default)]
+    pub small_requests: u64,
+    /// Errors among those requests.
+    #[serde(default)]
+    pub small_errors: u64,
+}
+
+/// The false-alarm rate of the exact test on windows too small to judge by rate: the chance
+/// that a version whose true error rate is exactly at a limit shows that many failures.
+pub const SMALL_SAMPLE_ALPHA: f64 = 0.001;
+
+/// What `errors` failures of `requests` show when there are too few requests to judge the
+/// window's rate against the thresholds: the exact binomial test of "the true error rate is at
+/// most the limit", at [`SMALL_SAMPLE_ALPHA`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SmallSample {
+    /// Significantly above the critical error rate (p given): roll back now.
+    Critical(f64),
+    /// Significantly above the error-rate threshold (p given): a breach like any other.
+    Breach(f64),
+    /// Consistent with both limits: too little traffic to say anything.
+    Nothing,
+}
+
+/// The exact test behind [`SmallSample`]: five failures out of five is evidence, not silence.
+pub fn small_sample(p: &Policy, errors: u64, requests: u64) -> SmallSample {
+    if requests == 0 || errors == 0 {
+        return SmallSample::Nothing;
+    }
+    let critical = shadowtap_stats::binomial_sf(errors, requests, p.critical.error_rate);
+    if critical <= SMALL_SAMPLE_ALPHA {
+        return SmallSample::Critical(critical);
+    }
+    let breach = shadowtap_stats::binomial_sf(errors, requests, p.thresholds.error_rate);
+    if breach <= SMALL_SAMPLE_ALPHA {
+        return SmallSample::Breach(breach);
+    }
+    SmallSample::Nothing
+}
+
+impl Window {
+    /// The errors the window counted (its rate times its requests).
+    pub fn errors(&self) -> u64 {
+        (self.error_rate * self.request_count as f64).round() as u64
+    }
 }
 
 /// The monitor's decision on one window.
@@ -216,6 +263,57 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
         w.request_count
     );
     if w.request_count < p.min_requests {
+        // Too few requests to judge the rate; their failures still count, added up over the
+        // run of such windows.
+        next.small_requests += w.request_count;
+        next.small_errors += w.errors();
+        let (k, n) = (next.small_errors, next.small_requests);
+        match small_sample(p, k, n) {
+            SmallSample::Critical(pv) => {
+                return (
+                    Decision::Rollback {
+                        why: format!(
+                            "critical breach: {k} of {n} requests failed over the last windows \
+                             (p = {pv:.1e} at the critical error rate {}; too few requests \
+                             to judge by rate, the exact test at {SMALL_SAMPLE_ALPHA})",
+                            p.critical.error_rate
+                        ),
+                    },
+                    Progress {
+                        small_requests: 0,
+                        small_errors: 0,
+                        ..next
+                    },
+                )
+            }
+            SmallSample::Breach(pv) => {
+                next.small_requests = 0;
+                next.small_errors = 0;
+                next.silent = 0;
+                next.breaches += 1;
+                let why = format!(
+                    "{k} of {n} requests failed over the last windows (p = {pv:.1e} at the \
+                     error-rate threshold {}; too few requests to judge by rate)",
+                    p.thresholds.error_rate
+                );
+                if next.breaches >= p.failure_limit.max(1) {
+                    return (
+                        Decision::Rollback {
+                            why: format!("{} breaching windows in a row: {why}", next.breaches),
+                        },
+                        next,
+                    );
+                }
+                return (
+                    Decision::Hold {
+                        why: format!("breach {} of {}: {why}", next.breaches, p.failure_limit),
+                        alert: true,
+                    },
+                    next,
+                );
+            }
+            SmallSample::Nothing => {}
+        }
         next.silent += 1;
         let alert = next.silent >= p.silent_limit.max(1)
             && next.silent.is_multiple_of(p.silent_limit.max(1));
@@ -231,6 +329,8 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
         );
     }
     next.silent = 0;
+    next.small_requests = 0;
+    next.small_errors = 0;
     // A critical breach rolls back at once, whatever the count.
     if p.critical.breached_by(w) {
         return (
@@ -406,6 +506,78 @@ mod tests {
                 Decision::Hold { alert, .. } => assert_eq!(alert, i == 5),
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn failures_in_windows_too_small_to_judge_add_up_to_a_rollback() {
+        // min_requests 100; critical error rate 0.1, threshold 0.02.
+        let p = policy(Algorithm::Linear { step: 10.0 });
+        let failing = |n| Window {
+            error_rate: 1.0,
+            latency_ms: 10.0,
+            request_count: n,
+        };
+        // 1 of 1 failing: P = 0.1 at the critical rate, 0.02 at the threshold, not evidence
+        // yet; 3 more: 4 of 4, P = 0.1^4 = 1e-4 at the critical rate.
+        let (d, pr) = tick(&p, 10.0, Progress::default(), &failing(1));
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        assert_eq!((pr.small_requests, pr.small_errors), (1, 1));
+        let (d, pr) = tick(&p, 10.0, pr, &failing(3));
+        match d {
+            Decision::Rollback { why } => assert!(why.contains("4 of 4"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((pr.small_requests, pr.small_errors), (0, 0));
+        // 3 failures of 15 (p = 0.0030 at the 2% threshold: not yet evidence); twice (6 of
+        // 30, p = 2.5e-5): a breach, not critical (p = 0.073 at 10%).
+        let some = Window {
+            error_rate: 0.2,
+            latency_ms: 10.0,
+            request_count: 15,
+        };
+        let (d, pr) = tick(&p, 10.0, Progress::default(), &some);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        let (d, pr) = tick(&p, 10.0, pr, &some);
+        match d {
+            Decision::Hold { why, alert } => {
+                assert!(
+                    alert && why.starts_with("breach 1 of 3") && why.contains("6 of 30"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pr.breaches, 1);
+        // Healthy small windows never breach, however many.
+        let healthy = Window {
+            error_rate: 0.0,
+            latency_ms: 10.0,
+            request_count: 10,
+        };
+        let mut pr = Progress::default();
+        for _ in 0..50 {
+            let (d, next) = tick(&p, 10.0, pr, &healthy);
+            assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+            pr = next;
+        }
+        assert_eq!(pr.breaches, 0);
+    }
+
+    #[test]
+    fn the_small_sample_test_keeps_its_false_alarm_rate_at_the_limit() {
+        // A version failing at exactly the critical rate is called critical with probability
+        // at most SMALL_SAMPLE_ALPHA on any one window, at every size.
+        let p = policy(Algorithm::Linear { step: 10.0 });
+        for n in 1..100u64 {
+            let alarm: f64 = (0..=n)
+                .filter(|&k| matches!(small_sample(&p, k, n), SmallSample::Critical(_)))
+                .map(|k| {
+                    shadowtap_stats::binomial_sf(k, n, 0.1)
+                        - shadowtap_stats::binomial_sf(k + 1, n, 0.1)
+                })
+                .sum();
+            assert!(alarm <= SMALL_SAMPLE_ALPHA * 1.000_001, "n {n}: {alarm}");
         }
     }
 

@@ -392,6 +392,30 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
             "# TYPE shadowtap_alerts_undelivered gauge\nshadowtap_alerts_undelivered {n}"
         );
     }
+    let health = api.plane.store.health();
+    let _ = writeln!(
+        out,
+        "# HELP shadowtap_store_up 1 when the last call on the store succeeded.\n# TYPE shadowtap_store_up gauge\nshadowtap_store_up {}",
+        u8::from(health.failing_since.is_none())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shadowtap_store_failing_seconds How long every call on the store has failed (0: it answers).\n# TYPE shadowtap_store_failing_seconds gauge\nshadowtap_store_failing_seconds {}",
+        health
+            .failing_since
+            .map_or(0.0, |t| (crate::plane::now() - t).max(0.0))
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shadowtap_lb_local_rollback 1 while the load balancer's proxy runs a rollback the store does not have yet.\n# TYPE shadowtap_lb_local_rollback gauge"
+    );
+    for id in api.plane.balancers.keys() {
+        let _ = writeln!(
+            out,
+            "shadowtap_lb_local_rollback{{lb=\"{id}\"}} {}",
+            u8::from(api.plane.rolled_back_locally(id))
+        );
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         out,
@@ -399,10 +423,26 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
         .into_response()
 }
 
-/// `{"ok": true, "monitor": bool}`: whether this instance runs the monitor (no token; no
-/// names or addresses).
-async fn healthz(AxState(api): AxState<Api>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true, "monitor": api.plane.is_leader() }))
+/// `{"ok", "monitor", "store", "localRollbacks"}`: the store's health (`ok`, `degraded`, or `failed`
+/// for longer than a lease: 503), whether this instance runs the monitor, and how many load
+/// balancers run a rollback not yet stored (no token; no names or addresses).
+async fn healthz(AxState(api): AxState<Api>) -> Response {
+    let health = api.plane.store.health();
+    let lease = api.plane.lease.as_secs_f64();
+    let store = health.status(crate::plane::now(), lease);
+    let body = Json(serde_json::json!({
+        "ok": store == "ok",
+        "monitor": api.plane.is_leader(),
+        "store": store,
+        "localRollbacks": api.plane.balancers.keys().filter(|id| api.plane.rolled_back_locally(id)).count(),
+    }));
+    // Failed for longer than a lease: this instance advances nothing, only its own guard acts.
+    let code = if store == "failed" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, body).into_response()
 }
 
 async fn openapi() -> Response {

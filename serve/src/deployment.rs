@@ -695,7 +695,13 @@ pub fn act(
     };
     let (rollout, t) = machine::step(&d.rollout, &event)?;
     next.rollout = rollout;
-    if matches!(event, Event::Rollback | Event::Live) {
+    // A new state starts its counters afresh (a new shadow phase must not inherit breaches);
+    // pausing and resuming a shift keep its steps and looks.
+    let paused_or_resumed = matches!(
+        (t.from, t.to),
+        (State::Testing, State::Paused) | (State::Paused, State::Testing)
+    );
+    if t.from != t.to && !paused_or_resumed {
         next.progress = Progress::default();
     }
     // The end of a drain after a promotion: the new version is the stable pool now.

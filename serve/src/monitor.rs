@@ -96,6 +96,34 @@ async fn roll_back(plane: &Plane, id: &str, what: &str, w: &Window) -> Result<()
         .map(|_| ())
 }
 
+/// The whole seconds from the first that began after `entered_at` to the last complete one
+/// at `now` (Unix seconds): how long a window of the current state may be.
+pub(crate) fn fresh_seconds(now: f64, entered_at: f64) -> u64 {
+    let last_complete = now.floor() as i64 - 1;
+    let first = entered_at.ceil() as i64;
+    (last_complete - first + 1).max(0) as u64
+}
+
+/// Live or degraded with too few requests to judge by rate: only a critical breach shown by
+/// the exact test on this window's requests acts (it rolls back); anything else waits.
+async fn small_window(
+    plane: &Plane,
+    id: &str,
+    policy: &shift::Policy,
+    cand: &Window,
+) -> Result<(), ChangeError> {
+    match shift::small_sample(policy, cand.errors(), cand.request_count) {
+        shift::SmallSample::Critical(p) => {
+            let what = format!(
+                "critical breach while live (exact test: p = {p:.1e} at the critical error rate {})",
+                policy.critical.error_rate
+            );
+            roll_back(plane, id, &what, cand).await
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Judges load balancer `id` once.
 pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
     let d = plane.get(id).await?;
@@ -104,13 +132,22 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
         .testing
         .as_ref()
         .map_or(defaults.interval_s, |t| t.interval_s(&defaults));
-    let secs = interval_s.ceil().max(1.0) as u64;
+    // A window is the interval's last whole seconds, and never a second that began before
+    // the deployment entered its state: what happened under the old state or weight is not
+    // this state's evidence.
+    let fresh = fresh_seconds(now(), d.entered_at);
+    let secs = (interval_s.ceil().max(1.0) as u64).min(fresh.max(1));
     let Some(windows) = plane.windows(id, secs).await else {
         return Ok(());
     };
     let empty = ProxyWindow::default();
     let get = |k: &str| windows.get(k).unwrap_or(&empty);
     let since = now() - d.entered_at;
+    let drained = d.rollout.state == State::Live && since >= plane.live_watch_s(&d);
+    let judging = !(d.rollout.state == State::Removing || drained);
+    if judging && fresh == 0 {
+        return Ok(());
+    }
     let action = match d.rollout.state {
         State::Testing | State::Paused | State::Degraded | State::Live => {
             let Some(spec) = d.testing.clone() else {
@@ -181,7 +218,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                         metrics,
                     }
                 }
-                State::Live if since >= plane.drain.as_secs_f64() => {
+                State::Live if since >= plane.live_watch_s(&d) => {
                     let r = "the old stable pool is drained after the promotion";
                     return plane
                         .change_monitor(id, Action::Remove, Some(r))
@@ -190,7 +227,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                 }
                 State::Live => {
                     if cand.request_count < policy.min_requests {
-                        return Ok(());
+                        return small_window(plane, id, &policy, &cand).await;
                     }
                     if policy.critical.breached_by(&cand) {
                         return roll_back(plane, id, "critical breach while live", &cand).await;
@@ -204,7 +241,7 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                 _ => {
                     // Degraded.
                     if cand.request_count < policy.min_requests {
-                        return Ok(());
+                        return small_window(plane, id, &policy, &cand).await;
                     }
                     let breaches = d.progress.breaches + 1;
                     if policy.critical.breached_by(&cand)
@@ -322,6 +359,9 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
     let mut known: BTreeMap<String, (State, f64, f64)> = BTreeMap::new();
     let mut leader = plane.lead(ttl).await;
     let mut changes = plane.changes.lock().await.take();
+    let mut judging: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut pending_last: BTreeMap<String, Arc<std::sync::Mutex<Option<f64>>>> = BTreeMap::new();
+    tokio::spawn(guard(plane.clone(), stop.clone()));
     loop {
         let notified = async {
             match changes.as_mut() {
@@ -369,41 +409,123 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
         if !leader {
             continue;
         }
-        for (id, &(state, entered_at, interval)) in &known {
+        // A judgement that ran (not one that waited for a whole second) restarts the interval.
+        pending_last.retain(|id, started| {
+            match *started.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(at) => {
+                    last.insert(id.clone(), at);
+                    false
+                }
+                None => judging.get(id).is_some_and(|h| !h.is_finished()),
+            }
+        });
+        for (id, &(state, _, interval)) in &known {
             let due = match state {
                 // Drains are checked often; judgements once per interval.
                 State::Removing => true,
-                State::Live => {
-                    now() - entered_at >= plane.drain.as_secs_f64() || now() - last[id] >= interval
-                }
                 _ => now() - last[id] >= interval,
             };
-            if !due {
+            // Each load balancer is judged on a task of its own: a slow scrape or store call
+            // on one never delays another; one still running is not started again.
+            if !due || judging.get(id).is_some_and(|h| !h.is_finished()) {
                 continue;
             }
-            // Judging reads the deployment afresh; the plan above may be a second old.
-            let Ok(d) = plane.get(id).await else { continue };
-            if !matches!(d.rollout.state, State::Removing) {
-                last.insert(id.clone(), now());
-                plane.scrape(&d).await;
-            }
-            // A judgement runs as a task of its own: a bug in one never stops the monitor.
             let (p, key) = (plane.clone(), id.clone());
-            let judged = match tokio::spawn(async move { judge(&p, &key).await }).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("shadowtap serve: monitor: {id}: the judgement failed: {e}");
+            let started = Arc::new(std::sync::Mutex::new(None::<f64>));
+            let judged_at = started.clone();
+            judging.insert(
+                id.clone(),
+                tokio::spawn(async move { judge_when_fresh(&p, &key, &judged_at).await }),
+            );
+            pending_last.insert(id.clone(), started);
+        }
+    }
+}
+
+/// The fail-safe guard ([`Plane::guard`]) of every load balancer once per interval (at most
+/// five seconds apart), on every instance, leader or not, and never waiting for the store:
+/// a loop of its own, each load balancer on a task of its own. Stores the rollbacks it made
+/// once the store answers.
+async fn guard(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
+    let mut guards: BTreeMap<String, (f64, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    let mut storing: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return,
+        }
+        for id in plane.balancers.keys() {
+            let interval = plane.known_interval_s(id).min(5.0);
+            if let Some((at, h)) = guards.get(id) {
+                if now() - at < interval || !h.is_finished() {
                     continue;
                 }
-            };
-            match judged {
-                Ok(()) | Err(ChangeError::Act(crate::deployment::ActError::Stale(_))) => {}
-                Err(ChangeError::Act(crate::deployment::ActError::Refused(r))) => {
-                    // An API call moved the deployment between the read and the change.
-                    tracing::debug!(id, "monitor: {r}");
-                }
-                Err(e) => eprintln!("shadowtap serve: monitor: {id}: {e}"),
             }
+            let (p, key) = (plane.clone(), id.clone());
+            let task = tokio::spawn(async move { p.guard(&key).await });
+            guards.insert(id.clone(), (now(), task));
         }
+        if plane
+            .balancers
+            .keys()
+            .any(|id| plane.rolled_back_locally(id))
+            && storing.as_ref().is_none_or(|h| h.is_finished())
+        {
+            let p = plane.clone();
+            storing = Some(tokio::spawn(async move { p.store_local_rollbacks().await }));
+        }
+    }
+}
+
+/// One judgement of `id` as the monitor: read afresh, wait if no whole second of its state has
+/// passed, scrape its members, judge. `started` is set when it judged.
+async fn judge_when_fresh(plane: &Arc<Plane>, id: &str, started: &std::sync::Mutex<Option<f64>>) {
+    // Judging reads the deployment afresh; the plan may be a second old.
+    let Ok(d) = plane.get(id).await else { return };
+    let drained = d.rollout.state == State::Live && now() - d.entered_at >= plane.live_watch_s(&d);
+    if !matches!(d.rollout.state, State::Removing)
+        && !drained
+        && fresh_seconds(now(), d.entered_at) == 0
+    {
+        // No whole second of the new state yet: judge as soon as there is one.
+        return;
+    }
+    if !matches!(d.rollout.state, State::Removing) {
+        *started.lock().unwrap_or_else(|p| p.into_inner()) = Some(now());
+        plane.scrape(&d).await;
+    }
+    // A judgement runs as a task of its own: a bug in one never stops the monitor.
+    let (p, key) = (plane.clone(), id.to_owned());
+    let judged = match tokio::spawn(async move { judge(&p, &key).await }).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shadowtap serve: monitor: {id}: the judgement failed: {e}");
+            return;
+        }
+    };
+    match judged {
+        Ok(()) | Err(ChangeError::Act(crate::deployment::ActError::Stale(_))) => {}
+        Err(ChangeError::Act(crate::deployment::ActError::Refused(r))) => {
+            // An API call moved the deployment between the read and the change.
+            tracing::debug!(id, "monitor: {r}");
+        }
+        Err(e) => eprintln!("shadowtap serve: monitor: {id}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_seconds;
+
+    #[test]
+    fn a_window_never_reaches_back_before_the_state_began() {
+        // Entered at 100.9: second 100 is partly the old state's, 101 is the first whole one.
+        assert_eq!(fresh_seconds(101.5, 100.9), 0);
+        assert_eq!(fresh_seconds(102.0, 100.9), 1);
+        assert_eq!(fresh_seconds(105.3, 100.9), 4);
+        // Entered exactly on a second: that second is whole.
+        assert_eq!(fresh_seconds(101.0, 100.0), 1);
+        // A clock that went back never gives a window.
+        assert_eq!(fresh_seconds(90.0, 100.0), 0);
     }
 }

@@ -21,6 +21,9 @@ use crate::error::ServeError;
 use crate::resources::Usage;
 use crate::store::{Committed, Fence, Store};
 
+mod guard;
+pub use guard::LocalRollback;
+
 /// The monitor's lease's name.
 pub const LEASE: &str = "monitor";
 
@@ -65,6 +68,26 @@ pub struct Balancer {
     lock: tokio::sync::Mutex<()>,
     /// The deployment version its proxy runs.
     applied: std::sync::atomic::AtomicU64,
+    /// The deployment its proxy runs, as last read or written: what [`Plane::guard`] judges
+    /// without the store.
+    known: std::sync::Mutex<Deployment>,
+    /// A rollback this instance applied to its own proxy and has not stored yet.
+    local_rollback: std::sync::Mutex<Option<LocalRollback>>,
+}
+
+impl Balancer {
+    fn ran(&self, d: &Deployment) {
+        self.applied
+            .store(d.rollout.version, std::sync::atomic::Ordering::Relaxed);
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = d.clone();
+    }
+
+    fn pending_rollback(&self) -> Option<LocalRollback> {
+        self.local_rollback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Why a change failed.
@@ -177,6 +200,8 @@ impl Plane {
                     running: std::sync::Mutex::new(Some(proxy)),
                     lock: tokio::sync::Mutex::new(()),
                     applied: std::sync::atomic::AtomicU64::new(d.rollout.version),
+                    known: std::sync::Mutex::new(d.clone()),
+                    local_rollback: std::sync::Mutex::new(None),
                 },
             );
         }
@@ -301,10 +326,17 @@ impl Plane {
             let Ok(d) = self.get(&d.id).await else {
                 continue;
             };
+            if lb.pending_rollback().is_some() {
+                if d.rollout.traffic_percentage > 0.0 || d.rollout.mirror_percentage > 0.0 {
+                    // This proxy rolled back on its own and the store does not have it yet:
+                    // never put the failing version back from an older decision.
+                    continue;
+                }
+                *lb.local_rollback.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
             match lb.state.apply(proxy_config(&lb.config, &d), "store").await {
                 Ok(_) => {
-                    lb.applied
-                        .store(d.rollout.version, std::sync::atomic::Ordering::Relaxed);
+                    lb.ran(&d);
                     out.push(d.id.clone());
                 }
                 Err(e) => eprintln!(
@@ -355,7 +387,17 @@ impl Plane {
             .ok_or_else(|| ChangeError::NotFound(id.into()))?;
         let _held = lb.lock.lock().await;
         for _ in 0..50 {
-            let current = self.get(id).await?;
+            let current = match self.get(id).await {
+                Ok(d) => d,
+                Err(ChangeError::Serve(e)) if matches!(action, Action::Rollback) => {
+                    // The store cannot be read: roll the proxy back from what it runs.
+                    let known = lb.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    self.roll_back_locally(lb, &known, reason.unwrap_or("rollback"))
+                        .await;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e),
+            };
             let at = now();
             let mut outcome = act(&current, &action, actor, reason, at)?;
             // Every transition keeps the windows it was made on, an operator's too.
@@ -383,14 +425,32 @@ impl Plane {
                 .check()
                 .and_then(|()| shadowtap_proxy::state::guard_targets(&config))
                 .map_err(|e| ActError::Invalid(e.to_string()))?;
+            // A rollback reaches the proxy first: users stop getting the failing version
+            // whether or not the store can be written now.
+            let rollback = matches!(action, Action::Rollback);
+            if rollback {
+                if let Err(source) = lb.state.apply(config.clone(), actor).await {
+                    tracing::error!(id, "the proxy refused the rollback: {source}");
+                }
+            }
             let expected = current.rollout.version;
             let sinks = self.sinks.clone();
             let o = outcome.clone();
             let f = fence.clone();
-            let committed = self
+            let committed = match self
                 .store
                 .call(move |s| s.commit(expected, &o, &sinks, at, f.as_ref()))
-                .await?;
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    if rollback {
+                        // Applied, not stored: kept until the store takes it.
+                        self.hold_rollback(lb, &current, reason.unwrap_or("rollback"), at);
+                    }
+                    return Err(e.into());
+                }
+            };
             match committed {
                 Committed::Conflict => continue,
                 Committed::Fenced => {
@@ -404,7 +464,16 @@ impl Plane {
                     eprintln!("shadowtap serve: alert {}: {}", a.id, a.text);
                 }
             }
-            let version = outcome.deployment.rollout.version;
+            if !rollback
+                && lb.pending_rollback().is_some()
+                && outcome.deployment.rollout.traffic_percentage > 0.0
+            {
+                // This proxy rolled back on its own since: the change is stored, and the proxy
+                // stays rolled back until the rollback is stored after it.
+                lb.applied
+                    .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+                return Ok((outcome.deployment, outcome.history));
+            }
             if let Err(source) = lb.state.apply(config, actor).await {
                 // The store holds the change; the proxy is re-applied from it at the next
                 // change or start. Say so loudly.
@@ -414,8 +483,10 @@ impl Plane {
                     source: Box::new(source),
                 }));
             }
-            lb.applied
-                .store(version, std::sync::atomic::Ordering::Relaxed);
+            lb.ran(&outcome.deployment);
+            if rollback || outcome.deployment.rollout.traffic_percentage <= 0.0 {
+                *lb.local_rollback.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
             return Ok((outcome.deployment, outcome.history));
         }
         Err(ChangeError::Serve(ServeError::Store(format!(

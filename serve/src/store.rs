@@ -103,6 +103,35 @@ pub struct Store {
     inner: Arc<Mutex<Backend>>,
     /// `sqlite` or `postgres`.
     pub kind: &'static str,
+    health: Arc<Mutex<Health>>,
+}
+
+/// How long one call on the store may take before its caller stops waiting (the statement
+/// may still finish in the background): a store that is down or black-holed must not hold a
+/// rollback or the monitor.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the last calls on the store did, for `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Unix seconds of the last call that succeeded.
+    pub last_ok: Option<f64>,
+    /// Since when every call failed (none: the last call succeeded).
+    pub failing_since: Option<f64>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+}
+
+impl Health {
+    /// `ok`, `degraded` (failing for less than `after` seconds) or `failed`.
+    pub fn status(&self, now: f64, after: f64) -> &'static str {
+        match self.failing_since {
+            None => "ok",
+            Some(t) if now - t < after => "degraded",
+            Some(_) => "failed",
+        }
+    }
 }
 
 /// Whether a commit took.
@@ -158,6 +187,7 @@ impl Store {
         let store = Store {
             inner: Arc::new(Mutex::new(backend)),
             kind,
+            health: Arc::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -180,10 +210,15 @@ impl Store {
         self.with(|c| {
             c.begin()?;
             match f(c) {
-                Ok(v) => {
-                    c.commit()?;
-                    Ok(v)
-                }
+                Ok(v) => match c.commit() {
+                    Ok(()) => Ok(v),
+                    Err(e) => {
+                        // A failed COMMIT can leave the transaction open (PostgreSQL): end it,
+                        // so the connection's next statement is not inside it.
+                        c.rollback();
+                        Err(e)
+                    }
+                },
                 Err(e) => {
                     c.rollback();
                     Err(e)
@@ -248,15 +283,52 @@ impl Store {
         Ok(rows.first().map_or(0, |r| r[0].int()))
     }
 
-    /// Runs `f` on the blocking pool.
+    /// Runs `f` on the blocking pool, waiting at most [`CALL_TIMEOUT`]; its outcome goes
+    /// into [`Store::health`].
     pub async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, ServeError> + Send + 'static,
     ) -> Result<T, ServeError> {
         let s = self.clone();
-        tokio::task::spawn_blocking(move || f(&s))
-            .await
-            .map_err(|e| ServeError::Store(format!("the store's task: {e}")))?
+        let task = tokio::task::spawn_blocking(move || f(&s));
+        let out = match tokio::time::timeout(CALL_TIMEOUT, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(ServeError::Store(format!("the store's task: {e}"))),
+            Err(_) => Err(ServeError::Store(format!(
+                "the store did not answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match &out {
+            Ok(_) => {
+                h.last_ok = Some(now);
+                h.failing_since = None;
+                h.last_error = None;
+            }
+            // Errors of the caller's own making (a bad row, a refused change) are answers;
+            // only a store that cannot be reached or does not answer is unhealthy.
+            Err(ServeError::Store(why)) => {
+                h.failing_since.get_or_insert(now);
+                h.last_error = Some(why.clone());
+            }
+            Err(_) => {
+                h.last_ok = Some(now);
+                h.failing_since = None;
+            }
+        }
+        out
+    }
+
+    /// What the last calls on the store did.
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A deployment.

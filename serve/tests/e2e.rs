@@ -495,6 +495,10 @@ async fn a_live_version_that_breaches_is_degraded_then_recovers() {
     // One request in five fails: over the 5% threshold, under the critical 90%.
     canary.fail_one_in.store(5, Ordering::Relaxed);
     let (v, _) = wait_for(api, &["degraded"], Duration::from_secs(6)).await;
+    // Healthy again as soon as it is degraded: the windows judged from now on begin after
+    // the degradation, so at most one of them (the one this switch falls in) still shows
+    // failures, under the failure limit of 2.
+    canary.fail_one_in.store(0, Ordering::Relaxed);
     assert_eq!(v["trafficPercentage"], 50.0, "{v}");
     let before = stable.real.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -502,7 +506,6 @@ async fn a_live_version_that_breaches_is_degraded_then_recovers() {
         stable.real.load(Ordering::Relaxed) > before,
         "the old pool takes traffic back"
     );
-    canary.fail_one_in.store(0, Ordering::Relaxed);
     let (v, _) = wait_for(api, &["live"], Duration::from_secs(6)).await;
     assert_eq!(v["trafficPercentage"], 100.0);
     stop.store(true, Ordering::Relaxed);
@@ -536,5 +539,66 @@ async fn a_live_version_that_breaches_is_degraded_then_recovers() {
     .await;
     assert_eq!(v["state"], "removing");
     assert_eq!(v["trafficPercentage"], 0.0);
+    server.shutdown().await;
+}
+
+/// Five requests a second, half of them to a canary that fails every one: too few in any
+/// window to judge a rate, but failures add up over the windows to an exact-test critical
+/// breach, and the canary is rolled back (it was held for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_every_request_at_low_traffic_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, _) = backend().await;
+    let (canary_url, canary) = backend().await;
+    let server = Server::start(config(dir.path(), &stable_url, None, None))
+        .await
+        .unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    canary.failing.store(true, Ordering::Relaxed);
+    post_ok(
+        api,
+        "/loadbalancer/web/testing",
+        serde_json::json!({
+            "candidatePool": [canary_url], "targetTrafficPercentage": 100,
+            "errorRateThreshold": 0.05, "latencyThreshold": 500,
+            "algorithm": "linear", "stepPercentage": 10, "initialPercentage": 50, "interval": "1s"
+        }),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut sent = 0;
+    let v = loop {
+        let _ = client
+            .get(format!("http://{proxy}/slow/{sent}"))
+            .send()
+            .await;
+        sent += 1;
+        let (_, v) = call(api, "GET", "/loadbalancer/web", None).await;
+        if matches!(v["state"].as_str(), Some("removing" | "removed")) {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "still {} after {sent} requests: {v}",
+            v["state"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(v["trafficPercentage"], 0.0);
+    let failed = canary.real.load(Ordering::Relaxed);
+    assert!(failed <= 12, "{failed} users hit the failing canary");
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let reason = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "rollback")
+        .map(|r| r["reason"].as_str().unwrap().to_owned())
+        .unwrap();
+    // Rolled back on the failures of windows each too small to judge by rate (a critical
+    // breach, or breaches up to the failure limit, whichever the counts reach first).
+    assert!(reason.contains("requests failed"), "{reason}");
     server.shutdown().await;
 }

@@ -102,6 +102,42 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// Stops the server at once (connections are cut, as when it crashes).
+    pub fn stop(&self) {
+        let d = self.data.to_str().unwrap().to_owned();
+        self.run("pg_ctl", &["-D", &d, "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) {
+        let d = self.data.to_str().unwrap().to_owned();
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let sock = self.data.parent().unwrap().to_str().unwrap().to_owned();
+        let opts = format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off");
+        let log = self.data.parent().unwrap().join("log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &d,
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
     /// Stops the server (fast: connections are closed) and starts it again on the same port.
     pub fn restart(&self) {
         let d = self.data.to_str().unwrap().to_owned();
@@ -120,6 +156,23 @@ fn is_root() -> bool {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let d = self.data.to_str().unwrap().to_owned();
-        self.run("pg_ctl", &["-D", &d, "-m", "immediate", "stop"]);
+        // Stopped already by the test, maybe: pg_ctl's failure is then no failure.
+        let exe = self.bin.join("pg_ctl");
+        let args = ["-D", d.as_str(), "-m", "immediate", "stop"];
+        let _ = if self.as_user {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        } else {
+            Command::new(&exe)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        };
     }
 }

@@ -585,3 +585,103 @@ async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost() 
     load.abort();
     b.shutdown().await;
 }
+
+/// The store goes down as the canary starts failing: the proxy is rolled back anyway within
+/// two intervals (users stop getting the canary's errors), `/healthz` says the store failed,
+/// and once the store is back the rollback is in the history, with when it was applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_while_postgres_is_down() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, _) = backend().await;
+    let (canary_url, canary) = backend().await;
+    let server =
+        shadowtap_serve::Server::start(config(dir.path(), &stable_url, Some(pg.url.clone()), None))
+            .await
+            .unwrap();
+    let api = server.api;
+    post_ok(
+        api,
+        "/loadbalancer/web/testing",
+        serde_json::json!({
+            "candidatePool": [canary_url], "targetTrafficPercentage": 50,
+            "errorRateThreshold": 0.05, "latencyThreshold": 500,
+            "algorithm": "linear", "stepPercentage": 1, "initialPercentage": 30, "interval": "1s"
+        }),
+    )
+    .await;
+    assert!(weight(&server) >= 30.0);
+    pg.stop();
+    canary
+        .failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let proxy = server.plane.balancers["web"].addr;
+    let t0 = std::time::Instant::now();
+    // Requests go on; the proxy must stop sending them to the canary within two intervals
+    // (plus the window's whole second).
+    loop {
+        traffic(proxy, 20, &[]).await;
+        if weight(&server) <= 0.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(4),
+            "still {}% on the failing canary with the store down",
+            weight(&server)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let before = canary.real.load(std::sync::atomic::Ordering::Relaxed);
+    let statuses = traffic(proxy, 100, &[]).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        canary.real.load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "no user request reaches the rolled-back canary"
+    );
+    // The store is down: health says so (degraded, then failed after a lease).
+    let client = reqwest::Client::new();
+    let h: serde_json::Value = client
+        .get(format!("http://{api}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(h["store"], "ok", "{h}");
+    assert_eq!(h["localRollbacks"], 1, "{h}");
+    // The store comes back: the rollback is stored, and the proxy stays rolled back.
+    pg.start_again();
+    let t1 = std::time::Instant::now();
+    let stored = loop {
+        let (status, v) = call(api, "GET", "/loadbalancer/web", None).await;
+        if status == 200 && matches!(v["state"].as_str(), Some("removing" | "removed")) {
+            break v;
+        }
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(20),
+            "not stored after the store came back: {status} {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(stored["trafficPercentage"], 0.0, "{stored}");
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let rollback = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "rollback")
+        .unwrap_or_else(|| panic!("no rollback in {h}"))
+        .clone();
+    assert_eq!(rollback["actor"], "monitor");
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .unwrap()
+            .contains("before the store could record it"),
+        "{rollback}"
+    );
+    assert!(weight(&server) <= 0.0);
+    server.shutdown().await;
+}

@@ -16,13 +16,14 @@
 //! - [`fisher_greater`]: Fisher's exact test, one-sided, of "the candidate's rate of an event
 //!   exceeds the reference's" on two independent samples (the live gate's test).
 //!
-//! Distributions (normal, binomial) come from `statrs`; ranks, the bootstrap and the
+//! The normal and hypergeometric distributions come from `statrs`; the binomial tail is ours
+//! ([`binomial_sf`], statrs's is wrong at large n); ranks, the bootstrap and the
 //! adjustment are ours. The verdict engine (`shadowtap-analyzer`) and the control plane's live
 //! gate (`shadowtap-control`) both use these.
 
 pub mod splitmix;
 
-use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Hypergeometric, Normal};
+use statrs::distribution::{ContinuousCDF, DiscreteCDF, Hypergeometric, Normal};
 
 fn std_normal() -> Normal {
     Normal::standard()
@@ -45,15 +46,66 @@ pub fn normal_quantile(p: f64) -> f64 {
 /// no difference) carry no information and are not passed in. 1 when there is no discordant
 /// unit.
 pub fn sign_test_greater(pos: u64, neg: u64) -> f64 {
-    let n = pos + neg;
-    if n == 0 || pos == 0 {
+    binomial_sf(pos, pos + neg, 0.5)
+}
+
+/// The exact upper tail of a binomial distribution: P(X >= k) for X ~ Binomial(n, p).
+///
+/// Summed in log space from the tail's nearer end outwards, term by term (each term from the
+/// last by the ratio of successive probabilities), until the terms no longer change the sum:
+/// exact to about 1e-12 relative at any n. (statrs's `Binomial::sf` goes through a continued
+/// fraction that stops unconverged past n ~ 1.5e4, statrs#434: at n = 2e6 it was off by 0.009.)
+pub fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
+    if k == 0 || p >= 1.0 {
         return 1.0;
     }
-    match Binomial::new(0.5, n) {
-        // P(X >= pos) = P(X > pos - 1).
-        Ok(b) => b.sf(pos - 1).clamp(0.0, 1.0),
-        Err(_) => 1.0,
+    if k > n || p <= 0.0 || p.is_nan() {
+        return 0.0;
     }
+    let mean = n as f64 * p;
+    if k as f64 > mean {
+        // The upper tail from k up: its terms fall from the first.
+        binomial_run(k, n, p, true).min(1.0)
+    } else {
+        // 1 - P(X <= k - 1), that lower tail summed from k - 1 down.
+        (1.0 - binomial_run(k - 1, n, p, false)).clamp(0.0, 1.0)
+    }
+}
+
+/// The sum of the binomial probabilities from `start` upwards (`up`) or downwards, stopped
+/// once a term is below 1e-17 of the sum (the terms only fall beyond the mode).
+fn binomial_run(start: u64, n: u64, p: f64, up: bool) -> f64 {
+    use statrs::function::gamma::ln_gamma;
+    let (nf, q) = (n as f64, 1.0 - p);
+    let ln_pmf = |j: u64| {
+        let j = j as f64;
+        ln_gamma(nf + 1.0) - ln_gamma(j + 1.0) - ln_gamma(nf - j + 1.0)
+            + j * p.ln()
+            + (nf - j) * q.ln()
+    };
+    let mut term = ln_pmf(start).exp();
+    let mut sum = term;
+    let mut j = start;
+    loop {
+        if up {
+            if j >= n {
+                break;
+            }
+            term *= (n - j) as f64 / (j + 1) as f64 * (p / q);
+            j += 1;
+        } else {
+            if j == 0 {
+                break;
+            }
+            term *= j as f64 / (n - j + 1) as f64 * (q / p);
+            j -= 1;
+        }
+        sum += term;
+        if term < sum * 1e-17 || term == 0.0 {
+            break;
+        }
+    }
+    sum
 }
 
 /// Fisher's exact test, one-sided: does the candidate's event rate exceed the reference's, on
@@ -409,6 +461,39 @@ pub fn fmt_p(p: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_binomial_tail_matches_scipy_at_every_size() {
+        // scipy 1.x `binom.sf(k - 1, n, p)`, i.e. P(X >= k).
+        let cases: [(u64, u64, f64, f64); 14] = [
+            (5, 10, 0.5, 0.623046875),
+            (8, 10, 0.5, 0.0546875),
+            (10, 10, 0.5, 0.0009765625),
+            (520, 1000, 0.5, 0.10872414660207075),
+            (600, 1000, 0.5, 1.3642320780329735e-10),
+            (50200, 100_000, 0.5, 0.10351948588211125),
+            (51000, 100_000, 0.5, 1.2943580191734472e-10),
+            (1_000_000, 2_000_000, 0.5, 0.5002820947565123),
+            (1_001_000, 2_000_000, 0.5, 0.07875342366146737),
+            (1_003_000, 2_000_000, 0.5, 1.1079965708222746e-05),
+            (5, 5, 0.05, 3.125000000000001e-07),
+            (3, 5, 0.05, 0.001158125),
+            (1, 15, 0.05, 0.5367087698402466),
+            (60, 1000, 0.05, 0.08673217838486103),
+        ];
+        for (k, n, p, want) in cases {
+            let got = binomial_sf(k, n, p);
+            assert!(
+                ((got - want) / want).abs() < 1e-7,
+                "P(X >= {k}) for Binomial({n}, {p}): {got}, scipy {want}"
+            );
+        }
+        assert_eq!(binomial_sf(0, 10, 0.3), 1.0);
+        assert_eq!(binomial_sf(11, 10, 0.3), 0.0);
+        assert_eq!(binomial_sf(3, 10, 0.0), 0.0);
+        // The sign test is its p = 1/2 case.
+        assert!((sign_test_greater(1_001_000, 999_000) - 0.07875342366146737).abs() < 1e-9);
+    }
 
     #[test]
     fn fishers_exact_test_on_known_tables() {
