@@ -150,6 +150,25 @@ pub struct ProxyArgs {
     /// File holding the admin API's bearer token (else SHADOWTAP_ADMIN_TOKEN).
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Serve the admin API over TLS with this certificate chain (PEM); needed off loopback.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Serve the admin API on a non-loopback address without TLS (the token crosses the
+    /// network in the clear).
+    #[arg(long)]
+    admin_insecure: bool,
+    /// A production or canary member PUT /config may name besides those given at start
+    /// (repeat; `*` for any).
+    #[arg(long, value_name = "URL")]
+    admin_allow_production: Vec<String>,
+    /// A peer trusted to say who the client is (CIDR or address; repeat): its X-Forwarded-For
+    /// and Forwarded are extended, not replaced, and the canary's sticky client is the one it
+    /// names.
+    #[arg(long, value_name = "CIDR")]
+    trusted_proxy: Vec<String>,
     /// Terminate clients' TLS with this certificate chain (PEM), with the --tls-key given in the
     /// same position. Repeat the pair for several names: the one valid for the name the client
     /// asks for (SNI) is used, else the first.
@@ -299,6 +318,16 @@ fn config_of(args: &ProxyArgs) -> Result<ProxyConfig, String> {
     if args.admin_token_file.is_some() {
         c.admin_token_file = args.admin_token_file.clone();
     }
+    if let (Some(cert), Some(key)) = (&args.admin_tls_cert, &args.admin_tls_key) {
+        c.admin_tls = Some(shadowtap_proxy::config::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    c.admin_insecure |= args.admin_insecure;
+    c.admin_allow_production
+        .extend(args.admin_allow_production.iter().cloned());
+    c.trusted_proxies.extend(args.trusted_proxy.iter().cloned());
     c.allow_targets.extend(args.allow_target.iter().cloned());
     if args.tls_cert.len() != args.tls_key.len() {
         return Err("give one --tls-key per --tls-cert, in the same order".into());

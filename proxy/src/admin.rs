@@ -27,11 +27,57 @@ use crate::stats::{DropReason, PoolStats};
 struct Admin {
     state: Arc<State>,
     token: Arc<str>,
+    /// Production and canary members a new configuration may name.
+    allowed: Arc<Allowed>,
 }
 
-/// Compares in time independent of where the strings differ.
+/// The members `PUT /config` may send users to: those at start, and the operator's list.
+#[derive(Debug)]
+struct Allowed {
+    any: bool,
+    members: std::collections::BTreeSet<String>,
+}
+
+impl Allowed {
+    fn new(start: &ProxyConfig) -> Allowed {
+        let mut members = std::collections::BTreeSet::new();
+        let canary = start.canary.iter().flat_map(|c| c.urls.iter());
+        for u in start
+            .production
+            .iter()
+            .chain(canary)
+            .chain(&start.admin_allow_production)
+        {
+            members.insert(normal(u));
+        }
+        Allowed {
+            any: start.admin_allow_production.iter().any(|u| u == "*"),
+            members,
+        }
+    }
+
+    /// The first production or canary member of `c` not allowed.
+    fn refuses<'a>(&self, c: &'a ProxyConfig) -> Option<&'a str> {
+        if self.any {
+            return None;
+        }
+        let canary = c.canary.iter().flat_map(|c| c.urls.iter());
+        c.production
+            .iter()
+            .chain(canary)
+            .find(|u| !self.members.contains(&normal(u)))
+            .map(String::as_str)
+    }
+}
+
+fn normal(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// Compares in time independent of where the strings differ (`subtle`).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 async fn auth(AxState(admin): AxState<Admin>, req: Request, next: Next) -> Response {
@@ -68,6 +114,15 @@ async fn put_config(AxState(admin): AxState<Admin>, body: axum::body::Bytes) -> 
                 .into_response()
         }
     };
+    if let Some(member) = admin.allowed.refuses(&new) {
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "production or canary member {member}: not one the proxy started with; allow it with admin_allow_production (--admin-allow-production) at start\n"
+            ),
+        )
+            .into_response();
+    }
     match admin.state.apply(new, "admin API").await {
         Ok(version) => Json(serde_json::json!({ "version": version })).into_response(),
         Err(e @ ProxyError::Config { .. }) if e.to_string().contains("restart") => {
@@ -230,13 +285,25 @@ async fn get_metrics(AxState(admin): AxState<Admin>) -> Response {
         .into_response()
 }
 
-/// Serves the admin API on `addr` until `stop` turns true; the address bound.
-pub async fn serve(
-    addr: &str,
-    token: String,
-    state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<SocketAddr, ProxyError> {
+/// The admin API's listener, bound before anything else starts: loopback, TLS
+/// (`admin_tls`), or `admin_insecure` — it can repoint production, so it is not served in the
+/// clear on a network by accident.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// The address bound.
+    pub local: SocketAddr,
+}
+
+/// Binds the admin API of `config` at `addr`, or says why it may not be served there.
+pub async fn bind(addr: &str, config: &ProxyConfig) -> Result<Bound, ProxyError> {
+    let acceptor = match &config.admin_tls {
+        Some(t) => Some(crate::tls::acceptor(&[(
+            t.cert.as_path(),
+            t.key.as_path(),
+        )])?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ProxyError::Listen {
@@ -249,9 +316,38 @@ pub async fn serve(
         addr: addr.to_owned(),
         source,
     })?;
+    if !local.ip().is_loopback() && acceptor.is_none() && !config.admin_insecure {
+        return Err(ProxyError::config(
+            "--admin",
+            format!(
+                "{local} is not a loopback address: the admin API can repoint production, so off loopback it needs TLS (--admin-tls-cert and --admin-tls-key) or an explicit --admin-insecure"
+            ),
+        ));
+    }
+    Ok(Bound {
+        listener,
+        acceptor,
+        local,
+    })
+}
+
+/// Serves the admin API on `bound` until `stop` turns true; the address bound.
+pub fn serve(
+    bound: Bound,
+    token: String,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+) -> SocketAddr {
+    let Bound {
+        listener,
+        acceptor,
+        local,
+    } = bound;
+    let config = state.routing().config.clone();
     let admin = Admin {
         state,
         token: token.trim().into(),
+        allowed: Arc::new(Allowed::new(&config)),
     };
     let app = Router::new()
         .route("/config", get(get_config).put(put_config))
@@ -261,12 +357,52 @@ pub async fn serve(
         .layer(axum::middleware::from_fn_with_state(admin.clone(), auth))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(admin);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-    });
-    Ok(local)
+    match acceptor {
+        None => {
+            let mut stop = stop;
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            });
+        }
+        Some(acceptor) => {
+            tokio::spawn(serve_tls(listener, acceptor, app, stop));
+        }
+    }
+    local
+}
+
+/// The admin API over TLS: each connection's handshake within 10 s, then HTTP/1.1 or HTTP/2.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+            let Ok(Ok(tls)) = handshake.await else { return };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
 }

@@ -214,8 +214,29 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// Also roll recording files this often (seconds).
     pub rotate_s: Option<f64>,
-    /// Client connections served at once; more wait to be accepted.
+    /// Client connections served at once (WebSocket tunnels included); more wait to be
+    /// accepted.
     pub max_connections: usize,
+    /// Connections from one client address at once (none: no limit); past it new ones are
+    /// closed at once.
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds from accept to the first request's whole head (covering the TLS handshake,
+    /// protocol detection and the HTTP/2 preface), and for every later HTTP/1 head: a client
+    /// that sends nothing, or half a line, is closed after it. nginx: `client_header_timeout`
+    /// 60 s.
+    pub header_timeout_s: f64,
+    /// Seconds a connection with no request in flight stays open (HTTP/1 keep-alive and
+    /// HTTP/2 alike). nginx: `keepalive_timeout` 75 s, `http2_idle_timeout` 3 min (older).
+    pub idle_timeout_s: f64,
+    /// Seconds a client may take no bytes of its response before it is closed. nginx:
+    /// `send_timeout` 60 s.
+    pub send_timeout_s: f64,
+    /// HTTP/2 keep-alive: a PING every this many seconds; a client that does not answer one
+    /// within as long is closed.
+    pub h2_ping_s: f64,
+    /// `Upgrade` protocols tunnelled to production (case-insensitive). Other Upgrade requests
+    /// (`h2c` among them) are served as ordinary requests, their `Upgrade` dropped.
+    pub upgrade_protocols: Vec<String>,
 }
 
 impl Default for Limits {
@@ -231,6 +252,12 @@ impl Default for Limits {
             max_file_bytes: 256 << 20,
             rotate_s: Some(60.0),
             max_connections: 10_000,
+            max_connections_per_client: None,
+            header_timeout_s: 10.0,
+            idle_timeout_s: 60.0,
+            send_timeout_s: 60.0,
+            h2_ping_s: 30.0,
+            upgrade_protocols: vec!["websocket".into()],
         }
     }
 }
@@ -279,6 +306,19 @@ pub struct ProxyConfig {
     /// File holding the admin API's bearer token.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// Serve the admin API over TLS with this certificate and key (needed to bind it to an
+    /// address that is not loopback, unless `admin_insecure`).
+    #[serde(default)]
+    pub admin_tls: Option<TlsFiles>,
+    /// Allow the admin API on a non-loopback address without TLS (its token then crosses the
+    /// network in the clear).
+    #[serde(default)]
+    pub admin_insecure: bool,
+    /// Production and canary members `PUT /config` may name besides those the proxy started
+    /// with (`http://host:port`; `*` for any). The admin API can otherwise not repoint users'
+    /// traffic to a host nobody configured.
+    #[serde(default)]
+    pub admin_allow_production: Vec<String>,
     /// Shadow or canary hosts allowed although they are production members.
     #[serde(default)]
     pub allow_targets: Vec<String>,
@@ -293,6 +333,12 @@ pub struct ProxyConfig {
     /// the platform's roots.
     #[serde(default)]
     pub upstream_ca: Option<PathBuf>,
+    /// Peers (CIDRs, `10.0.0.0/8`, `::1/128`) trusted to say who the client is: from them,
+    /// `X-Forwarded-For` and `Forwarded` are appended to and `X-Forwarded-Proto` kept, and the
+    /// canary's `sticky = "client"` keys on the client they name. From anyone else those
+    /// headers are replaced. None by default.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Timeouts and bounds.
     #[serde(default)]
     pub limits: Limits,
@@ -319,6 +365,10 @@ fn percent_ok(field: &str, p: f64) -> Result<(), ProxyError> {
     }
 }
 
+/// The longest duration any limit may say (about 31 years): past it a `Duration` cannot be
+/// made, and no timeout means that.
+pub const MAX_SECONDS: f64 = 1e9;
+
 /// Basis points (0–10,000) of a share in percent.
 pub fn basis_points(percent: f64) -> u32 {
     (percent * 100.0).round().clamp(0.0, 10_000.0) as u32
@@ -338,10 +388,14 @@ impl ProxyConfig {
             redact: Vec::new(),
             admin: None,
             admin_token_file: None,
+            admin_tls: None,
+            admin_insecure: false,
+            admin_allow_production: Vec::new(),
             allow_targets: Vec::new(),
             hooks: Hooks::default(),
             tls: Vec::new(),
             upstream_ca: None,
+            trusted_proxies: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -423,26 +477,50 @@ impl ProxyConfig {
             }
             percent_ok("canary-weight", c.weight)?;
         }
+        let l = &self.limits;
         for (field, v) in [
-            ("limits.upstream_timeout_s", self.limits.upstream_timeout_s),
-            ("limits.connect_timeout_s", self.limits.connect_timeout_s),
-            ("limits.shadow_timeout_s", self.limits.shadow_timeout_s),
+            ("limits.upstream_timeout_s", l.upstream_timeout_s),
+            ("limits.connect_timeout_s", l.connect_timeout_s),
+            ("limits.shadow_timeout_s", l.shadow_timeout_s),
+            ("limits.header_timeout_s", l.header_timeout_s),
+            ("limits.idle_timeout_s", l.idle_timeout_s),
+            ("limits.send_timeout_s", l.send_timeout_s),
+            ("limits.h2_ping_s", l.h2_ping_s),
+            ("limits.rotate_s", l.rotate_s.unwrap_or(1.0)),
         ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(ProxyError::config(field, format!("{v}: must be positive")));
-            }
-        }
-        for (field, v) in [
-            ("limits.eject_s", self.limits.eject_s),
-            ("limits.shutdown_grace_s", self.limits.shutdown_grace_s),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_SECONDS) {
                 return Err(ProxyError::config(
                     field,
-                    format!("{v}: must not be negative"),
+                    format!("{v}: seconds, more than 0 and at most {MAX_SECONDS}"),
                 ));
             }
         }
+        for (field, v) in [
+            ("limits.eject_s", l.eject_s),
+            ("limits.shutdown_grace_s", l.shutdown_grace_s),
+        ] {
+            if !(v.is_finite() && (0.0..=MAX_SECONDS).contains(&v)) {
+                return Err(ProxyError::config(
+                    field,
+                    format!("{v}: seconds, 0 to {MAX_SECONDS}"),
+                ));
+            }
+        }
+        if l.max_connections == 0 || l.max_connections_per_client == Some(0) {
+            return Err(ProxyError::config(
+                "limits.max_connections",
+                "at least 1".into(),
+            ));
+        }
+        for p in &l.upgrade_protocols {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                return Err(ProxyError::config(
+                    "limits.upgrade_protocols",
+                    format!("{p:?}: a protocol token"),
+                ));
+            }
+        }
+        crate::forwarded::Trusted::parse(&self.trusted_proxies)?;
         shadowtap_core::criteria::MatchCriteria::new(&self.mirror.criteria.spec())
             .map_err(|e| ProxyError::config("mirror.criteria", e.to_string()))?;
         for s in &self.shadows {
@@ -461,7 +539,12 @@ impl ProxyConfig {
             Some("listen")
         } else if self.record != new.record {
             Some("record")
-        } else if self.admin != new.admin || self.admin_token_file != new.admin_token_file {
+        } else if self.admin != new.admin
+            || self.admin_token_file != new.admin_token_file
+            || self.admin_tls != new.admin_tls
+            || self.admin_insecure != new.admin_insecure
+            || self.admin_allow_production != new.admin_allow_production
+        {
             Some("admin")
         } else if self.tls != new.tls || self.upstream_ca != new.upstream_ca {
             Some("tls, upstream_ca")
@@ -489,8 +572,13 @@ impl ProxyConfig {
             || self.limits.shadow_timeout_s != new.limits.shadow_timeout_s
             || self.limits.connect_timeout_s != new.limits.connect_timeout_s
             || self.limits.shutdown_grace_s != new.limits.shutdown_grace_s
+            || self.limits.header_timeout_s != new.limits.header_timeout_s
+            || self.limits.idle_timeout_s != new.limits.idle_timeout_s
+            || self.limits.send_timeout_s != new.limits.send_timeout_s
+            || self.limits.h2_ping_s != new.limits.h2_ping_s
+            || self.limits.max_connections_per_client != new.limits.max_connections_per_client
         {
-            Some("limits (all but upstream_timeout_s and eject_s)")
+            Some("limits (all but upstream_timeout_s, eject_s and upgrade_protocols)")
         } else {
             None
         }

@@ -16,6 +16,8 @@ pub mod admin;
 pub mod assembly;
 pub mod config;
 pub mod error;
+pub mod forwarded;
+pub mod lifecycle;
 pub mod mirror;
 pub mod pairs;
 pub mod record;

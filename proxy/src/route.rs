@@ -60,6 +60,8 @@ pub struct Routing {
     pub config: ProxyConfig,
     /// The shadows' senders, in `shadows`' order (attached by the proxy's state once started).
     pub sinks: Vec<Arc<crate::mirror::Shadow>>,
+    /// The peers trusted to say who the client is.
+    pub trusted: crate::forwarded::Trusted,
 }
 
 impl Routing {
@@ -112,6 +114,7 @@ impl Routing {
                 .collect(),
             config: config.clone(),
             sinks: Vec::new(),
+            trusted: crate::forwarded::Trusted::parse(&config.trusted_proxies)?,
         })
     }
 }

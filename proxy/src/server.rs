@@ -85,6 +85,11 @@ fn settle_host(req: &mut Request<Incoming>) -> Result<(), &'static str> {
         return Err("more than one Host header");
     }
     if let Some(a) = req.uri().authority() {
+        if a.as_str().contains('@') {
+            // `http://user@host/`: userinfo is not allowed in an HTTP target (RFC 9110 4.2.4),
+            // and a proxy and its backend may each read another host out of it.
+            return Err("bad request target: userinfo");
+        }
         let v = HeaderValue::from_str(a.as_str()).map_err(|_| "bad request target")?;
         req.headers_mut().insert(http::header::HOST, v);
         return Ok(());
@@ -206,48 +211,49 @@ fn head_exchange(
     }
 }
 
-fn forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>, tls: bool) {
-    let proto = if tls { "https" } else { "http" };
-    let ip = client.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    }
-    let node = if client.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip
-    };
-    let mut fwd = format!("for={node};proto={proto}");
-    if let Some(h) = host.filter(|h| !h.is_empty()) {
-        fwd.push_str(&format!(";host=\"{h}\""));
-    }
-    let value = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {fwd}"),
-        None => fwd,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("forwarded", v);
-    }
+/// What an `Upgrade` request gets.
+#[derive(Debug, PartialEq, Eq)]
+enum Upgrade {
+    /// Not an upgrade (or one of a protocol not listed): an ordinary request, its `Upgrade`
+    /// dropped as hop-by-hop. `h2c` is one: a raw HTTP/2 channel to production would skip
+    /// every check, the split, mirroring and the recording.
+    No,
+    /// A listed protocol: tunnelled.
+    Tunnel,
+    /// An upgrade with a body: refused, as the backend may answer without reading it and
+    /// leave its connection expecting bytes that come from the next user's request (0.CL).
+    WithBody,
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(http::header::UPGRADE)
-        && req
+fn upgrade(req: &Request<Incoming>, allowed: &[String]) -> Upgrade {
+    let connection_upgrade = req
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let mut tokens = req
+        .headers()
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().split('/').next().unwrap_or(""));
+    let listed = tokens.any(|t| allowed.iter().any(|a| a.eq_ignore_ascii_case(t)));
+    if !connection_upgrade || !listed || req.version() != http::Version::HTTP_11 {
+        return Upgrade::No;
+    }
+    let body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
             .headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if body {
+        Upgrade::WithBody
+    } else {
+        Upgrade::Tunnel
+    }
 }
 
 fn error_kind(e: &hyper_util::client::legacy::Error) -> ErrorKind {
@@ -286,6 +292,10 @@ async fn tunnel(
     let Ok(uri) = member.uri_for(&pq) else {
         return local_response(StatusCode::BAD_REQUEST, "bad request target");
     };
+    // A tunnel holds a connection slot of its own until it closes.
+    let Ok(slot) = state.slots.clone().try_acquire_owned() else {
+        return local_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     parts.uri = uri;
@@ -294,7 +304,23 @@ async fn tunnel(
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned);
-    forwarded_headers(&mut parts.headers, client, host.as_deref(), tls);
+    let upgrade_to = parts.headers.get(http::header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = upgrade_to {
+        parts.headers.insert(http::header::UPGRADE, u);
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+    }
+    let trusted_peer = routing.trusted.contains(client.ip());
+    crate::forwarded::set_headers(
+        &mut parts.headers,
+        client,
+        trusted_peer,
+        host.as_deref(),
+        tls,
+    );
     let up = Request::from_parts(parts, Either::Right(Empty::new()));
     let limit = Duration::from_secs_f64(routing.config.limits.upstream_timeout_s);
     let mut resp = match tokio::time::timeout(limit, state.client.request(up)).await {
@@ -313,11 +339,21 @@ async fn tunnel(
         return Response::from_parts(parts, Either::Left(body));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
-    tokio::spawn(async move {
-        let _lease = lease;
+    let idle = Duration::from_secs_f64(routing.config.limits.idle_timeout_s);
+    let mut stop = state.stopping.subscribe();
+    state.tunnels.spawn(async move {
+        let (_lease, _slot) = (lease, slot);
         if let (Ok(a), Ok(b)) = (client_upgrade.await, upstream_upgrade.await) {
-            let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            let activity = crate::lifecycle::Activity::new();
+            let mut a = crate::lifecycle::Watched::new(TokioIo::new(a), activity.clone());
+            let mut b = TokioIo::new(b);
+            // Closed when both sides are silent for the idle timeout (nginx closes a WebSocket
+            // after proxy_read_timeout the same way), or at shutdown after the grace.
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                _ = activity.silent_for(idle) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
         }
     });
     let (parts, _) = resp.into_parts();
@@ -328,7 +364,7 @@ async fn tunnel(
 async fn handle(
     state: Arc<State>,
     mut req: Request<Incoming>,
-    client: SocketAddr,
+    peer: SocketAddr,
     conn_id: Arc<str>,
     conn_seq: u32,
     tls: bool,
@@ -347,10 +383,25 @@ async fn handle(
     if let Err(why) = settle_host(&mut req) {
         return refuse(StatusCode::BAD_REQUEST, why);
     }
-    if is_upgrade(&req) {
-        return Ok(tunnel(state, req, client, tls).await);
-    }
     let routing = state.routing();
+    match upgrade(&req, &routing.config.limits.upgrade_protocols) {
+        Upgrade::Tunnel => return Ok(tunnel(state, req, peer, tls).await),
+        Upgrade::WithBody => {
+            return refuse(StatusCode::BAD_REQUEST, "an Upgrade request has no body")
+        }
+        Upgrade::No => {}
+    }
+    let trusted_peer = routing.trusted.contains(peer.ip());
+    // The client the recording, the copies and the sticky split see: the peer, or the one a
+    // trusted proxy names.
+    let client = if trusted_peer {
+        SocketAddr::new(
+            crate::forwarded::client_ip(req.headers(), peer.ip(), &routing.trusted),
+            peer.port(),
+        )
+    } else {
+        peer
+    };
     let seq = state.seq.fetch_add(1, Ordering::Relaxed);
     let full =
         !routing.shadows.is_empty() || routing.canary.is_some() || state.sinks.recorder.is_some();
@@ -413,7 +464,7 @@ async fn handle(
             parts.headers.insert(http::header::HOST, h);
         }
     }
-    forwarded_headers(&mut parts.headers, client, host.as_deref(), tls);
+    crate::forwarded::set_headers(&mut parts.headers, peer, trusted_peer, host.as_deref(), tls);
     let sent_headers = if recording {
         headers_of(&parts.headers)
     } else {
@@ -574,6 +625,34 @@ impl Running {
     }
 }
 
+/// The connections the kernel queues for `accept` (capped by `net.core.somaxconn`): bursts of
+/// new connections wait there instead of having their SYNs dropped (and retried a second
+/// later) while the accept loop catches up. nginx's default is 511, tokio's 1024.
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` (the first address it resolves to) with [`BACKLOG`].
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the address resolves to nothing",
+        )
+    }))
+}
+
 /// Starts the proxy with `config`; `admin_token` guards the admin API (required with
 /// `config.admin`).
 pub async fn start(
@@ -582,6 +661,8 @@ pub async fn start(
 ) -> Result<Running, ProxyError> {
     config.check()?;
     guard_targets(&config)?;
+    crate::lifecycle::raise_fd_limit(config.limits.max_connections)
+        .map_err(|why| ProxyError::config("limits.max_connections", why))?;
     if config.admin.is_some() && admin_token.as_deref().is_none_or(str::is_empty) {
         return Err(ProxyError::config(
             "--admin",
@@ -589,14 +670,18 @@ pub async fn start(
                 .into(),
         ));
     }
-    let listener =
-        TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| ProxyError::Listen {
-                what: "--listen",
-                addr: config.listen.clone(),
-                source,
-            })?;
+    // The admin API's address is checked before anything starts.
+    let admin_bound = match &config.admin {
+        Some(addr) => Some(crate::admin::bind(addr, &config).await?),
+        None => None,
+    };
+    let listener = listen(&config.listen)
+        .await
+        .map_err(|source| ProxyError::Listen {
+            what: "--listen",
+            addr: config.listen.clone(),
+            source,
+        })?;
     let local = listener.local_addr().map_err(|source| ProxyError::Listen {
         what: "--listen",
         addr: config.listen.clone(),
@@ -681,12 +766,20 @@ pub async fn start(
         }),
         record_dir: config.record.clone(),
         redactor,
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_connections.max(1),
+        )),
+        tunnels: crate::state::Tunnels::default(),
+        stopping: watch::channel(false).0,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let admin = match (&config.admin, admin_token) {
-        (Some(addr), Some(token)) => {
-            Some(crate::admin::serve(addr, token, state.clone(), shutdown_rx.clone()).await?)
-        }
+    let admin = match (admin_bound, admin_token) {
+        (Some(bound), Some(token)) => Some(crate::admin::serve(
+            bound,
+            token,
+            state.clone(),
+            shutdown_rx.clone(),
+        )),
         _ => None,
     };
     let grace = Duration::from_secs_f64(config.limits.shutdown_grace_s);
@@ -732,15 +825,27 @@ async fn serve(
         config,
     } = serving;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limits = &config.limits;
+    let timers = crate::lifecycle::Timers {
+        header: Duration::from_secs_f64(limits.header_timeout_s),
+        idle: Duration::from_secs_f64(limits.idle_timeout_s),
+        send: Duration::from_secs_f64(limits.send_timeout_s),
+        stalled: Duration::from_secs_f64(limits.idle_timeout_s.max(limits.upstream_timeout_s)),
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(timers.header)
         .keep_alive(true);
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        config.limits.max_connections.max(1),
-    ));
+    let ping = Duration::from_secs_f64(limits.h2_ping_s);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(ping)
+        .keep_alive_timeout(ping);
+    let client_slots = crate::lifecycle::ClientSlots::new(limits.max_connections_per_client);
+    let slots = state.slots.clone();
     loop {
         // At most `max_connections` at once: past it, new ones wait in the kernel's backlog.
         let slot = tokio::select! {
@@ -761,6 +866,15 @@ async fn serve(
                         continue;
                     }
                 };
+                let client_slot = if client_slots.limited() {
+                    match client_slots.take(peer.ip()) {
+                        Some(s) => Some(s),
+                        // Over the per-client limit: closed at once.
+                        None => continue,
+                    }
+                } else {
+                    None
+                };
                 let _ = stream.set_nodelay(true);
                 let n = state.conn_seq.fetch_add(1, Ordering::Relaxed);
                 let conn_id: Arc<str> = shadowtap_core::id::stable_id(&[
@@ -769,28 +883,43 @@ async fn serve(
                 let requests = Arc::new(AtomicU64::new(0));
                 let st = state.clone();
                 let tls = acceptor.is_some();
+                let activity = crate::lifecycle::Activity::new();
+                let act = activity.clone();
                 let service = hyper::service::service_fn(move |req| {
+                    let in_flight = act.request();
                     let k = requests.fetch_add(1, Ordering::Relaxed) as u32;
-                    handle(st.clone(), req, peer, conn_id.clone(), k, tls)
+                    let answer = handle(st.clone(), req, peer, conn_id.clone(), k, tls);
+                    async move {
+                        let r = answer.await?;
+                        Ok::<_, Infallible>(r.map(|b| crate::lifecycle::Tracked::new(b, in_flight)))
+                    }
                 });
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _slot = slot;
-                    match acceptor {
-                        None => {
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            let _ = watcher.watch(conn.into_owned()).await;
+                    let _slots = (slot, client_slot);
+                    let stream = crate::lifecycle::Watched::new(stream, activity.clone());
+                    // Every timer runs from accept: the TLS handshake, protocol detection and
+                    // the HTTP/2 preface are inside the header timeout.
+                    let served = async {
+                        match acceptor {
+                            None => {
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                                let _ = watcher.watch(conn.into_owned()).await;
+                            }
+                            Some(acceptor) => {
+                                let handshake = tokio::time::timeout(timers.header, acceptor.accept(stream));
+                                // A failed or stalled handshake: nothing was asked.
+                                let Ok(Ok(tls)) = handshake.await else { return };
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                                let _ = watcher.watch(conn.into_owned()).await;
+                            }
                         }
-                        Some(acceptor) => {
-                            let handshake = tokio::time::timeout(
-                                Duration::from_secs(10),
-                                acceptor.accept(stream),
-                            );
-                            // A failed or stalled handshake: nothing was asked.
-                            let Ok(Ok(tls)) = handshake.await else { return };
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                            let _ = watcher.watch(conn.into_owned()).await;
+                    };
+                    tokio::select! {
+                        _ = served => {}
+                        why = crate::lifecycle::watchdog(&activity, timers) => {
+                            tracing::debug!(%peer, ?why, "connection closed by its timer");
                         }
                     }
                 });
@@ -799,9 +928,18 @@ async fn serve(
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_ok();
+    let (drained, ()) = tokio::join!(
+        async {
+            tokio::time::timeout(grace, graceful.shutdown())
+                .await
+                .is_ok()
+        },
+        async {
+            // Tunnels get the same grace, then close.
+            state.tunnels.drain(grace).await;
+            let _ = state.stopping.send(true);
+        }
+    );
     let shadow_summaries = state.close_shadows(grace).await;
     let files = match &recorder {
         Some(r) => r.close()?,

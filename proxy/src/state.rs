@@ -67,6 +67,34 @@ pub struct State {
     pub(crate) shadow_sets: tokio::sync::Mutex<ShadowSets>,
     pub(crate) record_dir: Option<PathBuf>,
     pub(crate) redactor: Option<shadowtap_core::redact::Redactor>,
+    /// Connection slots (`limits.max_connections`): one per client connection and one per
+    /// open tunnel.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// Open WebSocket (and other listed Upgrade) tunnels, drained at shutdown.
+    pub(crate) tunnels: crate::state::Tunnels,
+    /// Set when the proxy stops: tunnels still open after the grace close.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// The tunnels' tasks.
+#[derive(Default)]
+pub(crate) struct Tunnels(std::sync::Mutex<tokio::task::JoinSet<()>>);
+
+impl Tunnels {
+    pub(crate) fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap the finished ones as new ones come.
+        while set.try_join_next().is_some() {}
+        set.spawn(f);
+    }
+
+    /// Waits up to `grace` for the tunnels to end on their own; aborts the rest.
+    pub(crate) async fn drain(&self, grace: std::time::Duration) {
+        let mut set = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ =
+            tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
+        set.abort_all();
+    }
 }
 
 /// The shadow senders: the set in force and those replaced by a change, still sending what

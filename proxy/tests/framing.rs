@@ -16,14 +16,14 @@ use crate::common::config;
 
 /// What a raw backend received: the head's lines, the body, the trailer lines.
 #[derive(Clone, Debug)]
-struct Received {
-    head: Vec<String>,
+pub(crate) struct Received {
+    pub(crate) head: Vec<String>,
     body: Vec<u8>,
     trailers: Vec<String>,
 }
 
 impl Received {
-    fn header(&self, name: &str) -> Vec<String> {
+    pub(crate) fn header(&self, name: &str) -> Vec<String> {
         self.head[1..]
             .iter()
             .filter_map(|l| l.split_once(':'))
@@ -87,7 +87,7 @@ async fn read_request(r: &mut BufReader<TcpStream>) -> Option<Received> {
 
 /// A backend that keeps what it received and answers `ok` (path `/trailer`: a chunked body
 /// with a `x-checksum` trailer).
-async fn raw_backend() -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+pub(crate) async fn raw_backend() -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -117,7 +117,7 @@ async fn raw_backend() -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
 }
 
 /// Sends `request` on a new connection and reads until the proxy closes it (or 5 s pass).
-async fn exchange(proxy: SocketAddr, request: &[u8]) -> String {
+pub(crate) async fn exchange(proxy: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
@@ -136,7 +136,7 @@ fn recorded(dir: &std::path::Path) -> Vec<Exchange> {
     all
 }
 
-async fn wait_for(seen: &Mutex<Vec<Received>>, n: usize) {
+pub(crate) async fn wait_for(seen: &Mutex<Vec<Received>>, n: usize) {
     for _ in 0..100 {
         if seen.lock().unwrap().len() >= n {
             return;

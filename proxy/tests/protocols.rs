@@ -86,6 +86,8 @@ async fn an_upgrade_is_tunnelled_to_production_and_not_mirrored() {
     let (sh, seen) = backend(Behaviour::default()).await;
     let mut cfg = config(prod);
     cfg.shadows = vec![shadow("shadow", sh)];
+    // Only listed protocols are tunnelled (WebSocket by default).
+    cfg.limits.upgrade_protocols.push("echo".into());
     let running = shadowtap_proxy::start(cfg, None).await.unwrap();
     let mut c = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     c.write_all(b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")

@@ -366,8 +366,52 @@ async fn the_admin_api_needs_its_token_and_applies_changes_atomically() {
     )
     .await;
     assert_eq!(status, 400);
+    // Production repointed to a host nobody configured: refused, nothing applied.
+    let mut elsewhere = new.clone();
+    elsewhere.production = vec!["http://127.0.0.1:9".into()];
+    let (status, answer) = call(
+        "PUT",
+        "/config",
+        Some("s3cret-token"),
+        Some(serde_json::to_string(&elsewhere).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("127.0.0.1:9"), "{answer}");
+    // Every duration range-checked, the field named: no panic from any number.
+    for (field, value) in [
+        ("eject_s", 1e20),
+        ("rotate_s", 1e20),
+        ("idle_timeout_s", -1.0),
+        ("header_timeout_s", 0.0),
+    ] {
+        let mut v = serde_json::to_value(&new).unwrap();
+        v["limits"][field] = serde_json::json!(value);
+        let (status, answer) =
+            call("PUT", "/config", Some("s3cret-token"), Some(v.to_string())).await;
+        assert_eq!(status, 400, "{field} {value}: {answer}");
+        assert!(answer.contains(field), "{answer}");
+    }
+    let (_, current) = call("GET", "/config", Some("s3cret-token"), None).await;
+    let current: serde_json::Value = serde_json::from_str(&current).unwrap();
+    assert_eq!(current["version"], 2, "nothing refused was applied");
     let (_, changes) = call("GET", "/changes", Some("s3cret-token"), None).await;
     assert!(changes.contains("\"source\":\"admin API\""));
+    running.shutdown();
+    running.wait().await.unwrap();
+
+    // Off loopback the admin API needs TLS or an explicit --admin-insecure.
+    let mut open = cfg.clone();
+    open.admin = Some("0.0.0.0:0".into());
+    let e = match shadowtap_proxy::start(open.clone(), Some("s3cret-token".into())).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an admin API on 0.0.0.0 without TLS was started"),
+    };
+    assert!(e.contains("not a loopback address"), "{e}");
+    open.admin_insecure = true;
+    let running = shadowtap_proxy::start(open, Some("s3cret-token".into()))
+        .await
+        .unwrap();
     running.shutdown();
     running.wait().await.unwrap();
 }

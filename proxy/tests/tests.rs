@@ -3,6 +3,7 @@
 
 mod common;
 mod framing;
+mod hardening;
 mod isolation;
 mod protocols;
 mod routing;

@@ -120,6 +120,11 @@ pub struct LoadBalancerConfig {
     /// for the pools' CPU and memory.
     #[serde(default)]
     pub metrics_urls: std::collections::BTreeMap<String, String>,
+    /// Peers trusted to say who the client is (CIDRs): the proxy's `trusted_proxies`. Behind
+    /// another load balancer, list it here so that `sticky = "client"` keys on the user, not
+    /// on the load balancer's address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn client() -> String {
@@ -138,6 +143,7 @@ impl LoadBalancerConfig {
             geo_file: None,
             sticky: client(),
             metrics_urls: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -821,6 +821,7 @@ pub fn proxy_config(lb: &LoadBalancerConfig, d: &Deployment) -> ProxyConfig {
     let mut c = ProxyConfig::new(lb.listen.clone(), d.stable_pool.clone());
     c.record = lb.record.clone();
     c.allow_targets = lb.allow_targets.clone();
+    c.trusted_proxies = lb.trusted_proxies.clone();
     // The shadow phase's gate compares the same requests' answers.
     c.mirror.pair_outcomes = true;
     let state = d.rollout.state;
