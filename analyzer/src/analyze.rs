@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::Engine;
 use crate::error::AnalyzeError;
-use crate::judge::judge;
-use crate::measure::measure;
 use crate::pairs::{
     load_recorded, pair_replays, replayed_ids, runs_and_targets, PairTargets, PairingInput,
     RecordedLimits,
@@ -155,8 +153,7 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         Some(ctx) => Engine::pair(ctx, &input).await?,
         None => pair_replays(&input)?,
     };
-    let m = measure(&set, p);
-    let mut j = judge(&m, p);
+    let (m, mut j) = crate::references::judge_set(&set, p);
     if set.incomplete > 0 {
         j.notes.push(format!(
             "{} requests lack a row for some target; they were compared where possible",
@@ -201,7 +198,7 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         baseline: p.baseline.clone(),
         candidate: p.candidate.clone(),
         run_id: run,
-        noise_source: set.noise.as_str().into(),
+        noise_source: m.noise.as_str().into(),
         reasons: j.reasons,
         notes: j.notes,
         health: m.health.clone(),

@@ -4,7 +4,8 @@
 //! The analysis is a pipeline: [`pairs`] streams the replays and pairs each request's
 //! responses across targets (diffing them with [`diff`]) into the [`units`] of analysis;
 //! [`measure`] computes paired statistics with the tests in [`stats`]; [`judge`] decides under
-//! a [`policy`] (pure, no I/O); [`report`] renders the [`verdict`]. [`analyze`] runs the stages;
+//! a [`policy`] (pure, no I/O), once [`references`] has checked the references against each
+//! other; [`report`] renders the [`verdict`]. [`analyze`] runs the stages;
 //! [`tables`] registers the tables with DataFusion for `shadowtap query`.
 
 pub mod analyze;
@@ -16,6 +17,7 @@ pub mod measure;
 pub mod objects;
 pub mod pairs;
 pub mod policy;
+pub mod references;
 pub mod report;
 pub mod stats;
 pub mod tables;

@@ -7,8 +7,7 @@
 //! for regressions; `bench/calibrate.sh` runs the full table for docs/analyze.md).
 
 use shadowtap_analyzer::diff::{compare, DiffOptions, Side};
-use shadowtap_analyzer::judge::judge;
-use shadowtap_analyzer::measure::measure;
+use shadowtap_analyzer::references::judge_set;
 use shadowtap_analyzer::stats::SplitMix;
 use shadowtap_analyzer::units::{NoiseSource, Obs, Pair, PairSet};
 use shadowtap_analyzer::{Decision, Policy};
@@ -41,6 +40,18 @@ struct Shape {
     /// Sigma of a per exchange and target latency effect that persists over the passes (a
     /// cache, a slow shard), and the chance of a per exchange and target error that persists.
     persistent: (f64, f64),
+    /// What is wrong with the second baseline.
+    b2_fault: B2Fault,
+}
+
+/// A second baseline that is not a good reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum B2Fault {
+    None,
+    /// Refuses every connection.
+    Dead,
+    /// 2 s slower on the first three endpoints.
+    SlowOnThree,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -69,6 +80,10 @@ enum Regression {
     NewClientErrors,
     /// Every endpoint 30% slower.
     SlowEverywhere,
+    /// 10% of all requests answered 500.
+    TenPercentErrors,
+    /// 1 s slower on the first three endpoints.
+    SecondSlowerOnThree,
 }
 
 fn normal(r: &mut SplitMix) -> f64 {
@@ -178,6 +193,8 @@ fn generate(s: &Shape, seed: u64) -> PairSet {
                             Regression::SlowEndpoint if e == 0 => lat *= 1.5,
                             Regression::NewErrors if r.unit() < 0.008 => err = true,
                             Regression::RareEndpointDown if name == "GET /api/rare" => err = true,
+                            Regression::TenPercentErrors if r.unit() < 0.10 => err = true,
+                            Regression::SecondSlowerOnThree if e < 3 => lat += 1_000_000.0,
                             _ => {}
                         }
                     }
@@ -190,7 +207,17 @@ fn generate(s: &Shape, seed: u64) -> PairSet {
                 };
                 let b = obs(1.0, false, 0, &mut r);
                 let c = obs(cand_offset, true, 1, &mut r);
-                let b2o = s.baseline2.then(|| obs(b2_offset, false, 2, &mut r));
+                let b2o = s.baseline2.then(|| match s.b2_fault {
+                    B2Fault::Dead => Obs::no_answer(100),
+                    B2Fault::SlowOnThree if e < 3 => {
+                        let o = obs(b2_offset, false, 2, &mut r);
+                        Obs::answer(
+                            o.status.unwrap_or(200),
+                            o.latency_us.unwrap_or(0) + 2_000_000,
+                        )
+                    }
+                    _ => obs(b2_offset, false, 2, &mut r),
+                });
                 let recorded = (!s.baseline2).then(|| {
                     let o = obs(1.0, false, 2, &mut r);
                     match s.recorded_errors {
@@ -263,6 +290,7 @@ fn shapes() -> Vec<Shape> {
         passes: 1,
         persistent: (0.0, 0.0),
         recorded_errors: None,
+        b2_fault: B2Fault::None,
     };
     vec![
         base.clone(),
@@ -331,6 +359,18 @@ fn shapes() -> Vec<Shape> {
             partial_noise: 0.0,
             ..base.clone()
         },
+        Shape {
+            name: "5 endpoints x 200, the second baseline refusing connections",
+            endpoints: 5,
+            b2_fault: B2Fault::Dead,
+            ..base.clone()
+        },
+        Shape {
+            name: "5 endpoints x 200, the second baseline 2 s slower on three endpoints",
+            endpoints: 5,
+            b2_fault: B2Fault::SlowOnThree,
+            ..base.clone()
+        },
     ]
 }
 
@@ -364,6 +404,18 @@ fn regressions() -> Vec<Shape> {
         with(0, Regression::EndpointNotFound),
         with(0, Regression::NewClientErrors),
         with(0, Regression::SlowEverywhere),
+        with(
+            aa.iter()
+                .position(|s| s.b2_fault == B2Fault::Dead)
+                .expect("a dead second baseline shape"),
+            Regression::TenPercentErrors,
+        ),
+        with(
+            aa.iter()
+                .position(|s| s.b2_fault == B2Fault::SlowOnThree)
+                .expect("a slow second baseline shape"),
+            Regression::SecondSlowerOnThree,
+        ),
     ]
 }
 
@@ -385,7 +437,7 @@ fn run(shape: &Shape, n: u64) -> (u64, u64, u64, Vec<String>) {
                     let (mut nogo, mut inconclusive, mut why) = (0, 0, Vec::new());
                     for seed in (1..=n).filter(|s| s % threads == t) {
                         let set = generate(shape, seed);
-                        let j = judge(&measure(&set, &policy), &policy);
+                        let (_, j) = judge_set(&set, &policy);
                         match j.decision {
                             Decision::NoGo => {
                                 nogo += 1;

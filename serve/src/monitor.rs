@@ -27,7 +27,7 @@ use shadowtap_proxy::stats::Window as ProxyWindow;
 use tokio::sync::watch;
 
 use crate::deployment::{effective_thresholds, Action, Deployment};
-use crate::plane::{now, ChangeError, Plane};
+use crate::plane::{fresh_seconds, now, ChangeError, Plane};
 
 /// A shadow with at least this error rate (and enough copies) stops being mirrored to.
 pub const SHADOW_CRITICAL: f64 = 0.5;
@@ -94,14 +94,6 @@ async fn roll_back(plane: &Plane, id: &str, what: &str, w: &Window) -> Result<()
         .change_monitor(id, Action::Rollback, Some(&why))
         .await
         .map(|_| ())
-}
-
-/// The whole seconds from the first that began after `entered_at` to the last complete one
-/// at `now` (Unix seconds): how long a window of the current state may be.
-pub(crate) fn fresh_seconds(now: f64, entered_at: f64) -> u64 {
-    let last_complete = now.floor() as i64 - 1;
-    let first = entered_at.ceil() as i64;
-    (last_complete - first + 1).max(0) as u64
 }
 
 /// Live or degraded with too few requests to judge by rate: only a critical breach shown by
@@ -515,7 +507,7 @@ async fn judge_when_fresh(plane: &Arc<Plane>, id: &str, started: &std::sync::Mut
 
 #[cfg(test)]
 mod tests {
-    use super::fresh_seconds;
+    use crate::plane::fresh_seconds;
 
     #[test]
     fn a_window_never_reaches_back_before_the_state_began() {

@@ -56,6 +56,14 @@ pub fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The whole seconds from the first that began after `entered_at` to the last complete one
+/// at `now` (Unix seconds): how long a window of the current state may be.
+pub fn fresh_seconds(now: f64, entered_at: f64) -> u64 {
+    let last_complete = now.floor() as i64 - 1;
+    let first = entered_at.ceil() as i64;
+    (last_complete - first + 1).max(0) as u64
+}
+
 /// One load balancer: its configuration, its proxy, the lock its changes take.
 pub struct Balancer {
     /// From the config file.

@@ -85,7 +85,7 @@ impl Plane {
         let Ok(policy) = spec.policy(&self.defaults) else {
             return;
         };
-        let fresh = crate::monitor::fresh_seconds(now(), d.entered_at);
+        let fresh = super::fresh_seconds(now(), d.entered_at);
         let secs = (spec.interval_s(&self.defaults).ceil().max(1.0) as u64).min(fresh);
         if secs == 0 {
             return;

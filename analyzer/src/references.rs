@@ -1,0 +1,335 @@
+//! The references checked before they are trusted.
+//!
+//! Every error and latency check asks the candidate to be worse than each reference (the
+//! baseline, and the second baseline when it ran), so one reference that is dead, failing or
+//! slow makes the candidate look no worse than it and hides a regression: with the second
+//! baseline refusing connections, a candidate answering 500 to 10% of requests was GO.
+//!
+//! So the two references are first compared with each other, as an A/A test in both directions
+//! ([`disagreements`]): per endpoint and over the service, their error rates (McNemar's exact
+//! test on the pairs, the effect beyond the policy's rate bounds) and the centre of their
+//! latency ratios (signed-rank test against the policy's centre bound), Bonferroni over every
+//! test at [`REFERENCE_ALPHA`]. Then ([`judge_set`]):
+//! - the second baseline worse than the baseline: it is not a reference; the candidate is judged
+//!   against the baseline alone on errors and latency (its fields, calibrated by the second
+//!   baseline's noise, are not judged). A NO-GO there stands; anything else is INCONCLUSIVE,
+//!   naming the reference and the figure;
+//! - the baseline worse than the second baseline: the baseline is suspect (the health guards
+//!   against the recording did not catch it); a NO-GO (worse than both) stands, a GO or a
+//!   MARGINAL becomes INCONCLUSIVE.
+//!
+//! Never GO on references that disagree.
+
+use crate::judge::{judge, Judgement};
+use crate::measure::{measure, Measurements};
+use crate::policy::Policy;
+use crate::stats::{log_ratio, quantile, sign_test_greater, wilcoxon_greater};
+use crate::units::{NoiseSource, Pair, PairSet};
+use crate::Decision;
+
+/// The family-wise false-alarm rate of the reference comparison: the share of runs with two
+/// healthy references that are called INCONCLUSIVE for it (at most).
+pub const REFERENCE_ALPHA: f64 = 0.01;
+
+/// One way one reference is worse than the other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disagreement {
+    /// The worse reference.
+    pub worse: String,
+    /// The other.
+    pub than: String,
+    /// An endpoint, or `overall`.
+    pub endpoint: String,
+    /// What, with the figures.
+    pub figure: String,
+}
+
+/// (worse, other) for each pair where both references answered: the reference pairs.
+type Sides = fn(&Pair) -> Option<(crate::units::Obs, crate::units::Obs)>;
+
+/// Every significant way one reference is worse than the other (empty without a second
+/// baseline).
+pub fn disagreements(set: &PairSet, policy: &Policy) -> Vec<Disagreement> {
+    let Some(b2) = set.baseline2.clone() else {
+        return Vec::new();
+    };
+    let b = set.baseline.clone();
+    let directions: [(String, String, Sides); 2] = [
+        (b2.clone(), b.clone(), |p| {
+            p.baseline2.map(|o| (o, p.baseline))
+        }),
+        (b, b2, |p| p.baseline2.map(|o| (p.baseline, o))),
+    ];
+    let mut groups: Vec<(String, Vec<usize>)> = set
+        .endpoints
+        .iter()
+        .map(|e| (e.clone(), Vec::new()))
+        .collect();
+    for (i, p) in set.pairs.iter().enumerate() {
+        groups[p.endpoint as usize].1.push(i);
+    }
+    groups.push(("overall".to_owned(), (0..set.pairs.len()).collect()));
+    // Two metrics, two directions, every group.
+    let tests = (4 * groups.len()).max(1) as f64;
+    let level = REFERENCE_ALPHA / tests;
+    let er = &policy.metrics.error_rate;
+    let lat = &policy.metrics.latency;
+    let mut out = Vec::new();
+    for (worse, than, sides) in &directions {
+        for (endpoint, idx) in &groups {
+            let pairs: Vec<(crate::units::Obs, crate::units::Obs)> =
+                idx.iter().filter_map(|&i| sides(&set.pairs[i])).collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let n = pairs.len() as f64;
+            // Errors: discordant pairs, and the effect beyond the policy's bounds.
+            let (w, t) = pairs.iter().fold((0u64, 0u64), |(w, t), (a, b)| {
+                (
+                    w + u64::from(a.error() && !b.error()),
+                    t + u64::from(b.error() && !a.error()),
+                )
+            });
+            let (ea, eb) = pairs.iter().fold((0u64, 0u64), |(x, y), (a, b)| {
+                (x + u64::from(a.error()), y + u64::from(b.error()))
+            });
+            let (ra, rb) = (ea as f64 / n, eb as f64 / n);
+            let p_err = sign_test_greater(w, t);
+            if er.enabled
+                && p_err <= level
+                && ra - rb > er.max_increase
+                && ra - rb > er.max_relative * rb
+            {
+                out.push(Disagreement {
+                    worse: worse.clone(),
+                    than: than.clone(),
+                    endpoint: endpoint.clone(),
+                    figure: format!(
+                        "error rate {:.2}% against {:.2}% on the same {} requests (p = {})",
+                        ra * 100.0,
+                        rb * 100.0,
+                        pairs.len(),
+                        crate::stats::fmt_p(p_err)
+                    ),
+                });
+                continue;
+            }
+            // Latency: the centre of the paired log ratios against the policy's bound.
+            let d: Vec<f64> = pairs
+                .iter()
+                .filter(|(a, b)| a.answered() && b.answered())
+                .map(|(a, b)| log_ratio(a.latency(), b.latency()))
+                .collect();
+            if !lat.enabled || d.len() < 10 {
+                continue;
+            }
+            let p_lat = wilcoxon_greater(&d, lat.max_ratio.ln()).p_greater;
+            if p_lat <= level {
+                let mut sorted = d.clone();
+                sorted.sort_by(f64::total_cmp);
+                let median = quantile(&sorted, 0.5).unwrap_or(0.0).exp();
+                out.push(Disagreement {
+                    worse: worse.clone(),
+                    than: than.clone(),
+                    endpoint: endpoint.clone(),
+                    figure: format!(
+                        "latency {median:.2}x on the same {} requests (bound {:.2}x, p = {})",
+                        d.len(),
+                        lat.max_ratio,
+                        crate::stats::fmt_p(p_lat)
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The pair set without its second baseline: judged against the baseline alone. The fields'
+/// noise came from the second baseline, so the fields are not compared.
+fn without_baseline2(set: &PairSet) -> PairSet {
+    let mut s = set.clone();
+    let drop_fields = s.noise == NoiseSource::Baseline2;
+    s.baseline2 = None;
+    if drop_fields {
+        s.noise = NoiseSource::None;
+    }
+    for p in &mut s.pairs {
+        p.baseline2 = None;
+        if drop_fields {
+            p.candidate_diff = None;
+            p.noise_diff = None;
+        }
+    }
+    s
+}
+
+fn listed(d: &[Disagreement]) -> String {
+    let shown: Vec<String> = d
+        .iter()
+        .take(3)
+        .map(|x| format!("{}: {}", x.endpoint, x.figure))
+        .collect();
+    let more = d.len().saturating_sub(3);
+    if more > 0 {
+        format!("{} (and {more} more)", shown.join("; "))
+    } else {
+        shown.join("; ")
+    }
+}
+
+/// Measures and judges `set` after checking its references against each other (see the
+/// module docs). The measurements returned are those the judgement was made on.
+pub fn judge_set(set: &PairSet, policy: &Policy) -> (Measurements, Judgement) {
+    let m = measure(set, policy);
+    let mut j = judge(&m, policy);
+    let found = disagreements(set, policy);
+    if found.is_empty() {
+        return (m, j);
+    }
+    let b2 = set.baseline2.clone().unwrap_or_default();
+    let (b2_worse, b_worse): (Vec<Disagreement>, Vec<Disagreement>) =
+        found.into_iter().partition(|d| d.worse == b2);
+    if !b2_worse.is_empty() {
+        let alone = without_baseline2(set);
+        let m2 = measure(&alone, policy);
+        let mut j2 = judge(&m2, policy);
+        let why = format!(
+            "the second baseline `{b2}` is worse than the baseline `{}`, so it is no reference: {}",
+            set.baseline,
+            listed(&b2_worse)
+        );
+        j2.notes.insert(
+            0,
+            format!(
+                "{why}; the candidate was judged against `{}` alone",
+                set.baseline
+            ),
+        );
+        if j2.decision != Decision::NoGo {
+            j2.reasons.insert(
+                0,
+                format!(
+                    "{why}. Against `{}` alone the candidate shows no error or latency regression, but its answers' fields were not judged and one reference is unhealthy: fix or remove `{b2}` and run again",
+                    set.baseline
+                ),
+            );
+            j2.decision = Decision::Inconclusive;
+        }
+        return (m2, j2);
+    }
+    let why = format!(
+        "the baseline `{}` is worse than the second baseline `{b2}`: {}",
+        set.baseline,
+        listed(&b_worse)
+    );
+    if matches!(j.decision, Decision::Go | Decision::Marginal) {
+        j.reasons.insert(
+            0,
+            format!("{why}; the references disagree, so the candidate's passing means nothing: check `{}`", set.baseline),
+        );
+        j.decision = Decision::Inconclusive;
+    } else {
+        j.notes.insert(0, why);
+    }
+    (m, j)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::Obs;
+
+    fn set(b2: impl Fn(usize) -> Obs, cand: impl Fn(usize) -> Obs) -> PairSet {
+        let mut s = PairSet::new(
+            "baseline",
+            "candidate",
+            Some("baseline2"),
+            NoiseSource::Baseline2,
+        );
+        for e in 0..3 {
+            let ep = s.endpoint_id(&format!("GET /e{e}"));
+            for i in 0..200 {
+                let k = e * 200 + i;
+                let jitter = 1000 + ((k * 7919) % 400) as i64;
+                s.pairs.push(Pair {
+                    endpoint: ep,
+                    cluster: k as u32,
+                    baseline: Obs::answer(200, jitter),
+                    candidate: cand(k),
+                    baseline2: Some(b2(k)),
+                    recorded_status: Some(200),
+                    candidate_diff: Some(Vec::new()),
+                    noise_diff: Some(Vec::new()),
+                });
+            }
+        }
+        s
+    }
+
+    fn healthy(k: usize) -> Obs {
+        Obs::answer(200, 1000 + ((k * 104_729) % 400) as i64)
+    }
+
+    #[test]
+    fn healthy_references_agree() {
+        let s = set(healthy, healthy);
+        assert!(disagreements(&s, &Policy::default()).is_empty());
+    }
+
+    #[test]
+    fn a_dead_second_baseline_is_no_reference_and_a_failing_candidate_is_still_no_go() {
+        let dead = |_| Obs::no_answer(50);
+        // 10% of the candidate's answers are 500s.
+        let failing = |k: usize| {
+            if k.is_multiple_of(10) {
+                Obs::answer(500, 1000)
+            } else {
+                healthy(k)
+            }
+        };
+        let s = set(dead, failing);
+        let d = disagreements(&s, &Policy::default());
+        assert!(d.iter().all(|x| x.worse == "baseline2"), "{d:?}");
+        let (_, j) = judge_set(&s, &Policy::default());
+        assert_eq!(j.decision, Decision::NoGo, "{:?}", j.reasons);
+        assert!(j.notes[0].contains("baseline2"), "{:?}", j.notes);
+        // A healthy candidate with a dead second baseline: not GO.
+        let (_, j) = judge_set(&set(dead, healthy), &Policy::default());
+        assert_eq!(j.decision, Decision::Inconclusive, "{:?}", j.reasons);
+        assert!(j.reasons[0].contains("`baseline2`"), "{:?}", j.reasons);
+    }
+
+    #[test]
+    fn a_slow_second_baseline_does_not_hide_a_slow_candidate() {
+        // baseline2 2 s slower on one endpoint, the candidate 1 s slower there.
+        let slow_b2 = |k: usize| {
+            if k < 200 {
+                Obs::answer(200, 2_000_000 + healthy(k).latency_us.unwrap())
+            } else {
+                healthy(k)
+            }
+        };
+        let slow_c = |k: usize| {
+            if k < 200 {
+                Obs::answer(200, 1_000_000 + healthy(k).latency_us.unwrap())
+            } else {
+                healthy(k)
+            }
+        };
+        let (_, j) = judge_set(&set(slow_b2, slow_c), &Policy::default());
+        assert_eq!(j.decision, Decision::NoGo, "{:?}", j.reasons);
+    }
+
+    #[test]
+    fn a_slow_baseline_makes_a_pass_inconclusive() {
+        // The baseline is the slow one (3x on every request of one endpoint): the references
+        // disagree, and a candidate like baseline2 cannot be called GO.
+        let mut s = set(healthy, healthy);
+        for p in s.pairs.iter_mut().take(200) {
+            p.baseline.latency_us = p.baseline.latency_us.map(|l| l * 3);
+        }
+        let (_, j) = judge_set(&s, &Policy::default());
+        assert_ne!(j.decision, Decision::Go, "{:?}", j.reasons);
+    }
+}
