@@ -17,6 +17,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod headers;
+
 use serde_json::Value;
 use similar::TextDiff;
 
@@ -117,10 +119,11 @@ impl Default for DiffOptions {
 }
 
 /// Headers that differ between any two servers or any two responses, never compared by default.
+/// (`Set-Cookie`, `ETag` and `Last-Modified` are compared by what they mean instead: see
+/// [`headers::meaning`].)
 pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
     "date",
     "server",
-    "set-cookie",
     "x-request-id",
     "x-correlation-id",
     "x-amzn-requestid",
@@ -129,8 +132,6 @@ pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
     "request-id",
     "traceparent",
     "tracestate",
-    "etag",
-    "last-modified",
     "expires",
     "age",
     "via",
@@ -446,21 +447,13 @@ fn compare_headers(left: &[(String, String)], right: &[(String, String)], c: &mu
             if c.opts.ignore_headers.contains(&n) || TRANSPORT_HEADERS.contains(&n.as_str()) {
                 continue;
             }
-            if n == "vary" {
-                // `Vary: Accept-Encoding` says the target can compress: a transport detail.
-                let rest: Vec<&str> = v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("accept-encoding"))
-                    .collect();
-                if !rest.is_empty() {
-                    m.entry(n)
-                        .or_default()
-                        .push(rest.join(", ").to_ascii_lowercase());
-                }
-                continue;
+            if let Some(v) = headers::meaning(&n, v) {
+                m.entry(n).or_default().push(v);
             }
-            m.entry(n).or_default().push(v.clone());
+        }
+        for v in m.values_mut() {
+            // Repeated fields (cookies, links) in any order.
+            v.sort();
         }
         m
     };
@@ -504,6 +497,19 @@ fn escape(key: &str) -> String {
 fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number, tol: f64) -> bool {
     if a == b {
         return true;
+    }
+    // Integers exactly (ids above 2^53 differ by one where their f64s are the same).
+    let int = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    if let (Some(x), Some(y)) = (int(a), int(b)) {
+        if tol <= 0.0 {
+            return x == y;
+        }
+        let scale = x.unsigned_abs().max(y.unsigned_abs()) as f64;
+        return ((x - y).unsigned_abs() as f64) <= tol * scale;
     }
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => {
@@ -647,6 +653,30 @@ pub fn field_pattern(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_integers_compare_exactly_past_2_to_the_53() {
+        let n = |t: &str| serde_json::from_str::<serde_json::Number>(t).unwrap();
+        // Equal as f64, different ids.
+        assert!(!numbers_equal(
+            &n("9007199254740993"),
+            &n("9007199254740992"),
+            0.0
+        ));
+        assert!(!numbers_equal(
+            &n("-9007199254740993"),
+            &n("-9007199254740992"),
+            0.0
+        ));
+        assert!(numbers_equal(
+            &n("18446744073709551615"),
+            &n("18446744073709551615"),
+            0.0
+        ));
+        assert!(numbers_equal(&n("1000"), &n("1001"), 0.01));
+        assert!(!numbers_equal(&n("1000"), &n("1100"), 0.01));
+        assert!(numbers_equal(&n("1.5"), &n("1.50"), 0.0));
+    }
 
     #[test]
     fn volatile_tokens_are_masked_and_hunks_keep_their_key() {

@@ -116,8 +116,17 @@ pub fn judge(m: &Measurements, p: &Policy) -> Judgement {
                     if overall { "overall" } else { "endpoints" },
                     idx.len()
                 );
+                // A check Tarone left out (it could never reach alpha / K) is not adjusted by
+                // K: it is not tested, and its adjusted p is 1.
+                let excluded = mins[j] > alpha / k as f64;
                 for t in c.check.tests.iter_mut() {
-                    t.p_adjusted = t.p_value.map(|pv| (pv * k as f64).min(1.0));
+                    t.p_adjusted = t.p_value.map(|pv| {
+                        if excluded {
+                            1.0
+                        } else {
+                            (pv * k as f64).min(1.0)
+                        }
+                    });
                 }
                 if let Some(t) = c.check.test.as_mut() {
                     t.p_adjusted = Some(adj[j]);

@@ -237,6 +237,35 @@ fn headers_at(col: &ArrayRef, i: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The pseudo header a response gets when its `Content-Encoding` label does not decode (a plain
+/// body labelled `gzip`): the label is a regression a client sees (it fails to decode), so it
+/// is compared as a header difference, while the body is compared as it came.
+pub const UNDECODABLE: &str = "x-shadowtap-undecodable-content-encoding";
+
+/// Headers of row `i`, with [`UNDECODABLE`] when its coding label did not decode.
+fn headers_checked(
+    h: &ArrayRef,
+    raw: &ArrayRef,
+    decoded: &ArrayRef,
+    i: usize,
+) -> Vec<(String, String)> {
+    let mut headers = headers_at(h, i);
+    let coded = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-encoding"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .find(|c| !c.is_empty() && c != "identity");
+    let body = raw.as_binary::<i32>();
+    if let Some(coding) = coded {
+        if !decoded.as_binary::<i32>().is_valid(i) && body.is_valid(i) && !body.value(i).is_empty()
+        {
+            headers.push((UNDECODABLE.to_owned(), coding));
+        }
+    }
+    headers
+}
+
 fn body_at(raw: &ArrayRef, decoded: &ArrayRef, i: usize) -> Vec<u8> {
     let d = decoded.as_binary::<i32>();
     if d.is_valid(i) {
@@ -330,7 +359,7 @@ pub fn load_recorded(
             id.to_owned(),
             Response {
                 status: Some(status.value(i).clamp(0, 999) as u16),
-                headers: headers_at(h, i),
+                headers: headers_checked(h, raw, dec, i),
                 body: body_at(raw, dec, i),
             },
         );
@@ -765,7 +794,7 @@ pub fn pair_batches(
                 let response = Response {
                     status: answered.then(|| status.value(i).clamp(0, 999) as u16),
                     headers: if answered {
-                        headers_at(&h, i)
+                        headers_checked(&h, &raw, &dec, i)
                     } else {
                         Vec::new()
                     },
@@ -917,4 +946,61 @@ fn pair_group(
     }
     set.pairs.push(pair);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BinaryArray, ListBuilder, StringBuilder, StructBuilder};
+    use arrow::datatypes::{DataType, Field};
+
+    fn headers(rows: &[&[(&str, &str)]]) -> ArrayRef {
+        let fields = vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+        ];
+        let mut b = ListBuilder::new(StructBuilder::from_fields(fields, 0));
+        for row in rows {
+            for (n, v) in *row {
+                let s = b.values();
+                s.field_builder::<StringBuilder>(0).unwrap().append_value(n);
+                s.field_builder::<StringBuilder>(1).unwrap().append_value(v);
+                s.append(true);
+            }
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    }
+
+    #[test]
+    fn a_coding_label_that_does_not_decode_is_a_header_difference() {
+        let h = headers(&[
+            &[("Content-Encoding", "gzip")],
+            &[("Content-Encoding", "gzip")],
+            &[("Content-Encoding", "identity")],
+            &[],
+        ]);
+        let raw: ArrayRef = Arc::new(BinaryArray::from(vec![
+            &b"plain"[..],
+            &b"\x1f\x8b..."[..],
+            &b"plain"[..],
+            &b"plain"[..],
+        ]));
+        // Row 1 decoded; row 0 labelled gzip and not decoded.
+        let dec: ArrayRef = Arc::new(BinaryArray::from(vec![
+            None,
+            Some(&b"plain"[..]),
+            None,
+            None,
+        ]));
+        let undecodable = |i| {
+            headers_checked(&h, &raw, &dec, i)
+                .iter()
+                .any(|(n, _)| n == UNDECODABLE)
+        };
+        assert!(undecodable(0));
+        assert!(!undecodable(1));
+        assert!(!undecodable(2));
+        assert!(!undecodable(3));
+    }
 }
