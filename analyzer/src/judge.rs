@@ -823,6 +823,11 @@ fn decide(
         .filter(|c| c.critical && c.result == CheckResult::Fail)
         .collect();
     let recorded_err = h.recorded_error_rate.unwrap_or(0.0);
+    let baseline_ok = ((1.0 - h.baseline_error_rate) * h.pairs as f64).round() as u64;
+    // The fewest discordant pairs whose all-one-way sign test reaches the error rate's level.
+    let dead_min = (1.0 / p.metrics.error_rate.alpha.clamp(1e-12, 0.5))
+        .log2()
+        .ceil() as u64;
     let good_share = |mix: &BTreeMap<String, f64>| {
         mix.get("2xx").copied().unwrap_or(0.0) + mix.get("3xx").copied().unwrap_or(0.0)
     };
@@ -858,9 +863,14 @@ fn decide(
             fmt_mix(&h.baseline_status_mix)
         ));
         Decision::Inconclusive
-    } else if h.candidate_answered == 0 || h.candidate_error_rate >= 1.0 {
+    } else if (h.candidate_answered == 0 || h.candidate_error_rate >= 1.0)
+        && baseline_ok >= dead_min
+    {
+        // Evidence, not one request: the baseline succeeded on at least `dead_min` of the
+        // same requests the candidate failed (McNemar's exact p = 2^-k at the error rate's
+        // level); a recording of an outage where the baseline fails alike is no evidence.
         reasons.push(format!(
-            "the candidate `{}` answered none of its {} requests without an error (unreachable or failing) while the baseline is healthy",
+            "the candidate `{}` answered none of its {} requests without an error (unreachable or failing) while the baseline succeeded on {baseline_ok} of them",
             m.candidate, h.pairs
         ));
         Decision::NoGo

@@ -183,6 +183,20 @@ fn health_guards_make_vacuous_comparisons_inconclusive() {
     let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
     m.health.candidate_answered = 0;
     assert_eq!(judge(&m, &p).decision, Decision::NoGo);
+    // One failed request is no evidence: the baseline must have succeeded on enough of the
+    // same requests (7 at the default alpha 0.01: 2^-7 < 0.01).
+    let mut m = service(rate("baseline", 1, 0, 0, 0, 0));
+    m.health.pairs = 1;
+    m.health.candidate_answered = 0;
+    assert_ne!(judge(&m, &p).decision, Decision::NoGo);
+    // A recording of an outage: production, the baseline and the candidate all fail alike.
+    let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
+    m.health.candidate_answered = 0;
+    m.health.candidate_error_rate = 1.0;
+    m.health.baseline_error_rate = 1.0;
+    m.health.recorded_error_rate = Some(1.0);
+    m.health.both_answered = 0;
+    assert_eq!(judge(&m, &p).decision, Decision::Inconclusive);
     let mut m = service(rate("baseline", 20, 0, 0, 0, 0));
     m.health.both_answered = 10;
     assert_eq!(judge(&m, &p).decision, Decision::Inconclusive);
