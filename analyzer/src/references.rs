@@ -9,8 +9,11 @@
 //! ([`disagreements`]): per endpoint and over the service, their error rates (McNemar's exact
 //! test on the pairs, the effect beyond the policy's rate bounds) and the centre of their
 //! latency ratios (signed-rank test against the policy's centre bound), Bonferroni over every
-//! test at [`REFERENCE_ALPHA`]. Then ([`judge_set`]):
-//! - the second baseline worse than the baseline: it is not a reference; the candidate is judged
+//! test at [`REFERENCE_ALPHA`]. The second baseline stands for the current version where the
+//! candidate runs (another host, the mirror's path): slower than the baseline *and* than the
+//! candidate on the same endpoint, it stands for nothing the candidate shares. Then
+//! ([`judge_set`]):
+//! - the second baseline worse than both: it is not a reference; the candidate is judged
 //!   against the baseline alone on errors and latency (its fields, calibrated by the second
 //!   baseline's noise, are not judged). A NO-GO there stands; anything else is INCONCLUSIVE,
 //!   naming the reference and the figure;
@@ -44,22 +47,25 @@ pub struct Disagreement {
     pub figure: String,
 }
 
-/// (worse, other) for each pair where both references answered: the reference pairs.
+/// (worse, other) for each pair where both sides answered.
 type Sides = fn(&Pair) -> Option<(crate::units::Obs, crate::units::Obs)>;
 
-/// Every significant way one reference is worse than the other (empty without a second
-/// baseline).
-pub fn disagreements(set: &PairSet, policy: &Policy) -> Vec<Disagreement> {
-    let Some(b2) = set.baseline2.clone() else {
-        return Vec::new();
-    };
-    let b = set.baseline.clone();
-    let directions: [(String, String, Sides); 2] = [
-        (b2.clone(), b.clone(), |p| {
-            p.baseline2.map(|o| (o, p.baseline))
-        }),
-        (b, b2, |p| p.baseline2.map(|o| (p.baseline, o))),
-    ];
+/// The metric a [`Disagreement`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// 5xx and transport errors.
+    Errors,
+    /// The centre of the latency ratios.
+    Latency,
+}
+
+/// Where and how one side is significantly worse than another.
+fn worse_on(
+    set: &PairSet,
+    policy: &Policy,
+    sides: Sides,
+    level: f64,
+) -> Vec<(String, Metric, String)> {
     let mut groups: Vec<(String, Vec<usize>)> = set
         .endpoints
         .iter()
@@ -69,79 +75,115 @@ pub fn disagreements(set: &PairSet, policy: &Policy) -> Vec<Disagreement> {
         groups[p.endpoint as usize].1.push(i);
     }
     groups.push(("overall".to_owned(), (0..set.pairs.len()).collect()));
-    // Two metrics, two directions, every group.
-    let tests = (4 * groups.len()).max(1) as f64;
-    let level = REFERENCE_ALPHA / tests;
     let er = &policy.metrics.error_rate;
     let lat = &policy.metrics.latency;
     let mut out = Vec::new();
-    for (worse, than, sides) in &directions {
-        for (endpoint, idx) in &groups {
-            let pairs: Vec<(crate::units::Obs, crate::units::Obs)> =
-                idx.iter().filter_map(|&i| sides(&set.pairs[i])).collect();
-            if pairs.is_empty() {
-                continue;
-            }
-            let n = pairs.len() as f64;
-            // Errors: discordant pairs, and the effect beyond the policy's bounds.
-            let (w, t) = pairs.iter().fold((0u64, 0u64), |(w, t), (a, b)| {
-                (
-                    w + u64::from(a.error() && !b.error()),
-                    t + u64::from(b.error() && !a.error()),
-                )
-            });
-            let (ea, eb) = pairs.iter().fold((0u64, 0u64), |(x, y), (a, b)| {
-                (x + u64::from(a.error()), y + u64::from(b.error()))
-            });
-            let (ra, rb) = (ea as f64 / n, eb as f64 / n);
-            let p_err = sign_test_greater(w, t);
-            if er.enabled
-                && p_err <= level
-                && ra - rb > er.max_increase
-                && ra - rb > er.max_relative * rb
-            {
-                out.push(Disagreement {
-                    worse: worse.clone(),
-                    than: than.clone(),
-                    endpoint: endpoint.clone(),
-                    figure: format!(
-                        "error rate {:.2}% against {:.2}% on the same {} requests (p = {})",
-                        ra * 100.0,
-                        rb * 100.0,
-                        pairs.len(),
-                        crate::stats::fmt_p(p_err)
-                    ),
-                });
-                continue;
-            }
-            // Latency: the centre of the paired log ratios against the policy's bound.
-            let d: Vec<f64> = pairs
-                .iter()
-                .filter(|(a, b)| a.answered() && b.answered())
-                .map(|(a, b)| log_ratio(a.latency(), b.latency()))
-                .collect();
-            if !lat.enabled || d.len() < 10 {
-                continue;
-            }
-            let p_lat = wilcoxon_greater(&d, lat.max_ratio.ln()).p_greater;
-            if p_lat <= level {
-                let mut sorted = d.clone();
-                sorted.sort_by(f64::total_cmp);
-                let median = quantile(&sorted, 0.5).unwrap_or(0.0).exp();
-                out.push(Disagreement {
-                    worse: worse.clone(),
-                    than: than.clone(),
-                    endpoint: endpoint.clone(),
-                    figure: format!(
-                        "latency {median:.2}x on the same {} requests (bound {:.2}x, p = {})",
-                        d.len(),
-                        lat.max_ratio,
-                        crate::stats::fmt_p(p_lat)
-                    ),
-                });
-            }
+    for (endpoint, idx) in &groups {
+        let pairs: Vec<(crate::units::Obs, crate::units::Obs)> =
+            idx.iter().filter_map(|&i| sides(&set.pairs[i])).collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let n = pairs.len() as f64;
+        // Errors: discordant pairs, and the effect beyond the policy's bounds.
+        let (w, t) = pairs.iter().fold((0u64, 0u64), |(w, t), (a, b)| {
+            (
+                w + u64::from(a.error() && !b.error()),
+                t + u64::from(b.error() && !a.error()),
+            )
+        });
+        let (ea, eb) = pairs.iter().fold((0u64, 0u64), |(x, y), (a, b)| {
+            (x + u64::from(a.error()), y + u64::from(b.error()))
+        });
+        let (ra, rb) = (ea as f64 / n, eb as f64 / n);
+        let p_err = sign_test_greater(w, t);
+        if er.enabled
+            && p_err <= level
+            && ra - rb > er.max_increase
+            && ra - rb > er.max_relative * rb
+        {
+            out.push((
+                endpoint.clone(),
+                Metric::Errors,
+                format!(
+                    "error rate {:.2}% against {:.2}% on the same {} requests (p = {})",
+                    ra * 100.0,
+                    rb * 100.0,
+                    pairs.len(),
+                    crate::stats::fmt_p(p_err)
+                ),
+            ));
+        }
+        // Latency: the centre of the paired log ratios against the policy's bound.
+        let d: Vec<f64> = pairs
+            .iter()
+            .filter(|(a, b)| a.answered() && b.answered())
+            .map(|(a, b)| log_ratio(a.latency(), b.latency()))
+            .collect();
+        if !lat.enabled || d.len() < 10 {
+            continue;
+        }
+        let p_lat = wilcoxon_greater(&d, lat.max_ratio.ln()).p_greater;
+        if p_lat <= level {
+            let mut sorted = d.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = quantile(&sorted, 0.5).unwrap_or(0.0).exp();
+            out.push((
+                endpoint.clone(),
+                Metric::Latency,
+                format!(
+                    "latency {median:.2}x on the same {} requests (bound {:.2}x, p = {})",
+                    d.len(),
+                    lat.max_ratio,
+                    crate::stats::fmt_p(p_lat)
+                ),
+            ));
         }
     }
+    out
+}
+
+/// Every significant way one reference is worse than the other that matters (empty without a
+/// second baseline): the baseline worse than the second baseline; the second baseline worse
+/// than the baseline *and* than the candidate on the same endpoint and metric. (The second
+/// baseline stands for the current version where the candidate runs: slower than the baseline
+/// like the candidate is, it calibrates a difference of host or path, as it should; slower
+/// than the candidate too, it stands for nothing the candidate shares.)
+pub fn disagreements(set: &PairSet, policy: &Policy) -> Vec<Disagreement> {
+    let Some(b2) = set.baseline2.clone() else {
+        return Vec::new();
+    };
+    let b = set.baseline.clone();
+    // Two metrics, three comparisons, every endpoint and overall.
+    let level = REFERENCE_ALPHA / (6 * (set.endpoints.len() + 1)) as f64;
+    let b2_than_b = worse_on(set, policy, |p| p.baseline2.map(|o| (o, p.baseline)), level);
+    let b2_than_c = worse_on(
+        set,
+        policy,
+        |p| p.baseline2.map(|o| (o, p.candidate)),
+        level,
+    );
+    let b_than_b2 = worse_on(set, policy, |p| p.baseline2.map(|o| (p.baseline, o)), level);
+    let mut out: Vec<Disagreement> = b2_than_b
+        .into_iter()
+        .filter(|(e, m, _)| b2_than_c.iter().any(|(e2, m2, _)| e2 == e && m2 == m))
+        .map(|(endpoint, _, figure)| Disagreement {
+            worse: b2.clone(),
+            than: b.clone(),
+            endpoint,
+            figure,
+        })
+        .collect();
+    out.extend(
+        b_than_b2
+            .into_iter()
+            .map(|(endpoint, _, figure)| Disagreement {
+                worse: b.clone(),
+                than: b2.clone(),
+                endpoint,
+                figure,
+            }),
+    );
     out
 }
 
@@ -319,6 +361,19 @@ mod tests {
         };
         let (_, j) = judge_set(&set(slow_b2, slow_c), &Policy::default());
         assert_eq!(j.decision, Decision::NoGo, "{:?}", j.reasons);
+    }
+
+    #[test]
+    fn a_second_baseline_slower_like_the_candidate_calibrates_and_is_kept() {
+        // The mirror's path (or another host): baseline2 and the candidate both 3x slower
+        // than the baseline. That is what the second baseline is for: GO.
+        let path = |k: usize| Obs::answer(200, 3 * healthy(k).latency_us.unwrap());
+        let s = set(path, |k| {
+            Obs::answer(200, 3 * healthy(k + 1).latency_us.unwrap())
+        });
+        assert!(disagreements(&s, &Policy::default()).is_empty());
+        let (_, j) = judge_set(&s, &Policy::default());
+        assert_eq!(j.decision, Decision::Go, "{:?}", j.reasons);
     }
 
     #[test]
