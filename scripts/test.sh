@@ -48,7 +48,8 @@ step "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked "$@" -- --include-ignored 2>&1 | tee "$log"
+# --no-fail-fast: one failing test binary must not hide the others' results.
+cargo test --workspace --locked --no-fail-fast "$@" -- --include-ignored 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one summary per test binary).

@@ -525,7 +525,13 @@ impl MessageParser {
                 msg.index = Some(framing.request_head(&msg.method, start, self.mark_at(start).1));
                 match (te_chunked, length) {
                     (Some(true), _) => Some(BodyState::ChunkSize),
-                    (Some(false), _) => Some(BodyState::UntilClose),
+                    // RFC 9112 6.3: a request whose final coding is not chunked cannot be
+                    // framed (it is not read to the close, as a response would be).
+                    (Some(false), _) => {
+                        return HeadOutcome::Invalid(
+                            "the request's final transfer coding is not chunked".into(),
+                        )
+                    }
                     (None, Some(0)) | (None, None) => None,
                     (None, Some(len)) => Some(BodyState::Length(len)),
                 }
@@ -666,7 +672,9 @@ impl MessageParser {
                 if view.starts_with(b"\r\n") {
                     self.state = State::Body(BodyState::ChunkSize);
                     Some(2)
-                } else if view.starts_with(b"\n") {
+                } else if view.starts_with(b"\n") && self.role == Role::Response {
+                    // A bare LF after chunk data: tolerated from a server, never from a client
+                    // (a proxy that reads it otherwise frames another request).
                     self.state = State::Body(BodyState::ChunkSize);
                     Some(1)
                 } else if view == b"\r" {
@@ -818,8 +826,10 @@ fn version_text(v: Option<u8>) -> CompactString {
 
 fn request_config() -> httparse::ParserConfig {
     let mut c = httparse::ParserConfig::default();
-    c.allow_multiple_spaces_in_request_line_delimiters(true)
-        .ignore_invalid_headers_in_requests(true);
+    // An invalid header line in a request is an error, never skipped: skipped, `Transfer-
+    // Encoding : chunked` (space before the colon) would leave the body framed by another rule
+    // than a server that reads it.
+    c.allow_multiple_spaces_in_request_line_delimiters(true);
     c
 }
 
@@ -854,6 +864,10 @@ fn content_length(msg: &Message) -> Result<Option<u64>, String> {
         .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
     {
         for v in h.value.split(',').map(str::trim) {
+            // Digits only (RFC 9110 8.6): Rust's parse would take `+5`.
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("invalid Content-Length {v:?}"));
+            }
             let n: u64 = v
                 .parse()
                 .map_err(|_| format!("invalid Content-Length {v:?}"))?;

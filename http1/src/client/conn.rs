@@ -290,8 +290,9 @@ pub struct RequestHead<'a> {
 
 impl RequestHead<'_> {
     /// Appends the request line and headers for a body of `body_len` bytes. Headers go out
-    /// as given (case and order kept); `Content-Length` is added when there is a body, or for
-    /// methods that expect one. Refuses what would not be one well-formed request (a CR or LF
+    /// as given (case and order kept), but for `Content-Length` and `Transfer-Encoding`:
+    /// `Content-Length` is the encoder's, added when there is a body, or for methods that
+    /// expect one. Refuses what would not be one well-formed request (a CR or LF
     /// in a value set by a hook would otherwise smuggle a second one).
     pub fn encode(&self, body_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
         if self.method.is_empty() || !self.method.bytes().all(is_tchar) {
@@ -305,6 +306,13 @@ impl RequestHead<'_> {
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for h in self.headers {
+            // The framing is the encoder's: a `Content-Length` or `Transfer-Encoding` given (by
+            // the recording or a hook) would make a second, conflicting one.
+            if h.name.eq_ignore_ascii_case("content-length")
+                || h.name.eq_ignore_ascii_case("transfer-encoding")
+            {
+                continue;
+            }
             if h.name.is_empty() || !h.name.bytes().all(is_tchar) {
                 return Err(format!("header name {:?} is not a valid token", h.name));
             }
@@ -619,6 +627,15 @@ mod tests {
             out,
             b"PUT /p HTTP/1.1\r\nx-lower: v\r\nX-Upper: padded\r\nContent-Length: 0\r\n\r\n"
         );
+        // Framing headers given (a hook's second Content-Length) give way to the encoder's.
+        let mut out = Vec::new();
+        let hs = [
+            hdr("Content-Length", "99"),
+            hdr("Transfer-Encoding", "chunked"),
+            hdr("A", "b"),
+        ];
+        head("POST", "/p", &hs).encode(3, &mut out).unwrap();
+        assert_eq!(out, b"POST /p HTTP/1.1\r\nA: b\r\nContent-Length: 3\r\n\r\n");
         let refused = [
             ("GET", "/", hdr("X-Evil", "a\r\nX-Smuggled: 1")),
             ("GET", "/", hdr("Bad Name", "v")),
