@@ -514,6 +514,12 @@ pub enum ActError {
     Stale(String),
 }
 
+/// Whether a weight change from `from` to `to` (percent) crosses 25, 50 or 75%.
+fn crosses_quarter(from: f64, to: f64) -> bool {
+    let q = |x: f64| (x / 25.0).floor().clamp(0.0, 4.0) as i64;
+    q(from) != q(to)
+}
+
 /// `2026-12-01T10:15:00.250Z` from Unix seconds.
 pub fn rfc3339(now: f64) -> String {
     shadowtap_core::id::rfc3339_millis(now)
@@ -754,13 +760,21 @@ pub fn act(
             format!(": {why}")
         }
     );
-    let alerts = vec![Alert {
-        id: entry.transition_id.clone(),
-        loadbalancer: d.id.clone(),
-        kind: kind.into(),
-        text,
-        transition: Some(entry.clone()),
-    }];
+    // One alert per state transition; a shift within testing only as a progress summary, when
+    // it crosses a quarter of the traffic (25, 50, 75%): the seed formula's ~458 steps would
+    // otherwise be ~458 messages. Every shift is in the history either way.
+    let summary = kind != "shift" || crosses_quarter(t.traffic_from, t.traffic_to);
+    let alerts = if summary {
+        vec![Alert {
+            id: entry.transition_id.clone(),
+            loadbalancer: d.id.clone(),
+            kind: kind.into(),
+            text,
+            transition: Some(entry.clone()),
+        }]
+    } else {
+        Vec::new()
+    };
     Ok(Outcome {
         deployment: next,
         history: vec![entry],

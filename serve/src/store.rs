@@ -394,11 +394,13 @@ impl Store {
             };
             let (who, epoch, expires) = (r[0].text(), r[1].int(), r[2].int());
             if who == holder && expires > ms(now) {
-                c.exec(
+                let renewed = c.exec(
                     "UPDATE leases SET expires_ms = $1 WHERE name = $2 AND holder = $3 AND epoch = $4",
                     &[P::I(ms(now + ttl)), P::T(name.into()), P::T(holder.into()), P::I(epoch)],
                 )?;
-                return Ok(Some(fence(epoch)));
+                // Renewed only if the row is still ours: another holder may have taken it
+                // between the read and the write.
+                return Ok((renewed == 1).then(|| fence(epoch)));
             }
             if expires <= ms(now) {
                 let n = c.exec(

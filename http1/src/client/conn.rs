@@ -635,7 +635,10 @@ mod tests {
             hdr("A", "b"),
         ];
         head("POST", "/p", &hs).encode(3, &mut out).unwrap();
-        assert_eq!(out, b"POST /p HTTP/1.1\r\nA: b\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(
+            out,
+            b"POST /p HTTP/1.1\r\nA: b\r\nContent-Length: 3\r\n\r\n"
+        );
         let refused = [
             ("GET", "/", hdr("X-Evil", "a\r\nX-Smuggled: 1")),
             ("GET", "/", hdr("Bad Name", "v")),

@@ -269,18 +269,34 @@ fn rfc_9112_framing_is_strict_for_requests() {
     // After a valid request, as a connection would carry it.
     let error_of = |bytes: &[u8]| {
         let mut fifo = Fifo::default();
-        let msgs = parse_all(Role::Request, &[b"GET /1 HTTP/1.1\r\n\r\n", bytes], &mut fifo);
+        let msgs = parse_all(
+            Role::Request,
+            &[b"GET /1 HTTP/1.1\r\n\r\n", bytes],
+            &mut fifo,
+        );
         msgs.iter().find_map(|m| m.error.clone())
     };
     // A signed Content-Length.
     let e = error_of(b"POST /x HTTP/1.1\r\nContent-Length: +5\r\n\r\nabcde");
-    assert!(e.as_deref().is_some_and(|e| e.contains("Content-Length")), "{e:?}");
+    assert!(
+        e.as_deref().is_some_and(|e| e.contains("Content-Length")),
+        "{e:?}"
+    );
     // A final coding other than chunked: refused, not read to the close.
     let e = error_of(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc");
-    assert!(e.as_deref().is_some_and(|e| e.contains("final transfer coding")), "{e:?}");
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("final transfer coding")),
+        "{e:?}"
+    );
     // Space before the colon: an error, not a header silently dropped.
-    let e = error_of(b"POST /x HTTP/1.1\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc");
-    assert!(e.is_some(), "a framing header with a space before its colon was dropped");
+    let e = error_of(
+        b"POST /x HTTP/1.1\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert!(
+        e.is_some(),
+        "a framing header with a space before its colon was dropped"
+    );
     // A bare LF after chunk data.
     let e = error_of(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n");
     assert!(e.as_deref().is_some_and(|e| e.contains("CRLF")), "{e:?}");
