@@ -375,10 +375,15 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
 }
 
 /// Caps a shift's increase at `max_step` points (the traffic a transition may move at once,
-/// so the new version is not overwhelmed); other decisions stand.
+/// so the new version is not overwhelmed); a promotion from further than `max_step` below 100%
+/// becomes a shift towards 100% (promoted once there, not by a jump from the target). A
+/// rollback is never stepped: it is instant. Other decisions stand.
 pub fn cap_step(decision: Decision, current: f64, max_step: Option<f64>) -> Decision {
     match (decision, max_step) {
         (Decision::Shift { to }, Some(m)) if m > 0.0 && to - current > m => {
+            Decision::Shift { to: current + m }
+        }
+        (Decision::Promote, Some(m)) if m > 0.0 && 100.0 - current > m => {
             Decision::Shift { to: current + m }
         }
         (d, _) => d,
@@ -579,6 +584,21 @@ mod tests {
                 .sum();
             assert!(alarm <= SMALL_SAMPLE_ALPHA * 1.000_001, "n {n}: {alarm}");
         }
+    }
+
+    #[test]
+    fn a_promotion_steps_to_100_under_the_max_step_and_a_rollback_never_steps() {
+        assert_eq!(
+            cap_step(Decision::Promote, 50.0, Some(20.0)),
+            Decision::Shift { to: 70.0 }
+        );
+        assert_eq!(
+            cap_step(Decision::Promote, 90.0, Some(20.0)),
+            Decision::Promote
+        );
+        assert_eq!(cap_step(Decision::Promote, 50.0, None), Decision::Promote);
+        let back = Decision::Rollback { why: "x".into() };
+        assert_eq!(cap_step(back.clone(), 100.0, Some(5.0)), back);
     }
 
     fn algorithm() -> impl Strategy<Value = Algorithm> {

@@ -616,3 +616,61 @@ async fn a_canary_failing_every_request_at_low_traffic_is_rolled_back() {
     assert!(reason.contains("requests failed"), "{reason}");
     server.shutdown().await;
 }
+
+/// A metrics endpoint that accepts and never answers on one load balancer does not delay
+/// another's rollback: each load balancer is judged on a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_metrics_endpoint_on_one_balancer_never_delays_anothers_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, _) = backend().await;
+    let (canary_url, canary) = backend().await;
+    let (slow_stable, _) = backend().await;
+    let (slow_canary, _) = backend().await;
+    // Accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let mut c = config(dir.path(), &stable_url, None, None);
+    let mut other = c.loadbalancers[0].clone();
+    other.id = "slow".into();
+    other.production = vec![slow_stable];
+    c.loadbalancers.push(other);
+    let server = Server::start(c).await.unwrap();
+    let api = server.api;
+    let spec = |pool: &str, metrics: Option<String>| {
+        let mut v = serde_json::json!({
+            "candidatePool": [pool], "targetTrafficPercentage": 100,
+            "errorRateThreshold": 0.05, "latencyThreshold": 500,
+            "algorithm": "linear", "stepPercentage": 1, "initialPercentage": 50, "interval": "1s"
+        });
+        if let Some(m) = metrics {
+            v["metricsUrls"] = serde_json::json!({ pool: m });
+            v["memoryThreshold"] = serde_json::json!(1.0e12);
+        }
+        v
+    };
+    post_ok(
+        api,
+        "/loadbalancer/slow/testing",
+        spec(&slow_canary, Some(format!("http://{hole_addr}/metrics"))),
+    )
+    .await;
+    post_ok(api, "/loadbalancer/web/testing", spec(&canary_url, None)).await;
+    let (stop, load) = steady(server.plane.balancers["web"].addr);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    canary.failing.store(true, Ordering::Relaxed);
+    let (v, took) = wait_for(api, &["removing", "removed"], Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(v["trafficPercentage"], 0.0);
+    assert!(
+        took <= Duration::from_millis(3000),
+        "rolled back after {took:?} (interval 1 s; the other balancer's scrape takes 2 s)"
+    );
+    server.shutdown().await;
+}
