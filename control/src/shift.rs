@@ -415,9 +415,10 @@ mod tests {
             cap_step(Decision::Shift { to: 50.0 }, 40.0, Some(25.0)),
             Decision::Shift { to: 50.0 }
         );
+        // A promotion from further than the cap below 100% steps towards it.
         assert_eq!(
             cap_step(Decision::Promote, 40.0, Some(1.0)),
-            Decision::Promote
+            Decision::Shift { to: 41.0 }
         );
         assert_eq!(
             cap_step(Decision::Shift { to: 80.0 }, 40.0, None),
