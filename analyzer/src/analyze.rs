@@ -153,6 +153,9 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         Some(ctx) => Engine::pair(ctx, &input).await?,
         None => pair_replays(&input)?,
     };
+    let mut set = set;
+    let routes = crate::template::Routes::new(&p.routes).map_err(AnalyzeError::Input)?;
+    set.name_endpoints(&routes, p.samples.min_endpoint);
     let (m, mut j) = crate::references::judge_set(&set, p);
     if set.incomplete > 0 {
         j.notes.push(format!(

@@ -921,16 +921,26 @@ fn decide(
         ));
     }
     if !not_judged.is_empty() {
+        // The largest few by traffic, then a count: every one is in `not_judged`.
         let share: f64 = not_judged.iter().map(|n| n.traffic_share).sum();
-        let names: Vec<String> = not_judged
+        let mut by_share: Vec<&NotJudged> = not_judged.iter().collect();
+        by_share.sort_by(|a, b| b.traffic_share.total_cmp(&a.traffic_share));
+        let names: Vec<String> = by_share
             .iter()
+            .take(5)
             .map(|n| format!("{} ({:.1}%)", n.endpoint, n.traffic_share * 100.0))
             .collect();
+        let more = not_judged.len().saturating_sub(names.len());
         notes.push(format!(
-            "not judged (fewer than {} pairs; they can fail but not pass): {}{}",
+            "not judged (fewer than {} pairs; they can fail but not pass): {}{}{}",
             p.samples.min_endpoint,
             names.join(", "),
-            if names.len() > 1 {
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            if not_judged.len() > 1 {
                 format!(": {:.1}% of traffic in all", share * 100.0)
             } else {
                 String::new()

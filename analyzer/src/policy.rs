@@ -6,6 +6,7 @@
 //! baseline = "baseline"
 //! candidate = "candidate"
 //! baseline2 = "baseline2"          # a second copy of the current version (noise), optional
+//! routes = ["/shop/products/{id}.json"]  # endpoint templates (also --route); see template.rs
 //!
 //! [score]
 //! pass = 95.0                      # score >= pass: go
@@ -24,7 +25,7 @@
 //! max_status_mix_distance = 0.50   # its status-class mix is this far (total variation) from production's
 //!
 //! [diff]
-//! ignore_headers = ["x-trace"]     # added to the built-in list (Date, Server, Set-Cookie, …)
+//! ignore_headers = ["x-trace"]     # added to the built-in list (Date, Server, …)
 //! compare_headers = true
 //! ignore_fields = ["/meta/*"]      # JSON pointers, * for any segment
 //! unordered_arrays = ["/tags"]     # arrays compared as multisets
@@ -84,6 +85,9 @@ pub struct Policy {
     pub metrics: Metrics,
     /// Health guards.
     pub health: HealthPolicy,
+    /// Endpoint templates (`/shop/products/{id}.json`): requests matching one are judged as
+    /// that endpoint (see [`crate::template`]).
+    pub routes: Vec<String>,
 }
 
 /// When the comparison itself is not valid (the verdict is then inconclusive).
@@ -207,6 +211,7 @@ impl Default for Policy {
             diff: DiffSettings::default(),
             metrics: Metrics::default(),
             health: HealthPolicy::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -299,6 +304,7 @@ impl Policy {
 
     /// Checks value ranges.
     pub fn check(&self) -> Result<(), String> {
+        crate::template::Routes::new(&self.routes)?;
         if !(0.0..=100.0).contains(&self.score.pass)
             || !(0.0..=100.0).contains(&self.score.marginal)
             || self.score.marginal > self.score.pass

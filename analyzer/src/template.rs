@@ -1,5 +1,11 @@
-//! Endpoint templates: `/users/123/orders/9f1c2e4a…` → `/users/{id}/orders/{id}`, so metrics
-//! aggregate per endpoint rather than per URL.
+//! Endpoints as users name them, so metrics aggregate per endpoint rather than per URL:
+//! - [`path_template`]: identifier segments by their shape: `/users/123/orders/9f1c2e4a…` →
+//!   `/users/{id}/orders/{id}`, `/products/123.json` → `/products/{id}.json`, dates and emails;
+//! - [`Routes`]: the user's own templates (`--route '/shop/products/{id}.json'`, policy
+//!   `routes`), which win over everything;
+//! - [`infer_parameters`]: from the traffic, a segment position with many distinct values across
+//!   otherwise equal endpoints, each too small to judge alone (`/users/jane-doe`,
+//!   `/reports/q3-summary`), is a parameter.
 
 /// Whether a path segment is an identifier: a number, a UUID, a hex string of 8 or more
 /// characters with a digit, or a long token mixing letters and digits.
@@ -32,6 +38,44 @@ pub fn is_id_segment(seg: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A date (`2026-12-07`, `20261207`) or an email address.
+fn is_value_segment(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let date = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    let email = seg
+        .split_once('@')
+        .is_some_and(|(u, d)| !u.is_empty() && d.contains('.') && !d.starts_with('.'));
+    date || email
+}
+
+/// A segment as a template segment: `{id}` for an identifier, `{id}.json` for one with an
+/// extension, `{value}` for a date or an email; else itself.
+fn template_segment(seg: &str) -> std::borrow::Cow<'_, str> {
+    if is_id_segment(seg) || is_value_segment(seg) {
+        return if is_id_segment(seg) {
+            "{id}"
+        } else {
+            "{value}"
+        }
+        .into();
+    }
+    if let Some((stem, ext)) = seg.rsplit_once('.') {
+        let short_ext =
+            !ext.is_empty() && ext.len() <= 5 && ext.bytes().all(|b| b.is_ascii_alphanumeric());
+        if short_ext && (is_id_segment(stem) || is_value_segment(stem)) {
+            return format!("{{id}}.{ext}").into();
+        }
+    }
+    seg.into()
+}
+
 /// The path with identifier segments replaced by `{id}` (the query is not part of a path).
 pub fn path_template(path: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or("");
@@ -39,9 +83,106 @@ pub fn path_template(path: &str) -> String {
         return "/".into();
     }
     path.split('/')
-        .map(|s| if is_id_segment(s) { "{id}" } else { s })
+        .map(template_segment)
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The user's endpoint templates: `/shop/products/{id}.json`, `/users/{name}/orders`. A
+/// `{…}` segment matches any one segment; `{…}.ext` any segment ending in `.ext`.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Vec<Vec<String>>);
+
+impl Routes {
+    /// Parses the templates, naming a bad one.
+    pub fn new(templates: &[String]) -> Result<Routes, String> {
+        templates
+            .iter()
+            .map(|t| {
+                if !t.starts_with('/') {
+                    return Err(format!("route {t:?}: a path template starts with /"));
+                }
+                Ok(t.split('/').map(str::to_owned).collect())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Routes)
+    }
+
+    /// The first route `path` (a path, or a path template) matches.
+    pub fn matching(&self, path: &str) -> Option<String> {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let segs: Vec<&str> = path.split('/').collect();
+        self.0
+            .iter()
+            .find(|r| {
+                r.len() == segs.len() && r.iter().zip(&segs).all(|(t, s)| segment_matches(t, s))
+            })
+            .map(|r| r.join("/"))
+    }
+}
+
+fn segment_matches(template: &str, seg: &str) -> bool {
+    let param = |t: &str| t.starts_with('{') && t.ends_with('}');
+    if param(template) {
+        return !seg.is_empty();
+    }
+    if let Some((stem, ext)) = template.rsplit_once('.') {
+        if param(stem) {
+            return seg
+                .rsplit_once('.')
+                .is_some_and(|(s, e)| !s.is_empty() && e == ext);
+        }
+    }
+    template == seg
+}
+
+/// Distinct values at one position that make it a parameter (with every endpoint involved
+/// too small to judge alone).
+pub const INFER_MIN_VALUES: usize = 10;
+
+/// Infers path parameters from the traffic: among endpoints (`METHOD /a/b/c`, with their pair
+/// counts) that are equal but at one segment position, if at least [`INFER_MIN_VALUES`]
+/// distinct values appear there and most of those endpoints have fewer than `min_pairs` pairs,
+/// that position is a parameter `{param}`. Repeated until nothing changes. Returns, for each
+/// endpoint given, its new name.
+pub fn infer_parameters(endpoints: &[(String, u64)], min_pairs: u64) -> Vec<String> {
+    let mut names: Vec<Vec<String>> = endpoints
+        .iter()
+        .map(|(e, _)| e.split('/').map(str::to_owned).collect())
+        .collect();
+    let counts: Vec<u64> = endpoints.iter().map(|(_, n)| *n).collect();
+    loop {
+        let mut changed = false;
+        let longest = names.iter().map(Vec::len).max().unwrap_or(0);
+        // Position 0 is "METHOD " (the method and the empty root): never a parameter.
+        for pos in 1..longest {
+            let mut groups: std::collections::HashMap<Vec<String>, Vec<usize>> =
+                std::collections::HashMap::new();
+            for (i, n) in names.iter().enumerate() {
+                if pos >= n.len() || n[pos].starts_with('{') || n[pos].is_empty() {
+                    continue;
+                }
+                let mut key = n.clone();
+                key[pos] = String::new();
+                groups.entry(key).or_default().push(i);
+            }
+            for members in groups.values() {
+                let distinct: std::collections::HashSet<&str> =
+                    members.iter().map(|&i| names[i][pos].as_str()).collect();
+                let small = members.iter().filter(|&&i| counts[i] < min_pairs).count();
+                if distinct.len() >= INFER_MIN_VALUES && small * 2 > members.len() {
+                    for &i in members {
+                        names[i][pos] = "{param}".to_owned();
+                    }
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    names.into_iter().map(|n| n.join("/")).collect()
 }
 
 #[cfg(test)]
@@ -71,5 +212,54 @@ mod tests {
         );
         assert_eq!(path_template("/a?x=1"), "/a");
         assert_eq!(path_template(""), "/");
+        assert_eq!(path_template("/products/123.json"), "/products/{id}.json");
+        assert_eq!(path_template("/reports/2026-12-07"), "/reports/{value}");
+        assert_eq!(path_template("/users/jane@example.com"), "/users/{value}");
+        assert_eq!(path_template("/static/app.v2.css"), "/static/app.v2.css");
+    }
+
+    #[test]
+    fn user_routes_match_segments_and_extensions() {
+        let r = Routes::new(&[
+            "/shop/products/{id}.json".into(),
+            "/users/{name}/orders".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            r.matching("/shop/products/abc-9.json?x=1").as_deref(),
+            Some("/shop/products/{id}.json")
+        );
+        assert_eq!(r.matching("/shop/products/abc.xml"), None);
+        assert_eq!(
+            r.matching("/users/jane-doe/orders").as_deref(),
+            Some("/users/{name}/orders")
+        );
+        assert_eq!(r.matching("/users/jane-doe"), None);
+        assert!(Routes::new(&["users/{id}".into()]).is_err());
+    }
+
+    #[test]
+    fn sparse_positions_become_parameters_and_busy_ones_stay() {
+        let mut eps: Vec<(String, u64)> = (0..40)
+            .map(|i| {
+                (
+                    format!("GET /users/user-{}x/profile", (b'a' + i as u8 % 26) as char),
+                    3,
+                )
+            })
+            .collect();
+        eps.dedup_by(|a, b| a.0 == b.0);
+        // Busy, distinct resources: each judged alone.
+        for r in [
+            "users", "orders", "items", "carts", "tags", "a", "b", "c", "d", "e",
+        ] {
+            eps.push((format!("GET /api/{r}"), 500));
+        }
+        let names = infer_parameters(&eps, 30);
+        let slugs: std::collections::HashSet<&String> =
+            names.iter().filter(|n| n.contains("/profile")).collect();
+        assert_eq!(slugs.len(), 1, "{slugs:?}");
+        assert!(slugs.contains(&"GET /users/{param}/profile".to_owned()));
+        assert!(names.contains(&"GET /api/orders".to_owned()), "{names:?}");
     }
 }

@@ -174,6 +174,56 @@ impl PairSet {
         i
     }
 
+    /// Names the endpoints as users do: the user's `routes` first, then parameters inferred
+    /// from the traffic among endpoints with fewer than `min_pairs` pairs
+    /// ([`crate::template`]). Endpoints that get the same name are merged (their pairs, their
+    /// text examples).
+    pub fn name_endpoints(&mut self, routes: &crate::template::Routes, min_pairs: u64) {
+        let mut counts = vec![0u64; self.endpoints.len()];
+        for p in &self.pairs {
+            counts[p.endpoint as usize] += 1;
+        }
+        let routed: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| match e.split_once(' ') {
+                Some((method, path)) => match routes.matching(path) {
+                    Some(r) => format!("{method} {r}"),
+                    None => e.clone(),
+                },
+                None => e.clone(),
+            })
+            .collect();
+        // Routed endpoints are the user's: inference only among the others.
+        let free: Vec<(String, u64)> = routed
+            .iter()
+            .zip(&self.endpoints)
+            .zip(&counts)
+            .map(|((r, e), n)| (if r == e { e.clone() } else { String::new() }, *n))
+            .collect();
+        let inferred = crate::template::infer_parameters(&free, min_pairs);
+        let names: Vec<String> = routed
+            .into_iter()
+            .zip(inferred)
+            .zip(&self.endpoints)
+            .map(|((r, i), e)| if &r != e { r } else { i })
+            .collect();
+        if names == self.endpoints {
+            return;
+        }
+        let old = std::mem::take(&mut self.endpoints);
+        self.endpoint_ids.clear();
+        let map: Vec<u32> = names.iter().map(|n| self.endpoint_id(n)).collect();
+        for p in &mut self.pairs {
+            p.endpoint = map[p.endpoint as usize];
+        }
+        let texts = std::mem::take(&mut self.text_examples);
+        for (e, t) in texts {
+            self.text_examples.entry(map[e as usize]).or_insert(t);
+        }
+        drop(old);
+    }
+
     /// The index of an exchange (cluster), added when new.
     pub fn cluster_id(&mut self, exchange_id: &str) -> u32 {
         if let Some(&i) = self.cluster_ids.get(exchange_id) {
@@ -323,5 +373,47 @@ mod secret_tests {
             Some("\"hmac:ab12\"")
         );
         assert_eq!(masked(Some("gold"), false).as_deref(), Some("gold"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_inferred_parameters_merge_endpoints_and_their_pairs() {
+        let mut s = PairSet::new("b", "c", None, NoiseSource::None);
+        let push = |s: &mut PairSet, name: &str| {
+            let ep = s.endpoint_id(name);
+            s.pairs.push(Pair {
+                endpoint: ep,
+                ..Pair::default()
+            });
+        };
+        for i in 0..12 {
+            push(&mut s, &format!("GET /users/name-{}x", (b'a' + i) as char));
+        }
+        for _ in 0..40 {
+            push(&mut s, "GET /shop/products/{id}.json");
+            push(&mut s, "GET /api/orders");
+        }
+        let routes = crate::template::Routes::new(&["/shop/products/{sku}.json".into()]).unwrap();
+        s.name_endpoints(&routes, 30);
+        let mut names = s.endpoints.clone();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "GET /api/orders",
+                "GET /shop/products/{sku}.json",
+                "GET /users/{param}"
+            ]
+        );
+        let users = s
+            .endpoints
+            .iter()
+            .position(|e| e == "GET /users/{param}")
+            .unwrap() as u32;
+        assert_eq!(s.pairs.iter().filter(|p| p.endpoint == users).count(), 12);
     }
 }

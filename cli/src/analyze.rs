@@ -278,6 +278,13 @@ pub struct JudgeArgs {
     #[arg(long, value_name = "NAME")]
     baseline2: Option<String>,
 
+    /// An endpoint template (repeat): `/shop/products/{id}.json`, `/users/{name}/orders`. A
+    /// `{…}` segment matches any one segment. Requests matching one are judged as that
+    /// endpoint; the others by their path with identifiers, dates and emails as parameters,
+    /// and positions with many sparse values inferred as parameters.
+    #[arg(long, value_name = "TEMPLATE")]
+    route: Vec<String>,
+
     /// Exit 1 on a marginal verdict instead of 2.
     #[arg(long)]
     fail_on_marginal: bool,
@@ -306,6 +313,7 @@ impl JudgeArgs {
         if let Some(c) = &self.candidate {
             p.candidate = c.clone();
         }
+        p.routes.extend(self.route.iter().cloned());
         if let Some(b) = &self.baseline2 {
             p.baseline2 = b.clone();
         }
