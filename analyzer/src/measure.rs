@@ -411,11 +411,20 @@ fn latency_measure(
             lp.bootstrap_resamples as usize,
             seed ^ (q * 1000.0) as u64,
         ) {
+            // A bootstrap that never varies (the quantile sits on a mass point: 1% of requests
+            // at exactly a timeout on every target) has no normal approximation; there the
+            // exact binomial test of the share of candidate requests beyond `bound` times the
+            // reference's quantile (at most 1 - q under the bound) decides.
+            let p = if bt.se > 0.0 {
+                wald_greater(bt.estimate, bt.se, bound.ln())
+            } else {
+                tail_count_p(&bs, &cl, q, bound)
+            };
             tails.push(TailMeasure {
                 q,
                 log_ratio: bt.estimate,
                 se: bt.se,
-                p: wald_greater(bt.estimate, bt.se, bound.ln()),
+                p,
             });
         }
     }
@@ -432,6 +441,16 @@ fn latency_measure(
         reference_ms,
         candidate_ms,
     }
+}
+
+/// The exact test of "more than 1 - q of the candidate's requests are beyond `bound` times the
+/// reference's q-quantile" (`reference` sorted).
+fn tail_count_p(reference: &[f64], candidate: &[f64], q: f64, bound: f64) -> f64 {
+    let Some(rq) = quantile(reference, q) else {
+        return 1.0;
+    };
+    let beyond = candidate.iter().filter(|&&c| c > bound * rq).count() as u64;
+    crate::stats::binomial_sf(beyond, candidate.len() as u64, 1.0 - q)
 }
 
 /// Per field and endpoint, and per field over every endpoint ([`EVERY_ENDPOINT`]), in one
@@ -646,4 +665,35 @@ fn positions(set: &PairSet) -> Vec<PositionLatency> {
             p50_ms: crate::stats::quantile_select(&mut v, 0.5),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_count_p;
+
+    #[test]
+    fn the_exact_tail_test_holds_at_a_mass_point() {
+        // 1% of every target's requests at exactly a 500 ms timeout: no evidence.
+        let with_mass = |share: f64| -> Vec<f64> {
+            (0..6000)
+                .map(|i| {
+                    if (i as f64) < share * 6000.0 {
+                        500_000.0
+                    } else {
+                        1000.0 + (i % 97) as f64
+                    }
+                })
+                .collect()
+        };
+        let mut reference = with_mass(0.01);
+        reference.sort_by(f64::total_cmp);
+        assert!(tail_count_p(&reference, &with_mass(0.01), 0.99, 2.0) > 0.3);
+        // A new 2% tail far beyond: found. (Against the reference's own p99, which sits on
+        // its mass at 500 ms: the candidate's 2% at 2 s are beyond 2 x 500 ms.)
+        let mut candidate = with_mass(0.01);
+        for c in candidate.iter_mut().skip(100).take(120) {
+            *c = 2_000_000.0;
+        }
+        assert!(tail_count_p(&reference, &candidate, 0.99, 2.0) < 1e-6);
+    }
 }
