@@ -42,6 +42,8 @@ struct Shape {
     persistent: (f64, f64),
     /// What is wrong with the second baseline.
     b2_fault: B2Fault,
+    /// Share of requests answered at exactly 500 ms on every target (a timeout, a mass point).
+    fixed_tail: f64,
 }
 
 /// A second baseline that is not a good reference.
@@ -84,6 +86,8 @@ enum Regression {
     TenPercentErrors,
     /// 1 s slower on the first three endpoints.
     SecondSlowerOnThree,
+    /// A new 2% of candidate requests at 2 s.
+    NewTwoPercentTail,
 }
 
 fn normal(r: &mut SplitMix) -> f64 {
@@ -168,6 +172,8 @@ fn generate(s: &Shape, seed: u64) -> PairSet {
         for i in 0..*n {
             let base = (mu + s.sigma * normal(&mut r)).exp() * 1000.0; // µs
             let fixed = r.unit() < s.fixed_errors;
+            // Drawn only where used: the other shapes keep their seeds' data.
+            let timeout = s.fixed_tail > 0.0 && r.unit() < s.fixed_tail;
             let ts = 1_700_000_000 + i as u64;
             // Per target (baseline, candidate, baseline2): what persists over the passes.
             let persist: Vec<(f64, bool)> = (0..3)
@@ -181,7 +187,11 @@ fn generate(s: &Shape, seed: u64) -> PairSet {
             for _pass in 0..s.passes {
                 let obs = |offset: f64, cand: bool, who: usize, r: &mut SplitMix| -> Obs {
                     let jitter = (0.15 * normal(r)).exp();
-                    let mut lat = base * offset * jitter * persist[who].0;
+                    let mut lat = if timeout {
+                        500_000.0
+                    } else {
+                        base * offset * jitter * persist[who].0
+                    };
                     let mut err = fixed || persist[who].1 || r.unit() < s.random_errors;
                     let mut not_found = false;
                     if cand {
@@ -195,6 +205,7 @@ fn generate(s: &Shape, seed: u64) -> PairSet {
                             Regression::RareEndpointDown if name == "GET /api/rare" => err = true,
                             Regression::TenPercentErrors if r.unit() < 0.10 => err = true,
                             Regression::SecondSlowerOnThree if e < 3 => lat += 1_000_000.0,
+                            Regression::NewTwoPercentTail if r.unit() < 0.02 => lat = 2_000_000.0,
                             _ => {}
                         }
                     }
@@ -291,6 +302,7 @@ fn shapes() -> Vec<Shape> {
         persistent: (0.0, 0.0),
         recorded_errors: None,
         b2_fault: B2Fault::None,
+        fixed_tail: 0.0,
     };
     vec![
         base.clone(),
@@ -360,6 +372,13 @@ fn shapes() -> Vec<Shape> {
             ..base.clone()
         },
         Shape {
+            name: "3 endpoints x 2000, 1% of requests at exactly 500 ms on every target",
+            endpoints: 3,
+            requests: 2000,
+            fixed_tail: 0.01,
+            ..base.clone()
+        },
+        Shape {
             name: "5 endpoints x 200, the second baseline refusing connections",
             endpoints: 5,
             b2_fault: B2Fault::Dead,
@@ -404,6 +423,12 @@ fn regressions() -> Vec<Shape> {
         with(0, Regression::EndpointNotFound),
         with(0, Regression::NewClientErrors),
         with(0, Regression::SlowEverywhere),
+        with(
+            aa.iter()
+                .position(|s| s.fixed_tail > 0.0)
+                .expect("a mass-point tail shape"),
+            Regression::NewTwoPercentTail,
+        ),
         with(
             aa.iter()
                 .position(|s| s.b2_fault == B2Fault::Dead)
