@@ -355,6 +355,7 @@ sticky = "request"
         .as_array()
         .unwrap()
         .iter()
+        .filter(|r| shadowtap_serve::deployment::alerted(r))
         .map(|r| r["transitionId"].as_str().unwrap().to_owned())
         .collect();
     let t0 = Instant::now();
@@ -502,6 +503,7 @@ fn two_processes_on_one_postgres_the_leader_killed_mid_shift() {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|r| shadowtap_serve::deployment::alerted(r))
         .map(|r| r["transitionId"].as_str().unwrap().to_owned())
         .collect();
     let t0 = Instant::now();

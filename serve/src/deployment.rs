@@ -520,6 +520,13 @@ fn crosses_quarter(from: f64, to: f64) -> bool {
     q(from) != q(to)
 }
 
+/// Whether a history row (as the API shows it: `event`, `trafficFrom`, `trafficPercentage`)
+/// was alerted: every state transition, and a shift only when it crosses 25, 50 or 75%.
+pub fn alerted(row: &serde_json::Value) -> bool {
+    let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
+    row["event"] != "shift" || crosses_quarter(f("trafficFrom"), f("trafficPercentage"))
+}
+
 /// `2026-12-01T10:15:00.250Z` from Unix seconds.
 pub fn rfc3339(now: f64) -> String {
     shadowtap_core::id::rfc3339_millis(now)

@@ -543,6 +543,7 @@ async fn a_leader_that_dies_is_replaced_within_its_lease_and_no_alert_is_lost() 
         .as_array()
         .unwrap()
         .iter()
+        .filter(|r| shadowtap_serve::deployment::alerted(r))
         .map(|r| r["transitionId"].as_str().unwrap().to_owned())
         .collect();
     let t0 = Instant::now();
