@@ -161,6 +161,10 @@ pub struct Policy {
     pub min_requests: u64,
     /// Consecutive windows without enough data before an alert.
     pub silent_limit: u32,
+    /// Consecutive windows with no request at all on the new version after which it is rolled
+    /// back (Flagger's treatment of "no values"); none: held for ever, alerting.
+    #[serde(default)]
+    pub no_data_limit: Option<u32>,
 }
 
 /// What the monitor remembers between windows (stored with the rollout).
@@ -182,6 +186,9 @@ pub struct Progress {
     /// Errors among those requests.
     #[serde(default)]
     pub small_errors: u64,
+    /// Consecutive windows with no request at all.
+    #[serde(default)]
+    pub empty: u32,
 }
 
 /// The false-alarm rate of the exact test on windows too small to judge by rate: the chance
@@ -262,6 +269,22 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
         p.critical.latency_ms,
         w.request_count
     );
+    if w.request_count == 0 {
+        next.empty += 1;
+        if let Some(limit) = p.no_data_limit.filter(|l| *l > 0 && next.empty >= *l) {
+            return (
+                Decision::Rollback {
+                    why: format!(
+                        "no request reached the new version in {} windows in a row (noDataLimit {limit})",
+                        next.empty
+                    ),
+                },
+                next,
+            );
+        }
+    } else {
+        next.empty = 0;
+    }
     if w.request_count < p.min_requests {
         // Too few requests to judge the rate; their failures still count, added up over the
         // run of such windows.
@@ -494,7 +517,44 @@ mod tests {
             failure_limit: 3,
             min_requests: 100,
             silent_limit: 5,
+            no_data_limit: None,
         }
+    }
+
+    #[test]
+    fn no_data_rolls_back_only_past_the_no_data_limit() {
+        let empty = Window {
+            error_rate: 0.0,
+            latency_ms: 0.0,
+            request_count: 0,
+        };
+        let mut p = policy(Algorithm::Linear { step: 10.0 });
+        let mut pr = Progress::default();
+        for _ in 0..20 {
+            let (d, next) = tick(&p, 10.0, pr, &empty);
+            assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+            pr = next;
+        }
+        p.no_data_limit = Some(3);
+        let mut pr = Progress::default();
+        let decisions: Vec<Decision> = (0..3)
+            .map(|_| {
+                let (d, next) = tick(&p, 10.0, pr, &empty);
+                pr = next;
+                d
+            })
+            .collect();
+        assert!(matches!(decisions[1], Decision::Hold { .. }));
+        assert!(matches!(&decisions[2], Decision::Rollback { why } if why.contains("noDataLimit")));
+        // One request in between starts the count again.
+        let one = Window {
+            request_count: 1,
+            ..empty
+        };
+        let (_, pr) = tick(&p, 10.0, Progress::default(), &empty);
+        let (_, pr) = tick(&p, 10.0, pr, &empty);
+        let (_, pr) = tick(&p, 10.0, pr, &one);
+        assert_eq!(pr.empty, 0);
     }
 
     #[test]
@@ -646,7 +706,10 @@ mod tests {
                         weight = to;
                     }
                     Decision::Rollback { .. } => {
-                        prop_assert!(breach || p.critical.breached_by(&w));
+                        // A full window over a limit, or the failures of windows too small
+                        // to judge by rate (the exact test on them).
+                        let small_evidence = w.request_count < p.min_requests && w.errors() > 0;
+                        prop_assert!(breach || p.critical.breached_by(&w) || small_evidence);
                         weight = 0.0;
                         pr = Progress::default();
                         continue;

@@ -533,8 +533,11 @@ async fn handle(
                 );
                 if let (Some(c), true) = (&routing.canary, decision.canary) {
                     if let (Some(name), false) = (&c.pin_cookie, decision.pinned) {
+                        // `Secure` where the client came over TLS: the cookie never leaks
+                        // to a plain-HTTP request.
+                        let secure = if tls { "; Secure" } else { "" };
                         if let Ok(v) = HeaderValue::from_str(&format!(
-                            "{name}=1; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax"
+                            "{name}=1; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax{secure}"
                         )) {
                             rparts.headers.append(http::header::SET_COOKIE, v);
                         }

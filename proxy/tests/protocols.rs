@@ -165,6 +165,19 @@ async fn tls_is_terminated_and_https_members_are_verified() {
         cert: cert.clone(),
         key: key.clone(),
     }];
+    // Every user on a canary with a pin cookie: over TLS the cookie is `Secure`.
+    let (can, _) = backend(Behaviour {
+        label: "prod",
+        ..Default::default()
+    })
+    .await;
+    front.canary = Some(shadowtap_proxy::config::CanaryConfig {
+        name: "canary".into(),
+        urls: vec![format!("http://{can}")],
+        weight: 100.0,
+        sticky: shadowtap_proxy::config::KeySource::Request,
+        pin_cookie: Some("pin".into()),
+    });
     let front = shadowtap_proxy::start(front, None).await.unwrap();
     let https_url = format!("https://localhost:{}", front.addr.port());
     // A client that trusts the certificate reaches the backend through it.
@@ -195,6 +208,16 @@ async fn tls_is_terminated_and_https_members_are_verified() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let pin = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        pin.starts_with("pin=1;") && pin.ends_with("; Secure"),
+        "{pin}"
+    );
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("item-3"));
     // A proxy whose production member is https: verified against the CA file given ...

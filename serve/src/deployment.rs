@@ -52,6 +52,10 @@ pub struct TestingSpec {
     /// Silent windows in a row before an alert (default: the config's).
     #[serde(default)]
     pub silent_limit: Option<u32>,
+    /// Windows in a row with no request at all on the new version after which it is rolled
+    /// back (none: held, alerting every `silentLimit`).
+    #[serde(default)]
+    pub no_data_limit: Option<u32>,
     /// Error rate that rolls back at once (default: 5 × the threshold, at least 0.1, at most 1).
     #[serde(default)]
     pub critical_error_rate: Option<f64>,
@@ -156,6 +160,7 @@ impl TestingSpec {
             failure_limit: self.failure_limit.unwrap_or(d.failure_limit),
             min_requests: self.min_requests.unwrap_or(d.min_requests),
             silent_limit: self.silent_limit.unwrap_or(d.silent_limit),
+            no_data_limit: self.no_data_limit,
         })
     }
 
@@ -189,6 +194,9 @@ impl TestingSpec {
             }
         };
         pct("targetTrafficPercentage", self.target_traffic_percentage)?;
+        if self.no_data_limit == Some(0) {
+            return Err("noDataLimit 0: at least 1 (leave it out for none)".into());
+        }
         if self.target_traffic_percentage <= 0.0 {
             return Err("targetTrafficPercentage must be over 0".into());
         }

@@ -168,6 +168,7 @@ fn a_failed_gate_holds_a_shift_and_rolls_back_after_the_failure_limit() {
         failure_limit: 2,
         min_requests: 10,
         silent_limit: 3,
+        no_data_limit: None,
     };
     let fail = Gate::Fail { why: "x".into() };
     let before = Progress::default();
