@@ -337,7 +337,10 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
         State::Removing if since >= plane.drain.as_secs_f64() => Action::Removed,
         _ => return Ok(()),
     };
-    plane.change_monitor(id, action, None).await.map(|_| ())
+    plane
+        .change_monitor_on(id, action, d.rollout.version)
+        .await
+        .map(|_| ())
 }
 
 /// Runs the monitor until `stop`: leadership (the store's lease), following the store, and the

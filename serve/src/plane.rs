@@ -366,7 +366,24 @@ impl Plane {
         let Some(fence) = self.fence() else {
             return Err(ActError::Stale("this instance does not run the monitor".into()).into());
         };
-        self.change_fenced(id, action, MONITOR, reason, Some(fence))
+        self.change_fenced(id, action, MONITOR, reason, Some(fence), None)
+            .await
+    }
+
+    /// [`Plane::change_monitor`] for a decision made on deployment version `judged`: if the
+    /// deployment moved on since (an operator, another instance), the decision is stale and
+    /// not applied (the next judgement is made on the new state). Rollbacks do not need this:
+    /// one applies to whatever active state the deployment is in.
+    pub async fn change_monitor_on(
+        &self,
+        id: &str,
+        action: Action,
+        judged: u64,
+    ) -> Result<(Deployment, Vec<HistoryEntry>), ChangeError> {
+        let Some(fence) = self.fence() else {
+            return Err(ActError::Stale("this instance does not run the monitor".into()).into());
+        };
+        self.change_fenced(id, action, MONITOR, None, Some(fence), Some(judged))
             .await
     }
 
@@ -378,7 +395,8 @@ impl Plane {
         actor: &str,
         reason: Option<&str>,
     ) -> Result<(Deployment, Vec<HistoryEntry>), ChangeError> {
-        self.change_fenced(id, action, actor, reason, None).await
+        self.change_fenced(id, action, actor, reason, None, None)
+            .await
     }
 
     async fn change_fenced(
@@ -388,6 +406,7 @@ impl Plane {
         actor: &str,
         reason: Option<&str>,
         fence: Option<Fence>,
+        judged: Option<u64>,
     ) -> Result<(Deployment, Vec<HistoryEntry>), ChangeError> {
         let lb = self
             .balancers
@@ -406,6 +425,14 @@ impl Plane {
                 }
                 Err(e) => return Err(e),
             };
+            if judged.is_some_and(|v| v != current.rollout.version) {
+                return Err(ActError::Stale(format!(
+                    "judged on version {}, the deployment is at {} now",
+                    judged.unwrap_or_default(),
+                    current.rollout.version
+                ))
+                .into());
+            }
             let at = now();
             let mut outcome = act(&current, &action, actor, reason, at)?;
             // Every transition keeps the windows it was made on, an operator's too.

@@ -686,3 +686,65 @@ async fn a_failing_canary_is_rolled_back_while_postgres_is_down() {
     assert!(weight(&server) <= 0.0);
     server.shutdown().await;
 }
+
+/// A monitor decision made on a deployment an operator has changed since is stale: not applied
+/// (the next judgement is made on the new state), where it used to be replayed on the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_decision_on_an_old_version_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prod, _) = backend().await;
+    let (canary, _) = backend().await;
+    let plane = Plane::start(config(dir.path(), &prod, None, None))
+        .await
+        .unwrap();
+    assert!(plane.lead(5.0).await, "the only instance leads");
+    plane
+        .change(
+            "web",
+            Action::Shadow {
+                pool: vec![canary.clone()],
+                mirror_percentage: 10.0,
+                criteria: vec!["random".into()],
+                metrics_urls: Default::default(),
+            },
+            "ops",
+            None,
+        )
+        .await
+        .unwrap();
+    let judged = plane.get("web").await.unwrap().rollout.version;
+    // An operator changes the share meanwhile.
+    plane
+        .change(
+            "web",
+            Action::Shadow {
+                pool: vec![canary],
+                mirror_percentage: 20.0,
+                criteria: vec!["random".into()],
+                metrics_urls: Default::default(),
+            },
+            "ops",
+            None,
+        )
+        .await
+        .unwrap();
+    let note = Action::Note {
+        decision: "deviation".into(),
+        why: "computed on the old share".into(),
+        alert: None,
+        progress: shadowtap_control::shift::Progress {
+            breaches: 1,
+            ..Default::default()
+        },
+        metrics: serde_json::Value::Null,
+    };
+    let e = plane
+        .change_monitor_on("web", note, judged)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("judged on version"), "{e}");
+    let d = plane.get("web").await.unwrap();
+    assert_eq!(d.progress.breaches, 0, "the stale decision changed nothing");
+    assert_eq!(d.rollout.mirror_percentage, 20.0);
+    plane.shutdown().await;
+}
