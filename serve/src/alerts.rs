@@ -29,6 +29,9 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
+/// Tries after which an alert is a dead letter (1 s doubling to 5 min: about an hour).
+pub const DEAD_AFTER: u32 = 20;
+
 /// Seconds to wait after `attempts` failed tries.
 pub fn backoff(attempts: u32) -> f64 {
     2f64.powi(attempts.min(9) as i32).min(300.0)
@@ -145,11 +148,24 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
                 }
                 Err(why) => {
                     tracing::warn!(id = p.alert.id, sink = p.sink, "alert not delivered: {why}");
-                    let next = now() + backoff(p.attempts);
-                    plane
-                        .store
-                        .call(move |s| s.failed(&id, &sink, next, &why))
-                        .await
+                    // A sink this instance cannot send to, or an alert that failed for about an
+                    // hour: a dead letter, kept and counted (`/metrics`), no longer retried.
+                    let permanent = why.starts_with("unknown sink") || why.starts_with("no ");
+                    if permanent || p.attempts + 1 >= DEAD_AFTER {
+                        eprintln!(
+                            "shadowtap serve: alerts: {} to {}: dead letter after {} attempts: {why}",
+                            p.alert.id,
+                            p.sink,
+                            p.attempts + 1
+                        );
+                        plane.store.call(move |s| s.dead(&id, &sink, &why)).await
+                    } else {
+                        let next = now() + backoff(p.attempts);
+                        plane
+                            .store
+                            .call(move |s| s.failed(&id, &sink, next, &why))
+                            .await
+                    }
                 }
             };
             if let Err(e) = written {

@@ -392,6 +392,12 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
             "# TYPE shadowtap_alerts_undelivered gauge\nshadowtap_alerts_undelivered {n}"
         );
     }
+    if let Ok(n) = api.plane.store.call(|s| s.dead_letters()).await {
+        let _ = writeln!(
+            out,
+            "# HELP shadowtap_alerts_dead_letters Alerts no longer retried (a sink this instance lacks, or about an hour of failures).\n# TYPE shadowtap_alerts_dead_letters gauge\nshadowtap_alerts_dead_letters {n}"
+        );
+    }
     let health = api.plane.store.health();
     let _ = writeln!(
         out,

@@ -83,6 +83,9 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
 ];
 
+/// `next_at` of a dead letter (never due).
+const DEAD: f64 = 1e300;
+
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -590,16 +593,44 @@ impl Store {
             .collect()
     }
 
-    /// Alerts not yet delivered.
+    /// Alerts not yet delivered (dead letters excepted).
     pub fn undelivered(&self) -> Result<u64, ServeError> {
         let rows = self.with(|c| {
             c.query(
-                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
-                &[],
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_at < $1",
+                &[P::F(DEAD)],
                 &[K::I],
             )
         })?;
         Ok(rows.first().map_or(0, |r| r[0].int() as u64))
+    }
+
+    /// Dead letters: alerts no longer retried (see [`Store::dead`]).
+    pub fn dead_letters(&self) -> Result<u64, ServeError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_at >= $1",
+                &[P::F(DEAD)],
+                &[K::I],
+            )
+        })?;
+        Ok(rows.first().map_or(0, |r| r[0].int() as u64))
+    }
+
+    /// Makes an alert a dead letter: kept with its last error, never due again.
+    pub fn dead(&self, id: &str, sink: &str, why: &str) -> Result<(), ServeError> {
+        self.with(|c| {
+            c.exec(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3 AND sink = $4",
+                &[
+                    P::F(DEAD),
+                    P::T(format!("dead letter: {why}")),
+                    P::T(id.into()),
+                    P::T(sink.into()),
+                ],
+            )
+        })
+        .map(|_| ())
     }
 
     /// Publishes one instance's figures of one pool for one whole second (idempotent: the same

@@ -65,7 +65,20 @@ fn only_one_writer_wins(url: &str) {
         .unwrap();
     assert!(a.due(2.0e9, 10).unwrap().is_empty(), "retried later");
     assert_eq!(a.due(3.0e9, 10).unwrap()[0].attempts, 1);
+    // A dead letter: never due again, not counted as undelivered, counted as dead.
+    a.dead(
+        &due[0].alert.id,
+        "webhook",
+        "no webhook URL configured any more",
+    )
+    .unwrap();
+    assert!(a.due(1.0e12, 10).unwrap().is_empty());
+    assert_eq!(
+        (a.undelivered().unwrap(), a.dead_letters().unwrap()),
+        (0, 1)
+    );
     a.delivered(&due[0].alert.id, "webhook", 3.0e9).unwrap();
+    assert_eq!(a.dead_letters().unwrap(), 0);
     assert_eq!(a.undelivered().unwrap(), 0);
     assert_eq!(a.prune(2.0e9).unwrap(), 0, "delivered after the cut: kept");
     assert_eq!(a.prune(4.0e9).unwrap(), 1);
