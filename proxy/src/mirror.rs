@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::stats::{DropReason, MirrorCounters, Outcome, PoolStats};
+use crate::tee::{Budget, Reservation};
 
 /// One shadow pool.
 pub struct Shadow {
@@ -36,6 +37,24 @@ pub struct Shadow {
     pub stats: Arc<PoolStats>,
     /// Its answers joined with production's, request by request (with `mirror.pair_outcomes`).
     pub pairs: Option<Arc<crate::pairs::Pairs>>,
+    /// The proxy's byte budget (`limits.mirror_memory`): every copy queued or in flight holds
+    /// its bytes in it until its shadow answered (or failed).
+    budget: Arc<Budget>,
+    /// The reservations of the copies queued or in flight, by exchange id.
+    held: Held,
+}
+
+/// Reservations of copies not yet answered, by exchange id.
+type Held = Arc<Mutex<std::collections::HashMap<String, Reservation>>>;
+
+/// What a copy holds: its body (and trailers), its head's fields, and a constant for the rest.
+fn copy_bytes(ex: &Exchange) -> u64 {
+    let head: usize = ex
+        .request_headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 16)
+        .sum();
+    (ex.request_body.raw.len() + head + ex.uri.len() + 512) as u64
 }
 
 impl std::fmt::Debug for Shadow {
@@ -51,6 +70,22 @@ impl Shadow {
     /// Offers a copy to the members in turn, the next one when a member's queue is full;
     /// never waits.
     pub fn offer(&self, mut ex: Box<Exchange>) {
+        // Held against the byte budget until the shadow answered: past it, the copy is dropped
+        // (counted as `memory`), never queued.
+        let Some(reservation) = self.budget.reserve(copy_bytes(&ex)) else {
+            return self.counters.drop_copy(DropReason::Memory);
+        };
+        let id = ex.exchange_id.clone();
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), reservation);
+        let release = || {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        };
         let n = self.inputs.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut why = DropReason::Closed;
@@ -68,7 +103,10 @@ impl Shadow {
                 }
                 // Left out by the sender's own selection: it takes every method the proxy
                 // mirrors, so only a method routing never chooses.
-                Ok(false) => return self.counters.drop_copy(DropReason::Closed),
+                Ok(false) => {
+                    release();
+                    return self.counters.drop_copy(DropReason::Closed);
+                }
                 Err(Rejected::Full(back)) => {
                     why = DropReason::QueueFull;
                     ex = back;
@@ -76,6 +114,7 @@ impl Shadow {
                 Err(Rejected::Closed(back)) => ex = back,
             }
         }
+        release();
         self.counters.drop_copy(why);
     }
 }
@@ -139,6 +178,7 @@ impl Shadows {
         record: Option<&Path>,
         redactor: Option<&Redactor>,
         generation: u32,
+        budget: Arc<Budget>,
     ) -> Result<Shadows, ProxyError> {
         let (stop, stop_rx) = watch::channel(false);
         // Without a recording the shadows' rows are counted and observed, not written.
@@ -175,6 +215,7 @@ impl Shadows {
                 .then(|| Arc::new(crate::pairs::Pairs::default()));
             let mut inputs = Vec::new();
             let mut pool = Vec::new();
+            let held: Held = Arc::default();
             for (k, url) in s.urls.iter().enumerate() {
                 let target = Target {
                     name: s.name.clone(),
@@ -219,7 +260,13 @@ impl Shadows {
                 opts.keep_rows = record.is_some();
                 let observed = stats.clone();
                 let paired = pairs.clone();
+                let answered = held.clone();
                 opts.on_row = Some(Arc::new(move |row| {
+                    // The copy is done: its bytes go back to the budget.
+                    answered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&row.exchange_id);
                     let outcome = match row.status {
                         Some(st) => Outcome::Status(st, row.total_us.unwrap_or(0).max(0) as u64),
                         None => Outcome::TransportError,
@@ -247,6 +294,8 @@ impl Shadows {
                 counters: MirrorCounters::default(),
                 stats,
                 pairs,
+                budget: budget.clone(),
+                held,
             }));
         }
         Ok(Shadows {

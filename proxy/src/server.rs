@@ -705,12 +705,14 @@ pub async fn start(
         )?)),
         None => None,
     };
+    let budget = Budget::new(config.limits.mirror_memory);
     let shadows = Shadows::start(
         &config,
         &run_id,
         config.record.as_deref(),
         redactor.as_ref(),
         0,
+        budget.clone(),
     )
     .await?;
     let sinks = Arc::new(Sinks {
@@ -753,7 +755,7 @@ pub async fn start(
         sinks,
         production: Arc::default(),
         canary: Arc::default(),
-        budget: Budget::new(config.limits.mirror_memory),
+        budget,
         changes: std::sync::Mutex::new(Vec::new()),
         client,
         seq: AtomicU64::new(0),

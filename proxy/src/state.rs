@@ -152,6 +152,7 @@ impl State {
                 self.record_dir.as_deref(),
                 self.redactor.as_ref(),
                 sets.generation + 1,
+                self.budget.clone(),
             )
             .await?;
             sets.generation += 1;

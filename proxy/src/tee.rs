@@ -47,6 +47,14 @@ impl Budget {
         }
     }
 
+    /// `n` bytes held until the reservation is dropped, or none when they would pass the limit.
+    pub fn reserve(self: &Arc<Self>, n: u64) -> Option<Reservation> {
+        self.take(n).then(|| Reservation {
+            budget: self.clone(),
+            bytes: n,
+        })
+    }
+
     /// Bytes held now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)

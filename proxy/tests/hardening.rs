@@ -214,3 +214,68 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// Copies waiting on a shadow that never answers hold their bytes in the byte budget until
+/// they time out: past `mirror_memory` further copies are dropped (counted as `memory`),
+/// never queued; production answers every request; the bytes come back once the copies end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_in_flight_count_against_the_byte_budget() {
+    use shadowtap_proxy::stats::DropReason;
+    const LIMIT: u64 = 1 << 20;
+    let (prod, seen) = raw_backend().await;
+    let hole = crate::common::black_hole().await;
+    let mut cfg = config(prod);
+    cfg.limits.mirror_memory = LIMIT;
+    cfg.limits.shadow_timeout_s = 2.0;
+    cfg.mirror.allow_methods.push("POST".into());
+    let mut s = crate::common::shadow("hole", hole);
+    s.concurrency = 64;
+    s.queue = 64;
+    cfg.shadows = vec![s];
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let body = vec![b'x'; 200 << 10];
+    let mut peak = 0;
+    for i in 0..20 {
+        let mut req = format!(
+            "POST /up/{i} HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        let answer = exchange(running.addr, &req).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+        peak = peak.max(running.state.budget.used());
+    }
+    wait_for(&seen, 20).await;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        20,
+        "production got every request"
+    );
+    let shadow = &running.state.routing().sinks[0];
+    let (sent, memory) = (
+        shadow
+            .counters
+            .sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        shadow.counters.dropped(DropReason::Memory),
+    );
+    assert!(peak <= LIMIT, "held {peak} bytes, budget {LIMIT}");
+    assert!(sent <= 5, "{sent} copies of 200 KiB queued within 1 MiB");
+    assert!(
+        memory >= 15,
+        "{memory} copies dropped for memory, {sent} sent"
+    );
+    // The copies time out (2 s) and give their bytes back.
+    let t0 = Instant::now();
+    while running.state.budget.used() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} bytes still held",
+            running.state.budget.used()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.shutdown();
+    running.wait().await.unwrap();
+}
