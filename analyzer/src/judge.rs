@@ -802,7 +802,25 @@ fn decide(
             endpoint: e.name.clone(),
             pairs: e.pairs,
             traffic_share: e.pairs as f64 / total_pairs,
+            why: format!(
+                "{} pairs, fewer than {}: it can fail, not pass",
+                e.units,
+                p.samples.min_endpoint
+            ),
         })
+        .chain(
+            // Enough pairs, but none whose answers could be compared (a 5xx or no answer on a
+            // side of every one): its errors and latency were judged, its answers were not.
+            m.endpoints
+                .iter()
+                .filter(|e| e.units >= p.samples.min_endpoint.max(1) && e.differs.n == 0)
+                .map(|e| NotJudged {
+                    endpoint: e.name.clone(),
+                    pairs: e.pairs,
+                    traffic_share: e.pairs as f64 / total_pairs,
+                    why: "no pair where both sides answered without a 5xx: its answers were not compared (errors and latency were)".into(),
+                }),
+        )
         .collect();
     let judged: Vec<&Check> = checks
         .iter()
@@ -932,7 +950,7 @@ fn decide(
             .collect();
         let more = not_judged.len().saturating_sub(names.len());
         notes.push(format!(
-            "not judged (fewer than {} pairs; they can fail but not pass): {}{}{}",
+            "not judged or not wholly (fewer than {} pairs: they can fail but not pass; or no answers to compare; each one's reason is in verdict.json): {}{}{}",
             p.samples.min_endpoint,
             names.join(", "),
             if more > 0 {

@@ -127,10 +127,26 @@ fn a_small_endpoint_fails_on_overwhelming_evidence_and_is_otherwise_not_judged()
     );
     assert_eq!(j.not_judged.len(), 1);
     assert!(
+        j.not_judged[0].why.contains("fewer than 30"),
+        "{:?}",
+        j.not_judged
+    );
+    assert!(
         j.notes.iter().any(|n| n.contains("GET /rare")),
         "{:?}",
         j.notes
     );
+    // An endpoint with enough pairs but no answers to compare (a 5xx on a side of each) is
+    // listed with why, not dropped from the diff tests in silence.
+    let mut m = service(rate("baseline", 20, 2, 0, 2, 0));
+    m.endpoints[0].differs.n = 0;
+    let j = judge(&m, &p);
+    let e0 = j
+        .not_judged
+        .iter()
+        .find(|n| n.endpoint == "GET /e0")
+        .expect("GET /e0 listed");
+    assert!(e0.why.contains("not compared"), "{e0:?}");
 }
 
 #[test]

@@ -217,6 +217,8 @@ pub struct NotJudged {
     pub pairs: u64,
     /// Share of all pairs.
     pub traffic_share: f64,
+    /// Why (too few pairs; or no pair whose answers could be compared).
+    pub why: String,
 }
 
 /// Median latency of one target by the position it was sent in (0: first). With the random
