@@ -81,22 +81,7 @@ impl Postgres {
             "initdb",
             &["-D", d, "-A", "trust", "-U", "shadowtap", "--no-sync"],
         );
-        let sock = data.parent().unwrap().to_str().unwrap().to_owned();
-        let opts = format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off");
-        let log = data.parent().unwrap().join("log");
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                d,
-                "-o",
-                &opts,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
+        pg.start_again();
         pg
     }
 }
@@ -108,7 +93,7 @@ impl Postgres {
         self.run("pg_ctl", &["-D", &d, "-m", "immediate", "-w", "stop"]);
     }
 
-    /// Starts a stopped server again on the same port.
+    /// Starts the server (again, after [`Postgres::stop`]) on its port.
     pub fn start_again(&self) {
         let d = self.data.to_str().unwrap().to_owned();
         let port = self
