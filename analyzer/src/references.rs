@@ -79,22 +79,41 @@ fn worse_on(
     let lat = &policy.metrics.latency;
     let mut out = Vec::new();
     for (endpoint, idx) in &groups {
-        let pairs: Vec<(crate::units::Obs, crate::units::Obs)> =
-            idx.iter().filter_map(|&i| sides(&set.pairs[i])).collect();
-        if pairs.is_empty() {
+        // The unit is the exchange, as in `measure`: the passes of one exchange (`--loop`)
+        // are one cluster, counted once (sign of its summed errors, median latency ratio).
+        let mut clusters: Vec<Vec<(crate::units::Obs, crate::units::Obs)>> = Vec::new();
+        let mut last = None;
+        for &i in idx {
+            let Some(o) = sides(&set.pairs[i]) else {
+                continue;
+            };
+            let c = set.pairs[i].cluster;
+            if last != Some(c) {
+                clusters.push(Vec::new());
+                last = Some(c);
+            }
+            if let Some(v) = clusters.last_mut() {
+                v.push(o);
+            }
+        }
+        let pairs: usize = clusters.iter().map(Vec::len).sum();
+        if pairs == 0 {
             continue;
         }
-        let n = pairs.len() as f64;
-        // Errors: discordant pairs, and the effect beyond the policy's bounds.
-        let (w, t) = pairs.iter().fold((0u64, 0u64), |(w, t), (a, b)| {
-            (
-                w + u64::from(a.error() && !b.error()),
-                t + u64::from(b.error() && !a.error()),
-            )
-        });
-        let (ea, eb) = pairs.iter().fold((0u64, 0u64), |(x, y), (a, b)| {
-            (x + u64::from(a.error()), y + u64::from(b.error()))
-        });
+        let n = pairs as f64;
+        // Errors: discordant exchanges, and the effect beyond the policy's bounds.
+        let (mut w, mut t, mut ea, mut eb) = (0u64, 0u64, 0u64, 0u64);
+        for c in &clusters {
+            let a = c.iter().filter(|(a, _)| a.error()).count() as u64;
+            let b = c.iter().filter(|(_, b)| b.error()).count() as u64;
+            ea += a;
+            eb += b;
+            match a.cmp(&b) {
+                std::cmp::Ordering::Greater => w += 1,
+                std::cmp::Ordering::Less => t += 1,
+                std::cmp::Ordering::Equal => {}
+            }
+        }
         let (ra, rb) = (ea as f64 / n, eb as f64 / n);
         let p_err = sign_test_greater(w, t);
         if er.enabled
@@ -106,19 +125,25 @@ fn worse_on(
                 endpoint.clone(),
                 Metric::Errors,
                 format!(
-                    "error rate {:.2}% against {:.2}% on the same {} requests (p = {})",
+                    "error rate {:.2}% against {:.2}% on the same {pairs} requests (p = {})",
                     ra * 100.0,
                     rb * 100.0,
-                    pairs.len(),
                     crate::stats::fmt_p(p_err)
                 ),
             ));
         }
-        // Latency: the centre of the paired log ratios against the policy's bound.
-        let d: Vec<f64> = pairs
+        // Latency: the centre of the exchanges' median log ratios against the policy's bound.
+        let d: Vec<f64> = clusters
             .iter()
-            .filter(|(a, b)| a.answered() && b.answered())
-            .map(|(a, b)| log_ratio(a.latency(), b.latency()))
+            .filter_map(|c| {
+                let mut r: Vec<f64> = c
+                    .iter()
+                    .filter(|(a, b)| a.answered() && b.answered())
+                    .map(|(a, b)| log_ratio(a.latency(), b.latency()))
+                    .collect();
+                r.sort_by(f64::total_cmp);
+                quantile(&r, 0.5)
+            })
             .collect();
         if !lat.enabled || d.len() < 10 {
             continue;

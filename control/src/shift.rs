@@ -313,27 +313,12 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
                 next.small_requests = 0;
                 next.small_errors = 0;
                 next.silent = 0;
-                next.breaches += 1;
                 let why = format!(
                     "{k} of {n} requests failed over the last windows (p = {pv:.1e} at the \
                      error-rate threshold {}; too few requests to judge by rate)",
                     p.thresholds.error_rate
                 );
-                if next.breaches >= p.failure_limit.max(1) {
-                    return (
-                        Decision::Rollback {
-                            why: format!("{} breaching windows in a row: {why}", next.breaches),
-                        },
-                        next,
-                    );
-                }
-                return (
-                    Decision::Hold {
-                        why: format!("breach {} of {}: {why}", next.breaches, p.failure_limit),
-                        alert: true,
-                    },
-                    next,
-                );
+                return breach(p, next, &why);
             }
             SmallSample::Nothing => {}
         }
@@ -364,22 +349,7 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
         );
     }
     if p.thresholds.breached_by(w) {
-        next.breaches += 1;
-        if next.breaches >= p.failure_limit.max(1) {
-            return (
-                Decision::Rollback {
-                    why: format!("{} breaching windows in a row: {numbers}", next.breaches),
-                },
-                next,
-            );
-        }
-        return (
-            Decision::Hold {
-                why: format!("breach {} of {}: {numbers}", next.breaches, p.failure_limit),
-                alert: true,
-            },
-            next,
-        );
+        return breach(p, next, &numbers);
     }
     next.breaches = 0;
     if current >= p.target {
@@ -395,6 +365,27 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
     );
     next.steps += 1;
     (Decision::Shift { to }, next)
+}
+
+/// One more breaching window (`why` gives its numbers): a hold with an alert, or a rollback
+/// once `failure_limit` windows in a row breached.
+fn breach(p: &Policy, mut next: Progress, why: &str) -> (Decision, Progress) {
+    next.breaches += 1;
+    if next.breaches >= p.failure_limit.max(1) {
+        return (
+            Decision::Rollback {
+                why: format!("{} breaching windows in a row: {why}", next.breaches),
+            },
+            next,
+        );
+    }
+    (
+        Decision::Hold {
+            why: format!("breach {} of {}: {why}", next.breaches, p.failure_limit),
+            alert: true,
+        },
+        next,
+    )
 }
 
 /// Caps a shift's increase at `max_step` points (the traffic a transition may move at once,

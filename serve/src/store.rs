@@ -595,25 +595,19 @@ impl Store {
 
     /// Alerts not yet delivered (dead letters excepted).
     pub fn undelivered(&self) -> Result<u64, ServeError> {
-        let rows = self.with(|c| {
-            c.query(
-                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_at < $1",
-                &[P::F(DEAD)],
-                &[K::I],
-            )
-        })?;
-        Ok(rows.first().map_or(0, |r| r[0].int() as u64))
+        self.outbox_count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_at < $1")
     }
 
     /// Dead letters: alerts no longer retried (see [`Store::dead`]).
     pub fn dead_letters(&self) -> Result<u64, ServeError> {
-        let rows = self.with(|c| {
-            c.query(
-                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_at >= $1",
-                &[P::F(DEAD)],
-                &[K::I],
-            )
-        })?;
+        self.outbox_count(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_at >= $1",
+        )
+    }
+
+    /// A count over the outbox, `$1` the dead letters' `next_at`.
+    fn outbox_count(&self, sql: &'static str) -> Result<u64, ServeError> {
+        let rows = self.with(|c| c.query(sql, &[P::F(DEAD)], &[K::I]))?;
         Ok(rows.first().map_or(0, |r| r[0].int() as u64))
     }
 
