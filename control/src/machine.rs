@@ -75,8 +75,12 @@ pub enum Event {
         /// The reduced weight.
         to: f64,
     },
-    /// A degraded version recovered.
-    Recover,
+    /// A degraded version recovered: its weight goes up to `to` (under `maxStepPercentage`,
+    /// never down), and at 100% it is live again.
+    Recover {
+        /// The new weight.
+        to: f64,
+    },
     /// Back to the previous stable pool at once; mirroring stops.
     Rollback,
     /// Take the new version out (or, when live, finish draining the old pool).
@@ -96,7 +100,7 @@ impl Event {
             Event::Resume => "resume",
             Event::Live => "live",
             Event::Degrade { .. } => "degrade",
-            Event::Recover => "recover",
+            Event::Recover { .. } => "recover",
             Event::Rollback => "rollback",
             Event::Remove => "remove",
             Event::Removed => "removed",
@@ -218,7 +222,14 @@ pub fn step(r: &Rollout, event: &Event) -> Result<(Rollout, Transition), Refused
         (State::Live, Event::Degrade { to }) => {
             (State::Degraded, pct(*to).min(100.0), r.mirror_percentage)
         }
-        (State::Degraded, Event::Recover) => (State::Live, 100.0, 0.0),
+        (State::Degraded, Event::Recover { to }) => {
+            let to = pct(*to).max(r.traffic_percentage);
+            if to >= 100.0 {
+                (State::Live, 100.0, 0.0)
+            } else {
+                (State::Degraded, to, r.mirror_percentage)
+            }
+        }
         // A rollback: all traffic back to the stable pool at once, mirroring stops; the new
         // version is then drained.
         (_, Event::Rollback) => (State::Removing, 0.0, 0.0),
@@ -341,7 +352,7 @@ mod tests {
             Just(Event::Resume),
             Just(Event::Live),
             (0.0f64..100.0).prop_map(|t| Event::Degrade { to: t }),
-            Just(Event::Recover),
+            (0.0f64..110.0).prop_map(|t| Event::Recover { to: t }),
             Just(Event::Rollback),
             Just(Event::Remove),
             Just(Event::Removed),
@@ -372,6 +383,13 @@ mod tests {
                         if before.state == State::Degraded {
                             if let Event::Shift { .. } = e {
                                 prop_assert!(next.traffic_percentage <= before.traffic_percentage);
+                            }
+                            if let Event::Recover { .. } = e {
+                                prop_assert!(next.traffic_percentage >= before.traffic_percentage);
+                                prop_assert_eq!(
+                                    next.state == State::Live,
+                                    next.traffic_percentage == 100.0
+                                );
                             }
                         }
                         r = next;

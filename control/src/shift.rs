@@ -189,6 +189,10 @@ pub struct Progress {
     /// Consecutive windows with no request at all.
     #[serde(default)]
     pub empty: u32,
+    /// An operator asked for `live` with `maxStepPercentage` set: the weight steps up to 100%
+    /// at every interval whatever the judgement, except a rollback.
+    #[serde(default)]
+    pub promote: bool,
 }
 
 /// The false-alarm rate of the exact test on windows too small to judge by rate: the chance

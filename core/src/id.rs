@@ -20,6 +20,20 @@ pub fn sample_bucket(key: &[u8]) -> u32 {
     (xxh3_128(key) % 10_000) as u32
 }
 
+/// 64 random bits from the OS (`getrandom`), as 16 hex digits: ids that must never repeat
+/// across hosts (an instance's lease identity). Falls back to the clock and process id only
+/// if the OS has no random source.
+pub fn random_hex() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        b = (now.as_nanos() as u64 ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// A run id from the clock: `20261123T101500Z-1a2b` (UTC, plus 16 bits against collisions).
 pub fn new_run_id() -> String {
     let now = SystemTime::now()

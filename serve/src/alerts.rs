@@ -32,6 +32,13 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// Tries after which an alert is a dead letter (1 s doubling to 5 min: about an hour).
 pub const DEAD_AFTER: u32 = 20;
 
+/// Alerts claimed at a time, and how long a claim keeps them from being due again: longer
+/// than sending them all can take (10 s per try), so two leaders (one deposed while sending)
+/// do not both send an alert; a leader that dies with a claim leaves its alerts to the next
+/// after `CLAIM_HOLD`.
+const CLAIM: i64 = 10;
+const CLAIM_HOLD: f64 = 120.0;
+
 /// Seconds to wait after `attempts` failed tries.
 pub fn backoff(attempts: u32) -> f64 {
     2f64.powi(attempts.min(9) as i32).min(300.0)
@@ -121,16 +128,25 @@ pub async fn run(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = stop.changed() => return,
         }
-        // Alerts go out once: from the instance running the monitor.
-        if !plane.is_leader() {
+        // Alerts go out once: from the instance running the monitor, and only while the
+        // store says it still does (its fence), like the monitor's writes.
+        let Some(fence) = plane.fence() else {
             continue;
-        }
+        };
         if now() - pruned > 3600.0 {
             pruned = now();
             let _ = plane.store.call(|s| s.prune(now() - 7.0 * 86_400.0)).await;
         }
-        let due = match plane.store.call(|s| s.due(now(), 50)).await {
-            Ok(d) => d,
+        let due = match plane
+            .store
+            .call(move |s| s.claim(&fence, now(), CLAIM, CLAIM_HOLD))
+            .await
+        {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                plane.deposed();
+                continue;
+            }
             Err(e) => {
                 eprintln!("shadowtap serve: alerts: {e}");
                 continue;

@@ -172,7 +172,7 @@ impl TestingSpec {
             _ => self.step_percentage.unwrap_or(10.0),
         };
         self.initial_percentage
-            .unwrap_or(first)
+            .unwrap_or(first.min(self.max_step_percentage.unwrap_or(100.0)))
             .min(self.target_traffic_percentage)
     }
 
@@ -270,6 +270,11 @@ impl TestingSpec {
         if let Some(m) = self.max_step_percentage {
             if !(m > 0.0 && m <= 100.0) {
                 return Err(format!("maxStepPercentage {m}: over 0, at most 100"));
+            }
+            if let Some(i) = self.initial_percentage.filter(|i| *i > m) {
+                return Err(format!(
+                    "initialPercentage {i}: over maxStepPercentage {m} (the first step is an increase too)"
+                ));
             }
         }
         if let Some(a) = self.judge_alpha {
@@ -444,8 +449,10 @@ pub enum Action {
         /// The numbers.
         metrics: serde_json::Value,
     },
-    /// The monitor: a degraded version recovered.
+    /// The monitor: a degraded version recovered; its weight steps up to `to` (100: live).
     Recover {
+        /// The new weight.
+        to: f64,
         /// The numbers.
         metrics: serde_json::Value,
     },
@@ -607,7 +614,26 @@ pub fn act(
                 initial_percentage: spec.initial(),
             }
         }
-        Action::Live => Event::Live,
+        Action::Live => {
+            // Under maxStepPercentage an operator's `live` steps like the monitor's promotion:
+            // the first step now (or, when paused, resuming), the rest at each interval.
+            let max_step = d.testing.as_ref().and_then(|t| t.max_step_percentage);
+            let current = d.rollout.traffic_percentage;
+            match (max_step, d.rollout.state) {
+                (Some(m), State::Testing | State::Paused) if 100.0 - current > m => {
+                    next.progress.promote = true;
+                    if why.is_empty() {
+                        why = format!("live asked: stepping to 100% by at most {m}% an interval");
+                    }
+                    if d.rollout.state == State::Paused {
+                        Event::Resume
+                    } else {
+                        Event::Shift { to: current + m }
+                    }
+                }
+                _ => Event::Live,
+            }
+        }
         Action::Rollback => Event::Rollback,
         Action::Pause => Event::Pause,
         Action::Resume => Event::Resume,
@@ -617,9 +643,9 @@ pub fn act(
             metrics = m.clone();
             Event::Degrade { to: *to }
         }
-        Action::Recover { metrics: m } => {
+        Action::Recover { to, metrics: m } => {
             metrics = m.clone();
-            Event::Recover
+            Event::Recover { to: *to }
         }
         Action::Note {
             decision,

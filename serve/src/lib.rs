@@ -51,11 +51,13 @@ impl Server {
             addr: config.api.listen.clone(),
             source,
         })?;
-        // The instance's name: its host and API address (two instances cannot share both).
+        // The instance's id: its host and API address for people, and a random part, as two
+        // hosts may share a name and both listen on 0.0.0.0:7070: two instances never share
+        // an id, so never both hold the monitor's lease.
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
-        let plane = Plane::start_as(config, format!("{host}/{api_addr}")).await?;
+        let plane = Plane::start_as(config, instance_id(&host, &api_addr.to_string())).await?;
         let (stop, stop_rx) = watch::channel(false);
         let router = api::router(api::Api {
             plane: plane.clone(),
@@ -105,4 +107,9 @@ impl Server {
         self.plane.resign().await;
         self.plane.shutdown().await;
     }
+}
+
+/// An instance's id: `HOST/ADDRESS/RANDOM` (a new random part at every start).
+pub fn instance_id(host: &str, addr: &str) -> String {
+    format!("{host}/{addr}/{}", shadowtap_core::id::random_hex())
 }

@@ -116,6 +116,10 @@ async fn small_window(
     }
 }
 
+/// The longest the statistical gate looks back while windows are too small to judge (the
+/// proxies keep five minutes of figures).
+const GATE_MAX_SECONDS: u64 = 290;
+
 /// Judges load balancer `id` once.
 pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
     let d = plane.get(id).await?;
@@ -173,7 +177,14 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                     let judged = matches!(decision, Decision::Shift { .. } | Decision::Promote);
                     let (decision, progress) = match (spec.gate(policy.min_requests), judged) {
                         (Some(config), true) => {
-                            let (c, s) = plane.samples(id, secs).await.unwrap_or_default();
+                            // Windows the gate found too small add up (since the state began,
+                            // within the proxies' five minutes): at 90% on the new version
+                            // the stable pool's tenth needs several windows to say anything,
+                            // and one window at a time it never would.
+                            let gate_secs = (secs * (1 + u64::from(d.progress.silent)))
+                                .min(fresh.max(1))
+                                .min(GATE_MAX_SECONDS);
+                            let (c, s) = plane.samples(id, gate_secs).await.unwrap_or_default();
                             let g = gate::unpaired(&c, &s, &config, d.progress.looks + 1);
                             if !matches!(g, Gate::NotEnough { .. }) {
                                 progress.looks += 1;
@@ -193,6 +204,13 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                             gate::fold(&policy, d.progress, decision, progress, &Gate::Fail { why })
                         }
                         None => (decision, progress),
+                    };
+                    // An operator asked for live: up a step whatever the judgement, unless it
+                    // says roll back.
+                    let decision = match decision {
+                        Decision::Rollback { .. } => decision,
+                        _ if d.progress.promote => Decision::Promote,
+                        other => other,
                     };
                     let decision = shift::cap_step(
                         decision,
@@ -254,7 +272,11 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                             metrics,
                         }
                     } else {
-                        Action::Recover { metrics }
+                        // Back up under maxStepPercentage, as a promotion steps.
+                        let to = spec
+                            .max_step_percentage
+                            .map_or(100.0, |m| (d.rollout.traffic_percentage + m).min(100.0));
+                        Action::Recover { to, metrics }
                     }
                 }
             }

@@ -157,17 +157,13 @@ impl Plane {
     /// Opens the store, loads (or creates) every deployment and starts its proxy with the
     /// stored routing; a random instance id.
     pub async fn start(config: ServeConfig) -> Result<Arc<Plane>, ServeError> {
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            shadowtap_core::id::new_run_id()
-        );
-        Plane::start_as(config, id).await
+        Plane::start_as(config, shadowtap_core::id::random_hex()).await
     }
 
-    /// [`Plane::start`] as instance `instance`: the holder name of the monitor's lease. An
-    /// instance restarted under the same name (after `kill -9`) takes its lease back at once
-    /// instead of waiting for it to run out.
+    /// [`Plane::start`] as instance `instance`: the holder name of the monitor's lease, which
+    /// must be unique among the instances sharing the store (`shadowtap serve` adds a random
+    /// part at every start, so a restarted instance waits for its old lease to run out like
+    /// any other).
     pub async fn start_as(config: ServeConfig, instance: String) -> Result<Arc<Plane>, ServeError> {
         let url = config
             .store
@@ -273,7 +269,7 @@ impl Plane {
         let me = self.instance.clone();
         let got = self
             .store
-            .call(move |s| s.lease(LEASE, &me, now(), ttl))
+            .call(move |s| s.lease(LEASE, &me, ttl))
             .await
             .unwrap_or_else(|e| {
                 eprintln!("shadowtap serve: the monitor's lease: {e}");
@@ -291,6 +287,20 @@ impl Plane {
         }
         *f = got;
         f.is_some()
+    }
+
+    /// The store said this instance's lease is gone: it stops acting as the leader at once
+    /// (the next renewal says whether it leads again).
+    pub fn deposed(&self) {
+        if self
+            .fence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+        {
+            eprintln!("shadowtap serve: the monitor's lease was lost");
+        }
     }
 
     /// Gives the lease up (graceful stop).
@@ -489,7 +499,7 @@ impl Plane {
             match committed {
                 Committed::Conflict => continue,
                 Committed::Fenced => {
-                    *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    self.deposed();
                     return Err(ActError::Stale("the monitor's lease was lost".into()).into());
                 }
                 Committed::Yes => {}

@@ -50,6 +50,23 @@ impl Conn<'_> {
     fn rollback(&mut self) {
         let _ = self.b.batch("ROLLBACK");
     }
+
+    /// The database's clock, Unix milliseconds: leases run out by it, never by an instance's.
+    fn now_ms(&mut self) -> Result<i64, ServeError> {
+        self.b.now_ms()
+    }
+
+    /// Whether `f` is still held and running (by the database's clock). Touching the lease
+    /// row locks it (PostgreSQL) until the transaction ends: a takeover waits for the change
+    /// made under `f`, or the change sees the takeover.
+    fn holds(&mut self, f: &Fence) -> Result<bool, ServeError> {
+        let now = self.now_ms()?;
+        let held = self.exec(
+            "UPDATE leases SET holder = holder WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_ms > $4",
+            &[P::T(f.name.clone()), P::T(f.holder.clone()), P::I(f.epoch), P::I(now)],
+        )?;
+        Ok(held == 1)
+    }
 }
 
 /// The schema's migrations, in order: each runs once, in a transaction, recorded in
@@ -364,25 +381,22 @@ impl Store {
             .ok_or_else(|| ServeError::Store(format!("deployment {} vanished", d.id)))
     }
 
-    /// Takes or renews the lease `name` for `holder` until `now + ttl` seconds: its fence when
-    /// held, `None` when another holder's lease is still running. A lease that ran out goes to
-    /// the first to ask, with the next epoch.
-    pub fn lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: f64,
-        ttl: f64,
-    ) -> Result<Option<Fence>, ServeError> {
+    /// Takes or renews the lease `name` for `holder` for `ttl` seconds of the database's clock
+    /// (PostgreSQL's, one for all instances: their own clocks may drift apart): its fence when
+    /// held, `None` when another holder's lease is still running or this holder's was taken
+    /// over meanwhile. A lease that ran out goes to the first to ask, with the next epoch.
+    pub fn lease(&self, name: &str, holder: &str, ttl: f64) -> Result<Option<Fence>, ServeError> {
         let fence = |epoch| Fence {
             name: name.into(),
             holder: holder.into(),
             epoch,
         };
+        let ttl_ms = ms(ttl);
         self.transaction(|c| {
+            let now = c.now_ms()?;
             let n = c.exec(
                 "INSERT INTO leases (name, holder, epoch, expires_ms) VALUES ($1, $2, 1, $3) ON CONFLICT (name) DO NOTHING",
-                &[P::T(name.into()), P::T(holder.into()), P::I(ms(now + ttl))],
+                &[P::T(name.into()), P::T(holder.into()), P::I(now + ttl_ms)],
             )?;
             if n == 1 {
                 return Ok(Some(fence(1)));
@@ -396,22 +410,28 @@ impl Store {
                 return Ok(None);
             };
             let (who, epoch, expires) = (r[0].text(), r[1].int(), r[2].int());
-            if who == holder && expires > ms(now) {
+            if who == holder && expires > now {
                 let renewed = c.exec(
-                    "UPDATE leases SET expires_ms = $1 WHERE name = $2 AND holder = $3 AND epoch = $4",
-                    &[P::I(ms(now + ttl)), P::T(name.into()), P::T(holder.into()), P::I(epoch)],
+                    "UPDATE leases SET expires_ms = $1 WHERE name = $2 AND holder = $3 AND epoch = $4 AND expires_ms > $5",
+                    &[
+                        P::I(now + ttl_ms),
+                        P::T(name.into()),
+                        P::T(holder.into()),
+                        P::I(epoch),
+                        P::I(now),
+                    ],
                 )?;
                 // Renewed only if the row is still ours: another holder may have taken it
                 // between the read and the write.
                 return Ok((renewed == 1).then(|| fence(epoch)));
             }
-            if expires <= ms(now) {
+            if expires <= now {
                 let n = c.exec(
                     "UPDATE leases SET holder = $1, epoch = $2, expires_ms = $3 WHERE name = $4 AND epoch = $5",
                     &[
                         P::T(holder.into()),
                         P::I(epoch + 1),
-                        P::I(ms(now + ttl)),
+                        P::I(now + ttl_ms),
                         P::T(name.into()),
                         P::I(epoch),
                     ],
@@ -448,13 +468,7 @@ impl Store {
         let doc = serde_json::to_string(d).expect("deployment serialises");
         self.transaction(|c| {
             if let Some(f) = fence {
-                // Touching the lease row locks it (PostgreSQL) until the commit: a takeover
-                // waits for this change, or this change sees the takeover.
-                let held = c.exec(
-                    "UPDATE leases SET holder = holder WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_ms > $4",
-                    &[P::T(f.name.clone()), P::T(f.holder.clone()), P::I(f.epoch), P::I(ms(now))],
-                )?;
-                if held == 0 {
+                if !c.holds(f)? {
                     return Ok(Committed::Fenced);
                 }
             }
@@ -574,13 +588,46 @@ impl Store {
 
     /// Alerts due for a try at `now`, oldest first.
     pub fn due(&self, now: f64, limit: i64) -> Result<Vec<Pending>, ServeError> {
-        let rows = self.with(|c| {
-            c.query(
-                "SELECT doc, sink, attempts FROM outbox WHERE delivered_at IS NULL AND next_at <= $1 ORDER BY next_at, id LIMIT $2",
-                &[P::F(now), P::I(limit)],
-                &[K::T, K::T, K::I],
-            )
+        let rows = self.with(|c| Self::due_rows(c, now, limit))?;
+        Self::pending(&rows)
+    }
+
+    /// Claims the alerts due at `now` for the holder of `fence`, to send: they are not due
+    /// again before `now + hold` (delivered, failed or dead meanwhile, they are written so).
+    /// `None` when the lease is no longer held: a deposed leader sends nothing, as it writes
+    /// nothing.
+    pub fn claim(
+        &self,
+        fence: &Fence,
+        now: f64,
+        limit: i64,
+        hold: f64,
+    ) -> Result<Option<Vec<Pending>>, ServeError> {
+        let rows = self.transaction(|c| {
+            if !c.holds(fence)? {
+                return Ok(None);
+            }
+            let rows = Self::due_rows(c, now, limit)?;
+            for r in &rows {
+                c.exec(
+                    "UPDATE outbox SET next_at = $1 WHERE id = $2 AND sink = $3 AND delivered_at IS NULL",
+                    &[P::F(now + hold), P::T(r[3].text()), P::T(r[1].text())],
+                )?;
+            }
+            Ok(Some(rows))
         })?;
+        rows.map(|r| Self::pending(&r)).transpose()
+    }
+
+    fn due_rows(c: &mut Conn<'_>, now: f64, limit: i64) -> Result<Vec<Vec<V>>, ServeError> {
+        c.query(
+            "SELECT doc, sink, attempts, id FROM outbox WHERE delivered_at IS NULL AND next_at <= $1 ORDER BY next_at, id LIMIT $2",
+            &[P::F(now), P::I(limit)],
+            &[K::T, K::T, K::I, K::T],
+        )
+    }
+
+    fn pending(rows: &[Vec<V>]) -> Result<Vec<Pending>, ServeError> {
         rows.iter()
             .map(|r| {
                 Ok(Pending {

@@ -508,11 +508,12 @@ async fn a_live_version_that_breaches_is_degraded_then_recovers() {
         serde_json::json!({
             "candidatePool": [canary_url], "targetTrafficPercentage": 100,
             "errorRateThreshold": 0.05, "criticalErrorRate": 0.9, "latencyThreshold": 500,
-            "algorithm": "linear", "stepPercentage": 50, "initialPercentage": 50, "interval": "1s"
+            "algorithm": "linear", "stepPercentage": 50, "initialPercentage": 30, "interval": "1s",
+            "maxStepPercentage": 30
         }),
     )
     .await;
-    wait_for(api, &["live"], Duration::from_secs(8)).await;
+    wait_for(api, &["live"], Duration::from_secs(10)).await;
     // One request in five fails: over the 5% threshold, under the critical 90%.
     canary.fail_one_in.store(5, Ordering::Relaxed);
     let (v, _) = wait_for(api, &["degraded"], Duration::from_secs(6)).await;
@@ -527,7 +528,7 @@ async fn a_live_version_that_breaches_is_degraded_then_recovers() {
         stable.real.load(Ordering::Relaxed) > before,
         "the old pool takes traffic back"
     );
-    let (v, _) = wait_for(api, &["live"], Duration::from_secs(6)).await;
+    let (v, _) = wait_for(api, &["live"], Duration::from_secs(8)).await;
     assert_eq!(v["trafficPercentage"], 100.0);
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
@@ -542,7 +543,31 @@ async fn a_live_version_that_breaches_is_degraded_then_recovers() {
         .iter()
         .position(|e| *e == "degrade")
         .expect("degrade recorded");
-    assert!(events[degrade..].contains(&"recover"), "{events:?}");
+    // Promoted (30 → 60 → 90 → 100) and recovered (50 → 80 → 100) under maxStepPercentage 30,
+    // never more at once.
+    let rows = h.as_array().unwrap();
+    for r in rows {
+        let (from, to) = (
+            r["trafficFrom"].as_f64().unwrap(),
+            r["trafficPercentage"].as_f64().unwrap(),
+        );
+        assert!(to - from <= 30.0 + 1e-9, "{r}");
+    }
+    let recovered: Vec<(&str, f64)> = rows[degrade..]
+        .iter()
+        .filter(|r| r["event"] == "recover")
+        .map(|r| {
+            (
+                r["to"].as_str().unwrap(),
+                r["trafficPercentage"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recovered,
+        [("degraded", 80.0), ("live", 100.0)],
+        "{events:?}"
+    );
     let row = &h.as_array().unwrap()[degrade];
     assert_eq!(row["actor"], "monitor");
     assert!(

@@ -83,35 +83,48 @@ fn only_one_writer_wins(url: &str) {
     assert_eq!(a.prune(2.0e9).unwrap(), 0, "delivered after the cut: kept");
     assert_eq!(a.prune(4.0e9).unwrap(), 1);
 
-    // The monitor's lease: one holder at a time; a holder whose lease ran out is fenced.
-    let t = 5.0e9;
+    // The monitor's lease, by the database's clock: one holder at a time; a holder whose
+    // lease ran out is fenced.
     let fa = a
-        .lease("monitor", "a", t, 5.0)
+        .lease("monitor", "a", 60.0)
         .unwrap()
         .expect("a takes the free lease");
     assert_eq!(fa.epoch, 1);
+    assert_eq!(b.lease("monitor", "b", 60.0).unwrap(), None, "a holds it");
     assert_eq!(
-        b.lease("monitor", "b", t + 1.0, 5.0).unwrap(),
-        None,
-        "a holds it"
-    );
-    assert_eq!(
-        a.lease("monitor", "a", t + 2.0, 5.0).unwrap(),
+        a.lease("monitor", "a", 60.0).unwrap(),
         Some(fa.clone()),
         "renewed"
     );
-    // a stops renewing (killed): b takes over once it runs out, with the next epoch.
-    assert_eq!(b.lease("monitor", "b", t + 6.0, 5.0).unwrap(), None);
+    // a renews for a moment only, then stops (killed): b takes over once it has run out,
+    // with the next epoch.
+    assert_eq!(a.lease("monitor", "a", 0.2).unwrap(), Some(fa.clone()));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert!(
+        a.claim(&fa, 2.0e9, 10, 120.0).unwrap().is_none(),
+        "a lease that ran out claims no alerts"
+    );
     let fb = b
-        .lease("monitor", "b", t + 7.5, 5.0)
+        .lease("monitor", "b", 60.0)
         .unwrap()
         .expect("b takes over");
     assert_eq!(fb.epoch, 2);
-    let current = b.load("web").unwrap().unwrap();
-    let late = act(&current, &Action::Rollback, "monitor", None, t + 8.0).unwrap();
     assert_eq!(
-        a.commit(current.rollout.version, &late, &[], t + 8.0, Some(&fa))
-            .unwrap(),
+        a.lease("monitor", "a", 60.0).unwrap(),
+        None,
+        "the deposed holder cannot renew"
+    );
+    let current = b.load("web").unwrap().unwrap();
+    let late = act(&current, &Action::Rollback, "monitor", None, 2.0e9).unwrap();
+    assert_eq!(
+        a.commit(
+            current.rollout.version,
+            &late,
+            &["webhook"],
+            2.0e9,
+            Some(&fa)
+        )
+        .unwrap(),
         Committed::Fenced,
         "the deposed leader cannot write"
     );
@@ -121,13 +134,35 @@ fn only_one_writer_wins(url: &str) {
         "nothing was written"
     );
     assert_eq!(
-        b.commit(current.rollout.version, &late, &[], t + 8.0, Some(&fb))
-            .unwrap(),
+        b.commit(
+            current.rollout.version,
+            &late,
+            &["webhook"],
+            2.0e9,
+            Some(&fb)
+        )
+        .unwrap(),
         Committed::Yes
+    );
+    // The leader claims the new alert: it is not due again for the claim's hold, so a second
+    // claim (another leader's after a takeover) does not send it again.
+    let claimed = b.claim(&fb, 2.0e9, 10, 120.0).unwrap().expect("held");
+    assert_eq!(claimed.len(), 1);
+    assert!(b
+        .claim(&fb, 2.0e9 + 60.0, 10, 120.0)
+        .unwrap()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        b.claim(&fb, 2.0e9 + 121.0, 10, 120.0)
+            .unwrap()
+            .unwrap()
+            .len(),
+        1
     );
     b.release(&fb).unwrap();
     let fa2 = a
-        .lease("monitor", "a", t + 9.0, 5.0)
+        .lease("monitor", "a", 60.0)
         .unwrap()
         .expect("released: free at once");
     assert_eq!(fa2.epoch, 3);
@@ -358,6 +393,44 @@ async fn two_instances_on_one_postgres_follow_the_store_and_hand_the_monitor_ove
         );
     }
     b.shutdown().await;
+}
+
+/// Two instances on hosts with the same name, both listening on `0.0.0.0:7070` (ids made as
+/// `shadowtap serve` makes them), renewing the lease over and over: never both leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_the_same_host_and_address_never_both_lead() {
+    use shadowtap_serve::{instance_id, Plane};
+    let pg = Postgres::start();
+    let (prod, _) = backend().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ida, idb) = (
+        instance_id("web-1", "0.0.0.0:7070"),
+        instance_id("web-1", "0.0.0.0:7070"),
+    );
+    assert_ne!(ida, idb);
+    assert!(ida.starts_with("web-1/0.0.0.0:7070/"), "{ida}");
+    let a = Plane::start_as(config(da.path(), &prod, Some(pg.url.clone()), None), ida)
+        .await
+        .unwrap();
+    let b = Plane::start_as(config(db.path(), &prod, Some(pg.url.clone()), None), idb)
+        .await
+        .unwrap();
+    let mut led = [0; 2];
+    for _ in 0..20 {
+        let (la, lb) = tokio::join!(a.lead(30.0), b.lead(30.0));
+        assert!(!(la && lb), "both instances hold the monitor's lease");
+        led[0] += la as u32;
+        led[1] += lb as u32;
+    }
+    assert_eq!(
+        led.iter().sum::<u32>(),
+        20,
+        "one of them leads each round: {led:?}"
+    );
+    assert!(
+        led.contains(&20),
+        "the lease stays with its holder: {led:?}"
+    );
 }
 
 /// Two instances on `pg` in front of `prod`: `a` the leader (waited for), `b` the follower;

@@ -86,6 +86,78 @@ fn a_promotion_ends_with_the_new_version_as_the_stable_pool() {
     assert_eq!(c.canary.unwrap().weight, 0.0);
 }
 
+/// With `maxStepPercentage`, an operator's `live` and a recovery step up like a promotion:
+/// never more than the cap at once; a rollback is never stepped.
+#[test]
+fn live_and_recovery_step_under_the_max_step() {
+    let mut capped = spec();
+    capped.max_step_percentage = Some(30.0);
+    let d = Deployment::new(&lb(), 1.0e9);
+    let d = go(&d, shadow("http://127.0.0.1:9002")).deployment;
+    let d = go(&d, Action::Testing(Box::new(capped))).deployment;
+    assert_eq!(d.rollout.traffic_percentage, 10.0);
+    let o = go(&d, Action::Live);
+    assert_eq!(
+        (
+            o.deployment.rollout.state,
+            o.deployment.rollout.traffic_percentage
+        ),
+        (State::Testing, 40.0),
+        "the first step at once"
+    );
+    assert!(o.deployment.progress.promote, "the monitor steps on");
+    assert!(
+        o.history[0].reason.contains("stepping"),
+        "{:?}",
+        o.history[0]
+    );
+    // Paused: `live` resumes, keeping the request to promote.
+    let paused = go(&o.deployment, Action::Pause).deployment;
+    let resumed = go(&paused, Action::Live).deployment;
+    assert_eq!(resumed.rollout.state, State::Testing);
+    assert!(resumed.progress.promote);
+    // Within a step of 100%: live at once.
+    let mut near = o.deployment.clone();
+    near.rollout.traffic_percentage = 75.0;
+    let live = go(&near, Action::Live).deployment;
+    assert_eq!(
+        (live.rollout.state, live.rollout.traffic_percentage),
+        (State::Live, 100.0)
+    );
+    assert!(!live.progress.promote, "a new state starts afresh");
+    // Degraded to 50%, then recovered in steps of at most 30 points.
+    let degraded = go(
+        &live,
+        Action::Degrade {
+            to: 50.0,
+            metrics: serde_json::Value::Null,
+        },
+    )
+    .deployment;
+    let up = |d: &Deployment, to: f64| {
+        go(
+            d,
+            Action::Recover {
+                to,
+                metrics: serde_json::Value::Null,
+            },
+        )
+        .deployment
+    };
+    let step1 = up(&degraded, 80.0);
+    assert_eq!(
+        (step1.rollout.state, step1.rollout.traffic_percentage),
+        (State::Degraded, 80.0)
+    );
+    let step2 = up(&step1, 100.0);
+    assert_eq!(
+        (step2.rollout.state, step2.rollout.traffic_percentage),
+        (State::Live, 100.0)
+    );
+    let back = go(&step1, Action::Rollback).deployment;
+    assert_eq!(back.rollout.traffic_percentage, 0.0, "never stepped");
+}
+
 #[test]
 fn refusals_and_bad_values() {
     let d = Deployment::new(&lb(), 1.0e9);

@@ -215,6 +215,20 @@ impl Backend {
         r.map_err(|e| self.note(e))
     }
 
+    /// The database's clock in Unix milliseconds: PostgreSQL's `clock_timestamp()` (one clock
+    /// for every instance, however far their own clocks drift), SQLite's `now` (the host's
+    /// clock: an embedded store has no other).
+    pub(super) fn now_ms(&mut self) -> Result<i64, ServeError> {
+        let sql = match self.db {
+            Some(Db::Sqlite(_)) => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+            }
+            _ => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        };
+        let rows = self.query(sql, &[], &[K::I])?;
+        Ok(rows.first().map_or(0, |r| r[0].int()))
+    }
+
     /// `BEGIN` as the database wants it (SQLite takes its write lock at once).
     pub(super) fn begin_sql(&self) -> &'static str {
         match self.db {
