@@ -113,10 +113,13 @@ pub struct ProxyArgs {
     /// The canary pool: the --canary-weight share of users is answered by it.
     #[arg(long, value_name = "NAME=URL[,URL...]", value_parser = named_urls)]
     canary: Option<(String, Vec<String>)>,
-    /// Share of users sent to the canary (a consistent hash of --sticky into 10,000 buckets).
+    /// Share of requests (or of users, with --sticky) sent to the canary: a consistent hash of
+    /// the --sticky key into 10,000 buckets.
     #[arg(long, value_name = "PERCENT", value_parser = percent)]
     canary_weight: Option<f64>,
-    /// Who a user is for the canary split: client (default), cookie:NAME or header:NAME.
+    /// Who a user is for the canary split: request (default: each request on its own),
+    /// cookie:NAME or header:NAME (a session or user id: a user stays on one side), or client
+    /// (the address: everyone behind one NAT lands on the same side).
     #[arg(long, value_name = "KEY")]
     sticky: Option<KeySource>,
     /// Set this cookie on canary responses and keep users who carry it on the canary.
@@ -271,7 +274,7 @@ fn config_of(args: &ProxyArgs) -> Result<ProxyConfig, String> {
             name: name.clone(),
             urls: urls.clone(),
             weight: 0.0,
-            sticky: KeySource::Client,
+            sticky: KeySource::Request,
             pin_cookie: None,
         });
     }

@@ -320,12 +320,20 @@ sticky = "request"
         "resumed at {w}, was {}",
         weight(&before)
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    let (_, later) = ctl(api, dir.path(), &["get", "web"]);
-    assert!(
-        weight(&later) > w,
-        "the shift goes on after the restart: {later}"
-    );
+    // The restarted process is a new instance (a new random id): it takes the monitor's
+    // lease once the killed one's has run out (5 s), then the shift goes on.
+    let t0 = Instant::now();
+    loop {
+        let (_, later) = ctl(api, dir.path(), &["get", "web"]);
+        if weight(&later) > w {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(12),
+            "the shift did not go on after the restart: {later}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // SIGHUP does not end it.
     let _ = Command::new("kill")
         .args(["-HUP", &serve.0.id().to_string()])

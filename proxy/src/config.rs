@@ -177,18 +177,15 @@ pub struct CanaryConfig {
     pub name: String,
     /// Its members.
     pub urls: Vec<String>,
-    /// Share of users sent to it, 0–100.
+    /// Share of requests (of users, with a sticky key) sent to it, 0–100.
     pub weight: f64,
-    /// What a user is (a consistent hash of it picks one of 10,000 buckets).
-    #[serde(default = "client_key")]
+    /// What a user is (a consistent hash of it picks one of 10,000 buckets); by default each
+    /// request on its own (`client` would send everyone behind one NAT to the same side).
+    #[serde(default)]
     pub sticky: KeySource,
     /// A cookie set on canary responses that keeps the user on the canary while it runs.
     #[serde(default)]
     pub pin_cookie: Option<String>,
-}
-
-fn client_key() -> KeySource {
-    KeySource::Client
 }
 
 /// Timeouts and bounds.

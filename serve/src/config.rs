@@ -112,9 +112,11 @@ pub struct LoadBalancerConfig {
     /// CIDR → country CSV for `geo:` mirror criteria.
     #[serde(default)]
     pub geo_file: Option<PathBuf>,
-    /// What keeps a user on the same side of the canary split: `client` (the default),
-    /// `request`, `header:NAME` or `cookie:NAME`.
-    #[serde(default = "client")]
+    /// What keeps a user on the same side of the canary split: `request` (the default: each
+    /// request on its own, as Flagger and Argo Rollouts split), `client`, `header:NAME` or
+    /// `cookie:NAME`. Not `client` by default: every user behind one NAT or load balancer
+    /// address would land on the same side (a 20% canary took all of one address's traffic).
+    #[serde(default = "per_request")]
     pub sticky: String,
     /// Member URL → its Prometheus endpoint (the service's own `/metrics` or node_exporter's),
     /// for the pools' CPU and memory.
@@ -127,8 +129,8 @@ pub struct LoadBalancerConfig {
     pub trusted_proxies: Vec<String>,
 }
 
-fn client() -> String {
-    "client".into()
+fn per_request() -> String {
+    "request".into()
 }
 
 impl LoadBalancerConfig {
@@ -141,7 +143,7 @@ impl LoadBalancerConfig {
             record: None,
             allow_targets: Vec::new(),
             geo_file: None,
-            sticky: client(),
+            sticky: per_request(),
             metrics_urls: Default::default(),
             trusted_proxies: Vec::new(),
         }

@@ -4,9 +4,11 @@
 //! version is still the one the change was computed from (so two writers never both win), and
 //! the history rows and the outbox rows of that change are written with it or not at all.
 //!
-//! The driver is `sqlx` (SQLite bundled, PostgreSQL), behind a synchronous interface
-//! ([`sql`]); callers run the store on tokio's blocking pool ([`Store::call`]), one statement
-//! stream per connection at a time. The migrations are embedded (`MIGRATIONS`).
+//! The driver is `sqlx` (SQLite bundled, PostgreSQL): a pool of a few connections, each call
+//! taking one (waiting at most 3 s) behind a synchronous interface ([`sql`]); callers run the
+//! store on tokio's blocking pool ([`Store::call`], which gives up after 5 s), so the API, the
+//! monitor and the alerts never wait for each other's statements. The migrations are embedded
+//! (`MIGRATIONS`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,9 +21,9 @@ mod sql;
 
 use sql::{Backend, K, P, V};
 
-/// A connection in a transaction, or not.
+/// A connection from the pool, in a transaction or not.
 struct Conn<'a> {
-    b: &'a mut Backend,
+    b: sql::Conn<'a>,
 }
 
 impl Conn<'_> {
@@ -47,8 +49,12 @@ impl Conn<'_> {
         self.b.batch("COMMIT")
     }
 
+    /// Ends the transaction; a connection that cannot is closed rather than given back to
+    /// the pool inside it.
     fn rollback(&mut self) {
-        let _ = self.b.batch("ROLLBACK");
+        if self.b.batch("ROLLBACK").is_err() {
+            self.b.discard();
+        }
     }
 
     /// The database's clock, Unix milliseconds: leases run out by it, never by an instance's.
@@ -98,13 +104,21 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS pair_seconds (instance TEXT NOT NULL, lb TEXT NOT NULL, second BIGINT NOT NULL, pairs TEXT NOT NULL, PRIMARY KEY (instance, lb, second))",
         ],
     ),
+    (
+        4,
+        &[
+            // The lease epoch under which an alert was claimed for sending: a new leader
+            // takes over the claims of an older epoch at once instead of waiting them out.
+            "ALTER TABLE outbox ADD COLUMN claimed_epoch BIGINT",
+        ],
+    ),
 ];
 
 /// `next_at` of a dead letter (never due).
 const DEAD: f64 = 1e300;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// An alert waiting in the outbox.
 #[derive(Debug, Clone)]
@@ -120,7 +134,7 @@ pub struct Pending {
 /// The store, shared.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Mutex<Backend>>,
+    inner: Arc<Backend>,
     /// `sqlite` or `postgres`.
     pub kind: &'static str,
     health: Arc<Mutex<Health>>,
@@ -205,7 +219,7 @@ impl Store {
             });
         };
         let store = Store {
-            inner: Arc::new(Mutex::new(backend)),
+            inner: Arc::new(backend),
             kind,
             health: Arc::default(),
         };
@@ -217,9 +231,9 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Conn<'_>) -> Result<T, ServeError>,
     ) -> Result<T, ServeError> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.reconnect_if_closed()?;
-        let mut c = Conn { b: &mut g };
+        let mut c = Conn {
+            b: self.inner.acquire()?,
+        };
         f(&mut c)
     }
 
@@ -593,9 +607,10 @@ impl Store {
     }
 
     /// Claims the alerts due at `now` for the holder of `fence`, to send: they are not due
-    /// again before `now + hold` (delivered, failed or dead meanwhile, they are written so).
-    /// `None` when the lease is no longer held: a deposed leader sends nothing, as it writes
-    /// nothing.
+    /// again before `now + hold` (delivered, failed or dead meanwhile, they are written so),
+    /// except to a later leader (a higher epoch), which takes over an earlier one's claims at
+    /// once. `None` when the lease is no longer held: a deposed leader sends nothing, as it
+    /// writes nothing.
     pub fn claim(
         &self,
         fence: &Fence,
@@ -607,11 +622,15 @@ impl Store {
             if !c.holds(fence)? {
                 return Ok(None);
             }
-            let rows = Self::due_rows(c, now, limit)?;
+            let rows = c.query(
+                "SELECT doc, sink, attempts, id FROM outbox WHERE delivered_at IS NULL AND (next_at <= $1 OR (claimed_epoch IS NOT NULL AND claimed_epoch < $2)) ORDER BY next_at, id LIMIT $3",
+                &[P::F(now), P::I(fence.epoch), P::I(limit)],
+                &[K::T, K::T, K::I, K::T],
+            )?;
             for r in &rows {
                 c.exec(
-                    "UPDATE outbox SET next_at = $1 WHERE id = $2 AND sink = $3 AND delivered_at IS NULL",
-                    &[P::F(now + hold), P::T(r[3].text()), P::T(r[1].text())],
+                    "UPDATE outbox SET next_at = $1, claimed_epoch = $2 WHERE id = $3 AND sink = $4 AND delivered_at IS NULL",
+                    &[P::F(now + hold), P::I(fence.epoch), P::T(r[3].text()), P::T(r[1].text())],
                 )?;
             }
             Ok(Some(rows))
@@ -662,7 +681,7 @@ impl Store {
     pub fn dead(&self, id: &str, sink: &str, why: &str) -> Result<(), ServeError> {
         self.with(|c| {
             c.exec(
-                "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3 AND sink = $4",
+                "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2, claimed_epoch = NULL WHERE id = $3 AND sink = $4",
                 &[
                     P::F(DEAD),
                     P::T(format!("dead letter: {why}")),
@@ -846,7 +865,7 @@ impl Store {
     pub fn delivered(&self, id: &str, sink: &str, now: f64) -> Result<(), ServeError> {
         self.with(|c| {
             c.exec(
-                "UPDATE outbox SET delivered_at = $1, attempts = attempts + 1 WHERE id = $2 AND sink = $3",
+                "UPDATE outbox SET delivered_at = $1, attempts = attempts + 1, claimed_epoch = NULL WHERE id = $2 AND sink = $3",
                 &[P::F(now), P::T(id.into()), P::T(sink.into())],
             )
         })
@@ -857,7 +876,7 @@ impl Store {
     pub fn failed(&self, id: &str, sink: &str, next_at: f64, why: &str) -> Result<(), ServeError> {
         self.with(|c| {
             c.exec(
-                "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3 AND sink = $4",
+                "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2, claimed_epoch = NULL WHERE id = $3 AND sink = $4",
                 &[P::F(next_at), P::T(why.into()), P::T(id.into()), P::T(sink.into())],
             )
         })

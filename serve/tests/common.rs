@@ -156,7 +156,6 @@ drain = "1s"
 id = "web"
 listen = "127.0.0.1:0"
 production = ["{production}"]
-sticky = "request"
 "#,
         store.unwrap_or_else(|| "sqlite://state.db".into()),
         webhook

@@ -166,12 +166,60 @@ fn only_one_writer_wins(url: &str) {
         .unwrap()
         .expect("released: free at once");
     assert_eq!(fa2.epoch, 3);
+    // b claimed the alert (epoch 2) and stopped: the next leader takes it over at once.
+    assert_eq!(a.claim(&fa2, 2.0e9, 10, 120.0).unwrap().unwrap().len(), 1);
+    assert!(
+        a.claim(&fa2, 2.0e9, 10, 120.0).unwrap().unwrap().is_empty(),
+        "but not from itself"
+    );
+    let fresh = a.claim(&fa2, 2.0e9 + 200.0, 10, 120.0).unwrap().unwrap();
+    a.dead(&fresh[0].alert.id, "webhook", "test").unwrap();
+    a.release(&fa2).unwrap();
+    let fb2 = b.lease("monitor", "b", 60.0).unwrap().unwrap();
+    assert!(
+        b.claim(&fb2, 2.0e9 + 400.0, 10, 120.0)
+            .unwrap()
+            .unwrap()
+            .is_empty(),
+        "a dead letter is not claimed again by a later leader"
+    );
 }
 
 #[test]
 fn postgres_store_version_checks_and_outbox() {
     let pg = Postgres::start();
     only_one_writer_wins(&pg.url);
+}
+
+/// Calls do not wait for each other: with one call stuck behind a table lock, another on a
+/// different table is answered from another connection of the pool (it used to queue behind
+/// the one connection until the stuck statement timed out).
+#[test]
+fn a_stuck_call_does_not_hold_the_others() {
+    use sqlx::Connection;
+    let pg = Postgres::start();
+    let store = Store::open(&pg.url).unwrap();
+    store.create(&Deployment::new(&lb(), 1.0e9)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut locker = rt.block_on(sqlx::PgConnection::connect(&pg.url)).unwrap();
+    rt.block_on(
+        sqlx::raw_sql("BEGIN; LOCK TABLE deployments IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut locker),
+    )
+    .unwrap();
+    let stuck = {
+        let s = store.clone();
+        std::thread::spawn(move || s.load("web"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(store.lease("other", "me", 5.0).unwrap().is_some());
+    assert!(
+        !stuck.is_finished(),
+        "the lease was answered only after the stuck call ended"
+    );
+    rt.block_on(sqlx::raw_sql("COMMIT").execute(&mut locker))
+        .unwrap();
+    assert!(stuck.join().unwrap().unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

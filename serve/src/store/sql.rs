@@ -1,13 +1,16 @@
-//! The store's connection: SQLite or PostgreSQL through `sqlx`, behind a small synchronous
-//! interface (statements with `$n` parameters, rows of text and integers, explicit
-//! transactions) so one set of SQL serves both.
+//! The store's connections: SQLite or PostgreSQL through an `sqlx` pool, behind a small
+//! synchronous interface (statements with `$n` parameters, rows of text and integers, explicit
+//! transactions on one connection taken from the pool) so one set of SQL serves both.
 //!
 //! sqlx is async; the store is called on tokio's blocking pool ([`super::Store::call`]), so
-//! each connection has a current-thread runtime of its own that runs its statements. A
-//! runtime cannot be dropped where async tasks run, so a connection is dropped on a thread of
-//! its own.
+//! the pool has a runtime of its own (one worker: it drives the pool's upkeep) on which each
+//! call blocks. Taking a connection waits at most [`ACQUIRE_TIMEOUT`]; a connection that an
+//! error showed broken, or that may still be inside a transaction, is closed instead of going
+//! back to the pool. A runtime cannot be dropped where async tasks run, so the pool is closed
+//! and dropped on a thread of its own.
 
-use sqlx::{Connection, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::Row;
 
 use crate::error::ServeError;
 
@@ -49,38 +52,55 @@ impl V {
     }
 }
 
-enum Db {
-    Sqlite(sqlx::SqliteConnection),
-    Postgres(sqlx::PgConnection),
-}
+/// Connections in the pool: few, as the store's work is small and SQLite has one writer.
+const MAX_CONNECTIONS: u32 = 4;
 
-/// One connection and the runtime that drives it.
-pub(super) struct Backend {
-    rt: Option<tokio::runtime::Runtime>,
-    db: Option<Db>,
-    /// PostgreSQL's URL, to connect again after the server closed the connection.
-    url: String,
-    /// An error said the connection is gone: connect again before the next statement.
-    broken: bool,
-}
+/// How long a call waits for a connection from the pool.
+pub(super) const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Statements that take longer fail (the API and the monitor never hang on the store).
 const PG_SETUP: &str = "SET statement_timeout = '10s'; SET lock_timeout = '10s'";
 
+enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// The pool and the runtime that drives it.
+pub(super) struct Backend {
+    rt: Option<tokio::runtime::Runtime>,
+    pool: Option<Pool>,
+}
+
+enum Db {
+    Sqlite(PoolConnection<sqlx::Sqlite>),
+    Postgres(PoolConnection<sqlx::Postgres>),
+}
+
+/// One connection taken from the pool, given back when dropped (closed instead when it is
+/// broken or may be inside a transaction).
+pub(super) struct Conn<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    /// Taken only on drop (given back inside the runtime, which the pool needs).
+    db: Option<Db>,
+    broken: bool,
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, ServeError> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("store")
         .enable_all()
         .build()
         .map_err(|e| ServeError::Store(format!("the store's runtime: {e}")))
 }
 
-/// Connects to PostgreSQL (statement and lock timeouts set).
-pub(super) async fn pg_connect(url: &str) -> Result<sqlx::PgConnection, ServeError> {
-    let mut c = sqlx::PgConnection::connect(url)
-        .await
-        .map_err(|e| ServeError::Store(format!("{}: {e}", super::redact_url(url))))?;
-    sqlx::raw_sql(PG_SETUP).execute(&mut c).await?;
-    Ok(c)
+fn options<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .min_connections(0)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(true)
 }
 
 /// Whether `e` means the connection itself is gone.
@@ -103,47 +123,69 @@ impl Backend {
     pub(super) fn sqlite(path: &str) -> Result<Self, ServeError> {
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
         let rt = runtime()?;
-        let options = SqliteConnectOptions::new()
+        let connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let c = rt
-            .block_on(sqlx::SqliteConnection::connect_with(&options))
+        let pool = rt
+            .block_on(options().connect_with(connect))
             .map_err(|e| ServeError::Store(format!("{path}: {e}")))?;
         Ok(Self {
             rt: Some(rt),
-            db: Some(Db::Sqlite(c)),
-            url: String::new(),
-            broken: false,
+            pool: Some(Pool::Sqlite(pool)),
         })
     }
 
-    /// A PostgreSQL connection.
+    /// A PostgreSQL pool (statement and lock timeouts set on every connection).
     pub(super) fn postgres(url: &str) -> Result<Self, ServeError> {
+        use std::str::FromStr;
         let rt = runtime()?;
-        let c = rt.block_on(pg_connect(url))?;
+        let redacted = || super::redact_url(url);
+        let connect = sqlx::postgres::PgConnectOptions::from_str(url)
+            .map_err(|e| ServeError::Store(format!("{}: {e}", redacted())))?;
+        let pool = rt
+            .block_on(
+                options()
+                    .after_connect(|c, _| {
+                        Box::pin(async move {
+                            sqlx::raw_sql(PG_SETUP).execute(&mut *c).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(connect),
+            )
+            .map_err(|e| ServeError::Store(format!("{}: {e}", redacted())))?;
         Ok(Self {
             rt: Some(rt),
-            db: Some(Db::Postgres(c)),
-            url: url.to_owned(),
-            broken: false,
+            pool: Some(Pool::Postgres(pool)),
         })
     }
 
-    /// Connects again if an error said the server closed the connection.
-    pub(super) fn reconnect_if_closed(&mut self) -> Result<(), ServeError> {
-        if !self.broken || !matches!(self.db, Some(Db::Postgres(_))) {
-            return Ok(());
-        }
+    /// A connection from the pool, waiting at most [`ACQUIRE_TIMEOUT`].
+    pub(super) fn acquire(&self) -> Result<Conn<'_>, ServeError> {
         let rt = self.rt.as_ref().expect("only taken on drop");
-        let fresh = rt.block_on(pg_connect(&self.url))?;
-        self.db = Some(Db::Postgres(fresh));
-        self.broken = false;
-        Ok(())
+        let db = match self.pool.as_ref().expect("only taken on drop") {
+            Pool::Sqlite(p) => rt.block_on(p.acquire()).map(Db::Sqlite),
+            Pool::Postgres(p) => rt.block_on(p.acquire()).map(Db::Postgres),
+        }
+        .map_err(|e| match e {
+            sqlx::Error::PoolTimedOut => ServeError::Store(format!(
+                "no connection to the store within {} s",
+                ACQUIRE_TIMEOUT.as_secs()
+            )),
+            e => ServeError::from(e),
+        })?;
+        Ok(Conn {
+            rt,
+            db: Some(db),
+            broken: false,
+        })
     }
+}
 
+impl Conn<'_> {
     fn note(&mut self, e: sqlx::Error) -> ServeError {
         if gone(&e) {
             self.broken = true;
@@ -151,17 +193,22 @@ impl Backend {
         ServeError::from(e)
     }
 
+    /// This connection must not go back to the pool (a transaction may still be open on it).
+    pub(super) fn discard(&mut self) {
+        self.broken = true;
+    }
+
     /// Runs a statement; the rows it changed.
     pub(super) fn exec(&mut self, sql: &'static str, params: &[P]) -> Result<u64, ServeError> {
-        let rt = self.rt.as_ref().expect("only taken on drop");
+        let rt = self.rt;
         let r = match self.db.as_mut().expect("only taken on drop") {
             Db::Sqlite(c) => {
                 let sql = sqlite_sql(sql);
-                rt.block_on(bind_sqlite(sqlx::query(sql), params).execute(&mut *c))
+                rt.block_on(bind_sqlite(sqlx::query(sql), params).execute(&mut **c))
                     .map(|r| r.rows_affected())
             }
             Db::Postgres(c) => rt
-                .block_on(bind_pg(sqlx::query(sql), params).execute(&mut *c))
+                .block_on(bind_pg(sqlx::query(sql), params).execute(&mut **c))
                 .map(|r| r.rows_affected()),
         };
         r.map_err(|e| self.note(e))
@@ -191,15 +238,15 @@ impl Backend {
                 })
                 .collect()
         }
-        let rt = self.rt.as_ref().expect("only taken on drop");
+        let rt = self.rt;
         let r = match self.db.as_mut().expect("only taken on drop") {
             Db::Sqlite(c) => {
                 let sql = sqlite_sql(sql);
-                rt.block_on(bind_sqlite(sqlx::query(sql), params).fetch_all(&mut *c))
+                rt.block_on(bind_sqlite(sqlx::query(sql), params).fetch_all(&mut **c))
                     .and_then(|rows| rows.iter().map(|r| read(r, kinds)).collect())
             }
             Db::Postgres(c) => rt
-                .block_on(bind_pg(sqlx::query(sql), params).fetch_all(&mut *c))
+                .block_on(bind_pg(sqlx::query(sql), params).fetch_all(&mut **c))
                 .and_then(|rows| rows.iter().map(|r| read(r, kinds)).collect()),
         };
         r.map_err(|e| self.note(e))
@@ -207,10 +254,10 @@ impl Backend {
 
     /// Runs statements without parameters (`BEGIN`, `COMMIT`, …).
     pub(super) fn batch(&mut self, sql: &'static str) -> Result<(), ServeError> {
-        let rt = self.rt.as_ref().expect("only taken on drop");
+        let rt = self.rt;
         let r = match self.db.as_mut().expect("only taken on drop") {
-            Db::Sqlite(c) => rt.block_on(sqlx::raw_sql(sql).execute(&mut *c)).map(drop),
-            Db::Postgres(c) => rt.block_on(sqlx::raw_sql(sql).execute(&mut *c)).map(drop),
+            Db::Sqlite(c) => rt.block_on(sqlx::raw_sql(sql).execute(&mut **c)).map(drop),
+            Db::Postgres(c) => rt.block_on(sqlx::raw_sql(sql).execute(&mut **c)).map(drop),
         };
         r.map_err(|e| self.note(e))
     }
@@ -219,11 +266,11 @@ impl Backend {
     /// for every instance, however far their own clocks drift), SQLite's `now` (the host's
     /// clock: an embedded store has no other).
     pub(super) fn now_ms(&mut self) -> Result<i64, ServeError> {
-        let sql = match self.db {
-            Some(Db::Sqlite(_)) => {
-                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+        let sql = match self.db.as_ref().expect("only taken on drop") {
+            Db::Sqlite(_) => "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Db::Postgres(_) => {
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
             }
-            _ => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
         };
         let rows = self.query(sql, &[], &[K::I])?;
         Ok(rows.first().map_or(0, |r| r[0].int()))
@@ -231,22 +278,39 @@ impl Backend {
 
     /// `BEGIN` as the database wants it (SQLite takes its write lock at once).
     pub(super) fn begin_sql(&self) -> &'static str {
-        match self.db {
-            Some(Db::Sqlite(_)) => "BEGIN IMMEDIATE",
-            _ => "BEGIN",
+        match self.db.as_ref().expect("only taken on drop") {
+            Db::Sqlite(_) => "BEGIN IMMEDIATE",
+            Db::Postgres(_) => "BEGIN",
         }
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        let Some(mut db) = self.db.take() else {
+            return;
+        };
+        if self.broken {
+            match &mut db {
+                Db::Sqlite(c) => c.close_on_drop(),
+                Db::Postgres(c) => c.close_on_drop(),
+            }
+        }
+        // Giving a connection back spawns a task on the pool's runtime.
+        let _inside = self.rt.enter();
+        drop(db);
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        let (rt, db) = (self.rt.take(), self.db.take());
+        let (rt, pool) = (self.rt.take(), self.pool.take());
         let _ = std::thread::spawn(move || {
-            if let (Some(rt), Some(db)) = (&rt, db) {
-                let _ = rt.block_on(async {
-                    match db {
-                        Db::Sqlite(c) => c.close().await,
-                        Db::Postgres(c) => c.close().await,
+            if let (Some(rt), Some(pool)) = (&rt, pool) {
+                rt.block_on(async {
+                    match pool {
+                        Pool::Sqlite(p) => p.close().await,
+                        Pool::Postgres(p) => p.close().await,
                     }
                 });
             }
