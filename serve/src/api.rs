@@ -4,7 +4,6 @@
 //! <token>`; the token's name is the actor in the history. Errors are JSON: `{"error": …}`, and
 //! a refused move (409) adds the current `state` and the `allowed` moves.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State as AxState};
@@ -15,6 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use shadowtap_control::shift::{seed_eta, Algorithm};
+
+use crate::exposition::{self, Exposition};
 
 use crate::deployment::{ActError, Action, Deployment, TestingSpec};
 use crate::plane::{ChangeError, Plane};
@@ -299,40 +300,45 @@ const STATES: [&str; 8] = [
 ];
 
 async fn prometheus(AxState(api): AxState<Api>) -> Response {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP shadowtap_lb_state 1 for the load balancer's current state."
-    );
-    let _ = writeln!(out, "# TYPE shadowtap_lb_state gauge");
-    let mut rest = String::new();
+    let mut e = Exposition::default();
     for id in api.plane.balancers.keys() {
+        let lb = [("lb", id.as_str())];
         let Ok(d) = api.plane.get(id).await else {
             continue;
         };
         for s in STATES {
-            let _ = writeln!(
-                out,
-                "shadowtap_lb_state{{lb=\"{id}\",state=\"{s}\"}} {}",
-                u8::from(d.rollout.state.as_str() == s)
+            e.set(
+                "shadowtap_lb_state",
+                "1 for the load balancer's current state",
+                &[("lb", id), ("state", s)],
+                f64::from(u8::from(d.rollout.state.as_str() == s)),
             );
         }
+        e.set(
+            "shadowtap_lb_traffic_percentage",
+            "Share of real traffic on the new version, 0-100",
+            &lb,
+            d.rollout.traffic_percentage,
+        );
+        e.set(
+            "shadowtap_lb_mirror_percentage",
+            "Share of traffic mirrored to the new version, 0-100",
+            &lb,
+            d.rollout.mirror_percentage,
+        );
+        e.set(
+            "shadowtap_lb_version",
+            "The deployment's version (bumped by every change)",
+            &lb,
+            d.rollout.version as f64,
+        );
+        e.set(
+            "shadowtap_lb_local_rollback",
+            "1 while the load balancer's proxy runs a rollback the store does not have yet",
+            &lb,
+            f64::from(u8::from(api.plane.rolled_back_locally(id))),
+        );
         let v = view(&api.plane, &d);
-        let _ = writeln!(
-            rest,
-            "shadowtap_lb_traffic_percentage{{lb=\"{id}\"}} {}",
-            d.rollout.traffic_percentage
-        );
-        let _ = writeln!(
-            rest,
-            "shadowtap_lb_mirror_percentage{{lb=\"{id}\"}} {}",
-            d.rollout.mirror_percentage
-        );
-        let _ = writeln!(
-            rest,
-            "shadowtap_lb_version{{lb=\"{id}\"}} {}",
-            d.rollout.version
-        );
         if let Some(t) = v["thresholds"].as_object() {
             for (k, name) in [
                 ("errorRate", "error_rate"),
@@ -341,90 +347,96 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
                 ("criticalLatency", "critical_latency_ms"),
             ] {
                 if let Some(x) = t.get(k).and_then(serde_json::Value::as_f64) {
-                    let _ = writeln!(
-                        rest,
-                        "shadowtap_lb_threshold{{lb=\"{id}\",limit=\"{name}\"}} {x}"
+                    e.set(
+                        "shadowtap_lb_threshold",
+                        "The rollout's limits (error rates as fractions, latencies in ms)",
+                        &[("lb", id), ("limit", name)],
+                        x,
                     );
                 }
             }
         }
         let secs = v["interval"].as_f64().unwrap_or(30.0).ceil().max(1.0) as u64;
         for (pool, w) in api.plane.windows(id, secs).await.unwrap_or_default() {
-            let _ = writeln!(
-                rest,
-                "shadowtap_lb_pool_requests{{lb=\"{id}\",pool=\"{pool}\"}} {}",
-                w.requests
+            let labels = [("lb", id.as_str()), ("pool", pool)];
+            e.set(
+                "shadowtap_lb_pool_requests",
+                "Requests answered by the pool over the current window",
+                &labels,
+                w.requests as f64,
             );
-            let _ = writeln!(
-                rest,
-                "shadowtap_lb_pool_error_rate{{lb=\"{id}\",pool=\"{pool}\"}} {}",
-                w.error_rate
+            e.set(
+                "shadowtap_lb_pool_error_rate",
+                "The pool's error rate over the current window (5xx and transport errors)",
+                &labels,
+                w.error_rate,
             );
             for (q, x) in [("0.5", w.p50_ms), ("0.9", w.p90_ms), ("0.99", w.p99_ms)] {
                 if let Some(x) = x {
-                    let _ = writeln!(rest, "shadowtap_lb_pool_latency_ms{{lb=\"{id}\",pool=\"{pool}\",quantile=\"{q}\"}} {x}");
+                    e.set(
+                        "shadowtap_lb_pool_latency_ms",
+                        "The pool's latency quantiles over the current window, ms",
+                        &[("lb", id), ("pool", pool), ("quantile", q)],
+                        x,
+                    );
                 }
             }
         }
-    }
-    for id in api.plane.balancers.keys() {
         let res = api.plane.resources(id);
         for (pool, u) in res.as_object().into_iter().flatten() {
+            let labels = [("lb", id.as_str()), ("pool", pool)];
             if let Some(c) = u["cpuCores"].as_f64() {
-                let _ = writeln!(
-                    rest,
-                    "shadowtap_lb_pool_cpu_cores{{lb=\"{id}\",pool=\"{pool}\"}} {c}"
+                e.set(
+                    "shadowtap_lb_pool_cpu_cores",
+                    "Cores busy on the pool's busiest member",
+                    &labels,
+                    c,
                 );
             }
             if let Some(m) = u["memoryBytes"].as_f64() {
-                let _ = writeln!(
-                    rest,
-                    "shadowtap_lb_pool_memory_bytes{{lb=\"{id}\",pool=\"{pool}\"}} {m}"
+                e.set(
+                    "shadowtap_lb_pool_memory_bytes",
+                    "Memory in use on the pool's busiest member, bytes",
+                    &labels,
+                    m,
                 );
             }
         }
     }
-    out.push_str("# TYPE shadowtap_lb_traffic_percentage gauge\n");
-    out.push_str(&rest);
     if let Ok(n) = api.plane.store.call(|s| s.undelivered()).await {
-        let _ = writeln!(
-            out,
-            "# TYPE shadowtap_alerts_undelivered gauge\nshadowtap_alerts_undelivered {n}"
+        e.set(
+            "shadowtap_alerts_undelivered",
+            "Alerts not delivered yet (dead letters excepted)",
+            &[],
+            n as f64,
         );
     }
     if let Ok(n) = api.plane.store.call(|s| s.dead_letters()).await {
-        let _ = writeln!(
-            out,
-            "# HELP shadowtap_alerts_dead_letters Alerts no longer retried (a sink this instance lacks, or about an hour of failures).\n# TYPE shadowtap_alerts_dead_letters gauge\nshadowtap_alerts_dead_letters {n}"
+        e.set(
+            "shadowtap_alerts_dead_letters",
+            "Alerts no longer retried (a sink this instance lacks, or about an hour of failures)",
+            &[],
+            n as f64,
         );
     }
     let health = api.plane.store.health();
-    let _ = writeln!(
-        out,
-        "# HELP shadowtap_store_up 1 when the last call on the store succeeded.\n# TYPE shadowtap_store_up gauge\nshadowtap_store_up {}",
-        u8::from(health.failing_since.is_none())
+    e.set(
+        "shadowtap_store_up",
+        "1 when the last call on the store succeeded",
+        &[],
+        f64::from(u8::from(health.failing_since.is_none())),
     );
-    let _ = writeln!(
-        out,
-        "# HELP shadowtap_store_failing_seconds How long every call on the store has failed (0: it answers).\n# TYPE shadowtap_store_failing_seconds gauge\nshadowtap_store_failing_seconds {}",
+    e.set(
+        "shadowtap_store_failing_seconds",
+        "How long every call on the store has failed (0: it answers)",
+        &[],
         health
             .failing_since
-            .map_or(0.0, |t| (crate::plane::now() - t).max(0.0))
+            .map_or(0.0, |t| (crate::plane::now() - t).max(0.0)),
     );
-    let _ = writeln!(
-        out,
-        "# HELP shadowtap_lb_local_rollback 1 while the load balancer's proxy runs a rollback the store does not have yet.\n# TYPE shadowtap_lb_local_rollback gauge"
-    );
-    for id in api.plane.balancers.keys() {
-        let _ = writeln!(
-            out,
-            "shadowtap_lb_local_rollback{{lb=\"{id}\"}} {}",
-            u8::from(api.plane.rolled_back_locally(id))
-        );
-    }
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
+        [(http::header::CONTENT_TYPE, exposition::CONTENT_TYPE)],
+        e.encode(),
     )
         .into_response()
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod deployment;
 pub mod error;
+pub mod exposition;
 pub mod monitor;
 pub mod plane;
 pub mod resources;

@@ -36,37 +36,65 @@ pub struct Usage {
     pub memory_bytes: Option<f64>,
 }
 
+/// A sample's labels, values unescaped, in their order.
+pub type Labels = Vec<(String, String)>;
+
+/// One sample line of the Prometheus or OpenMetrics text format: the metric's name, its labels
+/// and its value; `None` for comments, blank and malformed lines.
+pub fn sample(line: &str) -> Option<(&str, Labels, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .unwrap_or(line.len());
+    let (name, mut rest) = line.split_at(name_end);
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        rest = inner;
+        loop {
+            rest = rest.trim_start_matches([' ', ',']);
+            if let Some(after) = rest.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, after) = rest.split_once('=')?;
+            let mut chars = after.strip_prefix('"')?.char_indices();
+            let mut value = String::new();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        c => value.push(c),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.push((key.trim().to_owned(), value));
+            rest = &after[1 + end + 1..];
+        }
+    }
+    let value = rest
+        .split_whitespace()
+        .next()?
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())?;
+    Some((name, labels, value))
+}
+
 /// Parses the Prometheus text format for the families above.
 pub fn parse(text: &str, at: f64) -> Reading {
     let (mut process_cpu, mut process_mem) = (None, None);
     let (mut node_busy, mut mem_total, mut mem_avail) = (None::<f64>, None, None);
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (name, labels, rest) = match line.find('{') {
-            Some(i) => match line[i..].find('}') {
-                Some(j) => (&line[..i], &line[i + 1..i + j], &line[i + j + 1..]),
-                None => continue,
-            },
-            None => match line.split_once(char::is_whitespace) {
-                Some((n, r)) => (n, "", r),
-                None => continue,
-            },
-        };
-        let Some(value) = rest
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite())
-        else {
-            continue;
-        };
+    for (name, labels, value) in text.lines().filter_map(sample) {
         match name {
             "process_cpu_seconds_total" => process_cpu = Some(value),
             "process_resident_memory_bytes" => process_mem = Some(value),
             "node_cpu_seconds_total" => {
-                let idle = labels.contains("mode=\"idle\"");
+                let idle = labels.iter().any(|(k, v)| k == "mode" && v == "idle");
                 if !idle {
                     node_busy = Some(node_busy.unwrap_or(0.0) + value);
                 }
@@ -166,6 +194,47 @@ impl Scraper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Whatever the label values (quotes, braces, backslashes, newlines, commas), a sample
+        /// encoded by prometheus-client (the maintained encoder) reads back as it was set.
+        #[test]
+        fn samples_read_back_what_prometheus_client_wrote(
+            values in proptest::collection::vec("[a-z{}\"\\\\,= \n]{0,12}", 1..4),
+            x in -1.0e12f64..1.0e12,
+        ) {
+            let mut e = crate::exposition::Exposition::default();
+            let names = ["mode", "cpu", "path", "x"];
+            let labels: Vec<(&str, &str)> =
+                names.iter().zip(&values).map(|(k, v)| (*k, v.as_str())).collect();
+            e.set("node_cpu_seconds", "t", &labels, x);
+            let text = e.encode();
+            let got: Vec<_> = text.lines().filter_map(sample).collect();
+            proptest::prop_assert_eq!(got.len(), 1, "{}", text);
+            let (name, read, value) = &got[0];
+            proptest::prop_assert_eq!(*name, "node_cpu_seconds");
+            let want: Vec<(String, String)> =
+                labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            proptest::prop_assert_eq!(read, &want);
+            proptest::prop_assert!((value - x).abs() <= x.abs() * 1e-12, "{} {}", value, x);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever an endpoint answers, reading it never panics.
+        #[test]
+        fn any_text_reads_without_a_panic(text in "[a-z_{}\"\\\\,= \n0-9.eE+#-]{0,80}") {
+            let _ = parse(&text, 1.0);
+        }
+    }
+
+    #[test]
+    fn a_label_that_only_mentions_idle_is_not_idle() {
+        let text = "node_cpu_seconds_total{cpu=\"0\",xmode=\"idle\",mode=\"user\"} 5\n\
+                    node_cpu_seconds_total{path=\"mode=\\\"idle\\\"}\",mode=\"system\"} 2\n\
+                    node_cpu_seconds_total{cpu=\"0\",mode=\"idle\"} 100\n";
+        assert_eq!(parse(text, 1.0).cpu_seconds, Some(7.0));
+    }
 
     #[test]
     fn process_and_node_families() {

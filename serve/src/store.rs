@@ -138,7 +138,13 @@ pub struct Store {
     /// `sqlite` or `postgres`.
     pub kind: &'static str,
     health: Arc<Mutex<Health>>,
+    /// When each call still running began (by a call number), so a store that does not
+    /// answer is unhealthy before the calls give up.
+    running: Arc<Mutex<(u64, std::collections::BTreeMap<u64, f64>)>>,
 }
+
+/// A call running longer than this makes the store unhealthy (`degraded`) until it ends.
+const SLOW_CALL_S: f64 = 1.0;
 
 /// How long one call on the store may take before its caller stops waiting (the statement
 /// may still finish in the background): a store that is down or black-holed must not hold a
@@ -191,6 +197,12 @@ pub struct Fence {
     pub epoch: i64,
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn ms(t: f64) -> i64 {
     (t * 1000.0) as i64
 }
@@ -222,6 +234,7 @@ impl Store {
             inner: Arc::new(backend),
             kind,
             health: Arc::default(),
+            running: Arc::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -324,6 +337,13 @@ impl Store {
         f: impl FnOnce(&Store) -> Result<T, ServeError> + Send + 'static,
     ) -> Result<T, ServeError> {
         let s = self.clone();
+        let number = {
+            let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            r.0 += 1;
+            let n = r.0;
+            r.1.insert(n, unix_now());
+            n
+        };
         let task = tokio::task::spawn_blocking(move || f(&s));
         let out = match tokio::time::timeout(CALL_TIMEOUT, task).await {
             Ok(Ok(r)) => r,
@@ -333,9 +353,14 @@ impl Store {
                 CALL_TIMEOUT.as_secs()
             ))),
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = unix_now();
+        let started = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .remove(&number)
+            .unwrap_or(now);
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
         match &out {
             Ok(_) => {
@@ -346,7 +371,8 @@ impl Store {
             // Errors of the caller's own making (a bad row, a refused change) are answers;
             // only a store that cannot be reached or does not answer is unhealthy.
             Err(ServeError::Store(why)) => {
-                h.failing_since.get_or_insert(now);
+                // Failing since the call began: the store stopped answering then.
+                h.failing_since.get_or_insert(started);
                 h.last_error = Some(why.clone());
             }
             Err(_) => {
@@ -357,12 +383,31 @@ impl Store {
         out
     }
 
-    /// What the last calls on the store did.
+    /// What the last calls on the store did; a call still running after [`SLOW_CALL_S`] counts
+    /// as failing since it began (a black-holed store is unhealthy before its calls give up).
     pub fn health(&self) -> Health {
-        self.health
+        let mut h = self
+            .health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        let oldest = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .values()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let now = unix_now();
+        if now - oldest > SLOW_CALL_S {
+            h.failing_since = Some(h.failing_since.map_or(oldest, |t| t.min(oldest)));
+            h.last_error = Some(format!(
+                "a call has waited {:.0} s for the store",
+                now - oldest
+            ));
+        }
+        h
     }
 
     /// A deployment.

@@ -237,3 +237,65 @@ async fn fifty_concurrent_posts_on_one_id_end_consistent() {
     assert_eq!(weight, v["trafficPercentage"].as_f64().unwrap());
     plane.shutdown().await;
 }
+
+/// `/metrics` with two load balancers, one of them testing, passes `promtool check metrics`
+/// (the Prometheus project's own linter): every family once, typed, its samples together.
+/// It used to interleave families between load balancers and leave most untyped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_exposition_passes_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prod, _) = backend().await;
+    let (canary, _) = backend().await;
+    let mut c = config(dir.path(), &prod, None, None);
+    let mut second = c.loadbalancers[0].clone();
+    second.id = "api".into();
+    c.loadbalancers.push(second);
+    let plane = Plane::start(c).await.unwrap();
+    let app = router(Api {
+        plane: plane.clone(),
+        tokens: Arc::new(vec![("ops".into(), TOKEN.into())]),
+    });
+    let body = format!(
+        r#"{{"candidatePool": ["{canary}"], "errorRateThreshold": 0.02, "latencyThreshold": 250}}"#
+    );
+    let (status, v) = send(
+        &app,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(TOKEN),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, m) = send(&app, "GET", "/metrics", Some(TOKEN), "").await;
+    assert_eq!(status, 200);
+    let text = m.as_str().unwrap().to_owned();
+    for lb in ["web", "api"] {
+        assert!(
+            text.contains(&format!("shadowtap_lb_traffic_percentage{{lb=\"{lb}\"}}")),
+            "{text}"
+        );
+    }
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/deps.sh installs it)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    plane.shutdown().await;
+}

@@ -774,17 +774,28 @@ async fn a_failing_canary_is_rolled_back_while_postgres_is_down() {
         before,
         "no user request reaches the rolled-back canary"
     );
-    // The store is down: health says so (degraded, then failed after a lease).
+    // The store is down: health says so (degraded once a call has waited a second or failed,
+    // then failed after a lease).
     let client = reqwest::Client::new();
-    let h: serde_json::Value = client
-        .get(format!("http://{api}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_ne!(h["store"], "ok", "{h}");
+    let t1 = std::time::Instant::now();
+    let h = loop {
+        let h: serde_json::Value = client
+            .get(format!("http://{api}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["store"] != "ok" {
+            break h;
+        }
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(3),
+            "the store is down and /healthz says {h}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(h["localRollbacks"], 1, "{h}");
     // The store comes back: the rollback is stored, and the proxy stays rolled back.
     pg.start_again();
