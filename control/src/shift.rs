@@ -289,7 +289,9 @@ pub fn tick(p: &Policy, current: f64, progress: Progress, w: &Window) -> (Decisi
     } else {
         next.empty = 0;
     }
-    if w.request_count < p.min_requests {
+    // A window without a request is never judged by rate, whatever `min_requests` says (0
+    // would otherwise shift on empty windows).
+    if w.request_count < p.min_requests.max(1) {
         // Too few requests to judge the rate; their failures still count, added up over the
         // run of such windows.
         next.small_requests += w.request_count;
@@ -550,6 +552,32 @@ mod tests {
         let (_, pr) = tick(&p, 10.0, pr, &empty);
         let (_, pr) = tick(&p, 10.0, pr, &one);
         assert_eq!(pr.empty, 0);
+    }
+
+    #[test]
+    fn an_empty_window_never_shifts_even_with_min_requests_zero() {
+        let mut p = policy(Algorithm::Linear { step: 10.0 });
+        p.min_requests = 0;
+        let empty = Window {
+            request_count: 0,
+            ..OK
+        };
+        let (d, _) = tick(&p, 10.0, Progress::default(), &empty);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        let (d, _) = tick(
+            &p,
+            10.0,
+            Progress::default(),
+            &Window {
+                request_count: 1,
+                ..OK
+            },
+        );
+        assert_eq!(
+            d,
+            Decision::Shift { to: 20.0 },
+            "one good request is a window with 0"
+        );
     }
 
     #[test]
