@@ -166,7 +166,12 @@ pub fn stats_json(state: &State) -> serde_json::Value {
         .map(|(name, role, s)| {
             (
                 name,
-                serde_json::json!({ "role": role, "total": s.total(), "windows": s.windows() }),
+                serde_json::json!({
+                    "role": role,
+                    "total": s.total(),
+                    "clientFaults": s.client_faults(),
+                    "windows": s.windows()
+                }),
             )
         })
         .collect();
@@ -205,6 +210,18 @@ pub fn metrics_text(state: &State) -> String {
             out,
             "shadowtap_proxy_requests_total{{pool=\"{name}\",role=\"{role}\"}} {}",
             s.total()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shadowtap_proxy_client_faults_total requests ended by their client (gone, or a malformed body), not counted as the pool's errors"
+    );
+    let _ = writeln!(out, "# TYPE shadowtap_proxy_client_faults_total counter");
+    for (name, role, s) in pools(state) {
+        let _ = writeln!(
+            out,
+            "shadowtap_proxy_client_faults_total{{pool=\"{name}\",role=\"{role}\"}} {}",
+            s.client_faults()
         );
     }
     for (metric, help) in [

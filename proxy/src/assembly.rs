@@ -51,6 +51,8 @@ struct Parts {
     request: Option<Kept>,
     response: Option<Response>,
     done: bool,
+    /// The request ended by the client's doing: not counted against the pool.
+    client_fault: bool,
 }
 
 /// See the module docs.
@@ -123,6 +125,7 @@ impl Assembly {
                 request: None,
                 response: None,
                 done: false,
+                client_fault: false,
             }),
         })
     }
@@ -224,11 +227,18 @@ impl Assembly {
     pub fn abandoned(&self) {
         let unanswered = self.parts().response.is_none();
         if unanswered {
-            self.failed(
+            self.client_failed(
                 ErrorKind::Reset,
                 "the client went away before the response".into(),
             );
         }
+    }
+
+    /// The request failed by the client's doing (it went away, or its body was malformed):
+    /// recorded as failed, but not counted as the pool's error (see [`PoolStats::client_fault`]).
+    pub fn client_failed(&self, kind: ErrorKind, message: String) {
+        self.parts().client_fault = true;
+        self.failed(kind, message);
     }
 
     fn try_finish(&self, mut p: std::sync::MutexGuard<'_, Parts>) {
@@ -248,16 +258,24 @@ impl Assembly {
             request,
             response,
             offered,
+            client_fault,
             ..
         } = &mut *p;
         let outcome = match response {
             Some(Response::Answered { status, .. }) => Outcome::Status(*status, total_us as u64),
             _ => Outcome::TransportError,
         };
-        self.stats.record(outcome);
-        for s in std::mem::take(offered) {
-            if let Some(pairs) = &s.pairs {
-                pairs.production(&head.exchange_id, outcome);
+        let offered = std::mem::take(offered);
+        if *client_fault && !matches!(response, Some(Response::Answered { .. })) {
+            // Production did nothing wrong: no error in its windows, and no pair (what
+            // production would have answered is unknown).
+            self.stats.client_fault();
+        } else {
+            self.stats.record(outcome);
+            for s in offered {
+                if let Some(pairs) = &s.pairs {
+                    pairs.production(&head.exchange_id, outcome);
+                }
             }
         }
         let Some(recorder) = &self.sinks.recorder else {

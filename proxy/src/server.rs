@@ -470,12 +470,20 @@ async fn handle(
     } else {
         Vec::new()
     };
+    // When the client's body has ended (or failed: then `client_body_failed`): the wait for
+    // production's response head starts there, so a long upload is not production's time
+    // (a stalled one is the connection watchdog's).
+    let (uploaded_tx, uploaded) = tokio::sync::oneshot::channel::<()>();
+    let mut uploaded = Some(uploaded);
+    let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // A body-less request can be tried again at another member when the first refuses.
     let mut body = if body.is_end_stream() {
+        let _ = uploaded_tx.send(());
         assembly.request_done(Kept {
             chunks: Vec::new(),
             len: 0,
             complete: true,
+            failed: false,
             over_cap: false,
             over_budget: false,
             trailers: None,
@@ -484,11 +492,16 @@ async fn handle(
         None
     } else {
         let a = assembly.clone();
+        let failed = client_body_failed.clone();
         Some(Tee::new(
             body,
             keep,
             Some(state.budget.clone()),
-            Box::new(move |k| a.request_done(k)),
+            Box::new(move |k| {
+                failed.store(k.failed, std::sync::atomic::Ordering::Relaxed);
+                a.request_done(k);
+                let _ = uploaded_tx.send(());
+            }),
         ))
     };
     let retryable = body.is_none();
@@ -522,7 +535,20 @@ async fn handle(
         } else {
             parts.headers.clone()
         };
-        match tokio::time::timeout(timeout, state.client.request(up)).await {
+        let uploading = &mut uploaded;
+        let head = async {
+            let request = state.client.request(up);
+            tokio::pin!(request);
+            if let Some(done) = uploading.as_mut() {
+                tokio::select! {
+                    r = &mut request => return Ok(r),
+                    _ = done => {}
+                }
+                *uploading = None;
+            }
+            tokio::time::timeout(timeout, request).await
+        };
+        match head.await {
             Ok(Ok(resp)) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
@@ -562,6 +588,20 @@ async fn handle(
                 );
                 abandon.0 = None;
                 return Ok(Response::from_parts(rparts, Either::Left(rbody)));
+            }
+            Ok(Err(e)) if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                // The client's body was malformed or cut off: the client's fault, not
+                // production's (hyper reports it as the upstream request's error).
+                tracing::debug!("the client's request body failed: {e}");
+                abandon.0 = None;
+                assembly.client_failed(
+                    ErrorKind::Reset,
+                    "the client's request body was malformed or cut off".into(),
+                );
+                return Ok(local_response(
+                    StatusCode::BAD_REQUEST,
+                    "the request body is malformed or incomplete",
+                ));
             }
             Ok(Err(e)) => {
                 let kind = error_kind(&e);

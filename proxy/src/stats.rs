@@ -54,6 +54,7 @@ impl Slot {
 pub struct PoolStats {
     slots: Mutex<Vec<Slot>>,
     total: AtomicU64,
+    client_faults: AtomicU64,
 }
 
 impl Default for PoolStats {
@@ -61,6 +62,7 @@ impl Default for PoolStats {
         PoolStats {
             slots: Mutex::new(vec![Slot::empty(0); SLOTS]),
             total: AtomicU64::new(0),
+            client_faults: AtomicU64::new(0),
         }
     }
 }
@@ -161,6 +163,18 @@ impl PoolStats {
             }
             Outcome::TransportError => slot.transport_errors += 1,
         }
+    }
+
+    /// Counts a request that ended by the client's doing (it went away, or its body was
+    /// malformed): not the pool's error, so not in any window (a client cannot make a version
+    /// look failing by hanging up on it).
+    pub fn client_fault(&self) {
+        self.client_faults.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests ended by their client since the start.
+    pub fn client_faults(&self) -> u64 {
+        self.client_faults.load(Ordering::Relaxed)
     }
 
     /// Requests counted since the start.

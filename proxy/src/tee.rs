@@ -83,6 +83,9 @@ pub struct Kept {
     pub len: u64,
     /// The body ended (it arrived whole).
     pub complete: bool,
+    /// The body ended in an error (for a client's request: malformed framing, or the
+    /// connection lost mid-body).
+    pub failed: bool,
     /// Not every byte was kept: the cap (`over_cap`) or the budget (`over_budget`) stopped it.
     pub over_cap: bool,
     /// The shared budget stopped it.
@@ -151,6 +154,7 @@ impl<B: Body> Tee<B> {
                 chunks: Vec::new(),
                 len: 0,
                 complete: false,
+                failed: false,
                 over_cap: false,
                 over_budget: false,
                 trailers: None,
@@ -224,6 +228,9 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
+                if let Some(k) = this.kept.as_mut() {
+                    k.failed = true;
+                }
                 finish(this.kept, this.on_end, false);
                 Poll::Ready(Some(Err(e)))
             }

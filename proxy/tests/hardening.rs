@@ -279,3 +279,81 @@ async fn copies_in_flight_count_against_the_byte_budget() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// `upstream_timeout_s` is production's time for its response head once the request is sent:
+/// an upload that takes longer (but never stalls) is answered, not cut at the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_not_counted_as_productions_time() {
+    let (prod, seen) = crate::common::backend(crate::common::Behaviour::default()).await;
+    let mut cfg = config(prod);
+    cfg.limits.upstream_timeout_s = 1.0;
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let mut s = TcpStream::connect(running.addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Ten bytes over 2.5 s: longer than the 1 s timeout, never silent for long.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.write_all(b"x").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"len\":10"), "{out}");
+    assert_eq!(seen.uploads.lock().unwrap().len(), 1);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+/// Clients that hang up before production answers, or cut their upload short, are not
+/// production's errors: its windows (what the control plane judges) stay clean, and they are
+/// counted as client faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hang_up_are_not_counted_as_productions_errors() {
+    let (prod, _) = crate::common::backend(crate::common::Behaviour {
+        delay: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await;
+    let running = shadowtap_proxy::start(config(prod), None).await.unwrap();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(running.addr).await.unwrap();
+        let request = if i % 2 == 0 {
+            format!("GET /item/{i} HTTP/1.1\r\nHost: h\r\n\r\n")
+        } else {
+            // Half the declared body, then gone.
+            "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nhalf".to_owned()
+        };
+        s.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+    }
+    let t0 = Instant::now();
+    while running.state.production.client_faults() < 20 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{} client faults counted",
+            running.state.production.client_faults()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let w = running.state.production.window(300);
+    assert_eq!((w.requests, w.transport_errors, w.status_5xx), (0, 0, 0));
+    // A whole request is still counted.
+    let answer = crate::framing::exchange(
+        running.addr,
+        b"GET /item/1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(running.state.production.window(300).requests, 1);
+    running.shutdown();
+    running.wait().await.unwrap();
+}

@@ -8,3 +8,4 @@ mod isolation;
 mod protocols;
 mod routing;
 mod secrets;
+mod smuggling;
