@@ -8,7 +8,8 @@
 //! Checks besides "no panic": memory held by a parser stays within its limits, and content
 //! decoding never returns more than its cap.
 //!
-//! Run: `cargo fuzz run http1_parser` from the repository root (needs cargo-fuzz).
+//! Run: `cargo fuzz run http1_parser fuzz/corpus/http1_parser` from the repository root (needs
+//! cargo-fuzz); the corpus starts from the proxy's smuggling suite (`fuzz/seed_http1.py`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
