@@ -516,14 +516,12 @@ fn speed_keeps_recorded_gaps_scaled_and_never_sends_early() {
         );
     }
     assert!(begun.elapsed() >= Duration::from_millis(700));
-    // In recorded order.
-    let mut by_time = got.clone();
-    by_time.sort_by_key(|r| r.at);
-    let order: Vec<&str> = by_time.iter().map(|r| r.uri.as_str()).collect();
-    assert_eq!(
-        order,
-        ["/p0", "/p1", "/p2", "/p3", "/p4", "/p5", "/p6", "/p7"]
-    );
+    // Sent in recorded order. (Not necessarily received in it: each request may go out on a
+    // connection of its own, and on a busy machine the first connection's handshake can take
+    // longer than the 100 ms to the next request; that failed 1 fresh-clone run.)
+    for i in 1..8 {
+        assert!(sent(i) >= sent(i - 1), "/p{i} sent before /p{}", i - 1);
+    }
 }
 
 #[test]
