@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
@@ -140,7 +140,6 @@ pub struct Received {
     pub uri: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
-    pub at: Instant,
     pub version: axum::http::Version,
 }
 
@@ -176,7 +175,6 @@ async fn handle(
         uri: uri.to_string(),
         headers,
         body: body.to_vec(),
-        at: Instant::now(),
         version,
     });
     match path.as_str() {
