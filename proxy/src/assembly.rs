@@ -304,7 +304,9 @@ impl Assembly {
             path: ex.path.clone(),
             query: ex.query.clone(),
             request_headers: sent_headers,
-            request_body: ex.request_body.raw.clone(),
+            // Filled from the exchange by the recorder as it writes: one copy of each body
+            // waits in its queue, the one the budget holds.
+            request_body: Vec::new(),
             status: None,
             response_version: None,
             response_headers: Vec::new(),
@@ -319,14 +321,18 @@ impl Assembly {
             error_message: None,
             send_position: None,
         };
+        // The budget shares of the bodies' kept bytes stay taken until the recorder has
+        // written them: its queue is within `mirror_memory` too.
+        let mut held = Vec::new();
         match response.take() {
             Some(Response::Answered {
                 status,
                 version,
                 headers,
                 ttfb_us,
-                body,
+                mut body,
             }) => {
+                held.extend(body.as_mut().and_then(|k| k.reservation.take()));
                 let b = body_of(body.as_ref(), cap);
                 ex.flags.incomplete |= !body.as_ref().is_some_and(|k| k.complete);
                 ex.response_trailers = trailers_of(body.as_ref());
@@ -340,7 +346,6 @@ impl Assembly {
                 row.status = Some(status);
                 row.response_version = Some(version.into());
                 row.response_headers = headers;
-                row.response_body = b.raw.clone();
                 row.response_body_len = b.len;
                 row.response_body_truncated = b.truncated;
                 row.ttfb_us = Some(ttfb_us);
@@ -354,8 +359,10 @@ impl Assembly {
             }
             None => {}
         }
+        held.extend(request.as_mut().and_then(|k| k.reservation.take()));
         drop(p);
         recorder.offer(Record {
+            held,
             exchange: Box::new(ex),
             row,
         });

@@ -30,8 +30,10 @@ const BATCH: usize = 512;
 pub struct Record {
     /// The exchange as production (or the canary) answered it.
     pub exchange: Box<Exchange>,
-    /// Its `replays` row.
+    /// Its `replays` row (its bodies filled from the exchange's as it is written).
     pub row: ReplayRecord,
+    /// The budget shares of the bodies, given back once they are written.
+    pub held: Vec<crate::tee::Reservation>,
 }
 
 /// The counts of a recording.
@@ -156,6 +158,7 @@ impl Recorder {
             .spawn(move || -> Result<Vec<PathBuf>, ProxyError> {
                 let mut exchanges = Vec::with_capacity(BATCH);
                 let mut rows = Vec::with_capacity(BATCH);
+                let mut held = Vec::new();
                 let mut opened = Instant::now();
                 let flush = |sinks: &mut Sinks,
                              exchanges: &mut Vec<Exchange>,
@@ -175,7 +178,11 @@ impl Recorder {
                         Ok(Record {
                             mut exchange,
                             mut row,
+                            held: shares,
                         }) => {
+                            held.extend(shares);
+                            row.request_body = exchange.request_body.raw.clone();
+                            row.response_body = exchange.response_body.raw.clone();
                             exchange
                                 .request_body
                                 .decode(&exchange.request_headers, max_body);
@@ -191,15 +198,18 @@ impl Recorder {
                             rows.push(row);
                             if exchanges.len() >= BATCH {
                                 flush(&mut sinks, &mut exchanges, &mut rows)?;
+                                held.clear();
                             }
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             flush(&mut sinks, &mut exchanges, &mut rows)?;
+                            held.clear();
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                     if rotate.is_some_and(|every| opened.elapsed() >= every) {
                         flush(&mut sinks, &mut exchanges, &mut rows)?;
+                        held.clear();
                         sinks.close()?;
                         opened = Instant::now();
                     }

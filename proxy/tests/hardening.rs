@@ -357,3 +357,62 @@ async fn clients_that_hang_up_are_not_counted_as_productions_errors() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// The recording's queue holds bodies within `mirror_memory` (their budget shares are given
+/// back only once written), and the `replays` rows still carry the bodies, written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_bodies_hold_the_budget_until_written() {
+    use arrow::array::{Array, BinaryArray};
+    let (prod, _) = crate::common::backend(crate::common::Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(prod);
+    cfg.record = Some(dir.path().to_path_buf());
+    let running = shadowtap_proxy::start(cfg, None).await.unwrap();
+    let body = vec![b'a'; 50_000];
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(running.addr).await.unwrap();
+        s.write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        s.write_all(&body).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200"));
+    }
+    let state = running.state.clone();
+    running.shutdown();
+    running.wait().await.unwrap();
+    assert_eq!(
+        state.budget.used(),
+        0,
+        "every share given back once written"
+    );
+    let mut bodies = Vec::new();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("replays-") && name.ends_with(".parquet")) {
+            continue;
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = batch.column_by_name("request_body").unwrap();
+            let col = col.as_any().downcast_ref::<BinaryArray>().unwrap();
+            for i in 0..col.len() {
+                bodies.push(col.value(i).len());
+            }
+        }
+    }
+    assert_eq!(bodies, [50_000; 5], "the replays rows' request bodies");
+}
