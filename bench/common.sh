@@ -58,3 +58,18 @@ CONF
   bench_nginx_start
   "$bin/shadowtap" capture --read "$pcap" --out "$d/rec" --quiet >/dev/null 2>&1
 }
+
+# For the behaviour benches (smuggling, memory), which measure what the tests' build does, not
+# its speed: installs the Debian packages given and builds the dev binary.
+# Sets: bin (the dev binary); defines free_port.
+#   bench_dev_setup PACKAGE...
+bench_dev_setup() {
+  source scripts/deps.sh
+  install_deps "$@"
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
+  cargo build --locked -p shadowtap-cli >&2
+  bin="$CARGO_TARGET_DIR/debug/shadowtap"
+}
+
+# A free TCP port on loopback.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

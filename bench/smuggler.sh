@@ -15,13 +15,8 @@ if [ -z "${SMUGGLER_DIR:-}" ] || [ ! -f "$SMUGGLER_DIR/smuggler.py" ]; then
   echo "SMUGGLER_DIR must name a checkout of https://github.com/defparam/smuggler" >&2
   exit 2
 fi
-source scripts/deps.sh
 source bench/common.sh
-install_deps nginx-light python3
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
-cargo build --locked -p shadowtap-cli >&2
-bin="$CARGO_TARGET_DIR/debug/shadowtap"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_dev_setup nginx-light python3
 
 bench_nginx_dir
 ref=$(free_port)

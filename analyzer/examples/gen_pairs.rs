@@ -61,6 +61,8 @@ fn main() {
             };
             let t0 = 1_763_900_000_000_000i64 + i as i64 * 1000;
             ex.push(Exchange {
+                protocol: None,
+                stream_id: None,
                 exchange_id: id.clone(),
                 connection_id: format!("c{}", i / 100),
                 connection_seq: (i % 100) as u32,

@@ -15,6 +15,8 @@ use shadowtap_core::{Body, Exchange, ExchangeFlags, Header};
 fn exchange(i: usize) -> Exchange {
     let path = format!("/users/{}/orders", 1000 + i);
     Exchange {
+        protocol: None,
+        stream_id: None,
         exchange_id: format!("ex{i:04}"),
         connection_id: "c".into(),
         connection_seq: i as u32,

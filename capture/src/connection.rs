@@ -214,6 +214,8 @@ enum Mode {
     Detecting([Vec<HeldChunk>; 2]),
     /// Parsing HTTP.
     Http,
+    /// HTTP/2 in clear: the client's preface was seen.
+    H2(Box<crate::h2::H2Session>),
     /// Not HTTP: bytes are ignored.
     NotHttp,
 }
@@ -241,6 +243,10 @@ pub struct HttpConnection {
     /// Stream bytes of each direction dropped before parsing started (lost during detection).
     detect_offset: [u64; 2],
     client_ended: bool,
+    /// What the server sent before the client's first byte, when the handshake named the
+    /// client: held until the client's first bytes say HTTP/1 or HTTP/2 (an HTTP/2 server may
+    /// send its SETTINGS first).
+    early_server: Vec<HeldChunk>,
     /// The server side ended (clean or not) before the client side did.
     server_end: Option<bool>,
     stats: ConnectionStats,
@@ -291,6 +297,7 @@ impl HttpConnection {
             base_seq: [None, None],
             detect_offset: [0, 0],
             client_ended: false,
+            early_server: Vec::new(),
             server_end: None,
             stats: ConnectionStats::default(),
             out: Vec::new(),
@@ -315,6 +322,7 @@ impl HttpConnection {
     pub fn buffered_bytes(&self) -> usize {
         let held = match &self.mode {
             Mode::Detecting(dirs) => dirs.iter().flatten().map(|(b, _, _)| b.len()).sum(),
+            Mode::H2(h2) => h2.buffered_bytes(),
             _ => 0,
         };
         let parsers: usize = self
@@ -345,9 +353,48 @@ impl HttpConnection {
 
     /// True once at least one HTTP message was parsed.
     pub fn saw_http(&self) -> bool {
+        if let Mode::H2(h2) = &self.mode {
+            return h2.saw_streams();
+        }
         self.parsers
             .as_ref()
             .is_some_and(|p| p[0].messages_started() + p[1].messages_started() > 0)
+    }
+
+    /// Parses what the server sent before the client, held for the HTTP/2 check.
+    fn flush_early_server(&mut self) {
+        let early = std::mem::take(&mut self.early_server);
+        if let Some(client) = self.client_dir {
+            for (bytes, ts, a) in &early {
+                self.feed(1 - client, bytes, *ts, *a);
+            }
+        }
+    }
+
+    /// The HTTP/2 counters, when the connection is HTTP/2.
+    pub fn h2_stats(&self) -> Option<crate::h2::H2Stats> {
+        match &self.mode {
+            Mode::H2(h2) => Some(h2.stats()),
+            _ => None,
+        }
+    }
+
+    /// Switches to HTTP/2 when the client's first bytes are its preface (`data` is what the
+    /// client sent first); whether it did.
+    fn start_h2_if_preface(&mut self, client_dir: usize, data: &[u8]) -> bool {
+        if data.len() < 3 || !shadowtap_http2::starts_with_preface(data) {
+            return false;
+        }
+        self.client_dir = Some(client_dir);
+        self.parsers = None;
+        self.mode = Mode::H2(Box::new(crate::h2::H2Session::new(
+            self.endpoints,
+            client_dir,
+            self.connection_id.clone(),
+            self.source.clone(),
+            self.limits.max_body,
+        )));
+        true
     }
 
     /// Counters.
@@ -357,6 +404,9 @@ impl HttpConnection {
 
     /// Takes the exchanges completed so far.
     pub fn take_exchanges(&mut self) -> Vec<Exchange> {
+        if let Mode::H2(h2) = &mut self.mode {
+            self.out.extend(h2.take_exchanges());
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -389,10 +439,62 @@ impl HttpConnection {
     pub fn on_data(&mut self, dir: usize, data: &[u8], ts_us: i64, ack: Option<u32>) {
         match &mut self.mode {
             Mode::NotHttp => {}
+            Mode::H2(h2) => h2.feed(dir, data, ts_us),
             Mode::Http => {
-                self.feed(dir, data, ts_us, ack);
+                // The handshake named the client; its first bytes may be the HTTP/2 preface
+                // (prior knowledge, as gRPC does).
+                let before_client = !self.mid_stream
+                    && self.detect_offset == [0, 0]
+                    && self
+                        .parsers
+                        .as_ref()
+                        .is_some_and(|p| p[0].consumed() + p[1].consumed() == 0)
+                    && !self.saw_http();
+                let held: usize = self.early_server.iter().map(|c| c.0.len()).sum();
+                if before_client && Some(dir) != self.client_dir && held < DETECT_LIMIT {
+                    self.early_server.push((data.to_vec(), ts_us, ack));
+                    return;
+                }
+                let early = std::mem::take(&mut self.early_server);
+                let server = self.client_dir.map_or(1 - dir, |c| 1 - c);
+                if before_client
+                    && Some(dir) == self.client_dir
+                    && self.start_h2_if_preface(dir, data)
+                {
+                    if let Mode::H2(h2) = &mut self.mode {
+                        h2.feed(dir, data, ts_us);
+                        for (bytes, ts, _) in &early {
+                            h2.feed(server, bytes, *ts);
+                        }
+                    }
+                    return;
+                }
+                let client_first = Some(dir) == self.client_dir;
+                if client_first {
+                    self.feed(dir, data, ts_us, ack);
+                }
+                for (bytes, ts, a) in &early {
+                    self.feed(server, bytes, *ts, *a);
+                }
+                if !client_first {
+                    self.feed(dir, data, ts_us, ack);
+                }
             }
             Mode::Detecting(held) => {
+                if held[dir].is_empty() && self.detect_offset[dir] == 0 && !self.mid_stream {
+                    // Before any other reading: the client's HTTP/2 preface.
+                    if shadowtap_http2::starts_with_preface(data) && data.len() >= 3 {
+                        let held = std::mem::take(held);
+                        self.start_h2_if_preface(dir, data);
+                        if let Mode::H2(h2) = &mut self.mode {
+                            for (bytes, ts, _) in &held[1 - dir] {
+                                h2.feed(1 - dir, bytes, *ts);
+                            }
+                            h2.feed(dir, data, ts_us);
+                        }
+                        return;
+                    }
+                }
                 if held[dir].is_empty() && looks_like_tls(data) {
                     self.stats.skipped_bytes += data.len() as u64;
                     self.mode = Mode::NotHttp;
@@ -423,6 +525,7 @@ impl HttpConnection {
     /// `len` bytes of direction `dir` were never captured.
     pub fn on_gap(&mut self, dir: usize, len: u64, ts_us: i64) {
         match &mut self.mode {
+            Mode::H2(h2) => h2.gap(dir, len),
             Mode::Http => {
                 if let Some(p) = self.parsers.as_mut() {
                     p[dir].gap(len, ts_us);
@@ -446,9 +549,12 @@ impl HttpConnection {
     /// for its request (the capture delivered the server's bytes and FIN first) must still
     /// meet that request.
     pub fn on_end(&mut self, dir: usize, clean: bool) {
+        // HTTP/2 streams end with their own frames; what a side's end leaves open is emitted
+        // as seen by `finish`.
         if !matches!(self.mode, Mode::Http) {
             return;
         }
+        self.flush_early_server();
         let Some(client) = self.client_dir else {
             return;
         };
@@ -489,6 +595,14 @@ impl HttpConnection {
 
     /// The connection is over: every request seen becomes an exchange.
     pub fn finish(&mut self) {
+        if matches!(self.mode, Mode::Http) {
+            self.flush_early_server();
+        }
+        if let Mode::H2(h2) = &mut self.mode {
+            h2.finish();
+            self.out.extend(h2.take_exchanges());
+            return;
+        }
         if let Mode::Detecting(held) = &self.mode {
             self.stats.skipped_bytes +=
                 held.iter().flatten().map(|c| c.0.len() as u64).sum::<u64>();
@@ -649,6 +763,8 @@ impl HttpConnection {
         };
         let index_bytes = p.index.to_be_bytes();
         let ex = Exchange {
+            protocol: Some(shadowtap_core::exchange::protocol_name(&req.version, false)),
+            stream_id: None,
             exchange_id: stable_id(&[self.connection_id.as_bytes(), &index_bytes]),
             connection_id: self.connection_id.clone(),
             connection_seq: p.index as u32,

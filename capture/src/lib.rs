@@ -19,6 +19,7 @@
 pub mod connection;
 pub mod decode;
 pub mod error;
+pub mod h2;
 pub mod live;
 pub mod memory;
 pub mod metrics;

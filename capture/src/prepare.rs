@@ -92,6 +92,8 @@ pub(crate) mod tests {
     ) -> Exchange {
         let len = body.len() as u64;
         Exchange {
+            protocol: None,
+            stream_id: None,
             exchange_id: "e".into(),
             connection_id: "c".into(),
             connection_seq: 0,

@@ -99,6 +99,12 @@ pub struct ReassemblyStats {
     pub boundary_losses: u64,
     /// Requests emitted without response because too many were outstanding.
     pub unanswered_overflow: u64,
+    /// Connections decoded as HTTP/2 in clear (the client's preface seen).
+    #[serde(default)]
+    pub h2_connections: u64,
+    /// HTTP/2 streams flagged because bytes of them were lost or their decoding stopped.
+    #[serde(default)]
+    pub h2_lost_streams: u64,
     /// Largest number of flows tracked at once.
     pub peak_flows: u64,
     /// Open flows dropped by load shedding (their exchange in progress was not written).
@@ -560,6 +566,10 @@ impl FlowTable {
         self.stats.skipped_bytes += cs.skipped_bytes;
         self.stats.boundary_losses += cs.boundary_losses;
         self.stats.unanswered_overflow += cs.unanswered_overflow;
+        if let Some(h2) = flow.conn.h2_stats() {
+            self.stats.h2_connections += h2.connections;
+            self.stats.h2_lost_streams += h2.lost_streams;
+        }
         if flow.conn.saw_http() {
             self.stats.http_flows += 1;
         } else if flow.payload_bytes > 0 {

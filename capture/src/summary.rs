@@ -146,6 +146,12 @@ impl CaptureSummary {
             "exchanges    {} seen, {} not matched, {} sampled out, {} written; {} orphan responses\n",
             self.exchanges_seen, self.exchanges_not_matched, self.exchanges_sampled_out, self.exchanges_written, r.orphan_responses
         ));
+        if r.h2_connections > 0 {
+            s.push_str(&format!(
+                "http/2       {} connections in clear (h2c); {} streams flagged as lost\n",
+                r.h2_connections, r.h2_lost_streams
+            ));
+        }
         s.push_str(&format!(
             "flagged      {} no response, {} incomplete, {} gap, {} parse error, {} truncated, {} decode error\n",
             f.no_response, f.incomplete, f.gap, f.parse_error, f.truncated, f.decode_error

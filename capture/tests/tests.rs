@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod common;
+mod h2;
 mod linktypes;
 mod live;
 mod lossy;

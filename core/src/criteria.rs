@@ -298,6 +298,8 @@ mod tests {
 
     fn ex(path: &str, host: &str, client: &str, headers: &[(&str, &str)]) -> Exchange {
         Exchange {
+            protocol: None,
+            stream_id: None,
             exchange_id: "e".into(),
             connection_id: "c".into(),
             connection_seq: 0,

@@ -65,7 +65,17 @@ pub struct ExchangeFlags {
     pub upgraded: bool,
 }
 
-/// One HTTP/1.x request paired with its final response.
+/// The `protocol` column's value for a request's HTTP version (`HTTP/1.1`, `HTTP/2`, …) and
+/// whether TLS carried it: `http/1.0`, `http/1.1`, `h2` (HTTP/2 over TLS) or `h2c` (in clear),
+/// as ALPN names them.
+pub fn protocol_name(http_version: &str, tls: bool) -> CompactString {
+    match http_version {
+        v if v.starts_with("HTTP/2") => if tls { "h2" } else { "h2c" }.into(),
+        v => v.to_ascii_lowercase().into(),
+    }
+}
+
+/// One HTTP request paired with its final response (HTTP/1.x, or one HTTP/2 stream).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
     /// Stable id: a hash of the connection and the request's position in it.
@@ -129,4 +139,9 @@ pub struct Exchange {
     pub flags: ExchangeFlags,
     /// Human-readable details of errors (parse errors, gaps), never bodies or credentials.
     pub error_detail: Option<String>,
+    /// The protocol on the wire: `http/1.0`, `http/1.1`, `h2c` (HTTP/2 in clear) or `h2`
+    /// (HTTP/2 over TLS); `None` in recordings made before schema version 3.
+    pub protocol: Option<CompactString>,
+    /// The HTTP/2 stream the exchange travelled on.
+    pub stream_id: Option<u32>,
 }

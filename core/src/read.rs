@@ -183,9 +183,11 @@ impl ExchangeFile {
             }
         }
         let version = get(SCHEMA_VERSION_KEY).and_then(|v| v.parse::<u32>().ok());
-        if version != Some(EXCHANGES_SCHEMA_VERSION) {
+        // Versions only add columns: an older file reads with the new ones at their defaults;
+        // a newer one may hold what this build cannot read.
+        if !version.is_some_and(|v| (1..=EXCHANGES_SCHEMA_VERSION).contains(&v)) {
             return Err(schema_err(format!(
-                "exchanges schema version {} is not the version this build reads ({EXCHANGES_SCHEMA_VERSION})",
+                "exchanges schema version {} is not one this build reads (1 to {EXCHANGES_SCHEMA_VERSION}; a newer file needs a newer shadowtap)",
                 version.map_or("unknown".into(), |v| v.to_string())
             )));
         }
@@ -269,7 +271,11 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
     let n = b.num_rows();
     let optional = |name: &str| match columns {
         Columns::All => {
-            name.starts_with("response_") || name == "reason" || name == "interim_statuses"
+            name.starts_with("response_")
+                || matches!(
+                    name,
+                    "reason" | "interim_statuses" | "protocol" | "stream_id"
+                )
         }
         Columns::Requests => !REQUEST_COLUMNS.contains(&name),
     };
@@ -328,7 +334,9 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             "response_body_truncated" => falses.clone(),
             "request_end" => empty_times.clone(),
             "request_trailers" => empty_lists.0.clone(),
-            "connection_seq" | "client_port" | "server_port" | "status" => null_ints.clone(),
+            "connection_seq" | "client_port" | "server_port" | "status" | "stream_id" => {
+                null_ints.clone()
+            }
             "no_response" | "incomplete" | "gap" | "parse_error" | "upgraded" => falses.clone(),
             _ => empty_strings.clone(),
         })
@@ -520,6 +528,8 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
     let parse_error = bools("parse_error")?;
     let upgraded = bools("upgraded")?;
     let mut error_detail = strings("error_detail")?.into_iter();
+    let mut protocol = compact("protocol")?.into_iter();
+    let stream_id = ints32("stream_id")?;
     let port = |v: Option<i32>| v.unwrap_or(0).clamp(0, 65_535) as u16;
     let uri_absent = absent("uri");
     let http_version_absent = absent("http_version");
@@ -570,6 +580,8 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
                 upgraded: upgraded[i],
             },
             error_detail: next(error_detail.next()),
+            protocol: protocol.next().flatten(),
+            stream_id: stream_id[i].map(|s| s.max(0) as u32),
         });
     }
     Ok(out)
@@ -668,6 +680,61 @@ mod tests {
             ..a
         };
         assert_eq!(got[0], expected);
+    }
+
+    /// A file of an older version (here 2: no `protocol`, no `stream_id`) reads, the new
+    /// columns null; a file of a newer version is refused, saying so.
+    #[test]
+    fn older_versions_read_and_newer_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = crate::schema::tests::sample();
+        a.protocol = Some("http/1.1".into());
+        a.stream_id = Some(3);
+        let full = exchanges_to_batch(std::slice::from_ref(&a)).unwrap();
+        let write = |name: &str, version: &str, columns: usize| {
+            let schema = exchanges_schema();
+            let mut meta = schema.metadata().clone();
+            meta.insert(SCHEMA_VERSION_KEY.into(), version.into());
+            let fields: Vec<_> = schema.fields().iter().take(columns).cloned().collect();
+            let schema =
+                std::sync::Arc::new(arrow::datatypes::Schema::new(fields).with_metadata(meta));
+            let batch = arrow::array::RecordBatch::try_new(
+                schema.clone(),
+                full.columns().iter().take(columns).cloned().collect(),
+            )
+            .unwrap();
+            let path = dir.path().join(name);
+            let kv = schema
+                .metadata()
+                .iter()
+                .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone()))
+                .collect();
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_key_value_metadata(Some(kv))
+                .build();
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(&path).unwrap(),
+                schema,
+                Some(props),
+            )
+            .unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            path
+        };
+        let n = full.num_columns();
+        let v2 = write("exchanges-v2.parquet", "2", n - 2);
+        let got = ExchangeFile::open(&v2, 10)
+            .unwrap()
+            .next_batch()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got[0].protocol, None);
+        assert_eq!(got[0].stream_id, None);
+        assert_eq!(got[0].exchange_id, a.exchange_id);
+        let v4 = write("exchanges-v4.parquet", "4", n);
+        let err = ExchangeFile::open(&v4, 10).err().unwrap().to_string();
+        assert!(err.contains("newer shadowtap"), "{err}");
     }
 
     #[test]

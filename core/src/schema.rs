@@ -17,7 +17,7 @@ use arrow::error::ArrowError;
 use crate::exchange::{Body, Exchange, Header};
 
 /// Version of the `exchanges` schema. Bumped on any change of column names or types.
-pub const EXCHANGES_SCHEMA_VERSION: u32 = 2;
+pub const EXCHANGES_SCHEMA_VERSION: u32 = 3;
 /// Parquet key-value metadata key naming the table a file belongs to (`exchanges`, …).
 pub const TABLE_KEY: &str = "shadowtap.table";
 /// Parquet key-value metadata key holding the table's schema version.
@@ -98,6 +98,9 @@ pub fn exchanges_schema() -> SchemaRef {
         f("error_detail", DataType::Utf8, true),
         // Version 2.
         f("redaction_withheld", DataType::Boolean, false),
+        // Version 3.
+        f("protocol", DataType::Utf8, true),
+        f("stream_id", DataType::Int32, true),
     ]);
     let metadata = [
         (TABLE_KEY.to_owned(), "exchanges".to_owned()),
@@ -342,6 +345,8 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, ArrowError> 
         bools(&|r| r.flags.upgraded),
         error_detail,
         bools(&|r| r.request_body.withheld || r.response_body.withheld),
+        strings(&|r| r.protocol.as_deref()),
+        ints32(&|r| r.stream_id.map(|s| s.min(i32::MAX as u32) as i32)),
     ]);
     RecordBatch::try_new(exchanges_schema(), columns)
 }
@@ -390,6 +395,8 @@ pub(crate) mod tests {
 
     pub(crate) fn sample() -> Exchange {
         Exchange {
+            protocol: None,
+            stream_id: None,
             exchange_id: "e1".into(),
             connection_id: "c1".into(),
             connection_seq: 0,

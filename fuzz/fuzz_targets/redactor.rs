@@ -51,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
         withheld: false,
     };
     let mut ex = Exchange {
+        protocol: None,
+        stream_id: None,
         exchange_id: "e".into(),
         connection_id: "c".into(),
         connection_seq: 0,

@@ -221,6 +221,8 @@ mod tests {
         headers: &[(&str, &str)],
     ) -> Exchange {
         Exchange {
+            protocol: None,
+            stream_id: None,
             exchange_id: "e".into(),
             connection_id: "c".into(),
             connection_seq: 0,

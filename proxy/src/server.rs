@@ -169,6 +169,8 @@ fn head_exchange(
         .map(str::to_owned)
         .or_else(|| uri.authority().map(|a| a.to_string()));
     Exchange {
+        protocol: None,
+        stream_id: None,
         // Ids and headers only when a copy, the recording or the routing reads them.
         exchange_id: if full {
             shadowtap_core::id::stable_id(&[state.run_id.as_bytes(), &seq.to_le_bytes()])
@@ -405,7 +407,11 @@ async fn handle(
     let seq = state.seq.fetch_add(1, Ordering::Relaxed);
     let full =
         !routing.shadows.is_empty() || routing.canary.is_some() || state.sinks.recorder.is_some();
-    let head = head_exchange(&state, &req, client, &conn_id, conn_seq, seq, full);
+    let mut head = head_exchange(&state, &req, client, &conn_id, conn_seq, seq, full);
+    head.protocol = Some(shadowtap_core::exchange::protocol_name(
+        &head.http_version,
+        tls,
+    ));
     let decision = decide(
         &routing,
         &head,

@@ -62,6 +62,8 @@ pub fn exchange(
     }
     let start = 1_763_900_000_000_000 + offset_ms * 1000;
     Exchange {
+        protocol: None,
+        stream_id: None,
         exchange_id: format!("ex{i:06}"),
         connection_id: format!("conn{conn:04}"),
         connection_seq: i as u32,
