@@ -41,12 +41,13 @@ production = ["http://127.0.0.1:$port"]
 name = "hole"
 urls = ["http://127.0.0.1:$hole"]
 [mirror]
-percent = 100.0
+percent = ${MIRROR_PERCENT:-100}.0
 allow_methods = ["POST"]
 max_body = 20000000
 [limits]
 mirror_memory = $((budget_mb * 1024 * 1024))
 max_record_body = 20000000
+shadow_timeout_s = ${SHADOW_TIMEOUT_S:-10}
 CONF
 "$bin" proxy --config "$d/proxy.toml" >"$d/proxy.log" 2>&1 &
 proxy_pid=$!
@@ -58,6 +59,10 @@ done
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$proxy_pid/status"; }
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$proxy_pid/status"; }
 idle=$(rss)
+# RSS every 10 s, to tell a plateau from growth.
+( while kill -0 "$proxy_pid" 2>/dev/null; do sleep 10; printf 'rss at +%ss: %d MiB\n' "$SECONDS" $(( $(rss) / 1024 )); done ) 2>/dev/null &
+sampler=$!
+SECONDS=0
 python3 - "$ours" "$duration" <<'PY'
 import http.client, sys, threading, time
 port, duration = int(sys.argv[1]), float(sys.argv[2])
@@ -81,6 +86,7 @@ print(f"{done[0]} POSTs of 16 MiB answered 200 by production, {failed[0]} not, i
       f"({done[0] * 16 / duration:.0f} MiB/s)")
 PY
 peak=$(hwm)
+kill "$sampler" 2>/dev/null || true
 stats=$(curl -s "http://127.0.0.1:$ours/" -o /dev/null -w '' || true)
 kill -TERM "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 grep -E "dropped|memory" "$d/proxy.log" | tail -3 || true

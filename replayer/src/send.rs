@@ -96,6 +96,7 @@ impl Shared {
                 self.rows.tx.clone(),
                 self.rows.spare.clone(),
                 self.rows.observer.clone(),
+                self.rows.keep_bodies,
             ),
             counters,
         }

@@ -292,7 +292,7 @@ impl Sender {
             marker: opts.marker_header.clone(),
             preserve_host: opts.preserve_host,
             max_body: opts.client.max_body,
-            rows: RowOut::new(row_tx, spare, opts.on_row.take()),
+            rows: RowOut::new(row_tx, spare, opts.on_row.take(), opts.keep_rows),
             counters: counters[0].clone(),
         });
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..senders)

@@ -177,42 +177,63 @@ impl Spare {
     }
 }
 
-/// Rows on their way to the writer thread, handed over in batches (one wake-up per batch).
+/// Rows on their way to the writer thread, handed over in batches (one wake-up per batch):
+/// [`RowOut::BATCH`] rows, or fewer when their bodies reach [`RowOut::BATCH_BYTES`] (rows of
+/// 16 MiB bodies would otherwise wait 256 at a time).
 pub(crate) struct RowOut {
-    pub(crate) pending: std::sync::Mutex<Vec<ReplayRecord>>,
+    pub(crate) pending: std::sync::Mutex<(Vec<ReplayRecord>, usize)>,
     pub(crate) tx: mpsc::Sender<Vec<ReplayRecord>>,
     pub(crate) spare: Arc<Spare>,
     /// Sees each row as it is answered (live statistics).
     pub(crate) observer: Option<RowObserver>,
+    /// The rows are written: keep their bodies (else they leave with the observer's look).
+    pub(crate) keep_bodies: bool,
 }
 
 impl RowOut {
     pub(crate) const BATCH: usize = 256;
+    pub(crate) const BATCH_BYTES: usize = 16 << 20;
 
     pub(crate) fn new(
         tx: mpsc::Sender<Vec<ReplayRecord>>,
         spare: Arc<Spare>,
         observer: Option<RowObserver>,
+        keep_bodies: bool,
     ) -> Self {
         RowOut {
-            pending: std::sync::Mutex::new(Vec::with_capacity(Self::BATCH)),
+            pending: std::sync::Mutex::new((Vec::with_capacity(Self::BATCH), 0)),
             tx,
             spare,
             observer,
+            keep_bodies,
         }
     }
 
-    pub(crate) async fn push(&self, row: ReplayRecord) {
+    pub(crate) async fn push(&self, mut row: ReplayRecord) {
         if let Some(observe) = &self.observer {
             observe(&row);
         }
+        if !self.keep_bodies {
+            // Nothing writes them: a copy mirrored by the proxy without --record would hold
+            // its body until 256 rows had gathered.
+            row.request_body = Vec::new();
+            row.response_body = Vec::new();
+            row.response_body_decoded = None;
+        }
+        let bytes = row.request_body.len()
+            + row.response_body.len()
+            + row.response_body_decoded.as_ref().map_or(0, Vec::len);
         let full = {
             let mut p = self
                 .pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            p.push(row);
-            (p.len() >= Self::BATCH).then(|| std::mem::replace(&mut *p, self.spare.take()))
+            p.0.push(row);
+            p.1 += bytes;
+            (p.0.len() >= Self::BATCH || p.1 >= Self::BATCH_BYTES).then(|| {
+                p.1 = 0;
+                std::mem::replace(&mut p.0, self.spare.take())
+            })
         };
         if let Some(batch) = full {
             let _ = self.tx.send(batch).await;
@@ -220,12 +241,14 @@ impl RowOut {
     }
 
     pub(crate) async fn flush(&self) {
-        let rest = std::mem::take(
-            &mut *self
+        let rest = {
+            let mut p = self
                 .pending
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            p.1 = 0;
+            std::mem::take(&mut p.0)
+        };
         if !rest.is_empty() {
             let _ = self.tx.send(rest).await;
         }
@@ -235,6 +258,63 @@ impl RowOut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(body: usize) -> ReplayRecord {
+        ReplayRecord {
+            run_id: "r".into(),
+            exchange_id: String::new(),
+            pass: 0,
+            target: "t".into(),
+            target_url: "http://t".into(),
+            recorded_start_us: 0,
+            sent_at_us: None,
+            method: "POST".into(),
+            url: String::new(),
+            path: "/".into(),
+            query: None,
+            request_headers: Vec::new(),
+            request_body: vec![b'x'; body],
+            status: Some(200),
+            response_version: None,
+            response_headers: Vec::new(),
+            response_body: vec![b'y'; body],
+            response_body_decoded: None,
+            response_body_len: body as u64,
+            response_body_truncated: false,
+            connect_us: None,
+            ttfb_us: None,
+            total_us: None,
+            error_kind: None,
+            error_message: None,
+            send_position: None,
+        }
+    }
+
+    /// Rows of big bodies leave in batches of at most `BATCH_BYTES`, not 256 rows; rows
+    /// nothing writes leave their bodies behind at once (after the observer saw them).
+    #[tokio::test]
+    async fn rows_hold_bounded_bytes_and_unwritten_rows_no_bodies() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let out = RowOut::new(tx, Arc::default(), None, true);
+        for _ in 0..9 {
+            out.push(row(1 << 20)).await;
+        }
+        let batch = rx.try_recv().expect("a batch left before 256 rows");
+        assert_eq!(batch.len(), 8, "8 rows of 2 MiB reach 16 MiB");
+        assert_eq!(out.pending.lock().unwrap().0.len(), 1);
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let s = seen.clone();
+        let observer: RowObserver = Arc::new(move |r: &ReplayRecord| {
+            s.fetch_add(r.request_body.len(), std::sync::atomic::Ordering::Relaxed);
+        });
+        let (tx, _rx) = mpsc::channel(64);
+        let out = RowOut::new(tx, Arc::default(), Some(observer), false);
+        out.push(row(1 << 20)).await;
+        assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 1 << 20);
+        let p = out.pending.lock().unwrap();
+        assert!(p.0[0].request_body.is_empty() && p.0[0].response_body.is_empty());
+        assert_eq!(p.1, 0);
+    }
 
     #[cfg(target_os = "linux")]
     #[test]
