@@ -361,6 +361,49 @@ impl HttpConnection {
             .is_some_and(|p| p[0].messages_started() + p[1].messages_started() > 0)
     }
 
+    /// After a `101` that switched to `h2c` (RFC 7540 §3.2): the upgraded request becomes the
+    /// HTTP/2 connection's stream 1, answered in HTTP/2 (its row carries that answer, not the
+    /// 101), and the rest of the connection is decoded as HTTP/2 from `after` (each
+    /// direction's bytes past the upgrade).
+    fn upgrade_to_h2c(&mut self, after: [Vec<u8>; 2]) {
+        let Some(client) = self.client_dir else {
+            return;
+        };
+        let is_h2c = |hs: &[shadowtap_http1::Header]| {
+            hs.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("upgrade")
+                    && h.value
+                        .split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+            })
+        };
+        let switched = self.out.last().is_some_and(|e| {
+            e.status == Some(101) && is_h2c(&e.response_headers) && is_h2c(&e.request_headers)
+        });
+        if !switched {
+            return;
+        }
+        let upgraded = self.out.pop().expect("checked");
+        let mut session = crate::h2::H2Session::upgraded(
+            self.endpoints,
+            client,
+            self.connection_id.clone(),
+            self.source.clone(),
+            self.limits.max_body,
+            &upgraded,
+        );
+        let ts = upgraded
+            .response_end_us
+            .unwrap_or(upgraded.request_start_us);
+        for d in [client, 1 - client] {
+            if !after[d].is_empty() {
+                session.feed(d, &after[d], ts);
+            }
+        }
+        self.parsers = None;
+        self.mode = Mode::H2(Box::new(session));
+    }
+
     /// Parses what the server sent before the client, held for the HTTP/2 check.
     fn flush_early_server(&mut self) {
         let early = std::mem::take(&mut self.early_server);
@@ -693,9 +736,12 @@ impl HttpConnection {
                 }
             }
         }
+        // The new protocol's first bytes, each direction's, in case it is HTTP/2 (`h2c`).
+        let mut after_upgrade = [Vec::new(), Vec::new()];
         if upgraded {
             self.upgraded = true;
-            for p in parsers.iter_mut() {
+            for (d, p) in parsers.iter_mut().enumerate() {
+                after_upgrade[d] = p.take_tunnelled();
                 p.enter_tunnel();
             }
         }
@@ -707,6 +753,9 @@ impl HttpConnection {
         {
             let p = self.pairing.pending.pop_front().expect("front exists");
             self.emit(p);
+        }
+        if upgraded {
+            self.upgrade_to_h2c(after_upgrade);
         }
         while self.pairing.pending.len() > MAX_OUTSTANDING {
             // A one-sided capture (only client → server mirrored) would otherwise hold every

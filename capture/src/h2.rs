@@ -26,6 +26,8 @@ pub struct H2Stats {
     pub streams: u64,
     /// Of them, flagged because bytes were lost or decoding stopped.
     pub lost_streams: u64,
+    /// Streams seen without their request's headers (lost in capture): no row, counted.
+    pub headless_streams: u64,
 }
 
 /// One HTTP/2 connection.
@@ -37,6 +39,7 @@ pub struct H2Session {
     connection_id: String,
     source: Arc<str>,
     next_seq: u32,
+    headless: u64,
     out: Vec<Exchange>,
 }
 
@@ -60,8 +63,61 @@ impl H2Session {
             connection_id,
             source,
             next_seq: 0,
+            headless: 0,
             out: Vec::new(),
         }
+    }
+
+    /// A session for a connection upgraded from HTTP/1.1 (`Upgrade: h2c` answered `101`):
+    /// `request`, the upgrading request as captured, is stream 1.
+    pub fn upgraded(
+        endpoints: [Endpoint; 2],
+        client_dir: usize,
+        connection_id: String,
+        source: Arc<str>,
+        max_body: u64,
+        request: &Exchange,
+    ) -> Self {
+        let mut s = H2Session::new(endpoints, client_dir, connection_id, source, max_body);
+        // Hop-by-hop fields of the upgrade itself are not the request's.
+        let hop = [
+            "connection",
+            "upgrade",
+            "http2-settings",
+            "host",
+            "keep-alive",
+        ];
+        let message = Message {
+            pseudo: [
+                (":method", request.method.as_str()),
+                (":scheme", "http"),
+                (":authority", request.host.as_deref().unwrap_or("")),
+                (":path", request.uri.as_str()),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect(),
+            headers: request
+                .request_headers
+                .iter()
+                .filter(|h| !hop.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+                .map(|h| (h.name.to_ascii_lowercase().to_string(), h.value.to_string()))
+                .collect(),
+            trailers: Vec::new(),
+            body: request.request_body.raw.clone(),
+            body_len: request.request_body.len,
+            start_us: request.request_start_us,
+            end_us: request.request_end_us.unwrap_or(request.request_start_us),
+            complete: true,
+        };
+        s.conn = Connection::upgraded(
+            Limits {
+                max_body,
+                ..Limits::default()
+            },
+            message,
+        );
+        s
     }
 
     /// Bytes of direction `dir`.
@@ -94,6 +150,7 @@ impl H2Session {
             connections: 1,
             streams: c.streams,
             lost_streams: c.lost_streams,
+            headless_streams: self.headless,
         }
     }
 
@@ -116,8 +173,12 @@ impl H2Session {
     }
 
     fn exchange(&mut self, s: Stream) -> Option<Exchange> {
-        // A stream the capture saw no request of (its HEADERS lost) has nothing to key it.
-        let req = s.request?;
+        // A stream the capture saw no request of (its HEADERS lost) has nothing to key it:
+        // counted, not written.
+        let Some(req) = s.request else {
+            self.headless += 1;
+            return None;
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let target = req.pseudo(":path").unwrap_or("");

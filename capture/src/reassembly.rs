@@ -105,6 +105,9 @@ pub struct ReassemblyStats {
     /// HTTP/2 streams flagged because bytes of them were lost or their decoding stopped.
     #[serde(default)]
     pub h2_lost_streams: u64,
+    /// HTTP/2 streams seen without their request (its headers lost): counted, no row.
+    #[serde(default)]
+    pub h2_headless_streams: u64,
     /// Largest number of flows tracked at once.
     pub peak_flows: u64,
     /// Open flows dropped by load shedding (their exchange in progress was not written).
@@ -569,6 +572,7 @@ impl FlowTable {
         if let Some(h2) = flow.conn.h2_stats() {
             self.stats.h2_connections += h2.connections;
             self.stats.h2_lost_streams += h2.lost_streams;
+            self.stats.h2_headless_streams += h2.headless_streams;
         }
         if flow.conn.saw_http() {
             self.stats.http_flows += 1;

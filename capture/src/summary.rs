@@ -148,8 +148,8 @@ impl CaptureSummary {
         ));
         if r.h2_connections > 0 {
             s.push_str(&format!(
-                "http/2       {} connections in clear (h2c); {} streams flagged as lost\n",
-                r.h2_connections, r.h2_lost_streams
+                "http/2       {} connections in clear (h2c); {} streams flagged as lost, {} without their request (no row)\n",
+                r.h2_connections, r.h2_lost_streams, r.h2_headless_streams
             ));
         }
         s.push_str(&format!(

@@ -1,7 +1,8 @@
-//! HTTP/2 in clear (`h2c`, prior knowledge) captured from real tools: `fixtures/h2c/h2c.pcap`,
-//! made by nghttpd, nghttp and curl on loopback (`fixtures/h2c/make.sh`), against tshark's
-//! HTTP/2 dissection of it (`h2c.tsv`): every stream one exchange, with its method, path,
-//! status, bodies and trailers; and the same capture with a segment lost.
+//! HTTP/2 in clear (`h2c`) captured from real tools: `fixtures/h2c/h2c.pcap`, made by nghttpd,
+//! nghttp and curl on loopback (`fixtures/h2c/make.sh`; prior knowledge, and an HTTP/1.1
+//! `Upgrade: h2c`), against tshark's HTTP/2 dissection of it (`h2c.tsv`): every stream one
+//! exchange, with its method, path, status, bodies and trailers; and the same capture with a
+//! segment lost.
 
 use std::path::{Path, PathBuf};
 
@@ -59,7 +60,7 @@ fn oracle() -> Vec<(u32, String, String, Option<u16>)> {
 fn every_stream_is_an_exchange_as_tshark_dissects_it() {
     let got = capture(&h2c());
     let want = oracle();
-    assert_eq!(want.len(), 6, "the oracle");
+    assert_eq!(want.len(), 8, "the oracle");
     let ours: Vec<(u32, String, String, Option<u16>)> = got
         .iter()
         .map(|e| {
@@ -87,8 +88,9 @@ fn every_stream_is_an_exchange_as_tshark_dissects_it() {
             e.request_headers.iter().all(|h| !h.name.starts_with(':')),
             "pseudo-headers are columns, not headers"
         );
-        // nghttpd adds its trailer to every response with a body.
-        if e.method != "HEAD" && e.status == Some(200) {
+        // nghttpd adds its trailer to every response with a body (the upgrade server does not).
+        let upgrade_server = e.uri == "/first" || e.uri == "/second";
+        if e.method != "HEAD" && e.status == Some(200) && !upgrade_server {
             assert!(
                 e.response_trailers
                     .iter()
@@ -112,6 +114,22 @@ fn every_stream_is_an_exchange_as_tshark_dissects_it() {
     assert!(post.request_body.raw.iter().all(|b| *b == b'p'));
     assert_eq!(by_path("GET", "/big.bin").response_body.len, 102_400);
     assert!(by_path("HEAD", "/b.json").response_body.raw.is_empty());
+    // The HTTP/1.1 request that upgraded is stream 1, answered in HTTP/2 (200, not the 101),
+    // without the upgrade's own fields; the next request is stream 3 of the same connection.
+    let first = by_path("GET", "/first");
+    let second = by_path("GET", "/second");
+    assert_eq!((first.stream_id, first.status), (Some(1), Some(200)));
+    assert_eq!(
+        first.response_body.raw,
+        b"{\"path\":\"/first\",\"via\":\"h2c upgrade\"}\n"
+    );
+    assert!(first
+        .request_headers
+        .iter()
+        .all(|h| !["upgrade", "http2-settings", "connection"].contains(&h.name.as_str())));
+    assert_eq!(second.stream_id, Some(3));
+    assert_eq!(first.connection_id, second.connection_id);
+    assert!(got.iter().all(|e| e.status != Some(101)));
     // Three streams of one connection: one connection id, numbered in request order.
     let first: Vec<&Exchange> = got.iter().take(3).collect();
     assert!(first
@@ -174,9 +192,9 @@ fn a_lost_segment_flags_its_connection_and_invents_nothing() {
             summary.reassembly.h2_connections,
             summary.reassembly.h2_lost_streams
         ),
-        (4, 3)
+        (5, 3)
     );
-    assert_eq!(got.len(), 6, "every request kept");
+    assert_eq!(got.len(), 8, "every request kept");
     let (first, rest) = got.split_at(3);
     for e in first {
         assert!(e.flags.gap, "{e:?}");

@@ -146,6 +146,16 @@ impl MessageParser {
         self.buf.clear();
     }
 
+    /// After an upgrade: the bytes that followed the upgrading message in what was fed so far
+    /// (the new protocol's first bytes, for a caller that decodes it, such as `h2c`); later
+    /// feeds are not kept.
+    pub fn take_tunnelled(&mut self) -> Vec<u8> {
+        if self.state != State::Tunnel {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.buf)
+    }
+
     /// Takes the events produced so far.
     pub fn drain_events(&mut self) -> impl Iterator<Item = ParserEvent> + '_ {
         self.events.drain(..)
@@ -321,7 +331,9 @@ impl MessageParser {
             let view = &input[pos..];
             let here = self.offset + pos as u64;
             match self.state {
-                State::Tunnel => return input.len(),
+                // The rest is the new protocol's: kept (see `take_tunnelled`) until the caller
+                // takes it or enters the tunnel.
+                State::Tunnel => return pos,
                 State::Start => {
                     let skip = view
                         .iter()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Plain-proxy throughput of this revision against an older one (issue 31: the hardening must not
+# cost more than 5%), in one invocation: the proxy library of each revision built alone in
+# release (`proxy/examples/proxy_from_config.rs`, copied into the older tree), one worker thread
+# each, in front of the same nginx (`return 200`, 1 KiB), the same wrk (`-t1`, keep-alive),
+# ROUNDS interleaved rounds; prints each round's req/s and the median ratio now/before.
+#
+#   [ROUNDS=5] bash bench/proxy-before-after.sh [REV] [SECONDS] [CONNECTIONS]
+#   (defaults: 288b931, the last revision before the hardening; 10 s; 32)
+# Traffic goes only to 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rev="${1:-288b931}"
+secs="${2:-10}"
+conns="${3:-32}"
+rounds="${ROUNDS:-5}"
+source scripts/deps.sh
+source bench/common.sh
+install_deps nginx-light wrk python3
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
+old_tree=$(mktemp -d)
+git worktree add --detach "$old_tree" "$rev" >&2
+cleanup_tree() { git worktree remove --force "$old_tree" >/dev/null 2>&1 || true; }
+mkdir -p "$old_tree/proxy/examples"
+cp proxy/examples/proxy_from_config.rs "$old_tree/proxy/examples/"
+cargo build --release --locked -p shadowtap-proxy --example proxy_from_config >&2
+now_bin="$CARGO_TARGET_DIR/release/examples/proxy_from_config"
+cp "$now_bin" "$old_tree/now_bin"
+now_bin="$old_tree/now_bin"
+(cd "$old_tree" && cargo build --release --locked -p shadowtap-proxy --example proxy_from_config >&2)
+before_bin="$CARGO_TARGET_DIR/release/examples/proxy_from_config"
+
+bench_nginx_dir
+body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+cat > "$d/site.conf" <<CONF
+access_log off;
+keepalive_requests 1000000;
+server { listen 127.0.0.1:$port; location / { return 200 "$body"; } }
+CONF
+bench_nginx_start
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; [ -f "$d/nginx.pid" ] && kill "$(cat "$d/nginx.pid")" 2>/dev/null; rm -rf "$d"; cleanup_tree' EXIT
+start_proxy() { # start_proxy BIN NAME: prints its port
+  local p
+  p=$(free_port)
+  printf 'listen = "127.0.0.1:%s"\nproduction = ["http://127.0.0.1:%s"]\n' "$p" "$port" > "$d/$2.toml"
+  "$1" "$d/$2.toml" > "$d/$2.out" 2>"$d/$2.err" &
+  pids+=($!)
+  for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  echo "$p"
+}
+now_port=$(start_proxy "$now_bin" now)
+before_port=$(start_proxy "$before_bin" before)
+rate() { wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$1/" | awk '/Requests\/sec/ {print $2}'; }
+ratios=()
+for r in $(seq 1 "$rounds"); do
+  b=$(rate "$before_port")
+  n=$(rate "$now_port")
+  ratio=$(python3 -c "print(f'{$n / $b:.3f}')")
+  ratios+=("$ratio")
+  printf 'round %d: before (%s) %s req/s, now %s req/s: %sx\n' "$r" "$rev" "$b" "$n" "$ratio"
+done
+python3 -c "import statistics,sys; print(f'median now/before: {statistics.median(map(float, sys.argv[1:])):.3f}x over $rounds rounds')" "${ratios[@]}"
