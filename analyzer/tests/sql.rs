@@ -15,6 +15,7 @@ use shadowtap_core::{Body, Exchange, ExchangeFlags, Header};
 fn exchange(i: usize) -> Exchange {
     let path = format!("/users/{}/orders", 1000 + i);
     Exchange {
+        grpc: None,
         protocol: None,
         stream_id: None,
         exchange_id: format!("ex{i:04}"),

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use compact_str::CompactString;
-use shadowtap_core::exchange::{Body, Exchange, ExchangeFlags, Header};
+use shadowtap_core::exchange::{Body, Exchange, ExchangeFlags, GrpcCall, Header};
 use shadowtap_core::id::stable_id;
 use shadowtap_http2::{Connection, Limits, Message, Stream};
 
@@ -40,6 +40,7 @@ pub struct H2Session {
     source: Arc<str>,
     next_seq: u32,
     headless: u64,
+    max_body: u64,
     out: Vec<Exchange>,
 }
 
@@ -64,6 +65,7 @@ impl H2Session {
             source,
             next_seq: 0,
             headless: 0,
+            max_body,
             out: Vec::new(),
         }
     }
@@ -206,6 +208,10 @@ impl H2Session {
             .as_ref()
             .and_then(|r| r.pseudo(":status"))
             .and_then(|v| v.parse::<u16>().ok());
+        let grpc = req
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/grpc"))
+            .then(|| self.grpc_call(&req, resp.as_ref(), &mut details));
         let flags = ExchangeFlags {
             no_response: status.is_none(),
             incomplete: !req.complete || resp.as_ref().is_none_or(|r| !r.complete),
@@ -214,6 +220,7 @@ impl H2Session {
             upgraded: false,
         };
         Some(Exchange {
+            grpc,
             exchange_id: stable_id(&[self.connection_id.as_bytes(), b"h2", &s.id.to_be_bytes()]),
             connection_id: self.connection_id.clone(),
             connection_seq: seq,
@@ -253,6 +260,38 @@ impl H2Session {
             protocol: Some("h2c".into()),
             stream_id: Some(s.id),
         })
+    }
+
+    /// The gRPC call of a stream: its messages split out of the bodies, its status and message
+    /// from the trailers (or the headers of a trailers-only answer).
+    fn grpc_call(
+        &self,
+        req: &Message,
+        resp: Option<&Message>,
+        details: &mut Vec<String>,
+    ) -> GrpcCall {
+        let cap = self.max_body;
+        let (request_messages, e1) =
+            GrpcCall::messages(&req.body, req.header("grpc-encoding"), cap);
+        let (response_messages, e2) = resp.map_or((Vec::new(), None), |r| {
+            GrpcCall::messages(&r.body, r.header("grpc-encoding"), cap)
+        });
+        details.extend(e1.into_iter().chain(e2));
+        let field = |name: &str| {
+            resp.and_then(|r| {
+                r.trailers
+                    .iter()
+                    .chain(&r.headers)
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        GrpcCall {
+            status: field("grpc-status").and_then(|v| v.trim().parse().ok()),
+            message: field("grpc-message").map(|v| GrpcCall::decode_message(&v)),
+            request_messages,
+            response_messages,
+        }
     }
 }
 

@@ -92,6 +92,7 @@ pub(crate) mod tests {
     ) -> Exchange {
         let len = body.len() as u64;
         Exchange {
+            grpc: None,
             protocol: None,
             stream_id: None,
             exchange_id: "e".into(),

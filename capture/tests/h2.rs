@@ -208,3 +208,61 @@ fn a_lost_segment_flags_its_connection_and_invents_nothing() {
         assert!(!e.flags.gap && e.status.is_some(), "{e:?}");
     }
 }
+
+/// gRPC from grpcio (`fixtures/grpc/`): each call one exchange whose messages are split out of
+/// the bodies (a gzip-compressed one decompressed), with `grpc-status` and `grpc-message`, as
+/// tshark's gRPC dissector counts them (`grpc.tsv`).
+#[test]
+fn grpc_calls_are_split_into_their_messages_and_statuses() {
+    let dir = fixtures().join("grpc");
+    let got = capture(&dir.join("grpc.pcap"));
+    let text = std::fs::read_to_string(dir.join("grpc.tsv")).unwrap();
+    let want: Vec<(u32, String, Option<i32>, usize, usize)> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].to_owned(),
+                f[2].parse().ok(),
+                f[3].parse().unwrap(),
+                f[4].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(want.len(), 4, "the oracle");
+    let ours: Vec<(u32, String, Option<i32>, usize, usize)> = got
+        .iter()
+        .map(|e| {
+            let g = e.grpc.as_ref().expect("a gRPC call");
+            (
+                e.stream_id.unwrap(),
+                e.path.to_string(),
+                g.status,
+                g.request_messages.len(),
+                g.response_messages.len(),
+            )
+        })
+        .collect();
+    assert_eq!(ours, want);
+    let grpc = |i: usize| got[i].grpc.as_ref().unwrap();
+    assert_eq!(grpc(0).request_messages, [b"\x08\x07".to_vec()]);
+    assert_eq!(
+        grpc(0).response_messages,
+        [b"\x0a\x05apple\x08\x07".to_vec()]
+    );
+    // Sent compressed (gzip): the message as the application sent it.
+    assert_eq!(grpc(1).request_messages, [b"\x08\x09".repeat(50)]);
+    assert_eq!(grpc(2).message.as_deref(), Some("no item: 42 (gone)"));
+    assert_eq!(got[2].status, Some(200), "gRPC errors ride on HTTP 200");
+    assert_eq!(
+        grpc(3).response_messages,
+        [
+            b"\x0a\x05apple".to_vec(),
+            b"\x0a\x04pear".to_vec(),
+            b"\x0a\x04plum".to_vec()
+        ]
+    );
+}

@@ -98,7 +98,10 @@ fn capture_writes_parquet_and_summary() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join(summary)).unwrap()).unwrap();
     assert_eq!(json["exchanges_written"], 15);
-    assert_eq!(json["schema_version"], 3, "the exchanges schema (docs/schema.md)");
+    assert_eq!(
+        json["schema_version"], 3,
+        "the exchanges schema (docs/schema.md)"
+    );
     assert_eq!(ids(&out).len(), 15);
 }
 

@@ -29,4 +29,4 @@ pub mod sink;
 pub mod splitmix;
 pub mod units;
 
-pub use exchange::{Body, CompactString, Exchange, ExchangeFlags, Header};
+pub use exchange::{Body, CompactString, Exchange, ExchangeFlags, GrpcCall, Header};

@@ -276,6 +276,7 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
                     name,
                     "reason" | "interim_statuses" | "protocol" | "stream_id"
                 )
+                || name.starts_with("grpc_")
         }
         Columns::Requests => !REQUEST_COLUMNS.contains(&name),
     };
@@ -334,8 +335,10 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             "response_body_truncated" => falses.clone(),
             "request_end" => empty_times.clone(),
             "request_trailers" => empty_lists.0.clone(),
-            "connection_seq" | "client_port" | "server_port" | "status" | "stream_id" => {
-                null_ints.clone()
+            "connection_seq" | "client_port" | "server_port" | "status" | "stream_id"
+            | "grpc_status" => null_ints.clone(),
+            "grpc_request_messages" | "grpc_response_messages" => {
+                arrow::array::new_null_array(&crate::schema::binary_list(), n)
             }
             "no_response" | "incomplete" | "gap" | "parse_error" | "upgraded" => falses.clone(),
             _ => empty_strings.clone(),
@@ -530,6 +533,29 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
     let mut error_detail = strings("error_detail")?.into_iter();
     let mut protocol = compact("protocol")?.into_iter();
     let stream_id = ints32("stream_id")?;
+    let grpc_status = ints32("grpc_status")?;
+    let mut grpc_message = strings("grpc_message")?.into_iter();
+    let binary_lists = |name: &str| -> Result<Vec<Option<Vec<Vec<u8>>>>, String> {
+        let c = col(name)?;
+        let list = c
+            .as_list_opt::<i32>()
+            .ok_or_else(|| format!("column `{name}` is not a list"))?;
+        let values = list
+            .values()
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| format!("column `{name}` does not hold binary"))?;
+        let offsets = list.value_offsets();
+        Ok((0..list.len())
+            .map(|i| {
+                list.is_valid(i).then(|| {
+                    let (from, to) = (offsets[i].max(0) as usize, offsets[i + 1].max(0) as usize);
+                    (from..to).map(|j| values.value(j).to_vec()).collect()
+                })
+            })
+            .collect())
+    };
+    let mut grpc_request = binary_lists("grpc_request_messages")?.into_iter();
+    let mut grpc_response = binary_lists("grpc_response_messages")?.into_iter();
     let port = |v: Option<i32>| v.unwrap_or(0).clamp(0, 65_535) as u16;
     let uri_absent = absent("uri");
     let http_version_absent = absent("http_version");
@@ -582,6 +608,20 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
             error_detail: next(error_detail.next()),
             protocol: protocol.next().flatten(),
             stream_id: stream_id[i].map(|s| s.max(0) as u32),
+            grpc: {
+                let (message, req, resp) = (
+                    grpc_message.next().flatten(),
+                    grpc_request.next().flatten(),
+                    grpc_response.next().flatten(),
+                );
+                (grpc_status[i].is_some() || message.is_some() || req.is_some() || resp.is_some())
+                    .then(|| crate::exchange::GrpcCall {
+                        status: grpc_status[i],
+                        message,
+                        request_messages: req.unwrap_or_default(),
+                        response_messages: resp.unwrap_or_default(),
+                    })
+            },
         });
     }
     Ok(out)
@@ -688,8 +728,14 @@ mod tests {
     fn older_versions_read_and_newer_ones_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = crate::schema::tests::sample();
-        a.protocol = Some("http/1.1".into());
+        a.protocol = Some("h2c".into());
         a.stream_id = Some(3);
+        a.grpc = Some(crate::exchange::GrpcCall {
+            status: Some(5),
+            message: Some("not found".into()),
+            request_messages: vec![b"\x08\x01".to_vec()],
+            response_messages: vec![],
+        });
         let full = exchanges_to_batch(std::slice::from_ref(&a)).unwrap();
         let write = |name: &str, version: &str, columns: usize| {
             let schema = exchanges_schema();
@@ -723,7 +769,16 @@ mod tests {
             path
         };
         let n = full.num_columns();
-        let v2 = write("exchanges-v2.parquet", "2", n - 2);
+        // The current version round-trips every new column.
+        let v3 = write("exchanges-v3.parquet", "3", n);
+        let got = ExchangeFile::open(&v3, 10)
+            .unwrap()
+            .next_batch()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got[0], a);
+        // Version 2 had none of protocol, stream_id and the four gRPC columns.
+        let v2 = write("exchanges-v2.parquet", "2", n - 6);
         let got = ExchangeFile::open(&v2, 10)
             .unwrap()
             .next_batch()
@@ -731,6 +786,7 @@ mod tests {
             .unwrap();
         assert_eq!(got[0].protocol, None);
         assert_eq!(got[0].stream_id, None);
+        assert_eq!(got[0].grpc, None);
         assert_eq!(got[0].exchange_id, a.exchange_id);
         let v4 = write("exchanges-v4.parquet", "4", n);
         let err = ExchangeFile::open(&v4, 10).err().unwrap().to_string();

@@ -101,6 +101,10 @@ pub fn exchanges_schema() -> SchemaRef {
         // Version 3.
         f("protocol", DataType::Utf8, true),
         f("stream_id", DataType::Int32, true),
+        f("grpc_status", DataType::Int32, true),
+        f("grpc_message", DataType::Utf8, true),
+        f("grpc_request_messages", binary_list(), true),
+        f("grpc_response_messages", binary_list(), true),
     ]);
     let metadata = [
         (TABLE_KEY.to_owned(), "exchanges".to_owned()),
@@ -110,6 +114,11 @@ pub fn exchanges_schema() -> SchemaRef {
         ),
     ];
     Arc::new(Schema::new(fields).with_metadata(metadata.into_iter().collect()))
+}
+
+/// `list<binary>`: gRPC messages.
+pub(crate) fn binary_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Binary, true)))
 }
 
 fn body_fields(side: &str) -> Vec<Field> {
@@ -212,6 +221,23 @@ impl BodyColumns {
 
 fn diff(later: Option<i64>, earlier: Option<i64>) -> Option<i64> {
     Some(later? - earlier?)
+}
+
+/// A `list<binary>` column of each row's gRPC messages (null without a gRPC call).
+fn messages(rows: &[Exchange], f: fn(&crate::exchange::GrpcCall) -> &Vec<Vec<u8>>) -> ArrayRef {
+    let mut b = ListBuilder::new(BinaryBuilder::new());
+    for r in rows {
+        match &r.grpc {
+            Some(g) => {
+                for m in f(g) {
+                    b.values().append_value(m);
+                }
+                b.append(true);
+            }
+            None => b.append(false),
+        }
+    }
+    Arc::new(b.finish())
 }
 
 /// Converts exchanges into one record batch of [`exchanges_schema`].
@@ -347,6 +373,10 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, ArrowError> 
         bools(&|r| r.request_body.withheld || r.response_body.withheld),
         strings(&|r| r.protocol.as_deref()),
         ints32(&|r| r.stream_id.map(|s| s.min(i32::MAX as u32) as i32)),
+        ints32(&|r| r.grpc.as_ref().and_then(|g| g.status)),
+        strings(&|r| r.grpc.as_ref().and_then(|g| g.message.as_deref())),
+        messages(rows, |g| &g.request_messages),
+        messages(rows, |g| &g.response_messages),
     ]);
     RecordBatch::try_new(exchanges_schema(), columns)
 }
@@ -395,6 +425,7 @@ pub(crate) mod tests {
 
     pub(crate) fn sample() -> Exchange {
         Exchange {
+            grpc: None,
             protocol: None,
             stream_id: None,
             exchange_id: "e1".into(),

@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
     let mut ex = Exchange {
         protocol: None,
         stream_id: None,
+        grpc: None,
         exchange_id: "e".into(),
         connection_id: "c".into(),
         connection_seq: 0,

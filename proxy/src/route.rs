@@ -221,6 +221,7 @@ mod tests {
         headers: &[(&str, &str)],
     ) -> Exchange {
         Exchange {
+            grpc: None,
             protocol: None,
             stream_id: None,
             exchange_id: "e".into(),

@@ -169,6 +169,7 @@ fn head_exchange(
         .map(str::to_owned)
         .or_else(|| uri.authority().map(|a| a.to_string()));
     Exchange {
+        grpc: None,
         protocol: None,
         stream_id: None,
         // Ids and headers only when a copy, the recording or the routing reads them.
