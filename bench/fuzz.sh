@@ -14,7 +14,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz >&2
 fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(packets_to_exchanges http1_parser redactor json_diff policy)
+[ ${#targets[@]} -gt 0 ] || targets=(packets_to_exchanges http1_parser http2_frames redactor json_diff policy)
 status=0
 for t in "${targets[@]}"; do
   log=$(mktemp)
