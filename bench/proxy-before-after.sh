@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Plain-proxy throughput of this revision against an older one (issue 31: the hardening must not
 # cost more than 5%), in one invocation: the proxy library of each revision built alone in
-# release (`proxy/examples/proxy_from_config.rs`, copied into the older tree), one worker thread
+# release (`proxy/examples/proxy_from_config.rs` as its main), one worker thread
 # each, in front of the same nginx (`return 200`, 1 KiB), the same wrk (`-t1`, keep-alive),
-# ROUNDS interleaved rounds; prints each round's req/s and the median ratio now/before.
+# ROUNDS interleaved rounds (alternating which goes first); prints each round's req/s and the median ratio now/before. Each
+# revision's proxy is built in a package of its own (the library alone, in release).
 #
 #   [ROUNDS=5] bash bench/proxy-before-after.sh [REV] [SECONDS] [CONNECTIONS]
 #   (defaults: 288b931, the last revision before the hardening; 10 s; 32)
@@ -20,15 +21,35 @@ install_deps nginx-light wrk python3
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 old_tree=$(mktemp -d)
 git worktree add --detach "$old_tree" "$rev" >&2
-cleanup_tree() { git worktree remove --force "$old_tree" >/dev/null 2>&1 || true; }
-mkdir -p "$old_tree/proxy/examples"
-cp proxy/examples/proxy_from_config.rs "$old_tree/proxy/examples/"
-cargo build --release --locked -p shadowtap-proxy --example proxy_from_config >&2
-now_bin="$CARGO_TARGET_DIR/release/examples/proxy_from_config"
-cp "$now_bin" "$old_tree/now_bin"
-now_bin="$old_tree/now_bin"
-(cd "$old_tree" && cargo build --release --locked -p shadowtap-proxy --example proxy_from_config >&2)
-before_bin="$CARGO_TARGET_DIR/release/examples/proxy_from_config"
+cleanup_tree() { git worktree remove --force "$old_tree" >/dev/null 2>&1 || true; rm -rf "$old_tree.bin"; }
+trap cleanup_tree EXIT
+# A package of its own per revision, outside the workspace, depending on that revision's proxy
+# library alone: an example inside the proxy crate would build its dev-dependencies (the
+# analyzer, and the query engine with it).
+build_for() { # build_for TREE OUT: builds proxy_from_config against TREE's proxy into OUT
+  local pkg="$old_tree.bin/pkg-$(basename "$2")"
+  mkdir -p "$pkg/src"
+  cat > "$pkg/Cargo.toml" <<TOML
+[package]
+name = "proxy_from_config"
+version = "0.0.0"
+edition = "2021"
+publish = false
+[dependencies]
+shadowtap-proxy = { path = "$1/proxy" }
+tokio = { version = "1", features = ["rt-multi-thread", "signal", "macros"] }
+[workspace]
+TOML
+  cp proxy/examples/proxy_from_config.rs "$pkg/src/main.rs"
+  cp "$1/Cargo.lock" "$pkg/Cargo.lock"
+  (cd "$pkg" && cargo build --release >&2)
+  cp "$CARGO_TARGET_DIR/release/proxy_from_config" "$2"
+}
+mkdir -p "$old_tree.bin"
+now_bin="$old_tree.bin/now"
+before_bin="$old_tree.bin/before"
+build_for "$PWD" "$now_bin"
+build_for "$old_tree" "$before_bin"
 
 bench_nginx_dir
 body=$(head -c 1024 /dev/zero | tr '\0' 'x')
@@ -54,8 +75,12 @@ before_port=$(start_proxy "$before_bin" before)
 rate() { wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$1/" | awk '/Requests\/sec/ {print $2}'; }
 ratios=()
 for r in $(seq 1 "$rounds"); do
-  b=$(rate "$before_port")
-  n=$(rate "$now_port")
+  # Alternate which goes first, so neither always runs on the warmer (or noisier) half.
+  if [ $((r % 2)) -eq 1 ]; then
+    b=$(rate "$before_port"); n=$(rate "$now_port")
+  else
+    n=$(rate "$now_port"); b=$(rate "$before_port")
+  fi
   ratio=$(python3 -c "print(f'{$n / $b:.3f}')")
   ratios+=("$ratio")
   printf 'round %d: before (%s) %s req/s, now %s req/s: %sx\n' "$r" "$rev" "$b" "$n" "$ratio"
