@@ -101,15 +101,18 @@ fn a_rare_endpoint_failing_every_request_is_no_go() {
     );
 }
 
-/// 0 -> 0.8% new random 5xx over 10 passes (no errors before): no-go on the overall error rate,
-/// though it is below the old 1-point bound.
+/// 0 -> 0.8% new random 5xx over 40 passes (no errors before): no-go on the overall error rate,
+/// though it is below the old 1-point bound. (The unit is the exchange, not the pass: over 10
+/// passes only about 1 exchange in 13 of the small recording meets an error, and one fresh-clone
+/// run in about 6 this session saw too few to tell (0 of 12 local runs did); over 40 passes
+/// about 1 in 4 does.)
 #[test]
 fn new_errors_on_a_service_that_had_none_are_no_go() {
     let b = service(&[]);
     let c = service(&["--random-error-percent", "0.8"]);
     let o = scenario_with(
         &[("baseline", &b.url), ("candidate", &c.url)],
-        &["--loop", "10"],
+        &["--loop", "40"],
     );
     assert_eq!(o.code, 1, "{}", o.stderr);
     let f = failed(&o);
