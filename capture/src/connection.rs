@@ -383,7 +383,9 @@ impl HttpConnection {
         if !switched {
             return;
         }
-        let upgraded = self.out.pop().expect("checked");
+        let Some(upgraded) = self.out.pop() else {
+            return;
+        };
         let mut session = crate::h2::H2Session::upgraded(
             self.endpoints,
             client,

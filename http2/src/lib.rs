@@ -303,8 +303,7 @@ impl Connection {
     fn stream(&mut self, id: u32) -> &mut Stream {
         if !self.open.contains_key(&id) && self.open.len() >= self.limits.max_open_streams {
             // The oldest gives way.
-            if let Some((&oldest, _)) = self.open.iter().next() {
-                let mut s = self.open.remove(&oldest).expect("present");
+            if let Some(mut s) = self.open.pop_first().map(|(_, s)| s) {
                 s.lost = true;
                 s.error
                     .get_or_insert_with(|| "too many streams open at once".into());
@@ -386,8 +385,9 @@ impl Connection {
                     return;
                 }
                 if f.end_headers() {
-                    let block = self.dirs[d].block.take().expect("checked");
-                    self.decode_block(d, block, ts_us);
+                    if let Some(block) = self.dirs[d].block.take() {
+                        self.decode_block(d, block, ts_us);
+                    }
                 }
             }
             Kind::RstStream => {
@@ -510,8 +510,9 @@ impl Connection {
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
-            let s = self.open.remove(&id).expect("listed");
-            self.push_done(s);
+            if let Some(s) = self.open.remove(&id) {
+                self.push_done(s);
+            }
         }
     }
 
