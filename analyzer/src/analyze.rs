@@ -39,6 +39,9 @@ pub struct AnalyzeOptions {
     pub fail_on_marginal: bool,
     /// How many recorded responses (and bytes of them) the `recorded` comparison holds.
     pub recorded: RecordedLimits,
+    /// Bytes of responses held for requests still waiting for another target's row
+    /// ([`crate::pending`]; default [`crate::pending::DEFAULT_PENDING_BYTES`]).
+    pub pending_bytes: usize,
     /// How the replays are read: the files in `replay`, or SQL (a Ballista cluster).
     pub engine: Engine,
 }
@@ -148,6 +151,7 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         opts: &diff_opts,
         out: &opts.out,
         analysis_id: &analysis_id,
+        pending_bytes: opts.pending_bytes,
     };
     let (set, diff_rows) = match sql {
         Some(ctx) => Engine::pair(ctx, &input).await?,
@@ -161,6 +165,16 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         j.notes.push(format!(
             "{} requests lack a row for some target; they were compared where possible",
             set.incomplete
+        ));
+    }
+    if set.pending_evicted > 0 {
+        j.notes.push(format!(
+            "{} requests waited for another target's row past the pending memory budget \
+             ({} MiB) and were compared with the rows they had; {} rows came later and were \
+             not compared",
+            set.pending_evicted,
+            opts.pending_bytes >> 20,
+            set.pending_late
         ));
     }
     // Examples for the fields (kept out of the pure judge: they are the pairs' data).

@@ -16,6 +16,7 @@ pub mod judge;
 pub mod measure;
 pub mod objects;
 pub mod pairs;
+pub mod pending;
 pub mod policy;
 pub mod references;
 pub mod report;

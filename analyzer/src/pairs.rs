@@ -24,6 +24,7 @@ use shadowtap_core::sink::{ParquetSink, SinkOptions};
 
 use crate::diff::{compare, field_pattern, Comparison, DiffOptions, Side};
 use crate::error::AnalyzeError;
+use crate::pending::Pending;
 use crate::template::path_template;
 use crate::units::{NoiseSource, Obs, Pair, PairSet};
 
@@ -630,6 +631,9 @@ pub struct PairingInput<'a> {
     pub out: &'a Path,
     /// The analysis id (file names).
     pub analysis_id: &'a str,
+    /// Bytes of responses held for requests waiting for another target's row (see
+    /// [`crate::pending`]).
+    pub pending_bytes: usize,
 }
 
 /// The `replays` columns the pairing reads (and `send_position` where the files have it).
@@ -727,7 +731,7 @@ pub fn pair_batches(
     .into_iter()
     .flatten()
     .collect();
-    let mut pending: HashMap<(String, i32), HashMap<String, Replayed>> = HashMap::new();
+    let mut pending: Pending<(String, i32), Replayed> = Pending::new(input.pending_bytes);
     for b in batches {
         {
             let b = b?;
@@ -804,27 +808,35 @@ pub fn pair_batches(
                         Vec::new()
                     },
                 };
-                let group = pending.entry(key.clone()).or_default();
-                group.insert(
-                    t.to_owned(),
-                    Replayed {
-                        method: methods.value(i).to_owned(),
-                        path: paths.value(i).to_owned(),
-                        response,
-                        latency_us: total.is_valid(i).then(|| total.value(i)),
-                        position: position
-                            .filter(|c| c.is_valid(i))
-                            .map(|c| c.value(i).max(0) as u32),
-                    },
-                );
-                if group.len() == expected.len() {
-                    let group = pending.remove(&key).expect("present");
+                let size = response.body.len()
+                    + response
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>();
+                let row = Replayed {
+                    method: methods.value(i).to_owned(),
+                    path: paths.value(i).to_owned(),
+                    response,
+                    latency_us: total.is_valid(i).then(|| total.value(i)),
+                    position: position
+                        .filter(|c| c.is_valid(i))
+                        .map(|c| c.value(i).max(0) as u32),
+                };
+                if let Some((key, group)) = pending.add(key, t, row, size, expected.len()) {
+                    pair_group(&key, &group, input, &mut set, &mut writer)?;
+                }
+                while let Some((key, group)) = pending.over_budget() {
+                    set.incomplete += 1;
                     pair_group(&key, &group, input, &mut set, &mut writer)?;
                 }
             }
         }
     }
-    for (key, group) in pending {
+    set.pending_evicted = pending.evicted;
+    set.pending_late = pending.late;
+    set.pending_peak_bytes = pending.peak_bytes as u64;
+    for (key, group) in pending.into_rest() {
         set.incomplete += 1;
         pair_group(&key, &group, input, &mut set, &mut writer)?;
     }

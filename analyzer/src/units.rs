@@ -130,6 +130,12 @@ pub struct PairSet {
     pub text_examples: HashMap<u32, String>,
     /// Requests that lacked the baseline or candidate row (not paired).
     pub incomplete: u64,
+    /// Of those, requests let go early to keep the waiting rows under the pending budget.
+    pub pending_evicted: u64,
+    /// Rows that came after their request was let go (not compared).
+    pub pending_late: u64,
+    /// The most response bytes held at once for requests waiting for another target.
+    pub pending_peak_bytes: u64,
     /// Whether the capture's responses were available (for the health guards).
     pub recorded_known: bool,
     endpoint_ids: HashMap<String, u32>,
@@ -156,6 +162,9 @@ impl PairSet {
             examples: HashMap::new(),
             text_examples: HashMap::new(),
             incomplete: 0,
+            pending_evicted: 0,
+            pending_late: 0,
+            pending_peak_bytes: 0,
             recorded_known: false,
             endpoint_ids: HashMap::new(),
             field_ids: HashMap::new(),

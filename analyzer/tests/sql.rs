@@ -185,6 +185,7 @@ fn options(dir: &Path) -> AnalyzeOptions {
         fail_on_marginal: false,
         engine: Default::default(),
         recorded: Default::default(),
+        pending_bytes: shadowtap_analyzer::pending::DEFAULT_PENDING_BYTES,
     }
 }
 
@@ -476,4 +477,74 @@ fn recorded_responses_are_only_the_replayed_ones_within_the_byte_limit() {
         .unwrap()
         .len();
     assert!((1..=10).contains(&n), "{n} kept under a 10-row limit");
+}
+
+/// A candidate that died a third of the way through: its rows stop, the baseline's go on.
+/// The responses held for requests waiting for the candidate stay under the pending budget
+/// (the oldest are let go and counted), and the verdict says so.
+#[test]
+fn requests_waiting_for_a_dead_target_are_held_under_the_pending_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    write_exchanges(&dir.path().join("cap"), 300);
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(4000));
+    let mut rows = Vec::new();
+    for i in 0..300 {
+        rows.push(row(i, "baseline", Some(200), 10.0, &body));
+        if i < 100 {
+            rows.push(row(i, "candidate", Some(200), 10.0, &body));
+        }
+    }
+    write_replays(&dir.path().join("rep"), &rows);
+    let budget = 64 << 10;
+    let pair = |pending_bytes| {
+        let out = tempfile::tempdir().unwrap();
+        let opts = shadowtap_analyzer::diff::DiffOptions::default();
+        shadowtap_analyzer::pairs::pair_replays(&shadowtap_analyzer::pairs::PairingInput {
+            replay_dir: &dir.path().join("rep"),
+            run: "r",
+            targets: shadowtap_analyzer::pairs::PairTargets {
+                baseline: "baseline",
+                candidate: "candidate",
+                baseline2: None,
+            },
+            recorded: None,
+            opts: &opts,
+            out: out.path(),
+            analysis_id: "a",
+            pending_bytes,
+        })
+        .unwrap()
+        .0
+    };
+    let small = pair(budget);
+    assert_eq!(
+        small.pairs.len(),
+        100,
+        "the complete requests are all paired"
+    );
+    assert_eq!(small.incomplete, 200);
+    assert!(
+        small.pending_peak_bytes <= (budget + 4100) as u64,
+        "held {} bytes over a {budget}-byte budget",
+        small.pending_peak_bytes
+    );
+    assert!(small.pending_evicted >= 180, "{}", small.pending_evicted);
+    assert_eq!(small.pending_late, 0);
+    let roomy = pair(shadowtap_analyzer::pending::DEFAULT_PENDING_BYTES);
+    assert_eq!((roomy.pairs.len(), roomy.incomplete), (100, 200));
+    assert_eq!(roomy.pending_evicted, 0);
+    assert!(
+        roomy.pending_peak_bytes >= 200 * 4000,
+        "{}",
+        roomy.pending_peak_bytes
+    );
+    // Through `analyze`: the verdict's notes name what was let go.
+    let mut opts = options(dir.path());
+    opts.pending_bytes = budget;
+    let v = rt().block_on(analyze(&opts)).unwrap();
+    assert!(
+        v.notes.iter().any(|n| n.contains("pending memory budget")),
+        "{:?}",
+        v.notes
+    );
 }

@@ -296,6 +296,15 @@ pub struct JudgeArgs {
     #[arg(long, value_name = "BYTES", value_parser = shadowtap_core::units::parse_size)]
     max_recorded_memory: Option<u64>,
 
+    /// Memory for the responses of requests still waiting for another target's row
+    /// (`256M`): rows of one request normally arrive together, but a target that died
+    /// mid-run or a replay cut short leaves requests that never complete. Past this the
+    /// oldest waiting request is compared with the rows it has, and counted in the verdict's
+    /// notes.
+    #[arg(long, value_name = "BYTES", value_parser = shadowtap_core::units::parse_size,
+          default_value = "512M")]
+    max_pending_memory: u64,
+
     /// Print verdict.json on stdout.
     #[arg(long)]
     json: bool,
@@ -429,6 +438,7 @@ fn judge(
                 .unwrap_or_else(|| RecordedLimits::default().bytes),
             ..RecordedLimits::default()
         },
+        pending_bytes: usize::try_from(j.max_pending_memory).unwrap_or(usize::MAX),
         engine,
     };
     let result = rt.block_on(analyze(&opts));

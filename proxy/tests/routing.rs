@@ -511,6 +511,7 @@ async fn a_recorded_mirror_run_is_judged_right() {
             fail_on_marginal: false,
             engine: Default::default(),
             recorded: Default::default(),
+            pending_bytes: shadowtap_analyzer::pending::DEFAULT_PENDING_BYTES,
         })
         .await
         .unwrap();
