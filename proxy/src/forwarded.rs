@@ -9,7 +9,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::{HeaderMap, HeaderValue};
+use http::header::FORWARDED;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::error::ProxyError;
@@ -18,13 +19,19 @@ use crate::error::ProxyError;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trusted(Vec<IpNet>);
 
-/// The forwarding headers a client's claim can hide in.
-const CLAIMS: [&str; 5] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "forwarded",
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The forwarding headers a client's claim can hide in (names built once: no parse per
+/// request).
+const CLAIMS: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REAL_IP,
+    FORWARDED,
 ];
 
 impl Trusted {
@@ -68,7 +75,7 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &Trusted) -> IpAddr
         return peer;
     }
     let chain: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -93,21 +100,21 @@ pub fn set_headers(
     tls: bool,
 ) {
     if !trusted_peer {
-        for h in CLAIMS {
+        for h in &CLAIMS {
             headers.remove(h);
         }
     }
     let proto = if tls { "https" } else { "http" };
     let ip = peer.ip().to_string();
-    let xff = match joined(headers, "x-forwarded-for") {
+    let xff = match joined(headers, &X_FORWARDED_FOR) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip.clone(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     let node = if peer.is_ipv6() {
         format!("\"[{ip}]\"")
@@ -120,17 +127,17 @@ pub fn set_headers(
         fwd.push_str(h);
         fwd.push('"');
     }
-    let value = match joined(headers, "forwarded") {
+    let value = match joined(headers, &FORWARDED) {
         Some(prev) => format!("{prev}, {fwd}"),
         None => fwd,
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("forwarded", v);
+        headers.insert(FORWARDED, v);
     }
 }
 
 /// Every field line of `name` joined with `, ` (a list header may come in several lines).
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let parts: Vec<&str> = headers
         .get_all(name)
         .iter()

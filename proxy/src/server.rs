@@ -178,9 +178,9 @@ fn head_exchange(
         } else {
             String::new()
         },
-        connection_id: conn_id.into(),
+        connection_id: if full { conn_id.into() } else { String::new() },
         connection_seq: conn_seq,
-        source: "proxy".into(),
+        source: if full { "proxy".into() } else { String::new() },
         request_start_us: now_us(),
         request_end_us: None,
         response_start_us: None,
@@ -190,7 +190,11 @@ fn head_exchange(
         server_ip: state.local.ip(),
         server_port: state.local.port(),
         method: req.method().as_str().into(),
-        uri: path_and_query.into(),
+        uri: if full {
+            path_and_query.into()
+        } else {
+            String::new()
+        },
         host: host.map(Into::into),
         path: uri.path().into(),
         query: uri.query().map(Into::into),
@@ -480,12 +484,10 @@ async fn handle(
     // When the client's body has ended (or failed: then `client_body_failed`): the wait for
     // production's response head starts there, so a long upload is not production's time
     // (a stalled one is the connection watchdog's).
-    let (uploaded_tx, uploaded) = tokio::sync::oneshot::channel::<()>();
-    let mut uploaded = Some(uploaded);
+    let mut uploaded = None;
     let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // A body-less request can be tried again at another member when the first refuses.
     let mut body = if body.is_end_stream() {
-        let _ = uploaded_tx.send(());
         assembly.request_done(Kept {
             chunks: Vec::new(),
             len: 0,
@@ -498,6 +500,8 @@ async fn handle(
         });
         None
     } else {
+        let (uploaded_tx, done) = tokio::sync::oneshot::channel::<()>();
+        uploaded = Some(done);
         let a = assembly.clone();
         let failed = client_body_failed.clone();
         Some(Tee::new(
@@ -562,7 +566,12 @@ async fn handle(
                 assembly.response_head(
                     rparts.status.as_u16(),
                     version_str(rparts.version),
-                    headers_of(&rparts.headers),
+                    // Only the recording reads them.
+                    if recording {
+                        headers_of(&rparts.headers)
+                    } else {
+                        Vec::new()
+                    },
                 );
                 if let (Some(c), true) = (&routing.canary, decision.canary) {
                     if let (Some(name), false) = (&c.pin_cookie, decision.pinned) {
