@@ -158,7 +158,7 @@ pub async fn analyze(opts: &AnalyzeOptions) -> Result<Verdict, AnalyzeError> {
         None => pair_replays(&input)?,
     };
     let mut set = set;
-    let routes = crate::template::Routes::new(&p.routes).map_err(AnalyzeError::Input)?;
+    let routes = p.endpoint_routes().map_err(AnalyzeError::Input)?;
     set.name_endpoints(&routes, p.samples.min_endpoint);
     let (m, mut j) = crate::references::judge_set(&set, p);
     if set.incomplete > 0 {

@@ -7,6 +7,7 @@
 //! candidate = "candidate"
 //! baseline2 = "baseline2"          # a second copy of the current version (noise), optional
 //! routes = ["/shop/products/{id}.json"]  # endpoint templates (also --route); see template.rs
+//! openapi = "openapi.yaml"         # endpoints by the document's operations (also --openapi)
 //!
 //! [score]
 //! pass = 95.0                      # score >= pass: go
@@ -88,6 +89,9 @@ pub struct Policy {
     /// Endpoint templates (`/shop/products/{id}.json`): requests matching one are judged as
     /// that endpoint (see [`crate::template`]).
     pub routes: Vec<String>,
+    /// An OpenAPI document (JSON or YAML) whose operations name endpoints, after `routes`
+    /// (see [`crate::template::Routes::from_openapi`]).
+    pub openapi: Option<std::path::PathBuf>,
 }
 
 /// When the comparison itself is not valid (the verdict is then inconclusive).
@@ -212,6 +216,7 @@ impl Default for Policy {
             metrics: Metrics::default(),
             health: HealthPolicy::default(),
             routes: Vec::new(),
+            openapi: None,
         }
     }
 }
@@ -289,10 +294,33 @@ impl Default for Metrics {
 }
 
 impl Policy {
-    /// Loads a policy file; unknown keys are errors.
+    /// The routes endpoints are named by: `routes`, then the `openapi` document's operations.
+    pub fn endpoint_routes(&self) -> Result<crate::template::Routes, String> {
+        let mut routes = crate::template::Routes::new(&self.routes)?;
+        if let Some(f) = &self.openapi {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("--openapi {}: {e}", f.display()))?;
+            routes.extend(
+                crate::template::Routes::from_openapi(&text)
+                    .map_err(|e| format!("--openapi {}: {e}", f.display()))?,
+            );
+        }
+        Ok(routes)
+    }
+
+    /// Loads a policy file; unknown keys are errors. An `openapi` path is relative to the
+    /// policy file.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut p: Policy =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let (Some(f), Some(dir)) = (&p.openapi, path.parent()) {
+            if f.is_relative() {
+                p.openapi = Some(dir.join(f));
+            }
+        }
+        p.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(p)
     }
 
     /// Parses a policy file's text; unknown keys and values out of range are errors.
@@ -304,7 +332,7 @@ impl Policy {
 
     /// Checks value ranges.
     pub fn check(&self) -> Result<(), String> {
-        crate::template::Routes::new(&self.routes)?;
+        self.endpoint_routes()?;
         if !(0.0..=100.0).contains(&self.score.pass)
             || !(0.0..=100.0).contains(&self.score.marginal)
             || self.score.marginal > self.score.pass

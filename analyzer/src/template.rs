@@ -2,7 +2,8 @@
 //! - [`path_template`]: identifier segments by their shape: `/users/123/orders/9f1c2e4a…` →
 //!   `/users/{id}/orders/{id}`, `/products/123.json` → `/products/{id}.json`, dates and emails;
 //! - [`Routes`]: the user's own templates (`--route '/shop/products/{id}.json'`, policy
-//!   `routes`), which win over everything;
+//!   `routes`, or the operations of an OpenAPI document, `--openapi`), which win over
+//!   everything;
 //! - [`infer_parameters`]: from the traffic, a segment position with many distinct values across
 //!   otherwise equal endpoints, each too small to judge alone (`/users/jane-doe`,
 //!   `/reports/q3-summary`), is a parameter.
@@ -88,36 +89,170 @@ pub fn path_template(path: &str) -> String {
         .join("/")
 }
 
-/// The user's endpoint templates: `/shop/products/{id}.json`, `/users/{name}/orders`. A
-/// `{…}` segment matches any one segment; `{…}.ext` any segment ending in `.ext`.
+/// The user's endpoint templates: `/shop/products/{id}.json`, `/users/{name}/orders`, with a
+/// method in front to match one method only (`GET /users/{id}`). A `{…}` segment matches any
+/// one segment; `{…}.ext` any segment ending in `.ext`. [`Routes::from_openapi`] reads them
+/// from an OpenAPI document, named by operation.
 #[derive(Debug, Clone, Default)]
-pub struct Routes(Vec<Vec<String>>);
+pub struct Routes(Vec<Route>);
+
+#[derive(Debug, Clone)]
+struct Route {
+    /// Upper case; `None`: any method.
+    method: Option<String>,
+    segments: Vec<String>,
+    /// The OpenAPI `operationId`, shown after the template.
+    operation: Option<String>,
+}
+
+impl Route {
+    fn parse(t: &str) -> Result<Route, String> {
+        let t = t.trim();
+        let (method, path) = match t.split_once(' ') {
+            Some((m, p)) if !m.starts_with('/') => (Some(m.trim()), p.trim()),
+            _ => (None, t),
+        };
+        if let Some(m) = method {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(format!("route {t:?}: `METHOD /path` or `/path`"));
+            }
+        }
+        if !path.starts_with('/') {
+            return Err(format!("route {t:?}: a path template starts with /"));
+        }
+        Ok(Route {
+            method: method.map(str::to_ascii_uppercase),
+            segments: path.split('/').map(str::to_owned).collect(),
+            operation: None,
+        })
+    }
+
+    fn params(&self) -> usize {
+        self.segments.iter().filter(|s| s.contains('{')).count()
+    }
+}
+
+/// The HTTP methods an OpenAPI path item names operations by.
+const OPENAPI_METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 impl Routes {
-    /// Parses the templates, naming a bad one.
+    /// Parses the templates (`/path` or `METHOD /path`), naming a bad one.
     pub fn new(templates: &[String]) -> Result<Routes, String> {
         templates
             .iter()
-            .map(|t| {
-                if !t.starts_with('/') {
-                    return Err(format!("route {t:?}: a path template starts with /"));
-                }
-                Ok(t.split('/').map(str::to_owned).collect())
-            })
+            .map(|t| Route::parse(t))
             .collect::<Result<Vec<_>, _>>()
             .map(Routes)
     }
 
-    /// The first route `path` (a path, or a path template) matches.
+    /// The operations of an OpenAPI 3 (or Swagger 2) document, JSON or YAML: one route per
+    /// path and method, the path under the first server's base path (`servers[0].url`, or
+    /// Swagger's `basePath`), named by `operationId` where it has one. Literal paths come
+    /// before templated ones (`/pets/mine` before `/pets/{id}`), as OpenAPI says they match.
+    pub fn from_openapi(text: &str) -> Result<Routes, String> {
+        let doc: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(json) => serde_norway::from_str(text).map_err(|yaml| {
+                format!("not an OpenAPI document in JSON ({json}) or YAML ({yaml})")
+            })?,
+        };
+        if doc.get("openapi").is_none() && doc.get("swagger").is_none() {
+            return Err("not an OpenAPI document (no `openapi` or `swagger` version)".into());
+        }
+        let paths = doc
+            .get("paths")
+            .and_then(|p| p.as_object())
+            .ok_or("the OpenAPI document has no `paths` object")?;
+        let base = doc
+            .pointer("/servers/0/url")
+            .and_then(|u| u.as_str())
+            .map(base_path)
+            .or_else(|| {
+                doc.get("basePath")
+                    .and_then(|b| b.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let base = base.trim_end_matches('/');
+        let mut routes = Vec::new();
+        for (path, item) in paths {
+            if !path.starts_with('/') {
+                return Err(format!("OpenAPI path {path:?} does not start with /"));
+            }
+            let Some(item) = item.as_object() else {
+                continue;
+            };
+            for m in OPENAPI_METHODS {
+                let Some(op) = item.get(m) else { continue };
+                let mut r = Route::parse(&format!("{} {base}{path}", m.to_ascii_uppercase()))?;
+                r.operation = op
+                    .get("operationId")
+                    .and_then(|o| o.as_str())
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned);
+                routes.push(r);
+            }
+        }
+        if routes.is_empty() {
+            return Err("the OpenAPI document names no operations".into());
+        }
+        routes.sort_by_key(Route::params);
+        Ok(Routes(routes))
+    }
+
+    /// These routes, then `other`'s.
+    pub fn extend(&mut self, other: Routes) {
+        self.0.extend(other.0);
+    }
+
+    /// The first route `path` (a path, or a path template) matches, for any method.
     pub fn matching(&self, path: &str) -> Option<String> {
+        self.route(None, path).map(|r| r.segments.join("/"))
+    }
+
+    /// The endpoint name of `method path` by the first route it matches: `GET /users/{id}`,
+    /// with the operation after it (`GET /pets/{petId} (showPetById)`).
+    pub fn endpoint(&self, method: &str, path: &str) -> Option<String> {
+        let r = self.route(Some(method), path)?;
+        let template = r.segments.join("/");
+        Some(match &r.operation {
+            Some(op) => format!("{method} {template} ({op})"),
+            None => format!("{method} {template}"),
+        })
+    }
+
+    fn route(&self, method: Option<&str>, path: &str) -> Option<&Route> {
         let path = path.split(['?', '#']).next().unwrap_or("");
         let segs: Vec<&str> = path.split('/').collect();
-        self.0
-            .iter()
-            .find(|r| {
-                r.len() == segs.len() && r.iter().zip(&segs).all(|(t, s)| segment_matches(t, s))
-            })
-            .map(|r| r.join("/"))
+        self.0.iter().find(|r| {
+            let method_ok = match (&r.method, method) {
+                (Some(want), Some(m)) => want.eq_ignore_ascii_case(m),
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            method_ok
+                && r.segments.len() == segs.len()
+                && r.segments
+                    .iter()
+                    .zip(&segs)
+                    .all(|(t, s)| segment_matches(t, s))
+        })
+    }
+}
+
+/// The path of a server URL (`https://api.example.com/v1` → `/v1`; `/v1` stays).
+fn base_path(url: &str) -> String {
+    let rest = match url.split_once("://") {
+        Some((_, r)) => r.find('/').map_or("", |i| &r[i..]),
+        None => url,
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        String::new()
     }
 }
 
@@ -236,6 +371,76 @@ mod tests {
         );
         assert_eq!(r.matching("/users/jane-doe"), None);
         assert!(Routes::new(&["users/{id}".into()]).is_err());
+        assert!(Routes::new(&["G3T /users".into()]).is_err());
+    }
+
+    #[test]
+    fn a_route_with_a_method_matches_that_method_only() {
+        let r = Routes::new(&["post /users/{id}".into(), "/users/{id}".into()]).unwrap();
+        assert_eq!(
+            r.endpoint("POST", "/users/7").as_deref(),
+            Some("POST /users/{id}")
+        );
+        assert_eq!(
+            r.endpoint("GET", "/users/7").as_deref(),
+            Some("GET /users/{id}")
+        );
+        assert_eq!(r.endpoint("GET", "/orders/7"), None);
+    }
+
+    /// The Petstore document of the OpenAPI specification's examples (trimmed), in YAML.
+    const PETSTORE: &str = r#"
+openapi: "3.0.0"
+info: {title: Swagger Petstore, version: 1.0.0}
+servers:
+  - url: http://petstore.swagger.io/v1
+paths:
+  /pets:
+    get: {operationId: listPets, responses: {"200": {description: ok}}}
+    post: {operationId: createPets, responses: {"201": {description: ok}}}
+  /pets/{petId}:
+    get: {operationId: showPetById, responses: {"200": {description: ok}}}
+    parameters: []
+  /pets/mine:
+    get: {responses: {"200": {description: ok}}}
+"#;
+
+    #[test]
+    fn openapi_operations_become_routes_named_by_operation() {
+        let r = Routes::from_openapi(PETSTORE).unwrap();
+        assert_eq!(
+            r.endpoint("GET", "/v1/pets/42").as_deref(),
+            Some("GET /v1/pets/{petId} (showPetById)")
+        );
+        assert_eq!(
+            r.endpoint("POST", "/v1/pets").as_deref(),
+            Some("POST /v1/pets (createPets)")
+        );
+        // The literal path wins over the template, whatever the document's order.
+        assert_eq!(
+            r.endpoint("GET", "/v1/pets/mine").as_deref(),
+            Some("GET /v1/pets/mine")
+        );
+        // A method the document does not name: no route (the shape rules name it).
+        assert_eq!(r.endpoint("DELETE", "/v1/pets/42"), None);
+        // The same document in JSON.
+        let v: serde_json::Value = serde_norway::from_str(PETSTORE).unwrap();
+        let json = Routes::from_openapi(&v.to_string()).unwrap();
+        assert_eq!(
+            json.endpoint("GET", "/v1/pets/42"),
+            r.endpoint("GET", "/v1/pets/42")
+        );
+        for bad in [
+            "",
+            "{}",
+            "openapi: 3.0.0",
+            "[1, 2",
+            "openapi: 3.0.0\npaths: {}",
+        ] {
+            assert!(Routes::from_openapi(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(base_path("https://api.example.com"), "");
+        assert_eq!(base_path("/api/v2"), "/api/v2");
     }
 
     #[test]

@@ -196,10 +196,7 @@ impl PairSet {
             .endpoints
             .iter()
             .map(|e| match e.split_once(' ') {
-                Some((method, path)) => match routes.matching(path) {
-                    Some(r) => format!("{method} {r}"),
-                    None => e.clone(),
-                },
+                Some((method, path)) => routes.endpoint(method, path).unwrap_or_else(|| e.clone()),
                 None => e.clone(),
             })
             .collect();

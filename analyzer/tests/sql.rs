@@ -548,3 +548,37 @@ fn requests_waiting_for_a_dead_target_are_held_under_the_pending_budget() {
         v.notes
     );
 }
+
+/// `--openapi`: requests are judged by the document's operations, named by operationId.
+#[test]
+fn an_openapi_document_names_the_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    write_exchanges(&dir.path().join("cap"), 120);
+    let mut rows = Vec::new();
+    for i in 0..120 {
+        let body = format!("{{\"id\":{i}}}");
+        rows.push(row(i, "baseline", Some(200), 10.0, &body));
+        rows.push(row(i, "candidate", Some(200), 10.0, &body));
+    }
+    write_replays(&dir.path().join("rep"), &rows);
+    let doc = dir.path().join("openapi.yaml");
+    std::fs::write(
+        &doc,
+        "openapi: 3.0.3\ninfo: {title: shop, version: '1'}\npaths:\n  /users/{userId}/orders:\n    get:\n      operationId: listOrders\n      responses: {'200': {description: ok}}\n",
+    )
+    .unwrap();
+    let mut opts = options(dir.path());
+    opts.policy.openapi = Some(doc);
+    let v = rt().block_on(analyze(&opts)).unwrap();
+    let endpoints: std::collections::BTreeSet<&str> =
+        v.checks.iter().map(|c| c.endpoint.as_str()).collect();
+    assert!(
+        endpoints.contains("GET /users/{userId}/orders (listOrders)"),
+        "{endpoints:?}"
+    );
+    // A document that is not OpenAPI is refused, naming the file.
+    std::fs::write(dir.path().join("bad.yaml"), "hello: world\n").unwrap();
+    opts.policy.openapi = Some(dir.path().join("bad.yaml"));
+    let e = rt().block_on(analyze(&opts)).unwrap_err().to_string();
+    assert!(e.contains("bad.yaml") && e.contains("OpenAPI"), "{e}");
+}

@@ -285,6 +285,12 @@ pub struct JudgeArgs {
     #[arg(long, value_name = "TEMPLATE")]
     route: Vec<String>,
 
+    /// An OpenAPI document (JSON or YAML, OpenAPI 3 or Swagger 2): requests matching one of
+    /// its operations are judged as that endpoint, named `GET /v1/pets/{petId} (showPetById)`
+    /// (paths under the first server's base path). `--route` templates are tried first.
+    #[arg(long, value_name = "FILE")]
+    openapi: Option<std::path::PathBuf>,
+
     /// Exit 1 on a marginal verdict instead of 2.
     #[arg(long)]
     fail_on_marginal: bool,
@@ -323,6 +329,9 @@ impl JudgeArgs {
             p.candidate = c.clone();
         }
         p.routes.extend(self.route.iter().cloned());
+        if let Some(f) = &self.openapi {
+            p.openapi = Some(f.clone());
+        }
         if let Some(b) = &self.baseline2 {
             p.baseline2 = b.clone();
         }
