@@ -67,7 +67,7 @@ keepalive_requests 1000000;
 server { listen 127.0.0.1:$port; location / { return 200 "$body"; } }
 CONF
 bench_nginx_start
-trap 'for f in "$d"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; rm -rf "$d"; cleanup_tree' EXIT
+trap 'for f in "$d"/*.pid; do kill "$(cat "$f")" 2>/dev/null || true; done; rm -rf "$d"; cleanup_tree' EXIT
 start_proxy() { # start_proxy BIN NAME: prints its port (its pid goes to $d/NAME.pid)
   local p
   p=$(free_port)

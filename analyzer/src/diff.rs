@@ -257,15 +257,25 @@ pub fn compare(left: &Side<'_>, right: &Side<'_>, opts: &DiffOptions) -> Compari
         cmp.count = c.count;
         return cmp;
     }
-    let json_l = is_jsonish(left.content_type, left.body)
-        .then(|| serde_json::from_slice::<Value>(left.body).ok())
-        .flatten();
-    let json_r = is_jsonish(right.content_type, right.body)
-        .then(|| serde_json::from_slice::<Value>(right.body).ok())
-        .flatten();
+    // Records (NDJSON, CSV) where both sides read whole as such, field by field like JSON.
+    let (json_l, json_r, records_kind) = match (
+        crate::structured::records(left.content_type, left.body),
+        crate::structured::records(right.content_type, right.body),
+    ) {
+        (Some((kind, a)), Some((_, b))) => (Some(a), Some(b), Some(kind)),
+        _ => (
+            is_jsonish(left.content_type, left.body)
+                .then(|| serde_json::from_slice::<Value>(left.body).ok())
+                .flatten(),
+            is_jsonish(right.content_type, right.body)
+                .then(|| serde_json::from_slice::<Value>(right.body).ok())
+                .flatten(),
+            None,
+        ),
+    };
     match (json_l, json_r) {
         (Some(a), Some(b)) => {
-            cmp.body_kind = "json";
+            cmp.body_kind = records_kind.unwrap_or("json");
             compare_json("", &a, &b, &mut c);
         }
         (Some(_), None) | (None, Some(_)) if !left.body.is_empty() && !right.body.is_empty() => {
@@ -850,5 +860,49 @@ mod tests {
             &DiffOptions::default(),
         );
         assert_eq!(c.count, 0);
+    }
+
+    #[test]
+    fn csv_and_ndjson_bodies_differ_by_field_not_by_masked_text() {
+        let side = |ct: &'static str, b: &'static [u8]| Side {
+            status: Some(200),
+            headers: &[],
+            body: b,
+            content_type: Some(ct),
+        };
+        // A price change inside a CSV: masked text would not see it.
+        let c = compare(
+            &side("text/csv", b"sku,price\nA1,9.99\nB2,10.00\n"),
+            &side("text/csv", b"sku,price\nA1,9.99\nB2,12.00\n"),
+            &DiffOptions::default(),
+        );
+        assert_eq!(c.body_kind, "csv");
+        assert_eq!(
+            fields(&c),
+            vec![("/1/price".into(), DiffKind::ValueChanged)]
+        );
+        // The same numbers written differently are no difference.
+        let c = compare(
+            &side("text/csv", b"sku,price\nA1,10\n"),
+            &side("text/csv", b"sku,price\nA1,10.0\n"),
+            &DiffOptions::default(),
+        );
+        assert_eq!(c.count, 0, "{:?}", c.differences);
+        let c = compare(
+            &side(
+                "application/x-ndjson",
+                b"{\"id\":1,\"total\":5}\n{\"id\":2,\"total\":7}\n",
+            ),
+            &side(
+                "application/x-ndjson",
+                b"{\"id\":1,\"total\":5}\n{\"id\":2,\"total\":8}\n",
+            ),
+            &DiffOptions::default(),
+        );
+        assert_eq!(c.body_kind, "ndjson");
+        assert_eq!(
+            fields(&c),
+            vec![("/1/total".into(), DiffKind::ValueChanged)]
+        );
     }
 }

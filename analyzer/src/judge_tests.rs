@@ -366,6 +366,55 @@ mod properties {
             let (_, j) = crate::references::judge_set(&pair_set(&same), &p);
             prop_assert!(j.decision != Decision::NoGo, "{:?}", j.reasons);
         }
+
+        /// Monotonicity: a candidate made worse on some requests (a success turned into a 5xx
+        /// or no answer, or slower) is never judged better: what was NO-GO stays NO-GO, and
+        /// what is GO now was GO before (through the whole pipeline, references checked).
+        #[test]
+        fn a_worse_candidate_is_never_judged_better(
+            // Mostly successes (so GO is common), sometimes anything.
+            draws in proptest::collection::vec(
+                (any::<u8>(), any::<u8>(),
+                 (prop_oneof![20 => Just(3u8), 1 => any::<u8>()], 5u16..200),
+                 (prop_oneof![20 => Just(3u8), 1 => any::<u8>()], 5u16..200),
+                 proptest::option::of((prop_oneof![20 => Just(3u8), 1 => any::<u8>()], 5u16..200))),
+                0..300),
+            worsen in proptest::collection::vec(
+                (prop_oneof![3 => Just(false), 1 => Just(true)], 0u8..3), 300),
+        ) {
+            let mut p = Policy::default();
+            p.metrics.latency.bootstrap_resamples = 50;
+            let worse: Vec<_> = draws
+                .iter()
+                .zip(&worsen)
+                .map(|(d, &(on, how))| {
+                    let (s, ms) = d.3;
+                    // Status classes (see `pair_set`): 0 no answer, 1 5xx, 2 404, 3 200.
+                    let succeeded = s % 4 >= 2;
+                    let c = if !on {
+                        (s, ms)
+                    } else {
+                        match how {
+                            // A success turned into a 5xx or into no answer.
+                            0 if succeeded => (1, ms),
+                            1 if succeeded => (0, ms),
+                            0 | 1 => (s, ms),
+                            // The same answer, slower.
+                            _ => (s, ms.saturating_mul(2).min(60_000)),
+                        }
+                    };
+                    (d.0, d.1, d.2, c, d.4)
+                })
+                .collect();
+            let (_, before) = crate::references::judge_set(&pair_set(&draws), &p);
+            let (_, after) = crate::references::judge_set(&pair_set(&worse), &p);
+            if before.decision == Decision::NoGo {
+                prop_assert_eq!(after.decision, Decision::NoGo, "{:?}", after.reasons);
+            }
+            if after.decision == Decision::Go {
+                prop_assert_eq!(before.decision, Decision::Go, "{:?}", before.reasons);
+            }
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod references;
 pub mod report;
 pub mod stats;
+pub mod structured;
 pub mod tables;
 pub mod template;
 pub mod units;

@@ -7,7 +7,7 @@
 //! candidate = "candidate"
 //! baseline2 = "baseline2"          # a second copy of the current version (noise), optional
 //! routes = ["/shop/products/{id}.json"]  # endpoint templates (also --route); see template.rs
-//! openapi = "openapi.yaml"         # endpoints by the document's operations (also --openapi)
+//! # openapi = "openapi.yaml"       # endpoints by an OpenAPI document's operations (also --openapi)
 //!
 //! [score]
 //! pass = 95.0                      # score >= pass: go
