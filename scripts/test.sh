@@ -10,7 +10,8 @@
 # Before the tests: rustfmt and clippy (-D warnings, so the workspace lints such as
 # await_holding_lock are enforced), a type check of the fuzz targets, and two architecture
 # guards (no module cycle in any crate; the replayer does not link libpcap; the binary and the
-# tests build the shared dependencies with the same features, so the demo's build serves both).
+# tests build the shared dependencies with the same features, so the demo's build serves both),
+# and the Containerfile's instructions (scripts/containerfile-check.py).
 # The tests build in the dev profile, as scripts/demo.sh does: the two commands share one
 # build of the dependency stack. Tests that need root or the virtualenv are #[ignore]d for a
 # plain `cargo test` (reported as ignored) and run here with --include-ignored.
@@ -40,6 +41,7 @@ cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features --bins --lock
 step "architecture: no module cycles; the replayer does not link libpcap; one build for both commands"
 python3 scripts/module-cycles.py
 python3 scripts/shared-build.py
+python3 scripts/containerfile-check.py
 if cargo tree -p shadowtap-replayer -e normal --locked | grep -q pcap; then
   echo "shadowtap-replayer depends on pcap (cargo tree -p shadowtap-replayer -e normal)" >&2
   exit 1
