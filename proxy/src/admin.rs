@@ -5,7 +5,6 @@
 //! 5 min; mirror copies sent and dropped by reason; the recording's counts) and `GET /metrics`
 //! (the same in the Prometheus text format). This is what the control plane reads and drives.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -201,102 +200,113 @@ async fn get_stats(AxState(admin): AxState<Admin>) -> Json<serde_json::Value> {
     Json(stats_json(&admin.state))
 }
 
-/// The `/metrics` text.
+/// The `/metrics` text (OpenMetrics, by [`crate::exposition`]).
 pub fn metrics_text(state: &State) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# TYPE shadowtap_proxy_requests_total counter");
+    let mut e = crate::exposition::Exposition::default();
     for (name, role, s) in pools(state) {
-        let _ = writeln!(
-            out,
-            "shadowtap_proxy_requests_total{{pool=\"{name}\",role=\"{role}\"}} {}",
-            s.total()
+        let labels = [("pool", name.as_str()), ("role", role)];
+        e.count(
+            "shadowtap_proxy_requests",
+            "Requests answered by the pool",
+            &labels,
+            s.total(),
         );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP shadowtap_proxy_client_faults_total requests ended by their client (gone, or a malformed body), not counted as the pool's errors"
-    );
-    let _ = writeln!(out, "# TYPE shadowtap_proxy_client_faults_total counter");
-    for (name, role, s) in pools(state) {
-        let _ = writeln!(
-            out,
-            "shadowtap_proxy_client_faults_total{{pool=\"{name}\",role=\"{role}\"}} {}",
-            s.client_faults()
+        e.count(
+            "shadowtap_proxy_client_faults",
+            "Requests ended by their client (gone, or a malformed body), not counted as the pool's errors",
+            &labels,
+            s.client_faults(),
         );
     }
     for (metric, help) in [
-        ("requests", "requests that ended in the window"),
         (
-            "error_rate",
+            "shadowtap_proxy_requests",
+            "Requests that ended in the window",
+        ),
+        (
+            "shadowtap_proxy_error_rate",
             "5xx and transport errors over requests in the window",
         ),
-        ("latency_p50_seconds", "median latency in the window"),
         (
-            "latency_p90_seconds",
+            "shadowtap_proxy_latency_p50_seconds",
+            "Median latency in the window",
+        ),
+        (
+            "shadowtap_proxy_latency_p90_seconds",
             "90th percentile latency in the window",
         ),
         (
-            "latency_p99_seconds",
+            "shadowtap_proxy_latency_p99_seconds",
             "99th percentile latency in the window",
         ),
     ] {
-        let _ = writeln!(out, "# HELP shadowtap_proxy_{metric} {help}");
-        let _ = writeln!(out, "# TYPE shadowtap_proxy_{metric} gauge");
         for (name, role, s) in pools(state) {
             for (window, w) in s.windows() {
                 let v = match metric {
-                    "requests" => Some(w.requests as f64),
-                    "error_rate" => Some(w.error_rate),
-                    "latency_p50_seconds" => w.p50_ms.map(|ms| ms / 1000.0),
-                    "latency_p90_seconds" => w.p90_ms.map(|ms| ms / 1000.0),
+                    "shadowtap_proxy_requests" => Some(w.requests as f64),
+                    "shadowtap_proxy_error_rate" => Some(w.error_rate),
+                    "shadowtap_proxy_latency_p50_seconds" => w.p50_ms.map(|ms| ms / 1000.0),
+                    "shadowtap_proxy_latency_p90_seconds" => w.p90_ms.map(|ms| ms / 1000.0),
                     _ => w.p99_ms.map(|ms| ms / 1000.0),
                 };
                 if let Some(v) = v {
-                    let _ = writeln!(
-                        out,
-                        "shadowtap_proxy_{metric}{{pool=\"{name}\",role=\"{role}\",window=\"{window}\"}} {v}"
+                    // The windowed request count is a gauge of its own name (the counter
+                    // above is `shadowtap_proxy_requests_total`).
+                    let metric = if metric == "shadowtap_proxy_requests" {
+                        "shadowtap_proxy_window_requests"
+                    } else {
+                        metric
+                    };
+                    e.set(
+                        metric,
+                        help,
+                        &[("pool", name.as_str()), ("role", role), ("window", window)],
+                        v,
                     );
                 }
             }
         }
     }
-    let _ = writeln!(out, "# TYPE shadowtap_proxy_mirror_copies_total counter");
     for s in &state.routing().sinks {
-        let _ = writeln!(
-            out,
-            "shadowtap_proxy_mirror_copies_total{{shadow=\"{}\",result=\"sent\"}} {}",
-            s.name,
-            s.counters.sent.load(Ordering::Relaxed)
+        e.count(
+            "shadowtap_proxy_mirror_copies",
+            "Copies of requests for a shadow, sent or dropped by reason",
+            &[("shadow", s.name.as_str()), ("result", "sent")],
+            s.counters.sent.load(Ordering::Relaxed),
         );
         for r in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "shadowtap_proxy_mirror_copies_total{{shadow=\"{}\",result=\"dropped\",reason=\"{}\"}} {}",
-                s.name,
-                r.as_str(),
-                s.counters.dropped(r)
+            e.count(
+                "shadowtap_proxy_mirror_copies",
+                "Copies of requests for a shadow, sent or dropped by reason",
+                &[
+                    ("shadow", s.name.as_str()),
+                    ("result", "dropped"),
+                    ("reason", r.as_str()),
+                ],
+                s.counters.dropped(r),
             );
         }
     }
     if let Some(r) = &state.sinks.recorder {
-        let _ = writeln!(out, "# TYPE shadowtap_proxy_recorded_total counter");
-        let _ = writeln!(
-            out,
-            "shadowtap_proxy_recorded_total{{result=\"written\"}} {}",
-            r.counts.written.load(Ordering::Relaxed)
+        e.count(
+            "shadowtap_proxy_recorded",
+            "Exchanges for the recording, written or dropped",
+            &[("result", "written")],
+            r.counts.written.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "shadowtap_proxy_recorded_total{{result=\"dropped\"}} {}",
-            r.counts.dropped.load(Ordering::Relaxed)
+        e.count(
+            "shadowtap_proxy_recorded",
+            "Exchanges for the recording, written or dropped",
+            &[("result", "dropped")],
+            r.counts.dropped.load(Ordering::Relaxed),
         );
     }
-    out
+    e.encode()
 }
 
 async fn get_metrics(AxState(admin): AxState<Admin>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::exposition::CONTENT_TYPE)],
         metrics_text(&admin.state),
     )
         .into_response()

@@ -6,7 +6,7 @@
 //! from a body tee that never waits ([`tee`]); in the testing phase a sticky share of users is
 //! answered by a canary pool instead. Both answers are recorded ([`record`]) for
 //! `shadowtap analyze`. Live statistics ([`stats`]) and runtime configuration are served by the
-//! admin API ([`admin`]); [`config`] is the one type the flags, the TOML file and the API say.
+//! admin API ([`admin`], Prometheus text by [`exposition`]); [`config`] is the one type the flags, the TOML file and the API say.
 //!
 //! The rule that matters most: production never waits for a shadow. A copy is dropped and
 //! counted (by reason) when its shadow's queue is full, its body is over the cap, or the
@@ -16,6 +16,7 @@ pub mod admin;
 pub mod assembly;
 pub mod config;
 pub mod error;
+pub mod exposition;
 pub mod forwarded;
 pub mod lifecycle;
 pub mod mirror;

@@ -263,6 +263,72 @@ async fn the_canary_weight_holds_users_stay_and_rising_it_under_load_drops_nothi
     assert_eq!(summary.config_version, 4);
 }
 
+/// `/metrics` (with a shadow, so every family has samples) is valid OpenMetrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test virtualenv's prometheus_client (scripts/test.sh creates it and runs ignored tests)"]
+async fn the_metrics_are_valid_openmetrics() {
+    let (prod, _) = backend(Behaviour::default()).await;
+    let (sh, _) = backend(Behaviour::default()).await;
+    let mut cfg = config(prod);
+    cfg.shadows = vec![shadow("candidate", sh)];
+    cfg.admin = Some("127.0.0.1:0".into());
+    let running = shadowtap_proxy::start(cfg, Some("s3cret-token".into()))
+        .await
+        .unwrap();
+    let c = client();
+    for _ in 0..5 {
+        get_url(&c, &format!("http://{}/item/1", running.addr), &[])
+            .await
+            .unwrap();
+    }
+    let req = http::Request::builder()
+        .uri(format!("http://{}/metrics", running.admin.unwrap()))
+        .header("authorization", "Bearer s3cret-token")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        shadowtap_proxy::exposition::CONTENT_TYPE
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let metrics = String::from_utf8(body.to_vec()).unwrap();
+    // The OpenMetrics parser of the Prometheus project's Python client reads it whole (it
+    // refuses a family twice, a sample outside its family, a counter sample without `_total`,
+    // a missing `# EOF`). The virtualenv is scripts/test.sh's.
+    let python = std::env::var_os("SHADOWTAP_NOTEBOOK_PYTHON").expect(
+        "SHADOWTAP_NOTEBOOK_PYTHON names the test virtualenv's python (scripts/test.sh creates it)",
+    );
+    let mut parser = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nfams = list(p(sys.stdin.read()))\nprint(len(fams), sum(len(f.samples) for f in fams))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = parser.stdin.take().unwrap();
+        stdin.write_all(metrics.as_bytes()).unwrap();
+    }
+    let out = parser.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "OpenMetrics parser: {}\n{metrics}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: usize = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(families >= 8, "{families} families\n{metrics}");
+    running.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_needs_its_token_and_applies_changes_atomically() {
     let (prod, _) = backend(Behaviour::default()).await;

@@ -10,7 +10,8 @@ pub mod api;
 pub mod config;
 pub mod deployment;
 pub mod error;
-pub mod exposition;
+/// The Prometheus exposition (shared with the proxy's admin API).
+pub use shadowtap_proxy::exposition;
 pub mod monitor;
 pub mod plane;
 pub mod resources;
