@@ -5,7 +5,9 @@
 //! lost bytes are skipped and flagged, the parser resynchronises on the next start line). The
 //! replayer sends requests with [`client::Connection`] and frames the answers with the same
 //! parser, so a replayed response is recorded exactly as a captured one would be. The
-//! mirroring proxy uses both. This crate knows nothing of packets, Parquet or Arrow.
+//! mirroring proxy sends its shadow copies through the replayer's client (so through this
+//! crate); its own listener and production client are hyper's. This crate knows nothing of
+//! packets, Parquet or Arrow.
 //!
 //! ```
 //! use shadowtap_http1::{Framing, MessageParser, ParserEvent, ParserLimits, ResponseFraming, Role};
