@@ -218,76 +218,52 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// `junit.xml`: one test suite per metric, one test case per endpoint.
+/// `junit.xml`: one test suite per metric, one test case per endpoint. Written by
+/// `quick-junit` (cargo-nextest's writer), which escapes markup and drops the characters XML
+/// cannot hold (an endpoint named after a path with a control byte stays valid XML).
 pub fn junit(v: &Verdict) -> String {
-    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let failures = v
-        .checks
-        .iter()
-        .filter(|c| c.result == CheckResult::Fail)
-        .count();
-    let skipped = v
-        .checks
-        .iter()
-        .filter(|c| c.result == CheckResult::Inconclusive)
-        .count();
-    let _ = writeln!(s, "<testsuites name=\"shadowtap canary: {}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">", v.verdict.as_str(), v.checks.len());
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new(format!("shadowtap canary: {}", v.verdict.as_str()));
     let mut metrics: Vec<&str> = v.checks.iter().map(|c| c.metric.as_str()).collect();
-    metrics.dedup();
-    metrics.sort();
+    metrics.sort_unstable();
     metrics.dedup();
     for m in metrics {
-        let cs: Vec<&Check> = v.checks.iter().filter(|c| c.metric == m).collect();
-        let f = cs.iter().filter(|c| c.result == CheckResult::Fail).count();
-        let sk = cs
-            .iter()
-            .filter(|c| c.result == CheckResult::Inconclusive)
-            .count();
-        let _ = writeln!(
-            s,
-            "  <testsuite name=\"{m}\" tests=\"{}\" failures=\"{f}\" skipped=\"{sk}\">",
-            cs.len()
-        );
-        for c in cs {
-            let _ = write!(
-                s,
-                "    <testcase classname=\"shadowtap.{m}\" name=\"{}{}\">",
-                xml(&c.endpoint),
-                c.quantity
-                    .as_ref()
-                    .map_or(String::new(), |q| format!(" ({})", xml(q)))
-            );
-            match c.result {
-                CheckResult::Pass => {}
+        let mut suite = TestSuite::new(m);
+        for c in v.checks.iter().filter(|c| c.metric == m) {
+            let status = match c.result {
+                CheckResult::Pass => TestCaseStatus::success(),
                 CheckResult::Fail => {
-                    let _ = write!(
-                        s,
-                        "<failure message=\"{}\">{}</failure>",
-                        xml(&c.explanation),
-                        xml(&format!(
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(c.explanation.as_str())
+                        .set_description(format!(
                             "{}\nthreshold: {}\nsql: {}",
                             c.explanation, c.threshold, c.sql
-                        ))
-                    );
+                        ));
+                    s
                 }
                 CheckResult::Inconclusive => {
-                    let _ = write!(s, "<skipped message=\"{}\"/>", xml(&c.explanation));
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(c.explanation.as_str());
+                    s
                 }
-            }
-            let _ = writeln!(
-                s,
-                "<system-out>{}</system-out></testcase>",
-                xml(&format!(
+            };
+            let name = match &c.quantity {
+                Some(q) => format!("{} ({q})", c.endpoint),
+                None => c.endpoint.clone(),
+            };
+            let mut case = TestCase::new(name, status);
+            case.set_classname(format!("shadowtap.{m}"))
+                .set_system_out(format!(
                     "baseline {} | candidate {}",
                     value(c, &c.baseline),
                     value(c, &c.candidate)
-                ))
-            );
+                ));
+            suite.add_test_case(case);
         }
-        let _ = writeln!(s, "  </testsuite>");
+        report.add_test_suite(suite);
     }
-    s.push_str("</testsuites>\n");
-    s
+    // Serializing to memory fails only on a writer error, which a String has not.
+    report.to_string().unwrap_or_default()
 }
 
 /// An SVG plot of latency CDFs (baseline and candidate) for one endpoint.

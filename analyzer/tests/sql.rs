@@ -210,6 +210,20 @@ fn a_latency_regression_fails_and_the_sql_gives_the_same_numbers() {
     let opts = options(dir.path());
     let v = rt().block_on(analyze(&opts)).unwrap();
     assert_eq!(v.verdict, Decision::NoGo);
+    // junit.xml reads back as JUnit, whatever an endpoint is called (markup, a control byte,
+    // an ANSI escape from a captured path).
+    let mut odd = v.clone();
+    odd.checks[0].endpoint = "GET /a\u{1}<b>&\"c\u{1b}[31m]]>".into();
+    let xml = shadowtap_analyzer::report::junit(&odd);
+    let back = quick_junit::Report::deserialize_from_str(&xml).expect("junit.xml parses");
+    assert_eq!(back.tests, odd.checks.len());
+    let fails = odd
+        .checks
+        .iter()
+        .filter(|c| c.result == shadowtap_analyzer::analyze::CheckResult::Fail)
+        .count();
+    assert_eq!(back.failures, fails);
+    assert!(fails > 0);
     let lat = v
         .checks
         .iter()
