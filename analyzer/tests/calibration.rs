@@ -519,6 +519,25 @@ fn calibration_false_alarms_on_identical_versions_and_detection_of_regressions()
                 rate * 100.0
             ));
         }
+        // A judge that hides behind INCONCLUSIVE is no judge: identical versions with sound
+        // references and enough traffic get a verdict; the rows built to be unjudgeable (too
+        // few requests, a dead or disagreeing second baseline) must say so nearly always.
+        let designed = s.b2_fault != B2Fault::None || s.endpoints * s.requests * s.passes < 50;
+        let inc_rate = inc as f64 / n as f64;
+        if designed && inc_rate < 0.95 {
+            failures.push(format!(
+                "A/A {}: built to be inconclusive, but only {:.1}% were",
+                s.name,
+                inc_rate * 100.0
+            ));
+        }
+        if !designed && inc_rate > 0.05 {
+            failures.push(format!(
+                "A/A {}: inconclusive {:.1}% > 5% on identical versions",
+                s.name,
+                inc_rate * 100.0
+            ));
+        }
     }
     for s in regressions().into_iter().filter(|s| s.name.contains(&only)) {
         let (nogo, inc, n, _) = run(&s, seeds(40));
