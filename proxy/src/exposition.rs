@@ -21,6 +21,13 @@ type Labels = Vec<(String, String)>;
 type Gauges = Family<Labels, Gauge<f64, AtomicU64>>;
 type Counters = Family<Labels, Counter<u64, AtomicU64>>;
 
+fn owned(labels: &[(&str, &str)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// The content type of [`Exposition::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -47,11 +54,7 @@ impl Exposition {
             self.registry.register(name, help, f.clone());
             f
         });
-        let labels: Labels = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        family.get_or_create(&labels).set(value);
+        family.get_or_create(&owned(labels)).set(value);
     }
 
     /// Sets counter `name` (without the `_total` suffix its samples get; registered with
@@ -68,12 +71,8 @@ impl Exposition {
             self.registry.register(name, help, f.clone());
             f
         });
-        let labels: Labels = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
         // Set once per scrape, from zero.
-        family.get_or_create(&labels).inc_by(value);
+        family.get_or_create(&owned(labels)).inc_by(value);
     }
 
     /// The text to answer a scrape with.
