@@ -7,7 +7,10 @@
 //!
 //! The generic webhook gets the alert as JSON, signed: `X-Shadowtap-Signature:
 //! sha256=<hex HMAC-SHA256 of the body with the configured secret>`. The Slack-compatible one
-//! gets `{"text": …}`. Delivered alerts are kept a week in the outbox, then forgotten (the
+//! gets `{"text": …}`. Alertmanager gets its v2 API's alert list (`POST /api/v2/alerts`,
+//! [`alertmanager_body`]): the problems only (rollback, degraded, deviation, breach, silent),
+//! labelled `alertname`, `loadbalancer`, `kind`, `severity`; a recovery resolves the degraded
+//! alert (`endsAt`). Delivered alerts are kept a week in the outbox, then forgotten (the
 //! history keeps every transition).
 
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use sha2::Sha256;
 use tokio::sync::watch;
 
 use crate::plane::{now, Plane};
+use crate::deployment::Alert;
 use crate::store::Pending;
 
 /// The signature header's value for `body`.
@@ -27,6 +31,41 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let bytes = mac.finalize().into_bytes();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256={hex}")
+}
+
+/// The Alertmanager alert list for `alert` raised at `at` (RFC 3339), or none when its kind
+/// is news, not a problem (a shift, a transition, live, removed): those go to the webhook and
+/// Slack only.
+pub fn alertmanager_body(alert: &Alert, at: &str) -> Option<serde_json::Value> {
+    let (kind, severity, resolved) = match alert.kind.as_str() {
+        "rollback" => ("rollback", "critical", false),
+        "degraded" => ("degraded", "critical", false),
+        "deviation" => ("deviation", "warning", false),
+        "breach" => ("breach", "warning", false),
+        "silent" => ("silent", "warning", false),
+        // The same labels as the degraded alert: Alertmanager resolves it.
+        "recovered" => ("degraded", "critical", true),
+        _ => return None,
+    };
+    let name: String = kind[..1].to_uppercase() + &kind[1..];
+    let mut a = serde_json::json!({
+        "labels": {
+            "alertname": format!("Shadowtap{name}"),
+            "loadbalancer": alert.loadbalancer,
+            "kind": kind,
+            "severity": severity,
+            "service": "shadowtap",
+        },
+        "annotations": {
+            "summary": alert.text,
+            "delivery": alert.id,
+        },
+        "startsAt": at,
+    });
+    if resolved {
+        a["endsAt"] = at.into();
+    }
+    Some(serde_json::json!([a]))
 }
 
 /// Tries after which an alert is a dead letter (1 s doubling to 5 min: about an hour).
@@ -62,6 +101,27 @@ async fn send(
                 .expect("json serialises"),
             false,
         ),
+        "alertmanager" => {
+            let at = p
+                .alert
+                .transition
+                .as_ref()
+                .map_or_else(|| crate::deployment::rfc3339(now()), |t| t.at.clone());
+            let Some(body) = alertmanager_body(&p.alert, &at) else {
+                // News, not a problem: nothing to send, delivered.
+                return Ok(());
+            };
+            (
+                plane
+                    .config
+                    .alerts
+                    .alertmanager_url
+                    .as_ref()
+                    .map(|u| format!("{}/api/v2/alerts", u.trim_end_matches('/'))),
+                serde_json::to_vec(&body).expect("json serialises"),
+                false,
+            )
+        }
         other => return Err(format!("unknown sink {other}")),
     };
     let Some(url) = url else {
@@ -202,6 +262,28 @@ mod tests {
             signature(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn alertmanager_gets_problems_and_a_recovery_resolves_the_degraded_alert() {
+        let alert = |kind: &str| Alert {
+            id: "web-7".into(),
+            loadbalancer: "web".into(),
+            kind: kind.into(),
+            text: "web: degraded".into(),
+            transition: None,
+        };
+        let at = "2026-12-07T10:00:00.000Z";
+        let fired = alertmanager_body(&alert("degraded"), at).unwrap();
+        assert_eq!(fired[0]["labels"]["alertname"], "ShadowtapDegraded");
+        assert_eq!(fired[0]["labels"]["severity"], "critical");
+        assert!(fired[0].get("endsAt").is_none());
+        let resolved = alertmanager_body(&alert("recovered"), at).unwrap();
+        assert_eq!(resolved[0]["labels"], fired[0]["labels"]);
+        assert_eq!(resolved[0]["endsAt"], at);
+        for news in ["shift", "transition", "live", "removed"] {
+            assert!(alertmanager_body(&alert(news), at).is_none(), "{news}");
+        }
     }
 
     #[test]

@@ -33,6 +33,19 @@ pub struct Api {
 #[derive(Clone)]
 struct Actor(String);
 
+impl Api {
+    /// The name of the token `given`, when it is one (every token compared, in constant time).
+    fn actor(&self, given: &str) -> Option<String> {
+        let mut actor = None;
+        for (name, token) in self.tokens.iter() {
+            if equal(given.as_bytes(), token.as_bytes()) {
+                actor = Some(name.clone());
+            }
+        }
+        actor
+    }
+}
+
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
@@ -55,13 +68,7 @@ async fn auth(AxState(api): AxState<Api>, mut req: Request, next: Next) -> Respo
     let Some(given) = given else {
         return error(StatusCode::UNAUTHORIZED, "a bearer token is needed");
     };
-    let mut actor = None;
-    for (name, token) in api.tokens.iter() {
-        if equal(given.as_bytes(), token.as_bytes()) {
-            actor = Some(name.clone());
-        }
-    }
-    match actor {
+    match api.actor(given) {
         Some(a) => {
             req.extensions_mut().insert(Actor(a));
             next.run(req).await
@@ -298,6 +305,103 @@ simple_route!(pause, Action::Pause);
 simple_route!(resume, Action::Resume);
 simple_route!(remove, Action::Remove);
 
+/// `GET …/analysis`: the verdict for Argo Rollouts' `web` metric provider (and anyone who
+/// polls): always 200 for a known load balancer, so the template's conditions, not a provider
+/// error, decide.
+async fn analysis(AxState(api): AxState<Api>, Path(id): Path<String>) -> Response {
+    match api.plane.get(&id).await {
+        Ok(d) => {
+            let mut v = serde_json::to_value(crate::analysis::analyse(&d)).unwrap_or_default();
+            v["lastJudgement"] = serde_json::to_value(&d.last_judgement).unwrap_or_default();
+            Json(v).into_response()
+        }
+        Err(e) => change_error(e),
+    }
+}
+
+/// What Flagger's webhook runner POSTs (`CanaryWebhookPayload`); other fields are ignored, as
+/// Flagger adds some over its versions.
+#[derive(Deserialize)]
+struct FlaggerPayload {
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST …/flagger/{hook}`: a Flagger webhook, answered 200 or 412 from the verdict
+/// ([`crate::analysis::flagger_allows`]). Flagger cannot send headers, so besides the bearer
+/// token its payload's `metadata.token` is accepted.
+async fn flagger_hook(
+    AxState(api): AxState<Api>,
+    Path((id, hook)): Path<(String, String)>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let payload: Result<FlaggerPayload, String> = parse(&body, false);
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let given = bearer.or_else(|| {
+        payload
+            .as_ref()
+            .ok()
+            .and_then(|p| p.metadata.get("token"))
+            .map(String::as_str)
+    });
+    let Some(given) = given else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "a token is needed: the bearer header, or metadata.token in the webhook",
+        );
+    };
+    if api.actor(given).is_none() {
+        return error(StatusCode::UNAUTHORIZED, "the token is not valid");
+    }
+    let payload = match payload {
+        Ok(p) => p,
+        Err(m) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{m} (Flagger sends name, namespace, phase, metadata)"),
+            )
+        }
+    };
+    let d = match api.plane.get(&id).await {
+        Ok(d) => d,
+        Err(e) => return change_error(e),
+    };
+    let a = crate::analysis::analyse(&d);
+    let Some(allowed) = crate::analysis::flagger_allows(&hook, a.verdict) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no Flagger hook {hook:?}: {}",
+                crate::analysis::FLAGGER_HOOKS.join(", ")
+            ),
+        );
+    };
+    let code = if allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::PRECONDITION_FAILED
+    };
+    let answer = serde_json::json!({
+        "hook": hook,
+        "canary": format!("{}.{}", payload.name, payload.namespace),
+        "phase": payload.phase,
+        "allowed": allowed,
+        "verdict": a.verdict,
+        "reason": a.reason,
+        "state": a.state,
+    });
+    (code, Json(answer)).into_response()
+}
+
 const STATES: [&str; 8] = [
     "stable", "shadow", "testing", "paused", "live", "degraded", "removing", "removed",
 ];
@@ -334,6 +438,21 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
             "The deployment's version (bumped by every change)",
             &lb,
             d.rollout.version as f64,
+        );
+        // Named and coded as Flagger's `flagger_canary_weight` and `flagger_canary_status`,
+        // so dashboards and alert rules written for it carry over.
+        e.set(
+            "shadowtap_canary_weight",
+            "Share of real traffic on the new version, 0-100 (as flagger_canary_weight)",
+            &lb,
+            d.rollout.traffic_percentage,
+        );
+        let a = crate::analysis::analyse(&d);
+        e.set(
+            "shadowtap_canary_status",
+            "0 running, 1 promoted, 2 failed (rolled back or degraded), as flagger_canary_status",
+            &lb,
+            f64::from(crate::analysis::canary_status(&a)),
         );
         e.set(
             "shadowtap_lb_local_rollback",
@@ -483,6 +602,7 @@ pub fn router(api: Api) -> Router {
         .route("/loadbalancer/{id}", get(one))
         .route("/loadbalancer/{id}/metrics", get(metrics_of))
         .route("/loadbalancer/{id}/history", get(history))
+        .route("/loadbalancer/{id}/analysis", get(analysis))
         .route("/loadbalancer/{id}/shadow", post(shadow))
         .route("/loadbalancer/{id}/testing", post(testing))
         .route("/loadbalancer/{id}/live", post(live))
@@ -491,8 +611,11 @@ pub fn router(api: Api) -> Router {
         .route("/loadbalancer/{id}/resume", post(resume))
         .route("/loadbalancer/{id}/remove", post(remove))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
+    // Flagger cannot send headers: its webhooks may carry the token in `metadata.token`.
+    let flagger = Router::new().route("/loadbalancer/{id}/flagger/{hook}", post(flagger_hook));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(flagger)
         .merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /openapi.json") })
         .with_state(api)

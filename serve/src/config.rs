@@ -91,6 +91,9 @@ pub struct AlertsConfig {
     pub webhook_secret_file: Option<PathBuf>,
     /// Slack-compatible incoming webhook (`{"text": …}`).
     pub slack_url: Option<String>,
+    /// Prometheus Alertmanager's base URL (`http://alertmanager:9093`): problems are POSTed to
+    /// its `/api/v2/alerts`.
+    pub alertmanager_url: Option<String>,
 }
 
 /// One `[[loadbalancer]]`.
@@ -241,6 +244,17 @@ impl ServeConfig {
                     "loadbalancer.production",
                     format!("{}: at least one member", lb.id),
                 ));
+            }
+        }
+        for (key, url) in [
+            ("alerts.webhook_url", &self.alerts.webhook_url),
+            ("alerts.slack_url", &self.alerts.slack_url),
+            ("alerts.alertmanager_url", &self.alerts.alertmanager_url),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(bad(key, "an http:// or https:// URL".into()));
+                }
             }
         }
         if self.alerts.webhook_url.is_some() && self.alerts.webhook_secret_file.is_none() {

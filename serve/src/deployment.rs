@@ -368,6 +368,20 @@ pub struct Deployment {
     /// Member URL → Prometheus endpoint, for members given through the API.
     #[serde(default)]
     pub metrics_urls: std::collections::BTreeMap<String, String>,
+    /// How the last rollout ended, or is ending: `promoted` (live, and after the drain the
+    /// stable pool) or `rolledBack`; none while one runs or before the first.
+    #[serde(default)]
+    pub completion: Option<Completion>,
+}
+
+/// How a rollout ended (Argo Rollouts' `completionStatus`, in short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Completion {
+    /// The new version took all traffic.
+    Promoted,
+    /// The new version was taken out after a rollback.
+    RolledBack,
 }
 
 impl Deployment {
@@ -386,6 +400,7 @@ impl Deployment {
             entered_at: now,
             last_judgement: None,
             metrics_urls: Default::default(),
+            completion: None,
         }
     }
 }
@@ -742,6 +757,13 @@ pub fn act(
     };
     let (rollout, t) = machine::step(&d.rollout, &event)?;
     next.rollout = rollout;
+    next.completion = match (t.from, t.to, t.event.as_str()) {
+        (_, _, "rollback") => Some(Completion::RolledBack),
+        (_, State::Live, _) => Some(Completion::Promoted),
+        // A new rollout.
+        (State::Stable | State::Removed, _, _) => None,
+        _ => next.completion,
+    };
     // A new state starts its counters afresh (a new shadow phase must not inherit breaches);
     // pausing and resuming a shift keep its steps and looks.
     let paused_or_resumed = matches!(

@@ -6,6 +6,7 @@
 //! the pure state machine and shift algorithms of `shadowtap-control`.
 
 pub mod alerts;
+pub mod analysis;
 pub mod api;
 pub mod config;
 pub mod deployment;

@@ -124,7 +124,7 @@ pub struct Plane {
     pub drain: Duration,
     /// The monitor's lease.
     pub lease: Duration,
-    /// The outbox's sinks (`webhook`, `slack`).
+    /// The outbox's sinks (`webhook`, `slack`, `alertmanager`).
     pub sinks: Vec<&'static str>,
     /// The configuration.
     pub config: ServeConfig,
@@ -215,6 +215,9 @@ impl Plane {
         }
         if config.alerts.slack_url.is_some() {
             sinks.push("slack");
+        }
+        if config.alerts.alertmanager_url.is_some() {
+            sinks.push("alertmanager");
         }
         Ok(Arc::new(Plane {
             store,

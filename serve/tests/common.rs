@@ -252,3 +252,51 @@ pub async fn wait_leader(server: &shadowtap_serve::Server) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Requests at a steady pace until stopped (at most 60 s, at most 20,000 requests).
+pub fn steady(addr: SocketAddr) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<u16>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        while !s.load(Ordering::Relaxed)
+            && out.len() < 20_000
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            let st = c
+                .get(format!("http://{addr}/item/{}", out.len()))
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16());
+            out.push(st);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        out
+    });
+    (stop, task)
+}
+
+pub async fn wait_for(
+    api: SocketAddr,
+    states: &[&str],
+    within: Duration,
+) -> (serde_json::Value, Duration) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, v) = call(api, "GET", "/loadbalancer/web", None).await;
+        if states.iter().any(|s| v["state"] == *s) {
+            return (v, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < within,
+            "still {} after {within:?}: {v}",
+            v["state"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,234 @@
+//! shadowtap as the judge of controllers that run the rollout themselves, against what they
+//! really send: Argo Rollouts' `web` metric provider (a GET with the template's headers, no
+//! body) and Flagger's webhook runner (a POST of `{name, namespace, phase, checksum,
+//! metadata}`, 200–202 = go on), both from their documentation; and a real Prometheus
+//! Alertmanager (Debian's `prometheus-alertmanager`, started by the test) receiving the
+//! rollback.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use shadowtap_serve::Server;
+
+use crate::common::*;
+
+/// An Alertmanager on loopback, killed on drop.
+struct Alertmanager {
+    url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn alertmanager() -> Alertmanager {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("am.yml"),
+        "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n",
+    )
+    .unwrap();
+    // A free port (Alertmanager cannot report the one it took).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", dir.path().join("am.yml").display()))
+        .arg(format!("--storage.path={}", dir.path().display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus-alertmanager (Debian's package; scripts/test.sh installs it)");
+    let am = Alertmanager {
+        url: format!("http://127.0.0.1:{port}"),
+        child,
+        _dir: dir,
+    };
+    let t0 = Instant::now();
+    loop {
+        let ready = reqwest::get(format!("{}/-/ready", am.url))
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return am;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "Alertmanager never got ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What Argo Rollouts' web provider sends: a GET with the AnalysisTemplate's headers.
+async fn argo(api: std::net::SocketAddr) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .get(format!("http://{api}/loadbalancer/web/analysis"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the provider errors on anything but a 2xx");
+    r.json().await.unwrap()
+}
+
+/// What Flagger's webhook runner sends: a JSON POST, the token in `metadata` (it cannot send
+/// headers); the status code.
+async fn flagger(api: std::net::SocketAddr, hook: &str, token: &str) -> (u16, serde_json::Value) {
+    let payload = serde_json::json!({
+        "name": "podinfo",
+        "namespace": "test",
+        "phase": "Progressing",
+        "checksum": "6c6f4b7b5d",
+        "metadata": {"token": token, "loadbalancer": "web"}
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{api}/loadbalancer/web/flagger/{hook}"))
+        .header("Content-Type", "application/json")
+        .body(payload.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+async fn canary_status(api: std::net::SocketAddr) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("http://{api}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("shadowtap_canary_status{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no shadowtap_canary_status: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_and_flagger_follow_the_shadow_verdict_and_alertmanager_gets_the_rollback() {
+    let am = alertmanager().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, _) = backend().await;
+    let (shadow_url, shadow) = backend().await;
+    let mut c = config(dir.path(), &stable_url, None, None);
+    c.alerts.alertmanager_url = Some(am.url.clone());
+    let server = Server::start(c).await.unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    post_ok(
+        api,
+        "/loadbalancer/web/shadow",
+        serde_json::json!({"shadowPool": [shadow_url], "mirrorPercentage": 100}),
+    )
+    .await;
+
+    // Nothing judged yet: pending; no gate opens, no rollback asked.
+    let a = argo(api).await;
+    assert_eq!(a["verdict"], "pending", "{a}");
+    assert_eq!(flagger(api, "confirm-promotion", TOKEN).await.0, 412);
+    assert_eq!(flagger(api, "rollback", TOKEN).await.0, 412);
+    assert_eq!(flagger(api, "rollout", TOKEN).await.0, 200);
+
+    // The hooks check their token and their payload.
+    assert_eq!(flagger(api, "confirm-promotion", "not-a-token").await.0, 401);
+    let r = reqwest::Client::new()
+        .post(format!("http://{api}/loadbalancer/web/flagger/rollback"))
+        .body("{\"name\": 1}")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (code, v) = flagger(api, "confirm-everything", TOKEN).await;
+    assert_eq!(code, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("confirm-promotion"), "{v}");
+    let r = reqwest::get(format!("http://{api}/loadbalancer/web/analysis"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the analysis needs the token too");
+
+    // The shadow answers as production does: go once a window is judged.
+    let (stop, load) = steady(proxy);
+    let t0 = Instant::now();
+    let a = loop {
+        let a = argo(api).await;
+        if a["verdict"] != "pending" {
+            break a;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "never judged: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(a["verdict"], "go", "{a}");
+    assert_eq!(a["ok"], true);
+    let (code, v) = flagger(api, "confirm-promotion", TOKEN).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["canary"], "podinfo.test");
+    assert_eq!(flagger(api, "rollback", TOKEN).await.0, 412);
+    assert_eq!(canary_status(api).await, 0.0, "running");
+
+    // The shadow starts failing every copy: rolled back; both controllers are told.
+    shadow.failing.store(true, Ordering::Relaxed);
+    let (v, _) = wait_for(api, &["removing", "removed"], Duration::from_secs(15)).await;
+    stop.store(true, Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "users never saw the failing shadow"
+    );
+    assert_eq!(v["mirrorPercentage"], 0.0);
+    let a = argo(api).await;
+    assert_eq!((&a["verdict"], &a["failed"]), (&"no-go".into(), &true.into()), "{a}");
+    assert!(a["reason"].as_str().unwrap().contains("rolled back"), "{a}");
+    let (code, v) = flagger(api, "rollback", TOKEN).await;
+    assert_eq!(code, 200, "Flagger rolls back on a 2xx: {v}");
+    assert_eq!(flagger(api, "confirm-rollout", TOKEN).await.0, 412);
+    assert_eq!(canary_status(api).await, 2.0, "failed");
+
+    // Alertmanager holds the rollback, labelled.
+    let t0 = Instant::now();
+    let alert = loop {
+        let alerts: serde_json::Value = reqwest::get(format!("{}/api/v2/alerts", am.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "ShadowtapRollback")
+            .cloned();
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "Alertmanager has no rollback: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(alert["labels"]["loadbalancer"], "web", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "critical", "{alert}");
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("shadow fails"),
+        "{alert}"
+    );
+    server.shutdown().await;
+}
