@@ -4,7 +4,8 @@
 # libpcap-dev (to link), tcpdump, nginx-light and curl (the live loopback capture test), and
 # iproute2 and nftables (the packet-loss test, in a network namespace of its own), postgresql
 # (the control plane's store tests start their own server), prometheus (for promtool, which
-# checks the control plane's /metrics);
+# checks the control plane's /metrics), prometheus-alertmanager (a real Alertmanager receives
+# the control plane's alerts);
 # creates a Python virtualenv for the notebook test (python3-venv on Debian).
 #
 # Before the tests: rustfmt and clippy (-D warnings, so the workspace lints such as
@@ -18,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-install_deps libpcap-dev tcpdump nginx-light curl ca-certificates iproute2 nftables python3 postgresql prometheus
+install_deps libpcap-dev tcpdump nginx-light curl ca-certificates iproute2 nftables python3 postgresql prometheus prometheus-alertmanager
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 # The notebook test runs notebooks/canary.ipynb with nbclient in this virtualenv; the object
 # storage tests start moto_server (an S3-compatible server, PyPI) from it.
