@@ -216,6 +216,8 @@ enum Mode {
     Http,
     /// HTTP/2 in clear: the client's preface was seen.
     H2(Box<crate::h2::H2Session>),
+    /// TLS, read with the key log: the HTTP inside is an inner connection.
+    Tls(Box<crate::tls::TlsTap>),
     /// Not HTTP: bytes are ignored.
     NotHttp,
 }
@@ -251,6 +253,9 @@ pub struct HttpConnection {
     server_end: Option<bool>,
     stats: ConnectionStats,
     out: Vec<Exchange>,
+    /// The key log: TLS connections are read with it (none: skipped as not HTTP).
+    tls_keys: Option<Arc<shadowtap_tls::KeyLog>>,
+    first_us: i64,
 }
 
 impl HttpConnection {
@@ -301,11 +306,58 @@ impl HttpConnection {
             server_end: None,
             stats: ConnectionStats::default(),
             out: Vec::new(),
+            tls_keys: None,
+            first_us,
         };
         if let Some(dir) = client_dir {
             conn.start_http(dir);
         }
         conn
+    }
+
+    /// Reads TLS with `keys` (`--tls-keylog`) instead of skipping it.
+    pub fn with_tls_keys(mut self, keys: Option<Arc<shadowtap_tls::KeyLog>>) -> Self {
+        self.tls_keys = keys;
+        self
+    }
+
+    /// Switches to reading TLS when a key log is given and `data`, the first bytes of `dir`,
+    /// start a TLS handshake; whether it did. `held` bytes of the other direction go first.
+    fn start_tls_if_handshake(
+        &mut self,
+        dir: usize,
+        data: &[u8],
+        ts_us: i64,
+        held: &[HeldChunk],
+    ) -> bool {
+        let Some(keys) = self.tls_keys.clone() else {
+            return false;
+        };
+        if !shadowtap_tls::looks_like_handshake(data) {
+            return false;
+        }
+        let mut tap = crate::tls::TlsTap::new(
+            self.endpoints,
+            self.first_us,
+            self.limits,
+            self.source.clone(),
+            keys,
+        );
+        tap.feed(dir, data, ts_us);
+        for (bytes, ts, _) in held {
+            tap.feed(1 - dir, bytes, *ts);
+        }
+        self.parsers = None;
+        self.mode = Mode::Tls(Box::new(tap));
+        true
+    }
+
+    /// TLS counters, for a connection read as TLS.
+    pub fn tls_stats(&self) -> Option<crate::tls::TlsStats> {
+        match &self.mode {
+            Mode::Tls(t) => Some(t.stats()),
+            _ => None,
+        }
     }
 
     /// Tells the connection the sequence number of stream offset 0 in direction `dir`.
@@ -323,6 +375,7 @@ impl HttpConnection {
         let held = match &self.mode {
             Mode::Detecting(dirs) => dirs.iter().flatten().map(|(b, _, _)| b.len()).sum(),
             Mode::H2(h2) => h2.buffered_bytes(),
+            Mode::Tls(t) => t.buffered_bytes(),
             _ => 0,
         };
         let parsers: usize = self
@@ -343,7 +396,10 @@ impl HttpConnection {
 
     /// Which direction carries requests, once known.
     pub fn client_dir(&self) -> Option<usize> {
-        self.client_dir
+        match &self.mode {
+            Mode::Tls(t) => t.inner().and_then(HttpConnection::client_dir),
+            _ => self.client_dir,
+        }
     }
 
     /// True once the connection is known not to carry HTTP/1.x.
@@ -355,6 +411,9 @@ impl HttpConnection {
     pub fn saw_http(&self) -> bool {
         if let Mode::H2(h2) = &self.mode {
             return h2.saw_streams();
+        }
+        if let Mode::Tls(t) = &self.mode {
+            return t.inner().is_some_and(HttpConnection::saw_http);
         }
         self.parsers
             .as_ref()
@@ -420,6 +479,7 @@ impl HttpConnection {
     pub fn h2_stats(&self) -> Option<crate::h2::H2Stats> {
         match &self.mode {
             Mode::H2(h2) => Some(h2.stats()),
+            Mode::Tls(t) => t.inner().and_then(HttpConnection::h2_stats),
             _ => None,
         }
     }
@@ -444,13 +504,27 @@ impl HttpConnection {
 
     /// Counters.
     pub fn stats(&self) -> ConnectionStats {
-        self.stats
+        let mut s = self.stats;
+        if let Some(i) = match &self.mode {
+            Mode::Tls(t) => t.inner(),
+            _ => None,
+        } {
+            let inner = i.stats();
+            s.orphan_responses += inner.orphan_responses;
+            s.skipped_bytes += inner.skipped_bytes;
+            s.boundary_losses += inner.boundary_losses;
+            s.unanswered_overflow += inner.unanswered_overflow;
+        }
+        s
     }
 
     /// Takes the exchanges completed so far.
     pub fn take_exchanges(&mut self) -> Vec<Exchange> {
         if let Mode::H2(h2) = &mut self.mode {
             self.out.extend(h2.take_exchanges());
+        }
+        if let Mode::Tls(t) = &mut self.mode {
+            self.out.extend(t.take_exchanges());
         }
         std::mem::take(&mut self.out)
     }
@@ -485,6 +559,7 @@ impl HttpConnection {
         match &mut self.mode {
             Mode::NotHttp => {}
             Mode::H2(h2) => h2.feed(dir, data, ts_us),
+            Mode::Tls(t) => t.feed(dir, data, ts_us),
             Mode::Http => {
                 // The handshake named the client; its first bytes may be the HTTP/2 preface
                 // (prior knowledge, as gRPC does).
@@ -501,6 +576,12 @@ impl HttpConnection {
                     return;
                 }
                 let early = std::mem::take(&mut self.early_server);
+                if before_client
+                    && Some(dir) == self.client_dir
+                    && self.start_tls_if_handshake(dir, data, ts_us, &early)
+                {
+                    return;
+                }
                 let server = self.client_dir.map_or(1 - dir, |c| 1 - c);
                 if before_client
                     && Some(dir) == self.client_dir
@@ -541,6 +622,10 @@ impl HttpConnection {
                     }
                 }
                 if held[dir].is_empty() && looks_like_tls(data) {
+                    let held = std::mem::take(held);
+                    if self.start_tls_if_handshake(dir, data, ts_us, &held[1 - dir]) {
+                        return;
+                    }
                     self.stats.skipped_bytes += data.len() as u64;
                     self.mode = Mode::NotHttp;
                     return;
@@ -571,6 +656,7 @@ impl HttpConnection {
     pub fn on_gap(&mut self, dir: usize, len: u64, ts_us: i64) {
         match &mut self.mode {
             Mode::H2(h2) => h2.gap(dir, len),
+            Mode::Tls(t) => t.gap(dir, len, ts_us),
             Mode::Http => {
                 if let Some(p) = self.parsers.as_mut() {
                     p[dir].gap(len, ts_us);
@@ -594,6 +680,10 @@ impl HttpConnection {
     /// for its request (the capture delivered the server's bytes and FIN first) must still
     /// meet that request.
     pub fn on_end(&mut self, dir: usize, clean: bool) {
+        if let Mode::Tls(t) = &mut self.mode {
+            t.end(dir, clean);
+            return;
+        }
         // HTTP/2 streams end with their own frames; what a side's end leaves open is emitted
         // as seen by `finish`.
         if !matches!(self.mode, Mode::Http) {
@@ -646,6 +736,11 @@ impl HttpConnection {
         if let Mode::H2(h2) = &mut self.mode {
             h2.finish();
             self.out.extend(h2.take_exchanges());
+            return;
+        }
+        if let Mode::Tls(t) = &mut self.mode {
+            t.finish();
+            self.out.extend(t.take_exchanges());
             return;
         }
         if let Mode::Detecting(held) = &self.mode {

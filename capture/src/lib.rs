@@ -26,9 +26,11 @@ pub mod metrics;
 pub mod pipeline;
 pub mod prepare;
 pub mod reassembly;
+pub mod secrets;
 pub mod shedding;
 pub mod source;
 pub mod summary;
+pub mod tls;
 
 pub use error::CaptureError;
 /// Redaction lives in `shadowtap-core`, shared with the proxy's recordings.

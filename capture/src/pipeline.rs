@@ -133,6 +133,30 @@ pub fn capture_files(opts: &CaptureOptions) -> Result<CaptureSummary, CaptureErr
             .map(|(_, e)| e)
             .unwrap_or(CaptureError::NothingRead));
     }
+    // Key logs inside pcapng files (Decryption Secrets Blocks) join --tls-keylog's.
+    let embedded: String = sources
+        .iter()
+        .map(|(p, _)| crate::secrets::tls_key_logs(p))
+        .collect();
+    let with_keys;
+    let opts = if embedded.trim().is_empty() {
+        opts
+    } else {
+        match &opts.reassembly.tls_keys {
+            Some(keys) => {
+                keys.add_text(&embedded);
+                opts
+            }
+            None => {
+                let mut o = opts.clone();
+                o.reassembly.tls_keys = Some(std::sync::Arc::new(
+                    shadowtap_tls::KeyLog::from_text(&embedded),
+                ));
+                with_keys = o;
+                &with_keys
+            }
+        }
+    };
     let mut run = Run::start(opts)?;
     for (path, mut source) in sources {
         let name = path.display().to_string();

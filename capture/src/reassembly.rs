@@ -36,6 +36,8 @@ pub struct ReassemblyConfig {
     /// (counted as `flows_cut_by_memory`). Checked each time the flows have grown by
     /// [`ReassemblyConfig::memory_check`] bytes, so the table may pass it by that much at most.
     pub max_memory: u64,
+    /// The key log TLS connections are read with (`--tls-keylog`); none: TLS is skipped.
+    pub tls_keys: Option<std::sync::Arc<shadowtap_tls::KeyLog>>,
 }
 
 impl ReassemblyConfig {
@@ -59,6 +61,7 @@ impl Default for ReassemblyConfig {
             idle_timeout_us: 300_000_000,
             parser: ParserLimits::default(),
             max_memory: default_max_memory(),
+            tls_keys: None,
         }
     }
 }
@@ -108,6 +111,22 @@ pub struct ReassemblyStats {
     /// HTTP/2 streams seen without their request (its headers lost): counted, no row.
     #[serde(default)]
     pub h2_headless_streams: u64,
+    /// TLS connections seen (with `--tls-keylog`; without it they are non-HTTP flows).
+    #[serde(default)]
+    pub tls_connections: u64,
+    /// Of them, decrypted with the key log.
+    #[serde(default)]
+    pub tls_decrypted: u64,
+    /// Of them, not decrypted: the key log has no keys for them.
+    #[serde(default)]
+    pub tls_undecrypted: u64,
+    /// Of them, not decrypted: a suite or version not read (CBC suites, TLS 1.0/1.1).
+    #[serde(default)]
+    pub tls_unsupported: u64,
+    /// Of them, given up part way or never readable (a lost segment, a record that did not
+    /// authenticate, a capture that began after the handshake).
+    #[serde(default)]
+    pub tls_failed: u64,
     /// Largest number of flows tracked at once.
     pub peak_flows: u64,
     /// Open flows dropped by load shedding (their exchange in progress was not written).
@@ -315,7 +334,8 @@ impl FlowTable {
                 ts_us,
                 self.config.parser,
                 self.source.clone(),
-            );
+            )
+            .with_tls_keys(self.config.tls_keys.clone());
             self.flows.insert(
                 key,
                 Flow {
@@ -573,6 +593,13 @@ impl FlowTable {
             self.stats.h2_connections += h2.connections;
             self.stats.h2_lost_streams += h2.lost_streams;
             self.stats.h2_headless_streams += h2.headless_streams;
+        }
+        if let Some(t) = flow.conn.tls_stats() {
+            self.stats.tls_connections += t.connections;
+            self.stats.tls_decrypted += t.decrypted;
+            self.stats.tls_undecrypted += t.no_keys;
+            self.stats.tls_unsupported += t.unsupported;
+            self.stats.tls_failed += t.failed;
         }
         if flow.conn.saw_http() {
             self.stats.http_flows += 1;

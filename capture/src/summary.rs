@@ -152,6 +152,12 @@ impl CaptureSummary {
                 r.h2_connections, r.h2_lost_streams, r.h2_headless_streams
             ));
         }
+        if r.tls_connections > 0 {
+            s.push_str(&format!(
+                "tls          {} connections: {} decrypted, {} without keys in the key log, {} unsupported suites, {} failed\n",
+                r.tls_connections, r.tls_decrypted, r.tls_undecrypted, r.tls_unsupported, r.tls_failed
+            ));
+        }
         s.push_str(&format!(
             "flagged      {} no response, {} incomplete, {} gap, {} parse error, {} truncated, {} decode error\n",
             f.no_response, f.incomplete, f.gap, f.parse_error, f.truncated, f.decode_error

@@ -33,6 +33,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
     shadowtap capture --read a.pcap --read b.pcapng --filter 'tcp port 8080' --sample 10% --out data/\n  \
     shadowtap capture --interface eth1 --filter 'tcp port 80' --duration 10m --out data/\n  \
     shadowtap capture --read t.pcap --match-host api.example.com --match-path '^/v2/' --out data/\n  \
+    shadowtap capture --read https.pcap --tls-keylog keys.log --out data/\n  \
     shadowtap capture --list-interfaces\n\n\
     Match criteria (--match-*) combine with AND, repeated values of one with OR, and apply\n\
     before --sample.\n\n\
@@ -176,6 +177,15 @@ pub struct CaptureArgs {
     /// Accepts K, M and G suffixes (powers of 1024).
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_size)]
     max_body: u64,
+
+    /// Decrypt TLS with this key log (NSS format, as SSLKEYLOGFILE writes it: curl, Firefox,
+    /// Chrome, OpenSSL's keylog callback, Go's KeyLogWriter, Java with jSSLKeyLog). Read again
+    /// as it grows, so a live client's new sessions are found. Key logs inside pcapng files
+    /// (`editcap --inject-secrets`) are used without it. TLS 1.2 AEAD suites and TLS 1.3;
+    /// sessions without keys are counted in the summary. The file holds secrets: keep it as
+    /// safe as the capture.
+    #[arg(long, value_name = "FILE", env = "SHADOWTAP_TLS_KEYLOG")]
+    tls_keylog: Option<PathBuf>,
 
     /// Write into Hive-style `date=YYYY-MM-DD/hour=HH/` directories by request start (UTC), read
     /// as partition columns by DuckDB, DataFusion and Spark. Default: `hour` for --interface,
@@ -382,6 +392,19 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         parser: ParserLimits {
             max_body: args.max_body,
             ..ParserLimits::default()
+        },
+        tls_keys: match &args.tls_keylog {
+            Some(path) => {
+                let keys = shadowtap_tls::KeyLog::open(path).map_err(|e| anyhow::anyhow!("--tls-keylog: {e}"))?;
+                if keys.is_empty() && keys.bad_lines() > 0 {
+                    bail!(
+                        "--tls-keylog {}: no key log line in it (expected `LABEL <client random> <secret>`)",
+                        path.display()
+                    );
+                }
+                Some(std::sync::Arc::new(keys))
+            }
+            None => None,
         },
         ..ReassemblyConfig::default()
     };
