@@ -7,6 +7,7 @@
 //! the next unanswered request answers something the capture never saw (it began before the
 //! capture did). Such responses are counted and dropped instead of shifting every later pair.
 
+pub mod tls;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -217,7 +218,7 @@ enum Mode {
     /// HTTP/2 in clear: the client's preface was seen.
     H2(Box<crate::h2::H2Session>),
     /// TLS, read with the key log: the HTTP inside is an inner connection.
-    Tls(Box<crate::tls::TlsTap>),
+    Tls(Box<tls::TlsTap>),
     /// Not HTTP: bytes are ignored.
     NotHttp,
 }
@@ -336,7 +337,7 @@ impl HttpConnection {
         if !shadowtap_tls::looks_like_handshake(data) {
             return false;
         }
-        let mut tap = crate::tls::TlsTap::new(
+        let mut tap = tls::TlsTap::new(
             self.endpoints,
             self.first_us,
             self.limits,
@@ -353,7 +354,7 @@ impl HttpConnection {
     }
 
     /// TLS counters, for a connection read as TLS.
-    pub fn tls_stats(&self) -> Option<crate::tls::TlsStats> {
+    pub fn tls_stats(&self) -> Option<tls::TlsStats> {
         match &self.mode {
             Mode::Tls(t) => Some(t.stats()),
             _ => None,

@@ -30,7 +30,6 @@ pub mod secrets;
 pub mod shedding;
 pub mod source;
 pub mod summary;
-pub mod tls;
 
 pub use error::CaptureError;
 /// Redaction lives in `shadowtap-core`, shared with the proxy's recordings.

@@ -50,7 +50,7 @@ pub fn tls_key_logs(path: &Path) -> String {
             }
         };
         let (kind, len) = (num(&head[..4]), num(&head[4..]));
-        if len < 12 || len % 4 != 0 {
+        if len < 12 || !len.is_multiple_of(4) {
             break;
         }
         let body = u64::from(len) - 8;
@@ -67,7 +67,9 @@ pub fn tls_key_logs(path: &Path) -> String {
                 }
                 out.push_str(&String::from_utf8_lossy(&data));
                 out.push('\n');
-                if f.seek(SeekFrom::Current(body as i64 - 8 - i64::from(n))).is_err() {
+                if f.seek(SeekFrom::Current(body as i64 - 8 - i64::from(n)))
+                    .is_err()
+                {
                     break;
                 }
                 continue;

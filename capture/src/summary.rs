@@ -148,7 +148,7 @@ impl CaptureSummary {
         ));
         if r.h2_connections > 0 {
             s.push_str(&format!(
-                "http/2       {} connections in clear (h2c); {} streams flagged as lost, {} without their request (no row)\n",
+                "http/2       {} connections (h2c in clear, or h2 read from TLS); {} streams flagged as lost, {} without their request (no row)\n",
                 r.h2_connections, r.h2_lost_streams, r.h2_headless_streams
             ));
         }

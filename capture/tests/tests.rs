@@ -8,3 +8,4 @@ mod live;
 mod lossy;
 mod oracle;
 mod secrets;
+mod tls;

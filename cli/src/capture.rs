@@ -395,7 +395,8 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         },
         tls_keys: match &args.tls_keylog {
             Some(path) => {
-                let keys = shadowtap_tls::KeyLog::open(path).map_err(|e| anyhow::anyhow!("--tls-keylog: {e}"))?;
+                let keys = shadowtap_tls::KeyLog::open(path)
+                    .map_err(|e| anyhow::anyhow!("--tls-keylog: {e}"))?;
                 if keys.is_empty() && keys.bad_lines() > 0 {
                     bail!(
                         "--tls-keylog {}: no key log line in it (expected `LABEL <client random> <secret>`)",

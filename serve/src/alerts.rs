@@ -20,8 +20,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::watch;
 
-use crate::plane::{now, Plane};
 use crate::deployment::Alert;
+use crate::plane::{now, Plane};
 use crate::store::Pending;
 
 /// The signature header's value for `body`.

@@ -98,7 +98,10 @@ pub fn analyse(d: &Deployment) -> Analysis {
         State::Shadow if p.breaches > 0 => (Verdict::NoGo, last_why()),
         State::Shadow if p.looks > 0 => (
             Verdict::Go,
-            format!("the shadow agrees with production on {} judged windows", p.looks),
+            format!(
+                "the shadow agrees with production on {} judged windows",
+                p.looks
+            ),
         ),
         State::Shadow => (
             Verdict::Pending,
@@ -118,9 +121,7 @@ pub fn analyse(d: &Deployment) -> Analysis {
                 p.steps, d.rollout.traffic_percentage
             ),
         ),
-        State::Testing | State::Paused => {
-            (Verdict::Pending, "no window judged yet".to_owned())
-        }
+        State::Testing | State::Paused => (Verdict::Pending, "no window judged yet".to_owned()),
     };
     Analysis {
         loadbalancer: d.id.clone(),
@@ -280,9 +281,14 @@ mod tests {
         d.completion = Some(Completion::Promoted);
         let a = analyse(&d);
         assert_eq!((a.verdict, canary_status(&a)), (Verdict::Go, 1));
-        let d = act(&d, &Action::Remove, "ops", None, 3.0).unwrap().deployment;
+        let d = act(&d, &Action::Remove, "ops", None, 3.0)
+            .unwrap()
+            .deployment;
         let a = analyse(&d);
-        assert_eq!((a.verdict, a.state, canary_status(&a)), (Verdict::Go, "removing", 1));
+        assert_eq!(
+            (a.verdict, a.state, canary_status(&a)),
+            (Verdict::Go, "removing", 1)
+        );
     }
 
     #[test]

@@ -42,7 +42,10 @@ async fn alertmanager() -> Alertmanager {
         .unwrap()
         .port();
     let child = Command::new("prometheus-alertmanager")
-        .arg(format!("--config.file={}", dir.path().join("am.yml").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("am.yml").display()
+        ))
         .arg(format!("--storage.path={}", dir.path().display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--cluster.listen-address=")
@@ -63,7 +66,10 @@ async fn alertmanager() -> Alertmanager {
         if ready {
             return am;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "Alertmanager never got ready");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "Alertmanager never got ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -143,7 +149,10 @@ async fn argo_and_flagger_follow_the_shadow_verdict_and_alertmanager_gets_the_ro
     assert_eq!(flagger(api, "rollout", TOKEN).await.0, 200);
 
     // The hooks check their token and their payload.
-    assert_eq!(flagger(api, "confirm-promotion", "not-a-token").await.0, 401);
+    assert_eq!(
+        flagger(api, "confirm-promotion", "not-a-token").await.0,
+        401
+    );
     let r = reqwest::Client::new()
         .post(format!("http://{api}/loadbalancer/web/flagger/rollback"))
         .body("{\"name\": 1}")
@@ -154,7 +163,10 @@ async fn argo_and_flagger_follow_the_shadow_verdict_and_alertmanager_gets_the_ro
     assert_eq!(r.status(), 400);
     let (code, v) = flagger(api, "confirm-everything", TOKEN).await;
     assert_eq!(code, 404, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("confirm-promotion"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("confirm-promotion"),
+        "{v}"
+    );
     let r = reqwest::get(format!("http://{api}/loadbalancer/web/analysis"))
         .await
         .unwrap();
@@ -190,7 +202,11 @@ async fn argo_and_flagger_follow_the_shadow_verdict_and_alertmanager_gets_the_ro
     );
     assert_eq!(v["mirrorPercentage"], 0.0);
     let a = argo(api).await;
-    assert_eq!((&a["verdict"], &a["failed"]), (&"no-go".into(), &true.into()), "{a}");
+    assert_eq!(
+        (&a["verdict"], &a["failed"]),
+        (&"no-go".into(), &true.into()),
+        "{a}"
+    );
     assert!(a["reason"].as_str().unwrap().contains("rolled back"), "{a}");
     let (code, v) = flagger(api, "rollback", TOKEN).await;
     assert_eq!(code, 200, "Flagger rolls back on a 2xx: {v}");

@@ -56,9 +56,21 @@ pub fn suite(id: u16) -> Option<Suite> {
         0xC02C => ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", Aes256Gcm, Sha384),
         0xC02F => ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", Aes128Gcm, Sha256),
         0xC030 => ("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", Aes256Gcm, Sha384),
-        0xCCA8 => ("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", Chacha20Poly1305, Sha256),
-        0xCCA9 => ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", Chacha20Poly1305, Sha256),
-        0xCCAA => ("TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256", Chacha20Poly1305, Sha256),
+        0xCCA8 => (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            Chacha20Poly1305,
+            Sha256,
+        ),
+        0xCCA9 => (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            Chacha20Poly1305,
+            Sha256,
+        ),
+        0xCCAA => (
+            "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            Chacha20Poly1305,
+            Sha256,
+        ),
         _ => return None,
     };
     Some(Suite {
@@ -115,7 +127,7 @@ impl hkdf::KeyType for Len {
 }
 
 /// RFC 8446 §7.1 HKDF-Expand-Label with an empty context.
-fn expand_label(hash: Hash, secret: &[u8], label: &str, len: usize) -> Option<Vec<u8>> {
+pub(crate) fn expand_label(hash: Hash, secret: &[u8], label: &str, len: usize) -> Option<Vec<u8>> {
     let prk = hkdf::Prk::new_less_safe(hash.hkdf(), secret);
     let full = [b"tls13 ", label.as_bytes()].concat();
     let length = u16::try_from(len).ok()?.to_be_bytes();
@@ -219,7 +231,12 @@ impl Opener {
     /// TLS 1.3 KeyUpdate: the opener of the next traffic secret.
     pub fn updated(&self) -> Option<Opener> {
         let secret = self.secret.as_ref()?;
-        let next = expand_label(self.suite.hash, secret, "traffic upd", self.suite.hash.len())?;
+        let next = expand_label(
+            self.suite.hash,
+            secret,
+            "traffic upd",
+            self.suite.hash.len(),
+        )?;
         Opener::tls13(self.suite, &next)
     }
 

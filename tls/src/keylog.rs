@@ -43,7 +43,7 @@ pub struct KeyLog {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -156,7 +156,9 @@ impl KeyLog {
         }
         f.seek(SeekFrom::Start(table.read)).map_err(io)?;
         let mut bytes = Vec::new();
-        f.take(len - table.read).read_to_end(&mut bytes).map_err(io)?;
+        f.take(len - table.read)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
         let text = String::from_utf8_lossy(&bytes);
         let used = table.add_text(&text, true);
         // Lossy decoding keeps lengths of valid UTF-8; a key log is ASCII.
@@ -221,7 +223,10 @@ mod tests {
         // The line is not finished: not read yet.
         assert!(log.lookup(&[1; 32]).is_none());
         use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"11\n").unwrap();
         assert_eq!(log.lookup(&[1; 32]).unwrap().master, Some(vec![0x00, 0x11]));
         std::fs::remove_dir_all(dir).unwrap();
@@ -229,7 +234,9 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_error_naming_it() {
-        let e = KeyLog::open(Path::new("/nonexistent/keys.log")).err().unwrap();
+        let e = KeyLog::open(Path::new("/nonexistent/keys.log"))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("/nonexistent/keys.log"), "{e}");
     }
 

@@ -27,5 +27,9 @@ pub enum TlsError {
 /// Whether `data`, a connection's first bytes in one direction, starts like a TLS handshake
 /// record (a ClientHello or ServerHello).
 pub fn looks_like_handshake(data: &[u8]) -> bool {
-    data.len() >= 6 && data[0] == 22 && data[1] == 3 && data[2] <= 4 && (data[5] == 1 || data[5] == 2)
+    data.len() >= 6
+        && data[0] == 22
+        && data[1] == 3
+        && data[2] <= 4
+        && (data[5] == 1 || data[5] == 2)
 }

@@ -107,7 +107,8 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| usize::from(b[0]))
     }
     fn u16(&mut self) -> Option<usize> {
-        self.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     }
     fn vec8(&mut self) -> Option<&'a [u8]> {
         let n = self.u8()?;
@@ -202,7 +203,13 @@ impl Session {
 
     /// Contiguous bytes of direction `dir`; the application data opened from them is appended
     /// to `out` as (direction, plaintext), in order.
-    pub fn feed(&mut self, dir: usize, data: &[u8], keys: &KeyLog, out: &mut Vec<(usize, Vec<u8>)>) {
+    pub fn feed(
+        &mut self,
+        dir: usize,
+        data: &[u8],
+        keys: &KeyLog,
+        out: &mut Vec<(usize, Vec<u8>)>,
+    ) {
         if self.stopped() {
             return;
         }
@@ -279,7 +286,13 @@ impl Session {
         self.open(dir, &header, &payload, out);
     }
 
-    fn open(&mut self, dir: usize, header: &[u8; 5], payload: &[u8], out: &mut Vec<(usize, Vec<u8>)>) {
+    fn open(
+        &mut self,
+        dir: usize,
+        header: &[u8; 5],
+        payload: &[u8],
+        out: &mut Vec<(usize, Vec<u8>)>,
+    ) {
         let Some(opener) = self.dirs[dir].opener.as_mut() else {
             return;
         };
@@ -520,5 +533,211 @@ impl Session {
         if !self.stopped() && !self.keyed && self.suite.is_some() {
             self.status = Some(Status::NoKeys);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{expand_label, suite, Hash};
+    use proptest::prelude::*;
+    use ring::aead;
+
+    /// The sending side of TLS 1.3 records, as a peer would write them.
+    struct Sealer {
+        secret: Vec<u8>,
+        key: aead::LessSafeKey,
+        iv: Vec<u8>,
+        seq: u64,
+    }
+
+    impl Sealer {
+        fn new(secret: &[u8]) -> Sealer {
+            let key = expand_label(Hash::Sha256, secret, "key", 16).unwrap();
+            Sealer {
+                secret: secret.to_vec(),
+                key: aead::LessSafeKey::new(
+                    aead::UnboundKey::new(&aead::AES_128_GCM, &key).unwrap(),
+                ),
+                iv: expand_label(Hash::Sha256, secret, "iv", 12).unwrap(),
+                seq: 0,
+            }
+        }
+
+        fn seal(&mut self, content_type: u8, data: &[u8]) -> Vec<u8> {
+            let mut inner = data.to_vec();
+            inner.push(content_type);
+            inner.extend_from_slice(&[0, 0, 0]); // padding
+            let len = (inner.len() + 16) as u16;
+            let header = [23, 3, 3, (len >> 8) as u8, len as u8];
+            let mut nonce = [0u8; 12];
+            nonce.copy_from_slice(&self.iv);
+            for (b, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+                *b ^= s;
+            }
+            self.key
+                .seal_in_place_append_tag(
+                    aead::Nonce::assume_unique_for_key(nonce),
+                    aead::Aad::from(header),
+                    &mut inner,
+                )
+                .unwrap();
+            self.seq += 1;
+            [&header[..], &inner].concat()
+        }
+
+        fn update(&mut self) {
+            let next = expand_label(Hash::Sha256, &self.secret, "traffic upd", 32).unwrap();
+            *self = Sealer::new(&next);
+        }
+    }
+
+    fn plain_record(kind: u8, body: &[u8]) -> Vec<u8> {
+        let len = body.len() as u16;
+        [&[kind, 3, 3, (len >> 8) as u8, len as u8][..], body].concat()
+    }
+
+    fn handshake(kind: u8, body: &[u8]) -> Vec<u8> {
+        let len = body.len() as u32;
+        [
+            &[kind, (len >> 16) as u8, (len >> 8) as u8, len as u8][..],
+            body,
+        ]
+        .concat()
+    }
+
+    const RANDOM: [u8; 32] = [7; 32];
+
+    fn client_hello() -> Vec<u8> {
+        let sni = {
+            let name = b"api.example";
+            let entry = [&[0u8][..], &(name.len() as u16).to_be_bytes(), name].concat();
+            let list = [&(entry.len() as u16).to_be_bytes()[..], &entry].concat();
+            [
+                &0u16.to_be_bytes()[..],
+                &(list.len() as u16).to_be_bytes(),
+                &list,
+            ]
+            .concat()
+        };
+        let body = [
+            &[3, 3][..],
+            &RANDOM,
+            &[0],                // session id
+            &[0, 2, 0x13, 0x01], // suites
+            &[1, 0],             // compression
+            &(sni.len() as u16).to_be_bytes(),
+            &sni,
+        ]
+        .concat();
+        plain_record(22, &handshake(1, &body))
+    }
+
+    fn server_hello() -> Vec<u8> {
+        let ext = [&43u16.to_be_bytes()[..], &[0, 2, 3, 4]].concat();
+        let body = [
+            &[3, 3][..],
+            &[9; 32],
+            &[0],
+            &[0x13, 0x01],
+            &[0],
+            &(ext.len() as u16).to_be_bytes(),
+            &ext,
+        ]
+        .concat();
+        plain_record(22, &handshake(2, &body))
+    }
+
+    fn keys() -> KeyLog {
+        let r: String = RANDOM.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = |b: u8| format!("{b:02x}").repeat(32);
+        KeyLog::from_text(&format!(
+            "CLIENT_HANDSHAKE_TRAFFIC_SECRET {r} {}\nSERVER_HANDSHAKE_TRAFFIC_SECRET {r} {}\nCLIENT_TRAFFIC_SECRET_0 {r} {}\nSERVER_TRAFFIC_SECRET_0 {r} {}\n",
+            hex(1), hex(2), hex(3), hex(4)
+        ))
+    }
+
+    /// A whole TLS 1.3 conversation, direction 0 the client: (direction, wire bytes) in order,
+    /// and the plaintext each side sent. The server updates its key half way.
+    /// (direction, bytes) chunks on the wire.
+    type Wire = Vec<(usize, Vec<u8>)>;
+
+    fn conversation(messages: &[(bool, Vec<u8>)]) -> (Wire, [Vec<u8>; 2]) {
+        let mut wire = vec![(0, client_hello()), (1, server_hello())];
+        let (mut ch, mut sh) = (Sealer::new(&[1; 32]), Sealer::new(&[2; 32]));
+        wire.push((1, plain_record(20, &[1]))); // middlebox compatibility
+        wire.push((1, sh.seal(22, &handshake(8, &[0, 0]))));
+        wire.push((1, sh.seal(22, &handshake(20, &[0; 32]))));
+        wire.push((0, ch.seal(22, &handshake(20, &[0; 32]))));
+        let (mut ca, mut sa) = (Sealer::new(&[3; 32]), Sealer::new(&[4; 32]));
+        let mut sent = [Vec::new(), Vec::new()];
+        for (i, (from_server, m)) in messages.iter().enumerate() {
+            if *from_server {
+                if i == messages.len() / 2 {
+                    wire.push((1, sa.seal(22, &handshake(24, &[0]))));
+                    sa.update();
+                }
+                wire.push((1, sa.seal(23, m)));
+                sent[1].extend_from_slice(m);
+            } else {
+                wire.push((0, ca.seal(23, m)));
+                sent[0].extend_from_slice(m);
+            }
+        }
+        (wire, sent)
+    }
+
+    proptest! {
+        /// Whatever the messages and however the bytes are cut, each direction's plaintext
+        /// comes out whole and in order, across the epochs and a KeyUpdate.
+        #[test]
+        fn every_byte_sent_comes_out_in_order(
+            messages in proptest::collection::vec((any::<bool>(), proptest::collection::vec(1u8..=255, 1..300)), 1..12),
+            cut in 1usize..64,
+        ) {
+            let (wire, sent) = conversation(&messages);
+            let keys = keys();
+            let mut s = Session::new();
+            let mut out = Vec::new();
+            for (dir, bytes) in &wire {
+                for chunk in bytes.chunks(cut) {
+                    s.feed(*dir, chunk, &keys, &mut out);
+                }
+            }
+            prop_assert_eq!(s.status(), Status::Decrypting);
+            let mut got = [Vec::new(), Vec::new()];
+            for (dir, p) in out {
+                got[dir].extend_from_slice(&p);
+            }
+            prop_assert_eq!(&got, &sent);
+            prop_assert_eq!(s.info().sni.as_deref(), Some("api.example"));
+            prop_assert_eq!(s.info().cipher, Some(suite(0x1301).unwrap().name));
+        }
+    }
+
+    /// Keys that arrive after the records (a live client's log written late) open what was
+    /// held, in order.
+    #[test]
+    fn records_wait_for_keys_that_come_late() {
+        let (wire, sent) = conversation(&[(false, b"GET / HTTP/1.1\r\n\r\n".to_vec())]);
+        let late = KeyLog::default();
+        let mut s = Session::new();
+        let mut out = Vec::new();
+        for (dir, bytes) in &wire {
+            s.feed(*dir, bytes, &late, &mut out);
+        }
+        assert!(out.is_empty());
+        let keys = keys();
+        s.finish(&keys, &mut out);
+        assert_eq!(out, vec![(0, sent[0].clone())]);
+    }
+
+    #[test]
+    fn bytes_that_are_not_tls_fail_the_session() {
+        let mut s = Session::new();
+        let mut out = Vec::new();
+        s.feed(0, b"GET / HTTP/1.1\r\n\r\n", &keys(), &mut out);
+        assert!(matches!(s.status(), Status::Failed(_)));
+        assert_eq!(s.buffered_bytes(), 0);
     }
 }

@@ -11,7 +11,7 @@ use shadowtap_core::exchange::Exchange;
 use shadowtap_http1::ParserLimits;
 use shadowtap_tls::{KeyLog, Session, Status};
 
-use crate::connection::{Endpoint, HttpConnection};
+use super::{Endpoint, HttpConnection};
 
 /// TLS counters of a connection, summed in the capture's summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
