@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. This is the second command of README.md, and what .ci/run calls.
 # Installs the system packages the tests use when they are missing (needs root or sudo):
-# libpcap-dev (to link), tcpdump, nginx-light and curl (the live loopback capture test), and
+# libpcap-dev (to link), tcpdump, nginx-light, curl and openssl (the live loopback capture
+# tests, one of them HTTPS with a throwaway certificate), and
 # iproute2 and nftables (the packet-loss test, in a network namespace of its own), postgresql
 # (the control plane's store tests start their own server), prometheus (for promtool, which
 # checks the control plane's /metrics), prometheus-alertmanager (a real Alertmanager receives
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-install_deps libpcap-dev tcpdump nginx-light curl ca-certificates iproute2 nftables python3 postgresql prometheus prometheus-alertmanager
+install_deps libpcap-dev tcpdump nginx-light curl openssl ca-certificates iproute2 nftables python3 postgresql prometheus prometheus-alertmanager
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 # The notebook test runs notebooks/canary.ipynb with nbclient in this virtualenv; the object
 # storage tests start moto_server (an S3-compatible server, PyPI) from it.

@@ -145,8 +145,18 @@ pub(crate) struct LiveCapture {
 
 impl LiveCapture {
     pub(crate) fn start(port: u16, out: &Path) -> LiveCapture {
+        Self::start_with(port, out, None)
+    }
+
+    /// With a TLS key log (`--tls-keylog`).
+    pub(crate) fn start_with(
+        port: u16,
+        out: &Path,
+        tls_keys: Option<Arc<shadowtap_tls::KeyLog>>,
+    ) -> LiveCapture {
         let mut opts = CaptureOptions::new(Vec::new(), out.to_path_buf());
         opts.progress = false;
+        opts.reassembly.tls_keys = tls_keys;
         let live = LiveOptions {
             interface: "lo".into(),
             promisc: false,

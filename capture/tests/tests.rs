@@ -5,6 +5,7 @@ mod common;
 mod h2;
 mod linktypes;
 mod live;
+mod live_tls;
 mod lossy;
 mod oracle;
 mod secrets;
