@@ -9,6 +9,7 @@ mod analyze;
 mod capture;
 mod cluster;
 mod config;
+mod ctl;
 mod demo;
 mod inspect;
 mod location;
@@ -78,7 +79,7 @@ enum Command {
     /// The control plane: proxies, store, API, monitor, alerts (shadow → testing → live, rollback).
     Serve(serve::ServeArgs),
     /// A client of `shadowtap serve`'s API.
-    Ctl(serve::CtlArgs),
+    Ctl(Box<ctl::CtlArgs>),
     /// A Ballista scheduler or executor with shadowtap's SQL functions, for --engine ballista.
     Cluster(cluster::ClusterArgs),
 }
@@ -127,7 +128,7 @@ fn main() -> ExitCode {
         Command::DemoService(args) => demo::run(args),
         Command::Proxy(args) => proxy::run(*args),
         Command::Serve(args) => serve::run(args),
-        Command::Ctl(args) => serve::ctl(args),
+        Command::Ctl(args) => ctl::run(*args),
         Command::Cluster(args) => cluster::run(args),
     };
     match result {

@@ -534,3 +534,116 @@ fn runs_monitor(port: u16) -> bool {
     let _ = s.read_to_string(&mut answer);
     answer.contains("\"monitor\":true")
 }
+
+/// `ctl status NAME --watch` from a CI job: it follows the rollout and exits with its outcome
+/// (1 on a rollback, 3 when paused, 0 once live, 4 on --timeout), as Argo Rollouts'
+/// `status --watch` does; `promote` and `abort` are `live` and `rollback`.
+#[test]
+fn ctl_status_watch_exits_with_the_rollouts_outcome() {
+    let stable = service(&[]);
+    let canary = service(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (api, lb) = (free_port(), free_port());
+    std::fs::write(dir.path().join("api.tokens"), format!("ops {TOKEN}\n")).unwrap();
+    let config = dir.path().join("shadowtap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nlisten = \"127.0.0.1:{api}\"\ntoken_file = \"api.tokens\"\n[monitor]\ninterval = \"1s\"\ndrain = \"1s\"\n[[loadbalancer]]\nid = \"web\"\nlisten = \"127.0.0.1:{lb}\"\nproduction = [\"{}\"]\n",
+            stable.url
+        ),
+    )
+    .unwrap();
+    let _serve = start(&config);
+    let watch = |extra: &[&str]| {
+        bin()
+            .args([
+                "ctl",
+                "--api",
+                &format!("http://127.0.0.1:{api}"),
+                "--token-file",
+            ])
+            .arg(dir.path().join("api.tokens"))
+            .args(["status", "web", "--watch", "--poll", "100ms"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait = |mut child: Child| -> (i32, String) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut out = String::new();
+                child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                return (st.code().unwrap_or(-1), out);
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("the watch never ended");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // A shadow phase aborted: 1.
+    let (code, _) = ctl(
+        api,
+        dir.path(),
+        &["shadow", "web", "--pool", &canary.url, "--mirror", "10"],
+    );
+    assert_eq!(code, 0);
+    let (code, out) = wait(watch(&["--timeout", "1s"]));
+    assert_eq!(code, 4, "still in shadow at the timeout: {out}");
+    assert!(out.contains("state=shadow"), "{out}");
+    let w = watch(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, v) = ctl(api, dir.path(), &["abort", "web", "--reason", "ci says no"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, out) = wait(w);
+    assert_eq!(code, 1, "rolled back: {out}");
+    assert!(out.contains("verdict=no-go"), "{out}");
+    let t0 = Instant::now();
+    while ctl(api, dir.path(), &["get", "web"]).1["state"] != "removed" {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never drained");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A canary paused for a human: 3; promoted: 0.
+    let (code, v) = ctl(
+        api,
+        dir.path(),
+        &[
+            "testing",
+            "web",
+            "--candidate",
+            &canary.url,
+            "--error-rate",
+            "0.5",
+            "--latency",
+            "5000",
+            "--initial",
+            "10",
+            "--interval",
+            "1h",
+            "--failure-limit",
+            "2",
+            "--max-step",
+            "100",
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["thresholds"]["failureLimit"], 2, "{v}");
+    let (code, _) = ctl(api, dir.path(), &["pause", "web"]);
+    assert_eq!(code, 0);
+    let (code, out) = wait(watch(&[]));
+    assert_eq!(code, 3, "paused: {out}");
+    let (code, v) = ctl(api, dir.path(), &["promote", "web"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, out) = wait(watch(&[]));
+    assert_eq!(code, 0, "live: {out}");
+    assert!(out.contains("state=live"), "{out}");
+}
