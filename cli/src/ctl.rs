@@ -216,6 +216,9 @@ enum Ctl {
         /// Do not gate steps with the statistical comparison against the stable pool.
         #[arg(long)]
         no_judge: bool,
+        /// Stop before live: pause at --target until `ctl promote` (default: promote).
+        #[arg(long)]
+        manual_promotion: bool,
         #[command(flatten)]
         limits: Box<Limits>,
         /// Why (kept in the history).
@@ -362,6 +365,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             initial,
             candidate,
             no_judge,
+            manual_promotion,
             limits,
             reason,
         } => {
@@ -384,6 +388,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             }
             if no_judge {
                 o.insert("judge".into(), false.into());
+            }
+            if manual_promotion {
+                o.insert("promotion".into(), "manual".into());
             }
             if let Some(r) = reason {
                 o.insert("reason".into(), r.into());

@@ -40,6 +40,10 @@ pub struct TestingSpec {
     /// the seed formula caps itself at 10).
     #[serde(default)]
     pub max_step_percentage: Option<f64>,
+    /// `auto` (default): promoted once the target is reached; `manual`: paused at the target
+    /// until an operator's `live` (`ctl promote`), the stop before live.
+    #[serde(default)]
+    pub promotion: Option<String>,
     /// The weight testing starts at (default: the first step; 1 for seed).
     #[serde(default)]
     pub initial_percentage: Option<f64>,
@@ -121,6 +125,11 @@ pub struct Defaults {
 }
 
 impl TestingSpec {
+    /// Whether the target waits for an operator's `live` instead of promoting.
+    pub fn manual_promotion(&self) -> bool {
+        self.promotion.as_deref() == Some("manual")
+    }
+
     /// The algorithm.
     pub fn algorithm(&self) -> Result<Algorithm, String> {
         let step = self.step_percentage.unwrap_or(10.0);
@@ -194,6 +203,11 @@ impl TestingSpec {
             }
         };
         pct("targetTrafficPercentage", self.target_traffic_percentage)?;
+        if let Some(p) = self.promotion.as_deref() {
+            if p != "auto" && p != "manual" {
+                return Err(format!("promotion {p:?}: auto or manual"));
+            }
+        }
         if self.no_data_limit == Some(0) {
             return Err("noDataLimit 0: at least 1 (leave it out for none)".into());
         }

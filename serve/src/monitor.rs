@@ -222,6 +222,20 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                     {
                         return Ok(());
                     }
+                    // The stop before live: at the target, wait for an operator's `live`.
+                    if matches!(decision, Decision::Promote)
+                        && spec.manual_promotion()
+                        && !d.progress.promote
+                    {
+                        let why = format!(
+                            "the target ({:.2}%) is reached and every window passed: waiting for `live` (promotion = manual)",
+                            d.rollout.traffic_percentage
+                        );
+                        return plane
+                            .change_monitor(id, Action::Pause, Some(&why))
+                            .await
+                            .map(|_| ());
+                    }
                     Action::Judged {
                         decision,
                         progress,

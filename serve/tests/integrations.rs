@@ -248,3 +248,89 @@ async fn argo_and_flagger_follow_the_shadow_verdict_and_alertmanager_gets_the_ro
     );
     server.shutdown().await;
 }
+
+/// The stop before live: with `promotion: manual` a canary that passes every window is held
+/// (paused) at its target instead of promoted, and stays there until an operator's `live`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_promotion_pauses_at_the_target_until_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, _) = backend().await;
+    let (canary_url, canary) = backend().await;
+    let server = Server::start(config(dir.path(), &stable_url, None, None))
+        .await
+        .unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    let (code, v) = call(
+        api,
+        "POST",
+        "/loadbalancer/web/testing",
+        Some(serde_json::json!({
+            "candidatePool": [canary_url], "errorRateThreshold": 0.05, "latencyThreshold": 500,
+            "promotion": "later"
+        })),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("auto or manual"),
+        "{v}"
+    );
+    let (stop, load) = steady(proxy);
+    post_ok(
+        api,
+        "/loadbalancer/web/testing",
+        serde_json::json!({
+            "candidatePool": [canary_url], "targetTrafficPercentage": 50,
+            "errorRateThreshold": 0.05, "latencyThreshold": 500, "promotion": "manual",
+            "algorithm": "linear", "stepPercentage": 25, "initialPercentage": 25, "interval": "1s"
+        }),
+    )
+    .await;
+    let (v, _) = wait_for(api, &["paused", "live"], Duration::from_secs(20)).await;
+    assert_eq!(v["state"], "paused", "held before live: {v}");
+    assert_eq!(v["trafficPercentage"], 50.0);
+    // Windows keep passing; it stays at the target.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, v) = call(api, "GET", "/loadbalancer/web", None).await;
+    assert_eq!(
+        (&v["state"], &v["trafficPercentage"]),
+        (&"paused".into(), &50.0.into())
+    );
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let pause = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "pause")
+        .cloned()
+        .unwrap();
+    assert_eq!(pause["actor"], "monitor");
+    assert!(
+        pause["reason"]
+            .as_str()
+            .unwrap()
+            .contains("promotion = manual"),
+        "{pause}"
+    );
+    post_ok(
+        api,
+        "/loadbalancer/web/live",
+        serde_json::json!({"reason": "looks good"}),
+    )
+    .await;
+    let (v, _) = wait_for(
+        api,
+        &["live", "removing", "removed"],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        v["trafficPercentage"].as_f64().unwrap() >= 100.0 || v["state"] != "live",
+        "{v}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.await.unwrap().iter().all(|s| *s == 200));
+    assert!(canary.real.load(Ordering::Relaxed) > 0);
+    server.shutdown().await;
+}
