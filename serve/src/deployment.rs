@@ -62,6 +62,9 @@ pub struct Deployment {
     /// stable pool) or `rolledBack`; none while one runs or before the first.
     #[serde(default)]
     pub completion: Option<Completion>,
+    /// The declarative rollout being walked (`ctl apply`), if any.
+    #[serde(default)]
+    pub plan: Option<crate::rollout::Plan>,
 }
 
 /// How a rollout ended (Argo Rollouts' `completionStatus`, in short).
@@ -91,6 +94,7 @@ impl Deployment {
             last_judgement: None,
             metrics_urls: Default::default(),
             completion: None,
+            plan: None,
         }
     }
 }
@@ -153,6 +157,17 @@ pub enum Action {
         to: f64,
         /// The numbers.
         metrics: serde_json::Value,
+    },
+    /// A new testing policy for the rollout under way (new thresholds, a new target): its
+    /// state, weight and counters stay (`POST …/thresholds`, a rollout's next step).
+    Update(Box<TestingSpec>),
+    /// Stores a declarative rollout's plan (`apply`: a new one; `step`: the next step;
+    /// `end`: over), with a history row naming it.
+    Plan {
+        /// The plan after the change (none: no plan any more).
+        plan: Option<Box<crate::rollout::Plan>>,
+        /// `apply`, `step`, `promote-step` or `end`.
+        event: &'static str,
     },
     /// The monitor: a degraded version recovered; its weight steps up to `to` (100: live).
     Recover {
@@ -245,6 +260,39 @@ fn crosses_quarter(from: f64, to: f64) -> bool {
 pub fn alerted(row: &serde_json::Value) -> bool {
     let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
     row["event"] != "shift" || crosses_quarter(f("trafficFrom"), f("trafficPercentage"))
+}
+
+/// A change of neither state nor weight that the history keeps (a new policy, a plan's step):
+/// one row, no alert.
+fn note_row(
+    d: &Deployment,
+    mut next: Deployment,
+    event: &str,
+    actor: &str,
+    why: &str,
+    now: f64,
+) -> Outcome {
+    next.rollout.version += 1;
+    next.updated_at = rfc3339(now);
+    let entry = HistoryEntry {
+        transition_id: format!("{}-{}", d.id, next.rollout.version),
+        version: next.rollout.version,
+        at: next.updated_at.clone(),
+        from: d.rollout.state.as_str().into(),
+        to: d.rollout.state.as_str().into(),
+        event: event.into(),
+        traffic_from: d.rollout.traffic_percentage,
+        traffic_percentage: d.rollout.traffic_percentage,
+        mirror_percentage: d.rollout.mirror_percentage,
+        actor: actor.into(),
+        reason: why.into(),
+        metrics: serde_json::Value::Null,
+    };
+    Outcome {
+        deployment: next,
+        history: vec![entry],
+        alerts: Vec::new(),
+    }
 }
 
 /// `2026-12-01T10:15:00.250Z` from Unix seconds.
@@ -351,6 +399,49 @@ pub fn act(
         Action::Recover { to, metrics: m } => {
             metrics = m.clone();
             Event::Recover { to: *to }
+        }
+        Action::Update(spec) => {
+            if !matches!(
+                d.rollout.state,
+                State::Testing | State::Paused | State::Live | State::Degraded
+            ) {
+                return Err(ActError::Refused(machine::Refused {
+                    event: "update",
+                    current: d.rollout.state.as_str(),
+                    allowed: vec!["testing (to start one)"],
+                }));
+            }
+            spec.check().map_err(ActError::Invalid)?;
+            if spec
+                .candidate_pool
+                .as_ref()
+                .is_some_and(|p| *p != d.candidate_pool)
+            {
+                return Err(ActError::Invalid(
+                    "candidatePool: a new pool is a new version: roll back or remove first".into(),
+                ));
+            }
+            let mut spec = (**spec).clone();
+            spec.candidate_pool = Some(d.candidate_pool.clone());
+            next.testing = Some(spec);
+            return Ok(note_row(d, next, "update", actor, &why, now));
+        }
+        Action::Plan { plan, event } => {
+            if *event == "apply" {
+                if matches!(d.rollout.state, State::Removing) {
+                    return Err(ActError::Refused(machine::Refused {
+                        event: "apply",
+                        current: "removing",
+                        allowed: vec!["apply once removed"],
+                    }));
+                }
+                // A new rollout on an idle load balancer: the last one's end is history.
+                if matches!(d.rollout.state, State::Stable | State::Removed) {
+                    next.completion = None;
+                }
+            }
+            next.plan = plan.as_deref().cloned();
+            return Ok(note_row(d, next, event, actor, &why, now));
         }
         Action::Note {
             decision,

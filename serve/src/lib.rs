@@ -16,6 +16,7 @@ pub use shadowtap_proxy::exposition;
 pub mod monitor;
 pub mod plane;
 pub mod resources;
+pub mod rollout;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -222,6 +222,19 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                     {
                         return Ok(());
                     }
+                    // A rollout's traffic step: held at its weight (judged) until the next.
+                    let decision = match decision {
+                        Decision::Promote if spec.holds_at_target() && !d.progress.promote => {
+                            Decision::Hold {
+                                why: format!(
+                                    "at the step's weight ({:.2}%): every window passed",
+                                    d.rollout.traffic_percentage
+                                ),
+                                alert: false,
+                            }
+                        }
+                        other => other,
+                    };
                     // The stop before live: at the target, wait for an operator's `live`.
                     if matches!(decision, Decision::Promote)
                         && spec.manual_promotion()

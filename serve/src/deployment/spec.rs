@@ -34,7 +34,8 @@ pub struct TestingSpec {
     #[serde(default)]
     pub max_step_percentage: Option<f64>,
     /// `auto` (default): promoted once the target is reached; `manual`: paused at the target
-    /// until an operator's `live` (`ctl promote`), the stop before live.
+    /// until an operator's `live` (`ctl promote`), the stop before live; `hold` (a declarative
+    /// rollout's traffic steps): held at the target, judged, until its next step.
     #[serde(default)]
     pub promotion: Option<String>,
     /// The weight testing starts at (default: the first step; 1 for seed).
@@ -123,6 +124,11 @@ impl TestingSpec {
         self.promotion.as_deref() == Some("manual")
     }
 
+    /// Whether the target holds for a rollout's next step instead of promoting.
+    pub fn holds_at_target(&self) -> bool {
+        self.promotion.as_deref() == Some("hold")
+    }
+
     /// The algorithm.
     pub fn algorithm(&self) -> Result<Algorithm, String> {
         let step = self.step_percentage.unwrap_or(10.0);
@@ -197,7 +203,7 @@ impl TestingSpec {
         };
         pct("targetTrafficPercentage", self.target_traffic_percentage)?;
         if let Some(p) = self.promotion.as_deref() {
-            if p != "auto" && p != "manual" {
+            if !matches!(p, "auto" | "manual" | "hold") {
                 return Err(format!("promotion {p:?}: auto or manual"));
             }
         }
