@@ -26,8 +26,9 @@ Examples:
   shadowtap ctl shadow web --pool http://10.0.0.7:8080 --mirror 5 --criteria header:X-Shadow-Test=true
   shadowtap ctl testing web --target 50 --error-rate 0.02 --latency 250 --algorithm linear --interval 30s \\
       --failure-limit 3 --max-step 20 --metrics-url http://10.0.0.7:8080=http://10.0.0.7:9100/metrics
-  shadowtap ctl status web --watch --timeout 30m
+  shadowtap ctl apply rollout.toml; shadowtap ctl status web --watch --timeout 30m
   shadowtap ctl promote web; shadowtap ctl abort web --reason 'p99 regression'
+  shadowtap ctl set-thresholds web --error-rate 0.01 --latency 300
   shadowtap ctl history web")]
 pub struct CtlArgs {
     /// The API's address.
@@ -225,8 +226,57 @@ enum Ctl {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// A declarative rollout from a file (TOML, or YAML by its extension): started, or
+    /// updated when the same version is running; the same file twice changes nothing.
+    Apply {
+        /// The rollout file.
+        file: PathBuf,
+        /// Another version is rolling out: roll it back, wait until it is removed, then apply.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// The declarative rollout applied to a load balancer (its steps and where it is).
+    Rollout {
+        /// The load balancer's id.
+        id: String,
+    },
+    /// With a declarative rollout, its current step is done (a pause, a shadow phase without
+    /// duration); without one, or with --full, all traffic to the new version.
+    Promote {
+        /// The load balancer's id.
+        id: String,
+        /// All traffic to the new version now, skipping the remaining steps.
+        #[arg(long)]
+        full: bool,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Start an aborted declarative rollout again from its first step.
+    Retry {
+        /// The load balancer's id.
+        id: String,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Change the running rollout's thresholds and limits (the state and weight stay).
+    SetThresholds {
+        /// The load balancer's id.
+        id: String,
+        /// Error rate over which a window breaches (a fraction).
+        #[arg(long)]
+        error_rate: Option<f64>,
+        /// Latency (ms) over which a window breaches.
+        #[arg(long)]
+        latency: Option<f64>,
+        #[command(flatten)]
+        limits: Box<Limits>,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// All traffic to the new version (stepped under --max-step).
-    #[command(visible_alias = "promote")]
     Live {
         /// The load balancer's id.
         id: String,
@@ -292,6 +342,12 @@ fn print(line: &str) {
 fn watch_exit(a: &serde_json::Value) -> Option<u8> {
     let state = a["state"].as_str().unwrap_or("");
     let completion = a["completion"].as_str();
+    // A declarative rollout's own phase first: waiting at a pause is "paused".
+    match a["rollout"]["phase"].as_str() {
+        Some("paused") => return Some(3),
+        Some("aborted") => return Some(1),
+        _ => {}
+    }
     match (state, completion) {
         ("live", _) | ("removing" | "removed", Some("promoted")) => Some(0),
         ("degraded", _) | ("removing" | "removed", Some("rolledBack")) => Some(1),
@@ -303,8 +359,16 @@ fn watch_exit(a: &serde_json::Value) -> Option<u8> {
 /// One line of `status`: the state, the weights, the verdict and why.
 fn status_line(a: &serde_json::Value) -> String {
     let num = |k: &str| a[k].as_f64().unwrap_or(0.0);
+    let step = match a["rollout"]["current"].as_str() {
+        Some(c) => format!(
+            " step={}/{} ({c})",
+            a["rollout"]["step"].as_u64().unwrap_or(0) + 1,
+            a["rollout"]["steps"].as_u64().unwrap_or(0)
+        ),
+        None => String::new(),
+    };
     format!(
-        "{} state={} traffic={:.2}% mirror={:.2}% verdict={} — {}",
+        "{}{step} state={} traffic={:.2}% mirror={:.2}% verdict={} — {}",
         a["loadbalancer"].as_str().unwrap_or("?"),
         a["state"].as_str().unwrap_or("?"),
         num("trafficPercentage"),
@@ -402,6 +466,41 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             post(&id, "testing", b)
         }
         Ctl::Live { id, reason: r } => post(&id, "live", reason(r)),
+        Ctl::Promote {
+            id,
+            full,
+            reason: r,
+        } => post(&id, if full { "live" } else { "promote" }, reason(r)),
+        Ctl::Retry { id, reason: r } => post(&id, "retry", reason(r)),
+        Ctl::Rollout { id } => (format!("/loadbalancer/{id}/rollout"), None),
+        Ctl::SetThresholds {
+            id,
+            error_rate,
+            latency,
+            limits,
+            reason,
+        } => {
+            let mut o = serde_json::Map::new();
+            if let Some(e) = error_rate {
+                o.insert("errorRateThreshold".into(), e.into());
+            }
+            if let Some(l) = latency {
+                o.insert("latencyThreshold".into(), l.into());
+            }
+            if let Some(r) = reason {
+                o.insert("reason".into(), r.into());
+            }
+            if let Err(e) = limits.fill(&mut o) {
+                eprintln!("shadowtap: error: {e}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            if o.is_empty() {
+                eprintln!("shadowtap: error: set-thresholds: nothing to set");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            post(&id, "thresholds", o.into())
+        }
+        Ctl::Apply { file, replace } => return apply(&api, &token, &file, replace),
         Ctl::Rollback { id, reason: r } => post(&id, "rollback", reason(r)),
         Ctl::Pause { id, reason: r } => post(&id, "pause", reason(r)),
         Ctl::Resume { id, reason: r } => post(&id, "resume", reason(r)),
@@ -454,6 +553,88 @@ async fn call(
         .with_context(|| format!("{url}: the API did not answer"))?;
     let status = resp.status().as_u16();
     Ok((status, resp.text().await.unwrap_or_default()))
+}
+
+/// `ctl apply FILE`: the file checked here first (errors name its line), then `PUT
+/// …/rollout`; with `replace`, a running other version is rolled back and removed first.
+fn apply(
+    api: &str,
+    token: &str,
+    file: &std::path::Path,
+    replace: bool,
+) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let yaml = matches!(
+        file.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    let spec = match shadowtap_serve::rollout::parse(&text, yaml) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shadowtap: error: {}: {e}", file.display());
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    if let Err(e) = spec.check() {
+        eprintln!("shadowtap: error: {}: {e}", file.display());
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let id = spec.loadbalancer.clone();
+    let body = serde_json::to_value(&spec)?;
+    let url = format!("{api}/loadbalancer/{id}/rollout");
+    runtime()?.block_on(async move {
+        let client = client()?;
+        let put = |body: serde_json::Value| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let resp = client
+                    .put(&url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .with_context(|| format!("{url}: the API did not answer"))?;
+                let status = resp.status().as_u16();
+                anyhow::Ok((status, resp.text().await.unwrap_or_default()))
+            }
+        };
+        let (mut status, mut text) = put(body.clone()).await?;
+        if status == 409 && replace {
+            let rollback = format!("{api}/loadbalancer/{id}/rollback");
+            let why =
+                serde_json::json!({"reason": format!("replaced by version {}", spec.version)});
+            let (s, t) = call(&client, &rollback, token, Some(why)).await?;
+            if !(200..300).contains(&s) && s != 409 {
+                print(&t);
+                return Ok(ExitCode::from(2));
+            }
+            // The old version drains, then the new rollout starts.
+            let get = format!("{api}/loadbalancer/{id}");
+            let t0 = Instant::now();
+            loop {
+                let (_, t) = call(&client, &get, token, None).await?;
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                if matches!(v["state"].as_str(), Some("removed" | "stable")) {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(600) {
+                    anyhow::bail!("--replace: the old version was not removed within 10 minutes");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            (status, text) = put(body).await?;
+        }
+        let shown = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or(text),
+            Err(_) => text,
+        };
+        print(&shown);
+        Ok(match status {
+            200..=299 => ExitCode::SUCCESS,
+            409 => ExitCode::from(3),
+            _ => ExitCode::from(2),
+        })
+    })
 }
 
 /// `ctl status`: one line, or with `watch` a line per change until the rollout ends.

@@ -18,6 +18,8 @@ use shadowtap_control::shift::{seed_eta, Algorithm};
 use crate::exposition::{self, Exposition};
 
 use crate::deployment::{ActError, Action, Deployment, TestingSpec};
+
+mod rollouts;
 use crate::plane::{ChangeError, Plane};
 
 /// What the handlers share.
@@ -313,6 +315,7 @@ async fn analysis(AxState(api): AxState<Api>, Path(id): Path<String>) -> Respons
         Ok(d) => {
             let mut v = serde_json::to_value(crate::analysis::analyse(&d)).unwrap_or_default();
             v["lastJudgement"] = serde_json::to_value(&d.last_judgement).unwrap_or_default();
+            v["rollout"] = d.plan.as_ref().map(|p| p.view(&d)).unwrap_or_default();
             Json(v).into_response()
         }
         Err(e) => change_error(e),
@@ -610,6 +613,13 @@ pub fn router(api: Api) -> Router {
         .route("/loadbalancer/{id}/pause", post(pause))
         .route("/loadbalancer/{id}/resume", post(resume))
         .route("/loadbalancer/{id}/remove", post(remove))
+        .route(
+            "/loadbalancer/{id}/rollout",
+            axum::routing::put(rollouts::apply).get(rollouts::get),
+        )
+        .route("/loadbalancer/{id}/promote", post(rollouts::promote))
+        .route("/loadbalancer/{id}/retry", post(rollouts::retry))
+        .route("/loadbalancer/{id}/thresholds", post(rollouts::thresholds))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
     // Flagger cannot send headers: its webhooks may carry the token in `metadata.token`.
     let flagger = Router::new().route("/loadbalancer/{id}/flagger/{hook}", post(flagger_hook));

@@ -521,6 +521,58 @@ async fn guard(plane: Arc<Plane>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Walks `id`'s declarative rollout one move: its current step's change, the next step, or
+/// its end ([`crate::rollout::next`]). Nothing without a plan.
+pub async fn walk_plan(plane: &Plane, id: &str) -> Result<(), ChangeError> {
+    use crate::rollout::{next, Next};
+    let d = plane.get(id).await?;
+    let Some(p) = d.plan.clone().filter(|p| p.ended.is_none()) else {
+        return Ok(());
+    };
+    let failure_limit = p
+        .spec
+        .analysis
+        .get("failureLimit")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(plane.defaults.failure_limit, |n| n as u32);
+    let name = p
+        .spec
+        .steps
+        .get(p.step)
+        .map_or_else(String::new, crate::rollout::Step::name);
+    let (action, why) = match next(&d, &p, now(), failure_limit) {
+        Next::Wait(_) => return Ok(()),
+        Next::Act(action, why) => (action, why),
+        Next::Advance(why) => {
+            let mut p = p;
+            p.step += 1;
+            p.step_started = now();
+            p.looks_at_step = d.progress.looks;
+            p.promoted_step = None;
+            let why = format!("step {} ({name}) done: {why}", p.step);
+            let action = Action::Plan {
+                plan: Some(Box::new(p)),
+                event: "step",
+            };
+            (action, why)
+        }
+        Next::End(how, why) => {
+            let mut p = p;
+            p.ended = Some(how.into());
+            let why = format!("the rollout {how}: {why}");
+            let action = Action::Plan {
+                plan: Some(Box::new(p)),
+                event: "end",
+            };
+            (action, why)
+        }
+    };
+    plane
+        .change_monitor(id, action, Some(&why))
+        .await
+        .map(|_| ())
+}
+
 /// One judgement of `id` as the monitor: read afresh, wait if no whole second of its state has
 /// passed, scrape its members, judge. `started` is set when it judged.
 async fn judge_when_fresh(plane: &Arc<Plane>, id: &str, started: &std::sync::Mutex<Option<f64>>) {
@@ -546,6 +598,11 @@ async fn judge_when_fresh(plane: &Arc<Plane>, id: &str, started: &std::sync::Mut
             eprintln!("shadowtap serve: monitor: {id}: the judgement failed: {e}");
             return;
         }
+    };
+    // Then the declarative rollout's step, on what the judgement stored.
+    let judged = match judged {
+        Ok(()) => walk_plan(plane, id).await,
+        e => e,
     };
     match judged {
         Ok(()) | Err(ChangeError::Act(crate::deployment::ActError::Stale(_))) => {}

@@ -435,6 +435,7 @@ pub fn next(d: &Deployment, p: &Plan, now: f64, failure_limit: u32) -> Next {
                 State::Shadow => {
                     let duration = seconds("duration", &s.duration).ok().flatten();
                     match duration {
+                        _ if promoted => Next::Advance("promoted by an operator".into()),
                         _ if d.progress.looks == 0 => Next::Wait(
                             "no mirrored window judged yet: never advanced on no data".into(),
                         ),
@@ -443,7 +444,6 @@ pub fn next(d: &Deployment, p: &Plan, now: f64, failure_limit: u32) -> Next {
                             s.duration.as_deref().unwrap_or("")
                         )),
                         Some(t) => Next::Wait(format!("shadow for {:.0}s more", t - elapsed)),
-                        None if promoted => Next::Advance("promoted by an operator".into()),
                         None => Next::Wait("waiting for promote".into()),
                     }
                 }
@@ -463,10 +463,14 @@ pub fn next(d: &Deployment, p: &Plan, now: f64, failure_limit: u32) -> Next {
                     format!("{}: started", step.name()),
                 ),
                 State::Testing | State::Paused => {
+                    // The policy the step wants (where it starts and how big a step it
+                    // takes aside: those follow from the weight when it was set).
                     let same = d.testing.as_ref().is_some_and(|t| {
-                        t.target_traffic_percentage == spec.target_traffic_percentage
-                            && t.algorithm == spec.algorithm
-                            && t.promotion == spec.promotion
+                        let mut t = t.clone();
+                        t.initial_percentage = spec.initial_percentage;
+                        t.step_percentage = spec.step_percentage;
+                        t.reason = spec.reason.clone();
+                        t == spec
                     });
                     if (current - target).abs() < 1e-9 {
                         Next::Advance(format!("at {target}%"))
@@ -485,9 +489,9 @@ pub fn next(d: &Deployment, p: &Plan, now: f64, failure_limit: u32) -> Next {
             }
         }
         Step::Pause(pause) => match seconds("duration", &pause.duration).ok().flatten() {
+            _ if promoted => Next::Advance("promoted by an operator".into()),
             Some(t) if elapsed >= t => Next::Advance("the pause is over".into()),
             Some(t) => Next::Wait(format!("paused for {:.0}s more", t - elapsed)),
-            None if promoted => Next::Advance("promoted by an operator".into()),
             None => Next::Wait("waiting for promote".into()),
         },
         Step::Analysis(a) => {

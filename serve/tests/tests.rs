@@ -8,3 +8,4 @@ mod e2e;
 mod integrations;
 mod pg;
 mod postgres;
+mod rollouts;
