@@ -647,3 +647,65 @@ fn ctl_status_watch_exits_with_the_rollouts_outcome() {
     assert_eq!(code, 0, "live: {out}");
     assert!(out.contains("state=live"), "{out}");
 }
+
+/// `ctl apply FILE`: a typo is caught before anything is sent, naming its line; a good file
+/// (YAML here) starts the rollout, and `status` names its step.
+#[test]
+fn ctl_apply_checks_the_file_then_starts_the_rollout() {
+    let stable = service(&[]);
+    let canary = service(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (api, lb) = (free_port(), free_port());
+    std::fs::write(dir.path().join("api.tokens"), format!("ops {TOKEN}\n")).unwrap();
+    let config = dir.path().join("shadowtap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nlisten = \"127.0.0.1:{api}\"\ntoken_file = \"api.tokens\"\n[monitor]\ninterval = \"1s\"\n[[loadbalancer]]\nid = \"web\"\nlisten = \"127.0.0.1:{lb}\"\nproduction = [\"{}\"]\n",
+            stable.url
+        ),
+    )
+    .unwrap();
+    let _serve = start(&config);
+    let rollout = format!(
+        "loadbalancer: web\nversion: v2\npool: [\"{}\"]\nanalysis:\n  errorRateThreshold: 0.05\n  latencyThreshold: 500\nsteps:\n  - shadow: {{percentage: 10}}\n  - setWeight: 20\n  - promote: {{}}\n",
+        canary.url
+    );
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(&typo, rollout.replace("setWeight", "setWieght")).unwrap();
+    let o = bin()
+        .args([
+            "ctl",
+            "--api",
+            &format!("http://127.0.0.1:{api}"),
+            "--token-file",
+        ])
+        .arg(dir.path().join("api.tokens"))
+        .arg("apply")
+        .arg(&typo)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(err.contains("line 9") && err.contains("setWieght"), "{err}");
+    let good = dir.path().join("rollout.yaml");
+    std::fs::write(&good, &rollout).unwrap();
+    let (code, v) = ctl(api, dir.path(), &["apply", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["rollout"]["version"], "v2", "{v}");
+    let (code, v) = ctl(api, dir.path(), &["apply", good.to_str().unwrap()]);
+    assert_eq!((code, &v["unchanged"]), (0, &true.into()), "{v}");
+    let o = bin()
+        .args([
+            "ctl",
+            "--api",
+            &format!("http://127.0.0.1:{api}"),
+            "--token-file",
+        ])
+        .arg(dir.path().join("api.tokens"))
+        .args(["status", "web"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("step=1/3 (shadow 10%)"), "{out}");
+}
