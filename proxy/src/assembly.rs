@@ -103,7 +103,48 @@ fn body_of(kept: Option<&Kept>, cap: u64) -> Body {
     }
 }
 
+/// Production's answer for the body comparison of mirrored pairs.
+fn answer_of(response: Option<&Response>) -> crate::pairs::Answer {
+    let Some(Response::Answered {
+        status,
+        headers,
+        body,
+        ..
+    }) = response
+    else {
+        return crate::pairs::Answer::default();
+    };
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.to_string())
+    };
+    let cap = crate::pairs::BODY_CAP;
+    let (bytes, len, over) = body
+        .as_ref()
+        .map_or((Vec::new(), 0, false), |k| (k.bytes(), k.len, k.over_cap));
+    crate::pairs::Answer {
+        status: Some(*status),
+        content_type: header("content-type"),
+        content_encoding: header("content-encoding"),
+        truncated: over || bytes.len() > cap || (bytes.len() as u64) < len,
+        body: bytes[..bytes.len().min(cap)].to_vec(),
+    }
+}
+
 impl Assembly {
+    /// Whether a shadow this request is copied to joins bodies: the response's first bytes
+    /// are then kept for the comparison.
+    pub fn wants_bodies(&self) -> bool {
+        // Before the request body ended the shadows are `mirrors`; after, `offered`.
+        let p = self.parts();
+        p.mirrors
+            .iter()
+            .chain(&p.offered)
+            .any(|s| s.pairs.as_ref().is_some_and(|p| p.wants_bodies()))
+    }
+
     /// A request whose head is `head`, answered by `pool` and copied to `mirrors`.
     pub fn new(
         sinks: Arc<Sinks>,
@@ -275,6 +316,15 @@ impl Assembly {
             for s in offered {
                 if let Some(pairs) = &s.pairs {
                     pairs.production(&head.exchange_id, outcome);
+                    if pairs.wants_bodies() {
+                        pairs.production_answer(
+                            &head.exchange_id,
+                            &head.method,
+                            &head.path,
+                            &head.uri,
+                            answer_of(response.as_ref()),
+                        );
+                    }
                 }
             }
         }

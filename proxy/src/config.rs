@@ -118,6 +118,9 @@ pub struct MirrorConfig {
     /// Join each copy's answer with production's, request by request, for a live paired
     /// comparison (`shadowtap serve` turns it on; off, nothing is kept).
     pub pair_outcomes: bool,
+    /// With `pair_outcomes`, join the answers' bodies too (their first 64 KiB), for the body
+    /// comparison of the shadow phase.
+    pub pair_bodies: bool,
 }
 
 impl Default for MirrorConfig {
@@ -133,6 +136,7 @@ impl Default for MirrorConfig {
             max_body: 16 << 20,
             marker_header: shadowtap_replayer::DEFAULT_MARKER.to_owned(),
             pair_outcomes: false,
+            pair_bodies: false,
         }
     }
 }

@@ -212,7 +212,7 @@ impl Shadows {
             let pairs = config
                 .mirror
                 .pair_outcomes
-                .then(|| Arc::new(crate::pairs::Pairs::default()));
+                .then(|| Arc::new(crate::pairs::Pairs::new(config.mirror.pair_bodies)));
             let mut inputs = Vec::new();
             let mut pool = Vec::new();
             let held: Held = Arc::default();
@@ -274,6 +274,26 @@ impl Shadows {
                     observed.record(outcome);
                     if let Some(p) = &paired {
                         p.shadow(&row.exchange_id, outcome);
+                        if p.wants_bodies() {
+                            let header = |name: &str| {
+                                row.response_headers
+                                    .iter()
+                                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                                    .map(|h| h.value.to_string())
+                            };
+                            let cap = crate::pairs::BODY_CAP;
+                            let body = &row.response_body;
+                            p.shadow_answer(
+                                &row.exchange_id,
+                                crate::pairs::Answer {
+                                    status: row.status,
+                                    content_type: header("content-type"),
+                                    content_encoding: header("content-encoding"),
+                                    body: body[..body.len().min(cap)].to_vec(),
+                                    truncated: row.response_body_len as usize > body.len().min(cap),
+                                },
+                            );
+                        }
                     }
                 }));
                 let started = runtime

@@ -586,8 +586,13 @@ async fn handle(
                     }
                 }
                 let a = assembly.clone();
+                // A mirrored request whose pairs join bodies keeps production's first bytes
+                // for the comparison.
+                let compared = !recording && assembly.wants_bodies();
                 let rec_cap = if recording {
                     state.sinks.record_max_body
+                } else if compared {
+                    crate::pairs::BODY_CAP as u64
                 } else {
                     0
                 };
@@ -596,7 +601,7 @@ async fn handle(
                 let rbody = Tee::new(
                     rbody,
                     rec_cap,
-                    recording.then(|| state.budget.clone()),
+                    (recording || compared).then(|| state.budget.clone()),
                     Box::new(move |k| {
                         drop(lease);
                         a.response_done(k)

@@ -108,7 +108,7 @@ pub(crate) struct ShadowSets {
 
 /// The shadows' identity: a change to any of it starts a new set of senders.
 /// Each shadow's name, members, concurrency and queue; whether outcomes are paired.
-type ShadowSet = (Vec<(String, Vec<String>, usize, usize)>, bool);
+type ShadowSet = (Vec<(String, Vec<String>, usize, usize)>, bool, bool);
 
 fn shadow_set(c: &ProxyConfig) -> ShadowSet {
     let set = c
@@ -116,7 +116,7 @@ fn shadow_set(c: &ProxyConfig) -> ShadowSet {
         .iter()
         .map(|s| (s.name.clone(), s.urls.clone(), s.concurrency, s.queue))
         .collect();
-    (set, c.mirror.pair_outcomes)
+    (set, c.mirror.pair_outcomes, c.mirror.pair_bodies)
 }
 
 impl State {

@@ -322,6 +322,25 @@ async fn analysis(AxState(api): AxState<Api>, Path(id): Path<String>) -> Respons
     }
 }
 
+/// `GET …/diffs`: the shadow phase's last body comparison: pairs compared, fields tested and
+/// those that deviate, per endpoint and field, with an example each.
+async fn diffs(AxState(api): AxState<Api>, Path(id): Path<String>) -> Response {
+    match api.plane.get(&id).await {
+        Ok(d) => {
+            let j = d.last_judgement.as_ref();
+            let bodies = j.map(|j| j.metrics["bodies"].clone()).unwrap_or_default();
+            Json(serde_json::json!({
+                "loadbalancer": d.id,
+                "state": d.rollout.state.as_str(),
+                "at": j.filter(|_| !bodies.is_null()).map(|j| j.at.clone()),
+                "bodies": bodies,
+            }))
+            .into_response()
+        }
+        Err(e) => change_error(e),
+    }
+}
+
 /// What Flagger's webhook runner POSTs (`CanaryWebhookPayload`); other fields are ignored, as
 /// Flagger adds some over its versions.
 #[derive(Deserialize)]
@@ -450,6 +469,25 @@ async fn prometheus(AxState(api): AxState<Api>) -> Response {
             &lb,
             d.rollout.traffic_percentage,
         );
+        if let Some(b) = d
+            .last_judgement
+            .as_ref()
+            .map(|j| &j.metrics["bodies"])
+            .filter(|b| b.is_object())
+        {
+            e.set(
+                "shadowtap_shadow_compared_pairs",
+                "Mirrored pairs whose answers were compared on the last shadow window",
+                &lb,
+                b["compared"].as_f64().unwrap_or(0.0),
+            );
+            e.set(
+                "shadowtap_shadow_deviating_fields",
+                "Fields (per endpoint) whose answers deviated on the last shadow window",
+                &lb,
+                b["deviations"].as_array().map_or(0, Vec::len) as f64,
+            );
+        }
         let a = crate::analysis::analyse(&d);
         e.set(
             "shadowtap_canary_status",
@@ -606,6 +644,7 @@ pub fn router(api: Api) -> Router {
         .route("/loadbalancer/{id}/metrics", get(metrics_of))
         .route("/loadbalancer/{id}/history", get(history))
         .route("/loadbalancer/{id}/analysis", get(analysis))
+        .route("/loadbalancer/{id}/diffs", get(diffs))
         .route("/loadbalancer/{id}/shadow", post(shadow))
         .route("/loadbalancer/{id}/testing", post(testing))
         .route("/loadbalancer/{id}/live", post(live))

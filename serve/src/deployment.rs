@@ -682,6 +682,8 @@ pub fn proxy_config(lb: &LoadBalancerConfig, d: &Deployment) -> ProxyConfig {
     c.trusted_proxies = lb.trusted_proxies.clone();
     // The shadow phase's gate compares the same requests' answers.
     c.mirror.pair_outcomes = true;
+    // …and what they answer, for the body comparison (`crate::bodies`).
+    c.mirror.pair_bodies = true;
     let state = d.rollout.state;
     let weight = match state {
         State::Testing | State::Paused | State::Live | State::Degraded | State::Removing => {

@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod analysis;
 pub mod api;
+pub mod bodies;
 pub mod config;
 pub mod deployment;
 pub mod error;

@@ -32,6 +32,10 @@ use crate::plane::{fresh_seconds, now, ChangeError, Plane};
 /// A shadow with at least this error rate (and enough copies) stops being mirrored to.
 pub const SHADOW_CRITICAL: f64 = 0.5;
 
+/// The share of mirrored pairs a field may differ in by chance when production's own repeats
+/// say nothing about it (see `crate::bodies`).
+pub const BODY_TOLERANCE: f64 = 0.01;
+
 /// The monitor's actor name in the history.
 pub use crate::plane::MONITOR as ACTOR;
 
@@ -337,9 +341,27 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
                 ..GateConfig::default()
             };
             let g = gate::paired(&plane.pairs(id, secs).await, &config, d.progress.looks + 1);
-            let looks = d.progress.looks + u32::from(!matches!(g, Gate::NotEnough { .. }));
+            // What the shadow answers, field by field, at the same look's level.
+            let bodies = crate::bodies::judge(
+                &plane.body_pairs(id, secs),
+                gate::look_alpha(config.alpha, d.progress.looks + 1),
+                BODY_TOLERANCE,
+            );
+            let judged =
+                !matches!(g, Gate::NotEnough { .. }) || bodies.compared >= config.min_units;
+            let looks = d.progress.looks + u32::from(judged);
             let mut metrics = metrics;
             metrics["gate"] = serde_json::to_value(&g).unwrap_or_default();
+            let mut shown = bodies.clone();
+            shown.deviations.truncate(20);
+            metrics["bodies"] = serde_json::to_value(&shown).unwrap_or_default();
+            let g = match (g, bodies.summary()) {
+                (Gate::Fail { why }, _) => Gate::Fail { why },
+                (_, Some(summary)) if bodies.compared >= config.min_units => Gate::Fail {
+                    why: format!("the answers differ: {summary}"),
+                },
+                (g, _) => g,
+            };
             match (g, d.progress.breaches) {
                 (Gate::Fail { why }, n) => Action::Note {
                     decision: "deviation".into(),

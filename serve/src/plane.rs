@@ -780,6 +780,14 @@ impl Plane {
             .and_then(|s| s.pairs.clone())
     }
 
+    /// The shadow pool's mirrored pairs with their answers over the last `seconds` whole
+    /// seconds, on this instance (bodies are not published to peers).
+    pub fn body_pairs(&self, id: &str, seconds: u64) -> Vec<shadowtap_proxy::pairs::BodyPair> {
+        self.pairs_book(id)
+            .map(|p| p.complete_body_window(seconds))
+            .unwrap_or_default()
+    }
+
     /// The shadow pool's mirrored pairs over the last `seconds` whole seconds: of every
     /// instance when others publish theirs (PostgreSQL), else this one's.
     pub async fn pairs(&self, id: &str, seconds: u64) -> Vec<PairOutcome> {

@@ -24,6 +24,9 @@ pub struct Backend {
     pub real: AtomicU64,
     /// Mirrored copies (with the marker).
     pub mirrored: AtomicU64,
+    /// Answer this JSON (`{now}` replaced by the time, which differs on every answer) instead
+    /// of `{"ok":true}`.
+    pub json: Mutex<Option<String>>,
 }
 
 async fn answer(
@@ -45,9 +48,22 @@ async fn answer(
     } else {
         200
     };
+    let body = match b.json.lock().unwrap().as_deref() {
+        Some(j) => j.replace(
+            "{now}",
+            &shadowtap_serve::deployment::rfc3339(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64(),
+            ),
+        ),
+        None => "{\"ok\":true}".to_owned(),
+    };
     axum::response::Response::builder()
         .status(status)
-        .body(axum::body::Body::from("{\"ok\":true}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))
         .unwrap()
 }
 

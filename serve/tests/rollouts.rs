@@ -153,3 +153,97 @@ async fn a_rollout_file_walks_shadow_weight_pause_and_promote() {
     }
     server.shutdown().await;
 }
+
+/// The issue's scenario: the candidate's one endpoint returns a changed JSON field. The shadow
+/// phase compares the mirrored answers field by field: the deviation holds the rollout, names
+/// the endpoint and the field with an example (timestamps, which differ on every answer, are
+/// not a deviation), shows in `…/diffs` and `/metrics`, and after `failureLimit` deviating
+/// windows rolls the candidate back before it ever took real traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_whose_answers_differ_in_one_field_is_held_then_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, stable) = backend().await;
+    let (canary_url, canary) = backend().await;
+    *stable.json.lock().unwrap() = Some(r#"{"id":7,"tier":"gold","at":"{now}"}"#.into());
+    *canary.json.lock().unwrap() = Some(r#"{"id":7,"tier":"silver","at":"{now}"}"#.into());
+    let server = Server::start(config(dir.path(), &stable_url, None, None))
+        .await
+        .unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    let (stop, load) = steady(proxy);
+    let spec = serde_json::json!({
+        "loadbalancer": "web",
+        "version": "v2",
+        "pool": [canary_url],
+        "analysis": {"errorRateThreshold": 0.05, "latencyThreshold": 500, "failureLimit": 2},
+        "steps": [
+            {"shadow": {"percentage": 100, "duration": "1h"}},
+            {"setWeight": 50},
+            {"promote": {}}
+        ]
+    });
+    let (code, v) = put(api, &spec).await;
+    assert_eq!(code, 200, "{v}");
+    let v = until(api, "a deviation", Duration::from_secs(20), |v| {
+        v["verdict"] == "no-go"
+    })
+    .await;
+    assert!(v["reason"].as_str().unwrap().contains("/tier"), "{v}");
+    let (_, diffs) = call(api, "GET", "/loadbalancer/web/diffs", None).await;
+    let fields: Vec<&str> = diffs["bodies"]["deviations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["/tier"],
+        "the timestamp is not a deviation: {diffs}"
+    );
+    let d = &diffs["bodies"]["deviations"][0];
+    assert_eq!(
+        (&d["endpoint"], &d["production"], &d["shadow"]),
+        (&"GET /item/{id}".into(), &"gold".into(), &"silver".into()),
+        "{diffs}"
+    );
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{api}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("shadowtap_shadow_deviating_fields{lb=\"web\"} 1"),
+        "{metrics}"
+    );
+    let v = until(api, "rolled back", Duration::from_secs(20), |v| {
+        v["rollout"]["phase"] == "aborted"
+    })
+    .await;
+    assert_eq!(v["completion"], "rolledBack", "{v}");
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.await.unwrap().iter().all(|s| *s == 200));
+    assert_eq!(
+        canary.real.load(Ordering::Relaxed),
+        0,
+        "no user ever reached the candidate"
+    );
+    let (_, h) = call(api, "GET", "/loadbalancer/web/history", None).await;
+    let rollback = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "rollback")
+        .cloned()
+        .unwrap();
+    assert!(
+        rollback["reason"].as_str().unwrap().contains("deviated"),
+        "{rollback}"
+    );
+    server.shutdown().await;
+}
