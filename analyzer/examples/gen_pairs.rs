@@ -62,6 +62,7 @@ fn main() {
             let t0 = 1_763_900_000_000_000i64 + i as i64 * 1000;
             ex.push(Exchange {
                 grpc: None,
+                tls: None,
                 protocol: None,
                 stream_id: None,
                 exchange_id: id.clone(),

@@ -16,6 +16,7 @@ fn exchange(i: usize) -> Exchange {
     let path = format!("/users/{}/orders", 1000 + i);
     Exchange {
         grpc: None,
+        tls: None,
         protocol: None,
         stream_id: None,
         exchange_id: format!("ex{i:04}"),

@@ -911,6 +911,7 @@ impl HttpConnection {
         let index_bytes = p.index.to_be_bytes();
         let ex = Exchange {
             grpc: None,
+            tls: None,
             protocol: Some(shadowtap_core::exchange::protocol_name(&req.version, false)),
             stream_id: None,
             exchange_id: stable_id(&[self.connection_id.as_bytes(), &index_bytes]),

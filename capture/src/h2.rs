@@ -221,6 +221,7 @@ impl H2Session {
         };
         Some(Exchange {
             grpc,
+            tls: None,
             exchange_id: stable_id(&[self.connection_id.as_bytes(), b"h2", &s.id.to_be_bytes()]),
             connection_id: self.connection_id.clone(),
             connection_seq: seq,

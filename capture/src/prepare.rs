@@ -93,6 +93,7 @@ pub(crate) mod tests {
         let len = body.len() as u64;
         Exchange {
             grpc: None,
+            tls: None,
             protocol: None,
             stream_id: None,
             exchange_id: "e".into(),

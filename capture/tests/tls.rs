@@ -101,6 +101,37 @@ fn every_request_is_read_as_tshark_reads_it_with_the_key_log() {
             "{e:?}"
         );
     }
+    // The sessions' versions and suites, as tshark reads their ServerHellos (by connection).
+    let mut sessions: Vec<(String, String, String)> = Vec::new();
+    for e in &got {
+        let t = e.tls.as_ref().expect("read from TLS");
+        assert_eq!(t.sni.as_deref(), Some("shadowtap.test"));
+        let s = (
+            e.connection_id.clone(),
+            t.version.to_string(),
+            t.cipher.to_string(),
+        );
+        if !sessions.contains(&s) {
+            sessions.push(s);
+        }
+    }
+    let suites: Vec<(&str, &str)> = sessions
+        .iter()
+        .map(|(_, v, c)| (v.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        suites,
+        [
+            ("TLSv1.3", "TLS_AES_128_GCM_SHA256"),
+            ("TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256"),
+            ("TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+            ("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            ("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
+            ("TLSv1.2", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"),
+            ("TLSv1.2", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"),
+            ("TLSv1.3", "TLS_AES_128_GCM_SHA256"),
+        ]
+    );
     // Bodies whole across records (16 kB each at most) and DATA frames.
     let big: Vec<&Exchange> = got.iter().filter(|e| e.uri == "/big.bin").collect();
     assert_eq!(big.len(), 3, "over TLS 1.3 h1, TLS 1.3 h2 and TLS 1.2 h2");

@@ -99,7 +99,7 @@ fn capture_writes_parquet_and_summary() {
         serde_json::from_slice(&std::fs::read(out.join(summary)).unwrap()).unwrap();
     assert_eq!(json["exchanges_written"], 15);
     assert_eq!(
-        json["schema_version"], 3,
+        json["schema_version"], 4,
         "the exchanges schema (docs/schema.md)"
     );
     assert_eq!(ids(&out).len(), 15);

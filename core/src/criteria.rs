@@ -299,6 +299,7 @@ mod tests {
     fn ex(path: &str, host: &str, client: &str, headers: &[(&str, &str)]) -> Exchange {
         Exchange {
             grpc: None,
+            tls: None,
             protocol: None,
             stream_id: None,
             exchange_id: "e".into(),

@@ -146,6 +146,19 @@ pub struct Exchange {
     pub stream_id: Option<u32>,
     /// The gRPC call, when the request's content type is `application/grpc…`.
     pub grpc: Option<GrpcCall>,
+    /// The TLS session the exchange was read from (decrypted with a key log).
+    pub tls: Option<TlsSession>,
+}
+
+/// What a TLS session's handshake said (schema version 4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSession {
+    /// `TLSv1.2`, `TLSv1.3`.
+    pub version: CompactString,
+    /// The cipher suite's IANA name.
+    pub cipher: CompactString,
+    /// The ClientHello's server name.
+    pub sni: Option<String>,
 }
 
 /// A gRPC call carried by an exchange (unary or streaming: one exchange per call).

@@ -13,7 +13,7 @@
 //! use shadowtap_core::schema::{exchanges_schema, EXCHANGES_SCHEMA_VERSION};
 //! let schema = exchanges_schema();
 //! assert!(schema.field_with_name("exchange_id").is_ok());
-//! assert_eq!(EXCHANGES_SCHEMA_VERSION, 3);
+//! assert_eq!(EXCHANGES_SCHEMA_VERSION, 4);
 //! ```
 
 pub mod criteria;

@@ -277,6 +277,7 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
                     "reason" | "interim_statuses" | "protocol" | "stream_id"
                 )
                 || name.starts_with("grpc_")
+                || name.starts_with("tls_")
         }
         Columns::Requests => !REQUEST_COLUMNS.contains(&name),
     };
@@ -532,6 +533,9 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
     let upgraded = bools("upgraded")?;
     let mut error_detail = strings("error_detail")?.into_iter();
     let mut protocol = compact("protocol")?.into_iter();
+    let mut tls_version = compact("tls_version")?.into_iter();
+    let mut tls_cipher = compact("tls_cipher")?.into_iter();
+    let mut tls_sni = strings("tls_sni")?.into_iter();
     let stream_id = ints32("stream_id")?;
     let grpc_status = ints32("grpc_status")?;
     let mut grpc_message = strings("grpc_message")?.into_iter();
@@ -621,6 +625,18 @@ fn exchanges_from_columns(b: &RecordBatch, columns: Columns) -> Result<Vec<Excha
                         request_messages: req.unwrap_or_default(),
                         response_messages: resp.unwrap_or_default(),
                     })
+            },
+            tls: {
+                let (version, cipher, sni) = (
+                    tls_version.next().flatten(),
+                    tls_cipher.next().flatten(),
+                    tls_sni.next().flatten(),
+                );
+                version.map(|version| crate::exchange::TlsSession {
+                    version,
+                    cipher: cipher.unwrap_or_default(),
+                    sni,
+                })
             },
         });
     }
@@ -722,7 +738,7 @@ mod tests {
         assert_eq!(got[0], expected);
     }
 
-    /// A file of an older version (here 2: no `protocol`, no `stream_id`) reads, the new
+    /// A file of an older version (3: no TLS columns; 2: no `protocol`, no `stream_id`) reads, the new
     /// columns null; a file of a newer version is refused, saying so.
     #[test]
     fn older_versions_read_and_newer_ones_are_refused() {
@@ -730,6 +746,11 @@ mod tests {
         let mut a = crate::schema::tests::sample();
         a.protocol = Some("h2c".into());
         a.stream_id = Some(3);
+        a.tls = Some(crate::exchange::TlsSession {
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_128_GCM_SHA256".into(),
+            sni: Some("api.example".into()),
+        });
         a.grpc = Some(crate::exchange::GrpcCall {
             status: Some(5),
             message: Some("not found".into()),
@@ -770,15 +791,24 @@ mod tests {
         };
         let n = full.num_columns();
         // The current version round-trips every new column.
-        let v3 = write("exchanges-v3.parquet", "3", n);
-        let got = ExchangeFile::open(&v3, 10)
+        let v4 = write("exchanges-v4.parquet", "4", n);
+        let got = ExchangeFile::open(&v4, 10)
             .unwrap()
             .next_batch()
             .unwrap()
             .unwrap();
         assert_eq!(got[0], a);
+        // Version 3 had no TLS columns.
+        let v3 = write("exchanges-v3.parquet", "3", n - 3);
+        let got = ExchangeFile::open(&v3, 10)
+            .unwrap()
+            .next_batch()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got[0].tls, None);
+        assert_eq!(got[0].stream_id, Some(3));
         // Version 2 had none of protocol, stream_id and the four gRPC columns.
-        let v2 = write("exchanges-v2.parquet", "2", n - 6);
+        let v2 = write("exchanges-v2.parquet", "2", n - 9);
         let got = ExchangeFile::open(&v2, 10)
             .unwrap()
             .next_batch()
@@ -788,8 +818,8 @@ mod tests {
         assert_eq!(got[0].stream_id, None);
         assert_eq!(got[0].grpc, None);
         assert_eq!(got[0].exchange_id, a.exchange_id);
-        let v4 = write("exchanges-v4.parquet", "4", n);
-        let err = ExchangeFile::open(&v4, 10).err().unwrap().to_string();
+        let v5 = write("exchanges-v5.parquet", "5", n);
+        let err = ExchangeFile::open(&v5, 10).err().unwrap().to_string();
         assert!(err.contains("newer shadowtap"), "{err}");
     }
 

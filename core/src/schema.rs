@@ -17,7 +17,7 @@ use arrow::error::ArrowError;
 use crate::exchange::{Body, Exchange, Header};
 
 /// Version of the `exchanges` schema. Bumped on any change of column names or types.
-pub const EXCHANGES_SCHEMA_VERSION: u32 = 3;
+pub const EXCHANGES_SCHEMA_VERSION: u32 = 4;
 /// Parquet key-value metadata key naming the table a file belongs to (`exchanges`, …).
 pub const TABLE_KEY: &str = "shadowtap.table";
 /// Parquet key-value metadata key holding the table's schema version.
@@ -105,6 +105,10 @@ pub fn exchanges_schema() -> SchemaRef {
         f("grpc_message", DataType::Utf8, true),
         f("grpc_request_messages", binary_list(), true),
         f("grpc_response_messages", binary_list(), true),
+        // Version 4.
+        f("tls_version", DataType::Utf8, true),
+        f("tls_cipher", DataType::Utf8, true),
+        f("tls_sni", DataType::Utf8, true),
     ]);
     let metadata = [
         (TABLE_KEY.to_owned(), "exchanges".to_owned()),
@@ -377,6 +381,9 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, ArrowError> 
         strings(&|r| r.grpc.as_ref().and_then(|g| g.message.as_deref())),
         messages(rows, |g| &g.request_messages),
         messages(rows, |g| &g.response_messages),
+        strings(&|r| r.tls.as_ref().map(|t| t.version.as_str())),
+        strings(&|r| r.tls.as_ref().map(|t| t.cipher.as_str())),
+        strings(&|r| r.tls.as_ref().and_then(|t| t.sni.as_deref())),
     ]);
     RecordBatch::try_new(exchanges_schema(), columns)
 }
@@ -426,6 +433,7 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> Exchange {
         Exchange {
             grpc: None,
+            tls: None,
             protocol: None,
             stream_id: None,
             exchange_id: "e1".into(),

@@ -222,6 +222,7 @@ mod tests {
     ) -> Exchange {
         Exchange {
             grpc: None,
+            tls: None,
             protocol: None,
             stream_id: None,
             exchange_id: "e".into(),

@@ -170,6 +170,7 @@ fn head_exchange(
         .or_else(|| uri.authority().map(|a| a.to_string()));
     Exchange {
         grpc: None,
+        tls: None,
         protocol: None,
         stream_id: None,
         // Ids and headers only when a copy, the recording or the routing reads them.

@@ -63,6 +63,7 @@ pub fn exchange(
     let start = 1_763_900_000_000_000 + offset_ms * 1000;
     Exchange {
         grpc: None,
+        tls: None,
         protocol: None,
         stream_id: None,
         exchange_id: format!("ex{i:06}"),

@@ -120,10 +120,19 @@ impl TlsTap {
             return Vec::new();
         };
         let mut out = inner.take_exchanges();
+        let info = self.session.info();
+        let tls = info
+            .version
+            .map(|version| shadowtap_core::exchange::TlsSession {
+                version: version.into(),
+                cipher: info.cipher.unwrap_or_default().into(),
+                sni: info.sni.clone(),
+            });
         for e in &mut out {
             if e.protocol.as_deref() == Some("h2c") {
                 e.protocol = Some("h2".into());
             }
+            e.tls = tls.clone();
         }
         out
     }
