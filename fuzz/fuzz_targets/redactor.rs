@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
         protocol: None,
         stream_id: None,
         grpc: None,
+        tls: None,
         exchange_id: "e".into(),
         connection_id: "c".into(),
         connection_seq: 0,
