@@ -749,6 +749,7 @@ pub fn effective_thresholds(spec: &TestingSpec, policy: &Policy, stable: &Window
     t
 }
 
+pub mod rollout;
 mod spec;
 #[cfg(test)]
 mod tests;

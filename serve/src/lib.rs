@@ -17,7 +17,8 @@ pub use shadowtap_proxy::exposition;
 pub mod monitor;
 pub mod plane;
 pub mod resources;
-pub mod rollout;
+/// Declarative rollouts (part of a deployment as stored).
+pub use deployment::rollout;
 pub mod store;
 
 use std::net::SocketAddr;
