@@ -25,7 +25,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shadowtap-target}"
 # The notebook test runs notebooks/canary.ipynb with nbclient in this virtualenv; the object
 # storage tests start moto_server (an S3-compatible server, PyPI) from it.
 venv="${SHADOWTAP_VENV:-$HOME/.cache/shadowtap-venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import nbclient, duckdb, pyarrow, matplotlib, ipykernel, moto.server, prometheus_client" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import nbclient, duckdb, pyarrow, matplotlib, ipykernel, moto.server, prometheus_client, schemathesis" 2>/dev/null; then
   echo "creating the test virtualenv in $venv" >&2
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" 2>/dev/null || { install_deps python3-venv; rm -rf "$venv"; python3 -m venv "$venv"; }
   "$venv/bin/pip" install -q -r notebooks/requirements.txt -r scripts/requirements-test.txt

@@ -709,3 +709,53 @@ fn ctl_apply_checks_the_file_then_starts_the_rollout() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("step=1/3 (shadow 10%)"), "{out}");
 }
+
+/// schemathesis (the API fuzzer, PyPI) against `serve`'s API and its own OpenAPI document:
+/// examples, boundary values, fuzzed bodies and stateful sequences on every operation, the
+/// token given (and left out, as its negative tests do): no 5xx, every status code and content
+/// type documented, every JSON answer valid against its schema.
+#[test]
+#[ignore = "needs the test virtualenv with schemathesis: scripts/test.sh runs it (--include-ignored)"]
+fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
+    let python = std::env::var_os("SHADOWTAP_NOTEBOOK_PYTHON").expect(
+        "SHADOWTAP_NOTEBOOK_PYTHON names the test virtualenv's python (scripts/test.sh creates it)",
+    );
+    let st = Path::new(&python).with_file_name("schemathesis");
+    assert!(
+        st.exists(),
+        "{} (scripts/requirements-test.txt)",
+        st.display()
+    );
+    let stable = service(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (api, lb) = (free_port(), free_port());
+    std::fs::write(dir.path().join("api.tokens"), format!("ops {TOKEN}\n")).unwrap();
+    let config = dir.path().join("shadowtap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nlisten = \"127.0.0.1:{api}\"\ntoken_file = \"api.tokens\"\n[monitor]\ninterval = \"1s\"\ndrain = \"1s\"\n[[loadbalancer]]\nid = \"web\"\nlisten = \"127.0.0.1:{lb}\"\nproduction = [\"{}\"]\n",
+            stable.url
+        ),
+    )
+    .unwrap();
+    let _serve = start(&config);
+    let o = Command::new(&st)
+        .args(["run", &format!("http://127.0.0.1:{api}/openapi.json")])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["--max-examples", "30", "--seed", "1"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("passed"), "{out}");
+}
