@@ -36,6 +36,9 @@ pub const SHADOW_CRITICAL: f64 = 0.5;
 /// say nothing about it (see `crate::bodies`).
 pub const BODY_TOLERANCE: f64 = 0.01;
 
+/// Mirrored pairs whose answers are compared per window, at most (a sample spread over it).
+pub const BODY_PAIRS: usize = 2_000;
+
 /// The monitor's actor name in the history.
 pub use crate::plane::MONITOR as ACTOR;
 
@@ -342,11 +345,19 @@ pub async fn judge(plane: &Plane, id: &str) -> Result<(), ChangeError> {
             };
             let g = gate::paired(&plane.pairs(id, secs).await, &config, d.progress.looks + 1);
             // What the shadow answers, field by field, at the same look's level.
-            let bodies = crate::bodies::judge(
-                &plane.body_pairs(id, secs),
-                gate::look_alpha(config.alpha, d.progress.looks + 1),
-                BODY_TOLERANCE,
-            );
+            // At most BODY_PAIRS pairs a window (spread over it), compared off the runtime's
+            // threads: a busy shadow must not stall the monitor.
+            let mut pairs = plane.body_pairs(id, secs);
+            if pairs.len() > BODY_PAIRS {
+                let stride = pairs.len().div_ceil(BODY_PAIRS);
+                pairs = pairs.into_iter().step_by(stride).collect();
+            }
+            let level = gate::look_alpha(config.alpha, d.progress.looks + 1);
+            let bodies = tokio::task::spawn_blocking(move || {
+                crate::bodies::judge(&pairs, level, BODY_TOLERANCE)
+            })
+            .await
+            .unwrap_or_default();
             let judged =
                 !matches!(g, Gate::NotEnough { .. }) || bodies.compared >= config.min_units;
             let looks = d.progress.looks + u32::from(judged);

@@ -25,6 +25,9 @@ pub struct Secrets {
     pub server_traffic: Option<Vec<u8>>,
 }
 
+/// The file is looked at again at most this often on misses.
+const MIN_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 #[derive(Default)]
 struct Table {
     secrets: HashMap<[u8; 32], Secrets>,
@@ -32,6 +35,9 @@ struct Table {
     read: u64,
     /// Lines that were not key log lines.
     bad_lines: u64,
+    /// When the file was last looked at for more (a miss per record of a session without
+    /// keys must not cost a read each).
+    last_look: Option<std::time::Instant>,
 }
 
 /// A key log: from a file (followed as it grows), from text (a pcapng Decryption Secrets
@@ -118,7 +124,7 @@ impl KeyLog {
             path: Some(path.to_owned()),
             table: Mutex::default(),
         };
-        log.read_more()?;
+        log.read_more_if(true)?;
         Ok(log)
     }
 
@@ -138,13 +144,23 @@ impl KeyLog {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads what was appended to the file since the last read; whether anything was.
-    fn read_more(&self) -> Result<bool, TlsError> {
+    /// Reads what was appended to the file since the last read (unless it was looked at less
+    /// than [`MIN_LOOK_INTERVAL`] ago and not `force`); whether anything was.
+    fn read_more_if(&self, force: bool) -> Result<bool, TlsError> {
         let Some(path) = &self.path else {
             return Ok(false);
         };
         let io = |e: std::io::Error| TlsError::KeyLog(format!("{}: {e}", path.display()));
         let mut table = self.lock();
+        let now = std::time::Instant::now();
+        if !force
+            && table
+                .last_look
+                .is_some_and(|t| now.duration_since(t) < MIN_LOOK_INTERVAL)
+        {
+            return Ok(false);
+        }
+        table.last_look = Some(now);
         let mut f = std::fs::File::open(path).map_err(io)?;
         let len = f.metadata().map_err(io)?.len();
         if len < table.read {
@@ -169,10 +185,20 @@ impl KeyLog {
     /// The secrets of the session whose ClientHello random is `random`; the file is read
     /// again (what was appended) when they are not known yet.
     pub fn lookup(&self, random: &[u8; 32]) -> Option<Secrets> {
+        self.lookup_with(random, false)
+    }
+
+    /// As [`KeyLog::lookup`], reading the file again whenever it misses (at the end of a
+    /// session: its last chance).
+    pub fn lookup_fresh(&self, random: &[u8; 32]) -> Option<Secrets> {
+        self.lookup_with(random, true)
+    }
+
+    fn lookup_with(&self, random: &[u8; 32], force: bool) -> Option<Secrets> {
         if let Some(s) = self.lock().secrets.get(random) {
             return Some(s.clone());
         }
-        if self.read_more().unwrap_or(false) {
+        if self.read_more_if(force).unwrap_or(false) {
             return self.lock().secrets.get(random).cloned();
         }
         None
@@ -228,6 +254,8 @@ mod tests {
             .open(&path)
             .unwrap();
         f.write_all(b"11\n").unwrap();
+        // Misses look at the file at most every 50 ms.
+        std::thread::sleep(MIN_LOOK_INTERVAL);
         assert_eq!(log.lookup(&[1; 32]).unwrap().master, Some(vec![0x00, 0x11]));
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -457,6 +457,10 @@ impl Session {
     /// Looks the session's keys up and, when found, sets each direction's opener and opens
     /// what was held.
     fn find_keys(&mut self, keys: &KeyLog) {
+        self.find_keys_with(keys, false);
+    }
+
+    fn find_keys_with(&mut self, keys: &KeyLog, fresh: bool) {
         let (Some(client), Some(cr), Some(sr), Some(suite)) = (
             self.client_dir,
             self.client_random,
@@ -465,7 +469,12 @@ impl Session {
         ) else {
             return;
         };
-        let Some(secrets) = keys.lookup(&cr) else {
+        let found = if fresh {
+            keys.lookup_fresh(&cr)
+        } else {
+            keys.lookup(&cr)
+        };
+        let Some(secrets) = found else {
             return;
         };
         let server = 1 - client;
@@ -529,6 +538,9 @@ impl Session {
 
     /// The end of the capture: records still waiting for keys mean the log never had them.
     pub fn finish(&mut self, keys: &KeyLog, out: &mut Vec<(usize, Vec<u8>)>) {
+        if !self.keyed && !self.stopped() {
+            self.find_keys_with(keys, true);
+        }
         self.flush_held(keys, out);
         if !self.stopped() && !self.keyed && self.suite.is_some() {
             self.status = Some(Status::NoKeys);
