@@ -18,8 +18,9 @@ success, 3 when the move is refused in the current state (409, the answer names 
 moves), 2 on other API errors.
 
 `status NAME --watch` follows a rollout until it ends and exits like Argo Rollouts' \
-`status --watch`: 0 once live (promoted), 1 once rolled back or degraded, 3 when paused \
-(waiting for a human: `ctl resume` or `ctl promote`), 4 on --timeout.
+`status --watch`: 0 once live (promoted) or a rollout file's last step is done, 1 once \
+rolled back or degraded, 3 when paused (waiting for a human: `ctl resume` or `ctl promote`), \
+4 on --timeout.
 
 Examples:
   shadowtap ctl get web
@@ -346,6 +347,8 @@ fn watch_exit(a: &serde_json::Value) -> Option<u8> {
     match a["rollout"]["phase"].as_str() {
         Some("paused") => return Some(3),
         Some("aborted") => return Some(1),
+        // Every step done (a file without `promote` ends at its last weight).
+        Some("completed") => return Some(0),
         _ => {}
     }
     match (state, completion) {
@@ -707,5 +710,11 @@ mod tests {
         }
         // A new rollout after an old one ended is not the old one's outcome.
         assert_eq!(watch_exit(&a("removed", None)), None);
+        // A rollout file's own phase comes first.
+        let plan = |state: &str, phase: &str| serde_json::json!({"state": state, "completion": null, "rollout": {"phase": phase}});
+        assert_eq!(watch_exit(&plan("testing", "paused")), Some(3));
+        assert_eq!(watch_exit(&plan("testing", "completed")), Some(0));
+        assert_eq!(watch_exit(&plan("removing", "aborted")), Some(1));
+        assert_eq!(watch_exit(&plan("testing", "progressing")), None);
     }
 }
