@@ -661,7 +661,7 @@ fn ctl_apply_checks_the_file_then_starts_the_rollout() {
     std::fs::write(
         &config,
         format!(
-            "[api]\nlisten = \"127.0.0.1:{api}\"\ntoken_file = \"api.tokens\"\n[monitor]\ninterval = \"1s\"\n[[loadbalancer]]\nid = \"web\"\nlisten = \"127.0.0.1:{lb}\"\nproduction = [\"{}\"]\n",
+            "[api]\nlisten = \"127.0.0.1:{api}\"\ntoken_file = \"api.tokens\"\n[monitor]\ninterval = \"1s\"\ndrain = \"1s\"\n[[loadbalancer]]\nid = \"web\"\nlisten = \"127.0.0.1:{lb}\"\nproduction = [\"{}\"]\n",
             stable.url
         ),
     )
@@ -708,6 +708,34 @@ fn ctl_apply_checks_the_file_then_starts_the_rollout() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("step=1/3 (shadow 10%)"), "{out}");
+    // Another version while v2 runs: refused (3); with --replace, v2 is rolled back and
+    // drained first, then v3 starts.
+    let v3 = dir.path().join("v3.yaml");
+    std::fs::write(&v3, rollout.replace("version: v2", "version: v3")).unwrap();
+    let (code, v) = ctl(api, dir.path(), &["apply", v3.to_str().unwrap()]);
+    assert_eq!(code, 3, "{v}");
+    let (code, v) = ctl(
+        api,
+        dir.path(),
+        &["apply", "--replace", v3.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["rollout"]["version"], "v3", "{v}");
+    let (_, h) = ctl(api, dir.path(), &["history", "web"]);
+    let rollback = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "rollback")
+        .cloned()
+        .unwrap();
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .unwrap()
+            .contains("replaced by version v3"),
+        "{rollback}"
+    );
 }
 
 /// schemathesis (the API fuzzer, PyPI) against `serve`'s API and its own OpenAPI document:

@@ -60,7 +60,13 @@ pub(super) async fn apply(
         Ok(d) => d,
         Err(e) => return change_error(e),
     };
-    let running = d.plan.as_ref().filter(|p| p.ended.is_none());
+    // A plan whose rollout was rolled back is over, whether or not the monitor has marked it.
+    let rolled_back = d.completion == Some(crate::deployment::Completion::RolledBack)
+        && matches!(d.rollout.state, State::Removing | State::Removed);
+    let running = d
+        .plan
+        .as_ref()
+        .filter(|p| p.ended.is_none() && !rolled_back);
     let plan = match running {
         Some(p) if p.spec == spec => {
             return plan_answer(&api, &d, serde_json::json!({"unchanged": true}));
@@ -81,6 +87,17 @@ pub(super) async fn apply(
                     ),
                     "state": d.rollout.state.as_str(),
                     "allowed": ["rollback", "apply once removed"],
+                })),
+            )
+                .into_response();
+        }
+        None if d.rollout.state == State::Removing => {
+            return (
+                StatusCode::CONFLICT,
+                Json(serde_json::json!({
+                    "error": "the last version is being removed: apply once removed",
+                    "state": "removing",
+                    "allowed": ["apply once removed"],
                 })),
             )
                 .into_response();
