@@ -290,7 +290,9 @@ impl Shadows {
                                     content_type: header("content-type"),
                                     content_encoding: header("content-encoding"),
                                     body: body[..body.len().min(cap)].to_vec(),
-                                    truncated: row.response_body_len as usize > body.len().min(cap),
+                                    // (A hook may have rewritten the body: its length
+                                    // is what it is now.)
+                                    truncated: row.response_body_truncated || body.len() > cap,
                                 },
                             );
                         }

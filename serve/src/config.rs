@@ -115,6 +115,11 @@ pub struct LoadBalancerConfig {
     /// CIDR → country CSV for `geo:` mirror criteria.
     #[serde(default)]
     pub geo_file: Option<PathBuf>,
+    /// The replayer's hooks on the shadow copies and the shadow's answers (`rules` TOML,
+    /// `script` Rhai, `middleware` command; docs/replay.md): e.g. a staging token instead of
+    /// the user's, or a field normalised before the comparison. Production is never touched.
+    #[serde(default)]
+    pub hooks: shadowtap_proxy::config::Hooks,
     /// What keeps a user on the same side of the canary split: `request` (the default: each
     /// request on its own, as Flagger and Argo Rollouts split), `client`, `header:NAME` or
     /// `cookie:NAME`. Not `client` by default: every user behind one NAT or load balancer
@@ -146,6 +151,7 @@ impl LoadBalancerConfig {
             record: None,
             allow_targets: Vec::new(),
             geo_file: None,
+            hooks: Default::default(),
             sticky: per_request(),
             metrics_urls: Default::default(),
             trusted_proxies: Vec::new(),
@@ -190,6 +196,12 @@ impl ServeConfig {
             }
             if let Some(g) = lb.geo_file.as_mut() {
                 rel(g);
+            }
+            if let Some(r) = lb.hooks.rules.as_mut() {
+                rel(r);
+            }
+            if let Some(r) = lb.hooks.script.as_mut() {
+                rel(r);
             }
         }
         c.store.url = Some(match c.store.url.take() {

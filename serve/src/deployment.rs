@@ -680,6 +680,7 @@ pub fn proxy_config(lb: &LoadBalancerConfig, d: &Deployment) -> ProxyConfig {
     c.record = lb.record.clone();
     c.allow_targets = lb.allow_targets.clone();
     c.trusted_proxies = lb.trusted_proxies.clone();
+    c.hooks = lb.hooks.clone();
     // The shadow phase's gate compares the same requests' answers.
     c.mirror.pair_outcomes = true;
     // …and what they answer, for the body comparison (`crate::bodies`).

@@ -334,3 +334,63 @@ async fn a_manual_promotion_pauses_at_the_target_until_live() {
     assert!(canary.real.load(Ordering::Relaxed) > 0);
     server.shutdown().await;
 }
+
+/// A load balancer's hooks act on the shadow copies and the shadow's answers: a rules file
+/// that normalises the one field where the candidate is known to differ (`set_json` on the
+/// shadow's response) makes the body comparison agree; production's answers are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_balancers_hooks_normalise_the_shadows_answers_before_the_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stable_url, stable) = backend().await;
+    let (shadow_url, shadow) = backend().await;
+    *stable.json.lock().unwrap() = Some(r#"{"id":7,"tier":"gold"}"#.into());
+    *shadow.json.lock().unwrap() = Some(r#"{"id":7,"tier":"silver"}"#.into());
+    std::fs::write(
+        dir.path().join("shadow-rules.toml"),
+        "[[response]]\nset_json = { \"/tier\" = \"gold\" }\n",
+    )
+    .unwrap();
+    let mut c = config(dir.path(), &stable_url, None, None);
+    c.loadbalancers[0].hooks.rules = Some(dir.path().join("shadow-rules.toml"));
+    let server = Server::start(c).await.unwrap();
+    let api = server.api;
+    let proxy = server.plane.balancers["web"].addr;
+    post_ok(
+        api,
+        "/loadbalancer/web/shadow",
+        serde_json::json!({"shadowPool": [shadow_url], "mirrorPercentage": 100}),
+    )
+    .await;
+    let (stop, load) = steady(proxy);
+    let t0 = Instant::now();
+    let diffs = loop {
+        let (_, d) = call(api, "GET", "/loadbalancer/web/diffs", None).await;
+        if d["bodies"]["compared"].as_u64().unwrap_or(0) >= 20 {
+            break d;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "nothing compared: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        diffs["bodies"]["deviations"],
+        serde_json::json!([]),
+        "{diffs}"
+    );
+    let a = argo(api).await;
+    assert_eq!(a["verdict"], "go", "{a}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.await.unwrap();
+    // Users got production's answer as it was.
+    let body = reqwest::get(format!("http://{proxy}/item/1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, r#"{"id":7,"tier":"gold"}"#);
+    assert!(shadow.mirrored.load(Ordering::Relaxed) > 0);
+    server.shutdown().await;
+}
