@@ -23,6 +23,25 @@ async fn walk(api: &Api, id: &str) {
     }
 }
 
+/// Stores a plan change, takes its first move, and answers with the load balancer and its plan.
+async fn store_plan(
+    api: &Api,
+    id: &str,
+    action: Action,
+    actor: &str,
+    why: &str,
+    extra: serde_json::Value,
+) -> Response {
+    if let Err(e) = api.plane.change(id, action, actor, Some(why)).await {
+        return change_error(e);
+    }
+    walk(api, id).await;
+    match api.plane.get(id).await {
+        Ok(d) => plan_answer(api, &d, extra),
+        Err(e) => change_error(e),
+    }
+}
+
 fn plan_answer(api: &Api, d: &crate::deployment::Deployment, extra: serde_json::Value) -> Response {
     let mut v = super::view(&api.plane, d);
     v["rollout"] = d.plan.as_ref().map(|p| p.view(d)).unwrap_or_default();
@@ -127,16 +146,15 @@ pub(super) async fn apply(
         plan: Some(Box::new(plan)),
         event: "apply",
     };
-    match api.plane.change(&id, action, &actor, Some(&why)).await {
-        Ok(_) => {
-            walk(&api, &id).await;
-            match api.plane.get(&id).await {
-                Ok(d) => plan_answer(&api, &d, serde_json::json!({"unchanged": false})),
-                Err(e) => change_error(e),
-            }
-        }
-        Err(e) => change_error(e),
-    }
+    store_plan(
+        &api,
+        &id,
+        action,
+        &actor,
+        &why,
+        serde_json::json!({"unchanged": false}),
+    )
+    .await
 }
 
 /// `GET …/rollout`.
@@ -187,16 +205,7 @@ pub(super) async fn promote(
         plan: Some(Box::new(plan)),
         event: "promote-step",
     };
-    match api.plane.change(&id, action, &actor, Some(&why)).await {
-        Ok(_) => {
-            walk(&api, &id).await;
-            match api.plane.get(&id).await {
-                Ok(d) => plan_answer(&api, &d, serde_json::json!({})),
-                Err(e) => change_error(e),
-            }
-        }
-        Err(e) => change_error(e),
-    }
+    store_plan(&api, &id, action, &actor, &why, serde_json::json!({})).await
 }
 
 /// `POST …/retry`: an aborted plan again from its first step, once the old version is out.
@@ -235,16 +244,7 @@ pub(super) async fn retry(
         plan: Some(Box::new(plan)),
         event: "apply",
     };
-    match api.plane.change(&id, action, &actor, Some(&why)).await {
-        Ok(_) => {
-            walk(&api, &id).await;
-            match api.plane.get(&id).await {
-                Ok(d) => plan_answer(&api, &d, serde_json::json!({})),
-                Err(e) => change_error(e),
-            }
-        }
-        Err(e) => change_error(e),
-    }
+    store_plan(&api, &id, action, &actor, &why, serde_json::json!({})).await
 }
 
 /// `POST …/thresholds`: the testing fields given replace the running policy's (thresholds,
