@@ -118,7 +118,12 @@ impl Redactor {
             Kind::Multipart(b) => self.multipart_body(text, b),
             Kind::Text | Kind::Unknown => {
                 let first = text.iter().find(|b| !b.is_ascii_whitespace());
-                if kind == Kind::Unknown && matches!(first, Some(b'{' | b'[')) {
+                let json_like = matches!(first, Some(b'{' | b'['));
+                if kind == Kind::Unknown && json_like {
+                    self.json_body(text)
+                } else if json_like && serde_json::from_slice::<serde_json::Value>(text).is_ok() {
+                    // JSON served as text/plain (a bare `return` in nginx, many test servers):
+                    // its keys hold secrets all the same.
                     self.json_body(text)
                 } else if looks_like_form(text) {
                     self.form_body(text)

@@ -348,3 +348,19 @@ fn a_replays_row_is_redacted_like_the_recording() {
     assert_eq!(r.apply_replay(&mut cut), vec!["response body"]);
     assert!(cut.response_body.is_empty() && cut.response_body_len == 40);
 }
+
+/// JSON served as `text/plain` (nginx's bare `return`, many test servers) is redacted as JSON;
+/// text that only starts like JSON stays as it is.
+#[test]
+fn json_served_as_text_is_redacted_as_json() {
+    let r = redactor();
+    let plain = vec![h("Content-Type", "text/plain")];
+    let mut b = body(br#"{"access_token":"s3cr3t-session","user":"u"}"#);
+    r.body(&mut b, &plain).unwrap();
+    let out = text(&b.raw);
+    assert!(!out.contains("s3cr3t-session"), "{out}");
+    assert!(out.contains("\"user\":\"u\""), "{out}");
+    let mut t = body(b"{not json} but a log line");
+    r.body(&mut t, &plain).unwrap();
+    assert_eq!(text(&t.raw), "{not json} but a log line");
+}
